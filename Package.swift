@@ -1,0 +1,53 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+/// One set of settings for every Swift target (DESIGN.md: "one `swiftSettings` shared by all").
+/// Language mode 5: the communication layer is synchronous by contract (it runs on dedicated
+/// threads, never on the concurrency pool), so strict Sendable checking buys little here.
+let settings: [SwiftSetting] = [
+    .swiftLanguageMode(.v5),
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Tessera",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "tessera", targets: ["TesseraCLI"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+    ],
+    targets: [
+        .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .target(name: "TensorCore", swiftSettings: settings),
+        .target(name: "Kernels", dependencies: ["TensorCore", "COpenBLAS"], swiftSettings: settings),
+        .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
+        .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
+        .target(name: "CollectivesTCP", dependencies: ["Collectives"], swiftSettings: settings),
+        .target(name: "Models", dependencies: ["Kernels", "Collectives"], swiftSettings: settings),
+        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives"], swiftSettings: settings),
+        .target(name: "Training", dependencies: ["Models", "Checkpointing", "Yams"], swiftSettings: settings),
+        .executableTarget(
+            name: "TesseraCLI",
+            dependencies: [
+                "Training", "CollectivesMPI", "CollectivesTCP",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: settings),
+
+        .target(name: "_TestSupport", dependencies: ["TensorCore", "Collectives"],
+                path: "Tests/_TestSupport", swiftSettings: settings),
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "CollectivesTCPTests", dependencies: ["CollectivesTCP", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "CheckpointingTests", dependencies: ["Checkpointing", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "_TestSupport"], swiftSettings: settings),
+    ]
+)

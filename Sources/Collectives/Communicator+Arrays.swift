@@ -1,0 +1,63 @@
+/// Array conveniences over the raw-buffer protocol operations.
+extension Communicator {
+    public func allReduce(_ array: inout [Float], op: ReduceOp = .sum) throws {
+        try array.withUnsafeMutableBufferPointer { try allReduce($0, op: op) }
+    }
+
+    /// All-reduces a Double through two Float lanes is not exact, so scalars go as Float.
+    public func allReduce(_ value: Float, op: ReduceOp = .sum) throws -> Float {
+        var a = [value]
+        try allReduce(&a, op: op)
+        return a[0]
+    }
+
+    public func broadcast(_ array: inout [Float], root: Int) throws {
+        try array.withUnsafeMutableBytes { try broadcast($0, root: root) }
+    }
+
+    public func broadcast(_ bytes: inout [UInt8], root: Int) throws {
+        try bytes.withUnsafeMutableBytes { try broadcast($0, root: root) }
+    }
+
+    /// Broadcasts a byte string whose length only `root` knows.
+    public func broadcastBytes(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
+        var length = [Float](repeating: 0, count: 2)
+        if rank == root {
+            length[0] = Float(bytes.count & 0xFFFFFF)
+            length[1] = Float(bytes.count >> 24)
+        }
+        try broadcast(&length, root: root)
+        let n = Int(length[0]) | (Int(length[1]) << 24)
+        var out = rank == root ? bytes : [UInt8](repeating: 0, count: n)
+        try broadcast(&out, root: root)
+        return out
+    }
+
+    /// Equal-size allgather of Float arrays, in rank order.
+    public func allGather(_ array: [Float]) throws -> [Float] {
+        let bytes = array.count * 4
+        var out = [Float](repeating: 0, count: array.count * size)
+        try array.withUnsafeBytes { input in
+            try out.withUnsafeMutableBytes { output in
+                try allGather(input, counts: [Int](repeating: bytes, count: size), into: output)
+            }
+        }
+        return out
+    }
+
+    /// Gathers byte strings of any lengths from every rank.
+    public func allGatherBytes(_ bytes: [UInt8]) throws -> [[UInt8]] {
+        let lengths = try allGather([Float(bytes.count)]).map { Int($0) }
+        var flat = [UInt8](repeating: 0, count: lengths.reduce(0, +))
+        try bytes.withUnsafeBytes { input in
+            try flat.withUnsafeMutableBytes { try allGather(input, counts: lengths, into: $0) }
+        }
+        var out: [[UInt8]] = []
+        var offset = 0
+        for n in lengths {
+            out.append(Array(flat[offset..<offset + n]))
+            offset += n
+        }
+        return out
+    }
+}
