@@ -99,13 +99,13 @@ public protocol Communicator: AnyObject {
 }
 
 extension Communicator {
-    func checkPeer(_ peer: Int, _ operation: String) throws {
+    public func checkPeer(_ peer: Int, _ operation: String) throws {
         guard (0..<size).contains(peer) else {
             throw CollectiveError.invalidArgument("\(operation): rank \(peer) is outside this group of \(size) ranks (0...\(size - 1))")
         }
     }
 
-    func checkCounts(_ counts: [Int], _ operation: String) throws {
+    public func checkCounts(_ counts: [Int], _ operation: String) throws {
         guard counts.count == size, counts.allSatisfy({ $0 >= 0 }) else {
             throw CollectiveError.invalidArgument("\(operation): needs one non-negative count per rank (\(size)), got \(counts)")
         }

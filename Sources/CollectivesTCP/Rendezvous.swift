@@ -1,0 +1,180 @@
+import Collectives
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a TCP rank finds the others: everything `tessera launch` (or the user) puts in the
+/// environment.
+public struct TCPJobSpec: Equatable, Sendable {
+    public var rank: Int
+    public var worldSize: Int
+    public var masterAddress: String
+    public var masterPort: UInt16
+    public var token: String
+    /// Network interface to bind to and advertise (`TESSERA_SOCKET_IFNAME`), or nil for the one
+    /// that routes to rank 0.
+    public var interface: String?
+
+    public static let variables = ["TESSERA_RANK", "TESSERA_WORLD_SIZE", "TESSERA_MASTER_ADDR", "TESSERA_MASTER_PORT", "TESSERA_JOB_TOKEN"]
+
+    public init(rank: Int, worldSize: Int, masterAddress: String, masterPort: UInt16, token: String, interface: String? = nil) {
+        self.rank = rank
+        self.worldSize = worldSize
+        self.masterAddress = masterAddress
+        self.masterPort = masterPort
+        self.token = token
+        self.interface = interface
+    }
+
+    /// Reads the TESSERA_* variables; a missing or malformed one is an error naming it.
+    public init(environment env: [String: String]) throws {
+        func value(_ key: String) throws -> String {
+            guard let v = env[key], !v.isEmpty else {
+                throw CollectiveError.invalidArgument(
+                    "TCP backend: \(key) is not set; start ranks with `tessera launch --nproc N -- ...`, or set all of \(Self.variables.joined(separator: ", "))")
+            }
+            return v
+        }
+        func integer(_ key: String) throws -> Int {
+            let text = try value(key)
+            guard let v = Int(text), v >= 0 else { throw CollectiveError.invalidArgument("TCP backend: \(key)=\(text) is not a non-negative whole number") }
+            return v
+        }
+        rank = try integer("TESSERA_RANK")
+        worldSize = try integer("TESSERA_WORLD_SIZE")
+        masterAddress = try value("TESSERA_MASTER_ADDR")
+        let port = try integer("TESSERA_MASTER_PORT")
+        guard (1...65535).contains(port) else { throw CollectiveError.invalidArgument("TCP backend: TESSERA_MASTER_PORT=\(port) is not a port (1-65535)") }
+        masterPort = UInt16(port)
+        token = try value("TESSERA_JOB_TOKEN")
+        interface = env["TESSERA_SOCKET_IFNAME"].flatMap { $0.isEmpty ? nil : $0 }
+        guard worldSize >= 1, rank < worldSize else {
+            throw CollectiveError.invalidArgument("TCP backend: TESSERA_RANK=\(rank) must be below TESSERA_WORLD_SIZE=\(worldSize)")
+        }
+    }
+}
+
+/// The handshake every connection starts with: magic, version, job token, rank, and the
+/// address where this rank accepts mesh connections.
+struct Hello: Equatable {
+    static let magic: [UInt8] = Array("TSRA".utf8)
+    var token: String
+    var rank: Int
+    var worldSize: Int
+    var host: String
+    var port: UInt16
+
+    var bytes: [UInt8] {
+        let body = Array("\(rank) \(worldSize) \(host) \(port) \(token)".utf8)
+        var length = UInt32(body.count).littleEndian
+        return Self.magic + withUnsafeBytes(of: &length) { Array($0) } + body
+    }
+
+    /// Reads a hello; nil when the bytes are not one (a stray client).
+    static func read(_ fd: Int32, deadline: Date) throws -> Hello? {
+        let head = try Socket.readExactly(fd, 8, deadline: deadline)
+        guard Array(head[0..<4]) == magic else { return nil }
+        let length = Int(head[4]) | Int(head[5]) << 8 | Int(head[6]) << 16 | Int(head[7]) << 24
+        guard length < 4096 else { return nil }
+        let body = String(decoding: try Socket.readExactly(fd, length, deadline: deadline), as: UTF8.self)
+        let parts = body.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 5, let rank = Int(parts[0]), let size = Int(parts[1]), let port = UInt16(parts[3]) else { return nil }
+        return Hello(token: parts[4], rank: rank, worldSize: size, host: parts[2], port: port)
+    }
+
+    /// Constant-time token comparison.
+    func hasToken(_ expected: String) -> Bool {
+        let a = Array(token.utf8), b = Array(expected.utf8)
+        var difference = UInt8(a.count == b.count ? 0 : 1)
+        for i in 0..<min(a.count, b.count) { difference |= a[i] ^ b[i] }
+        return difference == 0
+    }
+}
+
+/// Builds the full mesh: every rank reports to rank 0, rank 0 sends back the table of
+/// addresses, then each pair of other ranks connects (the higher rank dials the lower).
+/// Connections without the job token are refused and logged, never joined.
+enum Rendezvous {
+    static func log(_ message: String) {
+        FileHandle.standardError.write(Data("tessera: tcp: \(message)\n".utf8))
+    }
+
+    static func connectAll(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> [Int32] {
+        var sockets = [Int32](repeating: -1, count: spec.worldSize)
+        guard spec.worldSize > 1 else { return sockets }
+        let deadline = Date(timeIntervalSinceNow: timeoutSeconds)
+        if spec.rank == 0 {
+            let bindHost = try spec.interface.map(Socket.address(ofInterface:)) ?? spec.masterAddress
+            let listener = try Socket.listen(host: bindHost, port: spec.masterPort)
+            defer { close(listener.fd) }
+            var table = [String](repeating: "", count: spec.worldSize)
+            table[0] = "\(bindHost) \(listener.port)"
+            var accepted: [Int: Int32] = [:]
+            try acceptPeers(listener.fd, spec, expecting: Set(1..<spec.worldSize), deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd in
+                accepted[hello.rank] = fd
+                table[hello.rank] = "\(hello.host) \(hello.port)"
+            }
+            let tableBytes = Array(table.joined(separator: "\n").utf8)
+            var length = UInt32(tableBytes.count).littleEndian
+            let message = withUnsafeBytes(of: &length) { Array($0) } + tableBytes
+            for (rank, fd) in accepted {
+                try Socket.writeAll(fd, message, deadline: deadline)
+                sockets[rank] = fd
+            }
+            return sockets
+        }
+
+        // Ranks above 0: report to rank 0 from the interface that reaches it (or the named one).
+        let master = try Socket.connect(host: spec.masterAddress, port: spec.masterPort, deadline: deadline, waitingFor: "rank 0")
+        let host = try spec.interface.map(Socket.address(ofInterface:)) ?? Socket.localAddress(master).host
+        let listener = try Socket.listen(host: host, port: 0)
+        defer { close(listener.fd) }
+        let hello = Hello(token: spec.token, rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port)
+        try Socket.writeAll(master, hello.bytes, deadline: deadline)
+        let head: [UInt8]
+        do { head = try Socket.readExactly(master, 4, deadline: deadline) } catch {
+            throw CollectiveError.backend("rank 0 at \(spec.masterAddress):\(spec.masterPort) did not accept rank \(spec.rank) (wrong TESSERA_JOB_TOKEN, a duplicate rank, or not every rank started within \(Int(timeoutSeconds)) s)")
+        }
+        let length = Int(head[0]) | Int(head[1]) << 8 | Int(head[2]) << 16 | Int(head[3]) << 24
+        let table = String(decoding: try Socket.readExactly(master, length, deadline: deadline), as: UTF8.self)
+            .split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        sockets[0] = master
+        for peer in 1..<spec.rank {
+            let fd = try Socket.connect(host: table[peer][0], port: UInt16(table[peer][1])!, deadline: deadline, waitingFor: "rank \(peer)")
+            try Socket.writeAll(fd, Hello(token: spec.token, rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port).bytes, deadline: deadline)
+            sockets[peer] = fd
+        }
+        let higher = Set((spec.rank + 1)..<spec.worldSize)
+        if !higher.isEmpty {
+            try acceptPeers(listener.fd, spec, expecting: higher, deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd in sockets[hello.rank] = fd }
+        }
+        return sockets
+    }
+
+    /// Accepts until every rank in `expecting` has joined with a valid hello; refuses others.
+    static func acceptPeers(_ listener: Int32, _ spec: TCPJobSpec, expecting: Set<Int>, deadline: Date, timeoutSeconds: Double,
+                            _ joined: (Hello, Int32) -> Void) throws {
+        var missing = expecting
+        while !missing.isEmpty {
+            guard let (fd, peer) = try Socket.accept(listener, deadline: deadline) else {
+                throw CollectiveError.timeout(operation: "rendezvous on rank \(spec.rank)", waitingFor: missing.sorted(), seconds: timeoutSeconds)
+            }
+            let hello = try? Hello.read(fd, deadline: min(deadline, Date(timeIntervalSinceNow: 5)))
+            guard let hello else {
+                log("refused a connection from \(peer): not a Tessera handshake")
+                close(fd); continue
+            }
+            guard hello.hasToken(spec.token) else {
+                log("refused a connection from \(peer) claiming rank \(hello.rank): wrong job token")
+                close(fd); continue
+            }
+            guard hello.worldSize == spec.worldSize, missing.contains(hello.rank) else {
+                log("refused a connection from \(peer): rank \(hello.rank) of \(hello.worldSize) is not expected here (world size \(spec.worldSize), waiting for \(missing.sorted()))")
+                close(fd); continue
+            }
+            missing.remove(hello.rank)
+            joined(hello, fd)
+        }
+    }
+}

@@ -1,0 +1,166 @@
+import Collectives
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Thin, throwing wrappers over POSIX sockets (IPv4 stream sockets only).
+enum Socket {
+    static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+    /// Resolves a host name or dotted address to an IPv4 address.
+    static func resolve(_ host: String, port: UInt16) throws -> sockaddr_in {
+        var hints = addrinfo()
+        hints.ai_family = AF_INET
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(host, String(port), &hints, &result)
+        guard status == 0, let first = result else {
+            throw CollectiveError.backend("cannot resolve host '\(host)': \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(result) }
+        return first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+    }
+
+    /// The IPv4 address of a named network interface (`eth0`, `veth-a`).
+    static func address(ofInterface name: String) throws -> String {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { throw CollectiveError.backend("getifaddrs failed: \(errorText())") }
+        defer { freeifaddrs(list) }
+        var names: [String] = []
+        var cursor = list
+        while let entry = cursor {
+            let entryName = String(cString: entry.pointee.ifa_name)
+            if let addr = entry.pointee.ifa_addr, addr.pointee.sa_family == UInt16(AF_INET) {
+                names.append(entryName)
+                if entryName == name {
+                    let sin = addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
+                    return describe(sin).host
+                }
+            }
+            cursor = entry.pointee.ifa_next
+        }
+        throw CollectiveError.backend("network interface '\(name)' has no IPv4 address here; interfaces with one: \(Set(names).sorted().joined(separator: ", "))")
+    }
+
+    static func describe(_ address: sockaddr_in) -> (host: String, port: UInt16) {
+        var addr = address.sin_addr
+        var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+        inet_ntop(AF_INET, &addr, &buffer, socklen_t(INET_ADDRSTRLEN))
+        return (String(cString: buffer), UInt16(bigEndian: address.sin_port))
+    }
+
+    static func newStream() throws -> Int32 {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw CollectiveError.backend("socket() failed: \(errorText())") }
+        return fd
+    }
+
+    /// A listening socket on host:port (port 0 picks a free one). Returns fd and the bound port.
+    static func listen(host: String, port: UInt16) throws -> (fd: Int32, port: UInt16) {
+        let fd = try newStream()
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var address = try resolve(host, port: port)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            let text = errorText()
+            close(fd)
+            throw CollectiveError.backend("cannot listen on \(host):\(port): \(text); choose another TESSERA_MASTER_PORT or interface")
+        }
+        guard Glibc.listen(fd, 128) == 0 else { close(fd); throw CollectiveError.backend("listen() failed: \(errorText())") }
+        return (fd, localAddress(fd).port)
+    }
+
+    static func localAddress(_ fd: Int32) -> (host: String, port: UInt16) {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return describe(address)
+    }
+
+    /// Connects, retrying until `deadline` (the peer may not be listening yet).
+    static func connect(host: String, port: UInt16, deadline: Date, waitingFor: String) throws -> Int32 {
+        var address = try resolve(host, port: port)
+        var lastError = ""
+        while true {
+            let fd = try newStream()
+            let status = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if status == 0 { tune(fd); return fd }
+            lastError = errorText()
+            close(fd)
+            if Date() > deadline {
+                throw CollectiveError.backend("could not reach \(waitingFor) at \(host):\(port) (\(lastError)); is it running, and is the address right?")
+            }
+            usleep(50_000)
+        }
+    }
+
+    /// Accepts one connection, waiting at most until `deadline`; nil on timeout.
+    static func accept(_ listener: Int32, deadline: Date) throws -> (fd: Int32, peer: String)? {
+        var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        let wait = max(0, Int32(deadline.timeIntervalSinceNow * 1000))
+        let ready = poll(&pfd, 1, wait)
+        if ready == 0 { return nil }
+        guard ready > 0 else {
+            if errno == EINTR { return try accept(listener, deadline: deadline) }
+            throw CollectiveError.backend("poll() on listener failed: \(errorText())")
+        }
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let fd = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(listener, $0, &length) }
+        }
+        guard fd >= 0 else { throw CollectiveError.backend("accept() failed: \(errorText())") }
+        tune(fd)
+        let peer = describe(address)
+        return (fd, "\(peer.host):\(peer.port)")
+    }
+
+    /// Low latency and large buffers for bulk transfers.
+    static func tune(_ fd: Int32) {
+        var yes: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &yes, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    static func setNonBlocking(_ fd: Int32) {
+        let flags = fcntl(fd, F_GETFL, 0)
+        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
+    }
+
+    /// Blocking write of all bytes with a deadline (used during the handshake only).
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: Date) throws {
+        var offset = 0
+        while offset < bytes.count {
+            var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            guard poll(&pfd, 1, max(0, Int32(deadline.timeIntervalSinceNow * 1000))) > 0 else {
+                throw CollectiveError.backend("handshake write timed out")
+            }
+            let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { throw CollectiveError.backend("handshake write failed: \(errorText())") }
+            offset += n
+        }
+    }
+
+    /// Blocking read of exactly `count` bytes with a deadline (handshake only).
+    static func readExactly(_ fd: Int32, _ count: Int, deadline: Date) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, max(0, Int32(deadline.timeIntervalSinceNow * 1000))) > 0 else {
+                throw CollectiveError.backend("handshake read timed out")
+            }
+            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
+            guard n > 0 else { throw CollectiveError.backend("connection closed during handshake") }
+            offset += n
+        }
+        return bytes
+    }
+}

@@ -1,0 +1,99 @@
+import ArgumentParser
+import Collectives
+import CollectivesTCP
+import Foundation
+
+/// `tessera launch`: starts local ranks on the TCP backend (torchrun's role).
+struct Launch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Start N local ranks of a tessera command on the TCP backend.",
+        discussion: """
+            Rank 0's standard output passes through unchanged (pipe bench JSON from it); every \
+            rank's standard error, and the standard output of the other ranks, arrive on standard \
+            error prefixed with "[rank K]". Ctrl-C is forwarded. When a rank fails, the others are \
+            stopped and the launcher exits non-zero naming it. For several nodes, run one launcher \
+            per node with the same --hostfile and that node's --node-rank.
+            """)
+
+    @Option(help: "Ranks to start on this node (default: the hostfile's nproc for this node, else 1).")
+    var nproc: Int?
+
+    @Option(help: "JSON hostfile describing every node (see cluster/README.md).")
+    var hostfile: String?
+
+    @Option(help: "This node's index in the hostfile.")
+    var nodeRank = 0
+
+    @Option(help: "Rank 0's address (single node: 127.0.0.1).")
+    var masterAddr: String?
+
+    @Option(help: "Rank 0's port (default: a free port on one node, 29500 with a hostfile).")
+    var masterPort: Int?
+
+    @Option(help: "Seconds to wait for the other ranks after one fails, before killing them.")
+    var graceSeconds: Double = 5
+
+    @Argument(parsing: .postTerminator, help: "The tessera command each rank runs, after --.")
+    var command: [String] = []
+
+    func run() throws {
+        guard !command.isEmpty else { throw ValidationError("nothing to launch: put the tessera command after --, e.g. tessera launch --nproc 2 -- train") }
+        let plan = try makePlan()
+        let code = try LocalRanks(plan: plan, arguments: command, graceSeconds: graceSeconds).run()
+        if code != 0 { throw ExitCode(code) }
+    }
+
+    struct Plan {
+        var localRanks: Int
+        var firstRank: Int
+        var worldSize: Int
+        var masterAddress: String
+        var masterPort: Int
+        var token: String
+        var interface: String?
+    }
+
+    func makePlan() throws -> Plan {
+        let env = ProcessEnvironment.environment
+        if let hostfile {
+            let file = try Hostfile(contentsOf: hostfile)
+            guard file.nodes.indices.contains(nodeRank) else {
+                throw TesseraError("--node-rank \(nodeRank) is not in hostfile \(hostfile), which lists \(file.nodes.count) node(s) (0...\(file.nodes.count - 1))")
+            }
+            if let nproc, nproc != file.nodes[nodeRank].nproc {
+                throw TesseraError("--nproc \(nproc) disagrees with hostfile \(hostfile): nodes[\(nodeRank)].nproc = \(file.nodes[nodeRank].nproc)")
+            }
+            guard let token = file.token ?? env["TESSERA_JOB_TOKEN"] else {
+                throw TesseraError("a multi-node launch needs a job token shared by every node: add \"token\" to \(hostfile) or export TESSERA_JOB_TOKEN")
+            }
+            return Plan(localRanks: file.nodes[nodeRank].nproc, firstRank: file.rankOffset(node: nodeRank),
+                        worldSize: file.worldSize, masterAddress: masterAddr ?? file.masterAddress,
+                        masterPort: masterPort ?? Int(file.masterPort), token: token, interface: file.nodes[nodeRank].interface)
+        }
+        let n = nproc ?? 1
+        guard n >= 1 else { throw ValidationError("--nproc must be at least 1") }
+        return Plan(localRanks: n, firstRank: 0, worldSize: n, masterAddress: masterAddr ?? "127.0.0.1",
+                    masterPort: try masterPort ?? Self.freePort(), token: env["TESSERA_JOB_TOKEN"] ?? Self.newToken(),
+                    interface: env["TESSERA_SOCKET_IFNAME"])
+    }
+
+    static func newToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<4).map { _ in String(generator.next() as UInt64, radix: 16) }.joined()
+    }
+
+    /// A port nothing listens on right now (the kernel picks it).
+    static func freePort() throws -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard ok else { throw TesseraError("could not find a free port on 127.0.0.1; pass --master-port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

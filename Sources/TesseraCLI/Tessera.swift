@@ -1,0 +1,46 @@
+import ArgumentParser
+import Collectives
+import CollectivesMPI
+import Foundation
+
+@main
+struct Tessera: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "tessera",
+        abstract: "Distributed training of transformer language models on CPU clusters.",
+        subcommands: [Launch.self,
+                      SelfTest.self])
+
+    /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit
+    /// (and, under MPI, stops the other ranks instead of leaving them to their deadline).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let error as CollectiveError {
+            fail("\(error)")
+        } catch let error as TesseraError {
+            fail("\(error)")
+        } catch {
+            // Argument-parsing errors, --help and --version keep ArgumentParser's own output.
+            if error is ExitCode || error is CleanExit || error is ValidationError || String(describing: type(of: error)).contains("CommandError") {
+                exit(withError: error)
+            }
+            fail("\(error)")
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        let rank = ProcessEnvironment.worldRank
+        let prefix = rank.map { "tessera: rank \($0): error: " } ?? "tessera: error: "
+        FileHandle.standardError.write(Data((prefix + message + "\n").utf8))
+        MPICommunicator.abortJob(code: 1)
+        Foundation.exit(1)
+    }
+}
+
+/// An error raised by the executable itself (bad arguments that ArgumentParser cannot see).
+struct TesseraError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,48 @@
+import ArgumentParser
+import Collectives
+import CollectivesMPI
+import CollectivesTCP
+import Foundation
+
+/// Which communication backend a command uses.
+enum BackendChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, mpi, tcp, single
+}
+
+/// What the environment says about how this process was started.
+enum ProcessEnvironment {
+    static var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    /// This process's rank in the job, if a launcher said so (for error prefixes).
+    static var worldRank: Int? {
+        let env = environment
+        return (env["OMPI_COMM_WORLD_RANK"] ?? env["PMIX_RANK"] ?? env["TESSERA_RANK"]).flatMap(Int.init)
+    }
+
+    /// `auto`: MPI when started by mpirun or srun, TCP when started by `tessera launch` (or by
+    /// hand with the TESSERA_* variables), otherwise a single process.
+    static func resolve(_ choice: BackendChoice) -> BackendChoice {
+        guard choice == .auto else { return choice }
+        if MPICommunicator.launchedByMPI { return .mpi }
+        if environment["TESSERA_WORLD_SIZE"] != nil || environment["TESSERA_HOSTFILE"] != nil { return .tcp }
+        return .single
+    }
+}
+
+/// Options every distributed command shares.
+struct WorldOptions: ParsableArguments {
+    @Option(help: "Communication backend: auto (mpi under mpirun, tcp under `tessera launch`, else single), mpi, tcp, single.")
+    var backend: BackendChoice = .auto
+
+    @Option(name: .customLong("timeout"), help: "Deadline in seconds for every blocking communication; overrides parallel.timeout_seconds.")
+    var timeoutSeconds: Double?
+
+    func makeWorld(defaultTimeout: Double = 300) throws -> Communicator {
+        let timeout = timeoutSeconds ?? defaultTimeout
+        switch ProcessEnvironment.resolve(backend) {
+        case .mpi: return try MPICommunicator.world(timeoutSeconds: timeout)
+        case .tcp: return try TCPCommunicator.world(environment: ProcessEnvironment.environment, timeoutSeconds: timeout)
+        case .single, .auto: return SingleProcessCommunicator(timeoutSeconds: timeout)
+        }
+    }
+}
