@@ -1,0 +1,52 @@
+import Foundation
+
+/// AdamW with decoupled weight decay, as `torch.optim.AdamW`:
+/// p ← p − lr·wd·p; m ← β1 m + (1−β1) g; v ← β2 v + (1−β2) g²;
+/// p ← p − lr · m̂ / (√v̂ + eps), with bias-corrected m̂ = m / (1−β1ᵗ), v̂ = v / (1−β2ᵗ).
+public struct AdamW: Equatable, Sendable {
+    public var beta1: Float, beta2: Float, eps: Float, weightDecay: Float
+
+    public init(beta1: Float = 0.9, beta2: Float = 0.95, eps: Float = 1e-8, weightDecay: Float = 0.1) {
+        self.beta1 = beta1; self.beta2 = beta2; self.eps = eps; self.weightDecay = weightDecay
+    }
+
+    /// One update of `count` parameters at step `t` (1-based). `decay` turns weight decay on
+    /// for this range (matrices) or off (norm weights).
+    public func update(parameters p: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                       m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
+                       step t: Int, learningRate lr: Float, decay: Bool) {
+        let correction1 = 1 - pow(Double(beta1), Double(t)), correction2 = 1 - pow(Double(beta2), Double(t))
+        let stepSize = lr / Float(correction1)
+        let rootCorrection2 = Float(correction2.squareRoot())
+        let shrink = decay ? 1 - lr * weightDecay : 1
+        for i in 0..<count {
+            let gi = g[i]
+            m[i] = beta1 * m[i] + (1 - beta1) * gi
+            v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
+            p[i] = p[i] * shrink - stepSize * m[i] / (v[i].squareRoot() / rootCorrection2 + eps)
+        }
+    }
+}
+
+/// Global-norm gradient clipping (as `torch.nn.utils.clip_grad_norm_`).
+public enum GradientClipping {
+    /// Σ g² of one buffer, accumulated in Float64.
+    public static func sumOfSquares(_ g: UnsafePointer<Float>, count: Int) -> Double {
+        var total = 0.0
+        var i = 0
+        while i < count {
+            let end = min(i + 4096, count)
+            var partial: Float = 0
+            for j in i..<end { partial += g[j] * g[j] }
+            total += Double(partial)
+            i = end
+        }
+        return total
+    }
+
+    /// Scale that brings a gradient of global norm `norm` down to `maxNorm` (1 when below).
+    public static func scale(norm: Double, maxNorm: Float) -> Float {
+        guard maxNorm > 0, norm > Double(maxNorm) else { return 1 }
+        return Float(Double(maxNorm) / (norm + 1e-6))
+    }
+}
