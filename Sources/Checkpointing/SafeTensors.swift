@@ -1,0 +1,78 @@
+import Foundation
+import TensorCore
+
+/// The safetensors format: an 8-byte little-endian header length, a JSON header mapping each
+/// tensor name to dtype, shape and byte range, then the raw little-endian data. Tessera writes
+/// and reads F32 tensors; files open unchanged in the `safetensors` Python package.
+public enum SafeTensors {
+    /// Encodes tensors (in dictionary order) with optional string metadata.
+    public static func encode(_ tensors: StateDict, metadata: [String: String] = [:]) throws -> Data {
+        var header: [String: Any] = [:]
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var offset = 0
+        for (name, tensor) in tensors.entries {
+            header[name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + tensor.count * 4]]
+            offset += tensor.count * 4
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        // Pad the header with spaces so the data starts 8-byte aligned.
+        while json.count % 8 != 0 { json.append(0x20) }
+        var out = Data(capacity: 8 + json.count + offset)
+        var length = UInt64(json.count).littleEndian
+        withUnsafeBytes(of: &length) { out.append(contentsOf: $0) }
+        out.append(json)
+        for (_, tensor) in tensors.entries {
+            tensor.withUnsafeBufferPointer { out.append(UnsafeBufferPointer(start: $0.baseAddress, count: $0.count)) }
+        }
+        return out
+    }
+
+    /// Decodes a file's bytes; `path` is only for error messages.
+    public static func decode(_ data: Data, path: String) throws -> (tensors: StateDict, metadata: [String: String]) {
+        func corrupt(_ reason: String) -> CheckpointError { .corrupt(path: path, reason: reason) }
+        guard data.count >= 8 else { throw corrupt("\(data.count) bytes, shorter than the 8-byte header length") }
+        let headerLength = data.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard headerLength <= UInt64(data.count - 8) else { throw corrupt("header claims \(headerLength) bytes, file has \(data.count - 8) after the length") }
+        let start = 8 + Int(headerLength)
+        guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<start)) as? [String: Any] else {
+            throw corrupt("the JSON header does not parse")
+        }
+        let metadata = header["__metadata__"] as? [String: String] ?? [:]
+        let dataLength = data.count - start
+        var entries: [(String, [Int], Int, Int)] = []
+        for (name, value) in header where name != "__metadata__" {
+            guard let info = value as? [String: Any], let dtype = info["dtype"] as? String,
+                  let shape = info["shape"] as? [Int], let offsets = info["data_offsets"] as? [Int], offsets.count == 2 else {
+                throw corrupt("tensor \(name) has no valid dtype, shape and data_offsets")
+            }
+            guard dtype == "F32" else { throw corrupt("tensor \(name) is \(dtype); Tessera reads F32 tensors") }
+            let count = shape.reduce(1, *)
+            guard offsets[0] >= 0, offsets[1] == offsets[0] + count * 4, offsets[1] <= dataLength else {
+                throw corrupt("tensor \(name) needs bytes \(offsets[0])..<\(offsets[1]) for shape \(shape), the data section has \(dataLength)")
+            }
+            entries.append((name, shape, offsets[0], count))
+        }
+        var dict = StateDict()
+        for (name, shape, offset, count) in entries.sorted(by: { $0.2 < $1.2 }) {
+            var scalars = [Float](repeating: 0, count: count)
+            scalars.withUnsafeMutableBytes { target in
+                data.withUnsafeBytes { source in
+                    target.copyMemory(from: UnsafeRawBufferPointer(rebasing: source[(start + offset)..<(start + offset + count * 4)]))
+                }
+            }
+            dict[name] = Tensor(shape: shape, scalars: scalars)
+        }
+        return (dict, metadata)
+    }
+
+    public static func read(_ url: URL) throws -> (tensors: StateDict, metadata: [String: String]) {
+        guard FileManager.default.fileExists(atPath: url.path) else {
+            throw CheckpointError.missing(path: url.path, hint: "the checkpoint is incomplete")
+        }
+        let data: Data
+        do { data = try Data(contentsOf: url, options: .alwaysMapped) } catch {
+            throw CheckpointError.corrupt(path: url.path, reason: "cannot be read (\(error.localizedDescription))")
+        }
+        return try decode(data, path: url.path)
+    }
+}

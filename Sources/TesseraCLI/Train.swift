@@ -1,0 +1,85 @@
+import ArgumentParser
+import Checkpointing
+import Foundation
+import Training
+
+struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Train a model (data parallel over every rank this job started).",
+        discussion: "Run alone, under `mpirun -np N`, under `srun --mpi=pmix`, or under `tessera launch --nproc N --`.")
+
+    @OptionGroup var options: ConfigOptions
+    @OptionGroup var world: WorldOptions
+
+    @Option(help: "Progress display: auto (a live bar on a terminal, plain lines otherwise; lines under mpirun, which gives ranks a terminal even when its own output is a file), bar, lines.")
+    var progress: ProgressStyle = .auto
+
+    @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest complete checkpoint (its saved config, unless --config is given).", valueName: "RUN_DIR"))
+    var resume: String?
+
+    func run() throws {
+        var overrides = options.overrides
+        var file = options.config
+        if let resume {
+            let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
+            if file == nil {
+                guard let latest = store.latest() else {
+                    throw TesseraError("--resume \(resume): no complete checkpoint under \(store.root.path); pass --config to start it, or check the path")
+                }
+                file = latest.appendingPathComponent("run.yaml").path
+            }
+            overrides.append("run.dir=\(resume)")
+        }
+        var configOptions = options
+        configOptions.config = file
+        configOptions.overrides = overrides
+        let config = try configOptions.load()
+        let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
+        let trainer = try Trainer(config: config, world: comm)
+        if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
+        _ = try trainer.run(resume: resume != nil)
+    }
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Validation loss and bits per byte of a checkpoint.")
+
+    @Option(help: "Checkpoint directory (runs/NAME/checkpoints/step-NNNNNNNN).")
+    var checkpoint: String
+
+    @Option(help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
+    var batches = 0
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set data.dir=... (repeatable).", valueName: "key=value"))
+    var overrides: [String] = []
+
+    @OptionGroup var world: WorldOptions
+
+    func run() throws {
+        let url = URL(fileURLWithPath: checkpoint)
+        let contents = try CheckpointStore.read(url)
+        let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
+        let resolved = try saved.applying(["parallel.data=0"] + overrides)
+        let comm = try world.makeWorld(defaultTimeout: Double(resolved.float("parallel.timeout_seconds")))
+        let trainer = try Trainer(config: resolved, world: comm)
+        try trainer.model.parameters.load(contents.model, source: checkpoint)
+        let count = batches > 0 ? batches : max(1, trainer.validation.sampleCount(length: resolved.int("data.seq_len")) / trainer.globalBatch)
+        let loss = try trainer.validationLoss(batches: count)
+        if comm.rank == 0 {
+            print(String(format: "checkpoint %@ (step %d): validation loss %.4f nats/byte, %.4f bits/byte over %d sequences",
+                         checkpoint, contents.state.step, loss, loss / log(2), count * trainer.globalBatch))
+        }
+    }
+}
+
+enum ProgressStyle: String, ExpressibleByArgument, CaseIterable {
+    case auto, bar, lines
+
+    var interactive: Bool {
+        switch self {
+        case .bar: return true
+        case .lines: return false
+        case .auto: return isatty(STDOUT_FILENO) != 0 && ProcessEnvironment.environment["OMPI_COMM_WORLD_SIZE"] == nil
+        }
+    }
+}

@@ -1,0 +1,60 @@
+import Foundation
+
+/// Rank 0's view of a run: a live progress bar when standard output is a terminal, plain
+/// lines otherwise (logs, CI, `tee`).
+public final class ProgressReporter {
+    let interactive: Bool
+    let output: FileHandle
+    var started = Date()
+    var firstStep = 0
+    var tokensPerStep = 0
+    var barShown = false
+
+    public init(output: FileHandle = .standardOutput, interactive: Bool? = nil) {
+        self.output = output
+        self.interactive = interactive ?? (isatty(output.fileDescriptor) != 0)
+    }
+
+    func emit(_ text: String, newline: Bool = true) {
+        if interactive && barShown { output.write(Data("\r\u{1B}[2K".utf8)) }
+        output.write(Data((text + (newline ? "\n" : "")).utf8))
+        barShown = !newline
+    }
+
+    public func note(_ text: String) { emit(text) }
+
+    func start(step: Int, total: Int, tokensPerStep: Int, ranks: Int) {
+        started = Date()
+        firstStep = step
+        self.tokensPerStep = tokensPerStep
+        emit("training steps \(step)→\(total), \(tokensPerStep) tokens per step, \(ranks) rank\(ranks == 1 ? "" : "s")")
+    }
+
+    func progress(step: Int, total: Int, loss: Double, learningRate: Double, tokensPerSecond: Double) {
+        let elapsed = Date().timeIntervalSince(started)
+        let done = step - firstStep
+        let eta = done > 0 ? elapsed / Double(done) * Double(total - step) : 0
+        let fields = String(format: "step %d/%d | loss %.4f | lr %.2e | %.0f tok/s | eta %@",
+                            step, total, loss, learningRate, tokensPerSecond, Self.duration(eta))
+        if interactive {
+            let width = 24, filled = Int(Double(width) * Double(step) / Double(max(total, 1)))
+            emit("[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "] " + fields, newline: step == total)
+        } else {
+            emit(fields)
+        }
+    }
+
+    func validation(step: Int, loss: Double) {
+        emit(String(format: "step %d | validation loss %.4f nats/byte (%.3f bits/byte)", step, loss, loss / log(2)))
+    }
+
+    func finish(_ summary: RunSummary) {
+        emit(String(format: "done: %d steps in %@, %.0f tok/s, final train loss %.4f, validation loss %.4f nats/byte",
+                    summary.steps, Self.duration(summary.seconds), summary.tokensPerSecond, summary.finalTrainLoss, summary.finalValidationLoss))
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+    }
+}

@@ -1,0 +1,95 @@
+import Checkpointing
+import Foundation
+
+/// What a finished run reports.
+public struct RunSummary: Sendable {
+    public var steps: Int
+    public var finalTrainLoss: Double
+    public var finalValidationLoss: Double
+    public var seconds: Double
+    public var tokensPerSecond: Double
+    public var losses: [Double]
+}
+
+extension Trainer {
+    /// The whole run: optional resume, steps with progress, validation, metrics and checkpoints.
+    /// `resume`: continue from the newest checkpoint of run.dir; without it, a run.dir that
+    /// already holds checkpoints is refused rather than overwritten.
+    public func run(resume: Bool) throws -> RunSummary {
+        let total = config.int("train.steps")
+        if resume {
+            let from = try resumeFromLatest()
+            if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
+        } else {
+            let existing = isReporter ? (store.latest()?.path ?? "") : ""
+            let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
+            if !message.isEmpty {
+                throw ConfigError("run.dir \(runDirectory.path) already holds checkpoint \(message); pass --resume to continue it, or --set run.dir=NEW to start over")
+            }
+        }
+        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
+        reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
+
+        let start = Date()
+        var intervalStart = Date(), intervalSteps = 0
+        var losses: [Double] = []
+        var validation = Double.nan
+        var lastRate = 0.0
+        while step < total {
+            let rate = schedule.rate(at: step)
+            let loss = try trainStep()
+            losses.append(loss)
+            intervalSteps += 1
+            let logEvery = config.int("train.log_every")
+            if step % logEvery == 0 || step == total {
+                let seconds = Date().timeIntervalSince(intervalStart)
+                lastRate = Double(intervalSteps * tokensPerStep) / max(seconds, 1e-9)
+                reporter?.progress(step: step, total: total, loss: loss, learningRate: Double(rate), tokensPerSecond: lastRate)
+                try metrics?.write(["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
+                                    "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)])
+                intervalStart = Date(); intervalSteps = 0
+            }
+            let evalEvery = config.int("eval.every")
+            if (evalEvery > 0 && step % evalEvery == 0) || step == total {
+                validation = try validationLoss()
+                reporter?.validation(step: step, loss: validation)
+                try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
+            }
+            let checkpointEvery = config.int("checkpoint.every")
+            if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == total {
+                if let url = try saveCheckpoint() { reporter?.note("checkpoint \(url.path)") }
+            }
+        }
+        if validation.isNaN { validation = try validationLoss() }
+        let seconds = Date().timeIntervalSince(start)
+        let summary = RunSummary(steps: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: validation, seconds: seconds,
+                                 tokensPerSecond: losses.isEmpty ? 0 : Double(losses.count * tokensPerStep) / seconds, losses: losses)
+        reporter?.finish(summary)
+        return summary
+    }
+}
+
+/// `metrics.jsonl`: one JSON object per line, one file per run.
+final class MetricsLog {
+    let handle: FileHandle
+
+    init(url: URL, append: Bool) throws {
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            if !append || !fm.fileExists(atPath: url.path) { fm.createFile(atPath: url.path, contents: nil) }
+            handle = try FileHandle(forWritingTo: url)
+            handle.seekToEndOfFile()
+        } catch {
+            throw CheckpointError.writeFailed(path: url.path, reason: error.localizedDescription)
+        }
+    }
+
+    func write(_ object: [String: Any]) throws {
+        var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        line.append(0x0A)
+        handle.write(line)
+    }
+
+    deinit { try? handle.close() }
+}
