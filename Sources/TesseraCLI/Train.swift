@@ -17,6 +17,9 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest complete checkpoint (its saved config, unless --config is given).", valueName: "RUN_DIR"))
     var resume: String?
 
+    @Option(help: "Stop after this step, writing a checkpoint, as if interrupted (the schedule still spans train.steps); continue with --resume.")
+    var stopAt: Int?
+
     func run() throws {
         var overrides = options.overrides
         var file = options.config
@@ -37,7 +40,7 @@ struct Train: ParsableCommand {
         let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
         let trainer = try Trainer(config: config, world: comm)
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
-        _ = try trainer.run(resume: resume != nil)
+        _ = try trainer.run(resume: resume != nil, stopAt: stopAt)
     }
 }
 

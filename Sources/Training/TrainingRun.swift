@@ -15,8 +15,11 @@ extension Trainer {
     /// The whole run: optional resume, steps with progress, validation, metrics and checkpoints.
     /// `resume`: continue from the newest checkpoint of run.dir; without it, a run.dir that
     /// already holds checkpoints is refused rather than overwritten.
-    public func run(resume: Bool) throws -> RunSummary {
+    /// `stopAt`: stop after that step with a checkpoint, as an interrupted run would (the
+    /// schedule still spans train.steps), to continue later with `resume`.
+    public func run(resume: Bool, stopAt: Int? = nil) throws -> RunSummary {
         let total = config.int("train.steps")
+        let end = min(total, stopAt ?? total)
         if resume {
             let from = try resumeFromLatest()
             if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
@@ -35,13 +38,13 @@ extension Trainer {
         var losses: [Double] = []
         var validation = Double.nan
         var lastRate = 0.0
-        while step < total {
+        while step < end {
             let rate = schedule.rate(at: step)
             let loss = try trainStep()
             losses.append(loss)
             intervalSteps += 1
             let logEvery = config.int("train.log_every")
-            if step % logEvery == 0 || step == total {
+            if step % logEvery == 0 || step == end {
                 let seconds = Date().timeIntervalSince(intervalStart)
                 lastRate = Double(intervalSteps * tokensPerStep) / max(seconds, 1e-9)
                 reporter?.progress(step: step, total: total, loss: loss, learningRate: Double(rate), tokensPerSecond: lastRate)
@@ -50,13 +53,13 @@ extension Trainer {
                 intervalStart = Date(); intervalSteps = 0
             }
             let evalEvery = config.int("eval.every")
-            if (evalEvery > 0 && step % evalEvery == 0) || step == total {
+            if (evalEvery > 0 && step % evalEvery == 0) || step == end {
                 validation = try validationLoss()
                 reporter?.validation(step: step, loss: validation)
                 try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
             }
             let checkpointEvery = config.int("checkpoint.every")
-            if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == total {
+            if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
                 if let url = try saveCheckpoint() { reporter?.note("checkpoint \(url.path)") }
             }
         }
