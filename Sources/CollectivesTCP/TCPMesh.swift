@@ -63,6 +63,7 @@ final class TCPMesh {
     private var sockets: [Int32]          // indexed by world rank; -1 for self
     private var readers: [FrameReader]
     private var closed: [String?]         // why a peer's socket ended, if it did
+    private var closedOrder: [Int] = []   // peers in the order their sockets ended
     private var stash: [Int: [(header: FrameHeader, payload: [UInt8])]] = [:]
 
     init(worldRank: Int, worldSize: Int, sockets: [Int32], timeoutSeconds: Double) {
@@ -79,9 +80,50 @@ final class TCPMesh {
         for fd in sockets where fd >= 0 { close(fd) }
     }
 
+    /// Tag of the frame a rank sends its peers, best effort, when a transfer fails: it names the
+    /// rank that caused it, so every survivor reports the same root cause.
+    static let abortTag = Int64.min
+    private var abortReport: CollectiveError?
+
     /// Completes every send and receive, or throws naming the peer that failed or is late.
     func transfer(_ operation: String, sends: [OutgoingFrame], receives: [ExpectedFrame]) throws {
-        var sendState = sends.map { SendProgress(frame: $0) }
+        do {
+            try transferFrames(operation, sends: sends, receives: receives)
+        } catch let error as CollectiveError {
+            switch error {
+            case .peerLost(let rank, _, _): tellPeers(rank: rank, error: error)
+            case .timeout(_, let waiting, _) where !waiting.isEmpty: tellPeers(rank: waiting[0], error: error)
+            default: break
+            }
+            throw error
+        }
+    }
+
+    private func tellPeers(rank: Int, error: CollectiveError) {
+        guard abortReport == nil else { return }   // only the first detector tells
+        let what: String
+        switch error {
+        case let .peerLost(_, _, detail): what = detail
+        case let .timeout(_, _, seconds): what = "silent for \(Int(seconds)) s"
+        default: what = "\(error)"
+        }
+        let text = Array("\(what), seen by rank \(worldRank)".utf8)
+        var payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
+        let header = FrameHeader(tag: Self.abortTag, communicator: 0, length: UInt64(payload.count)).bytes
+        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
+            let frame = header + payload
+            _ = frame.withUnsafeBytes { send(sockets[peer], $0.baseAddress!, frame.count, Int32(MSG_NOSIGNAL)) }
+        }
+        payload.removeAll()
+    }
+
+    private func transferFrames(_ operation: String, sends: [OutgoingFrame], receives: [ExpectedFrame]) throws {
+        // Frames to oneself go straight to the stash.
+        for frame in sends where frame.peer == worldRank {
+            let header = frame.header.withUnsafeBytes { FrameHeader($0) }
+            stash[worldRank, default: []].append((header, Array(frame.payload.bindMemory(to: UInt8.self))))
+        }
+        var sendState = sends.filter { $0.peer != worldRank }.map { SendProgress(frame: $0) }
         // Receives not yet complete; `claimed` ones have their frame arriving right now.
         var pendingReceives = receives.indices.filter { !takeFromStash(receives[$0]) }
         var claimed = Set<Int>()
@@ -149,8 +191,9 @@ final class TCPMesh {
             if written < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK { return }
                 if errno == EINTR { continue }
+                if closed[peer] == nil { closedOrder.append(peer) }
                 closed[peer] = Socket.errorText()
-                throw CollectiveError.peerLost(rank: peer, operation: operation, detail: "send failed: \(closed[peer]!)")
+                throw CollectiveError.peerLost(rank: closedOrder.first!, operation: operation, detail: "send to rank \(peer) failed: \(closed[peer]!)")
             }
             states[i].offset += written
             if states[i].offset == headerCount + states[i].frame.payload.count { states[i].done = true }
@@ -214,7 +257,11 @@ final class TCPMesh {
                 if reader.filled < Int(header.length) { continue }
             }
             // Frame complete.
-            if let slot = reader.targetSlot {
+            if header.tag == Self.abortTag, reader.spill.count >= 8 {
+                let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
+                let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
+                abortReport = .peerLost(rank: root, operation: operation, detail: text)
+            } else if let slot = reader.targetSlot {
                 pending.removeAll { $0 == slot }
                 claimed.remove(slot)
             } else if let slot = pending.first(where: {
@@ -238,16 +285,23 @@ final class TCPMesh {
     /// records a closed peer (thrown later only if someone needs that peer).
     private func progressed(_ n: Int, _ peer: Int) throws -> Bool {
         if n > 0 { return true }
-        if n == 0 { closed[peer] = "connection closed"; return false }
-        if errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return false }
-        closed[peer] = Socket.errorText()
+        if n < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return false }
+        if closed[peer] == nil { closedOrder.append(peer) }
+        closed[peer] = n == 0 ? "connection closed" : Socket.errorText()
         return false
     }
 
     private func checkLost(_ operation: String, _ sends: [SendProgress], _ receives: [ExpectedFrame]) throws {
+        if case let .peerLost(root, _, detail)? = abortReport {
+            throw CollectiveError.peerLost(rank: root, operation: operation, detail: detail)
+        }
         for peer in Set(sends.filter { !$0.done }.map(\.frame.peer) + receives.map(\.peer)) {
             if let why = closed[peer] {
-                throw CollectiveError.peerLost(rank: peer, operation: operation, detail: why)
+                // Name the peer that went first: when one rank dies, its neighbours fail next,
+                // and the first loss seen here is the likelier cause.
+                let first = closedOrder.first ?? peer
+                throw CollectiveError.peerLost(rank: first, operation: operation,
+                                               detail: first == peer ? why : "\(closed[first]!); rank \(peer), which this operation waits for, has gone too")
             }
         }
     }

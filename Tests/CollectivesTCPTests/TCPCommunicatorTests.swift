@@ -1,0 +1,90 @@
+import Testing
+import Collectives
+import CollectivesTCP
+import Foundation
+import _TestSupport
+
+/// Ranks as threads of this process, each joining through real loopback sockets.
+func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ in "secret" }, timeout: Double = 30,
+               _ body: @escaping (Communicator) throws -> T) -> [Result<T, Error>] {
+    InProcessCommunicator.run(size: size, timeoutSeconds: timeout + 30) { local in
+        let spec = TCPJobSpec(rank: local.rank, worldSize: size, masterAddress: "127.0.0.1", masterPort: port, token: token(local.rank))
+        return try body(try TCPCommunicator.world(spec, timeoutSeconds: timeout))
+    }
+}
+
+/// A port that is free right now.
+func freePort() -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    return UInt16(bigEndian: address.sin_port)
+}
+
+@Suite(.serialized) struct TCPCommunicatorTests {
+    @Test(arguments: [1, 2, 3, 4])
+    func conformanceOverLoopbackSockets(ranks: Int) throws {
+        let results = runTCP(size: ranks, port: freePort()) { comm in try CommunicatorConformance.run(comm) }
+        for result in results {
+            let outcomes = try result.get()
+            #expect(outcomes.count > 40)
+            for outcome in outcomes { #expect(outcome.passed, "\(outcome)") }
+        }
+    }
+
+    @Test func aPeerWithTheWrongTokenIsRefusedAndNeverJoins() throws {
+        let results = runTCP(size: 2, port: freePort(), token: { $0 == 1 ? "intruder" : "secret" }, timeout: 3) { comm in comm.size }
+        let rank0 = "\(results[0])", rank1 = "\(results[1])"
+        #expect(rank0.contains("rendezvous") && rank0.contains("1"), "rank 0 times out waiting for rank 1: \(rank0)")
+        #expect(rank1.contains("did not accept rank 1"), "\(rank1)")
+    }
+
+    @Test func aLostPeerIsNamedBySurvivors() throws {
+        let results = runTCP(size: 3, port: freePort(), timeout: 20) { comm -> Void in
+            var data = [Float](repeating: 1, count: 1000)
+            try comm.allReduce(&data, op: .sum)
+            if comm.rank == 2 { throw CollectiveError.backend("rank 2 leaves") }   // its sockets close with its communicator
+            try comm.allReduce(&data, op: .sum)
+        }
+        for r in 0..<2 {
+            #expect(throws: CollectiveError.self) { try results[r].get() }
+            let text = "\(results[r])"
+            #expect(text.contains("rank 2 was lost"), "rank \(r): \(text)")
+        }
+    }
+
+    @Test func missingOrMalformedVariablesAreNamed() {
+        let good = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "2", "TESSERA_MASTER_ADDR": "127.0.0.1",
+                    "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+        #expect((try? TCPJobSpec(environment: good)) != nil)
+        for key in TCPJobSpec.variables {
+            var env = good
+            env[key] = nil
+            let text = (try? TCPJobSpec(environment: env)).map { _ in "" } ?? { do { _ = try TCPJobSpec(environment: env) } catch { return "\(error)" }; return "" }()
+            #expect(text.contains("\(key) is not set"), "\(text)")
+        }
+        var bad = good
+        bad["TESSERA_RANK"] = "2"
+        #expect(throws: CollectiveError.self) { try TCPJobSpec(environment: bad) }
+        bad = good
+        bad["TESSERA_MASTER_PORT"] = "http"
+        #expect(throws: CollectiveError.self) { try TCPJobSpec(environment: bad) }
+    }
+
+    @Test func hostfileIsValidatedWithTheKeyNamed() throws {
+        let ok = try Hostfile(json: Data(#"{"master_port": 29555, "token": "x", "nodes": [{"host": "10.0.0.1", "nproc": 2, "interface": "eth0"}, {"host": "10.0.0.2", "nproc": 3}]}"#.utf8), path: "h.json")
+        #expect(ok.worldSize == 5 && ok.rankOffset(node: 1) == 2 && ok.masterAddress == "10.0.0.1" && ok.masterPort == 29555)
+        for (json, needle) in [("{", "not a JSON object"), (#"{"nodes": []}"#, "'nodes'"), (#"{"nodes": [{"host": "a"}]}"#, "nodes[0].nproc"),
+                               (#"{"nodes": [{"host": "a", "nproc": 1}], "mastr_port": 1}"#, "mastr_port")] {
+            do { _ = try Hostfile(json: Data(json.utf8), path: "bad.json"); Issue.record("accepted \(json)") } catch {
+                #expect("\(error)".contains("bad.json") && "\(error)".contains(needle), "\(error)")
+            }
+        }
+    }
+}
