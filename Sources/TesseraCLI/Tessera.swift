@@ -8,7 +8,7 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Distributed training of transformer language models on CPU clusters.",
-        subcommands: [Train.self, Launch.self, Eval.self, Generate.self, DataCommand.self,
+        subcommands: [Train.self, Launch.self, Eval.self, Generate.self, DataCommand.self, Report.self, Bench.self,
                       SelfTest.self])
 
     /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit

@@ -1,0 +1,226 @@
+import ArgumentParser
+import Collectives
+import CollectivesMPI
+import Foundation
+import Kernels
+import TensorCore
+import Training
+
+/// `tessera bench`: speed and memory as JSON lines (BENCH.md). Rank 0 prints; logs go to stderr.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure speed and memory; prints one JSON object per measurement.",
+        subcommands: [GemmBench.self, TrainBench.self, CommBench.self, AttentionBench.self])
+}
+
+/// Options every bench shares.
+struct BenchOptions: ParsableArguments {
+    @Option(help: "Kernel (BLAS) threads per rank.")
+    var threads = 1
+
+    @Option(help: "Timed repetitions after the warm-up.")
+    var runs = 5
+
+    @Option(help: "Untimed warm-up repetitions.")
+    var warmup = 1
+}
+
+enum BenchReport {
+    /// Peak resident memory of this process in MiB.
+    static var peakRSSMiB: Double {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return Double(usage.ru_maxrss) / 1024
+    }
+
+    /// Times `body` `runs` times after `warmup` calls; seconds per call.
+    static func time(runs: Int, warmup: Int, _ body: () throws -> Void) rethrows -> [Double] {
+        for _ in 0..<warmup { try body() }
+        return try (0..<runs).map { _ in
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+    }
+
+    /// One JSON line with the BENCH.md keys; `values` are already in `unit`. Collective over `comm`
+    /// (for the largest rank's memory); rank 0 prints.
+    static func emit(_ bench: String, impl: String, threads: Int, comm: Communicator, shape: [String: Any],
+                     unit: String, values: [Double], extra: [String: Any] = [:]) throws {
+        let rss = try comm.allReduce(Float(peakRSSMiB), op: .max)
+        guard comm.rank == 0 else { return }
+        let sorted = values.sorted()
+        var object: [String: Any] = ["bench": bench, "impl": impl, "threads": threads, "ranks": comm.size, "unit": unit,
+                                     "min": round4(sorted.first ?? 0), "median": round4(sorted.isEmpty ? 0 : sorted[sorted.count / 2]),
+                                     "max": round4(sorted.last ?? 0), "runs": values.count, "peak_rss_mib": round4(Double(rss))]
+        object.merge(shape) { $1 }
+        object.merge(extra) { $1 }
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+        print(String(decoding: data, as: UTF8.self))
+        fflush(stdout)
+    }
+
+    static func round4(_ x: Double) -> Double { (x * 10_000).rounded() / 10_000 }
+
+    static func log(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+}
+
+struct GemmBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "gemm", abstract: "n×n×n Float32 GEMM with the model's matmul kernel (GFLOP/s).")
+    @OptionGroup var bench: BenchOptions
+    @OptionGroup var world: WorldOptions
+    @Option(parsing: .upToNextOption, help: "Matrix sizes.")
+    var n: [Int] = [1024, 2048]
+
+    func run() throws {
+        let comm = try world.makeWorld()
+        Matmul.threads = bench.threads
+        for size in n {
+            let a = FloatBuffer(count: size * size), b = FloatBuffer(count: size * size), c = FloatBuffer(count: size * size)
+            var rng = RNG(seed: 1)
+            for i in 0..<(size * size) { a[i] = Float(rng.nextNormal()); b[i] = Float(rng.nextNormal()) }
+            let seconds = BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+                Matmul.gemm(transposeA: false, transposeB: false, m: size, n: size, k: size, a: a.pointer, lda: size,
+                            b: b.pointer, ldb: size, c: c.pointer, ldc: size)
+            }
+            let flops = 2 * pow(Double(size), 3)
+            try BenchReport.emit("gemm", impl: "openblas-sgemm", threads: bench.threads, comm: comm, shape: ["n": size],
+                                 unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
+        }
+    }
+
+    /// Measured single-call GFLOP/s of an n×n×n GEMM on this machine with the current threads.
+    static func peak(n: Int = 1024) -> Double {
+        let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
+        for i in 0..<(n * n) { a[i] = 0.001 * Float(i % 13); b[i] = 0.002 * Float(i % 7) }
+        let seconds = BenchReport.time(runs: 3, warmup: 1) {
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
+        }
+        return 2 * pow(Double(n), 3) / seconds.min()! / 1e9
+    }
+}
+
+struct TrainBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "train", abstract: "Training throughput of a config (tokens/s of the global batch) and MFU.")
+    @OptionGroup var options: ConfigOptions
+    @OptionGroup var world: WorldOptions
+    @Option(help: "Kernel (BLAS) threads per rank.")
+    var threads = 1
+    @Option(help: "Timed steps (at least 20).")
+    var steps = 20
+    @Option(help: "Untimed warm-up steps.")
+    var warmup = 5
+
+    func run() throws {
+        let config = try options.load(defaultFile: "configs/bench-dense.yaml").applying(["train.threads=\(threads)", "train.steps=\(warmup + steps)"])
+        let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
+        let trainer = try Trainer(config: config, world: comm)
+        for _ in 0..<warmup { try trainer.trainStep() }
+        var seconds: [Double] = []
+        for _ in 0..<max(steps, 1) {
+            try comm.barrier()
+            let start = DispatchTime.now().uptimeNanoseconds
+            try trainer.trainStep()
+            seconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        let tokens = Double(trainer.tokensPerStep)
+        let rates = seconds.map { tokens / $0 }
+        let model = trainer.model
+        let length = config.int("data.seq_len")
+        // Training FLOPs per token: 3 × forward (forward + backward's two products).
+        let flopsPerToken = 3 * (model.matmulFlopsPerToken + model.attentionFlopsPerToken(length: length))
+        let peakPerRank = GemmBench.peak() // this rank's GEMM peak with the same threads
+        let peak = peakPerRank * Double(comm.size)
+        let median = rates.sorted()[rates.count / 2]
+        try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
+                             shape: ["model": "dense", "data": trainer.grid.dataSize, "sequence": trainer.grid.sequenceSize,
+                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.bool("parallel.overlap")],
+                             unit: "tokens/s", values: rates,
+                             extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
+                                     "gemm_peak_gflops": BenchReport.round4(peak),
+                                     "mfu": BenchReport.round4(median * flopsPerToken / (peak * 1e9))])
+    }
+}
+
+struct CommBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "comm", abstract: "Collective bandwidth of this job's backend (GB/s per rank).")
+    @OptionGroup var bench: BenchOptions
+    @OptionGroup var world: WorldOptions
+    @Option(parsing: .upToNextOption, help: "Operations: allreduce, allgather, reduce_scatter, alltoall.")
+    var op: [String] = ["allreduce", "allgather", "reduce_scatter", "alltoall"]
+    @Option(parsing: .upToNextOption, help: "MiB of Float32 per rank.")
+    var mib: [Int] = [1, 16, 64]
+
+    func run() throws {
+        let comm = try world.makeWorld(defaultTimeout: 120)
+        for name in op {
+            guard ["allreduce", "allgather", "reduce_scatter", "alltoall"].contains(name) else {
+                throw ValidationError("unknown --op \(name); choose allreduce, allgather, reduce_scatter or alltoall")
+            }
+            for size in mib {
+                let bytes = size << 20, floats = bytes / 4
+                let count = floats / comm.size * comm.size   // divisible blocks for scatter/alltoall
+                let input = FloatBuffer(count: count), output = FloatBuffer(count: name == "allgather" ? count * comm.size : count)
+                let body: () throws -> Void
+                switch name {
+                case "allreduce": body = { try comm.allReduce(input.buffer, op: .sum) }
+                case "allgather": body = {
+                    try comm.allGather(UnsafeRawBufferPointer(input.buffer), counts: [Int](repeating: count * 4, count: comm.size),
+                                       into: UnsafeMutableRawBufferPointer(output.buffer)) }
+                case "reduce_scatter": body = {
+                    try comm.reduceScatter(UnsafeBufferPointer(input.buffer),
+                                           into: UnsafeMutableBufferPointer(start: output.pointer, count: count / comm.size), op: .sum) }
+                default: body = {
+                    let block = [Int](repeating: count / comm.size * 4, count: comm.size)
+                    try comm.allToAll(UnsafeRawBufferPointer(input.buffer), sendCounts: block,
+                                      into: UnsafeMutableRawBufferPointer(output.buffer), receiveCounts: block) }
+                }
+                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) { try comm.barrier(); try body() }
+                try BenchReport.emit("comm", impl: comm.backendName, threads: bench.threads, comm: comm,
+                                     shape: ["op": name, "bytes": bytes], unit: "GB/s", values: seconds.map { Double(bytes) / $0 / 1e9 })
+                if name == "allreduce", let mpi = comm as? MPICommunicator {
+                    let bare = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) { try comm.barrier(); mpi.blockingAllReduceSum(input.buffer) }
+                    try BenchReport.emit("comm", impl: "mpi-bare-allreduce", threads: bench.threads, comm: comm,
+                                         shape: ["op": name, "bytes": bytes], unit: "GB/s", values: bare.map { Double(bytes) / $0 / 1e9 })
+                }
+            }
+        }
+    }
+}
+
+struct AttentionBench: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "attention", abstract: "Causal attention forward / forward+backward (ms).")
+    @OptionGroup var bench: BenchOptions
+    @Option(parsing: .upToNextOption, help: "Sequence lengths.")
+    var n: [Int] = [512, 1024, 2048, 4096]
+    @Option(parsing: .upToNextOption, help: "fwd, fwdbwd.")
+    var mode: [String] = ["fwd", "fwdbwd"]
+
+    func run() throws {
+        let comm = SingleProcessCommunicator()
+        Matmul.threads = bench.threads
+        let (B, H, D) = (1, 8, 64)
+        for length in n {
+            let attention = CausalAttention(batch: B, length: length, heads: H, kvHeads: H, headDim: D)
+            let size = B * length * H * D
+            let q = FloatBuffer(count: size), k = FloatBuffer(count: size), v = FloatBuffer(count: size), o = FloatBuffer(count: size)
+            var rng = RNG(seed: 5)
+            for i in 0..<size { q[i] = Float(rng.nextNormal()); k[i] = Float(rng.nextNormal()); v[i] = Float(rng.nextNormal()) }
+            let p = FloatBuffer(count: attention.probabilityCount), scratch = FloatBuffer(count: length * length)
+            let dO = FloatBuffer(count: size), dq = FloatBuffer(count: size), dk = FloatBuffer(count: size), dv = FloatBuffer(count: size)
+            for i in 0..<size { dO[i] = 1 }
+            for m in mode {
+                let seconds = BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+                    attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer)
+                    if m == "fwdbwd" {
+                        attention.backward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer, dO: dO.pointer,
+                                           dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, scratch: scratch.pointer)
+                    }
+                }
+                try BenchReport.emit("attention", impl: "materialized", threads: bench.threads, comm: comm,
+                                     shape: ["B": B, "H": H, "D": D, "N": length, "causal": true, "mode": m],
+                                     unit: "ms", values: seconds.map { $0 * 1000 })
+            }
+        }
+    }
+}
