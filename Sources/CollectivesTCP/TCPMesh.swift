@@ -99,6 +99,50 @@ final class TCPMesh {
         }
     }
 
+    /// Tag of the notice a rank sends when its deadline passes: the ranks it waits for.
+    static let waitingTag = Int64.min + 1
+    private var waitNotices: [Int: [Int]] = [:]
+
+    /// The rank to blame when this one's deadline passes: it announces whom it waits for,
+    /// listens for a short grace period to the others' announcements, then follows the
+    /// wait-for chain (rank 1 waits for 0, 0 waits for 2, 2 says nothing) to the rank that is
+    /// silent or gone, so every survivor names the hung rank, not its waiting neighbour.
+    private func diagnoseTimeout(_ operation: String, waitingFor late: [Int]) -> CollectiveError {
+        let payload = late.flatMap { withUnsafeBytes(of: Int64($0).littleEndian) { Array($0) } }
+        let frame = FrameHeader(tag: Self.waitingTag, communicator: 0, length: UInt64(payload.count)).bytes + payload
+        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
+            _ = frame.withUnsafeBytes { send(sockets[peer], $0.baseAddress!, frame.count, Int32(MSG_NOSIGNAL)) }
+        }
+        let grace = Date(timeIntervalSinceNow: min(5, max(1, timeoutSeconds * 0.2)))
+        var pending: [Int] = [], claimed = Set<Int>()
+        var fds = [pollfd](repeating: pollfd(), count: worldSize)
+        while Date() < grace, abortReport == nil {
+            for peer in 0..<worldSize {
+                let live = sockets[peer] >= 0 && closed[peer] == nil
+                fds[peer] = pollfd(fd: live ? sockets[peer] : -1, events: Int16(POLLIN), revents: 0)
+            }
+            if poll(&fds, nfds_t(worldSize), 100) > 0 {
+                for peer in 0..<worldSize where fds[peer].revents != 0 {
+                    try? readReady(peer, receives: [], pending: &pending, claimed: &claimed, operation)
+                }
+            }
+        }
+        if case let .peerLost(root, _, _)? = abortReport {
+            return .timeout(operation: operation, waitingFor: [root], seconds: timeoutSeconds)
+        }
+        // Follow each chain to its end: a rank that announced nothing (silent) or is gone.
+        var blamed = Set<Int>()
+        for start in late {
+            var rank = start, seen: Set<Int> = [worldRank]
+            while closed[rank] == nil, let next = waitNotices[rank]?.first(where: { !seen.contains($0) }) {
+                seen.insert(rank)
+                rank = next
+            }
+            blamed.insert(rank)
+        }
+        return .timeout(operation: operation, waitingFor: blamed.sorted(), seconds: timeoutSeconds)
+    }
+
     private func tellPeers(rank: Int, error: CollectiveError) {
         guard abortReport == nil else { return }   // only the first detector tells
         let what: String
@@ -143,7 +187,7 @@ final class TCPMesh {
             let now = DispatchTime.now().uptimeNanoseconds
             guard now < deadline else {
                 let late = Set(sendState.filter { !$0.done }.map(\.frame.peer) + pendingReceives.map { receives[$0].peer })
-                throw CollectiveError.timeout(operation: operation, waitingFor: late.sorted(), seconds: timeoutSeconds)
+                throw diagnoseTimeout(operation, waitingFor: late.sorted())
             }
             let waitMilliseconds = Int32(min(1000, (deadline - now) / 1_000_000 + 1))
             let ready = poll(&fds, nfds_t(worldSize), waitMilliseconds)
@@ -261,6 +305,10 @@ final class TCPMesh {
                 let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
                 let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
                 abortReport = .peerLost(rank: root, operation: operation, detail: text)
+            } else if header.tag == Self.waitingTag {
+                waitNotices[peer] = reader.spill.withUnsafeBytes { raw in
+                    (0..<(raw.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
+                }
             } else if let slot = reader.targetSlot {
                 pending.removeAll { $0 == slot }
                 claimed.remove(slot)

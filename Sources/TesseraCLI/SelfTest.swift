@@ -20,15 +20,19 @@ struct SelfTest: ParsableCommand {
     @Option(help: "For failure tests: this rank kills itself (SIGKILL) in the middle of an allreduce.")
     var dieRank: Int?
 
+    @Option(help: "For failure tests: this rank stops answering (sleeps) in the middle of an allreduce.")
+    var hangRank: Int?
+
     func run() throws {
         guard what == "comm" else { throw ValidationError("unknown selftest '\(what)'; available: comm") }
         let comm = try world.makeWorld(defaultTimeout: 60)
-        if let dieRank {
+        if dieRank != nil || hangRank != nil {
             var data = [Float](repeating: 1, count: 1 << 20)
             try comm.allReduce(&data, op: .sum)
             if comm.rank == dieRank { kill(getpid(), SIGKILL) }
+            if comm.rank == hangRank { sleep(3600) }
             try comm.allReduce(&data, op: .sum)   // the survivors must throw here, naming dieRank
-            throw TesseraError("rank \(dieRank) was killed but the allreduce completed without it")
+            throw TesseraError("rank \(dieRank ?? hangRank!) stopped but the allreduce completed without it")
         }
         let outcomes = try CommunicatorConformance.run(comm, lengths: CommunicatorConformance.defaultLengths(large: large))
         let failed = outcomes.filter { !$0.passed }

@@ -90,8 +90,9 @@ public struct RunConfig: Equatable, Sendable {
 
     /// Defaults, then the YAML file (if any), then `key=value` overrides, each validated.
     public init(file: String?, overrides: [String] = []) throws {
-        values = Dictionary(uniqueKeysWithValues: ConfigSchema.keys.map { ($0.path, $0.defaultValue) })
+        values = [:]
         source = file ?? "defaults"
+        for key in ConfigSchema.keys { try set(key.path, key.defaultValue, from: "defaults") }
         if let file {
             guard let data = FileManager.default.contents(atPath: file) else {
                 throw ConfigError("config file \(file) cannot be read; pass an existing file such as configs/tiny.yaml")
@@ -138,7 +139,13 @@ public struct RunConfig: Equatable, Sendable {
         guard valid else {
             throw ConfigError("\(origin): \(path) = '\(text)' is not \(key.kind == .int ? "an integer" : key.kind == .float ? "a number" : key.kind == .bool ? "true or false" : "a non-empty string")")
         }
-        values[path] = key.kind == .bool ? text.lowercased() : text
+        // Canonical text, so "3e-3" and "0.003" are the same value (config hashes, resume).
+        switch key.kind {
+        case .int: values[path] = String(Int(text)!)
+        case .float: values[path] = String(Double(text)!)
+        case .bool: values[path] = text.lowercased()
+        case .string: values[path] = text
+        }
     }
 
     func checkRanges() throws {
@@ -216,8 +223,9 @@ public struct RunConfig: Equatable, Sendable {
 
     /// Builds a config from a resolved YAML (a checkpoint's run.yaml).
     public init(resolvedYAML text: String, source: String) throws {
-        values = Dictionary(uniqueKeysWithValues: ConfigSchema.keys.map { ($0.path, $0.defaultValue) })
+        values = [:]
         self.source = source
+        for key in ConfigSchema.keys { try set(key.path, key.defaultValue, from: "defaults") }
         try merge(yaml: text, from: source)
         try checkRanges()
     }
