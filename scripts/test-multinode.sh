@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Two "nodes" on one machine: network namespaces joined by a veth pair, each with its own
+# hostname (so OpenMPI's shared-memory names do not collide). Runs one mpirun job and one
+# TCP-backend job (`tessera launch` per node with a shared hostfile) across them: the
+# conformance suite, and a training run that must equal one rank.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
+  skip "multi-node tests" "need root, ip (iproute2) and unshare"; exit 0
+fi
+probe="tsr-probe-$$"
+if ! ip netns add "$probe" 2>/dev/null; then skip "multi-node tests" "network namespaces are not available here"; exit 0; fi
+ip netns del "$probe"
+
+A="tsr-a-$$" B="tsr-b-$$"
+SUBNET=10.231.77
+work=$(mktemp -d /tmp/tessera-multinode.XXXXXX)
+cleanup() { ip netns del "$A" 2>/dev/null; ip netns del "$B" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+ip netns add "$A" && ip netns add "$B"
+ip link add "va$$" type veth peer name "vb$$"
+ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$B"
+ip -n "$A" link set "va$$" name veth0 && ip -n "$B" link set "vb$$" name veth0
+ip -n "$A" addr add $SUBNET.1/24 dev veth0 && ip -n "$B" addr add $SUBNET.2/24 dev veth0
+for ns in "$A" "$B"; do ip -n "$ns" link set veth0 up; ip -n "$ns" link set lo up; done
+
+# on NODE COMMAND...: runs a command on node a or b (its namespace and hostname).
+cat >"$work/on" <<SH
+#!/usr/bin/env bash
+node=\$1; shift
+case "\$node" in a|$SUBNET.1) ns=$A; name=node-a ;; b|$SUBNET.2) ns=$B; name=node-b ;; *) echo "no node \$node" >&2; exit 1 ;; esac
+exec ip netns exec "\$ns" unshare --uts bash -c "hostname \$name; \$*"
+SH
+chmod +x "$work/on"
+# OpenMPI's launcher agent: called as AGENT HOST COMMAND..., like ssh.
+printf '#!/usr/bin/env bash\nhost=$1; shift\nexec %q "$host" "$@"\n' "$work/on" >"$work/agent"
+chmod +x "$work/agent"
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mpirun_across="mpirun --host $SUBNET.1:2,$SUBNET.2:2 -np 4 --bind-to none --mca plm_rsh_agent $work/agent \
+  --mca btl self,vader,tcp --mca btl_tcp_if_include $SUBNET.0/24 --mca oob_tcp_if_include $SUBNET.0/24 -x OPENBLAS_NUM_THREADS=1"
+
+check "two nodes: mpirun places 2 ranks on each node" bash -c \
+  "$work/on a \"$mpirun_across hostname\" | sort | uniq -c | tr -s ' ' | grep -qz '2 node-a.*2 node-b'"
+check "two nodes: mpirun conformance suite, 4 ranks" \
+  "$work/on" a "$mpirun_across $TESSERA selftest comm --large 100003 | tail -n 1 | grep -q '0 failed'"
+
+cat >"$work/hosts.json" <<JSON
+{"master_addr": "$SUBNET.1", "master_port": 29631, "token": "multinode-test-$$",
+ "nodes": [{"host": "$SUBNET.1", "nproc": 2, "interface": "veth0"}, {"host": "$SUBNET.2", "nproc": 2, "interface": "veth0"}]}
+JSON
+# launch_across ARGS...: one `tessera launch` per node, both must succeed.
+launch_across() {
+  "$work/on" b "$TESSERA launch --hostfile $work/hosts.json --node-rank 1 -- $*" >"$work/node-b.out" 2>&1 &
+  local other=$!
+  "$work/on" a "$TESSERA launch --hostfile $work/hosts.json --node-rank 0 -- $*"
+  local status=$?
+  wait "$other" || { echo "node b failed:"; cat "$work/node-b.out"; return 1; }
+  return $status
+}
+check "two nodes: TCP conformance suite, 4 ranks" bash -c "$(declare -f launch_across); work=$work TESSERA=$TESSERA; launch_across selftest comm --large 100003 | tail -n 1 | grep -q '0 failed'"
+
+tiny="--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2 --set model.kv_heads=1 \
+  --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12 --set train.steps=10 --set train.log_every=1 \
+  --set eval.every=0 --set eval.batches=2 --set checkpoint.every=0 --set data.dir=$PWD/data/shakespeare"
+check "two nodes: 1-rank reference run" "$TESSERA" train $tiny --set run.dir="$work/one"
+check "two nodes: mpirun training equals one rank" bash -c \
+  "$work/on a \"$mpirun_across $TESSERA train $tiny --set run.dir=$work/mpi\" && python3 scripts/compare_losses.py $work/one/metrics.jsonl $work/mpi/metrics.jsonl"
+check "two nodes: TCP training equals one rank" bash -c \
+  "$(declare -f launch_across); work=$work TESSERA=$TESSERA; launch_across train $tiny --set run.dir=$work/tcp && python3 scripts/compare_losses.py $work/one/metrics.jsonl $work/tcp/metrics.jsonl"
