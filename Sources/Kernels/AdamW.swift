@@ -19,11 +19,24 @@ public struct AdamW: Equatable, Sendable {
         let stepSize = lr / Float(correction1)
         let rootCorrection2 = Float(correction2.squareRoot())
         let shrink = decay ? 1 - lr * weightDecay : 1
-        for i in 0..<count {
-            let gi = g[i]
-            m[i] = beta1 * m[i] + (1 - beta1) * gi
-            v[i] = beta2 * v[i] + (1 - beta2) * gi * gi
-            p[i] = p[i] * shrink - stepSize * m[i] / (v[i].squareRoot() / rootCorrection2 + eps)
+        let (b1, b2, e) = (beta1, beta2, eps)
+        Parallel.forRanges(count, minimumChunk: 65_536) { range in
+            var i = range.lowerBound
+            while i + 8 <= range.upperBound {
+                let gi = VectorMath.load(g + i)
+                let mi = b1 * VectorMath.load(m + i) + (1 - b1) * gi
+                let vi = b2 * VectorMath.load(v + i) + (1 - b2) * gi * gi
+                VectorMath.store(mi, m + i)
+                VectorMath.store(vi, v + i)
+                VectorMath.store(VectorMath.load(p + i) * shrink - stepSize * mi / (vi.squareRoot() / rootCorrection2 + e), p + i)
+                i += 8
+            }
+            for j in i..<range.upperBound {
+                let gj = g[j]
+                m[j] = b1 * m[j] + (1 - b1) * gj
+                v[j] = b2 * v[j] + (1 - b2) * gj * gj
+                p[j] = p[j] * shrink - stepSize * m[j] / (v[j].squareRoot() / rootCorrection2 + e)
+            }
         }
     }
 }

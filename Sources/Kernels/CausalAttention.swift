@@ -30,8 +30,9 @@ public struct CausalAttention {
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>) {
         let T = length, D = headDim, qStride = heads * D, kvStride = kvHeads * D
-        for b in 0..<batch {
-            for h in 0..<heads {
+        Parallel.forRangesCallingBLAS(batch * heads) { pairs in
+            for pair in pairs {
+                let b = pair / heads, h = pair % heads
                 let kvh = h / (heads / kvHeads)
                 let qh = q + b * T * qStride + h * D
                 let kh = k + b * T * kvStride + kvh * D, vh = v + b * T * kvStride + kvh * D
@@ -56,56 +57,72 @@ public struct CausalAttention {
     static func softmaxCausalRow(_ row: UnsafeMutablePointer<Float>, visible: Int, width: Int) {
         var maximum = -Float.infinity
         for j in 0..<visible { maximum = max(maximum, row[j]) }
+        for j in 0..<visible { row[j] -= maximum }
+        VectorMath.exp(row, row, count: visible)
         var sum: Float = 0
-        for j in 0..<visible { let e = exp(row[j] - maximum); row[j] = e; sum += e }
+        for j in 0..<visible { sum += row[j] }
         let inverse = 1 / sum
         for j in 0..<visible { row[j] *= inverse }
         for j in visible..<width { row[j] = 0 }
     }
 
-    /// Gradients dq (overwritten), dk and dv (overwritten) from dO. `scratch` holds T×T floats.
+    /// Gradients dq (overwritten), dk and dv (overwritten) from dO.
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, probabilities: UnsafePointer<Float>, dO: UnsafePointer<Float>,
-                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         scratch: UnsafeMutablePointer<Float>) {
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
         let T = length, D = headDim, qStride = heads * D, kvStride = kvHeads * D
         dk.update(repeating: 0, count: batch * T * kvStride)
         dv.update(repeating: 0, count: batch * T * kvStride)
-        for b in 0..<batch {
-            for h in 0..<heads {
-                let kvh = h / (heads / kvHeads)
-                let offsetQ = b * T * qStride + h * D, offsetKV = b * T * kvStride + kvh * D
-                let p = probabilities + (b * heads + h) * T * T
-                let dS = scratch
-                for rows in blocks() {
-                    let visible = rows.upperBound, r0 = rows.lowerBound
-                    // dP = dO · Vᵀ  (rows × visible)
-                    Matmul.gemm(transposeA: false, transposeB: true, m: rows.count, n: visible, k: D,
-                                a: dO + offsetQ + r0 * qStride, lda: qStride, b: v + offsetKV, ldb: kvStride,
-                                c: dS + r0 * T, ldc: T)
-                    // dS = P ⊙ (dP − Σ_d dO·O)
-                    for i in rows {
-                        let dOi = dO + offsetQ + i * qStride, oi = o + offsetQ + i * qStride
-                        var rowDot: Float = 0
-                        for d in 0..<D { rowDot += dOi[d] * oi[d] }
-                        let pi = p + i * T, dSi = dS + i * T
-                        for j in 0...i { dSi[j] = pi[j] * (dSi[j] - rowDot) }
-                        for j in (i + 1)..<max(i + 1, visible) { dSi[j] = 0 }
-                    }
-                    // dV[0..<visible] += Pᵀ · dO
-                    Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count,
-                                a: p + r0 * T, lda: T, b: dO + offsetQ + r0 * qStride, ldb: qStride,
-                                beta: 1, c: dv + offsetKV, ldc: kvStride)
-                    // dQ = scale · dS · K
-                    Matmul.gemm(transposeA: false, transposeB: false, m: rows.count, n: D, k: visible, alpha: scale,
-                                a: dS + r0 * T, lda: T, b: k + offsetKV, ldb: kvStride,
-                                c: dq + offsetQ + r0 * qStride, ldc: qStride)
-                    // dK[0..<visible] += scale · dSᵀ · Q
-                    Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count, alpha: scale,
-                                a: dS + r0 * T, lda: T, b: q + offsetQ + r0 * qStride, ldb: qStride,
-                                beta: 1, c: dk + offsetKV, ldc: kvStride)
+        // Query heads sharing a kv head accumulate into the same dK, dV: parallel work is split
+        // by (batch, kv head), each item handling its group of query heads in order.
+        let group = heads / kvHeads
+        Parallel.forRangesCallingBLAS(batch * kvHeads) { items in
+            let dS = UnsafeMutablePointer<Float>.allocate(capacity: T * T)
+            defer { dS.deallocate() }
+            for item in items {
+                let b = item / kvHeads, kvh = item % kvHeads
+                for h in (kvh * group)..<((kvh + 1) * group) {
+                    backwardHead(b: b, h: h, kvh: kvh, q: q, k: k, v: v, o: o, probabilities: probabilities, dO: dO,
+                                 dq: dq, dk: dk, dv: dv, dS: dS)
                 }
             }
+        }
+    }
+
+    private func backwardHead(b: Int, h: Int, kvh: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                              o: UnsafePointer<Float>, probabilities: UnsafePointer<Float>, dO: UnsafePointer<Float>,
+                              dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                              dS: UnsafeMutablePointer<Float>) {
+        let T = length, D = headDim, qStride = heads * D, kvStride = kvHeads * D
+        let offsetQ = b * T * qStride + h * D, offsetKV = b * T * kvStride + kvh * D
+        let p = probabilities + (b * heads + h) * T * T
+        for rows in blocks() {
+            let visible = rows.upperBound, r0 = rows.lowerBound
+            // dP = dO · Vᵀ  (rows × visible)
+            Matmul.gemm(transposeA: false, transposeB: true, m: rows.count, n: visible, k: D,
+                        a: dO + offsetQ + r0 * qStride, lda: qStride, b: v + offsetKV, ldb: kvStride,
+                        c: dS + r0 * T, ldc: T)
+            // dS = P ⊙ (dP − Σ_d dO·O)
+            for i in rows {
+                let dOi = dO + offsetQ + i * qStride, oi = o + offsetQ + i * qStride
+                var rowDot: Float = 0
+                for d in 0..<D { rowDot += dOi[d] * oi[d] }
+                let pi = p + i * T, dSi = dS + i * T
+                for j in 0...i { dSi[j] = pi[j] * (dSi[j] - rowDot) }
+                for j in (i + 1)..<max(i + 1, visible) { dSi[j] = 0 }
+            }
+            // dV[0..<visible] += Pᵀ · dO
+            Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count,
+                        a: p + r0 * T, lda: T, b: dO + offsetQ + r0 * qStride, ldb: qStride,
+                        beta: 1, c: dv + offsetKV, ldc: kvStride)
+            // dQ = scale · dS · K
+            Matmul.gemm(transposeA: false, transposeB: false, m: rows.count, n: D, k: visible, alpha: scale,
+                        a: dS + r0 * T, lda: T, b: k + offsetKV, ldb: kvStride,
+                        c: dq + offsetQ + r0 * qStride, ldc: qStride)
+            // dK[0..<visible] += scale · dSᵀ · Q
+            Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count, alpha: scale,
+                        a: dS + r0 * T, lda: T, b: q + offsetQ + r0 * qStride, ldb: qStride,
+                        beta: 1, c: dk + offsetKV, ldc: kvStride)
         }
     }
 }

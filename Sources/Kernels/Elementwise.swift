@@ -18,18 +18,22 @@ public enum Embedding {
     }
 }
 
-/// RMSNorm: y = x / sqrt(mean(x²) + eps) · weight, per row.
+/// RMSNorm: y = x / sqrt(mean(x²) + eps) · weight, per row. Rows are split over the kernel
+/// threads; the weight gradient is summed over rows in order, so results do not depend on the
+/// thread count.
 public enum RMSNorm {
     /// x, y: (rows, dim); rstd: (rows) saved for backward.
     public static func forward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
-        for r in 0..<rows {
-            let xr = x + r * dim, yr = y + r * dim
-            var sumSquares: Float = 0
-            for j in 0..<dim { sumSquares += xr[j] * xr[j] }
-            let s = 1 / (sumSquares / Float(dim) + eps).squareRoot()
-            rstd[r] = s
-            for j in 0..<dim { yr[j] = xr[j] * s * weight[j] }
+        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
+            for r in range {
+                let xr = x + r * dim, yr = y + r * dim
+                var sumSquares: Float = 0
+                for j in 0..<dim { sumSquares += xr[j] * xr[j] }
+                let s = 1 / (sumSquares / Float(dim) + eps).squareRoot()
+                rstd[r] = s
+                for j in 0..<dim { yr[j] = xr[j] * s * weight[j] }
+            }
         }
     }
 
@@ -38,18 +42,20 @@ public enum RMSNorm {
                                 dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, dWeight: UnsafeMutablePointer<Float>,
                                 rows: Int, dim: Int, accumulate: Bool = false) {
         for r in 0..<rows {
-            let xr = x + r * dim, gr = dy + r * dim, dxr = dx + r * dim
-            let s = rstd[r]
-            // dot = Σ_j dy_j · w_j · x_j
-            var dot: Float = 0
-            for j in 0..<dim {
-                dot += gr[j] * weight[j] * xr[j]
-                dWeight[j] += gr[j] * xr[j] * s
-            }
-            let c = dot * s * s * s / Float(dim)
-            for j in 0..<dim {
-                let v = gr[j] * weight[j] * s - xr[j] * c
-                dxr[j] = accumulate ? dxr[j] + v : v
+            let xr = x + r * dim, gr = dy + r * dim, s = rstd[r]
+            for j in 0..<dim { dWeight[j] += gr[j] * xr[j] * s }
+        }
+        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
+            for r in range {
+                let xr = x + r * dim, gr = dy + r * dim, dxr = dx + r * dim
+                let s = rstd[r]
+                var dot: Float = 0   // Σ_j dy_j · w_j · x_j
+                for j in 0..<dim { dot += gr[j] * weight[j] * xr[j] }
+                let c = dot * s * s * s / Float(dim)
+                for j in 0..<dim {
+                    let v = gr[j] * weight[j] * s - xr[j] * c
+                    dxr[j] = accumulate ? dxr[j] + v : v
+                }
             }
         }
     }
@@ -79,11 +85,12 @@ public enum RoPE {
                              cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
         let half = headDim / 2
         let sign: Float = inverse ? -1 : 1
-        for b in 0..<batch {
-            for t in 0..<length {
+        Parallel.forRanges(batch * length, minimumChunk: max(1, 16_384 / max(heads * headDim, 1))) { rows in
+            for row in rows {
+                let t = row % length
                 let c = cos + t * half, s = sin + t * half
                 for h in 0..<heads {
-                    let v = x + ((b * length + t) * heads + h) * headDim
+                    let v = x + (row * heads + h) * headDim
                     for i in 0..<half {
                         let x1 = v[i], x2 = v[i + half], si = sign * s[i]
                         v[i] = x1 * c[i] - x2 * si
@@ -95,21 +102,38 @@ public enum RoPE {
     }
 }
 
-/// SwiGLU gate: h = silu(gate) ⊙ up.
+/// SwiGLU gate: h = silu(gate) ⊙ up, vectorised and split over the kernel threads.
 public enum SwiGLU {
-    @inline(__always) static func sigmoid(_ x: Float) -> Float { 1 / (1 + exp(-x)) }
-
     public static func forward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n { let g = gate[i]; out[i] = g * sigmoid(g) * up[i] }
+        Parallel.forRanges(n) { range in
+            var i = range.lowerBound
+            while i + 8 <= range.upperBound {
+                let g = VectorMath.load(gate + i)
+                let sigmoid = 1 / (1 + VectorMath.exp(-g))
+                VectorMath.store(g * sigmoid * VectorMath.load(up + i), out + i)
+                i += 8
+            }
+            for j in i..<range.upperBound { let g = gate[j]; out[j] = g / (1 + Foundation.exp(-g)) * up[j] }
+        }
     }
 
     /// dGate, dUp (overwritten) from dOut.
     public static func backward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                                 dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count n: Int) {
-        for i in 0..<n {
-            let g = gate[i], sg = sigmoid(g), silu = g * sg
-            dUp[i] = dOut[i] * silu
-            dGate[i] = dOut[i] * up[i] * sg * (1 + g * (1 - sg))
+        Parallel.forRanges(n) { range in
+            var i = range.lowerBound
+            while i + 8 <= range.upperBound {
+                let g = VectorMath.load(gate + i), d = VectorMath.load(dOut + i)
+                let sg = 1 / (1 + VectorMath.exp(-g))
+                VectorMath.store(d * g * sg, dUp + i)
+                VectorMath.store(d * VectorMath.load(up + i) * sg * (1 + g * (1 - sg)), dGate + i)
+                i += 8
+            }
+            for j in i..<range.upperBound {
+                let g = gate[j], sg = 1 / (1 + Foundation.exp(-g))
+                dUp[j] = dOut[j] * g * sg
+                dGate[j] = dOut[j] * up[j] * sg * (1 + g * (1 - sg))
+            }
         }
     }
 }
@@ -121,23 +145,33 @@ public enum SoftmaxCrossEntropy {
     @discardableResult
     public static func forwardBackward(logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int, vocab: Int,
                                        dLogits: UnsafeMutablePointer<Float>?, gradientScale: Float) -> Double {
-        var total = 0.0
-        for r in 0..<rows {
-            let z = logits + r * vocab
-            var maximum = -Float.infinity
-            for j in 0..<vocab { maximum = max(maximum, z[j]) }
-            var sum: Float = 0
-            for j in 0..<vocab { sum += exp(z[j] - maximum) }
-            let logSum = log(sum) + maximum
-            let target = Int(targets[r])
-            total += Double(logSum - z[target])
-            if let dLogits {
-                let d = dLogits + r * vocab
-                let inverse = 1 / sum
-                for j in 0..<vocab { d[j] = exp(z[j] - maximum) * inverse * gradientScale }
-                d[target] -= gradientScale
+        // Per-row losses, summed in row order afterwards: the same bits for any thread count.
+        let losses = UnsafeMutablePointer<Float>.allocate(capacity: max(rows, 1))
+        defer { losses.deallocate() }
+        let scratch = dLogits == nil ? UnsafeMutablePointer<Float>.allocate(capacity: max(rows * vocab, 1)) : nil
+        defer { scratch?.deallocate() }
+        let exps = dLogits ?? scratch!
+        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(vocab, 1))) { range in
+            for r in range {
+                let z = logits + r * vocab, e = exps + r * vocab
+                var maximum = -Float.infinity
+                for j in 0..<vocab { maximum = max(maximum, z[j]) }
+                let target = Int(targets[r])
+                let targetLogit = z[target]
+                for j in 0..<vocab { e[j] = z[j] - maximum }   // may overwrite z when aliased
+                VectorMath.exp(e, e, count: vocab)
+                var sum: Float = 0
+                for j in 0..<vocab { sum += e[j] }
+                losses[r] = log(sum) + maximum - targetLogit
+                if dLogits != nil {
+                    let scale = gradientScale / sum
+                    for j in 0..<vocab { e[j] *= scale }
+                    e[target] -= gradientScale
+                }
             }
         }
+        var total = 0.0
+        for r in 0..<rows { total += Double(losses[r]) }
         return total
     }
 }

@@ -109,7 +109,7 @@ extension TransformerLM {
                                   dWeight: g + o.o, rows: n, inFeatures: qd, outFeatures: d)
             w.attention.backward(q: layer.q.pointer, k: layer.k.pointer, v: layer.v.pointer, o: layer.attended.pointer,
                                  probabilities: layer.probabilities.pointer, dO: w.dAttended.pointer,
-                                 dq: w.dq.pointer, dk: w.dk.pointer, dv: w.dv.pointer, scratch: w.scoresScratch.pointer)
+                                 dq: w.dq.pointer, dk: w.dk.pointer, dv: w.dv.pointer)
             RoPE.apply(w.dq.pointer, batch: batch, length: length, heads: c.heads, headDim: c.headDim, cos: w.ropeCos, sin: w.ropeSin, inverse: true)
             RoPE.apply(w.dk.pointer, batch: batch, length: length, heads: c.kvHeads, headDim: c.headDim, cos: w.ropeCos, sin: w.ropeSin, inverse: true)
             Matmul.linearBackward(x: layer.norm1.pointer, weight: p + o.q, dy: w.dq.pointer, dx: w.dNorm.pointer,

@@ -40,7 +40,6 @@ final class Workspace {
     let dAttended: FloatBuffer     // (N, Hq·D)
     let dq: FloatBuffer, dk: FloatBuffer, dv: FloatBuffer
     let dGate: FloatBuffer, dUp: FloatBuffer, dHidden: FloatBuffer  // (N, F)
-    let scoresScratch: FloatBuffer // (T, T)
 
     init(config c: ModelConfig, batch: Int, length: Int, positionOffset: Int = 0) {
         self.batch = batch
@@ -66,7 +65,6 @@ final class Workspace {
         dAttended = FloatBuffer(count: n * qd)
         dq = FloatBuffer(count: n * qd); dk = FloatBuffer(count: n * kvd); dv = FloatBuffer(count: n * kvd)
         dGate = FloatBuffer(count: n * f); dUp = FloatBuffer(count: n * f); dHidden = FloatBuffer(count: n * f)
-        scoresScratch = FloatBuffer(count: length * length)
     }
 
     deinit { tokenIDs.deallocate() }

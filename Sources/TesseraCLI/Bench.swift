@@ -206,7 +206,7 @@ struct AttentionBench: ParsableCommand {
             let q = FloatBuffer(count: size), k = FloatBuffer(count: size), v = FloatBuffer(count: size), o = FloatBuffer(count: size)
             var rng = RNG(seed: 5)
             for i in 0..<size { q[i] = Float(rng.nextNormal()); k[i] = Float(rng.nextNormal()); v[i] = Float(rng.nextNormal()) }
-            let p = FloatBuffer(count: attention.probabilityCount), scratch = FloatBuffer(count: length * length)
+            let p = FloatBuffer(count: attention.probabilityCount)
             let dO = FloatBuffer(count: size), dq = FloatBuffer(count: size), dk = FloatBuffer(count: size), dv = FloatBuffer(count: size)
             for i in 0..<size { dO[i] = 1 }
             for m in mode {
@@ -214,7 +214,7 @@ struct AttentionBench: ParsableCommand {
                     attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer)
                     if m == "fwdbwd" {
                         attention.backward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer, dO: dO.pointer,
-                                           dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, scratch: scratch.pointer)
+                                           dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
                     }
                 }
                 try BenchReport.emit("attention", impl: "materialized", threads: bench.threads, comm: comm,

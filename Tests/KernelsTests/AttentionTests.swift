@@ -31,8 +31,7 @@ import _TestSupport
         let r = run(shape, batch: 1)
         let probe = Fixtures.randoms(r.o.count, seed: 64).doubles
         var dq = [Float](repeating: 0, count: r.q.count), dk = [Float](repeating: 0, count: r.k.count), dv = dk
-        var scratch = [Float](repeating: 0, count: length * length)
-        r.0.backward(q: r.q, k: r.k, v: r.v, o: r.o, probabilities: r.p, dO: probe.floats, dq: &dq, dk: &dk, dv: &dv, scratch: &scratch)
+        r.0.backward(q: r.q, k: r.k, v: r.v, o: r.o, probabilities: r.p, dO: probe.floats, dq: &dq, dk: &dk, dv: &dv)
         func loss(_ q: [Double], _ k: [Double], _ v: [Double]) -> Double {
             GradientCheck.dot(Reference.attention(q: q, k: k, v: v, batch: 1, length: length, heads: heads, kvHeads: kvHeads, headDim: headDim), probe)
         }
