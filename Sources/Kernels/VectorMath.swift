@@ -10,7 +10,9 @@ public enum VectorMath {
 
     @inline(__always)
     public static func exp(_ x: Lanes) -> Lanes {
-        let clamped = pointwiseMax(pointwiseMin(x, Lanes(repeating: 88.7)), Lanes(repeating: -87.3))
+        var clamped = x
+        clamped.replace(with: 88.7, where: x .> 88.7)
+        clamped.replace(with: -87.3, where: x .< -87.3)
         // Round x·log2(e) to an integer n by adding 1.5·2²³: the sum's low mantissa bits are n.
         let magic = Lanes(repeating: 12_582_912)
         let shifted = clamped * 1.442_695_04 + magic
