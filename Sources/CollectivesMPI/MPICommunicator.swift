@@ -4,17 +4,36 @@ import Foundation
 
 /// OpenMPI behind the `Communicator` protocol.
 ///
-/// Every operation is started non-blocking (`MPI_I...`) and completed by polling `MPI_Test`
-/// against the deadline, so a rank that never arrives yields `CollectiveError.timeout` instead
-/// of a hang (MPI cannot say which rank is missing; a rank that *dies* is reported by `mpirun`,
-/// which stops the job). MPI is initialised with `MPI_THREAD_SERIALIZED`: any thread may call,
-/// one at a time per process, which the protocol's threading contract already requires.
+/// Collectives are OpenMPI's blocking calls, its fastest path (the non-blocking `MPI_I...`
+/// collectives run other algorithms, about half as fast for large buffers here). MPI cannot
+/// cancel a collective, so their deadline is kept by a watchdog thread: a collective still
+/// running at its deadline is reported through `deadlineExpired`, which ends the job with that
+/// one line (MPI cannot say which rank is missing; a rank that *dies* is reported by `mpirun`,
+/// which stops the job). Point-to-point calls are non-blocking and polled against the
+/// deadline, so they throw `CollectiveError.timeout` naming the peer.
+/// MPI is initialised with `MPI_THREAD_SERIALIZED`: any thread may call, one at a time per
+/// process, which the protocol's threading contract already requires.
 public final class MPICommunicator: Communicator {
     public let rank: Int
     public let size: Int
     public let backendName = "mpi"
     public let timeoutSeconds: Double
     private var comm: MPI_Comm
+
+    /// Called (on the watchdog thread) when a collective passes its deadline; it must end the
+    /// process. The default prints the error and aborts the MPI job; the executable installs
+    /// its own one-line reporter.
+    public static var deadlineExpired: (CollectiveError) -> Void = { error in
+        FileHandle.standardError.write(Data("tessera: error: \(error)\n".utf8))
+        abortJob(code: 1)
+    }
+    private static let watchdog = DeadlineWatchdog { deadlineExpired($0) }
+
+    /// Runs a blocking collective under the deadline.
+    private func blocking(_ operation: @autoclosure () -> String, _ call: () -> Int32) throws {
+        let status = Self.watchdog.guarded(operation(), seconds: timeoutSeconds, call)
+        guard status == tessera_mpi_success() else { throw error(status, operation()) }
+    }
 
     /// True when this process was started by `mpirun`/`srun --mpi=pmix` (OpenMPI or PMIx env).
     public static var launchedByMPI: Bool {
@@ -125,8 +144,8 @@ public final class MPICommunicator: Communicator {
     public func allReduce(_ buffer: UnsafeMutableBufferPointer<Float>, op: ReduceOp) throws {
         guard buffer.count > 0 else { return }
         let n = try int32(buffer.count, "allReduce")
-        try call("allReduce(\(op.rawValue), \(buffer.count) floats)") {
-            MPI_Iallreduce(tessera_mpi_in_place(), buffer.baseAddress, n, tessera_mpi_float(), Self.mpiOp(op), comm, &$0)
+        try blocking("allReduce(\(op.rawValue), \(buffer.count) floats)") {
+            MPI_Allreduce(tessera_mpi_in_place(), buffer.baseAddress, n, tessera_mpi_float(), Self.mpiOp(op), comm)
         }
         op.finish(buffer.baseAddress!, count: buffer.count, size: size)
     }
@@ -135,7 +154,7 @@ public final class MPICommunicator: Communicator {
         try checkPeer(root, "broadcast")
         guard buffer.count > 0 else { return }
         let n = try int32(buffer.count, "broadcast")
-        try call("broadcast(root: \(root))") { MPI_Ibcast(buffer.baseAddress, n, tessera_mpi_byte(), Int32(root), comm, &$0) }
+        try blocking("broadcast(root: \(root))") { MPI_Bcast(buffer.baseAddress, n, tessera_mpi_byte(), Int32(root), comm) }
     }
 
     public func allGather(_ input: UnsafeRawBufferPointer, counts: [Int], into output: UnsafeMutableRawBufferPointer) throws {
@@ -150,8 +169,8 @@ public final class MPICommunicator: Communicator {
         try withUnsafeMutablePointer(to: &dummy) { dummyPointer in
             let send = input.baseAddress ?? UnsafeRawPointer(dummyPointer)
             let receive = output.baseAddress ?? UnsafeMutableRawPointer(dummyPointer)
-            try call("allGather") {
-                MPI_Iallgatherv(send, counts32[rank], tessera_mpi_byte(), receive, counts32, displacements, tessera_mpi_byte(), comm, &$0)
+            try blocking("allGather") {
+                MPI_Allgatherv(send, counts32[rank], tessera_mpi_byte(), receive, counts32, displacements, tessera_mpi_byte(), comm)
             }
         }
     }
@@ -162,8 +181,8 @@ public final class MPICommunicator: Communicator {
         }
         guard output.count > 0 else { return }
         let n = try int32(output.count, "reduceScatter")
-        try call("reduceScatter(\(op.rawValue))") {
-            MPI_Ireduce_scatter_block(input.baseAddress, output.baseAddress, n, tessera_mpi_float(), Self.mpiOp(op), comm, &$0)
+        try blocking("reduceScatter(\(op.rawValue))") {
+            MPI_Reduce_scatter_block(input.baseAddress, output.baseAddress, n, tessera_mpi_float(), Self.mpiOp(op), comm)
         }
         op.finish(output.baseAddress!, count: output.count, size: size)
     }
@@ -182,9 +201,9 @@ public final class MPICommunicator: Communicator {
         try withUnsafeMutablePointer(to: &dummy) { dummyPointer in
             let send = input.baseAddress ?? UnsafeRawPointer(dummyPointer)
             let receive = output.baseAddress ?? UnsafeMutableRawPointer(dummyPointer)
-            try call("allToAll") {
-                MPI_Ialltoallv(send, send32, sendDisplacements, tessera_mpi_byte(),
-                               receive, receive32, receiveDisplacements, tessera_mpi_byte(), comm, &$0)
+            try blocking("allToAll") {
+                MPI_Alltoallv(send, send32, sendDisplacements, tessera_mpi_byte(),
+                              receive, receive32, receiveDisplacements, tessera_mpi_byte(), comm)
             }
         }
     }
@@ -246,16 +265,12 @@ public final class MPICommunicator: Communicator {
 
     public func barrier() throws {
         try reapSends(waiting: true)
-        try call("barrier") { MPI_Ibarrier(comm, &$0) }
+        try blocking("barrier") { MPI_Barrier(comm) }
     }
 
     public func split(color: Int, key: Int) throws -> Communicator {
-        // MPI_Comm_split has no non-blocking form: a barrier with a deadline first makes sure
-        // every rank is there, so the split itself cannot hang.
-        try barrier()
         var child: MPI_Comm? = tessera_mpi_comm_null()
-        let status = MPI_Comm_split(comm, Int32(color), Int32(key), &child)
-        guard status == tessera_mpi_success() else { throw error(status, "split") }
+        try blocking("split(color: \(color), key: \(key))") { MPI_Comm_split(comm, Int32(color), Int32(key), &child) }
         MPI_Comm_set_errhandler(child, tessera_mpi_errors_return())
         return MPICommunicator(comm: child!, timeoutSeconds: timeoutSeconds)
     }

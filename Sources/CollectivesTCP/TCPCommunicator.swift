@@ -18,6 +18,8 @@ public final class TCPCommunicator: Communicator {
     private let members: [Int]
     private let id: UInt32
     private var splits: UInt32 = 0
+    /// Receive buffer of the ring reduction, kept between calls (a fresh one costs page faults).
+    private var scratch = FloatScratch(count: 0)
     /// Tag of collective traffic (user tags are non-negative).
     private static let collectiveTag: Int64 = -1
 
@@ -83,8 +85,9 @@ public final class TCPCommunicator: Communicator {
     /// After it, this rank holds the full reduction of chunk (rank + 1 + shift) mod size.
     private func ringReduceScatter(_ data: UnsafeMutablePointer<Float>, _ parts: [Range<Int>], op: ReduceOp, shift: Int, _ operation: String) throws {
         let largest = parts.map(\.count).max() ?? 0
-        var incoming = [Float](repeating: 0, count: largest)
-        try incoming.withUnsafeMutableBufferPointer { scratch in
+        if scratch.count < largest { scratch = FloatScratch(count: largest) }
+        let scratch = self.scratch.buffer
+        do {
             for step in 0..<(size - 1) {
                 let sendChunk = parts[((rank - step + shift) % size + size) % size]
                 let receiveChunk = parts[((rank - step - 1 + shift) % size + size) % size]
@@ -207,4 +210,12 @@ public final class TCPCommunicator: Communicator {
         }
         return TCPCommunicator(mesh: mesh, members: group.map { members[$0] }, id: h == 0 ? 1 : h)
     }
+}
+
+/// A reusable, uninitialised Float buffer.
+final class FloatScratch {
+    let buffer: UnsafeMutableBufferPointer<Float>
+    var count: Int { buffer.count }
+    init(count: Int) { buffer = .allocate(capacity: max(count, 1)) }
+    deinit { buffer.deallocate() }
 }

@@ -175,10 +175,15 @@ final class TCPMesh {
         var fds = [pollfd](repeating: pollfd(), count: worldSize)
 
         while !pendingReceives.isEmpty || sendState.contains(where: { !$0.done }) {
+            // Read from the peers this transfer expects; while our own sends are unfinished, from
+            // every peer (a peer blocked sending to us must be drained, or we both wait forever).
+            let sending = sendState.contains { !$0.done }
             for peer in 0..<worldSize {
                 var events: Int16 = 0
                 if sockets[peer] >= 0, closed[peer] == nil {
-                    events = Int16(POLLIN)
+                    if sending || readers[peer].header != nil || pendingReceives.contains(where: { receives[$0].peer == peer }) {
+                        events = Int16(POLLIN)
+                    }
                     if sendState.contains(where: { $0.frame.peer == peer && !$0.done }) { events |= Int16(POLLOUT) }
                 }
                 fds[peer] = pollfd(fd: events == 0 ? -1 : sockets[peer], events: events, revents: 0)
@@ -284,7 +289,7 @@ final class TCPMesh {
                     claimed.insert(slot)
                 } else {
                     reader.target = nil
-                    reader.spill = [UInt8](repeating: 0, count: Int(header.length))
+                    reader.spill = [UInt8](unsafeUninitializedCapacity: Int(header.length)) { _, initialised in initialised = Int(header.length) }
                 }
             }
             let header = reader.header!

@@ -14,6 +14,7 @@ struct Tessera: ParsableCommand {
     /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit
     /// (and, under MPI, stops the other ranks instead of leaving them to their deadline).
     static func main() {
+        MPICommunicator.deadlineExpired = { fail("\($0)") }
         do {
             var command = try parseAsRoot()
             try command.run()
