@@ -7,40 +7,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
-  skip "multi-node tests" "need root, ip (iproute2) and unshare"; exit 0
-fi
-probe="tsr-probe-$$"
-if ! ip netns add "$probe" 2>/dev/null; then skip "multi-node tests" "network namespaces are not available here"; exit 0; fi
-ip netns del "$probe"
-
-A="tsr-a-$$" B="tsr-b-$$"
-SUBNET=10.231.77
+source scripts/lib-netns.sh
+if ! two_nodes_available; then skip "multi-node tests" "need root, ip (iproute2), unshare and network namespaces"; exit 0; fi
 work=$(mktemp -d /tmp/tessera-multinode.XXXXXX)
-cleanup() { ip netns del "$A" 2>/dev/null; ip netns del "$B" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-ip netns add "$A" && ip netns add "$B"
-ip link add "va$$" type veth peer name "vb$$"
-ip link set "va$$" netns "$A" && ip link set "vb$$" netns "$B"
-ip -n "$A" link set "va$$" name veth0 && ip -n "$B" link set "vb$$" name veth0
-ip -n "$A" addr add $SUBNET.1/24 dev veth0 && ip -n "$B" addr add $SUBNET.2/24 dev veth0
-for ns in "$A" "$B"; do ip -n "$ns" link set veth0 up; ip -n "$ns" link set lo up; done
-
-# on NODE COMMAND...: runs a command on node a or b (its namespace and hostname).
-cat >"$work/on" <<SH
-#!/usr/bin/env bash
-node=\$1; shift
-case "\$node" in a|$SUBNET.1) ns=$A; name=node-a ;; b|$SUBNET.2) ns=$B; name=node-b ;; *) echo "no node \$node" >&2; exit 1 ;; esac
-exec ip netns exec "\$ns" unshare --uts bash -c "hostname \$name; \$*"
-SH
-chmod +x "$work/on"
-# OpenMPI's launcher agent: called as AGENT HOST COMMAND..., like ssh.
-printf '#!/usr/bin/env bash\nhost=$1; shift\nexec %q "$host" "$@"\n' "$work/on" >"$work/agent"
-chmod +x "$work/agent"
-
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-mpirun_across="mpirun --host $SUBNET.1:2,$SUBNET.2:2 -np 4 --bind-to none --mca plm_rsh_agent $work/agent \
-  --mca btl self,vader,tcp --mca btl_tcp_if_include $SUBNET.0/24 --mca oob_tcp_if_include $SUBNET.0/24 -x OPENBLAS_NUM_THREADS=1"
+trap 'cleanup_two_nodes; rm -rf "$work"' EXIT
+make_two_nodes "$work" || { echo "FAIL two nodes: could not create the namespaces"; echo fail >>"$RESULTS"; exit 0; }
+mpirun_across="$MPIRUN_ACROSS --host $SUBNET.1:2,$SUBNET.2:2 -np 4"
 
 check "two nodes: mpirun places 2 ranks on each node" bash -c \
   "$work/on a \"$mpirun_across hostname\" | sort | uniq -c | tr -s ' ' | grep -qz '2 node-a.*2 node-b'"

@@ -52,6 +52,8 @@ extension Trainer {
                                     "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)])
                 intervalStart = Date(); intervalSteps = 0
             }
+            let pauseStart = Date()   // validation and checkpoints are not training throughput
+            defer { intervalStart += Date().timeIntervalSince(pauseStart) }
             let evalEvery = config.int("eval.every")
             if (evalEvery > 0 && step % evalEvery == 0) || step == end {
                 validation = try validationLoss()
