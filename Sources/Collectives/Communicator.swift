@@ -110,4 +110,28 @@ extension Communicator {
             throw CollectiveError.invalidArgument("\(operation): needs one non-negative count per rank (\(size)), got \(counts)")
         }
     }
+
+    /// The argument rules of `allGather`, shared by every backend.
+    public func checkAllGather(_ input: UnsafeRawBufferPointer, counts: [Int], _ output: UnsafeMutableRawBufferPointer) throws {
+        try checkCounts(counts, "allGather")
+        guard input.count == counts[rank], output.count == counts.reduce(0, +) else {
+            throw CollectiveError.invalidArgument("allGather: rank \(rank) passes \(input.count) B (count says \(counts[rank])) into \(output.count) B (needs \(counts.reduce(0, +)))")
+        }
+    }
+
+    /// The argument rules of `reduceScatter`, shared by every backend.
+    public func checkReduceScatter(_ input: UnsafeBufferPointer<Float>, _ output: UnsafeMutableBufferPointer<Float>) throws {
+        guard input.count == output.count * size else {
+            throw CollectiveError.invalidArgument("reduceScatter: input has \(input.count) floats, needs size × output = \(output.count * size)")
+        }
+    }
+
+    /// The argument rules of `allToAll`, shared by every backend.
+    public func checkAllToAll(_ input: UnsafeRawBufferPointer, sendCounts: [Int], _ output: UnsafeMutableRawBufferPointer, receiveCounts: [Int]) throws {
+        try checkCounts(sendCounts, "allToAll")
+        try checkCounts(receiveCounts, "allToAll")
+        guard input.count >= sendCounts.reduce(0, +), output.count >= receiveCounts.reduce(0, +) else {
+            throw CollectiveError.invalidArgument("allToAll: buffers smaller than the counts on rank \(rank)")
+        }
+    }
 }

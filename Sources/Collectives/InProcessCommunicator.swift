@@ -71,10 +71,7 @@ public final class InProcessCommunicator: Communicator {
     }
 
     public func allGather(_ input: UnsafeRawBufferPointer, counts: [Int], into output: UnsafeMutableRawBufferPointer) throws {
-        try checkCounts(counts, "allGather")
-        guard input.count == counts[rank], output.count == counts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allGather: rank \(rank) passes \(input.count) B (count says \(counts[rank])) into \(output.count) B (needs \(counts.reduce(0, +)))")
-        }
+        try checkAllGather(input, counts: counts, output)
         try board.meet(rank, "allGather", post: input.baseAddress, input.count) { posts in
             var offset = 0
             for r in 0..<size {
@@ -90,9 +87,7 @@ public final class InProcessCommunicator: Communicator {
 
     public func reduceScatter(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>, op: ReduceOp) throws {
         let n = output.count
-        guard input.count == n * size else {
-            throw CollectiveError.invalidArgument("reduceScatter: input has \(input.count) floats, needs size × output = \(n * size)")
-        }
+        try checkReduceScatter(input, output)
         try board.meet(rank, "reduceScatter(\(op.rawValue))", post: UnsafeRawPointer(input.baseAddress), input.count) { posts in
             guard n > 0 else { return nil }
             let out = output.baseAddress!
@@ -105,11 +100,7 @@ public final class InProcessCommunicator: Communicator {
 
     public func allToAll(_ input: UnsafeRawBufferPointer, sendCounts: [Int],
                          into output: UnsafeMutableRawBufferPointer, receiveCounts: [Int]) throws {
-        try checkCounts(sendCounts, "allToAll")
-        try checkCounts(receiveCounts, "allToAll")
-        guard input.count >= sendCounts.reduce(0, +), output.count >= receiveCounts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allToAll: buffers smaller than the counts on rank \(rank)")
-        }
+        try checkAllToAll(input, sendCounts: sendCounts, output, receiveCounts: receiveCounts)
         do {
             try sendCounts.withUnsafeBufferPointer { countsPointer in
                 try board.meet(rank, "allToAll", post: input.baseAddress, input.count,

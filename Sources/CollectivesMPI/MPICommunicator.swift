@@ -158,10 +158,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func allGather(_ input: UnsafeRawBufferPointer, counts: [Int], into output: UnsafeMutableRawBufferPointer) throws {
-        try checkCounts(counts, "allGather")
-        guard input.count == counts[rank], output.count == counts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allGather: rank \(rank) passes \(input.count) B (count says \(counts[rank])) into \(output.count) B (needs \(counts.reduce(0, +)))")
-        }
+        try checkAllGather(input, counts: counts, output)
         let counts32 = try counts.map { try int32($0, "allGather") }
         let displacements = Self.displacements(counts)
         // MPI rejects a null buffer even for zero counts; point empty buffers at a dummy byte.
@@ -176,9 +173,7 @@ public final class MPICommunicator: Communicator {
     }
 
     public func reduceScatter(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>, op: ReduceOp) throws {
-        guard input.count == output.count * size else {
-            throw CollectiveError.invalidArgument("reduceScatter: input has \(input.count) floats, needs size × output = \(output.count * size)")
-        }
+        try checkReduceScatter(input, output)
         guard output.count > 0 else { return }
         let n = try int32(output.count, "reduceScatter")
         try blocking("reduceScatter(\(op.rawValue))") {
@@ -189,11 +184,7 @@ public final class MPICommunicator: Communicator {
 
     public func allToAll(_ input: UnsafeRawBufferPointer, sendCounts: [Int],
                          into output: UnsafeMutableRawBufferPointer, receiveCounts: [Int]) throws {
-        try checkCounts(sendCounts, "allToAll")
-        try checkCounts(receiveCounts, "allToAll")
-        guard input.count >= sendCounts.reduce(0, +), output.count >= receiveCounts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allToAll: buffers smaller than the counts on rank \(rank)")
-        }
+        try checkAllToAll(input, sendCounts: sendCounts, output, receiveCounts: receiveCounts)
         let send32 = try sendCounts.map { try int32($0, "allToAll") }
         let receive32 = try receiveCounts.map { try int32($0, "allToAll") }
         let sendDisplacements = Self.displacements(sendCounts), receiveDisplacements = Self.displacements(receiveCounts)

@@ -16,6 +16,9 @@ public struct TCPJobSpec: Equatable, Sendable {
     /// that routes to rank 0.
     public var interface: String?
 
+    /// A free port on `host` for a single-node job's rendezvous.
+    public static func freePort(host: String = "127.0.0.1") throws -> UInt16 { try Socket.freePort(host: host) }
+
     public static let variables = ["TESSERA_RANK", "TESSERA_WORLD_SIZE", "TESSERA_MASTER_ADDR", "TESSERA_MASTER_PORT", "TESSERA_JOB_TOKEN"]
 
     public init(rank: Int, worldSize: Int, masterAddress: String, masterPort: UInt16, token: String, interface: String? = nil) {

@@ -74,6 +74,13 @@ enum Socket {
         return (fd, localAddress(fd).port)
     }
 
+    /// A port on `host` that nothing listens on right now (the kernel picks it).
+    static func freePort(host: String) throws -> UInt16 {
+        let (fd, port) = try listen(host: host, port: 0)
+        close(fd)
+        return port
+    }
+
     static func localAddress(_ fd: Int32) -> (host: String, port: UInt16) {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)

@@ -124,10 +124,7 @@ public final class TCPCommunicator: Communicator {
     }
 
     public func allGather(_ input: UnsafeRawBufferPointer, counts: [Int], into output: UnsafeMutableRawBufferPointer) throws {
-        try checkCounts(counts, "allGather")
-        guard input.count == counts[rank], output.count == counts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allGather: rank \(rank) passes \(input.count) B (count says \(counts[rank])) into \(output.count) B (needs \(counts.reduce(0, +)))")
-        }
+        try checkAllGather(input, counts: counts, output)
         var offset = 0
         let parts = counts.map { c in defer { offset += c }; return offset..<(offset + c) }
         if input.count > 0 { (output.baseAddress! + parts[rank].lowerBound).copyMemory(from: input.baseAddress!, byteCount: input.count) }
@@ -137,9 +134,7 @@ public final class TCPCommunicator: Communicator {
 
     public func reduceScatter(_ input: UnsafeBufferPointer<Float>, into output: UnsafeMutableBufferPointer<Float>, op: ReduceOp) throws {
         let n = output.count
-        guard input.count == n * size else {
-            throw CollectiveError.invalidArgument("reduceScatter: input has \(input.count) floats, needs size × output = \(n * size)")
-        }
+        try checkReduceScatter(input, output)
         guard n > 0 else { return }
         var work = Array(input)
         try work.withUnsafeMutableBufferPointer { work in
@@ -153,11 +148,7 @@ public final class TCPCommunicator: Communicator {
 
     public func allToAll(_ input: UnsafeRawBufferPointer, sendCounts: [Int],
                          into output: UnsafeMutableRawBufferPointer, receiveCounts: [Int]) throws {
-        try checkCounts(sendCounts, "allToAll")
-        try checkCounts(receiveCounts, "allToAll")
-        guard input.count >= sendCounts.reduce(0, +), output.count >= receiveCounts.reduce(0, +) else {
-            throw CollectiveError.invalidArgument("allToAll: buffers smaller than the counts on rank \(rank)")
-        }
+        try checkAllToAll(input, sendCounts: sendCounts, output, receiveCounts: receiveCounts)
         var sendOffset = 0, receiveOffset = 0
         var sends: [OutgoingFrame] = [], receives: [ExpectedFrame] = []
         for peer in 0..<size {

@@ -73,27 +73,12 @@ struct Launch: ParsableCommand {
         let n = nproc ?? 1
         guard n >= 1 else { throw ValidationError("--nproc must be at least 1") }
         return Plan(localRanks: n, firstRank: 0, worldSize: n, masterAddress: masterAddr ?? "127.0.0.1",
-                    masterPort: try masterPort ?? Self.freePort(), token: env["TESSERA_JOB_TOKEN"] ?? Self.newToken(),
+                    masterPort: try masterPort ?? Int(TCPJobSpec.freePort()), token: env["TESSERA_JOB_TOKEN"] ?? Self.newToken(),
                     interface: env["TESSERA_SOCKET_IFNAME"])
     }
 
     static func newToken() -> String {
         var generator = SystemRandomNumberGenerator()
         return (0..<4).map { _ in String(generator.next() as UInt64, radix: 16) }.joined()
-    }
-
-    /// A port nothing listens on right now (the kernel picks it).
-    static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-        }
-        guard ok else { throw TesseraError("could not find a free port on 127.0.0.1; pass --master-port") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

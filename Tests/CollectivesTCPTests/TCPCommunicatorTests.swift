@@ -13,19 +13,7 @@ func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ i
     }
 }
 
-/// A port that is free right now.
-func freePort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    return UInt16(bigEndian: address.sin_port)
-}
+func freePort() -> UInt16 { try! TCPJobSpec.freePort() }
 
 @Suite(.serialized) struct TCPCommunicatorTests {
     @Test(arguments: [1, 2, 3, 4])
