@@ -4,7 +4,7 @@ extension Communicator {
         try array.withUnsafeMutableBufferPointer { try allReduce($0, op: op) }
     }
 
-    /// All-reduces a Double through two Float lanes is not exact, so scalars go as Float.
+    /// All-reduces one Float32 value.
     public func allReduce(_ value: Float, op: ReduceOp = .sum) throws -> Float {
         var a = [value]
         try allReduce(&a, op: op)
@@ -21,15 +21,19 @@ extension Communicator {
 
     /// Broadcasts a byte string whose length only `root` knows.
     public func broadcastBytes(_ bytes: [UInt8], root: Int) throws -> [UInt8] {
-        var length = [Float](repeating: 0, count: 2)
-        if rank == root {
-            length[0] = Float(bytes.count & 0xFFFFFF)
-            length[1] = Float(bytes.count >> 24)
-        }
-        try broadcast(&length, root: root)
-        let n = Int(length[0]) | (Int(length[1]) << 24)
-        var out = rank == root ? bytes : [UInt8](repeating: 0, count: n)
+        var length = [Int64(rank == root ? bytes.count : 0)]
+        try length.withUnsafeMutableBytes { try broadcast($0, root: root) }
+        var out = rank == root ? bytes : [UInt8](repeating: 0, count: Int(length[0]))
         try broadcast(&out, root: root)
+        return out
+    }
+
+    /// Gathers one Int64 from every rank, in rank order.
+    public func allGather(_ value: Int64) throws -> [Int64] {
+        var out = [Int64](repeating: 0, count: size)
+        try withUnsafeBytes(of: value) { input in
+            try out.withUnsafeMutableBytes { try allGather(input, counts: [Int](repeating: 8, count: size), into: $0) }
+        }
         return out
     }
 
@@ -47,7 +51,7 @@ extension Communicator {
 
     /// Gathers byte strings of any lengths from every rank.
     public func allGatherBytes(_ bytes: [UInt8]) throws -> [[UInt8]] {
-        let lengths = try allGather([Float(bytes.count)]).map { Int($0) }
+        let lengths = try allGather(Int64(bytes.count)).map { Int($0) }
         var flat = [UInt8](repeating: 0, count: lengths.reduce(0, +))
         try bytes.withUnsafeBytes { input in
             try flat.withUnsafeMutableBytes { try allGather(input, counts: lengths, into: $0) }

@@ -143,13 +143,8 @@ public final class InProcessCommunicator: Communicator {
     }
 
     public func split(color: Int, key: Int) throws -> Communicator {
-        let mine = [Float(color), Float(key)]
-        var all = [Float](repeating: 0, count: 2 * size)
-        try mine.withUnsafeBytes { input in
-            try all.withUnsafeMutableBytes { try allGather(input, counts: [Int](repeating: 8, count: size), into: $0) }
-        }
-        let members = (0..<size).filter { Int(all[2 * $0]) == color }
-            .sorted { (Int(all[2 * $0 + 1]), $0) < (Int(all[2 * $1 + 1]), $1) }
+        let colors = try allGather(Int64(color)), keys = try allGather(Int64(key))
+        let members = (0..<size).filter { colors[$0] == Int64(color) }.sorted { (keys[$0], $0) < (keys[$1], $1) }
         let child = board.child(color: color, size: members.count)
         try barrier()  // every member has looked up the same child before the next split
         return InProcessCommunicator(rank: members.firstIndex(of: rank)!, board: child)

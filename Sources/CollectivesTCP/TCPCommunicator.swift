@@ -188,12 +188,8 @@ public final class TCPCommunicator: Communicator {
 
     public func split(color: Int, key: Int) throws -> Communicator {
         splits += 1
-        var mine = [Int64(color), Int64(key)]
-        var all = [Int64](repeating: 0, count: 2 * size)
-        try mine.withUnsafeMutableBytes { input in
-            try all.withUnsafeMutableBytes { try allGather(UnsafeRawBufferPointer(input), counts: [Int](repeating: 16, count: size), into: $0) }
-        }
-        let group = (0..<size).filter { all[2 * $0] == Int64(color) }.sorted { (all[2 * $0 + 1], $0) < (all[2 * $1 + 1], $1) }
+        let colors = try allGather(Int64(color)), keys = try allGather(Int64(key))
+        let group = (0..<size).filter { colors[$0] == Int64(color) }.sorted { (keys[$0], $0) < (keys[$1], $1) }
         // Same id on every member: derived from the parent's id, the split's ordinal and the colour.
         var h: UInt32 = 2_166_136_261
         for v in [id, splits, UInt32(truncatingIfNeeded: color), UInt32(truncatingIfNeeded: color >> 32)] {

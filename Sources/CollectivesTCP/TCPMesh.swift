@@ -152,13 +152,12 @@ final class TCPMesh {
         default: what = "\(error)"
         }
         let text = Array("\(what), seen by rank \(worldRank)".utf8)
-        var payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
+        let payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
         let header = FrameHeader(tag: Self.abortTag, communicator: 0, length: UInt64(payload.count)).bytes
         for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
             let frame = header + payload
             _ = frame.withUnsafeBytes { send(sockets[peer], $0.baseAddress!, frame.count, Int32(MSG_NOSIGNAL)) }
         }
-        payload.removeAll()
     }
 
     private func transferFrames(_ operation: String, sends: [OutgoingFrame], receives: [ExpectedFrame]) throws {

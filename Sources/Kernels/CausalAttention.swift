@@ -70,14 +70,14 @@ public struct CausalAttention {
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, probabilities: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
-        let T = length, D = headDim, qStride = heads * D, kvStride = kvHeads * D
-        dk.update(repeating: 0, count: batch * T * kvStride)
-        dv.update(repeating: 0, count: batch * T * kvStride)
+        let kvStride = kvHeads * headDim
+        dk.update(repeating: 0, count: batch * length * kvStride)
+        dv.update(repeating: 0, count: batch * length * kvStride)
         // Query heads sharing a kv head accumulate into the same dK, dV: parallel work is split
         // by (batch, kv head), each item handling its group of query heads in order.
         let group = heads / kvHeads
         Parallel.forRangesCallingBLAS(batch * kvHeads) { items in
-            let dS = UnsafeMutablePointer<Float>.allocate(capacity: T * T)
+            let dS = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
             defer { dS.deallocate() }
             for item in items {
                 let b = item / kvHeads, kvh = item % kvHeads

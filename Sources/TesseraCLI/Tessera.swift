@@ -15,18 +15,14 @@ struct Tessera: ParsableCommand {
     /// (and, under MPI, stops the other ranks instead of leaving them to their deadline).
     static func main() {
         MPICommunicator.deadlineExpired = { fail("\($0)") }
+        let command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }   // usage errors, --help
         do {
-            var command = try parseAsRoot()
-            try command.run()
-        } catch let error as CollectiveError {
-            fail("\(error)")
-        } catch let error as TesseraError {
-            fail("\(error)")
+            var running = command
+            try running.run()
+        } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+            exit(withError: error)
         } catch {
-            // Argument-parsing errors, --help and --version keep ArgumentParser's own output.
-            if error is ExitCode || error is CleanExit || error is ValidationError || String(describing: type(of: error)).contains("CommandError") {
-                exit(withError: error)
-            }
             fail("\(error)")
         }
     }

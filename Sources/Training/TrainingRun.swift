@@ -82,7 +82,7 @@ final class MetricsLog {
         let fm = FileManager.default
         do {
             try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-            if !append || !fm.fileExists(atPath: url.path) { fm.createFile(atPath: url.path, contents: nil) }
+            if !append || !fm.fileExists(atPath: url.path) { _ = fm.createFile(atPath: url.path, contents: nil) }
             handle = try FileHandle(forWritingTo: url)
             handle.seekToEndOfFile()
         } catch {
