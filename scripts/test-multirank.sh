@@ -17,6 +17,20 @@ check "launch: a killed rank stops the job, named" expect_failure 90 "rank 1 was
 check "launch: a hung rank is named by the deadline" expect_failure 90 "waiting for rank 2|rank 2 was lost" "$TESSERA" launch --nproc 3 -- selftest comm --hang-rank 2 --timeout 5
 check "mpirun: a hung rank ends in a deadline error" expect_failure 90 "did not complete within 5 s" scripts/mpirun.sh 3 selftest comm --hang-rank 2 --timeout 5
 
+# Ctrl-C reaches every rank: the launcher forwards SIGINT and exits non-zero, well before any deadline.
+ctrl_c() {
+  "$TESSERA" launch --nproc 2 -- selftest comm --hang-rank 1 --timeout 120 & local launcher=$!
+  sleep 3; kill -INT "$launcher"
+  local start=$SECONDS; wait "$launcher"; local status=$?
+  echo "launcher exited with $status after $((SECONDS - start)) s"
+  [ "$status" -ne 0 ] && [ $((SECONDS - start)) -lt 30 ]
+}
+check "launch: Ctrl-C is forwarded to every rank" ctrl_c
+echo '{"nodes": [{"host": "10.0.0.1"}]}' >"$work/bad-hosts.json"
+check "launch: a malformed hostfile names the key" expect_failure 30 "bad-hosts.json: nodes\[0\].nproc must be" "$TESSERA" launch --hostfile "$work/bad-hosts.json" -- selftest comm
+check "tcp: a missing variable is named" expect_failure 30 "TESSERA_MASTER_PORT is not set" \
+  env TESSERA_RANK=0 TESSERA_WORLD_SIZE=2 TESSERA_MASTER_ADDR=127.0.0.1 TESSERA_JOB_TOKEN=x "$TESSERA" selftest comm --backend tcp
+
 # A small model on the real corpus, so the equality tests run in seconds.
 tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12

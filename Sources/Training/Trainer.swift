@@ -56,9 +56,11 @@ public final class Trainer {
         let directory = config.string("data.dir")
         train = try TokenDataset(directory: directory, split: "train")
         validation = try TokenDataset(directory: directory, split: "val")
-        for set in [train, validation] where set.sampleCount(length: length) < 1 || (set === train && set.sampleCount(length: length) < globalBatch) {
-            let needed = set === train ? globalBatch * length + 1 : length + 1
-            throw DataError("\(directory) \(set.split) split has \(set.tokens.count) tokens, needs at least \(needed) (\(set === train ? "train.global_batch × data.seq_len + 1" : "data.seq_len + 1")); lower data.seq_len or train.global_batch, or add data")
+        if train.sampleCount(length: length) < globalBatch {
+            throw DataError("\(directory) train split has \(train.tokens.count) tokens, needs at least train.global_batch × data.seq_len + 1 = \(globalBatch * length + 1); lower data.seq_len or train.global_batch, or add data")
+        }
+        if validation.sampleCount(length: length) < 1 {
+            throw DataError("\(directory) val split has \(validation.tokens.count) tokens, needs at least data.seq_len + 1 = \(length + 1); lower data.seq_len, or prepare with a larger --val-fraction")
         }
         let model = try TransformerLM(config: config.model, seed: UInt64(config.int("train.seed")))
         guard train.vocabSize <= model.config.vocabSize else {
