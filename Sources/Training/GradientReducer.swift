@@ -73,12 +73,12 @@ public final class GradientReducer {
     }
 
     private func submit(_ range: Range<Int>) {
+        guard overlap else { queued.append(range); return }   // reduced by finish()
         condition.lock()
         queued.append(range)
         outstanding += 1
         condition.broadcast()
         condition.unlock()
-        if !overlap { outstanding -= 1 }
     }
 
     private func reduce(_ range: Range<Int>) throws {
