@@ -130,10 +130,17 @@ enum Socket {
         return (fd, "\(peer.host):\(peer.port)")
     }
 
+    /// Socket buffer size asked for: large enough that a ring step's chunk streams without a
+    /// wake-up per few kilobytes (the kernel caps it at net.core.wmem_max / rmem_max).
+    static let bufferBytes: Int32 = 4 << 20
+
     /// Low latency and large buffers for bulk transfers.
     static func tune(_ fd: Int32) {
         var yes: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var size = bufferBytes
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
 
     static func setNonBlocking(_ fd: Int32) {
