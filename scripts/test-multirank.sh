@@ -46,6 +46,25 @@ check "train: no overlap equals overlap" bash -c \
   "scripts/mpirun.sh 2 train ${tiny[*]} --set parallel.overlap=false --set run.dir=$work/mpi2-serial && python3 scripts/compare_losses.py $work/mpi2/metrics.jsonl $work/mpi2-serial/metrics.jsonl"
 check "train: stop at step 8 and resume equals the uninterrupted run (bitwise)" bash -c \
   "scripts/mpirun.sh 2 train ${tiny[*]} --set run.dir=$work/resume --stop-at 8 && scripts/mpirun.sh 2 train --resume $work/resume --progress lines && python3 scripts/compare_losses.py $work/mpi2/metrics.jsonl $work/resume/metrics.jsonl --exact"
+# Ctrl-C (or a scheduler's SIGTERM) mid-run: every rank stops at the same step with a checkpoint,
+# and resuming gives bitwise the losses of an uninterrupted run.
+interrupt_and_resume() {
+  local launcher=$1 dir=$work/interrupt-$1 reference=$work/uninterrupted-$1
+  local long=(${tiny[@]} --set train.steps=3000 --set train.log_every=10)
+  local run=(scripts/mpirun.sh 2); [ "$launcher" = tcp ] && run=("$TESSERA" launch --nproc 2 --)
+  "${run[@]}" train "${long[@]}" --set run.dir="$dir" & local pid=$!
+  for _ in $(seq 1 300); do [ -s "$dir/metrics.jsonl" ] && break; sleep 0.1; done   # training has started
+  sleep 0.5; kill -INT "$pid"; wait "$pid"; echo "interrupted run exited with $?"
+  ls "$dir/checkpoints" | grep -q step- || { echo "no checkpoint after the interrupt"; return 1; }
+  local stopped=$(ls "$dir/checkpoints" | tail -n 1)
+  [ "$stopped" != "step-00003000" ] || { echo "the run finished before the interrupt"; return 1; }
+  "${run[@]}" train --resume "$dir" --progress lines >/dev/null || return 1
+  "${run[@]}" train "${long[@]}" --set run.dir="$reference" >/dev/null || return 1
+  echo "interrupted at $stopped"
+  python3 scripts/compare_losses.py "$reference/metrics.jsonl" "$dir/metrics.jsonl" --exact
+}
+check "train: Ctrl-C under mpirun checkpoints; resuming equals the uninterrupted run" interrupt_and_resume mpi
+check "train: Ctrl-C under tessera launch checkpoints; resuming equals the uninterrupted run" interrupt_and_resume tcp
 check "train: an unknown key is one clear line" expect_failure 30 "unknown key 'train.global_bach'; did you mean 'train.global_batch'" "$TESSERA" train "${tiny[@]}" --set train.global_bach=8
 check "train: a batch that does not divide stops every rank" expect_failure 60 "train.global_batch = 10 does not divide over parallel.data = 3" scripts/mpirun.sh 3 train "${tiny[@]}" --set train.global_batch=10 --set run.dir="$work/bad"
 check "train: missing data says what to run" expect_failure 30 "does not exist; run scripts/setup.sh" "$TESSERA" train "${tiny[@]}" --set data.dir=/nonexistent --set run.dir="$work/bad2"

@@ -27,6 +27,10 @@ final class LocalRanks {
         }
         finished.wait()
         for thread in relays { while !thread.isFinished { usleep(1000) } }
+        if interrupted {
+            FileHandle.standardError.write(Data("tessera launch: interrupted; every rank was asked to stop\n".utf8))
+            return 130
+        }
         if let failure = firstFailure {
             let how = failure.reason == .uncaughtSignal ? "was killed by signal \(failure.status)" : "exited with status \(failure.status)"
             FileHandle.standardError.write(Data("tessera launch: rank \(failure.rank) \(how); stopped the other ranks\n".utf8))
@@ -88,10 +92,15 @@ final class LocalRanks {
         lock.lock()
         let failed = child.terminationStatus != 0 && firstFailure == nil
         if failed { firstFailure = (rank, child.terminationStatus, child.terminationReason) }
+        // After a forwarded Ctrl-C every rank is already stopping (and checkpointing): let them.
+        let stop = failed && !interrupted
         lock.unlock()
-        if failed { stopOthers() }
+        if stop { stopOthers() }
         finished.leave()
     }
+
+    /// Set once a signal has been forwarded to the ranks.
+    private var interrupted = false
 
     /// SIGTERM to every rank still running, SIGKILL after the grace period.
     private func stopOthers() {
@@ -109,7 +118,7 @@ final class LocalRanks {
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler { [weak self] in
                 guard let self else { return }
-                self.lock.lock(); let running = self.processes.filter(\.isRunning); self.lock.unlock()
+                self.lock.lock(); self.interrupted = true; let running = self.processes.filter(\.isRunning); self.lock.unlock()
                 for p in running { kill(p.processIdentifier, signalNumber) }
             }
             source.resume()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import CollectivesMPI
 import Foundation
+import Training
 
 @main
 struct Tessera: ParsableCommand {
@@ -22,6 +23,10 @@ struct Tessera: ParsableCommand {
             try running.run()
         } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
             exit(withError: error)
+        } catch let stop as TrainingInterrupted {
+            // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
+            if ProcessEnvironment.worldRank ?? 0 == 0 { FileHandle.standardError.write(Data("tessera: \(stop)\n".utf8)) }
+            Foundation.exit(130)
         } catch {
             fail("\(error)")
         }

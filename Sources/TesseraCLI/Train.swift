@@ -40,6 +40,8 @@ struct Train: ParsableCommand {
         let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
         let trainer = try Trainer(config: config, world: comm)
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
+        StopSignals.install()
+        trainer.stopRequested = { StopSignals.received }
         _ = try trainer.run(resume: resume != nil, stopAt: stopAt)
     }
 }
@@ -86,3 +88,24 @@ enum ProgressStyle: String, ExpressibleByArgument, CaseIterable {
         }
     }
 }
+
+/// Ctrl-C and SIGTERM (a scheduler's preemption) ask the run to stop after the current step
+/// with a checkpoint; a second signal ends the process at once.
+enum StopSignals {
+    static var received: Bool { stopSignalCount > 0 }
+
+    static func install() {
+        for number in [SIGINT, SIGTERM] {
+            signal(number) { signalNumber in
+                stopSignalCount += 1
+                if stopSignalCount > 1 {   // asked twice: stop now
+                    signal(signalNumber, SIG_DFL)
+                    raise(signalNumber)
+                }
+            }
+        }
+    }
+}
+
+/// Written only by the signal handler (a plain global: no lazy initialisation).
+nonisolated(unsafe) var stopSignalCount: Int32 = 0

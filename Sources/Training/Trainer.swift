@@ -28,6 +28,9 @@ public final class Trainer {
     let localBatch: Int
     let length: Int
     public var reporter: ProgressReporter?
+    /// Polled after every step when set (the same on every rank): when it returns true on any
+    /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
+    public var stopRequested: (() -> Bool)?
     public var runDirectory: URL { URL(fileURLWithPath: config.string("run.dir")) }
     public var store: CheckpointStore { CheckpointStore(root: runDirectory.appendingPathComponent("checkpoints")) }
 

@@ -1,6 +1,17 @@
 import Checkpointing
 import Foundation
 
+/// A run stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint.
+public struct TrainingInterrupted: Error, CustomStringConvertible {
+    public var step: Int
+    public var checkpoint: String?
+    public var runDirectory: String
+
+    public var description: String {
+        "stopped at step \(step) on request\(checkpoint.map { "; checkpoint \($0) written" } ?? ""); continue with: tessera train --resume \(runDirectory)"
+    }
+}
+
 /// What a finished run reports.
 public struct RunSummary: Sendable {
     public var steps: Int
@@ -41,6 +52,11 @@ extension Trainer {
         while step < end {
             let rate = schedule.rate(at: step)
             let loss = try trainStep()
+            if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
+                // Every rank saw the request by now (max over ranks): stop at this same step.
+                let url = try saveCheckpoint()
+                throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
+            }
             losses.append(loss)
             intervalSteps += 1
             let logEvery = config.int("train.log_every")

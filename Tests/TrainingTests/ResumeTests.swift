@@ -27,6 +27,31 @@ import _TestSupport
         }
     }
 
+    /// A stop request seen by one rank only stops every rank at the same step, with a
+    /// checkpoint from which the run resumes exactly.
+    @Test func aStopRequestOnOneRankStopsAllAtTheSameStep() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 10))
+        let reference = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("reference"), steps: 10))
+        let results = InProcessCommunicator.run(size: 3) { comm -> (Int, [Double], [Double]) in
+            let trainer = try Trainer(config: config, world: comm)
+            var polls = 0
+            trainer.stopRequested = { polls += 1; return comm.rank == 1 && polls == 4 }
+            var stoppedAt = -1
+            do { _ = try trainer.run(resume: false) } catch let stop as TrainingInterrupted { stoppedAt = stop.step }
+            let resumed = try Trainer(config: config, world: comm).run(resume: true).losses
+            let full = try Trainer(config: reference, world: comm).run(resume: false).losses
+            return (stoppedAt, resumed, full)
+        }
+        for result in results {
+            let (stoppedAt, resumed, full) = try result.get()
+            #expect(stoppedAt == 4)
+            #expect(resumed == Array(full.dropFirst(4)))
+        }
+    }
+
     @Test func aRunDirectoryWithCheckpointsIsNotOverwritten() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
