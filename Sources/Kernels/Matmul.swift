@@ -1,4 +1,5 @@
 import COpenBLAS
+import Dispatch
 
 /// Matrix products on OpenBLAS `cblas_sgemm` (row-major).
 ///
@@ -6,12 +7,34 @@ import COpenBLAS
 public enum Matmul {
     /// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major with leading dimensions.
     /// op(A) is (m, k), op(B) is (k, n).
+    ///
+    /// With `threads` > 1 (and `parallel`), a large product is cut into independent blocks of
+    /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
+    /// kernel threads: no synchronisation inside BLAS, and every element of C is still one dot
+    /// product over the whole k, computed by the same kernel.
     @inline(__always)
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, parallel: Bool = true) {
         guard m > 0, n > 0 else { return }
+        let parts = parallel ? min(threads, max(1, m * n * k / minimumWorkPerThread)) : 1
+        if parts > 1 {
+            DispatchQueue.concurrentPerform(iterations: parts) { part in
+                if m >= n {
+                    let rows = (part * m / parts)..<((part + 1) * m / parts)
+                    let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
+                    gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, alpha: alpha,
+                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc, parallel: false)
+                } else {
+                    let columns = (part * n / parts)..<((part + 1) * n / parts)
+                    let bStart = transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound
+                    gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: columns.count, k: k, alpha: alpha,
+                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc, parallel: false)
+                }
+            }
+            return
+        }
         if k == 0 {
             // BLAS leaves C untouched only for beta == 1; make k == 0 mean "C = beta · C".
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
@@ -41,9 +64,22 @@ public enum Matmul {
              a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
     }
 
-    /// OpenBLAS threads of this process (`--threads`).
+    /// Kernel threads of this process (`train.threads`, `--threads`): GEMMs and elementwise
+    /// kernels split their work over this many threads. OpenBLAS itself always runs one
+    /// thread per call (its own threading synchronises inside every call, which costs more
+    /// than it gains on the mid-sized products of these models).
     public static var threads: Int {
-        get { Int(openblas_get_num_threads()) }
-        set { openblas_set_num_threads(Int32(newValue)) }
+        get { configuredThreads }
+        set {
+            openblas_set_num_threads(1)
+            configuredThreads = max(1, newValue)
+        }
     }
+    nonisolated(unsafe) private static var configuredThreads: Int = {
+        openblas_set_num_threads(1)
+        return 1
+    }()
+
+    /// Below this many multiply-adds per thread a product is not split (about 0.1 ms of work).
+    static let minimumWorkPerThread = 1 << 22
 }

@@ -70,13 +70,11 @@ public enum Parallel {
         }
     }
 
-    /// Like `forRanges`, for items that call BLAS themselves: BLAS runs single-threaded inside
-    /// (the items are the parallelism), and its thread count is restored afterwards.
-    public static func forRangesCallingBLAS(_ count: Int, _ body: (Range<Int>) -> Void) {
+    /// Like `forRanges` with one item as the smallest chunk, for items that call BLAS
+    /// themselves (with `parallel: false`: the items are the parallelism).
+    public static func forItems(_ count: Int, _ body: (Range<Int>) -> Void) {
         let threads = Matmul.threads
         guard threads > 1, count > 1 else { body(0..<count); return }
-        Matmul.threads = 1
-        defer { Matmul.threads = threads }
         let chunks = min(threads, count)
         DispatchQueue.concurrentPerform(iterations: chunks) { c in
             body((c * count / chunks)..<((c + 1) * count / chunks))
