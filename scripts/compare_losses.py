@@ -18,7 +18,8 @@ exact = "--exact" in args
 rtol = float(args[args.index("--rtol") + 1]) if "--rtol" in args else 1e-5
 reference, other = losses(args[0]), losses(args[1])
 if sorted(reference) != sorted(other):
-    sys.exit(f"steps differ: {sorted(reference)} vs {sorted(other)}")
+    only_ref, only_other = sorted(set(reference) - set(other)), sorted(set(other) - set(reference))
+    sys.exit(f"logged steps differ: only in {args[0]}: {only_ref[:10]}; only in {args[1]}: {only_other[:10]}")
 for step in sorted(reference):
     a, b = reference[step], other[step]
     if (a != b) if exact else abs(a - b) > rtol * max(1.0, abs(a)):

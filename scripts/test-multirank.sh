@@ -50,7 +50,7 @@ check "train: stop at step 8 and resume equals the uninterrupted run (bitwise)" 
 # and resuming gives bitwise the losses of an uninterrupted run.
 interrupt_and_resume() {
   local launcher=$1 dir=$work/interrupt-$1 reference=$work/uninterrupted-$1
-  local long=(${tiny[@]} --set train.steps=3000 --set train.log_every=10)
+  local long=(${tiny[@]} --set train.steps=3000 --set train.log_every=1)
   local run=(scripts/mpirun.sh 2); [ "$launcher" = tcp ] && run=("$TESSERA" launch --nproc 2 --)
   "${run[@]}" train "${long[@]}" --set run.dir="$dir" & local pid=$!
   for _ in $(seq 1 300); do [ -s "$dir/metrics.jsonl" ] && break; sleep 0.1; done   # training has started

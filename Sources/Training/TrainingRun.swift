@@ -52,11 +52,6 @@ extension Trainer {
         while step < end {
             let rate = schedule.rate(at: step)
             let loss = try trainStep()
-            if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
-                // Every rank saw the request by now (max over ranks): stop at this same step.
-                let url = try saveCheckpoint()
-                throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
-            }
             losses.append(loss)
             intervalSteps += 1
             let logEvery = config.int("train.log_every")
@@ -67,6 +62,11 @@ extension Trainer {
                 try metrics?.write(["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
                                     "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)])
                 intervalStart = Date(); intervalSteps = 0
+            }
+            if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
+                // Every rank saw the request by now (max over ranks): stop at this same step.
+                let url = try saveCheckpoint()
+                throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
             }
             let pauseStart = Date()   // validation and checkpoints are not training throughput
             defer { intervalStart += Date().timeIntervalSince(pauseStart) }

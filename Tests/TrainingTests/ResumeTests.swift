@@ -33,7 +33,7 @@ import _TestSupport
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 10))
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 10) + ["train.log_every=2"])
         let reference = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("reference"), steps: 10))
         let results = InProcessCommunicator.run(size: 3) { comm -> (Int, [Double], [Double]) in
             let trainer = try Trainer(config: config, world: comm)
@@ -50,6 +50,13 @@ import _TestSupport
             #expect(stoppedAt == 4)
             #expect(resumed == Array(full.dropFirst(4)))
         }
+        // The step it stopped on (a logging step) is in the metrics once, like every other.
+        let metrics = try String(contentsOfFile: directory.file("run/metrics.jsonl"), encoding: .utf8)
+        let records = metrics.split(separator: "\n").compactMap {
+            try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+        }
+        let logged = records.filter { $0["loss"] != nil }.compactMap { $0["step"] as? Int }
+        #expect(logged == [2, 4, 6, 8, 10])
     }
 
     @Test func aRunDirectoryWithCheckpointsIsNotOverwritten() throws {
