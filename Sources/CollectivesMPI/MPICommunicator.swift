@@ -24,7 +24,7 @@ public final class MPICommunicator: Communicator {
     /// process. The default prints the error and aborts the MPI job; the executable installs
     /// its own one-line reporter.
     public static var deadlineExpired: (CollectiveError) -> Void = { error in
-        FileHandle.standardError.write(Data("tessera: error: \(error)\n".utf8))
+        try? FileHandle.standardError.write(contentsOf: Data("tessera: error: \(error)\n".utf8))
         abortJob(code: 1)
     }
     private static let watchdog = DeadlineWatchdog { deadlineExpired($0) }

@@ -100,7 +100,7 @@ struct Hello: Equatable {
 /// Connections without the job token are refused and logged, never joined.
 enum Rendezvous {
     static func log(_ message: String) {
-        FileHandle.standardError.write(Data("tessera: tcp: \(message)\n".utf8))
+        try? FileHandle.standardError.write(contentsOf: Data("tessera: tcp: \(message)\n".utf8))
     }
 
     static func connectAll(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> [Int32] {

@@ -240,8 +240,8 @@ final class TCPMesh {
                 if errno == EAGAIN || errno == EWOULDBLOCK { return }
                 if errno == EINTR { continue }
                 if closed[peer] == nil { closedOrder.append(peer) }
-                closed[peer] = Socket.errorText()
-                throw CollectiveError.peerLost(rank: closedOrder.first!, operation: operation, detail: "send to rank \(peer) failed: \(closed[peer]!)")
+                closed[peer] = "send failed: \(Socket.errorText())"
+                throw lost(peer, operation)
             }
             states[i].offset += written
             if states[i].offset == headerCount + states[i].frame.payload.count { states[i].done = true }
@@ -344,18 +344,23 @@ final class TCPMesh {
     }
 
     private func checkLost(_ operation: String, _ sends: [SendProgress], _ receives: [ExpectedFrame]) throws {
+        if abortReport != nil { throw lost(worldRank, operation) }
+        for peer in Set(sends.filter { !$0.done }.map(\.frame.peer) + receives.map(\.peer)) where closed[peer] != nil {
+            throw lost(peer, operation)
+        }
+    }
+
+    /// The error for losing `peer`: the root cause another rank reported, if any; otherwise the
+    /// peer that went first (when one rank dies its neighbours fail next, so the first loss seen
+    /// here is the likelier cause).
+    private func lost(_ peer: Int, _ operation: String) -> CollectiveError {
         if case let .peerLost(root, _, detail)? = abortReport {
-            throw CollectiveError.peerLost(rank: root, operation: operation, detail: detail)
+            return .peerLost(rank: root, operation: operation, detail: detail)
         }
-        for peer in Set(sends.filter { !$0.done }.map(\.frame.peer) + receives.map(\.peer)) {
-            if let why = closed[peer] {
-                // Name the peer that went first: when one rank dies, its neighbours fail next,
-                // and the first loss seen here is the likelier cause.
-                let first = closedOrder.first ?? peer
-                throw CollectiveError.peerLost(rank: first, operation: operation,
-                                               detail: first == peer ? why : "\(closed[first]!); rank \(peer), which this operation waits for, has gone too")
-            }
-        }
+        let first = closedOrder.first ?? peer
+        let why = closed[first] ?? "connection closed"
+        return .peerLost(rank: first, operation: operation,
+                         detail: first == peer ? why : "\(why); rank \(peer), which this operation waits for, has gone too")
     }
 }
 

@@ -62,7 +62,7 @@ enum BenchReport {
 
     static func round4(_ x: Double) -> Double { (x * 10_000).rounded() / 10_000 }
 
-    static func log(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
+    static func log(_ text: String) { try? FileHandle.standardError.write(contentsOf: Data((text + "\n").utf8)) }
 }
 
 struct GemmBench: ParsableCommand {

@@ -28,12 +28,12 @@ final class LocalRanks {
         finished.wait()
         for thread in relays { while !thread.isFinished { usleep(1000) } }
         if interrupted {
-            FileHandle.standardError.write(Data("tessera launch: interrupted; every rank was asked to stop\n".utf8))
+            try? FileHandle.standardError.write(contentsOf: Data("tessera launch: interrupted; every rank was asked to stop\n".utf8))
             return 130
         }
         if let failure = firstFailure {
             let how = failure.reason == .uncaughtSignal ? "was killed by signal \(failure.status)" : "exited with status \(failure.status)"
-            FileHandle.standardError.write(Data("tessera launch: rank \(failure.rank) \(how); stopped the other ranks\n".utf8))
+            try? FileHandle.standardError.write(contentsOf: Data("tessera launch: rank \(failure.rank) \(how); stopped the other ranks\n".utf8))
             return 1
         }
         return 0
@@ -78,11 +78,11 @@ final class LocalRanks {
                 if chunk.isEmpty { break }
                 pending.append(chunk)
                 while let newline = pending.firstIndex(of: 0x0A) {
-                    output.write(Data(prefix.utf8) + pending[pending.startIndex...newline])
+                    try? output.write(contentsOf: Data(prefix.utf8) + pending[pending.startIndex...newline])
                     pending.removeSubrange(pending.startIndex...newline)
                 }
             }
-            if !pending.isEmpty { output.write(Data(prefix.utf8) + pending + Data("\n".utf8)) }
+            if !pending.isEmpty { try? output.write(contentsOf: Data(prefix.utf8) + pending + Data("\n".utf8)) }
         }
         relays.append(thread)
         thread.start()

@@ -15,6 +15,9 @@ struct Tessera: ParsableCommand {
     /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit
     /// (and, under MPI, stops the other ranks instead of leaving them to their deadline).
     static func main() {
+        // A launcher that has gone away (mpirun after Ctrl-C) closes our output pipes: a write
+        // must fail, not kill the process before it has written its checkpoint.
+        signal(SIGPIPE, SIG_IGN)
         MPICommunicator.deadlineExpired = { fail("\($0)") }
         let command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }   // usage errors, --help
@@ -25,7 +28,7 @@ struct Tessera: ParsableCommand {
             exit(withError: error)
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
-            if ProcessEnvironment.worldRank ?? 0 == 0 { FileHandle.standardError.write(Data("tessera: \(stop)\n".utf8)) }
+            if ProcessEnvironment.worldRank ?? 0 == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(stop)\n".utf8)) }
             Foundation.exit(130)
         } catch {
             fail("\(error)")
@@ -35,7 +38,7 @@ struct Tessera: ParsableCommand {
     static func fail(_ message: String) -> Never {
         let rank = ProcessEnvironment.worldRank
         let prefix = rank.map { "tessera: rank \($0): error: " } ?? "tessera: error: "
-        FileHandle.standardError.write(Data((prefix + message + "\n").utf8))
+        try? FileHandle.standardError.write(contentsOf: Data((prefix + message + "\n").utf8))
         MPICommunicator.abortJob(code: 1)
         Foundation.exit(1)
     }

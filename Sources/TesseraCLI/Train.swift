@@ -94,15 +94,21 @@ enum ProgressStyle: String, ExpressibleByArgument, CaseIterable {
 enum StopSignals {
     static var received: Bool { stopSignalCount > 0 }
 
+    /// Handlers without SA_RESTART: a write blocked on a full pipe (mpirun no longer reading
+    /// our output after Ctrl-C) returns EINTR, so the loop gets to its stop check.
     static func install() {
         for number in [SIGINT, SIGTERM] {
-            signal(number) { signalNumber in
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { signalNumber in
                 stopSignalCount += 1
                 if stopSignalCount > 1 {   // asked twice: stop now
                     signal(signalNumber, SIG_DFL)
                     raise(signalNumber)
                 }
             }
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = 0
+            sigaction(number, &action, nil)
         }
     }
 }

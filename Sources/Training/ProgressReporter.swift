@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Rank 0's view of a run: a live progress bar when standard output is a terminal, plain
 /// lines otherwise (logs, CI, `tee`).
@@ -16,9 +19,19 @@ public final class ProgressReporter {
     }
 
     func emit(_ text: String, newline: Bool = true) {
-        if interactive && barShown { output.write(Data("\r\u{1B}[2K".utf8)) }
-        output.write(Data((text + (newline ? "\n" : "")).utf8))
+        write((interactive && barShown ? "\r\u{1B}[2K" : "") + text + (newline ? "\n" : ""))
         barShown = !newline
+    }
+
+    /// Writes a line, giving it up when interrupted by a signal or when the reader has gone
+    /// (a progress line is not worth blocking a stopping run for).
+    private func write(_ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let written = bytes.withUnsafeBytes { Glibc.write(output.fileDescriptor, $0.baseAddress, $0.count) }
+            guard written > 0 else { return }
+            bytes = bytes.dropFirst(written)
+        }
     }
 
     public func note(_ text: String) { emit(text) }

@@ -55,18 +55,23 @@ extension Trainer {
             losses.append(loss)
             intervalSteps += 1
             let logEvery = config.int("train.log_every")
-            if step % logEvery == 0 || step == end {
+            let logging = step % logEvery == 0 || step == end
+            if logging {
                 let seconds = Date().timeIntervalSince(intervalStart)
                 lastRate = Double(intervalSteps * tokensPerStep) / max(seconds, 1e-9)
-                reporter?.progress(step: step, total: total, loss: loss, learningRate: Double(rate), tokensPerSecond: lastRate)
                 try metrics?.write(["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
                                     "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)])
-                intervalStart = Date(); intervalSteps = 0
             }
+            // Checked before printing: once mpirun has been interrupted it stops reading the
+            // ranks' output, and a rank blocked writing a progress line would never checkpoint.
             if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
                 // Every rank saw the request by now (max over ranks): stop at this same step.
                 let url = try saveCheckpoint()
                 throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
+            }
+            if logging {
+                reporter?.progress(step: step, total: total, loss: loss, learningRate: Double(rate), tokensPerSecond: lastRate)
+                intervalStart = Date(); intervalSteps = 0
             }
             let pauseStart = Date()   // validation and checkpoints are not training throughput
             defer { intervalStart += Date().timeIntervalSince(pauseStart) }
@@ -93,8 +98,10 @@ extension Trainer {
 /// `metrics.jsonl`: one JSON object per line, one file per run.
 final class MetricsLog {
     let handle: FileHandle
+    let path: String
 
     init(url: URL, append: Bool) throws {
+        path = url.path
         let fm = FileManager.default
         do {
             try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
@@ -109,7 +116,9 @@ final class MetricsLog {
     func write(_ object: [String: Any]) throws {
         var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         line.append(0x0A)
-        handle.write(line)
+        do { try handle.write(contentsOf: line) } catch {
+            throw CheckpointError.writeFailed(path: path, reason: error.localizedDescription)
+        }
     }
 
     deinit { try? handle.close() }
