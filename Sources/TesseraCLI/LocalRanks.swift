@@ -23,7 +23,10 @@ final class LocalRanks {
     func run() throws -> Int32 {
         forwardSignals()
         for local in 0..<plan.localRanks {
-            try start(rank: plan.firstRank + local, localRank: local)
+            do { try start(rank: plan.firstRank + local, localRank: local) } catch {
+                stopOthers()   // the ranks already started would wait for this one until their deadline
+                throw TesseraError("tessera launch: could not start rank \(plan.firstRank + local): \(error.localizedDescription)")
+            }
         }
         finished.wait()
         for thread in relays { while !thread.isFinished { usleep(1000) } }
