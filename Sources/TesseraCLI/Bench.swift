@@ -114,6 +114,7 @@ struct TrainBench: ParsableCommand {
     func run() throws {
         let config = try options.load(defaultFile: "configs/bench-dense.yaml").applying(["train.threads=\(threads)", "train.steps=\(warmup + steps)"])
         let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
+        Matmul.threads = threads
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
         var seconds: [Double] = []

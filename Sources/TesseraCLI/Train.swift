@@ -1,6 +1,7 @@
 import ArgumentParser
 import Checkpointing
 import Foundation
+import Kernels
 import Training
 
 struct Train: ParsableCommand {
@@ -38,6 +39,7 @@ struct Train: ParsableCommand {
         configOptions.overrides = overrides
         let config = try configOptions.load()
         let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
+        Matmul.threads = config.int("train.threads")
         let trainer = try Trainer(config: config, world: comm)
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
@@ -66,6 +68,7 @@ struct Eval: ParsableCommand {
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
         let resolved = try saved.applying(["parallel.data=0"] + overrides)
         let comm = try world.makeWorld(defaultTimeout: Double(resolved.float("parallel.timeout_seconds")))
+        Matmul.threads = resolved.int("train.threads")
         let trainer = try Trainer(config: resolved, world: comm)
         try trainer.model.parameters.load(contents.model, source: checkpoint)
         let count = batches > 0 ? batches : max(1, trainer.validation.sampleCount(length: resolved.int("data.seq_len")) / trainer.globalBatch)

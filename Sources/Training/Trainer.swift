@@ -10,7 +10,8 @@ import TensorCore
 ///
 /// Every rank runs the same code. Rank 0 reports, writes metrics and checkpoints; resuming
 /// reads the checkpoint on rank 0 and broadcasts it, so other nodes need no shared disk.
-/// Call from a plain thread (not the Swift concurrency pool): collectives block.
+/// Call from a plain thread (not the Swift concurrency pool): collectives block. The kernel
+/// thread count (`train.threads`) is process-wide; the executable sets it (`Matmul.threads`).
 public final class Trainer {
     public let config: RunConfig
     public let grid: ProcessGrid
@@ -54,7 +55,6 @@ public final class Trainer {
         }
         localBatch = globalBatch / data
         length = config.int("data.seq_len")
-        Matmul.threads = config.int("train.threads")
 
         let directory = config.string("data.dir")
         train = try TokenDataset(directory: directory, split: "train")
