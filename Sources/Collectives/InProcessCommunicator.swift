@@ -101,25 +101,23 @@ public final class InProcessCommunicator: Communicator {
     public func allToAll(_ input: UnsafeRawBufferPointer, sendCounts: [Int],
                          into output: UnsafeMutableRawBufferPointer, receiveCounts: [Int]) throws {
         try checkAllToAll(input, sendCounts: sendCounts, output, receiveCounts: receiveCounts)
-        do {
-            try sendCounts.withUnsafeBufferPointer { countsPointer in
-                try board.meet(rank, "allToAll", post: input.baseAddress, input.count,
-                               extra: UnsafeRawPointer(countsPointer.baseAddress)) { posts in
-                    var offset = 0
-                    for r in 0..<size {
-                        let theirCounts = posts[r].extra!.assumingMemoryBound(to: Int.self)
-                        guard theirCounts[rank] == receiveCounts[r] else {
-                            throw CollectiveError.invalidArgument("allToAll: rank \(r) sends \(theirCounts[rank]) B to rank \(rank), which expects \(receiveCounts[r]) B")
-                        }
-                        var theirOffset = 0
-                        for q in 0..<rank { theirOffset += theirCounts[q] }
-                        if receiveCounts[r] > 0 {
-                            (output.baseAddress! + offset).copyMemory(from: posts[r].pointer! + theirOffset, byteCount: receiveCounts[r])
-                        }
-                        offset += receiveCounts[r]
+        try sendCounts.withUnsafeBufferPointer { countsPointer in
+            try board.meet(rank, "allToAll", post: input.baseAddress, input.count,
+                           extra: UnsafeRawPointer(countsPointer.baseAddress)) { posts in
+                var offset = 0
+                for r in 0..<size {
+                    let theirCounts = posts[r].extra!.assumingMemoryBound(to: Int.self)
+                    guard theirCounts[rank] == receiveCounts[r] else {
+                        throw CollectiveError.invalidArgument("allToAll: rank \(r) sends \(theirCounts[rank]) B to rank \(rank), which expects \(receiveCounts[r]) B")
                     }
-                    return nil
+                    var theirOffset = 0
+                    for q in 0..<rank { theirOffset += theirCounts[q] }
+                    if receiveCounts[r] > 0 {
+                        (output.baseAddress! + offset).copyMemory(from: posts[r].pointer! + theirOffset, byteCount: receiveCounts[r])
+                    }
+                    offset += receiveCounts[r]
                 }
+                return nil
             }
         }
     }

@@ -48,7 +48,8 @@ public final class SingleProcessCommunicator: Communicator {
     public func receive(_ buffer: UnsafeMutableRawBufferPointer, from source: Int, tag: Int) throws {
         try checkPeer(source, "receive")
         guard var queue = pending[tag], !queue.isEmpty else {
-            throw CollectiveError.timeout(operation: "receive(from: 0, tag: \(tag))", waitingFor: [0], seconds: 0)
+            // Nothing can arrive later: this rank is the only sender, and it has not sent this tag.
+            throw CollectiveError.invalidArgument("receive(from: 0, tag: \(tag)): nothing was sent with this tag; in a one-rank group a receive must follow its own send")
         }
         let message = queue.removeFirst()
         pending[tag] = queue

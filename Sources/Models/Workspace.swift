@@ -5,7 +5,6 @@ import TensorCore
 /// (batch, length). Sizes in comments use N = batch × length tokens.
 final class Workspace {
     let batch: Int, length: Int
-    var tokens: Int { batch * length }
     let attention: CausalAttention
     let ropeCos: [Float], ropeSin: [Float]
     let positionOffset: Int

@@ -27,12 +27,6 @@ public enum Reference {
         matmul(x, w, m: rows, n: outFeatures, k: inFeatures, transposeB: true)
     }
 
-    /// (dx, dW) of the linear layer given dy.
-    public static func linearBackward<T: BinaryFloatingPoint>(_ x: [T], _ w: [T], _ dy: [T], rows: Int, inFeatures: Int, outFeatures: Int) -> (dx: [T], dw: [T]) {
-        (matmul(dy, w, m: rows, n: inFeatures, k: outFeatures),
-         matmul(dy, x, m: outFeatures, n: inFeatures, k: rows, transposeA: true))
-    }
-
     public static func rmsNorm<T: BinaryFloatingPoint>(_ x: [T], _ w: [T], rows: Int, dim: Int, eps: T) -> [T] {
         var y = x
         for r in 0..<rows {
