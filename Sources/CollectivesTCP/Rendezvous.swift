@@ -15,19 +15,24 @@ public struct TCPJobSpec: Equatable, Sendable {
     /// Network interface to bind to and advertise (`TESSERA_SOCKET_IFNAME`), or nil for the one
     /// that routes to rank 0.
     public var interface: String?
+    /// Whether ranks on this host may read each other's payloads straight from memory
+    /// (`TESSERA_TCP_SAME_HOST=memory`, the default) or must use the sockets (`socket`).
+    public var sameHostMemory: Bool
 
     /// A free port on `host` for a single-node job's rendezvous.
     public static func freePort(host: String = "127.0.0.1") throws -> UInt16 { try Socket.freePort(host: host) }
 
     public static let variables = ["TESSERA_RANK", "TESSERA_WORLD_SIZE", "TESSERA_MASTER_ADDR", "TESSERA_MASTER_PORT", "TESSERA_JOB_TOKEN"]
 
-    public init(rank: Int, worldSize: Int, masterAddress: String, masterPort: UInt16, token: String, interface: String? = nil) {
+    public init(rank: Int, worldSize: Int, masterAddress: String, masterPort: UInt16, token: String, interface: String? = nil,
+                sameHostMemory: Bool = true) {
         self.rank = rank
         self.worldSize = worldSize
         self.masterAddress = masterAddress
         self.masterPort = masterPort
         self.token = token
         self.interface = interface
+        self.sameHostMemory = sameHostMemory
     }
 
     /// Reads the TESSERA_* variables; a missing or malformed one is an error naming it.
@@ -52,6 +57,11 @@ public struct TCPJobSpec: Equatable, Sendable {
         masterPort = UInt16(port)
         token = try value("TESSERA_JOB_TOKEN")
         interface = env["TESSERA_SOCKET_IFNAME"].flatMap { $0.isEmpty ? nil : $0 }
+        let sameHost = env[SameHostMemory.variable].flatMap { $0.isEmpty ? nil : $0 } ?? "memory"
+        guard SameHostMemory.choices.contains(sameHost) else {
+            throw CollectiveError.invalidArgument("TCP backend: \(SameHostMemory.variable)=\(sameHost) is not one of \(SameHostMemory.choices.joined(separator: ", "))")
+        }
+        sameHostMemory = sameHost == "memory"
         guard worldSize >= 1, rank < worldSize else {
             throw CollectiveError.invalidArgument("TCP backend: TESSERA_RANK=\(rank) must be below TESSERA_WORLD_SIZE=\(worldSize)")
         }

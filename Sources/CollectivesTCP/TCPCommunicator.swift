@@ -18,8 +18,6 @@ public final class TCPCommunicator: Communicator {
     private let members: [Int]
     private let id: UInt32
     private var splits: UInt32 = 0
-    /// Receive buffer of the ring reduction, kept between calls (a fresh one costs page faults).
-    private var scratch = FloatScratch(count: 0)
     /// Tag of collective traffic (user tags are non-negative).
     private static let collectiveTag: Int64 = -1
 
@@ -37,22 +35,25 @@ public final class TCPCommunicator: Communicator {
 
     public static func world(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> TCPCommunicator {
         let sockets = try Rendezvous.connectAll(spec, timeoutSeconds: timeoutSeconds)
-        let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: sockets, timeoutSeconds: timeoutSeconds)
+        let sameHost = try SameHostMemory.negotiate(sockets: sockets, worldRank: spec.rank, enabled: spec.sameHostMemory,
+                                                    deadline: Date(timeIntervalSinceNow: timeoutSeconds))
+        let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: sockets, timeoutSeconds: timeoutSeconds, sameHost: sameHost)
         return TCPCommunicator(mesh: mesh, members: Array(0..<spec.worldSize), id: 0)
     }
 
+    /// How many ranks of the whole job this one reads payloads from directly (same host), not
+    /// through a socket.
+    public var sameHostPeers: Int { mesh.sameHost.count }
+
     // MARK: Frames
 
-    private func header(_ count: Int, tag: Int64 = collectiveTag) -> [UInt8] {
-        FrameHeader(tag: tag, communicator: id, length: UInt64(count)).bytes
-    }
-
     private func outgoing(_ to: Int, _ bytes: UnsafeRawBufferPointer, tag: Int64 = collectiveTag) -> OutgoingFrame {
-        OutgoingFrame(peer: members[to], header: header(bytes.count, tag: tag), payload: bytes)
+        OutgoingFrame(peer: members[to], communicator: id, tag: tag, payload: bytes)
     }
 
-    private func expected(_ from: Int, _ bytes: UnsafeMutableRawBufferPointer, tag: Int64 = collectiveTag) -> ExpectedFrame {
-        ExpectedFrame(peer: members[from], communicator: id, tag: tag, destination: bytes)
+    private func expected(_ from: Int, _ bytes: UnsafeMutableRawBufferPointer, tag: Int64 = collectiveTag,
+                          combine: ((Int, UnsafeRawBufferPointer) -> Void)? = nil) -> ExpectedFrame {
+        ExpectedFrame(peer: members[from], communicator: id, tag: tag, destination: bytes, combine: combine)
     }
 
     /// Translates world ranks in errors into this group's ranks? No: errors name world ranks,
@@ -83,20 +84,17 @@ public final class TCPCommunicator: Communicator {
     }
 
     /// After it, this rank holds the full reduction of chunk (rank + 1 + shift) mod size.
+    /// The incoming chunk is folded into this rank's copy as it arrives (`ExpectedFrame.combine`).
     private func ringReduceScatter(_ data: UnsafeMutablePointer<Float>, _ parts: [Range<Int>], op: ReduceOp, shift: Int, _ operation: String) throws {
-        let largest = parts.map(\.count).max() ?? 0
-        if scratch.count < largest { scratch = FloatScratch(count: largest) }
-        let scratch = self.scratch.buffer
-        do {
-            for step in 0..<(size - 1) {
-                let sendChunk = parts[((rank - step + shift) % size + size) % size]
-                let receiveChunk = parts[((rank - step - 1 + shift) % size + size) % size]
-                let receiveBytes = UnsafeMutableRawBufferPointer(start: scratch.baseAddress, count: receiveChunk.count * 4)
-                try transfer(operation,
-                             sends: [outgoing(next, UnsafeRawBufferPointer(start: data + sendChunk.lowerBound, count: sendChunk.count * 4))],
-                             receives: [expected(previous, receiveBytes)])
-                op.combine(into: data + receiveChunk.lowerBound, from: scratch.baseAddress!, count: receiveChunk.count)
-            }
+        for step in 0..<(size - 1) {
+            let sendChunk = parts[((rank - step + shift) % size + size) % size]
+            let receiveChunk = parts[((rank - step - 1 + shift) % size + size) % size]
+            let target = data + receiveChunk.lowerBound
+            try transfer(operation,
+                         sends: [outgoing(next, UnsafeRawBufferPointer(start: data + sendChunk.lowerBound, count: sendChunk.count * 4))],
+                         receives: [expected(previous, UnsafeMutableRawBufferPointer(start: target, count: receiveChunk.count * 4)) { offset, bytes in
+                             op.combine(into: target + offset / 4, from: bytes.baseAddress!.assumingMemoryBound(to: Float.self), count: bytes.count / 4)
+                         }])
         }
     }
 
@@ -197,12 +195,4 @@ public final class TCPCommunicator: Communicator {
         }
         return TCPCommunicator(mesh: mesh, members: group.map { members[$0] }, id: h == 0 ? 1 : h)
     }
-}
-
-/// A reusable, uninitialised Float buffer.
-final class FloatScratch {
-    let buffer: UnsafeMutableBufferPointer<Float>
-    var count: Int { buffer.count }
-    init(count: Int) { buffer = .allocate(capacity: max(count, 1)) }
-    deinit { buffer.deallocate() }
 }

@@ -4,50 +4,81 @@ import Foundation
 import Glibc
 #endif
 
-/// One frame on the wire: a 24-byte header (tag, communicator id, payload length), then the payload.
+/// How a frame's payload travels.
+enum FrameKind: UInt32 {
+    /// The payload follows the header on the socket.
+    case inline = 0
+    /// The payload stays in the sender's memory at `address`; the receiver copies it out
+    /// (`SameHostMemory`) and answers with an `.acknowledgement`.
+    case byAddress = 1
+    /// "Your oldest unacknowledged by-address frame has been read": no payload.
+    case acknowledgement = 2
+}
+
+/// One frame on the wire: a 32-byte header (tag, communicator id, kind, payload length,
+/// sender's address of a by-address payload), then the payload when it is inline.
 struct FrameHeader: Equatable {
-    static let size = 24
+    static let size = 32
     var tag: Int64
     var communicator: UInt32
+    var kind: FrameKind = .inline
     var length: UInt64
+    var address: UInt64 = 0
 
     var bytes: [UInt8] {
         var out = [UInt8](repeating: 0, count: Self.size)
         out.withUnsafeMutableBytes {
             $0.storeBytes(of: tag.littleEndian, toByteOffset: 0, as: Int64.self)
             $0.storeBytes(of: communicator.littleEndian, toByteOffset: 8, as: UInt32.self)
+            $0.storeBytes(of: kind.rawValue.littleEndian, toByteOffset: 12, as: UInt32.self)
             $0.storeBytes(of: length.littleEndian, toByteOffset: 16, as: UInt64.self)
+            $0.storeBytes(of: address.littleEndian, toByteOffset: 24, as: UInt64.self)
         }
         return out
     }
 
-    init(tag: Int64, communicator: UInt32, length: UInt64) {
+    init(tag: Int64, communicator: UInt32, kind: FrameKind = .inline, length: UInt64, address: UInt64 = 0) {
         self.tag = tag
         self.communicator = communicator
+        self.kind = kind
         self.length = length
+        self.address = address
     }
 
-    init(_ raw: UnsafeRawBufferPointer) {
+    /// Nil when the kind is unknown (not a frame this version wrote).
+    init?(_ raw: UnsafeRawBufferPointer) {
+        guard let kind = FrameKind(rawValue: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self))) else { return nil }
         tag = Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: Int64.self))
         communicator = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        self.kind = kind
         length = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        address = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }
 }
 
-/// A send the mesh must complete: header then payload to `peer` (a world rank).
+/// A send the mesh must complete: `payload` to `peer` (a world rank) as a frame with this
+/// (communicator, tag). The payload must stay valid and unchanged until `transfer` returns.
 struct OutgoingFrame {
     var peer: Int
-    var header: [UInt8]
+    var communicator: UInt32
+    var tag: Int64
     var payload: UnsafeRawBufferPointer
 }
 
 /// A receive the mesh must complete: the next frame from `peer` with this (communicator, tag),
-/// whose length must equal `destination.count`.
+/// whose length must equal `destination.count`. With `combine`, the payload is folded into
+/// `destination` instead of copied over it: `combine(offset, bytes)` gets pieces in order, each
+/// a whole number of Float32s, with their byte offset into `destination`.
 struct ExpectedFrame {
     var peer: Int
     var communicator: UInt32
     var tag: Int64
     var destination: UnsafeMutableRawBufferPointer
+    var combine: ((Int, UnsafeRawBufferPointer) -> Void)? = nil
+
+    func deliver(_ payload: UnsafeRawBufferPointer) {
+        if let combine { combine(0, payload) } else if payload.count > 0 { destination.copyMemory(from: payload) }
+    }
 }
 
 /// The sockets between this process and every other rank, and the engine that moves frames.
@@ -65,14 +96,32 @@ final class TCPMesh {
     private var closed: [String?]         // why a peer's socket ended, if it did
     private var closedOrder: [Int] = []   // peers in the order their sockets ended
     private var stash: [Int: [(header: FrameHeader, payload: [UInt8])]] = [:]
+    /// Same-host peers whose payloads this rank reads from their memory, and those that read ours.
+    let sameHost: SameHostMemory.Pairs
+    /// By-address frames sent to / acknowledged by each peer (a send completes when its
+    /// acknowledgement arrives; acknowledgements come in the order the frames were sent).
+    private var sentByAddress: [Int]
+    private var acknowledged: [Int]
+    /// Acknowledgements owed to each peer, not yet written (its socket was full or mid-frame).
+    private var controlOut: [[UInt8]]
+    /// Whether a frame to each peer is partly written (nothing else may go until it is whole).
+    private var midFrame: [Bool]
+    /// Payloads at least this large go by address to same-host peers; smaller ones are cheaper inline.
+    static let byAddressMinimum = 64 << 10
 
-    init(worldRank: Int, worldSize: Int, sockets: [Int32], timeoutSeconds: Double) {
+    init(worldRank: Int, worldSize: Int, sockets: [Int32], timeoutSeconds: Double, sameHost: SameHostMemory.Pairs? = nil) {
         self.worldRank = worldRank
         self.worldSize = worldSize
         self.sockets = sockets
         self.timeoutSeconds = timeoutSeconds
+        self.sameHost = sameHost ?? SameHostMemory.Pairs(pids: [Int32?](repeating: nil, count: worldSize),
+                                                         sendsByAddress: [Bool](repeating: false, count: worldSize))
         readers = (0..<worldSize).map { _ in FrameReader() }
         closed = [String?](repeating: nil, count: worldSize)
+        sentByAddress = [Int](repeating: 0, count: worldSize)
+        acknowledged = sentByAddress
+        controlOut = [[UInt8]](repeating: [], count: worldSize)
+        midFrame = [Bool](repeating: false, count: worldSize)
         for fd in sockets where fd >= 0 { Socket.setNonBlocking(fd) }
     }
 
@@ -163,34 +212,42 @@ final class TCPMesh {
     private func transferFrames(_ operation: String, sends: [OutgoingFrame], receives: [ExpectedFrame]) throws {
         // Frames to oneself go straight to the stash.
         for frame in sends where frame.peer == worldRank {
-            let header = frame.header.withUnsafeBytes { FrameHeader($0) }
+            let header = FrameHeader(tag: frame.tag, communicator: frame.communicator, length: UInt64(frame.payload.count))
             stash[worldRank, default: []].append((header, Array(frame.payload.bindMemory(to: UInt8.self))))
         }
-        var sendState = sends.filter { $0.peer != worldRank }.map { SendProgress(frame: $0) }
+        var sendState = sends.filter { $0.peer != worldRank }.map(prepare)
+        // Start the sends before copying anything out of the stash: a by-address frame waiting
+        // there is read now, and the peer should be reading ours meanwhile, not after.
+        for peer in Set(sendState.map(\.frame.peer)) where sockets[peer] >= 0 && closed[peer] == nil {
+            try writeReady(peer, &sendState, operation)
+        }
         // Receives not yet complete; `claimed` ones have their frame arriving right now.
-        var pendingReceives = receives.indices.filter { !takeFromStash(receives[$0]) }
+        var pendingReceives = try receives.indices.filter { try !takeFromStash(receives[$0], operation) }
         var claimed = Set<Int>()
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(timeoutSeconds * 1e9)
         var fds = [pollfd](repeating: pollfd(), count: worldSize)
 
-        while !pendingReceives.isEmpty || sendState.contains(where: { !$0.done }) {
+        while !pendingReceives.isEmpty || sendState.contains(where: { !isDone($0) })
+                || (0..<worldSize).contains(where: { !controlOut[$0].isEmpty && closed[$0] == nil }) {
             // Read from the peers this transfer expects; while our own sends are unfinished, from
             // every peer (a peer blocked sending to us must be drained, or we both wait forever).
-            let sending = sendState.contains { !$0.done }
+            let sending = sendState.contains { !isDone($0) }
             for peer in 0..<worldSize {
                 var events: Int16 = 0
                 if sockets[peer] >= 0, closed[peer] == nil {
                     if sending || readers[peer].header != nil || pendingReceives.contains(where: { receives[$0].peer == peer }) {
                         events = Int16(POLLIN)
                     }
-                    if sendState.contains(where: { $0.frame.peer == peer && !$0.done }) { events |= Int16(POLLOUT) }
+                    if !controlOut[peer].isEmpty || sendState.contains(where: { $0.frame.peer == peer && !$0.written }) {
+                        events |= Int16(POLLOUT)
+                    }
                 }
                 fds[peer] = pollfd(fd: events == 0 ? -1 : sockets[peer], events: events, revents: 0)
             }
-            try checkLost(operation, sendState, pendingReceives.map { receives[$0] })
+            try checkLost(operation, sendState.filter { !isDone($0) }.map(\.frame.peer), pendingReceives.map { receives[$0] })
             let now = DispatchTime.now().uptimeNanoseconds
             guard now < deadline else {
-                let late = Set(sendState.filter { !$0.done }.map(\.frame.peer) + pendingReceives.map { receives[$0].peer })
+                let late = Set(sendState.filter { !isDone($0) }.map(\.frame.peer) + pendingReceives.map { receives[$0].peer })
                 throw diagnoseTimeout(operation, waitingFor: late.sorted())
             }
             let waitMilliseconds = Int32(min(1000, (deadline - now) / 1_000_000 + 1))
@@ -215,50 +272,118 @@ final class TCPMesh {
 
     private struct SendProgress {
         var frame: OutgoingFrame
-        var offset = 0        // bytes of header + payload written
-        var done = false
-        init(frame: OutgoingFrame) { self.frame = frame }
+        var bytes: [UInt8]       // header, and for a by-address frame nothing more
+        var payload: UnsafeRawBufferPointer
+        var offset = 0           // bytes of header + payload written
+        var written = false
+        /// For a by-address frame: the number of acknowledgements from the peer that completes it.
+        var acknowledgement: Int?
+    }
+
+    /// The header (and how) a frame goes: by address to a same-host peer that reads our memory
+    /// when it is large collective traffic, else inline.
+    private func prepare(_ frame: OutgoingFrame) -> SendProgress {
+        if sameHost.sendsByAddress[frame.peer], frame.tag < 0, frame.payload.count >= Self.byAddressMinimum {
+            sentByAddress[frame.peer] += 1
+            let header = FrameHeader(tag: frame.tag, communicator: frame.communicator, kind: .byAddress,
+                                     length: UInt64(frame.payload.count), address: UInt64(UInt(bitPattern: frame.payload.baseAddress!)))
+            return SendProgress(frame: frame, bytes: header.bytes, payload: UnsafeRawBufferPointer(start: nil, count: 0),
+                                acknowledgement: sentByAddress[frame.peer])
+        }
+        let header = FrameHeader(tag: frame.tag, communicator: frame.communicator, length: UInt64(frame.payload.count))
+        return SendProgress(frame: frame, bytes: header.bytes, payload: frame.payload)
+    }
+
+    private func isDone(_ state: SendProgress) -> Bool {
+        state.written && (state.acknowledgement.map { acknowledged[state.frame.peer] >= $0 } ?? true)
     }
 
     private func writeReady(_ peer: Int, _ states: inout [SendProgress], _ operation: String) throws {
-        // Frames to one peer go strictly in order.
-        guard let i = states.firstIndex(where: { $0.frame.peer == peer && !$0.done }) else { return }
-        while !states[i].done {
-            let headerCount = states[i].frame.header.count
+        // Frames to one peer go strictly in order; acknowledgements go between frames.
+        if !midFrame[peer] { guard try writeControl(peer, operation) else { return } }
+        while let i = states.firstIndex(where: { $0.frame.peer == peer && !$0.written }) {
+            let headerCount = states[i].bytes.count
             let written: Int
             if states[i].offset < headerCount {
-                written = states[i].frame.header.withUnsafeBytes {
+                written = states[i].bytes.withUnsafeBytes {
                     send(sockets[peer], $0.baseAddress! + states[i].offset, headerCount - states[i].offset, Int32(MSG_NOSIGNAL))
                 }
             } else {
                 let start = states[i].offset - headerCount
-                let payload = states[i].frame.payload
+                let payload = states[i].payload
                 written = payload.count == start ? 0
                     : send(sockets[peer], payload.baseAddress! + start, payload.count - start, Int32(MSG_NOSIGNAL))
             }
             if written < 0 {
                 if errno == EAGAIN || errno == EWOULDBLOCK { return }
                 if errno == EINTR { continue }
-                if closed[peer] == nil { closedOrder.append(peer) }
-                closed[peer] = "send failed: \(Socket.errorText())"
-                throw lost(peer, operation)
+                throw sendFailed(peer, operation)
             }
             states[i].offset += written
-            if states[i].offset == headerCount + states[i].frame.payload.count { states[i].done = true }
+            midFrame[peer] = true
+            if states[i].offset == headerCount + states[i].payload.count {
+                states[i].written = true
+                midFrame[peer] = false
+                guard try writeControl(peer, operation) else { return }
+            }
         }
+    }
+
+    /// Queues an acknowledgement of a by-address frame from `peer` and writes it if it can go now.
+    private func acknowledge(_ peer: Int, _ operation: String) throws {
+        controlOut[peer] += FrameHeader(tag: 0, communicator: 0, kind: .acknowledgement, length: 0).bytes
+        if !midFrame[peer] { _ = try writeControl(peer, operation) }
+    }
+
+    /// Writes the control frames queued for `peer`; false if its socket is full. Callers make
+    /// sure no frame to that peer is partly written.
+    private func writeControl(_ peer: Int, _ operation: String) throws -> Bool {
+        while !controlOut[peer].isEmpty {
+            let n = controlOut[peer].withUnsafeBytes { send(sockets[peer], $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { return false }
+                throw sendFailed(peer, operation)
+            }
+            controlOut[peer].removeFirst(n)
+        }
+        return true
+    }
+
+    private func sendFailed(_ peer: Int, _ operation: String) -> CollectiveError {
+        if closed[peer] == nil { closedOrder.append(peer) }
+        closed[peer] = "send failed: \(Socket.errorText())"
+        return lost(peer, operation)
     }
 
     // MARK: Receiving
 
-    private func takeFromStash(_ expected: ExpectedFrame) -> Bool {
+    private func takeFromStash(_ expected: ExpectedFrame, _ operation: String) throws -> Bool {
         guard let index = stash[expected.peer]?.firstIndex(where: {
             $0.header.communicator == expected.communicator && $0.header.tag == expected.tag
         }) else { return false }
         let frame = stash[expected.peer]!.remove(at: index)
-        precondition(frame.payload.count == expected.destination.count,
-                     "frame from rank \(expected.peer) has \(frame.payload.count) B, receiver expects \(expected.destination.count) B")
-        frame.payload.withUnsafeBytes { expected.destination.copyMemory(from: $0) }
+        try checkLength(frame.header, expected, from: expected.peer, operation)
+        if frame.header.kind == .byAddress {
+            try pull(frame.header, from: expected.peer, into: expected, operation)
+        } else {
+            frame.payload.withUnsafeBytes { expected.deliver($0) }
+        }
         return true
+    }
+
+    /// The first receive of this transfer, not yet being filled, that a frame with `header` from `peer` satisfies.
+    private func match(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: [Int], _ claimed: Set<Int>) -> Int? {
+        pending.first {
+            !claimed.contains($0) && receives[$0].peer == peer
+                && receives[$0].communicator == header.communicator && receives[$0].tag == header.tag
+        }
+    }
+
+    private func checkLength(_ header: FrameHeader, _ expected: ExpectedFrame, from peer: Int, _ operation: String) throws {
+        guard expected.destination.count == Int(header.length) else {
+            throw CollectiveError.invalidArgument("\(operation): rank \(peer) sent \(header.length) B, rank \(worldRank) expects \(expected.destination.count) B")
+        }
     }
 
     private func readReady(_ peer: Int, receives: [ExpectedFrame], pending: inout [Int], claimed: inout Set<Int>, _ operation: String) throws {
@@ -271,19 +396,27 @@ final class TCPMesh {
                 if try !progressed(n, peer) { return }
                 reader.headerFilled += n
                 guard reader.headerFilled == FrameHeader.size else { continue }
-                let header = reader.headerBytes.withUnsafeBytes { FrameHeader($0) }
+                guard let header = reader.headerBytes.withUnsafeBytes({ FrameHeader($0) }) else {
+                    throw CollectiveError.backend("\(operation): rank \(peer) sent a frame this rank cannot read (a different Tessera version?)")
+                }
+                switch header.kind {
+                case .acknowledgement:
+                    acknowledged[peer] += 1
+                    reader.reset()
+                    continue
+                case .byAddress:
+                    try readByAddress(header, from: peer, receives, &pending, claimed, operation)
+                    reader.reset()
+                    continue
+                case .inline:
+                    break
+                }
                 reader.header = header
                 reader.filled = 0
                 // Deliver straight into the waiting buffer when this frame is the one expected.
-                if let slot = pending.first(where: {
-                    !claimed.contains($0) && receives[$0].peer == peer
-                        && receives[$0].communicator == header.communicator && receives[$0].tag == header.tag
-                }) {
-                    let expected = receives[slot]
-                    guard expected.destination.count == Int(header.length) else {
-                        throw CollectiveError.invalidArgument("\(operation): rank \(peer) sent \(header.length) B, rank \(worldRank) expects \(expected.destination.count) B")
-                    }
-                    reader.target = expected.destination
+                if let slot = match(header, from: peer, receives, pending, claimed) {
+                    try checkLength(header, receives[slot], from: peer, operation)
+                    reader.target = receives[slot]
                     reader.targetSlot = slot
                     claimed.insert(slot)
                 } else {
@@ -295,12 +428,25 @@ final class TCPMesh {
             let remaining = Int(header.length) - reader.filled
             if remaining > 0 {
                 let n: Int
-                if let target = reader.target {
-                    n = recv(sockets[peer], target.baseAddress! + reader.filled, remaining, 0)
+                if let target = reader.target, target.combine != nil {
+                    // Fold the payload in piece by piece while it is still in cache.
+                    let segment = reader.segment
+                    let room = min(remaining, segment.count - reader.segmentFilled)
+                    n = recv(sockets[peer], segment.baseAddress! + reader.segmentFilled, room, 0)
+                    if try !progressed(n, peer) { return }
+                    reader.segmentFilled += n
+                    if reader.segmentFilled == segment.count || n == remaining {
+                        let start = reader.filled + n - reader.segmentFilled
+                        target.combine!(start, UnsafeRawBufferPointer(start: segment.baseAddress, count: reader.segmentFilled))
+                        reader.segmentFilled = 0
+                    }
+                } else if let target = reader.target {
+                    n = recv(sockets[peer], target.destination.baseAddress! + reader.filled, remaining, 0)
+                    if try !progressed(n, peer) { return }
                 } else {
                     n = reader.spill.withUnsafeMutableBytes { recv(sockets[peer], $0.baseAddress! + reader.filled, remaining, 0) }
+                    if try !progressed(n, peer) { return }
                 }
-                if try !progressed(n, peer) { return }
                 reader.filled += n
                 if reader.filled < Int(header.length) { continue }
             }
@@ -316,21 +462,64 @@ final class TCPMesh {
             } else if let slot = reader.targetSlot {
                 pending.removeAll { $0 == slot }
                 claimed.remove(slot)
-            } else if let slot = pending.first(where: {
+            } else if let slot = match(header, from: peer, receives, pending, claimed) {
                 // A frame that began arriving during an earlier transfer, before it was expected.
-                !claimed.contains($0) && receives[$0].peer == peer
-                    && receives[$0].communicator == header.communicator && receives[$0].tag == header.tag
-            }) {
-                guard receives[slot].destination.count == reader.spill.count else {
-                    throw CollectiveError.invalidArgument("\(operation): rank \(peer) sent \(reader.spill.count) B, rank \(worldRank) expects \(receives[slot].destination.count) B")
-                }
-                reader.spill.withUnsafeBytes { receives[slot].destination.copyMemory(from: $0) }
+                try checkLength(header, receives[slot], from: peer, operation)
+                reader.spill.withUnsafeBytes { receives[slot].deliver($0) }
                 pending.removeAll { $0 == slot }
             } else {
                 stash[peer, default: []].append((header, reader.spill))
             }
             reader.reset()
         }
+    }
+
+    /// A by-address frame: copied out of the sending process into the receive that waits for
+    /// it, which the acknowledgement then lets the sender's operation finish. One nobody waits
+    /// for yet stays in the stash as just its header and is read when its receive is posted
+    /// (copying it early would cost a second copy, and a peer a step ahead would make this rank
+    /// copy while it should be sending).
+    private func readByAddress(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: inout [Int],
+                               _ claimed: Set<Int>, _ operation: String) throws {
+        guard sameHost.pids[peer] != nil else {
+            throw CollectiveError.backend("\(operation): rank \(peer) sent a payload by address, but rank \(worldRank) did not agree to read its memory")
+        }
+        guard let slot = match(header, from: peer, receives, pending, claimed) else {
+            stash[peer, default: []].append((header, []))
+            return
+        }
+        try checkLength(header, receives[slot], from: peer, operation)
+        try pull(header, from: peer, into: receives[slot], operation)
+        pending.removeAll { $0 == slot }
+    }
+
+    /// Copies the payload of by-address frame `header` from `peer`'s memory into `expected`, then
+    /// acknowledges it.
+    private func pull(_ header: FrameHeader, from peer: Int, into expected: ExpectedFrame, _ operation: String) throws {
+        let pid = sameHost.pids[peer]!
+        func read(_ offset: Int, into destination: UnsafeMutableRawBufferPointer) throws {
+            if let failure = SameHostMemory.read(pid: pid, address: header.address + UInt64(offset), into: destination) {
+                // Usually a process that has ended; its socket may still look open, so the
+                // abort frame `transfer` sends also reaches a peer that is alive after all.
+                throw CollectiveError.peerLost(rank: peer, operation: operation,
+                                               detail: "its memory could not be read (\(Socket.errorText(failure))): the process has ended or is ending")
+            }
+        }
+        let count = Int(header.length)
+        if let combine = expected.combine {
+            // Piece by piece through a buffer that stays in cache.
+            let segment = readers[peer].segment
+            var offset = 0
+            while offset < count {
+                let piece = UnsafeMutableRawBufferPointer(start: segment.baseAddress, count: min(segment.count, count - offset))
+                try read(offset, into: piece)
+                combine(offset, UnsafeRawBufferPointer(piece))
+                offset += piece.count
+            }
+        } else if count > 0 {
+            try read(0, into: expected.destination)
+        }
+        try acknowledge(peer, operation)
     }
 
     /// Interprets a recv() result: true if bytes arrived, false if the socket would block;
@@ -343,9 +532,9 @@ final class TCPMesh {
         return false
     }
 
-    private func checkLost(_ operation: String, _ sends: [SendProgress], _ receives: [ExpectedFrame]) throws {
+    private func checkLost(_ operation: String, _ sendingTo: [Int], _ receives: [ExpectedFrame]) throws {
         if abortReport != nil { throw lost(worldRank, operation) }
-        for peer in Set(sends.filter { !$0.done }.map(\.frame.peer) + receives.map(\.peer)) where closed[peer] != nil {
+        for peer in Set(sendingTo + receives.map(\.peer)) where closed[peer] != nil {
             throw lost(peer, operation)
         }
     }
@@ -370,9 +559,23 @@ final class FrameReader {
     var headerFilled = 0
     var header: FrameHeader?
     var filled = 0
-    var target: UnsafeMutableRawBufferPointer?
+    var target: ExpectedFrame?
     var targetSlot: Int?
     var spill: [UInt8] = []
+    /// Where a payload that is combined (not copied) lands before it is folded in: small enough
+    /// to stay in cache. Allocated on first use.
+    private var segmentStorage: UnsafeMutableRawBufferPointer?
+    var segmentFilled = 0
+    static let segmentBytes = 512 << 10
+
+    var segment: UnsafeMutableRawBufferPointer {
+        if let segmentStorage { return segmentStorage }
+        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.segmentBytes, alignment: 64)
+        segmentStorage = storage
+        return storage
+    }
+
+    deinit { segmentStorage?.deallocate() }
 
     func reset() {
         headerFilled = 0
@@ -381,5 +584,6 @@ final class FrameReader {
         target = nil
         targetSlot = nil
         spill = []
+        segmentFilled = 0
     }
 }

@@ -5,10 +5,11 @@ import Foundation
 import _TestSupport
 
 /// Ranks as threads of this process, each joining through real loopback sockets.
-func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ in "secret" }, timeout: Double = 30,
-               _ body: @escaping (Communicator) throws -> T) -> [Result<T, Error>] {
+func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ in "secret" }, timeout: Double = 30, sameHostMemory: Bool = true,
+               _ body: @escaping (TCPCommunicator) throws -> T) -> [Result<T, Error>] {
     InProcessCommunicator.run(size: size, timeoutSeconds: timeout + 30) { local in
-        let spec = TCPJobSpec(rank: local.rank, worldSize: size, masterAddress: "127.0.0.1", masterPort: port, token: token(local.rank))
+        let spec = TCPJobSpec(rank: local.rank, worldSize: size, masterAddress: "127.0.0.1", masterPort: port, token: token(local.rank),
+                              sameHostMemory: sameHostMemory)
         return try body(try TCPCommunicator.world(spec, timeoutSeconds: timeout))
     }
 }
@@ -16,13 +17,31 @@ func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ i
 func freePort() -> UInt16 { try! TCPJobSpec.freePort() }
 
 @Suite(.serialized) struct TCPCommunicatorTests {
-    @Test(arguments: [1, 2, 3, 4])
-    func conformanceOverLoopbackSockets(ranks: Int) throws {
-        let results = runTCP(size: ranks, port: freePort()) { comm in try CommunicatorConformance.run(comm) }
+    /// Both ways payloads move between ranks of one host: read straight from the peer's memory
+    /// (the default) and through the sockets (`TESSERA_TCP_SAME_HOST=socket`, and every
+    /// cross-host pair). The suite's million-float buffers are large enough to go by address.
+    @Test(arguments: [1, 2, 3, 4], [true, false])
+    func conformanceOverLoopbackSockets(ranks: Int, sameHostMemory: Bool) throws {
+        let results = runTCP(size: ranks, port: freePort(), sameHostMemory: sameHostMemory) { comm in
+            (try CommunicatorConformance.run(comm), comm.sameHostPeers)
+        }
         for result in results {
-            let outcomes = try result.get()
+            let (outcomes, peers) = try result.get()
+            #expect(peers == (sameHostMemory ? ranks - 1 : 0))
             #expect(outcomes.count > 40)
             for outcome in outcomes { #expect(outcome.passed, "\(outcome)") }
+        }
+    }
+
+    @Test func theSameHostSettingIsReadAndCheckedFromTheEnvironment() throws {
+        var env = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "1", "TESSERA_MASTER_ADDR": "127.0.0.1",
+                   "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+        #expect(try TCPJobSpec(environment: env).sameHostMemory)
+        env["TESSERA_TCP_SAME_HOST"] = "socket"
+        #expect(try !TCPJobSpec(environment: env).sameHostMemory)
+        env["TESSERA_TCP_SAME_HOST"] = "shm"
+        do { _ = try TCPJobSpec(environment: env); Issue.record("accepted shm") } catch {
+            #expect("\(error)".contains("TESSERA_TCP_SAME_HOST=shm") && "\(error)".contains("memory, socket"), "\(error)")
         }
     }
 
