@@ -11,6 +11,11 @@ for n in 1 2 3 4; do
   check "selftest comm, mpirun -np $n" mpi "$n" selftest comm
   [ "$n" -gt 1 ] && check "selftest comm, tessera launch --nproc $n" "$TESSERA" launch --nproc "$n" -- selftest comm
 done
+# Same-host ranks read payloads from each other's memory by default; the socket path too.
+check "selftest comm, tessera launch --nproc 3, payloads through sockets" \
+  env TESSERA_TCP_SAME_HOST=socket "$TESSERA" launch --nproc 3 -- selftest comm
+check "launch: a killed rank stops the job, named (payloads through sockets)" expect_failure 90 "rank 1 was killed|rank 1 was lost" \
+  env TESSERA_TCP_SAME_HOST=socket "$TESSERA" launch --nproc 3 -- selftest comm --die-rank 1 --timeout 20
 
 check "mpirun: a killed rank stops the job, named" expect_failure 90 "rank 1" scripts/mpirun.sh 3 selftest comm --die-rank 1 --timeout 20
 check "launch: a killed rank stops the job, named" expect_failure 90 "rank 1 was killed|rank 1 was lost" "$TESSERA" launch --nproc 3 -- selftest comm --die-rank 1 --timeout 20
@@ -74,7 +79,7 @@ check "eval and generate read a checkpoint" bash -c \
 check "eval: a truncated checkpoint is named" bash -c \
   "cp -r $work/r1/checkpoints/step-00000020 $work/broken && truncate -s 100 $work/broken/model-00001-of-00001.safetensors && ! $TESSERA eval --checkpoint $work/broken 2>$work/broken.err; grep -q 'model-00001-of-00001.safetensors is corrupt or truncated' $work/broken.err"
 check "bench: comm under mpirun 2 and launch 2 print JSON lines" bash -c \
-  "scripts/mpirun.sh 2 bench comm --mib 1 --runs 2 | python3 -c 'import json,sys; rows=[json.loads(l) for l in sys.stdin]; assert len(rows)==5 and rows[0][\"ranks\"]==2, rows' && $TESSERA launch --nproc 2 -- bench comm --mib 1 --runs 2 --op allreduce | python3 -c 'import json,sys; rows=[json.loads(l) for l in sys.stdin]; assert rows[0][\"impl\"]==\"tcp\", rows'"
+  "scripts/mpirun.sh 2 bench comm --mib 1 --runs 2 | python3 -c 'import json,sys; rows=[json.loads(l) for l in sys.stdin]; assert len(rows)==5 and rows[0][\"ranks\"]==2, rows' && $TESSERA launch --nproc 2 -- bench comm --mib 1 --runs 2 --op allreduce | python3 -c 'import json,sys; rows=[json.loads(l) for l in sys.stdin]; assert rows[0][\"impl\"]==\"tcp\" and rows[0][\"payload_path\"]==\"memory\", rows'"
 
 # The default run must learn: validation below 2.0 nats/byte (README states the figure).
 if [ "${TESSERA_SKIP_DEFAULT_RUN:-0}" = 1 ]; then

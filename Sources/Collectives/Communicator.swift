@@ -62,9 +62,13 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
 /// Threading contract: every operation blocks the calling thread until it completes, the
 /// deadline passes (`CollectiveError.timeout`) or a peer is lost (`.peerLost`). Call it from a
 /// dedicated thread (the training loop's or a communication thread), never from a task on the
-/// Swift concurrency pool. Operations on one communicator must not run concurrently and must be
-/// issued in the same order on every rank of the group (as in MPI). Sub-communicators from
-/// `split` may be used by other threads.
+/// Swift concurrency pool. Operations on one communicator, and on the communicators split from
+/// it, must not run concurrently (one thread at a time: the TCP backend shares one set of
+/// sockets among them, MPI runs in `MPI_THREAD_SERIALIZED`), and must be issued in the same
+/// order on every rank of the group (as in MPI). Any operation may wait until every rank it
+/// exchanges data with has entered it (the TCP backend's same-host peers read large payloads
+/// straight from the sender's memory), so no rank may need another to leave an operation before
+/// it enters the same one.
 ///
 /// Buffers are raw memory; counts are in elements for the Float32 reductions and in bytes for
 /// the data-movement operations. Results are bitwise identical on every rank.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Collectives
 import CollectivesMPI
+import CollectivesTCP
 import Foundation
 import Kernels
 import TensorCore
@@ -33,9 +34,23 @@ enum BenchReport {
         return Double(usage.ru_maxrss) / 1024
     }
 
-    /// Times `body` `runs` times after `warmup` calls; seconds per call.
-    static func time(runs: Int, warmup: Int, _ body: () throws -> Void) rethrows -> [Double] {
-        for _ in 0..<warmup { try body() }
+    /// Shortest warm-up: the first tenths of a second of a fresh process run slow (page tables,
+    /// caches, the scheduler spreading ranks over cores), longer than a few fast repetitions.
+    static let minimumWarmupSeconds = 0.5
+
+    /// Times `body` `runs` times after at least `warmup` untimed calls lasting at least
+    /// `minimumWarmupSeconds` together; seconds per call. With `comm`, rank 0's clock decides
+    /// when the warm-up ends, so every rank makes the same number of (collective) calls.
+    static func time(runs: Int, warmup: Int, comm: Communicator = SingleProcessCommunicator(), _ body: () throws -> Void) throws -> [Double] {
+        let start = DispatchTime.now().uptimeNanoseconds
+        var done = 0
+        while true {
+            var more: [Float] = [done < warmup || Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 < minimumWarmupSeconds ? 1 : 0]
+            try comm.broadcast(&more, root: 0)
+            if more[0] == 0 { break }
+            try body()
+            done += 1
+        }
         return try (0..<runs).map { _ in
             let start = DispatchTime.now().uptimeNanoseconds
             try body()
@@ -79,7 +94,7 @@ struct GemmBench: ParsableCommand {
             let a = FloatBuffer(count: size * size), b = FloatBuffer(count: size * size), c = FloatBuffer(count: size * size)
             var rng = RNG(seed: 1)
             for i in 0..<(size * size) { a[i] = Float(rng.nextNormal()); b[i] = Float(rng.nextNormal()) }
-            let seconds = BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+            let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
                 Matmul.gemm(transposeA: false, transposeB: false, m: size, n: size, k: size, a: a.pointer, lda: size,
                             b: b.pointer, ldb: size, c: c.pointer, ldc: size)
             }
@@ -90,10 +105,10 @@ struct GemmBench: ParsableCommand {
     }
 
     /// Measured single-call GFLOP/s of an n×n×n GEMM on this machine with the current threads.
-    static func peak(n: Int = 1024) -> Double {
+    static func peak(n: Int = 1024) throws -> Double {
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
         for i in 0..<(n * n) { a[i] = 0.001 * Float(i % 13); b[i] = 0.002 * Float(i % 7) }
-        let seconds = BenchReport.time(runs: 3, warmup: 1) {
+        let seconds = try BenchReport.time(runs: 3, warmup: 1) {
             Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
         }
         return 2 * pow(Double(n), 3) / seconds.min()! / 1e9
@@ -130,7 +145,7 @@ struct TrainBench: ParsableCommand {
         let length = config.int("data.seq_len")
         // Training FLOPs per token: 3 × forward (forward + backward's two products).
         let flopsPerToken = 3 * (model.matmulFlopsPerToken + model.attentionFlopsPerToken(length: length))
-        let peakPerRank = GemmBench.peak() // this rank's GEMM peak with the same threads
+        let peakPerRank = try GemmBench.peak() // this rank's GEMM peak with the same threads
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
@@ -176,16 +191,25 @@ struct CommBench: ParsableCommand {
                     try comm.allToAll(UnsafeRawBufferPointer(input.buffer), sendCounts: block,
                                       into: UnsafeMutableRawBufferPointer(output.buffer), receiveCounts: block) }
                 }
-                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) { try comm.barrier(); try body() }
+                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup, comm: comm) { try comm.barrier(); try body() }
                 try BenchReport.emit("comm", impl: comm.backendName, threads: bench.threads, comm: comm,
-                                     shape: ["op": name, "bytes": bytes], unit: "GB/s", values: seconds.map { Double(bytes) / $0 / 1e9 })
+                                     shape: ["op": name, "bytes": bytes], unit: "GB/s", values: seconds.map { Double(bytes) / $0 / 1e9 },
+                                     extra: payloadPath(comm))
                 if name == "allreduce", let mpi = comm as? MPICommunicator {
-                    let bare = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) { try comm.barrier(); mpi.blockingAllReduceSum(input.buffer) }
+                    let bare = try BenchReport.time(runs: bench.runs, warmup: bench.warmup, comm: comm) { try comm.barrier(); mpi.blockingAllReduceSum(input.buffer) }
                     try BenchReport.emit("comm", impl: "mpi-bare-allreduce", threads: bench.threads, comm: comm,
                                          shape: ["op": name, "bytes": bytes], unit: "GB/s", values: bare.map { Double(bytes) / $0 / 1e9 })
                 }
             }
         }
+    }
+
+    /// For the socket backend, how rank 0's payloads move between ranks: `memory` (every peer is
+    /// on this host and read directly), `socket` (none is), or `mixed`.
+    func payloadPath(_ comm: Communicator) -> [String: Any] {
+        guard let tcp = comm as? TCPCommunicator, comm.size > 1 else { return [:] }
+        let peers = tcp.sameHostPeers
+        return ["payload_path": peers == comm.size - 1 ? "memory" : peers == 0 ? "socket" : "mixed"]
     }
 }
 
@@ -211,7 +235,7 @@ struct AttentionBench: ParsableCommand {
             let dO = FloatBuffer(count: size), dq = FloatBuffer(count: size), dk = FloatBuffer(count: size), dv = FloatBuffer(count: size)
             for i in 0..<size { dO[i] = 1 }
             for m in mode {
-                let seconds = BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
                     attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer)
                     if m == "fwdbwd" {
                         attention.backward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer, dO: dO.pointer,
