@@ -102,7 +102,8 @@ enum SameHostMemory {
     }
 
     /// Runs the two-round exchange over the freshly connected sockets (blocking, within `deadline`).
-    static func negotiate(sockets: [Int32], worldRank: Int, enabled: Bool, deadline: Date) throws -> Pairs {
+    /// `pid` is what this rank advertises (tests pass one that cannot be read).
+    static func negotiate(sockets: [Int32], worldRank: Int, enabled: Bool, deadline: Date, pid: Int32 = getpid()) throws -> Pairs {
         let peers = sockets.indices.filter { sockets[$0] >= 0 }
         var pairs = Pairs(pids: [Int32?](repeating: nil, count: sockets.count), sendsByAddress: [Bool](repeating: false, count: sockets.count))
         guard !peers.isEmpty else { return pairs }
@@ -111,7 +112,7 @@ enum SameHostMemory {
         defer { probe.deallocate() }
         probe.pointee = UInt64.random(in: 1...UInt64.max)
         let host = hostIdentity()
-        let offer = Offer(pid: enabled ? getpid() : 0, probeAddress: UInt64(UInt(bitPattern: probe)), probeValue: probe.pointee, host: host)
+        let offer = Offer(pid: enabled ? pid : 0, probeAddress: UInt64(UInt(bitPattern: probe)), probeValue: probe.pointee, host: host)
         for peer in peers { try Socket.writeAll(sockets[peer], offer.bytes, deadline: deadline) }
         var refused: [String] = []
         for peer in peers {

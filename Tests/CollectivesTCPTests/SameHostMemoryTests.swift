@@ -67,6 +67,45 @@ import Glibc
         #expect(mine == expected)
     }
 
+    /// Where one direction's probe read fails (a kernel that forbids it), that direction uses the
+    /// socket and the other still goes by address; traffic both ways arrives intact.
+    @Test func aFailedProbeLeavesThatDirectionOnTheSocket() throws {
+        let child = fork()
+        if child == 0 { _exit(0) }
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+        var fds: [Int32] = [0, 0]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let sockets: [[Int32]] = [[-1, fds[0]], [fds[1], -1]]
+        let deadline = Date(timeIntervalSinceNow: 10)
+        let negotiated = InProcessCommunicator.run(size: 2) { local in
+            // Rank 1 advertises a process that has ended: rank 0 cannot read "its" memory.
+            try SameHostMemory.negotiate(sockets: sockets[local.rank], worldRank: local.rank, enabled: true, deadline: deadline,
+                                         pid: local.rank == 1 ? child : getpid())
+        }
+        let p0 = try negotiated[0].get(), p1 = try negotiated[1].get()
+        #expect(p0.pids[1] == nil && !p1.sendsByAddress[0], "rank 1 -> 0 must use the socket")
+        #expect(p1.pids[0] == getpid() && p0.sendsByAddress[1], "rank 0 -> 1 still goes by address")
+        let m0 = TCPMesh(worldRank: 0, worldSize: 2, sockets: sockets[0], timeoutSeconds: 10, sameHost: p0)
+        let m1 = TCPMesh(worldRank: 1, worldSize: 2, sockets: sockets[1], timeoutSeconds: 10, sameHost: p1)
+        let count = 200_003
+        let a = (0..<count).map { Float($0) }, b = (0..<count).map { Float(-$0) }
+        var atOne = [Float](repeating: 0, count: count), atZero = [Float](repeating: 0, count: count)
+        let results = Self.both({
+            try a.withUnsafeBytes { send in try atZero.withUnsafeMutableBytes { into in
+                try m0.transfer("test", sends: [OutgoingFrame(peer: 1, communicator: 1, tag: -1, payload: send)],
+                                receives: [ExpectedFrame(peer: 1, communicator: 1, tag: -1, destination: into)])
+            } }
+        }, {
+            try b.withUnsafeBytes { send in try atOne.withUnsafeMutableBytes { into in
+                try m1.transfer("test", sends: [OutgoingFrame(peer: 0, communicator: 1, tag: -1, payload: send)],
+                                receives: [ExpectedFrame(peer: 0, communicator: 1, tag: -1, destination: into)])
+            } }
+        })
+        for r in results { try r.get() }
+        #expect(atOne == a && atZero == b)
+    }
+
     @Test func aPeerWhoseMemoryCannotBeReadIsNamedAsLost() throws {
         // A process that has ended: reading "its" memory fails like reading a crashed rank's.
         let child = fork()
