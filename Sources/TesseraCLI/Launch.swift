@@ -39,7 +39,9 @@ struct Launch: ParsableCommand {
     func run() throws {
         guard !command.isEmpty else { throw ValidationError("nothing to launch: put the tessera command after --, e.g. tessera launch --nproc 2 -- train") }
         let plan = try makePlan()
-        let code = try LocalRanks(plan: plan, arguments: command, graceSeconds: graceSeconds).run()
+        // Kept alive until every rank has exited: its exit and signal handlers hold it weakly.
+        let ranks = LocalRanks(plan: plan, arguments: command, graceSeconds: graceSeconds)
+        let code = try withExtendedLifetime(ranks) { try ranks.run() }
         if code != 0 { throw ExitCode(code) }
     }
 
