@@ -33,6 +33,9 @@ launch_across() {
   return $status
 }
 check "two nodes: TCP conformance suite, 4 ranks" bash -c "$(declare -f launch_across); work=$work TESSERA=$TESSERA; launch_across selftest comm --large 100003 | tail -n 1 | grep -q '0 failed'"
+# Ranks of one node read each other's memory, ranks of the other node go through the sockets.
+check "two nodes: TCP payloads by memory within a node, by socket across" bash -c "$(declare -f launch_across); work=$work TESSERA=$TESSERA; \
+  launch_across bench comm --op allreduce --mib 1 --runs 2 | python3 -c 'import json,sys; r=json.loads(sys.stdin.readline()); assert r[\"ranks\"]==4 and r[\"payload_path\"]==\"mixed\", r'"
 
 tiny="--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2 --set model.kv_heads=1 \
   --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12 --set train.steps=10 --set train.log_every=1 \
