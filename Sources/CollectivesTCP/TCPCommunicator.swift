@@ -5,6 +5,9 @@ import Foundation
 /// bandwidth-optimal ring allreduce (reduce-scatter then all-gather: each rank sends
 /// 2(N-1)/N of the buffer), ring allgather and reduce-scatter, direct pairwise all-to-all.
 ///
+/// Ranks on one host move large collective payloads by reading each other's memory instead
+/// of through the socket (`SameHostMemory`); headers and failure signals stay on the socket.
+///
 /// Sub-communicators from `split` share the parent's sockets; frames carry a communicator id
 /// and a tag, so traffic of different groups never mixes. A peer that closes or dies makes the
 /// waiting call throw `.peerLost` naming it; a silent one, `.timeout` naming it.

@@ -85,7 +85,9 @@ struct ExpectedFrame {
 ///
 /// `transfer` progresses any set of sends and receives together with `poll`, and always drains
 /// every readable socket (frames nobody waits for yet are kept in a stash), so ranks that all
-/// send before they receive cannot deadlock. Not thread-safe: one transfer at a time (the
+/// send before they receive cannot deadlock. A by-address send completes only once its receiver
+/// has posted the matching receive and read it, so a transfer must post its sends and receives
+/// together (every collective here does). Not thread-safe: one transfer at a time (the
 /// communicator's contract).
 final class TCPMesh {
     let worldRank: Int
