@@ -21,29 +21,46 @@ public struct TrainerState: Codable, Equatable, Sendable {
     }
 }
 
+/// Where a tensor of a checkpoint sits in the whole tensor: this file holds the slice of
+/// `globalShape` starting at `offset`; `axis` names the grid axis it is split along (nil:
+/// replicated, the slice is the whole tensor).
+public struct TensorShard: Codable, Equatable, Sendable {
+    public var globalShape: [Int]
+    public var offset: [Int]
+    public var axis: String?
+
+    public init(globalShape: [Int], offset: [Int], axis: String? = nil) {
+        self.globalShape = globalShape; self.offset = offset; self.axis = axis
+    }
+
+    enum CodingKeys: String, CodingKey { case globalShape = "global_shape", offset, axis }
+}
+
 /// One checkpoint's contents.
 public struct CheckpointContents {
     public var model: StateDict
-    /// AdamW first and second moments, flat, in parameter order.
-    public var exponentialAverage: [Float]
-    public var exponentialAverageSquares: [Float]
+    /// AdamW's moments, one tensor per parameter, named `NAME.exp_avg` and `NAME.exp_avg_sq`.
+    public var optimizer: StateDict
+    /// Each parameter's place in the whole model (from its placement), by parameter name;
+    /// its moments share it.
+    public var shards: [String: TensorShard]
     public var state: TrainerState
     /// The resolved run config (YAML) the checkpoint was written with.
     public var runConfig: String
     /// Hugging Face `config.json` of the model.
     public var huggingFaceConfig: [String: Any]
 
-    public init(model: StateDict, exponentialAverage: [Float], exponentialAverageSquares: [Float], state: TrainerState,
+    public init(model: StateDict, optimizer: StateDict, shards: [String: TensorShard], state: TrainerState,
                 runConfig: String, huggingFaceConfig: [String: Any]) {
-        self.model = model; self.exponentialAverage = exponentialAverage; self.exponentialAverageSquares = exponentialAverageSquares
+        self.model = model; self.optimizer = optimizer; self.shards = shards
         self.state = state; self.runConfig = runConfig; self.huggingFaceConfig = huggingFaceConfig
     }
 }
 
 /// Checkpoints of one run: directories `step-00001000/` under `root`, each holding
 /// `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json` (Hugging Face sharded
-/// layout), `config.json`, `optimizer-00001-of-00001.safetensors` (moments with their global
-/// offset), `trainer_state.json`, `run.yaml`, and `DONE`, written last.
+/// layout), `config.json`, `optimizer-00001-of-00001.safetensors` (moments per parameter, with each
+/// parameter's global shape and offset in its metadata), `trainer_state.json`, `run.yaml`, and `DONE`, written last.
 ///
 /// A checkpoint is assembled in a hidden temporary directory and renamed into place after
 /// `DONE` is written, so a crash leaves either a complete checkpoint or none; a directory
@@ -92,10 +109,8 @@ public struct CheckpointStore {
         }
         try writeModelShards(contents.model, put)
         try put(JSONSerialization.data(withJSONObject: contents.huggingFaceConfig, options: [.prettyPrinted, .sortedKeys]), "config.json")
-        let moments = StateDict([("exp_avg", Tensor(shape: [contents.exponentialAverage.count], scalars: contents.exponentialAverage)),
-                                 ("exp_avg_sq", Tensor(shape: [contents.exponentialAverageSquares.count], scalars: contents.exponentialAverageSquares))])
-        try put(SafeTensors.encode(moments, metadata: ["global_offset": "0", "global_count": String(contents.exponentialAverage.count),
-                                                       "step": String(contents.state.step)]),
+        let shards = String(decoding: try JSONEncoder().encode(contents.shards), as: UTF8.self)
+        try put(SafeTensors.encode(contents.optimizer, metadata: ["shards": shards, "step": String(contents.state.step)]),
                 "optimizer-00001-of-00001.safetensors")
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -154,9 +169,10 @@ public struct CheckpointStore {
             throw CheckpointError.corrupt(path: indexURL.path, reason: "tensor \(absent) is listed but not in its shard")
         }
         let optimizerURL = directory.appendingPathComponent("optimizer-00001-of-00001.safetensors")
-        let moments = try SafeTensors.read(optimizerURL)
-        guard let m = moments.tensors["exp_avg"], let v = moments.tensors["exp_avg_sq"], m.count == v.count else {
-            throw CheckpointError.corrupt(path: optimizerURL.path, reason: "exp_avg and exp_avg_sq missing or of different sizes")
+        let optimizer = try SafeTensors.read(optimizerURL)
+        guard let shardText = optimizer.metadata["shards"],
+              let shards = try? JSONDecoder().decode([String: TensorShard].self, from: Data(shardText.utf8)) else {
+            throw CheckpointError.corrupt(path: optimizerURL.path, reason: "no shard metadata (written by an older Tessera?)")
         }
         let stateURL = directory.appendingPathComponent("trainer_state.json")
         guard let stateData = fm.contents(atPath: stateURL.path), let state = try? JSONDecoder().decode(TrainerState.self, from: stateData) else {
@@ -166,7 +182,7 @@ public struct CheckpointStore {
         guard let run = fm.contents(atPath: runURL.path) else { throw CheckpointError.corrupt(path: runURL.path, reason: "missing") }
         let hf = (fm.contents(atPath: directory.appendingPathComponent("config.json").path))
             .flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] } ?? [:]
-        return CheckpointContents(model: model, exponentialAverage: m.scalars, exponentialAverageSquares: v.scalars, state: state,
+        return CheckpointContents(model: model, optimizer: optimizer.tensors, shards: shards, state: state,
                                   runConfig: String(decoding: run, as: UTF8.self), huggingFaceConfig: hf)
     }
 

@@ -14,13 +14,13 @@ public struct AdamW: Equatable, Sendable {
     /// for this range (matrices) or off (norm weights).
     public func update(parameters p: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
                        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
-                       step t: Int, learningRate lr: Float, decay: Bool) {
+                       step t: Int, learningRate lr: Float, decay: Bool, threads: KernelThreads = .single) {
         let correction1 = 1 - pow(Double(beta1), Double(t)), correction2 = 1 - pow(Double(beta2), Double(t))
         let stepSize = lr / Float(correction1)
         let rootCorrection2 = Float(correction2.squareRoot())
         let shrink = decay ? 1 - lr * weightDecay : 1
         let (b1, b2, e) = (beta1, beta2, eps)
-        Parallel.forRanges(count, minimumChunk: 65_536) { range in
+        threads.forRanges(count, minimumChunk: 65_536) { range in
             var i = range.lowerBound
             while i + 8 <= range.upperBound {
                 let gi = VectorMath.load(g + i)

@@ -28,9 +28,10 @@ public struct CausalAttention {
     /// o = softmax(q kᵀ / √D, causal) v; `probabilities` (B, Hq, T, T) is saved for backward
     /// (entries above the diagonal are left unspecified).
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                        o: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>) {
+                        o: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
+                        threads: KernelThreads = .single) {
         let T = length, D = headDim, qStride = heads * D, kvStride = kvHeads * D
-        Parallel.forItems(batch * heads) { pairs in
+        threads.forItems(batch * heads) { pairs in
             for pair in pairs {
                 let b = pair / heads, h = pair % heads
                 let kvh = h / (heads / kvHeads)
@@ -42,11 +43,11 @@ public struct CausalAttention {
                     let visible = rows.upperBound
                     Matmul.gemm(transposeA: false, transposeB: true, m: rows.count, n: visible, k: D, alpha: scale,
                                 a: qh + rows.lowerBound * qStride, lda: qStride, b: kh, ldb: kvStride,
-                                c: p + rows.lowerBound * T, ldc: T, parallel: false)
+                                c: p + rows.lowerBound * T, ldc: T)
                     for i in rows { Self.softmaxCausalRow(p + i * T, visible: i + 1, width: visible) }
                     Matmul.gemm(transposeA: false, transposeB: false, m: rows.count, n: D, k: visible,
                                 a: p + rows.lowerBound * T, lda: T, b: vh, ldb: kvStride,
-                                c: oh + rows.lowerBound * qStride, ldc: qStride, parallel: false)
+                                c: oh + rows.lowerBound * qStride, ldc: qStride)
                 }
             }
         }
@@ -69,14 +70,15 @@ public struct CausalAttention {
     /// Gradients dq (overwritten), dk and dv (overwritten) from dO.
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, probabilities: UnsafePointer<Float>, dO: UnsafePointer<Float>,
-                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>) {
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         threads: KernelThreads = .single) {
         let kvStride = kvHeads * headDim
         dk.update(repeating: 0, count: batch * length * kvStride)
         dv.update(repeating: 0, count: batch * length * kvStride)
         // Query heads sharing a kv head accumulate into the same dK, dV: parallel work is split
         // by (batch, kv head), each item handling its group of query heads in order.
         let group = heads / kvHeads
-        Parallel.forItems(batch * kvHeads) { items in
+        threads.forItems(batch * kvHeads) { items in
             let dS = UnsafeMutablePointer<Float>.allocate(capacity: length * length)
             defer { dS.deallocate() }
             for item in items {
@@ -101,7 +103,7 @@ public struct CausalAttention {
             // dP = dO · Vᵀ  (rows × visible)
             Matmul.gemm(transposeA: false, transposeB: true, m: rows.count, n: visible, k: D,
                         a: dO + offsetQ + r0 * qStride, lda: qStride, b: v + offsetKV, ldb: kvStride,
-                        c: dS + r0 * T, ldc: T, parallel: false)
+                        c: dS + r0 * T, ldc: T)
             // dS = P ⊙ (dP − Σ_d dO·O)
             for i in rows {
                 let dOi = dO + offsetQ + i * qStride, oi = o + offsetQ + i * qStride
@@ -114,15 +116,15 @@ public struct CausalAttention {
             // dV[0..<visible] += Pᵀ · dO
             Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count,
                         a: p + r0 * T, lda: T, b: dO + offsetQ + r0 * qStride, ldb: qStride,
-                        beta: 1, c: dv + offsetKV, ldc: kvStride, parallel: false)
+                        beta: 1, c: dv + offsetKV, ldc: kvStride)
             // dQ = scale · dS · K
             Matmul.gemm(transposeA: false, transposeB: false, m: rows.count, n: D, k: visible, alpha: scale,
                         a: dS + r0 * T, lda: T, b: k + offsetKV, ldb: kvStride,
-                        c: dq + offsetQ + r0 * qStride, ldc: qStride, parallel: false)
+                        c: dq + offsetQ + r0 * qStride, ldc: qStride)
             // dK[0..<visible] += scale · dSᵀ · Q
             Matmul.gemm(transposeA: true, transposeB: false, m: visible, n: D, k: rows.count, alpha: scale,
                         a: dS + r0 * T, lda: T, b: q + offsetQ + r0 * qStride, ldb: qStride,
-                        beta: 1, c: dk + offsetKV, ldc: kvStride, parallel: false)
+                        beta: 1, c: dk + offsetKV, ldc: kvStride)
         }
     }
 }

@@ -24,8 +24,9 @@ public enum Embedding {
 public enum RMSNorm {
     /// x, y: (rows, dim); rstd: (rows) saved for backward.
     public static func forward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
-                               rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float) {
-        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
+                               rstd: UnsafeMutablePointer<Float>, rows: Int, dim: Int, eps: Float,
+                               threads: KernelThreads = .single) {
+        threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
             for r in range {
                 let xr = x + r * dim, yr = y + r * dim
                 var sumSquares: Float = 0
@@ -40,12 +41,12 @@ public enum RMSNorm {
     /// dx (overwritten, or added to when `accumulate`) and dWeight (+=) from dy.
     public static func backward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, rstd: UnsafePointer<Float>,
                                 dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, dWeight: UnsafeMutablePointer<Float>,
-                                rows: Int, dim: Int, accumulate: Bool = false) {
+                                rows: Int, dim: Int, accumulate: Bool = false, threads: KernelThreads = .single) {
         for r in 0..<rows {
             let xr = x + r * dim, gr = dy + r * dim, s = rstd[r]
             for j in 0..<dim { dWeight[j] += gr[j] * xr[j] * s }
         }
-        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
+        threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
             for r in range {
                 let xr = x + r * dim, gr = dy + r * dim, dxr = dx + r * dim
                 let s = rstd[r]
@@ -82,10 +83,11 @@ public enum RoPE {
     /// Rotates in place x: (batch, T, heads, D); tables are (T, D/2). `inverse` turns backwards,
     /// which is the backward pass (a rotation's transpose is its inverse).
     public static func apply(_ x: UnsafeMutablePointer<Float>, batch: Int, length: Int, heads: Int, headDim: Int,
-                             cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false) {
+                             cos: UnsafePointer<Float>, sin: UnsafePointer<Float>, inverse: Bool = false,
+                             threads: KernelThreads = .single) {
         let half = headDim / 2
         let sign: Float = inverse ? -1 : 1
-        Parallel.forRanges(batch * length, minimumChunk: max(1, 16_384 / max(heads * headDim, 1))) { rows in
+        threads.forRanges(batch * length, minimumChunk: max(1, 16_384 / max(heads * headDim, 1))) { rows in
             for row in rows {
                 let t = row % length
                 let c = cos + t * half, s = sin + t * half
@@ -104,8 +106,9 @@ public enum RoPE {
 
 /// SwiGLU gate: h = silu(gate) ⊙ up, vectorised and split over the kernel threads.
 public enum SwiGLU {
-    public static func forward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int) {
-        Parallel.forRanges(n) { range in
+    public static func forward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, count n: Int,
+                               threads: KernelThreads = .single) {
+        threads.forRanges(n) { range in
             var i = range.lowerBound
             while i + 8 <= range.upperBound {
                 let g = VectorMath.load(gate + i)
@@ -119,8 +122,9 @@ public enum SwiGLU {
 
     /// dGate, dUp (overwritten) from dOut.
     public static func backward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
-                                dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count n: Int) {
-        Parallel.forRanges(n) { range in
+                                dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count n: Int,
+                                threads: KernelThreads = .single) {
+        threads.forRanges(n) { range in
             var i = range.lowerBound
             while i + 8 <= range.upperBound {
                 let g = VectorMath.load(gate + i), d = VectorMath.load(dOut + i)
@@ -144,14 +148,15 @@ public enum SoftmaxCrossEntropy {
     /// receives (softmax − onehot) · gradientScale (it may alias `logits`, computed in place).
     @discardableResult
     public static func forwardBackward(logits: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int, vocab: Int,
-                                       dLogits: UnsafeMutablePointer<Float>?, gradientScale: Float) -> Double {
+                                       dLogits: UnsafeMutablePointer<Float>?, gradientScale: Float,
+                                       threads: KernelThreads = .single) -> Double {
         // Per-row losses, summed in row order afterwards: the same bits for any thread count.
         let losses = UnsafeMutablePointer<Float>.allocate(capacity: max(rows, 1))
         defer { losses.deallocate() }
         let scratch = dLogits == nil ? UnsafeMutablePointer<Float>.allocate(capacity: max(rows * vocab, 1)) : nil
         defer { scratch?.deallocate() }
         let exps = dLogits ?? scratch!
-        Parallel.forRanges(rows, minimumChunk: max(1, 16_384 / max(vocab, 1))) { range in
+        threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(vocab, 1))) { range in
             for r in range {
                 let z = logits + r * vocab, e = exps + r * vocab
                 var maximum = -Float.infinity

@@ -8,7 +8,7 @@ public enum Matmul {
     /// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major with leading dimensions.
     /// op(A) is (m, k), op(B) is (k, n).
     ///
-    /// With `threads` > 1 (and `parallel`), a large product is cut into independent blocks of
+    /// With more than one of `threads`, a large product is cut into independent blocks of
     /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
     /// kernel threads: no synchronisation inside BLAS, and every element of C is still one dot
     /// product over the whole k, computed by the same kernel.
@@ -16,21 +16,21 @@ public enum Matmul {
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, parallel: Bool = true) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single) {
         guard m > 0, n > 0 else { return }
-        let parts = parallel ? min(threads, max(1, m * n * k / minimumWorkPerThread)) : 1
+        let parts = min(threads.count, max(1, m * n * k / minimumWorkPerThread))
         if parts > 1 {
             DispatchQueue.concurrentPerform(iterations: parts) { part in
                 if m >= n {
                     let rows = (part * m / parts)..<((part + 1) * m / parts)
                     let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
                     gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, alpha: alpha,
-                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc, parallel: false)
+                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc)
                 } else {
                     let columns = (part * n / parts)..<((part + 1) * n / parts)
                     let bStart = transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound
                     gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: columns.count, k: k, alpha: alpha,
-                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc, parallel: false)
+                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc)
                 }
             }
             return
@@ -46,39 +46,24 @@ public enum Matmul {
 
     /// Linear forward: y (rows, out) = x (rows, in) · Wᵀ, W is (out, in).
     public static func linearForward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
-                                     rows: Int, inFeatures: Int, outFeatures: Int) {
+                                     rows: Int, inFeatures: Int, outFeatures: Int, threads: KernelThreads = .single) {
         gemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures,
-             a: x, lda: inFeatures, b: weight, ldb: inFeatures, c: y, ldc: outFeatures)
+             a: x, lda: inFeatures, b: weight, ldb: inFeatures, c: y, ldc: outFeatures, threads: threads)
     }
 
     /// Linear backward: dx (rows, in) = dy · W (overwrites, or adds when `accumulateInput`);
     /// dW (out, in) += dyᵀ · x (always accumulates, so gradients of a step add up).
     public static func linearBackward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                                       dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>,
-                                      rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false) {
+                                      rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false,
+                                      threads: KernelThreads = .single) {
         if let dx {
             gemm(transposeA: false, transposeB: false, m: rows, n: inFeatures, k: outFeatures,
-                 a: dy, lda: outFeatures, b: weight, ldb: inFeatures, beta: accumulateInput ? 1 : 0, c: dx, ldc: inFeatures)
+                 a: dy, lda: outFeatures, b: weight, ldb: inFeatures, beta: accumulateInput ? 1 : 0, c: dx, ldc: inFeatures, threads: threads)
         }
         gemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows,
-             a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
+             a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures, threads: threads)
     }
-
-    /// Kernel threads of this process (`train.threads`, `--threads`): GEMMs and elementwise
-    /// kernels split their work over this many threads. OpenBLAS itself always runs one
-    /// thread per call (its own threading synchronises inside every call, which costs more
-    /// than it gains on the mid-sized products of these models).
-    public static var threads: Int {
-        get { configuredThreads }
-        set {
-            openblas_set_num_threads(1)
-            configuredThreads = max(1, newValue)
-        }
-    }
-    nonisolated(unsafe) private static var configuredThreads: Int = {
-        openblas_set_num_threads(1)
-        return 1
-    }()
 
     /// Below this many multiply-adds per thread a product is not split (about 0.1 ms of work).
     static let minimumWorkPerThread = 1 << 22

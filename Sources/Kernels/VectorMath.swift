@@ -53,31 +53,3 @@ public enum VectorMath {
     @inline(__always)
     public static func store(_ v: Lanes, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Lanes.self) }
 }
-
-/// Splits elementwise work over the kernel threads (the same count as BLAS uses), in
-/// contiguous chunks so every element is computed by the same code whatever the split.
-public enum Parallel {
-    /// Runs `body` on disjoint ranges covering 0..<count; inline when one thread is configured
-    /// or the work is small. `minimumChunk` is in items: work below about 20 µs per chunk costs
-    /// more to hand out than it saves.
-    @inline(__always)
-    public static func forRanges(_ count: Int, minimumChunk: Int = 16_384, _ body: (Range<Int>) -> Void) {
-        let threads = Matmul.threads
-        guard threads > 1, count >= 2 * minimumChunk else { body(0..<count); return }
-        let chunks = min(threads, count / minimumChunk)
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            body((c * count / chunks)..<((c + 1) * count / chunks))
-        }
-    }
-
-    /// Like `forRanges` with one item as the smallest chunk, for items that call BLAS
-    /// themselves (with `parallel: false`: the items are the parallelism).
-    public static func forItems(_ count: Int, _ body: (Range<Int>) -> Void) {
-        let threads = Matmul.threads
-        guard threads > 1, count > 1 else { body(0..<count); return }
-        let chunks = min(threads, count)
-        DispatchQueue.concurrentPerform(iterations: chunks) { c in
-            body((c * count / chunks)..<((c + 1) * count / chunks))
-        }
-    }
-}

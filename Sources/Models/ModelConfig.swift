@@ -1,48 +1,73 @@
-/// The shape of a Llama-family decoder. Every size comes from the run config.
-public struct ModelConfig: Codable, Equatable, Sendable {
+/// The shape of a Llama-family decoder: an embedding, `blocks`, a final RMSNorm and an LM head.
+public struct ModelConfig: Equatable, Sendable {
     public var vocabSize: Int
     public var dModel: Int
-    public var layers: Int
-    public var heads: Int
-    public var kvHeads: Int
-    public var ffnHidden: Int
-    public var ropeTheta: Float
     public var normEps: Float
     public var tieEmbeddings: Bool
     /// Longest sequence the model is trained or run on (recorded in `config.json`).
     public var maxSequenceLength: Int
+    /// One spec per layer, first to last.
+    public var blocks: [BlockSpec]
 
+    public init(vocabSize: Int, dModel: Int, normEps: Float = 1e-5, tieEmbeddings: Bool = false,
+                maxSequenceLength: Int = 256, blocks: [BlockSpec]) {
+        self.vocabSize = vocabSize; self.dModel = dModel; self.normEps = normEps
+        self.tieEmbeddings = tieEmbeddings; self.maxSequenceLength = maxSequenceLength; self.blocks = blocks
+    }
+
+    /// A model whose layers are all attention + SwiGLU with the same sizes (a plain Llama).
     public init(vocabSize: Int = 256, dModel: Int = 256, layers: Int = 4, heads: Int = 4, kvHeads: Int = 4,
                 ffnHidden: Int = 768, ropeTheta: Float = 10_000, normEps: Float = 1e-5, tieEmbeddings: Bool = false,
                 maxSequenceLength: Int = 256) {
-        self.vocabSize = vocabSize; self.dModel = dModel; self.layers = layers; self.heads = heads
-        self.kvHeads = kvHeads; self.ffnHidden = ffnHidden; self.ropeTheta = ropeTheta; self.normEps = normEps
-        self.tieEmbeddings = tieEmbeddings; self.maxSequenceLength = maxSequenceLength
+        let attention = AttentionSpec(heads: heads, kvHeads: kvHeads, headDim: heads > 0 ? dModel / heads : 0, ropeTheta: ropeTheta)
+        let block = BlockSpec(sequenceMixer: .attention(attention), channelMixer: .swiGLU(hidden: ffnHidden))
+        self.init(vocabSize: vocabSize, dModel: dModel, normEps: normEps, tieEmbeddings: tieEmbeddings,
+                  maxSequenceLength: maxSequenceLength, blocks: Array(repeating: block, count: max(layers, 0)))
     }
 
-    public var headDim: Int { dModel / heads }
+    public var layers: Int { blocks.count }
 
     /// Problems with these sizes, each naming the keys involved; empty when the model can be built.
     public var problems: [String] {
         var out: [String] = []
-        for (key, value) in [("model.vocab_size", vocabSize), ("model.d_model", dModel), ("model.layers", layers),
-                             ("model.heads", heads), ("model.kv_heads", kvHeads), ("model.ffn_hidden", ffnHidden)] where value < 1 {
+        for (key, value) in [("model.vocab_size", vocabSize), ("model.d_model", dModel), ("model.layers", layers)] where value < 1 {
             out.append("\(key) = \(value) must be at least 1")
         }
-        if heads > 0, dModel % heads != 0 { out.append("model.d_model = \(dModel) is not divisible by model.heads = \(heads)") }
-        if kvHeads > 0, heads % kvHeads != 0 { out.append("model.heads = \(heads) is not divisible by model.kv_heads = \(kvHeads)") }
-        if heads > 0, dModel % heads == 0, headDim % 2 != 0 { out.append("head dimension d_model / heads = \(headDim) must be even for RoPE") }
-        return out
+        for (layer, block) in blocks.enumerated() {
+            let at = blocks.count > 1 && blocks.contains(where: { $0 != block }) ? " (layer \(layer))" : ""
+            switch block.sequenceMixer {
+            case .attention(let a):
+                if a.heads < 1 { out.append("model.heads = \(a.heads) must be at least 1\(at)") }
+                if a.kvHeads < 1 { out.append("model.kv_heads = \(a.kvHeads) must be at least 1\(at)") }
+                if a.heads > 0, dModel % a.heads != 0 { out.append("model.d_model = \(dModel) is not divisible by model.heads = \(a.heads)\(at)") }
+                if a.kvHeads > 0, a.heads % a.kvHeads != 0 { out.append("model.heads = \(a.heads) is not divisible by model.kv_heads = \(a.kvHeads)\(at)") }
+                if a.heads > 0, dModel % a.heads == 0, a.headDim % 2 != 0 { out.append("head dimension d_model / heads = \(a.headDim) must be even for RoPE\(at)") }
+            }
+            switch block.channelMixer {
+            case .swiGLU(let hidden): if hidden < 1 { out.append("model.ffn_hidden = \(hidden) must be at least 1\(at)") }
+            }
+            if !out.isEmpty, !at.isEmpty { break }
+        }
+        var seen = Set<String>()
+        return out.filter { seen.insert($0).inserted }
     }
 
-    /// `config.json` of the equivalent Hugging Face `LlamaForCausalLM`.
+    /// `config.json` of the equivalent Hugging Face `LlamaForCausalLM` (sizes of the first block;
+    /// Llama has one size per model).
     public var huggingFaceConfig: [String: Any] {
-        ["architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocabSize,
-         "hidden_size": dModel, "intermediate_size": ffnHidden, "num_hidden_layers": layers,
-         "num_attention_heads": heads, "num_key_value_heads": kvHeads, "head_dim": headDim,
-         "hidden_act": "silu", "max_position_embeddings": maxSequenceLength, "rms_norm_eps": Double(normEps),
-         "rope_theta": Double(ropeTheta), "tie_word_embeddings": tieEmbeddings, "attention_bias": false,
-         "mlp_bias": false, "torch_dtype": "float32", "bos_token_id": NSNull(), "eos_token_id": NSNull()]
+        var config: [String: Any] = [
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocabSize, "hidden_size": dModel,
+            "num_hidden_layers": layers, "hidden_act": "silu", "max_position_embeddings": maxSequenceLength,
+            "rms_norm_eps": Double(normEps), "tie_word_embeddings": tieEmbeddings, "attention_bias": false, "mlp_bias": false,
+            "torch_dtype": "float32", "bos_token_id": NSNull(), "eos_token_id": NSNull()]
+        if case .attention(let a)? = blocks.first?.sequenceMixer {
+            config["num_attention_heads"] = a.heads
+            config["num_key_value_heads"] = a.kvHeads
+            config["head_dim"] = a.headDim
+            config["rope_theta"] = Double(a.ropeTheta)
+        }
+        if case .swiGLU(let hidden)? = blocks.first?.channelMixer { config["intermediate_size"] = hidden }
+        return config
     }
 }
 

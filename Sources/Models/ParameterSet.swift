@@ -1,3 +1,4 @@
+import Foundation
 import TensorCore
 
 /// All parameters of a model in one flat Float32 buffer, with gradients in a second one of the
@@ -8,10 +9,12 @@ public final class ParameterSet {
         public var name: String
         public var shape: [Int]
         public var offset: Int
+        public var placement: ParameterPlacement
+        public var initialization: ParameterInitialization
+        /// Weight decay applies to matrices, not to norm weights.
+        public var decays: Bool
         public var count: Int { shape.reduce(1, *) }
         public var range: Range<Int> { offset..<(offset + count) }
-        /// Weight decay applies to matrices, not to norm weights.
-        public var decays: Bool { shape.count >= 2 }
     }
 
     public let entries: [Entry]
@@ -20,12 +23,13 @@ public final class ParameterSet {
     private let index: [String: Int]
     public var count: Int { values.count }
 
-    public init(_ declarations: [(String, [Int])]) {
+    public init(_ declarations: [ParameterDeclaration]) {
         var offset = 0
         var entries: [Entry] = []
-        for (name, shape) in declarations {
-            entries.append(Entry(name: name, shape: shape, offset: offset))
-            offset += shape.reduce(1, *)
+        for d in declarations {
+            entries.append(Entry(name: d.name, shape: d.shape, offset: offset, placement: d.placement,
+                                 initialization: d.initialization, decays: d.decays))
+            offset += d.shape.reduce(1, *)
         }
         self.entries = entries
         index = Dictionary(uniqueKeysWithValues: entries.enumerated().map { ($1.name, $0) })
@@ -42,7 +46,33 @@ public final class ParameterSet {
     public func value(_ name: String) -> UnsafeMutablePointer<Float> { values.pointer + entry(name).offset }
     public func gradient(_ name: String) -> UnsafeMutablePointer<Float> { gradients.pointer + entry(name).offset }
 
+    /// The entries overlapping `range`, in offset order.
+    public func entries(overlapping range: Range<Int>) -> ArraySlice<Entry> {
+        var low = 0, high = entries.count
+        while low < high {   // first entry ending after range.lowerBound
+            let mid = (low + high) / 2
+            if entries[mid].range.upperBound <= range.lowerBound { low = mid + 1 } else { high = mid }
+        }
+        var end = low
+        while end < entries.count, entries[end].offset < range.upperBound { end += 1 }
+        return entries[low..<end]
+    }
+
     public func zeroGradients() { gradients.zero() }
+
+    /// Fills every parameter from its declared initialization, drawing normals in declaration
+    /// order from one stream of `seed`.
+    public func initialize(seed: UInt64) {
+        var rng = RNG(seed: seed, stream: 0x1A17)
+        for e in entries {
+            let p = values.pointer + e.offset
+            switch e.initialization {
+            case .ones: p.update(repeating: 1, count: e.count)
+            case .zeros: p.update(repeating: 0, count: e.count)
+            case .normal(let std): for i in 0..<e.count { p[i] = Float(rng.nextNormal() * std) }
+            }
+        }
+    }
 
     /// A copy of every parameter under its name.
     public func stateDict() -> StateDict {
@@ -63,22 +93,6 @@ public final class ParameterSet {
         let known = Set(entries.map(\.name))
         if let extra = dict.names.first(where: { !known.contains($0) }) {
             throw ModelError.unexpectedTensor(name: extra, source: source)
-        }
-    }
-}
-
-public enum ModelError: Error, Equatable, CustomStringConvertible {
-    case missingTensor(name: String, source: String)
-    case unexpectedTensor(name: String, source: String)
-    case shapeMismatch(name: String, expected: [Int], found: [Int], source: String)
-    case invalidConfig([String])
-
-    public var description: String {
-        switch self {
-        case let .missingTensor(name, source): return "\(source): tensor \(name) is missing; was it written for another model config?"
-        case let .unexpectedTensor(name, source): return "\(source): tensor \(name) is not part of this model; check model.* in the config"
-        case let .shapeMismatch(name, expected, found, source): return "\(source): tensor \(name) has shape \(found), the model expects \(expected); check model.* in the config"
-        case let .invalidConfig(problems): return "invalid model config: " + problems.joined(separator: "; ")
         }
     }
 }

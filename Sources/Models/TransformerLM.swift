@@ -1,93 +1,70 @@
+import Collectives
 import Kernels
 import TensorCore
 
 /// The Llama-family decoder of DESIGN.md with explicit forward and backward passes.
 ///
-/// embed → N × [x + attn(rmsnorm(x)); x + swiglu(rmsnorm(x))] → rmsnorm → lm_head → loss.
-/// Parameters use Hugging Face Llama names and `[out, in]` layouts. Activations for the backward
-/// pass live in a workspace sized for the last (batch, length) seen.
+/// embed → blocks (one `DecoderBlock` per `BlockSpec`) → rmsnorm → lm_head → loss.
+/// Parameters use Hugging Face Llama names and `[out, in]` layouts, in declaration order.
+/// Activations for the backward pass live in the blocks and components, sized for the last
+/// (batch, length) seen.
 ///
 /// Initialisation (seeded, declaration order): linear and embedding weights ~ N(0, 0.02²);
-/// the residual output projections (`o_proj`, `down_proj`) ~ N(0, (0.02/√(2·layers))²), as in
-/// GPT-2; norm weights 1.
+/// the projections that write into the residual stream (`o_proj`, `down_proj`) ~
+/// N(0, (0.02/√(2·layers))²), as in GPT-2; norm weights 1.
+///
+/// Threading: `threads` is handed to every kernel; `grid` to components that communicate.
+/// One pass at a time per model.
 public final class TransformerLM {
     public let config: ModelConfig
     public let parameters: ParameterSet
-    let layerOffsets: [LayerOffsets]
-    let embedOffset: Int, finalNormOffset: Int, headOffset: Int
-    var workspace: Workspace?
-
-    struct LayerOffsets {
-        var inputNorm, q, k, v, o, postNorm, gate, up, down: Int
-        var range: Range<Int>
-    }
+    public let blocks: [DecoderBlock]
+    /// Kernel threads of this model's passes.
+    public var threads: KernelThreads = .single
+    /// The layout, for components that communicate; nil on one rank.
+    public var grid: ProcessGrid?
+    /// Receives layer inputs, outputs and attention matrices during forward passes when set.
+    public var capture: CaptureHook?
+    let embed: BoundParameter, finalNorm: BoundParameter, head: BoundParameter
+    var state: PassState?
 
     public init(config: ModelConfig, seed: UInt64) throws {
         guard config.problems.isEmpty else { throw ModelError.invalidConfig(config.problems) }
         self.config = config
-        parameters = ParameterSet(Self.declarations(config))
-        let p = parameters
-        layerOffsets = (0..<config.layers).map { l in
-            let name = { (suffix: String) in p.entry("model.layers.\(l).\(suffix)").offset }
-            let first = name("input_layernorm.weight")
-            let last = p.entry("model.layers.\(l).mlp.down_proj.weight")
-            return LayerOffsets(inputNorm: first, q: name("self_attn.q_proj.weight"), k: name("self_attn.k_proj.weight"),
-                                v: name("self_attn.v_proj.weight"), o: name("self_attn.o_proj.weight"),
-                                postNorm: name("post_attention_layernorm.weight"), gate: name("mlp.gate_proj.weight"),
-                                up: name("mlp.up_proj.weight"), down: last.offset, range: first..<last.range.upperBound)
-        }
-        embedOffset = p.entry("model.embed_tokens.weight").offset
-        finalNormOffset = p.entry("model.norm.weight").offset
-        headOffset = config.tieEmbeddings ? embedOffset : p.entry("lm_head.weight").offset
-        initialize(seed: seed)
-    }
-
-    /// Parameter names and shapes, in Hugging Face Llama naming.
-    public static func declarations(_ c: ModelConfig) -> [(String, [Int])] {
-        let d = c.dModel, qOut = c.heads * c.headDim, kvOut = c.kvHeads * c.headDim
-        var out: [(String, [Int])] = [("model.embed_tokens.weight", [c.vocabSize, d])]
-        for l in 0..<c.layers {
-            let prefix = "model.layers.\(l)."
-            out += [(prefix + "input_layernorm.weight", [d]),
-                    (prefix + "self_attn.q_proj.weight", [qOut, d]),
-                    (prefix + "self_attn.k_proj.weight", [kvOut, d]),
-                    (prefix + "self_attn.v_proj.weight", [kvOut, d]),
-                    (prefix + "self_attn.o_proj.weight", [d, qOut]),
-                    (prefix + "post_attention_layernorm.weight", [d]),
-                    (prefix + "mlp.gate_proj.weight", [c.ffnHidden, d]),
-                    (prefix + "mlp.up_proj.weight", [c.ffnHidden, d]),
-                    (prefix + "mlp.down_proj.weight", [d, c.ffnHidden])]
-        }
-        out.append(("model.norm.weight", [d]))
-        if !c.tieEmbeddings { out.append(("lm_head.weight", [c.vocabSize, d])) }
-        return out
-    }
-
-    func initialize(seed: UInt64) {
-        var rng = RNG(seed: seed, stream: 0x1A17)
         let residualStd = 0.02 / (2 * Double(config.layers)).squareRoot()
-        for e in parameters.entries {
-            let p = parameters.values.pointer + e.offset
-            if e.shape.count == 1 {
-                p.update(repeating: 1, count: e.count)
-            } else {
-                let std = e.name.hasSuffix("o_proj.weight") || e.name.hasSuffix("down_proj.weight") ? residualStd : 0.02
-                for i in 0..<e.count { p[i] = Float(rng.nextNormal() * std) }
-            }
+        blocks = config.blocks.enumerated().map { layer, spec in
+            DecoderBlock(layer: layer, spec: spec, dModel: config.dModel, eps: config.normEps, residualStd: residualStd)
         }
+        let (d, vocab) = (config.dModel, config.vocabSize)
+        var declarations = [ParameterDeclaration("model.embed_tokens.weight", [vocab, d], .normal(std: 0.02))]
+        declarations += blocks.flatMap(\.declarations)
+        declarations.append(ParameterDeclaration("model.norm.weight", [d], .ones))
+        if !config.tieEmbeddings { declarations.append(ParameterDeclaration("lm_head.weight", [vocab, d], .normal(std: 0.02))) }
+        parameters = ParameterSet(declarations)
+        for block in blocks { block.bind(to: parameters) }
+        embed = BoundParameter(parameters, "model.embed_tokens.weight")
+        finalNorm = BoundParameter(parameters, "model.norm.weight")
+        head = config.tieEmbeddings ? embed : BoundParameter(parameters, "lm_head.weight")
+        parameters.initialize(seed: seed)
+    }
+
+    /// Parameter names and shapes, in declaration order (Hugging Face Llama naming).
+    public static func declarations(_ config: ModelConfig) throws -> [(String, [Int])] {
+        try TransformerLM(config: config, seed: 0).parameters.entries.map { ($0.name, $0.shape) }
     }
 
     public var parameterCount: Int { parameters.count }
 
     /// Forward FLOPs per token of the matrix products (2 per multiply-add), without attention scores.
     public var matmulFlopsPerToken: Double {
-        let c = config
-        let perLayer = 2.0 * Double(c.dModel) * Double((c.heads + 2 * c.kvHeads) * c.headDim + c.heads * c.headDim + 3 * c.ffnHidden)
-        return Double(c.layers) * perLayer + 2 * Double(c.dModel * c.vocabSize)
+        blocks.reduce(0) { $0 + $1.matmulFlopsPerToken } + 2 * Double(config.dModel * config.vocabSize)
     }
 
     /// Forward FLOPs per token of attention scores and values at sequence length T (causal: half).
     public func attentionFlopsPerToken(length: Int) -> Double {
-        2.0 * 2 * Double(config.layers * config.heads * config.headDim) * Double(length) / 2
+        blocks.reduce(0) { $0 + $1.sequenceFlopsPerToken(length: length) }
     }
+
+    /// Auxiliary losses of the last forward pass, by name (summed over layers).
+    public var auxiliaryLosses: [String: Double] { state?.context.auxiliaryLosses.totals ?? [:] }
 }

@@ -1,33 +1,55 @@
 import Collectives
 import Foundation
+import Models
 import TensorCore
 
-/// Sums gradients over the data axis in buckets.
+/// Sums gradients over the ranks that hold the same copy of each parameter, in buckets.
 ///
-/// The backward pass reports each parameter range as its gradient becomes final (descending
-/// offsets, adjacent). Adjacent ranges are merged into buckets of about `bucketBytes`; with
-/// `overlap`, each full bucket is all-reduced at once on a dedicated communication thread while
-/// the backward pass continues, otherwise all buckets are reduced by `finish()`. The trainer
-/// makes no other collective call between the first `ready` and `finish()`, so the
+/// Each parameter's placement picks its reduction group: replicated parameters are summed
+/// over the whole world, a shard over the ranks holding the same shard. The backward pass
+/// reports each parameter range as its gradient becomes final (descending offsets, adjacent);
+/// within a group, adjacent ranges are merged into buckets of about `bucketBytes`. With
+/// `overlap`, each full bucket is all-reduced at once on a dedicated communication thread
+/// while the backward pass continues, otherwise all buckets are reduced by `finish()`. The
+/// trainer makes no other collective call between the first `ready` and `finish()`, so each
 /// communicator is only ever used by one thread at a time.
 public final class GradientReducer {
-    let comm: Communicator
-    let gradients: FloatBuffer
+    private struct Bucket {
+        let range: Range<Int>
+        let group: Int
+    }
+
+    let parameters: ParameterSet
     let bucketFloats: Int
     let overlap: Bool
-    private var open: Range<Int>?
-    private var queued: [Range<Int>] = []
+    /// Each reduction group's communicator (read by the communication thread: never mutated).
+    private let comms: [Communicator]
+    /// Each group's bucket being filled (backward-pass thread only).
+    private var open: [Range<Int>?]
+    /// Reduction group of each parameter entry.
+    private let groupOfEntry: [Int]
+    private var queued: [Bucket] = []
     private var outstanding = 0
     private var failure: Error?
     private let condition = NSCondition()
     private var worker: Thread?
     private var stopping = false
 
-    public init(comm: Communicator, gradients: FloatBuffer, bucketBytes: Int, overlap: Bool) {
-        self.comm = comm
-        self.gradients = gradients
+    public init(parameters: ParameterSet, grid: ProcessGrid, bucketBytes: Int, overlap: Bool) {
+        self.parameters = parameters
         bucketFloats = max(1, bucketBytes / 4)
-        self.overlap = overlap && comm.size > 1
+        var comms: [Communicator] = []
+        var axes: [GridAxis?] = []
+        groupOfEntry = parameters.entries.map { entry in
+            let axis = entry.placement.shardAxis
+            if let i = axes.firstIndex(where: { $0 == axis }) { return i }
+            axes.append(axis)
+            comms.append(grid.replicas(ofShardsAlong: axis))
+            return comms.count - 1
+        }
+        self.comms = comms
+        open = Array(repeating: nil, count: comms.count)
+        self.overlap = overlap && comms.contains { $0.size > 1 }
         if self.overlap {
             let thread = Thread { [unowned self] in self.work() }
             thread.name = "tessera-gradient-allreduce"
@@ -43,23 +65,33 @@ public final class GradientReducer {
 
     /// Called by the backward pass with a range whose gradient is final.
     public func ready(_ range: Range<Int>) {
-        guard comm.size > 1 else { return }
-        if let current = open, range.upperBound == current.lowerBound {
-            open = range.lowerBound..<current.upperBound
-        } else {
-            if let current = open { submit(current) }
-            open = range
+        var touched = Set<Int>()
+        let entries = parameters.entries(overlapping: range)
+        for index in entries.indices.reversed() {   // descending offsets, as the backward pass goes
+            let piece = max(entries[index].offset, range.lowerBound)..<min(entries[index].range.upperBound, range.upperBound)
+            let g = groupOfEntry[index]
+            guard !piece.isEmpty, comms[g].size > 1 else { continue }   // a group of one rank has nothing to sum
+            touched.insert(g)
+            if let current = open[g], piece.upperBound == current.lowerBound {
+                open[g] = piece.lowerBound..<current.upperBound
+            } else {
+                if let current = open[g] { submit(Bucket(range: current, group: g)) }
+                open[g] = piece
+            }
         }
-        if let current = open, current.count >= bucketFloats {
-            submit(current)
-            open = nil
+        for g in touched.sorted() {
+            if let current = open[g], current.count >= bucketFloats {
+                submit(Bucket(range: current, group: g))
+                open[g] = nil
+            }
         }
     }
 
     /// Reduces what is left and waits for every bucket; rethrows the first failure.
     public func finish() throws {
-        guard comm.size > 1 else { return }
-        if let current = open { submit(current); open = nil }
+        for g in open.indices {
+            if let current = open[g] { submit(Bucket(range: current, group: g)); open[g] = nil }
+        }
         if !overlap {
             let buckets = queued
             queued.removeAll()
@@ -72,17 +104,18 @@ public final class GradientReducer {
         if let failure { self.failure = nil; throw failure }
     }
 
-    private func submit(_ range: Range<Int>) {
-        guard overlap else { queued.append(range); return }   // reduced by finish()
+    private func submit(_ bucket: Bucket) {
+        guard overlap else { queued.append(bucket); return }   // reduced by finish()
         condition.lock()
-        queued.append(range)
+        queued.append(bucket)
         outstanding += 1
         condition.broadcast()
         condition.unlock()
     }
 
-    private func reduce(_ range: Range<Int>) throws {
-        try comm.allReduce(UnsafeMutableBufferPointer(start: gradients.pointer + range.lowerBound, count: range.count), op: .sum)
+    private func reduce(_ bucket: Bucket) throws {
+        let gradients = parameters.gradients.pointer + bucket.range.lowerBound
+        try comms[bucket.group].allReduce(UnsafeMutableBufferPointer(start: gradients, count: bucket.range.count), op: .sum)
     }
 
     private func work() {

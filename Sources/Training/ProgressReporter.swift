@@ -62,8 +62,8 @@ public final class ProgressReporter {
     }
 
     func finish(_ summary: RunSummary) {
-        emit(String(format: "done: %d steps in %@, %.0f tok/s, final train loss %.4f, validation loss %.4f nats/byte",
-                    summary.steps, Self.duration(summary.seconds), summary.tokensPerSecond, summary.finalTrainLoss, summary.finalValidationLoss))
+        emit(String(format: "done: %d steps (to step %d) in %@, %.0f tok/s, final train loss %.4f, validation loss %.4f nats/byte",
+                    summary.steps, summary.finalStep, Self.duration(summary.seconds), summary.tokensPerSecond, summary.finalTrainLoss, summary.finalValidationLoss))
     }
 
     static func duration(_ seconds: Double) -> String {

@@ -14,7 +14,10 @@ public struct TrainingInterrupted: Error, CustomStringConvertible {
 
 /// What a finished run reports.
 public struct RunSummary: Sendable {
+    /// Steps this invocation ran (a resumed run counts from where it resumed).
     public var steps: Int
+    /// The step the run ended on.
+    public var finalStep: Int
     public var finalTrainLoss: Double
     public var finalValidationLoss: Double
     public var seconds: Double
@@ -29,17 +32,18 @@ extension Trainer {
     /// `stopAt`: stop after that step with a checkpoint, as an interrupted run would (the
     /// schedule still spans train.steps), to continue later with `resume`.
     public func run(resume: Bool, stopAt: Int? = nil) throws -> RunSummary {
-        let total = config.int("train.steps")
+        let total = config.train.steps
         let end = min(total, stopAt ?? total)
         if resume {
             let from = try resumeFromLatest()
             if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
+            if let from, from > total {
+                throw TrainingError.resumeFailed(checkpoint: store.root.path, reason: "it is at step \(from), past train.steps = \(total); set train.steps above \(from) (e.g. --set train.steps=\(from + total))")
+            }
         } else {
             let existing = isReporter ? (store.latest()?.path ?? "") : ""
             let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
-            if !message.isEmpty {
-                throw ConfigError("run.dir \(runDirectory.path) already holds checkpoint \(message); pass --resume to continue it, or --set run.dir=NEW to start over")
-            }
+            if !message.isEmpty { throw TrainingError.runDirectoryHasCheckpoints(directory: runDirectory.path, checkpoint: message) }
         }
         let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
@@ -54,13 +58,14 @@ extension Trainer {
             let loss = try trainStep()
             losses.append(loss)
             intervalSteps += 1
-            let logEvery = config.int("train.log_every")
-            let logging = step % logEvery == 0 || step == end
+            let logging = step % config.train.logEvery == 0 || step == end
             if logging {
                 let seconds = Date().timeIntervalSince(intervalStart)
                 lastRate = Double(intervalSteps * tokensPerStep) / max(seconds, 1e-9)
-                try metrics?.write(["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
-                                    "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)])
+                var record: [String: Any] = ["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
+                                             "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)]
+                for (name, value) in model.auxiliaryLosses { record[name] = value }
+                try metrics?.write(record)
             }
             // Checked before printing: once mpirun has been interrupted it stops reading the
             // ranks' output, and a rank blocked writing a progress line would never checkpoint.
@@ -75,51 +80,23 @@ extension Trainer {
             }
             let pauseStart = Date()   // validation and checkpoints are not training throughput
             defer { intervalStart += Date().timeIntervalSince(pauseStart) }
-            let evalEvery = config.int("eval.every")
+            let evalEvery = config.eval.every
             if (evalEvery > 0 && step % evalEvery == 0) || step == end {
                 validation = try validationLoss()
                 reporter?.validation(step: step, loss: validation)
                 try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
             }
-            let checkpointEvery = config.int("checkpoint.every")
+            let checkpointEvery = config.checkpoint.every
             if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
                 if let url = try saveCheckpoint() { reporter?.note("checkpoint \(url.path)") }
             }
         }
         if validation.isNaN { validation = try validationLoss() }
         let seconds = Date().timeIntervalSince(start)
-        let summary = RunSummary(steps: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: validation, seconds: seconds,
-                                 tokensPerSecond: losses.isEmpty ? 0 : Double(losses.count * tokensPerStep) / seconds, losses: losses)
+        let summary = RunSummary(steps: losses.count, finalStep: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: validation,
+                                 seconds: seconds, tokensPerSecond: losses.isEmpty ? 0 : Double(losses.count * tokensPerStep) / seconds,
+                                 losses: losses)
         reporter?.finish(summary)
         return summary
     }
-}
-
-/// `metrics.jsonl`: one JSON object per line, one file per run.
-final class MetricsLog {
-    let handle: FileHandle
-    let path: String
-
-    init(url: URL, append: Bool) throws {
-        path = url.path
-        let fm = FileManager.default
-        do {
-            try fm.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-            if !append || !fm.fileExists(atPath: url.path) { _ = fm.createFile(atPath: url.path, contents: nil) }
-            handle = try FileHandle(forWritingTo: url)
-            handle.seekToEndOfFile()
-        } catch {
-            throw CheckpointError.writeFailed(path: url.path, reason: error.localizedDescription)
-        }
-    }
-
-    func write(_ object: [String: Any]) throws {
-        var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-        line.append(0x0A)
-        do { try handle.write(contentsOf: line) } catch {
-            throw CheckpointError.writeFailed(path: path, reason: error.localizedDescription)
-        }
-    }
-
-    deinit { try? handle.close() }
 }

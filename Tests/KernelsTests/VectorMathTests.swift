@@ -21,37 +21,34 @@ import _TestSupport
     /// (row-split RMSNorm and cross-entropy, chunked SwiGLU and AdamW, block-split GEMMs,
     /// attention over heads).
     @Test func kernelsGiveTheSameBitsOnOneAndTwoThreads() {
-        func run(threads: Int) -> [[Float]] {
-            let saved = Matmul.threads
-            Matmul.threads = threads
-            defer { Matmul.threads = saved }
+        func run(threads count: Int) -> [[Float]] {
+            let threads = KernelThreads(count)
             let (rows, dim) = (1000, 96)
             let x = Fixtures.randoms(rows * dim, seed: 1), w = Fixtures.randoms(dim, seed: 2)
             var y = [Float](repeating: 0, count: x.count), rstd = [Float](repeating: 0, count: rows)
-            RMSNorm.forward(x: x, weight: w, y: &y, rstd: &rstd, rows: rows, dim: dim, eps: 1e-5)
+            RMSNorm.forward(x: x, weight: w, y: &y, rstd: &rstd, rows: rows, dim: dim, eps: 1e-5, threads: threads)
             var dx = [Float](repeating: 0, count: x.count), dw = [Float](repeating: 0, count: dim)
-            RMSNorm.backward(x: x, weight: w, rstd: rstd, dy: y, dx: &dx, dWeight: &dw, rows: rows, dim: dim)
+            RMSNorm.backward(x: x, weight: w, rstd: rstd, dy: y, dx: &dx, dWeight: &dw, rows: rows, dim: dim, threads: threads)
             var h = [Float](repeating: 0, count: x.count), dg = h, du = h
-            SwiGLU.forward(gate: x, up: y, out: &h, count: x.count)
-            SwiGLU.backward(gate: x, up: y, dOut: dx, dGate: &dg, dUp: &du, count: x.count)
+            SwiGLU.forward(gate: x, up: y, out: &h, count: x.count, threads: threads)
+            SwiGLU.backward(gate: x, up: y, dOut: dx, dGate: &dg, dUp: &du, count: x.count, threads: threads)
             var d = [Float](repeating: 0, count: x.count)
             let targets = (0..<rows).map { Int32($0 % dim) }
-            let loss = SoftmaxCrossEntropy.forwardBackward(logits: x, targets: targets, rows: rows, vocab: dim, dLogits: &d, gradientScale: 0.01)
+            let loss = SoftmaxCrossEntropy.forwardBackward(logits: x, targets: targets, rows: rows, vocab: dim, dLogits: &d, gradientScale: 0.01, threads: threads)
             let square = Fixtures.randoms(dim * dim, seed: 6)
             var product = [Float](repeating: 0, count: rows * dim), wide = [Float](repeating: 0, count: dim * rows)
-            Matmul.linearForward(x: x, weight: square, y: &product, rows: rows, inFeatures: dim, outFeatures: dim)   // split by rows
+            Matmul.linearForward(x: x, weight: square, y: &product, rows: rows, inFeatures: dim, outFeatures: dim, threads: threads)   // split by rows
             Matmul.gemm(transposeA: true, transposeB: false, m: dim, n: rows, k: dim, a: square, lda: dim, b: y, ldb: rows,
-                        c: &wide, ldc: rows)                                                                   // split by columns
+                        c: &wide, ldc: rows, threads: threads)                                                 // split by columns
             var p = Fixtures.randoms(200_000, seed: 7), m = [Float](repeating: 0, count: p.count), v = m
             AdamW().update(parameters: &p, gradients: Fixtures.randoms(p.count, seed: 8), m: &m, v: &v, count: p.count,
-                           step: 1, learningRate: 0.01, decay: true)
+                           step: 1, learningRate: 0.01, decay: true, threads: threads)
             let attention = CausalAttention(batch: 2, length: 70, heads: 4, kvHeads: 2, headDim: 8)
             let q = Fixtures.randoms(2 * 70 * 32, seed: 3), k = Fixtures.randoms(2 * 70 * 16, seed: 4), vv = Fixtures.randoms(2 * 70 * 16, seed: 5)
             var o = [Float](repeating: 0, count: q.count), probabilities = [Float](repeating: 0, count: attention.probabilityCount)
-            attention.forward(q: q, k: k, v: vv, o: &o, probabilities: &probabilities)
+            attention.forward(q: q, k: k, v: vv, o: &o, probabilities: &probabilities, threads: threads)
             var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-            attention.backward(q: q, k: k, v: vv, o: o, probabilities: probabilities, dO: q, dq: &dq, dk: &dk, dv: &dv)
-            #expect(Matmul.threads == threads, "another test changed the kernel threads during this one")
+            attention.backward(q: q, k: k, v: vv, o: o, probabilities: probabilities, dO: q, dq: &dq, dk: &dk, dv: &dv, threads: threads)
             return [y, rstd, dx, dw, h, dg, du, d, [Float(loss)], product, wide, p, m, v, o, dq, dk, dv]
         }
         let one = run(threads: 1), two = run(threads: 2)

@@ -1,0 +1,39 @@
+/// What one decoder block is made of: `x += sequenceMixer(rmsnorm(x)); x += channelMixer(rmsnorm(x))`.
+///
+/// A model is a list of these, so layers may differ (a Mamba-2 mixer in some layers, an MoE
+/// feed-forward in others). Adding a kind is one case here and one component file; the
+/// factory in `DecoderBlock` turns a spec into its component.
+public struct BlockSpec: Equatable, Sendable {
+    public var sequenceMixer: SequenceMixerSpec
+    public var channelMixer: ChannelMixerSpec
+
+    public init(sequenceMixer: SequenceMixerSpec, channelMixer: ChannelMixerSpec) {
+        self.sequenceMixer = sequenceMixer
+        self.channelMixer = channelMixer
+    }
+}
+
+/// Mixes information across positions.
+public enum SequenceMixerSpec: Equatable, Sendable {
+    /// Causal grouped-query self-attention with rotary positions.
+    case attention(AttentionSpec)
+}
+
+/// Causal grouped-query attention: `heads` query heads share `kvHeads` key/value heads.
+public struct AttentionSpec: Equatable, Sendable {
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+    /// RoPE base (rotate-half convention, as Hugging Face Llama).
+    public var ropeTheta: Float
+
+    public init(heads: Int, kvHeads: Int, headDim: Int, ropeTheta: Float) {
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.ropeTheta = ropeTheta
+    }
+}
+
+/// Transforms each position on its own.
+public enum ChannelMixerSpec: Equatable, Sendable {
+    /// `down(silu(gate(x)) ⊙ up(x))` with the given hidden width.
+    case swiGLU(hidden: Int)
+}

@@ -1,0 +1,59 @@
+import Kernels
+import TensorCore
+
+/// The Llama feed-forward (`mlp`): down(silu(gate(x)) ⊙ up(x)), hidden width F.
+final class SwiGLUFeedForward: LayerComponent {
+    let dModel: Int
+    let hidden: Int
+    let residualStd: Double
+    private var gate = BoundParameter(), up = BoundParameter(), down = BoundParameter()
+    private var cache = ActivationCache()   // gate, up, hidden (each (B·T, F))
+    private var input: UnsafePointer<Float>?
+
+    init(dModel: Int, hidden: Int, residualStd: Double) {
+        self.dModel = dModel
+        self.hidden = hidden
+        self.residualStd = residualStd
+    }
+
+    var declarations: [ParameterDeclaration] {
+        [ParameterDeclaration("mlp.gate_proj.weight", [hidden, dModel], .normal(std: 0.02)),
+         ParameterDeclaration("mlp.up_proj.weight", [hidden, dModel], .normal(std: 0.02)),
+         ParameterDeclaration("mlp.down_proj.weight", [dModel, hidden], .normal(std: residualStd))]
+    }
+
+    func bind(to parameters: ParameterSet, prefix: String) {
+        gate = BoundParameter(parameters, prefix + "mlp.gate_proj.weight")
+        up = BoundParameter(parameters, prefix + "mlp.up_proj.weight")
+        down = BoundParameter(parameters, prefix + "mlp.down_proj.weight")
+    }
+
+    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
+        let (n, d, f, threads) = (c.rows, dModel, hidden, c.threads)
+        cache.ensure(rows: n, widths: [f, f, f])
+        input = x
+        Matmul.linearForward(x: x, weight: gate.value, y: cache[0], rows: n, inFeatures: d, outFeatures: f, threads: threads)
+        Matmul.linearForward(x: x, weight: up.value, y: cache[1], rows: n, inFeatures: d, outFeatures: f, threads: threads)
+        SwiGLU.forward(gate: cache[0], up: cache[1], out: cache[2], count: n * f, threads: threads)
+        // out += hidden · Wdownᵀ
+        Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: f, a: cache[2], lda: f,
+                    b: down.value, ldb: f, beta: 1, c: out, ldc: d, threads: threads)
+    }
+
+    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
+        guard let x = input else { preconditionFailure("SwiGLUFeedForward.backward before forward") }
+        let (n, d, f, threads) = (c.rows, dModel, hidden, c.threads)
+        let dHidden = c.scratch.buffer("swiglu.dHidden", count: n * f)
+        let dGate = c.scratch.buffer("swiglu.dGate", count: n * f)
+        let dUp = c.scratch.buffer("swiglu.dUp", count: n * f)
+        Matmul.linearBackward(x: cache[2], weight: down.value, dy: dOut, dx: dHidden, dWeight: down.gradient,
+                              rows: n, inFeatures: f, outFeatures: d, threads: threads)
+        SwiGLU.backward(gate: cache[0], up: cache[1], dOut: dHidden, dGate: dGate, dUp: dUp, count: n * f, threads: threads)
+        Matmul.linearBackward(x: x, weight: gate.value, dy: dGate, dx: dx, dWeight: gate.gradient,
+                              rows: n, inFeatures: d, outFeatures: f, threads: threads)
+        Matmul.linearBackward(x: x, weight: up.value, dy: dUp, dx: dx, dWeight: up.gradient,
+                              rows: n, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads)
+    }
+
+    var matmulFlopsPerToken: Double { 2.0 * Double(dModel) * Double(3 * hidden) }
+}

@@ -1,0 +1,59 @@
+import Kernels
+import TensorCore
+
+/// A sequence mixer or channel mixer of a decoder block.
+///
+/// A component declares its parameters (names relative to the block, Hugging Face style),
+/// owns the cache its backward pass needs, and implements both passes on (B·T, d) row-major
+/// activations. Forward adds its output into the residual stream; backward turns the gradient
+/// of the residual stream into the gradient of its input and adds its parameter gradients.
+/// A backward call must follow the forward call of the same pass.
+public protocol LayerComponent: AnyObject {
+    /// Parameters under names relative to the block (e.g. `self_attn.q_proj.weight`).
+    var declarations: [ParameterDeclaration] { get }
+    /// Resolves the component's parameters in `parameters`, where its names carry `prefix`.
+    func bind(to parameters: ParameterSet, prefix: String)
+    /// out (B·T, d) += component(x (B·T, d)). `x` must stay unchanged until `backward`.
+    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context: PassContext)
+    /// dx (B·T, d) = ∂L/∂x (overwritten) from dOut = ∂L/∂out; parameter gradients are added.
+    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context: PassContext)
+    /// Forward FLOPs per token of the matrix products (2 per multiply-add).
+    var matmulFlopsPerToken: Double { get }
+    /// Forward FLOPs per token that grow with the sequence (attention scores and values).
+    func sequenceFlopsPerToken(length: Int) -> Double
+}
+
+extension LayerComponent {
+    public func sequenceFlopsPerToken(length: Int) -> Double { 0 }
+}
+
+/// Resolved pointers of one parameter's values and gradient (the parameter set's buffers have
+/// stable addresses and outlive the components bound to them).
+struct BoundParameter {
+    private(set) var value: UnsafeMutablePointer<Float>!
+    private(set) var gradient: UnsafeMutablePointer<Float>!
+
+    init() {}
+    init(_ parameters: ParameterSet, _ name: String) {
+        let offset = parameters.entry(name).offset
+        value = parameters.values.pointer + offset
+        gradient = parameters.gradients.pointer + offset
+    }
+}
+
+/// Float32 buffers of a component's forward cache, reallocated when the row count changes.
+struct ActivationCache {
+    private(set) var rows = -1
+    private var buffers: [FloatBuffer] = []
+
+    /// Ensures one buffer per width (each `rows × width` floats); returns true when reallocated.
+    @discardableResult
+    mutating func ensure(rows: Int, widths: [Int]) -> Bool {
+        guard rows != self.rows || buffers.count != widths.count else { return false }
+        buffers = widths.map { FloatBuffer(count: rows * $0) }
+        self.rows = rows
+        return true
+    }
+
+    subscript(_ i: Int) -> UnsafeMutablePointer<Float> { buffers[i].pointer }
+}

@@ -1,0 +1,64 @@
+import Collectives
+import Kernels
+import Models
+import TensorCore
+
+/// AdamW over a model's parameters: owns the moments and takes the step.
+///
+/// The moments have the parameters' layout (one flat buffer each), so a rank holds the moments
+/// of exactly the parameters it holds, placed the same way.
+public final class Optimizer {
+    public let rule: AdamW
+    public let parameters: ParameterSet
+    /// First and second moments, laid out like `parameters.values`.
+    let exponentialAverage: FloatBuffer
+    let exponentialAverageSquares: FloatBuffer
+    /// Steps taken (AdamW's bias correction uses it).
+    public private(set) var stepsTaken = 0
+
+    public init(rule: AdamW, parameters: ParameterSet) {
+        self.rule = rule
+        self.parameters = parameters
+        exponentialAverage = FloatBuffer(count: parameters.count)
+        exponentialAverageSquares = FloatBuffer(count: parameters.count)
+    }
+
+    /// One update from the current gradients at `learningRate`.
+    public func step(learningRate: Float, threads: KernelThreads) {
+        stepsTaken += 1
+        let p = parameters
+        for e in p.entries {
+            rule.update(parameters: p.values.pointer + e.offset, gradients: p.gradients.pointer + e.offset,
+                        m: exponentialAverage.pointer + e.offset, v: exponentialAverageSquares.pointer + e.offset,
+                        count: e.count, step: stepsTaken, learningRate: learningRate, decay: e.decays, threads: threads)
+        }
+    }
+
+    /// The moments as tensors `NAME.exp_avg` and `NAME.exp_avg_sq`, one pair per parameter.
+    public func stateDict() -> StateDict {
+        StateDict(parameters.entries.flatMap { e in
+            [(e.name + ".exp_avg", Tensor(shape: e.shape, scalars: Array(exponentialAverage.buffer[e.range]))),
+             (e.name + ".exp_avg_sq", Tensor(shape: e.shape, scalars: Array(exponentialAverageSquares.buffer[e.range])))]
+        })
+    }
+
+    /// Restores the moments (every parameter's pair, exact shapes) and the step count.
+    public func load(_ dict: StateDict, stepsTaken: Int, source: String) throws {
+        for e in parameters.entries {
+            for (suffix, buffer) in [(".exp_avg", exponentialAverage), (".exp_avg_sq", exponentialAverageSquares)] {
+                guard let tensor = dict[e.name + suffix] else { throw ModelError.missingTensor(name: e.name + suffix, source: source) }
+                guard tensor.shape == e.shape else {
+                    throw ModelError.shapeMismatch(name: e.name + suffix, expected: e.shape, found: tensor.shape, source: source)
+                }
+                tensor.withUnsafeBufferPointer { (buffer.pointer + e.offset).update(from: $0.baseAddress!, count: e.count) }
+            }
+        }
+        self.stepsTaken = stepsTaken
+    }
+
+    /// Both moment buffers, for broadcasting a loaded state to other ranks.
+    var buffers: [FloatBuffer] { [exponentialAverage, exponentialAverageSquares] }
+
+    /// Sets the step count after the moments arrived by broadcast.
+    func setStepsTaken(_ steps: Int) { stepsTaken = steps }
+}

@@ -1,0 +1,55 @@
+import Collectives
+import Foundation
+
+/// The batches of a run: which samples each step takes (the sampler over the train split),
+/// this rank's share of them, and the fixed validation batches.
+///
+/// Global batch `globalBatch` sequences of `length` tokens per step; data rank d of D takes
+/// its contiguous `globalBatch / D` of them.
+public final class TrainingData {
+    public let train: TokenDataset
+    public let validation: TokenDataset
+    public let length: Int
+    public let globalBatch: Int
+    public let localBatch: Int
+    let sampler: Sampler
+    let dataRank: Int
+    let dataRanks: Int
+
+    public init(directory: String, length: Int, globalBatch: Int, seed: Int, dataRank: Int, dataRanks: Int) throws {
+        train = try TokenDataset(directory: directory, split: "train")
+        validation = try TokenDataset(directory: directory, split: "val")
+        if train.sampleCount(length: length) < globalBatch {
+            throw TrainingError.dataTooSmall(directory: directory, split: "train", tokens: train.tokenCount, needed: globalBatch * length + 1,
+                                             hint: "train.global_batch × data.seq_len + 1 = \(globalBatch) × \(length) + 1; lower data.seq_len or train.global_batch, or add data")
+        }
+        if validation.sampleCount(length: length) < 1 {
+            throw TrainingError.dataTooSmall(directory: directory, split: "val", tokens: validation.tokenCount, needed: length + 1,
+                                             hint: "data.seq_len + 1; lower data.seq_len, or prepare with a larger --val-fraction")
+        }
+        self.length = length
+        self.globalBatch = globalBatch
+        localBatch = globalBatch / dataRanks
+        self.dataRank = dataRank
+        self.dataRanks = dataRanks
+        sampler = Sampler(sampleCount: train.sampleCount(length: length), seed: UInt64(seed))
+    }
+
+    public var tokensPerStep: Int { globalBatch * length }
+
+    /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`.
+    public func trainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
+        let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks)
+        return train.batch(samples: samples, length: length)
+    }
+
+    /// Validation batches available (whole global batches, at least 1).
+    public var validationBatchCount: Int { max(1, validation.sampleCount(length: length) / globalBatch) }
+
+    /// This rank's share of validation batch `index` (windows in order, wrapping around).
+    public func validationBatch(_ index: Int) -> (tokens: [Int32], targets: [Int32]) {
+        let count = validation.sampleCount(length: length)
+        let first = index * globalBatch + dataRank * localBatch
+        return validation.batch(samples: (0..<localBatch).map { (first + $0) % count }, length: length)
+    }
+}
