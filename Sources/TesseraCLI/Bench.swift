@@ -127,8 +127,11 @@ struct TrainBench: ParsableCommand {
     var warmup = 5
 
     func run() throws {
-        let config = try options.load(defaultFile: "configs/bench-dense.yaml").applying(["train.threads=\(threads)", "train.steps=\(warmup + steps)"])
-        let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
+        var config = try options.load(defaultFile: "configs/bench-dense.yaml")
+        config.train.threads = threads
+        config.train.steps = warmup + steps
+        config = try config.validated()
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         Matmul.threads = threads
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
@@ -142,7 +145,7 @@ struct TrainBench: ParsableCommand {
         let tokens = Double(trainer.tokensPerStep)
         let rates = seconds.map { tokens / $0 }
         let model = trainer.model
-        let length = config.int("data.seq_len")
+        let length = config.data.seqLen
         // Training FLOPs per token: 3 × forward (forward + backward's two products).
         let flopsPerToken = 3 * (model.matmulFlopsPerToken + model.attentionFlopsPerToken(length: length))
         let peakPerRank = try GemmBench.peak() // this rank's GEMM peak with the same threads
@@ -150,7 +153,7 @@ struct TrainBench: ParsableCommand {
         let median = rates.sorted()[rates.count / 2]
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
                              shape: ["model": "dense", "data": trainer.grid.dataSize, "sequence": trainer.grid.sequenceSize,
-                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.bool("parallel.overlap")],
+                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
                                      "gemm_peak_gflops": BenchReport.round4(peak),

@@ -32,31 +32,31 @@ public final class Trainer {
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
     public var stopRequested: (() -> Bool)?
-    public var runDirectory: URL { URL(fileURLWithPath: config.string("run.dir")) }
+    public var runDirectory: URL { URL(fileURLWithPath: config.run.dir) }
     public var store: CheckpointStore { CheckpointStore(root: runDirectory.appendingPathComponent("checkpoints")) }
 
     public init(config: RunConfig, world: Communicator) throws {
         self.config = config
-        let sequence = config.int("parallel.sequence")
-        var data = config.int("parallel.data")
+        let sequence = config.parallel.sequence
+        var data = config.parallel.data
         if data == 0 {
             guard world.size % sequence == 0 else {
-                throw ConfigError("\(config.source): parallel.sequence = \(sequence) does not divide the \(world.size) ranks started")
+                throw ConfigError.sequenceDoesNotDivideWorld(source: config.source, sequence: sequence, worldSize: world.size)
             }
             data = world.size / sequence
         }
         guard sequence == 1 else {
-            throw ConfigError("\(config.source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1")
+            throw ConfigError.sequenceParallelismUnavailable(source: config.source, sequence: sequence)
         }
         grid = try ProcessGrid(world: world, data: data, sequence: sequence)
-        let globalBatch = config.int("train.global_batch")
+        let globalBatch = config.train.globalBatch
         guard globalBatch % data == 0 else {
-            throw ConfigError("\(config.source): train.global_batch = \(globalBatch) does not divide over parallel.data = \(data) ranks; choose a multiple of \(data)")
+            throw ConfigError.batchDoesNotDivide(source: config.source, globalBatch: globalBatch, dataRanks: data)
         }
         localBatch = globalBatch / data
-        length = config.int("data.seq_len")
+        length = config.data.seqLen
 
-        let directory = config.string("data.dir")
+        let directory = config.data.dir
         train = try TokenDataset(directory: directory, split: "train")
         validation = try TokenDataset(directory: directory, split: "val")
         if train.sampleCount(length: length) < globalBatch {
@@ -65,20 +65,20 @@ public final class Trainer {
         if validation.sampleCount(length: length) < 1 {
             throw DataError("\(directory) val split has \(validation.tokens.count) tokens, needs at least data.seq_len + 1 = \(length + 1); lower data.seq_len, or prepare with a larger --val-fraction")
         }
-        let model = try TransformerLM(config: config.model, seed: UInt64(config.int("train.seed")))
+        let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed))
         guard train.vocabSize <= model.config.vocabSize else {
-            throw ConfigError("\(config.source): model.vocab_size = \(model.config.vocabSize) is smaller than the data's vocabulary (\(train.vocabSize) in \(directory))")
+            throw ConfigError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize, dataVocabulary: train.vocabSize, directory: directory)
         }
         self.model = model
-        sampler = Sampler(sampleCount: train.sampleCount(length: length), seed: UInt64(config.int("train.seed")))
-        optimizer = AdamW(beta1: config.float("train.beta1"), beta2: config.float("train.beta2"),
-                          eps: config.float("train.eps"), weightDecay: config.float("train.weight_decay"))
-        schedule = LearningRateSchedule(peak: config.float("train.lr"), minimum: config.float("train.min_lr"),
-                                        warmupSteps: config.int("train.warmup_steps"), totalSteps: config.int("train.steps"))
+        sampler = Sampler(sampleCount: train.sampleCount(length: length), seed: UInt64(config.train.seed))
+        optimizer = AdamW(beta1: Float(config.train.beta1), beta2: Float(config.train.beta2),
+                          eps: Float(config.train.eps), weightDecay: Float(config.train.weightDecay))
+        schedule = LearningRateSchedule(peak: Float(config.train.lr), minimum: Float(config.train.minLr),
+                                        warmupSteps: config.train.warmupSteps, totalSteps: config.train.steps)
         exponentialAverage = FloatBuffer(count: model.parameterCount)
         exponentialAverageSquares = FloatBuffer(count: model.parameterCount)
         reducer = GradientReducer(comm: grid.data, gradients: model.parameters.gradients,
-                                  bucketBytes: Int(config.float("parallel.bucket_mb") * 1_048_576), overlap: config.bool("parallel.overlap"))
+                                  bucketBytes: Int(Float(config.parallel.bucketMB) * 1_048_576), overlap: config.parallel.overlap)
     }
 
     public var isReporter: Bool { grid.world.rank == 0 }
@@ -102,7 +102,7 @@ public final class Trainer {
 
         let p = model.parameters
         let norm = GradientClipping.sumOfSquares(p.gradients.pointer, count: p.count).squareRoot()
-        let clip = GradientClipping.scale(norm: norm, maxNorm: config.float("train.grad_clip"))
+        let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
         if clip != 1 { for i in 0..<p.count { p.gradients.pointer[i] *= clip } }
         let rate = schedule.rate(at: step)
         for e in p.entries {
@@ -122,7 +122,7 @@ public final class Trainer {
     /// `eval.batches`) of the validation split, taken in order; all ranks take part.
     public func validationLoss(batches: Int? = nil) throws -> Double {
         let count = validation.sampleCount(length: length)
-        let batches = batches ?? config.int("eval.batches")
+        let batches = batches ?? config.eval.batches
         var total = 0.0
         for b in 0..<batches {
             let first = b * globalBatch + grid.dataIndex * localBatch
@@ -139,7 +139,7 @@ public final class Trainer {
     public func checkpointContents() -> CheckpointContents {
         CheckpointContents(model: model.parameters.stateDict(), exponentialAverage: exponentialAverage.array,
                            exponentialAverageSquares: exponentialAverageSquares.array,
-                           state: TrainerState(step: step, seed: UInt64(config.int("train.seed")), samplesSeen: samplesSeen,
+                           state: TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen,
                                                tokensSeen: samplesSeen * length, configHash: config.numericHash,
                                                dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize),
                            runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
@@ -152,7 +152,7 @@ public final class Trainer {
         var written: URL?
         if isReporter {
             written = try store.write(checkpointContents())
-            store.prune(keep: config.int("checkpoint.keep"))
+            store.prune(keep: config.checkpoint.keep)
         }
         try grid.world.barrier()
         return written
@@ -170,7 +170,7 @@ public final class Trainer {
                     let saved = try RunConfig(resolvedYAML: loaded.runConfig, source: latest.path + "/run.yaml")
                     if loaded.state.configHash != config.numericHash {
                         let changes = config.numericDifferences(from: saved)
-                        throw ConfigError("cannot resume from \(latest.path): the config changed (\(changes.joined(separator: ", "))); restore those keys or start a new run.dir")
+                        throw ConfigError.configChanged(checkpoint: latest.path, changes: changes)
                     }
                     try model.parameters.load(loaded.model, source: latest.path)
                     contents = loaded
@@ -181,7 +181,7 @@ public final class Trainer {
         }
         // Every rank learns whether rank 0 succeeded, so all fail with the same message.
         let message = String(decoding: try grid.world.broadcastBytes(Array(problem.utf8), root: 0), as: UTF8.self)
-        if !message.isEmpty { throw ConfigError(message) }
+        if !message.isEmpty { throw ConfigError.resumeFailed(message: message) }
         var header: [Int64] = [0, 0, 0]   // found, step, samplesSeen
         if let contents {
             header = [1, Int64(contents.state.step), Int64(contents.state.samplesSeen)]

@@ -29,7 +29,7 @@ extension Trainer {
     /// `stopAt`: stop after that step with a checkpoint, as an interrupted run would (the
     /// schedule still spans train.steps), to continue later with `resume`.
     public func run(resume: Bool, stopAt: Int? = nil) throws -> RunSummary {
-        let total = config.int("train.steps")
+        let total = config.train.steps
         let end = min(total, stopAt ?? total)
         if resume {
             let from = try resumeFromLatest()
@@ -38,7 +38,7 @@ extension Trainer {
             let existing = isReporter ? (store.latest()?.path ?? "") : ""
             let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
             if !message.isEmpty {
-                throw ConfigError("run.dir \(runDirectory.path) already holds checkpoint \(message); pass --resume to continue it, or --set run.dir=NEW to start over")
+                throw ConfigError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message)
             }
         }
         let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
@@ -54,7 +54,7 @@ extension Trainer {
             let loss = try trainStep()
             losses.append(loss)
             intervalSteps += 1
-            let logEvery = config.int("train.log_every")
+            let logEvery = config.train.logEvery
             let logging = step % logEvery == 0 || step == end
             if logging {
                 let seconds = Date().timeIntervalSince(intervalStart)
@@ -75,13 +75,13 @@ extension Trainer {
             }
             let pauseStart = Date()   // validation and checkpoints are not training throughput
             defer { intervalStart += Date().timeIntervalSince(pauseStart) }
-            let evalEvery = config.int("eval.every")
+            let evalEvery = config.eval.every
             if (evalEvery > 0 && step % evalEvery == 0) || step == end {
                 validation = try validationLoss()
                 reporter?.validation(step: step, loss: validation)
                 try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
             }
-            let checkpointEvery = config.int("checkpoint.every")
+            let checkpointEvery = config.checkpoint.every
             if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
                 if let url = try saveCheckpoint() { reporter?.note("checkpoint \(url.path)") }
             }
