@@ -92,11 +92,12 @@ extension TransformerLM {
                                                 dLogits: s.logits.pointer, gradientScale: gradientScale, threads: c.threads)
         }
         // Head and final norm.
-        Matmul.linearBackward(x: s.finalNorm.pointer, weight: head.value, dy: s.logits.pointer, dx: s.finalNorm.pointer,
+        let dNorm = c.scratch.buffer("block.dNorm", count: n * d)
+        Matmul.linearBackward(x: s.finalNorm.pointer, weight: head.value, dy: s.logits.pointer, dx: dNorm,
                               dWeight: head.gradient, rows: n, inFeatures: d, outFeatures: config.vocabSize, threads: c.threads)
         if !config.tieEmbeddings { ready?(parameters.entry("lm_head.weight").range) }
         RMSNorm.backward(x: s.streams[blocks.count].pointer, weight: finalNorm.value, rstd: s.finalRstd.pointer,
-                         dy: s.finalNorm.pointer, dx: s.dResidual.pointer, dWeight: finalNorm.gradient, rows: n, dim: d,
+                         dy: dNorm, dx: s.dResidual.pointer, dWeight: finalNorm.gradient, rows: n, dim: d,
                          threads: c.threads)
         ready?(parameters.entry("model.norm.weight").range)
         for block in blocks.reversed() { block.backward(s.dResidual.pointer, context: c) }

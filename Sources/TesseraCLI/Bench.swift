@@ -89,14 +89,14 @@ struct GemmBench: ParsableCommand {
 
     func run() throws {
         let comm = try world.makeWorld()
-        Matmul.threads = bench.threads
+        let threads = KernelThreads(bench.threads)
         for size in n {
             let a = FloatBuffer(count: size * size), b = FloatBuffer(count: size * size), c = FloatBuffer(count: size * size)
             var rng = RNG(seed: 1)
             for i in 0..<(size * size) { a[i] = Float(rng.nextNormal()); b[i] = Float(rng.nextNormal()) }
             let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
                 Matmul.gemm(transposeA: false, transposeB: false, m: size, n: size, k: size, a: a.pointer, lda: size,
-                            b: b.pointer, ldb: size, c: c.pointer, ldc: size)
+                            b: b.pointer, ldb: size, c: c.pointer, ldc: size, threads: threads)
             }
             let flops = 2 * pow(Double(size), 3)
             try BenchReport.emit("gemm", impl: "openblas-sgemm", threads: bench.threads, comm: comm, shape: ["n": size],
@@ -105,11 +105,11 @@ struct GemmBench: ParsableCommand {
     }
 
     /// Measured single-call GFLOP/s of an n×n×n GEMM on this machine with the current threads.
-    static func peak(n: Int = 1024) throws -> Double {
+    static func peak(n: Int = 1024, threads: KernelThreads) throws -> Double {
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
         for i in 0..<(n * n) { a[i] = 0.001 * Float(i % 13); b[i] = 0.002 * Float(i % 7) }
         let seconds = try BenchReport.time(runs: 3, warmup: 1) {
-            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n, threads: threads)
         }
         return 2 * pow(Double(n), 3) / seconds.min()! / 1e9
     }
@@ -127,9 +127,11 @@ struct TrainBench: ParsableCommand {
     var warmup = 5
 
     func run() throws {
-        let config = try options.load(defaultFile: "configs/bench-dense.yaml").applying(["train.threads=\(threads)", "train.steps=\(warmup + steps)"])
-        let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
-        Matmul.threads = threads
+        var config = try options.load(defaultFile: "configs/bench-dense.yaml")
+        config.train.threads = threads
+        config.train.steps = warmup + steps
+        config = try config.validated()
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
         var seconds: [Double] = []
@@ -142,15 +144,15 @@ struct TrainBench: ParsableCommand {
         let tokens = Double(trainer.tokensPerStep)
         let rates = seconds.map { tokens / $0 }
         let model = trainer.model
-        let length = config.int("data.seq_len")
+        let length = config.data.seqLen
         // Training FLOPs per token: 3 × forward (forward + backward's two products).
         let flopsPerToken = 3 * (model.matmulFlopsPerToken + model.attentionFlopsPerToken(length: length))
-        let peakPerRank = try GemmBench.peak() // this rank's GEMM peak with the same threads
+        let peakPerRank = try GemmBench.peak(threads: trainer.model.threads) // this rank's GEMM peak with the same threads
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
                              shape: ["model": "dense", "data": trainer.grid.dataSize, "sequence": trainer.grid.sequenceSize,
-                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.bool("parallel.overlap")],
+                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
                                      "gemm_peak_gflops": BenchReport.round4(peak),
@@ -223,7 +225,7 @@ struct AttentionBench: ParsableCommand {
 
     func run() throws {
         let comm = SingleProcessCommunicator()
-        Matmul.threads = bench.threads
+        let threads = KernelThreads(bench.threads)
         let (B, H, D) = (1, 8, 64)
         for length in n {
             let attention = CausalAttention(batch: B, length: length, heads: H, kvHeads: H, headDim: D)
@@ -236,10 +238,10 @@ struct AttentionBench: ParsableCommand {
             for i in 0..<size { dO[i] = 1 }
             for m in mode {
                 let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
-                    attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer)
+                    attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer, threads: threads)
                     if m == "fwdbwd" {
                         attention.backward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, probabilities: p.pointer, dO: dO.pointer,
-                                           dq: dq.pointer, dk: dk.pointer, dv: dv.pointer)
+                                           dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, threads: threads)
                     }
                 }
                 try BenchReport.emit("attention", impl: "materialized", threads: bench.threads, comm: comm,

@@ -14,11 +14,7 @@ struct ConfigOptions: ParsableArguments {
 
     func load(defaultFile: String? = nil) throws -> RunConfig {
         if helpConfig {
-            var text = "Config keys (YAML sections, or --set section.key=value):\n"
-            for key in ConfigSchema.keys {
-                text += "  \(key.path.padding(toLength: 26, withPad: " ", startingAt: 0)) \(key.kind.rawValue.padding(toLength: 7, withPad: " ", startingAt: 0)) default \(key.defaultValue.padding(toLength: 17, withPad: " ", startingAt: 0)) \(key.help)\n"
-            }
-            print(text, terminator: "")
+            print(RunConfig.helpText, terminator: "")
             throw CleanExit.message("")
         }
         return try RunConfig(file: config ?? defaultFile, overrides: overrides)

@@ -26,12 +26,12 @@ struct Generate: ParsableCommand {
     func run() throws {
         let contents = try CheckpointStore.read(URL(fileURLWithPath: checkpoint))
         let config = try RunConfig(resolvedYAML: contents.runConfig, source: checkpoint + "/run.yaml")
-        let model = try TransformerLM(config: config.model, seed: 0)
+        let model = try TransformerLM(config: config.modelConfig, seed: 0)
         try model.parameters.load(contents.model, source: checkpoint)
         var context = Array(prompt.utf8).map(Int32.init)
         guard !context.isEmpty else { throw ValidationError("--prompt must not be empty") }
         var rng = RNG(seed: seed)
-        let window = config.int("data.seq_len"), vocab = config.model.vocabSize
+        let window = config.data.seqLen, vocab = config.model.vocabSize
         var generated: [UInt8] = []
         for _ in 0..<tokens {
             let input = Array(context.suffix(window))

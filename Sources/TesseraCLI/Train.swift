@@ -2,6 +2,7 @@ import ArgumentParser
 import Checkpointing
 import Foundation
 import Kernels
+import Models
 import Training
 
 struct Train: ParsableCommand {
@@ -22,7 +23,6 @@ struct Train: ParsableCommand {
     var stopAt: Int?
 
     func run() throws {
-        var overrides = options.overrides
         var file = options.config
         if let resume {
             let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
@@ -32,14 +32,15 @@ struct Train: ParsableCommand {
                 }
                 file = latest.appendingPathComponent("run.yaml").path
             }
-            overrides.append("run.dir=\(resume)")
         }
         var configOptions = options
         configOptions.config = file
-        configOptions.overrides = overrides
-        let config = try configOptions.load()
-        let comm = try world.makeWorld(defaultTimeout: Double(config.float("parallel.timeout_seconds")))
-        Matmul.threads = config.int("train.threads")
+        var config = try configOptions.load()
+        if let resume {   // the run continues where it is, whatever run.dir its config names
+            config.run.dir = resume
+            config = try config.validated()
+        }
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let trainer = try Trainer(config: config, world: comm)
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
@@ -66,16 +67,23 @@ struct Eval: ParsableCommand {
         let url = URL(fileURLWithPath: checkpoint)
         let contents = try CheckpointStore.read(url)
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
-        let resolved = try saved.applying(["parallel.data=0"] + overrides)
-        let comm = try world.makeWorld(defaultTimeout: Double(resolved.float("parallel.timeout_seconds")))
-        Matmul.threads = resolved.int("train.threads")
-        let trainer = try Trainer(config: resolved, world: comm)
-        try trainer.model.parameters.load(contents.model, source: checkpoint)
-        let count = batches > 0 ? batches : max(1, trainer.validation.sampleCount(length: resolved.int("data.seq_len")) / trainer.globalBatch)
-        let loss = try trainer.validationLoss(batches: count)
+        var rebalanced = saved
+        rebalanced.parallel.data = 0   // however many ranks this evaluation runs on
+        let resolved = try rebalanced.applying(overrides)
+        let comm = try world.makeWorld(defaultTimeout: resolved.parallel.timeoutSeconds)
+        guard resolved.train.globalBatch % comm.size == 0 else {
+            throw TrainingError.layout(source: "--set", problem: "train.global_batch = \(resolved.train.globalBatch) does not divide over the \(comm.size) ranks evaluating; choose a multiple of \(comm.size)")
+        }
+        let data = try TrainingData(directory: resolved.data.dir, length: resolved.data.seqLen, globalBatch: resolved.train.globalBatch,
+                                    seed: resolved.train.seed, dataRank: comm.rank, dataRanks: comm.size)
+        let model = try TransformerLM(config: resolved.modelConfig, seed: 0)
+        model.threads = KernelThreads(resolved.train.threads)
+        try model.parameters.load(contents.model, source: checkpoint)
+        let count = batches > 0 ? batches : data.validationBatchCount
+        let loss = try Evaluator(model: model, data: data, comm: comm).validationLoss(batches: count)
         if comm.rank == 0 {
             print(String(format: "checkpoint %@ (step %d): validation loss %.4f nats/byte, %.4f bits/byte over %d sequences",
-                         checkpoint, contents.state.step, loss, loss / log(2), count * trainer.globalBatch))
+                         checkpoint, contents.state.step, loss, loss / log(2), count * data.globalBatch))
         }
     }
 }

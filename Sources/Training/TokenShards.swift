@@ -210,3 +210,7 @@ extension TokenDataset {
         return (inputs, targets)
     }
 }
+
+extension TokenDataset {
+    public var tokenCount: Int { tokens.count }
+}

@@ -79,8 +79,7 @@ import _TestSupport
     }
 
     @Test func invalidShapesAreRejectedNamingTheKeys() {
-        var config = Self.tinyConfig()
-        config.heads = 3
+        let config = ModelConfig(vocabSize: 11, dModel: 8, layers: 2, heads: 3, kvHeads: 1, ffnHidden: 12, ropeTheta: 100)
         #expect(throws: ModelError.self) { try TransformerLM(config: config, seed: 1) }
         #expect(config.problems.contains { $0.contains("model.d_model = 8") && $0.contains("model.heads = 3") })
     }

@@ -1,0 +1,172 @@
+/// The type of a config value, as YAML and `--set` spell it.
+public enum ConfigKind: String, Equatable, Sendable {
+    case int, float, bool, string
+
+    /// What a value of this kind must be, for messages ("… is not an integer").
+    public var expectation: String {
+        switch self {
+        case .int: return "an integer"
+        case .float: return "a finite number"
+        case .bool: return "true or false"
+        case .string: return "a non-empty string"
+        }
+    }
+}
+
+/// The range a numeric config value must lie in.
+public enum ConfigRule: Equatable, Sendable {
+    case any
+    case atLeastOne
+    case notNegative
+    case positive
+    /// In [0, 1).
+    case unitInterval
+
+    /// The requirement, for messages ("… must be at least 1"); nil for `.any`.
+    public var requirement: String? {
+        switch self {
+        case .any: return nil
+        case .atLeastOne: return "must be at least 1"
+        case .notNegative: return "must not be negative"
+        case .positive: return "must be positive"
+        case .unitInterval: return "must be in [0, 1)"
+        }
+    }
+
+    func admits(_ value: Double) -> Bool {
+        switch self {
+        case .any: return true
+        case .atLeastOne: return value >= 1
+        case .notNegative: return value >= 0
+        case .positive: return value > 0
+        case .unitInterval: return value >= 0 && value < 1
+        }
+    }
+}
+
+/// One key of the run config: its YAML path, where it lives in `RunConfig`, its range and
+/// its meaning. `ConfigField.all` is the only place that maps key strings to properties;
+/// parsing, validation, the YAML writer, the numeric hash and `--help-config` all read it.
+struct ConfigField {
+    /// Where the value lives, typed by kind.
+    enum Binding {
+        case int(WritableKeyPath<RunConfig, Int>)
+        case float(WritableKeyPath<RunConfig, Double>)
+        case bool(WritableKeyPath<RunConfig, Bool>)
+        case string(WritableKeyPath<RunConfig, String>)
+    }
+
+    /// "section.key", e.g. "train.global_batch".
+    let path: String
+    let binding: Binding
+    let rule: ConfigRule
+    /// Whether the value changes the numbers a run produces (part of `numericHash`; resuming
+    /// requires it unchanged).
+    let numeric: Bool
+    let help: String
+
+    init(_ path: String, _ binding: Binding, _ rule: ConfigRule = .any, numeric: Bool, _ help: String) {
+        self.path = path; self.binding = binding; self.rule = rule; self.numeric = numeric; self.help = help
+    }
+
+    var section: String { String(path.prefix { $0 != "." }) }
+    var key: String { String(path.drop { $0 != "." }.dropFirst()) }
+
+    var kind: ConfigKind {
+        switch binding {
+        case .int: return .int
+        case .float: return .float
+        case .bool: return .bool
+        case .string: return .string
+        }
+    }
+
+    /// The canonical text of the value in `config`: `String(Int)`, `String(Double)`,
+    /// `true`/`false`, or the string itself. "3e-3" and "0.003" have the same canonical text.
+    func text(in config: RunConfig) -> String {
+        switch binding {
+        case .int(let path): return String(config[keyPath: path])
+        case .float(let path): return String(config[keyPath: path])
+        case .bool(let path): return config[keyPath: path] ? "true" : "false"
+        case .string(let path): return config[keyPath: path]
+        }
+    }
+
+    /// The value as a number for range checks; nil for bools and strings.
+    func number(in config: RunConfig) -> Double? {
+        switch binding {
+        case .int(let path): return Double(config[keyPath: path])
+        case .float(let path): return config[keyPath: path]
+        case .bool, .string: return nil
+        }
+    }
+
+    /// Parses `raw` as this field's kind and stores it; false when it is not of that kind
+    /// (ints: decimal integers; floats: finite numbers; bools: true/false in any case;
+    /// strings: non-empty).
+    func assign(_ raw: String, to config: inout RunConfig) -> Bool {
+        let text = kind == .string ? raw : raw.trimmingCharacters(in: .whitespaces)
+        switch binding {
+        case .int(let path):
+            guard let value = Int(text) else { return false }
+            config[keyPath: path] = value
+        case .float(let path):
+            guard let value = Double(text), value.isFinite else { return false }
+            config[keyPath: path] = value
+        case .bool(let path):
+            switch text.lowercased() {
+            case "true": config[keyPath: path] = true
+            case "false": config[keyPath: path] = false
+            default: return false
+            }
+        case .string(let path):
+            guard !text.isEmpty else { return false }
+            config[keyPath: path] = text
+        }
+        return true
+    }
+}
+
+extension ConfigField {
+    /// Every key, in the order of sections and keys that `yaml`, `--help-config` and the
+    /// numeric hash use. Changing the order or the `numeric` set changes `numericHash`.
+    static let all: [ConfigField] = [
+        ConfigField("model.vocab_size", .int(\.model.vocabSize), .atLeastOne, numeric: true, "vocabulary size (256: bytes)"),
+        ConfigField("model.d_model", .int(\.model.dModel), .atLeastOne, numeric: true, "width of the residual stream"),
+        ConfigField("model.layers", .int(\.model.layers), .atLeastOne, numeric: true, "transformer blocks"),
+        ConfigField("model.heads", .int(\.model.heads), .atLeastOne, numeric: true, "attention (query) heads"),
+        ConfigField("model.kv_heads", .int(\.model.kvHeads), .atLeastOne, numeric: true, "key/value heads (grouped-query attention when fewer than heads)"),
+        ConfigField("model.ffn_hidden", .int(\.model.ffnHidden), .atLeastOne, numeric: true, "SwiGLU hidden width"),
+        ConfigField("model.rope_theta", .float(\.model.ropeTheta), .positive, numeric: true, "RoPE base"),
+        ConfigField("model.norm_eps", .float(\.model.normEps), .notNegative, numeric: true, "RMSNorm epsilon"),
+        ConfigField("model.tie_embeddings", .bool(\.model.tieEmbeddings), numeric: true, "share the embedding and LM head weights"),
+        ConfigField("data.dir", .string(\.data.dir), numeric: false, "token shards from `tessera data prepare`"),
+        ConfigField("data.seq_len", .int(\.data.seqLen), .atLeastOne, numeric: true, "tokens per training sequence"),
+        ConfigField("train.steps", .int(\.train.steps), .atLeastOne, numeric: false, "optimizer steps"),
+        ConfigField("train.global_batch", .int(\.train.globalBatch), .atLeastOne, numeric: true, "sequences per step, over all data-parallel ranks"),
+        ConfigField("train.seed", .int(\.train.seed), .notNegative, numeric: true, "seed of initialisation and data order"),
+        ConfigField("train.lr", .float(\.train.lr), .positive, numeric: true, "peak learning rate"),
+        ConfigField("train.min_lr", .float(\.train.minLr), .notNegative, numeric: true, "learning rate at the end of the cosine decay"),
+        ConfigField("train.warmup_steps", .int(\.train.warmupSteps), .notNegative, numeric: true, "linear warm-up steps"),
+        ConfigField("train.beta1", .float(\.train.beta1), .unitInterval, numeric: true, "AdamW β1"),
+        ConfigField("train.beta2", .float(\.train.beta2), .unitInterval, numeric: true, "AdamW β2"),
+        ConfigField("train.eps", .float(\.train.eps), .positive, numeric: true, "AdamW epsilon"),
+        ConfigField("train.weight_decay", .float(\.train.weightDecay), .notNegative, numeric: true, "AdamW decoupled weight decay (matrices only)"),
+        ConfigField("train.grad_clip", .float(\.train.gradClip), .notNegative, numeric: true, "global gradient-norm clip (0: off)"),
+        ConfigField("train.log_every", .int(\.train.logEvery), .atLeastOne, numeric: false, "steps between progress lines"),
+        ConfigField("train.threads", .int(\.train.threads), .atLeastOne, numeric: false, "BLAS threads per rank"),
+        ConfigField("eval.every", .int(\.eval.every), .notNegative, numeric: false, "steps between validation runs (0: only at the end)"),
+        ConfigField("eval.batches", .int(\.eval.batches), .atLeastOne, numeric: false, "validation batches of train.global_batch sequences"),
+        ConfigField("checkpoint.every", .int(\.checkpoint.every), .notNegative, numeric: false, "steps between checkpoints (0: only at the end)"),
+        ConfigField("checkpoint.keep", .int(\.checkpoint.keep), .notNegative, numeric: false, "newest checkpoints kept"),
+        ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
+        ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks"),
+        ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
+        ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs"),
+        ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
+        ConfigField("run.dir", .string(\.run.dir), numeric: false, "metrics, checkpoints and reports of this run"),
+    ]
+
+    static let byPath = Dictionary(uniqueKeysWithValues: all.map { ($0.path, $0) })
+    static let sections: [String] = all.reduce(into: []) { if $0.last != $1.section { $0.append($1.section) } }
+}

@@ -1,0 +1,58 @@
+/// A run config being resolved: defaults, then a YAML file, then `--set` overrides, each
+/// value remembering where it came from so that a bad value is reported at its origin.
+/// Only `validated()` turns it into a `RunConfig` callers see.
+struct ConfigResolution {
+    var config: RunConfig
+    /// Field path → origin of its current value.
+    private(set) var origins: [String: ConfigOrigin]
+
+    /// Starts from `base`, every value attributed to `origin`.
+    init(_ base: RunConfig, origin: ConfigOrigin) {
+        config = base
+        origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, origin) })
+    }
+
+    /// Sets `path` from text, checking that the key exists and the text has its type.
+    mutating func set(_ path: String, _ raw: String, from origin: ConfigOrigin) throws {
+        guard let field = ConfigField.byPath[path] else {
+            throw ConfigError.unknownKey(key: path, suggestion: KeySuggestion.nearest(to: path), origin: origin)
+        }
+        guard field.assign(raw, to: &config) else {
+            throw ConfigError.wrongType(key: path, value: raw.trimmingCharacters(in: .whitespaces), expected: field.kind, origin: origin)
+        }
+        origins[path] = origin
+    }
+
+    /// Applies `key=value` overrides (`--set`).
+    mutating func apply(overrides: [String]) throws {
+        for override in overrides {
+            guard let equals = override.firstIndex(of: "=") else { throw ConfigError.malformedOverride(override) }
+            let key = override[..<equals].trimmingCharacters(in: .whitespaces)
+            guard !key.isEmpty else { throw ConfigError.malformedOverride(override) }
+            var value = String(override[override.index(after: equals)...])
+            if ConfigField.byPath[key]?.kind == .string { value = value.trimmingCharacters(in: .whitespaces) }
+            try set(key, value, from: .override)
+        }
+    }
+
+    /// The config, once every value is in its range and the model keys make a buildable model.
+    func validated() throws -> RunConfig {
+        for field in ConfigField.all {
+            if let number = field.number(in: config), !field.rule.admits(number) {
+                throw ConfigError.outOfRange(key: field.path, value: field.text(in: config), rule: field.rule,
+                                             origin: origins[field.path] ?? .defaults)
+            }
+        }
+        let problems = config.modelConfig.problems
+        if !problems.isEmpty { throw ConfigError.invalidModel(source: modelSource, problems: problems) }
+        return config
+    }
+
+    /// Names where the model keys came from: the config's source, "--set", or both.
+    private var modelSource: String {
+        let model = ConfigField.all.filter { $0.section == "model" }.compactMap { origins[$0.path] }
+        let overridden = model.contains(.override)
+        let fromSource = model.contains { $0 != .override && $0 != .defaults } || !overridden
+        return [fromSource ? config.source : nil, overridden ? "--set" : nil].compactMap { $0 }.joined(separator: " with ")
+    }
+}

@@ -1,0 +1,56 @@
+/// The sections of a run config, one struct each. Their initial values are the defaults:
+/// the field table (`ConfigField.all`), `--help-config` and the YAML writer read them from
+/// here, so a default is written down once. Property names are the YAML keys in camel case
+/// (`globalBatch` ↔ `global_batch`); a test checks the table against the encoded structs.
+
+/// The shape of the decoder (`model:`); `RunConfig.modelConfig` turns it into a `ModelConfig`.
+public struct ModelSection: Codable, Equatable, Sendable {
+    public var vocabSize = 256, dModel = 256, layers = 4, heads = 4, kvHeads = 4, ffnHidden = 768
+    public var ropeTheta: Double = 10_000, normEps: Double = 1e-5
+    public var tieEmbeddings = false
+    public init() {}
+}
+
+/// The token shards and the sequence length (`data:`).
+public struct DataSection: Codable, Equatable, Sendable {
+    public var dir = "data/shakespeare"
+    public var seqLen = 256
+    public init() {}
+}
+
+/// Optimizer, schedule and step loop (`train:`).
+public struct TrainSection: Codable, Equatable, Sendable {
+    public var steps = 1000, globalBatch = 8, seed = 1234
+    public var lr: Double = 3e-4, minLr: Double = 3e-5
+    public var warmupSteps = 100
+    public var beta1: Double = 0.9, beta2: Double = 0.95, eps: Double = 1e-8, weightDecay: Double = 0.1, gradClip: Double = 1.0
+    public var logEvery = 10, threads = 1
+    public init() {}
+}
+
+/// Validation runs (`eval:`).
+public struct EvalSection: Codable, Equatable, Sendable {
+    public var every = 100, batches = 8
+    public init() {}
+}
+
+/// Checkpoint cadence and retention (`checkpoint:`).
+public struct CheckpointSection: Codable, Equatable, Sendable {
+    public var every = 0, keep = 3
+    public init() {}
+}
+
+/// Process grid and gradient communication (`parallel:`).
+public struct ParallelSection: Codable, Equatable, Sendable {
+    public var data = 0, sequence = 1
+    public var bucketMB: Double = 4      // YAML key bucket_mb
+    public var overlap = true
+    public var timeoutSeconds: Double = 300
+    public init() {}
+}
+
+/// Where the run writes (`run:`).
+public struct RunSection: Codable, Equatable, Sendable {
+    public var dir = "runs/default"
+    public init() {}
+}

@@ -1,0 +1,82 @@
+import Foundation
+import Models
+
+/// A validated run configuration: typed sections, resolved from the defaults, a YAML file and
+/// `--set key=value` overrides (in that order). Keys and their ranges are listed once, in
+/// `ConfigField.all`; code reads values through the sections (`config.train.steps`).
+public struct RunConfig: Codable, Equatable, Sendable {
+    public var model = ModelSection(), data = DataSection(), train = TrainSection(), eval = EvalSection()
+    public var checkpoint = CheckpointSection(), parallel = ParallelSection(), run = RunSection()
+    /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
+    public var source: String = "defaults"
+
+    enum CodingKeys: String, CodingKey {
+        case model, data, train, eval, checkpoint, parallel, run
+    }
+
+    /// The defaults (not validated; they are valid).
+    public init() {}
+
+    /// Defaults, then the YAML file (if any), then `key=value` overrides; validated.
+    public init(file: String?, overrides: [String] = []) throws {
+        var resolution = ConfigResolution(RunConfig(), origin: .defaults)
+        if let file {
+            resolution.config.source = file
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw ConfigError.unreadableFile(path: file)
+            }
+            try resolution.merge(yaml: String(decoding: data, as: UTF8.self), file: file)
+        }
+        try resolution.apply(overrides: overrides)
+        self = try resolution.validated()
+    }
+
+    /// Builds a config from a resolved YAML (a checkpoint's run.yaml); keys it leaves out
+    /// keep their defaults.
+    public init(resolvedYAML text: String, source: String) throws {
+        var resolution = ConfigResolution(RunConfig(), origin: .defaults)
+        resolution.config.source = source
+        try resolution.merge(yaml: text, file: source)
+        self = try resolution.validated()
+    }
+
+    /// This config with `key=value` overrides applied, validated like `--set`.
+    public func applying(_ overrides: [String]) throws -> RunConfig {
+        var resolution = ConfigResolution(self, origin: source == "defaults" ? .defaults : .file(source, line: nil))
+        try resolution.apply(overrides: overrides)
+        return try resolution.validated()
+    }
+
+    /// This config if its values are in range (after changing sections in code).
+    public func validated() throws -> RunConfig { try applying([]) }
+
+    /// The model these keys describe.
+    public var modelConfig: ModelConfig {
+        ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
+                    kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
+                    normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen)
+    }
+
+    /// This config with a relative `data.dir` and `run.dir` made absolute against `directory`
+    /// (itself taken against the current directory when relative), with `.` and `..` removed.
+    public func resolvingPaths(against directory: String) -> RunConfig {
+        var copy = self
+        copy.data.dir = Self.absolute(data.dir, against: directory)
+        copy.run.dir = Self.absolute(run.dir, against: directory)
+        return copy
+    }
+
+    static func absolute(_ path: String, against directory: String) -> String {
+        if path.hasPrefix("/") { return path }
+        let base = directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory
+        var parts: [Substring] = []
+        for part in (base + "/" + path).split(separator: "/") {
+            switch part {
+            case ".": continue
+            case "..": _ = parts.popLast()
+            default: parts.append(part)
+            }
+        }
+        return "/" + parts.joined(separator: "/")
+    }
+}
