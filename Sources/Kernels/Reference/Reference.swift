@@ -22,6 +22,14 @@ public enum Reference {
         return c
     }
 
+    /// out (tokens, dim) = table[tokens[i]], table (vocab, dim)
+    public static func embedding<T: BinaryFloatingPoint>(_ tokens: [Int], table: [T], dim: Int) -> [T] {
+        var out: [T] = []
+        out.reserveCapacity(tokens.count * dim)
+        for token in tokens { for j in 0..<dim { out.append(table[token * dim + j]) } }
+        return out
+    }
+
     /// y (rows, out) = x (rows, in) · Wᵀ, W (out, in)
     public static func linear<T: BinaryFloatingPoint>(_ x: [T], _ w: [T], rows: Int, inFeatures: Int, outFeatures: Int) -> [T] {
         matmul(x, w, m: rows, n: outFeatures, k: inFeatures, transposeB: true)

@@ -1,0 +1,192 @@
+import Testing
+import Models
+import TensorCore
+import _TestSupport
+
+/// The Float32 `TransformerLM` against `ReferenceDecoder`, an independent Float64 Llama built
+/// from the naive kernel twins: logits and loss value by value, and the gradient of every
+/// parameter tensor separately against central differences of the Float64 loss.
+@Suite struct ReferenceDecoderTests {
+    struct Case: Sendable, CustomTestStringConvertible {
+        let label: String
+        let config: ModelConfig
+        var testDescription: String { label }
+    }
+
+    static func config(dModel: Int, heads: Int, kvHeads: Int, tied: Bool) -> ModelConfig {
+        ModelConfig(vocabSize: 11, dModel: dModel, layers: 2, heads: heads, kvHeads: kvHeads, ffnHidden: 12, ropeTheta: 100,
+                    normEps: 1e-5, tieEmbeddings: tied, maxSequenceLength: 16)
+    }
+
+    /// Tied and untied, MHA and GQA, each ~1.7 s of finite differences in a debug build. "4 heads
+    /// on 2" is the GQA case where the query-to-kv head map matters (with one kv head every map
+    /// is the same); head dimension 4 (d_model 8 with 2 heads) is where RoPE's theta shows up
+    /// (with head dimension 2 the only frequency is 1).
+    static let gradientCases = [
+        Case(label: "MHA 2 heads (head dim 4), untied", config: config(dModel: 8, heads: 2, kvHeads: 2, tied: false)),
+        Case(label: "GQA 2 heads on 1 (head dim 4), tied", config: config(dModel: 8, heads: 2, kvHeads: 1, tied: true)),
+        Case(label: "GQA 4 heads on 2 (head dim 2), untied", config: config(dModel: 8, heads: 4, kvHeads: 2, tied: false)),
+    ]
+
+    /// The forward pass is cheap, so logits cover every combination, including GQA with both a
+    /// real head map and theta.
+    static let logitCases = gradientCases + [
+        Case(label: "MHA 2 heads (head dim 4), tied", config: config(dModel: 8, heads: 2, kvHeads: 2, tied: true)),
+        Case(label: "GQA 4 heads on 2 (head dim 4), untied", config: config(dModel: 16, heads: 4, kvHeads: 2, tied: false)),
+        Case(label: "GQA 4 heads on 2 (head dim 4), tied", config: config(dModel: 16, heads: 4, kvHeads: 2, tied: true)),
+    ]
+
+    static let (B, T) = (2, 5)
+
+    /// A model whose weights are far from the default init (N(0, 0.02²), norms 1), so every path
+    /// contributes visibly: matrices ~ N(0, 1/fan_in) (attention scores and SwiGLU gates of
+    /// order 1), embeddings ~ N(0, 1), norm weights 1 + 0.3·N(0, 1) (all different, so a norm
+    /// weight gradient landing on the wrong coordinate shows).
+    static func model(_ config: ModelConfig, seed: UInt64 = 7) throws -> TransformerLM {
+        let model = try TransformerLM(config: config, seed: seed)
+        var rng = RNG(seed: seed, stream: 0x7E57)
+        let p = model.parameters
+        for e in p.entries {
+            for i in e.range {
+                let z = rng.nextNormal()
+                if e.shape.count == 1 {
+                    p.values[i] = Float(1 + 0.3 * z)
+                } else if e.name == "model.embed_tokens.weight" {
+                    p.values[i] = Float(z)
+                } else {
+                    p.values[i] = Float(z / Double(e.shape[1]).squareRoot())
+                }
+            }
+        }
+        return model
+    }
+
+    static func data(_ config: ModelConfig) -> (tokens: [Int32], targets: [Int32]) {
+        TransformerLMTests.batch(seed: 3, batch: B, length: T, vocab: config.vocabSize)
+    }
+
+    /// Logits of the Float32 model equal the Float64 reference to 1e-5 of the logits' scale:
+    /// max |Δ| ≤ 1e-5 · max(1, max |logit|). The scale is the largest logit rather than each
+    /// logit because a logit is a dot product whose Float32 error follows the size of its terms,
+    /// not of the (possibly cancelling) sum. Float32 rounding through two blocks measures
+    /// ≤ 3.3e-6 absolute for logits up to 13 (≤ 2.6e-7 of the scale, ~40× headroom); any
+    /// difference in definition (RoPE pairing or frequencies, head map, causal mask, norm,
+    /// SwiGLU, tying) moves logits by 1e-2 of their scale or more. The mean loss, computed in
+    /// Float64 from those logits, agrees to 1e-5 relative (measured ≤ 4e-8), through both
+    /// `lossSum` and `lossAndGradients`.
+    @Test(arguments: logitCases)
+    func logitsAndLossMatchTheFloat64Reference(_ c: Case) throws {
+        let model = try Self.model(c.config)
+        let reference = try ReferenceDecoder(model: model)
+        let (tokens, targets) = Self.data(c.config)
+        let (B, T) = (Self.B, Self.T)
+
+        let got = model.logits(tokens: tokens, batch: B, length: T)
+        let want = reference.logits(tokens: tokens, batch: B, length: T)
+        #expect(got.count == want.count)
+        var largest = 1.0, worst = 0.0
+        for (a, b) in zip(got, want) {
+            largest = max(largest, abs(b))
+            worst = a.isNaN ? .infinity : max(worst, abs(Double(a) - b))
+        }
+        #expect(worst <= 1e-5 * largest,
+                "\(c.label): logits differ from the Float64 reference by \(worst) (\(worst / largest) of max |logit| \(largest))")
+
+        let wantLoss = reference.loss(tokens: tokens, targets: targets, batch: B, length: T)
+        let evaluated = model.lossSum(tokens: tokens, targets: targets, batch: B, length: T) / Double(B * T)
+        let trained = model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1) / Double(B * T)
+        #expect(maxRelativeError([evaluated, trained], [wantLoss, wantLoss]) <= 1e-5,
+                "\(c.label): mean loss \(evaluated) (lossSum), \(trained) (lossAndGradients), reference \(wantLoss)")
+    }
+
+    /// Every parameter tensor on its own: the Float32 analytic gradient of the mean loss against
+    /// central differences (h = 1e-6) of the Float64 reference loss, on every coordinate.
+    ///
+    /// Bound per tensor: max |analytic − numeric| ≤ 1e-6 + 1e-4 · max |numeric|. The differences
+    /// are accurate to ~1e-9 (truncation ~h² ≈ 1e-12, rounding ~ε·loss / h ≈ 1e-9); the Float32
+    /// gradients measure ≤ 6e-7 absolute and ≤ 2e-6 · max |g| per tensor, so the bound leaves
+    /// ≥ 50× headroom, while a tensor's gradient off by 0.1% of its scale already fails (every
+    /// tensor here has max |g| ≥ 0.03, checked below so that no tensor passes by being invisible).
+    @Test(arguments: gradientCases)
+    func everyParameterTensorGradientMatchesFiniteDifferencesOfTheReference(_ c: Case) throws {
+        let model = try Self.model(c.config)
+        let (tokens, targets) = Self.data(c.config)
+        let (B, T) = (Self.B, Self.T)
+        model.parameters.zeroGradients()
+        model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1 / Float(B * T))
+        let analytic = model.parameters.gradients.array
+        var reference = try ReferenceDecoder(model: model)
+        let h = 1e-6
+
+        for entry in model.parameters.entries {
+            var worst = (error: 0.0, index: 0, numeric: 0.0), scale = 0.0
+            for i in 0..<entry.count {
+                let saved = reference.weights[entry.name]![i]
+                reference.weights[entry.name]![i] = saved + h
+                let up = reference.loss(tokens: tokens, targets: targets, batch: B, length: T)
+                reference.weights[entry.name]![i] = saved - h
+                let down = reference.loss(tokens: tokens, targets: targets, batch: B, length: T)
+                reference.weights[entry.name]![i] = saved
+                let numeric = (up - down) / (2 * h)
+                let error = abs(Double(analytic[entry.offset + i]) - numeric)
+                if error > worst.error || error.isNaN { worst = (error, i, numeric) }
+                scale = max(scale, abs(numeric))
+            }
+            let bound = 1e-6 + 1e-4 * scale
+            #expect(worst.error <= bound, """
+                \(c.label): gradient of \(entry.name) \(entry.shape) is wrong: max |analytic − numeric| = \(worst.error) \
+                at \(Self.coordinates(worst.index, entry.shape)) (analytic \(analytic[entry.offset + worst.index]), \
+                numeric \(worst.numeric)), bound \(bound) for max |g| = \(scale)
+                """)
+            #expect(scale >= 1e-3, "\(c.label): \(entry.name) barely affects the loss (max |g| = \(scale)); the check cannot see it")
+        }
+    }
+
+    static func coordinates(_ flat: Int, _ shape: [Int]) -> [Int] {
+        var rest = flat, out: [Int] = []
+        for size in shape.reversed() { out.insert(rest % size, at: 0); rest /= size }
+        return out
+    }
+
+    /// Sizes come from the tensors, not a config: widening one layer's FFN with extra gate/up
+    /// rows whose down_proj columns are zero is read as a wider layer and leaves the function,
+    /// and so the logits, exactly unchanged.
+    @Test func referenceReadsPerLayerFFNWidthsFromShapes() throws {
+        let config = Self.config(dModel: 8, heads: 4, kvHeads: 2, tied: false)
+        let model = try Self.model(config)
+        let narrow = try ReferenceDecoder(model: model)
+        var dict = model.parameters.stateDict()
+        let (d, f, extra) = (8, 12, 5)
+        var rng = RNG(seed: 11)
+        for name in ["model.layers.1.mlp.gate_proj.weight", "model.layers.1.mlp.up_proj.weight"] {
+            let rows = dict[name]!.scalars + (0..<(extra * d)).map { _ in Float(rng.nextNormal()) }
+            dict[name] = Tensor(shape: [f + extra, d], scalars: rows)
+        }
+        let down = dict["model.layers.1.mlp.down_proj.weight"]!.scalars
+        dict["model.layers.1.mlp.down_proj.weight"] = Tensor(shape: [d, f + extra], scalars: (0..<d).flatMap {
+            Array(down[($0 * f)..<(($0 + 1) * f)]) + [Float](repeating: 0, count: extra)
+        })
+        let wide = try ReferenceDecoder(dict, heads: 4, kvHeads: 2, ropeTheta: 100, normEps: Double(config.normEps), tieEmbeddings: false)
+        #expect(wide.layers.map(\.ffnHidden) == [f, f + extra])
+        let (tokens, _) = Self.data(config)
+        #expect(wide.logits(tokens: tokens, batch: Self.B, length: Self.T) == narrow.logits(tokens: tokens, batch: Self.B, length: Self.T))
+    }
+
+    @Test func referenceRejectsIncompleteOrForeignStateDictsNamingTheTensor() throws {
+        let model = try Self.model(Self.config(dModel: 8, heads: 2, kvHeads: 1, tied: false))
+        let dict = model.parameters.stateDict()
+        func build(_ dict: StateDict, kvHeads: Int = 1, tied: Bool = false) throws -> ReferenceDecoder {
+            try ReferenceDecoder(dict, heads: 2, kvHeads: kvHeads, ropeTheta: 100, normEps: 1e-5, tieEmbeddings: tied)
+        }
+        var missing = dict
+        missing["model.layers.1.self_attn.k_proj.weight"] = nil
+        #expect(throws: ReferenceDecoder.Problem.missing("model.layers.1.self_attn.k_proj.weight")) { try build(missing) }
+        #expect(throws: ReferenceDecoder.Problem.unexpected("lm_head.weight")) { try build(dict, tied: true) }
+        var foreign = dict
+        foreign["model.layers.0.self_attn.q_proj.bias"] = Tensor(zeros: [8])
+        #expect(throws: ReferenceDecoder.Problem.unexpected("model.layers.0.self_attn.q_proj.bias")) { try build(foreign) }
+        #expect(throws: ReferenceDecoder.Problem.badShape("model.layers.0.self_attn.k_proj.weight", [4, 8], expected: "[8, 8]")) {
+            try build(dict, kvHeads: 2)
+        }
+    }
+}
