@@ -72,7 +72,7 @@ struct Eval: ParsableCommand {
         let resolved = try rebalanced.applying(overrides)
         let comm = try world.makeWorld(defaultTimeout: resolved.parallel.timeoutSeconds)
         guard resolved.train.globalBatch % comm.size == 0 else {
-            throw TrainingError.layout(source: "--set", problem: "train.global_batch = \(resolved.train.globalBatch) does not divide over the \(comm.size) ranks evaluating; choose a multiple of \(comm.size)")
+            throw TrainingError.batchDoesNotDivide(source: "\(checkpoint)/run.yaml", globalBatch: resolved.train.globalBatch, dataRanks: comm.size)
         }
         let data = try TrainingData(directory: resolved.data.dir, length: resolved.data.seqLen, globalBatch: resolved.train.globalBatch,
                                     seed: resolved.train.seed, dataRank: comm.rank, dataRanks: comm.size)

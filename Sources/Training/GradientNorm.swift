@@ -5,10 +5,10 @@ import Models
 /// The global gradient norm for clipping, read from placement: a replicated parameter is
 /// counted once (every rank holds the same, already reduced gradient), a sharded one once
 /// per slice (its slices' squares are summed over the ranks along its axis).
-enum GradientNorm {
+public enum GradientNorm {
     /// √(Σ over the whole model of g²). Every rank returns the same value. Collective on the
     /// shard axes of sharded parameters (none today: then no communication).
-    static func global(_ parameters: ParameterSet, grid: ProcessGrid) throws -> Double {
+    public static func global(_ parameters: ParameterSet, grid: ProcessGrid) throws -> Double {
         var replicated = 0.0
         var sharded: [GridAxis: Double] = [:]
         // Contiguous runs of the same placement kind are summed in one pass.

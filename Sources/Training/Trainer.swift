@@ -33,13 +33,13 @@ public final class Trainer {
         let layout = try Self.layout(config, worldSize: world.size)
         grid = try ProcessGrid(world: world, layout: layout)
         guard config.train.globalBatch % layout.data == 0 else {
-            throw TrainingError.layout(source: config.source, problem: "train.global_batch = \(config.train.globalBatch) does not divide over parallel.data = \(layout.data) ranks; choose a multiple of \(layout.data)")
+            throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data)
         let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed))
         guard data.train.vocabSize <= model.config.vocabSize else {
-            throw TrainingError.vocabularyTooSmall(source: config.source, modelVocabulary: model.config.vocabSize,
+            throw TrainingError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize,
                                                    dataVocabulary: data.train.vocabSize, directory: config.data.dir)
         }
         model.threads = KernelThreads(config.train.threads)
@@ -60,12 +60,12 @@ public final class Trainer {
     static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
         guard sequence == 1 else {
-            throw TrainingError.layout(source: config.source, problem: "parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1")
+            throw TrainingError.sequenceParallelismUnavailable(source: config.source, sequence: sequence)
         }
         var data = config.parallel.data
         if data == 0 {
             guard worldSize % sequence == 0 else {
-                throw TrainingError.layout(source: config.source, problem: "parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started")
+                throw TrainingError.sequenceDoesNotDivideWorld(source: config.source, sequence: sequence, worldSize: worldSize)
             }
             data = worldSize / sequence
         }
@@ -131,7 +131,7 @@ public final class Trainer {
         let loaded = try checkpoints.loadLatest { url, contents in
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
             if contents.state.configHash != config.numericHash {
-                throw TrainingError.resumeConfigChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
+                throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
             }
             try model.parameters.load(contents.model, source: url.path)
             try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path)

@@ -49,7 +49,7 @@ struct TrainingCheckpoints {
             }
         }
         let message = String(decoding: try world.broadcastBytes(Array(problem.utf8), root: 0), as: UTF8.self)
-        if !message.isEmpty { throw TrainingError.reportedByRank(rank: 0, message: message) }
+        if !message.isEmpty { throw TrainingError.resumeFailed(message: message) }
         var found: [Int64] = [contents == nil ? 0 : 1]
         try found.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return (found[0] == 1, contents)

@@ -3,33 +3,39 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     /// A split holds fewer tokens than one step (or one validation sample) needs.
     case dataTooSmall(directory: String, split: String, tokens: Int, needed: Int, hint: String)
     /// The data's vocabulary does not fit the model's.
-    case vocabularyTooSmall(source: String, modelVocabulary: Int, dataVocabulary: Int, directory: String)
-    /// The parallel layout does not fit the ranks or the batch.
-    case layout(source: String, problem: String)
+    case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
+    case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
+    case sequenceParallelismUnavailable(source: String, sequence: Int)
+    /// The global batch does not split evenly over the data-parallel ranks.
+    case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
-    case resumeConfigChanged(checkpoint: String, changes: [String])
-    /// The checkpoint to resume from could not be used.
-    case resumeFailed(checkpoint: String, reason: String)
+    case configChanged(checkpoint: String, changes: [String])
+    /// The newest checkpoint is already at or past `train.steps`.
+    case resumePastEnd(checkpoint: String, step: Int, steps: Int)
     /// `run.dir` already holds a checkpoint and `--resume` was not given.
-    case runDirectoryHasCheckpoints(directory: String, checkpoint: String)
-    /// A rank reported a problem that every rank now raises (e.g. rank 0 could not read a checkpoint).
-    case reportedByRank(rank: Int, message: String)
+    case runDirectoryInUse(runDirectory: String, checkpoint: String)
+    /// Rank 0's problem while resuming, relayed to every rank (its message as rank 0 had it).
+    case resumeFailed(message: String)
 
     public var description: String {
         switch self {
         case let .dataTooSmall(directory, split, tokens, needed, hint):
             return "\(directory) \(split) split has \(tokens) tokens, needs at least \(needed); \(hint)"
-        case let .vocabularyTooSmall(source, model, data, directory):
-            return "\(source): model.vocab_size = \(model) is smaller than the data's vocabulary (\(data) in \(directory))"
-        case let .layout(source, problem):
-            return "\(source): \(problem)"
-        case let .resumeConfigChanged(checkpoint, changes):
+        case let .vocabularyTooSmall(source, vocabSize, dataVocabulary, directory):
+            return "\(source): model.vocab_size = \(vocabSize) is smaller than the data's vocabulary (\(dataVocabulary) in \(directory))"
+        case let .sequenceDoesNotDivideWorld(source, sequence, worldSize):
+            return "\(source): parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started"
+        case let .sequenceParallelismUnavailable(source, sequence):
+            return "\(source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1"
+        case let .batchDoesNotDivide(source, globalBatch, dataRanks):
+            return "\(source): train.global_batch = \(globalBatch) does not divide over parallel.data = \(dataRanks) ranks; choose a multiple of \(dataRanks)"
+        case let .configChanged(checkpoint, changes):
             return "cannot resume from \(checkpoint): the config changed (\(changes.joined(separator: ", "))); restore those keys or start a new run.dir"
-        case let .resumeFailed(checkpoint, reason):
-            return "cannot resume from \(checkpoint): \(reason)"
-        case let .runDirectoryHasCheckpoints(directory, checkpoint):
-            return "run.dir \(directory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
-        case let .reportedByRank(_, message):
+        case let .resumePastEnd(checkpoint, step, steps):
+            return "cannot resume from \(checkpoint): it is at step \(step), and train.steps = \(steps) would train nothing; raise it, e.g. --set train.steps=\(step + max(steps, 1))"
+        case let .runDirectoryInUse(runDirectory, checkpoint):
+            return "run.dir \(runDirectory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
+        case let .resumeFailed(message):
             return message
         }
     }

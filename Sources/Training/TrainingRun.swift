@@ -37,13 +37,13 @@ extension Trainer {
         if resume {
             let from = try resumeFromLatest()
             if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
-            if let from, from > total {
-                throw TrainingError.resumeFailed(checkpoint: store.root.path, reason: "it is at step \(from), past train.steps = \(total); set train.steps above \(from) (e.g. --set train.steps=\(from + total))")
+            if let from, from >= total {
+                throw TrainingError.resumePastEnd(checkpoint: store.root.path, step: from, steps: total)
             }
         } else {
             let existing = isReporter ? (store.latest()?.path ?? "") : ""
             let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
-            if !message.isEmpty { throw TrainingError.runDirectoryHasCheckpoints(directory: runDirectory.path, checkpoint: message) }
+            if !message.isEmpty { throw TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message) }
         }
         let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)

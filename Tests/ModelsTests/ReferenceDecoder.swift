@@ -120,7 +120,8 @@ struct ReferenceDecoder {
     /// The reference of a model: its current parameters and its config's scalars.
     init(model: TransformerLM) throws {
         let c = model.config
-        try self.init(model.parameters.stateDict(), heads: c.heads, kvHeads: c.kvHeads, ropeTheta: Double(c.ropeTheta),
+        guard case .attention(let a)? = c.blocks.first?.sequenceMixer else { throw Problem.badScalars("the first block has no attention") }
+        try self.init(model.parameters.stateDict(), heads: a.heads, kvHeads: a.kvHeads, ropeTheta: Double(a.ropeTheta),
                       normEps: Double(c.normEps), tieEmbeddings: c.tieEmbeddings)
     }
 

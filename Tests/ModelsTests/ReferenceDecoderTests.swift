@@ -26,7 +26,29 @@ import _TestSupport
         Case(label: "MHA 2 heads (head dim 4), untied", config: config(dModel: 8, heads: 2, kvHeads: 2, tied: false)),
         Case(label: "GQA 2 heads on 1 (head dim 4), tied", config: config(dModel: 8, heads: 2, kvHeads: 1, tied: true)),
         Case(label: "GQA 4 heads on 2 (head dim 2), untied", config: config(dModel: 8, heads: 4, kvHeads: 2, tied: false)),
+        Case(label: "layers of different FFN widths (12, 7)", config: mixedWidths),
     ]
+
+    /// Blocks built from specs may differ per layer: here the feed-forward width.
+    static let mixedWidths: ModelConfig = {
+        let attention = SequenceMixerSpec.attention(AttentionSpec(heads: 2, kvHeads: 1, headDim: 4, ropeTheta: 100))
+        return ModelConfig(vocabSize: 11, dModel: 8, normEps: 1e-5, tieEmbeddings: false, maxSequenceLength: 16,
+                           blocks: [BlockSpec(sequenceMixer: attention, channelMixer: .swiGLU(hidden: 12)),
+                                    BlockSpec(sequenceMixer: attention, channelMixer: .swiGLU(hidden: 7))])
+    }()
+
+    @Test func aModelOfDifferentLayersNamesEachLayersTensorsAsHuggingFaceDoes() throws {
+        let model = try TransformerLM(config: Self.mixedWidths, seed: 1)
+        let shapes = Dictionary(uniqueKeysWithValues: model.parameters.entries.map { ($0.name, $0.shape) })
+        #expect(shapes["model.layers.0.mlp.gate_proj.weight"] == [12, 8] && shapes["model.layers.0.mlp.down_proj.weight"] == [8, 12])
+        #expect(shapes["model.layers.1.mlp.up_proj.weight"] == [7, 8] && shapes["model.layers.1.mlp.down_proj.weight"] == [8, 7])
+        let perLayer = ["input_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                        "post_attention_layernorm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+        let expected = ["model.embed_tokens.weight"] + (0..<2).flatMap { l in perLayer.map { "model.layers.\(l).\($0).weight" } }
+            + ["model.norm.weight", "lm_head.weight"]
+        #expect(model.parameters.entries.map(\.name) == expected)
+        #expect(model.parameters.entries.allSatisfy { $0.placement == .replicated })
+    }
 
     /// The forward pass is cheap, so logits cover every combination, including GQA with both a
     /// real head map and theta.

@@ -1,5 +1,5 @@
-/// A problem with a run config: in a file or a `--set` override, or one found when training
-/// starts (against the ranks started, the data, or a checkpoint). Each case carries what it
+/// A problem with a run config, in a file or a `--set` override (problems found when a run
+/// starts are `TrainingError`s). Each case carries what it
 /// names; `description` is one line that says where the problem is and what to change.
 public enum ConfigError: Error, Equatable, CustomStringConvertible {
     // Reading a file or override.
@@ -16,16 +16,6 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
     case outOfRange(key: String, value: String, rule: ConfigRule, origin: ConfigOrigin)
     /// `ModelConfig.problems` of the model keys.
     case invalidModel(source: String, problems: [String])
-
-    // Starting a run.
-    case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
-    case sequenceParallelismUnavailable(source: String, sequence: Int)
-    case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
-    case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
-    case runDirectoryInUse(runDirectory: String, checkpoint: String)
-    case configChanged(checkpoint: String, changes: [String])
-    /// Rank 0's problem while resuming, relayed to every rank (its message as rank 0 had it).
-    case resumeFailed(message: String)
 
     public var description: String {
         switch self {
@@ -47,20 +37,6 @@ public enum ConfigError: Error, Equatable, CustomStringConvertible {
             return "\(origin): \(key) = \(value) \(rule.requirement ?? "is out of range")"
         case .invalidModel(let source, let problems):
             return "\(source): " + problems.joined(separator: "; ")
-        case .sequenceDoesNotDivideWorld(let source, let sequence, let worldSize):
-            return "\(source): parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started"
-        case .sequenceParallelismUnavailable(let source, let sequence):
-            return "\(source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1"
-        case .batchDoesNotDivide(let source, let globalBatch, let dataRanks):
-            return "\(source): train.global_batch = \(globalBatch) does not divide over parallel.data = \(dataRanks) ranks; choose a multiple of \(dataRanks)"
-        case .vocabularyTooSmall(let source, let vocabSize, let dataVocabulary, let directory):
-            return "\(source): model.vocab_size = \(vocabSize) is smaller than the data's vocabulary (\(dataVocabulary) in \(directory))"
-        case .runDirectoryInUse(let runDirectory, let checkpoint):
-            return "run.dir \(runDirectory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
-        case .configChanged(let checkpoint, let changes):
-            return "cannot resume from \(checkpoint): the config changed (\(changes.joined(separator: ", "))); restore those keys or start a new run.dir"
-        case .resumeFailed(let message):
-            return message
         }
     }
 }
