@@ -7,7 +7,7 @@ import Foundation
 /// Collectives are OpenMPI's blocking calls, its fastest path (the non-blocking `MPI_I...`
 /// collectives run other algorithms, about half as fast for large buffers here). MPI cannot
 /// cancel a collective, so their deadline is kept by a watchdog thread: a collective still
-/// running at its deadline is reported through `deadlineExpired`, which ends the job with that
+/// running at its deadline is reported to the world's `onDeadline` handler, which ends the job with that
 /// one line (MPI cannot say which rank is missing; a rank that *dies* is reported by `mpirun`,
 /// which stops the job). Point-to-point calls are non-blocking and polled against the
 /// deadline, so they throw `CollectiveError.timeout` naming the peer.
@@ -19,19 +19,18 @@ public final class MPICommunicator: Communicator {
     public let backendName = "mpi"
     public let timeoutSeconds: Double
     private var comm: MPI_Comm
+    /// Shared by the world and every communicator split from it.
+    private let watchdog: DeadlineWatchdog
 
-    /// Called (on the watchdog thread) when a collective passes its deadline; it must end the
-    /// process. The default prints the error and aborts the MPI job; the executable installs
-    /// its own one-line reporter.
-    public static var deadlineExpired: (CollectiveError) -> Void = { error in
+    /// The default deadline handler: prints the error and aborts the MPI job.
+    public static let reportAndAbort: @Sendable (CollectiveError) -> Void = { error in
         try? FileHandle.standardError.write(contentsOf: Data("tessera: error: \(error)\n".utf8))
         abortJob(code: 1)
     }
-    private static let watchdog = DeadlineWatchdog { deadlineExpired($0) }
 
     /// Runs a blocking collective under the deadline.
     private func blocking(_ operation: @autoclosure () -> String, _ call: () -> Int32) throws {
-        let status = Self.watchdog.guarded(operation(), seconds: timeoutSeconds, call)
+        let status = watchdog.guarded(operation(), seconds: timeoutSeconds, call)
         guard status == tessera_mpi_success() else { throw error(status, operation()) }
     }
 
@@ -41,8 +40,11 @@ public final class MPICommunicator: Communicator {
         return env["OMPI_COMM_WORLD_SIZE"] != nil || env["PMIX_RANK"] != nil
     }
 
-    /// Initialises MPI (once per process) and returns the world communicator.
-    public static func world(timeoutSeconds: Double) throws -> MPICommunicator {
+    /// Initialises MPI (once per process) and returns the world communicator. `onDeadline` is
+    /// called on a watchdog thread when a blocking collective of this world (or of a
+    /// communicator split from it) passes its deadline; it must end the process.
+    public static func world(timeoutSeconds: Double,
+                             onDeadline: @escaping (CollectiveError) -> Void = reportAndAbort) throws -> MPICommunicator {
         var initialised: Int32 = 0
         MPI_Initialized(&initialised)
         if initialised == 0 {
@@ -57,7 +59,8 @@ public final class MPICommunicator: Communicator {
             atexit { MPICommunicator.finalizeIfNeeded() }
         }
         MPI_Comm_set_errhandler(tessera_mpi_comm_world(), tessera_mpi_errors_return())
-        return MPICommunicator(comm: tessera_mpi_comm_world(), timeoutSeconds: timeoutSeconds)
+        return MPICommunicator(comm: tessera_mpi_comm_world(), timeoutSeconds: timeoutSeconds,
+                               watchdog: DeadlineWatchdog(onExpiry: onDeadline))
     }
 
     /// Stops every rank of the job (used by the executable after reporting a fatal error, so
@@ -75,8 +78,9 @@ public final class MPICommunicator: Communicator {
         if finalised == 0 { MPI_Finalize() }
     }
 
-    init(comm: MPI_Comm, timeoutSeconds: Double) {
+    init(comm: MPI_Comm, timeoutSeconds: Double, watchdog: DeadlineWatchdog) {
         self.comm = comm
+        self.watchdog = watchdog
         self.timeoutSeconds = timeoutSeconds
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(comm, &r)
@@ -263,7 +267,7 @@ public final class MPICommunicator: Communicator {
         var child: MPI_Comm? = tessera_mpi_comm_null()
         try blocking("split(color: \(color), key: \(key))") { MPI_Comm_split(comm, Int32(color), Int32(key), &child) }
         MPI_Comm_set_errhandler(child, tessera_mpi_errors_return())
-        return MPICommunicator(comm: child!, timeoutSeconds: timeoutSeconds)
+        return MPICommunicator(comm: child!, timeoutSeconds: timeoutSeconds, watchdog: watchdog)
     }
 
     /// A bare blocking `MPI_Allreduce` (sum, in place): the bench's baseline for this backend.

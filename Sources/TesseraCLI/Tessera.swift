@@ -9,6 +9,7 @@ struct Tessera: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tessera",
         abstract: "Distributed training of transformer language models on CPU clusters.",
+        version: TesseraVersion.string,
         subcommands: [Train.self, Launch.self, Eval.self, Generate.self, DataCommand.self, Report.self, Bench.self,
                       SelfTest.self])
 
@@ -18,13 +19,17 @@ struct Tessera: ParsableCommand {
         // A launcher that has gone away (mpirun after Ctrl-C) closes our output pipes: a write
         // must fail, not kill the process before it has written its checkpoint.
         signal(SIGPIPE, SIG_IGN)
-        MPICommunicator.deadlineExpired = { fail("\($0)") }
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let mistyped = SubcommandSuggestion.problem(in: arguments, root: Tessera.self) {
+            exit(withError: ValidationError(mistyped))
+        }
         let command: ParsableCommand
-        do { command = try parseAsRoot() } catch { exit(withError: error) }   // usage errors, --help
+        do { command = try parseAsRoot(arguments) } catch { exit(withError: error) }   // usage errors, --help
         do {
             var running = command
             try running.run()
-        } catch let error where error is ExitCode || error is CleanExit || error is ValidationError {
+        } catch let error where isArgumentParserError(error) {
+            // --help, --version, usage errors, and help for a command with subcommands only.
             exit(withError: error)
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
@@ -33,6 +38,13 @@ struct Tessera: ParsableCommand {
         } catch {
             fail("\(error)")
         }
+    }
+
+    /// Errors of the argument parser itself (help and version requests among them): it prints
+    /// them, not `fail`.
+    static func isArgumentParserError(_ error: Error) -> Bool {
+        error is ExitCode || error is CleanExit || error is ValidationError
+            || String(reflecting: type(of: error)).hasPrefix("ArgumentParser.")
     }
 
     static func fail(_ message: String) -> Never {

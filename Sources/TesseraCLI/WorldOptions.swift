@@ -40,7 +40,7 @@ struct WorldOptions: ParsableArguments {
     func makeWorld(defaultTimeout: Double = 300) throws -> Communicator {
         let timeout = timeoutSeconds ?? defaultTimeout
         switch ProcessEnvironment.resolve(backend) {
-        case .mpi: return try MPICommunicator.world(timeoutSeconds: timeout)
+        case .mpi: return try MPICommunicator.world(timeoutSeconds: timeout) { Tessera.fail("\($0)") }
         case .tcp: return try TCPCommunicator.world(environment: ProcessEnvironment.environment, timeoutSeconds: timeout)
         case .single, .auto: return SingleProcessCommunicator(timeoutSeconds: timeout)
         }

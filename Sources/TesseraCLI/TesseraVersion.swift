@@ -1,0 +1,4 @@
+/// The version `tessera --version` prints.
+enum TesseraVersion {
+    static let string = "0.3.0-dev"
+}
