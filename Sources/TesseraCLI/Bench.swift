@@ -16,14 +16,26 @@ struct Bench: ParsableCommand {
 
 /// Options every bench shares.
 struct BenchOptions: ParsableArguments {
-    @Option(help: "Kernel (BLAS) threads per rank.")
+    @Option(parsing: .unconditional, help: "Kernel threads per rank.")
     var threads = 1
 
-    @Option(help: "Timed repetitions after the warm-up.")
+    @Option(parsing: .unconditional, help: "Timed repetitions after the warm-up (at least 1).")
     var runs = 5
 
-    @Option(help: "Untimed warm-up repetitions.")
+    @Option(parsing: .unconditional, help: "Untimed warm-up repetitions.")
     var warmup = 1
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads \(threads) must be at least 1") }
+        guard runs >= 1 else { throw ValidationError("--runs \(runs) must be at least 1") }
+        guard warmup >= 0 else { throw ValidationError("--warmup \(warmup) must not be negative") }
+    }
+}
+
+/// Rejects a list option holding a value below `minimum`, naming the option.
+func requireAtLeast(_ minimum: Int, _ values: [Int], option: String) throws {
+    if let bad = values.first(where: { $0 < minimum }) { throw ValidationError("--\(option) \(bad) must be at least \(minimum)") }
+    if values.isEmpty { throw ValidationError("--\(option) needs at least one value") }
 }
 
 enum BenchReport {
@@ -87,6 +99,8 @@ struct GemmBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Matrix sizes.")
     var n: [Int] = [1024, 2048]
 
+    func validate() throws { try requireAtLeast(1, n, option: "n") }
+
     func run() throws {
         let comm = try world.makeWorld()
         let threads = KernelThreads(bench.threads)
@@ -119,15 +133,39 @@ struct TrainBench: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "train", abstract: "Training throughput of a config (tokens/s of the global batch) and MFU.")
     @OptionGroup var options: ConfigOptions
     @OptionGroup var world: WorldOptions
-    @Option(help: "Kernel (BLAS) threads per rank.")
+    @Option(parsing: .unconditional, help: "Kernel threads per rank.")
     var threads = 1
-    @Option(help: "Timed steps (at least 20).")
+    @Option(parsing: .unconditional, help: "Timed steps (BENCH conventions: at least 20).")
     var steps = 20
-    @Option(help: "Untimed warm-up steps.")
+    @Option(parsing: .unconditional, help: "Untimed warm-up steps.")
     var warmup = 5
 
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads \(threads) must be at least 1") }
+        guard steps >= 1 else { throw ValidationError("--steps \(steps) must be at least 1 (20 or more for a report)") }
+        guard warmup >= 0 else { throw ValidationError("--warmup \(warmup) must not be negative") }
+    }
+
+    /// The bench model's config: --config, else configs/bench-dense.yaml in the current
+    /// directory or in the checkout this executable was built in.
+    /// Paths in a config found in the checkout are relative to the checkout.
+    func defaultConfigFile() throws -> (file: String, base: String) {
+        let name = "configs/bench-dense.yaml"
+        if FileManager.default.fileExists(atPath: name) { return (name, FileManager.default.currentDirectoryPath) }
+        // The executable lives in CHECKOUT/.build/<triple>/release (or .build/release).
+        var directory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        for _ in 0..<4 {
+            directory = directory.deletingLastPathComponent()
+            let candidate = directory.appendingPathComponent(name).path
+            if FileManager.default.fileExists(atPath: candidate) { return (candidate, directory.path) }
+        }
+        throw ValidationError("no --config given and \(name) is neither in the current directory nor in the checkout this tessera was built in; pass --config FILE (the bench models are in the repository's configs/)")
+    }
+
     func run() throws {
-        var config = try options.load(defaultFile: "configs/bench-dense.yaml")
+        let fallback = options.config == nil && !options.helpConfig ? try defaultConfigFile() : nil
+        var config = try options.load(defaultFile: fallback?.file)
+        if let fallback { config = config.resolvingPaths(against: fallback.base) }
         config.train.threads = threads
         config.train.steps = warmup + steps
         config = try config.validated()
@@ -169,8 +207,13 @@ struct CommBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "MiB of Float32 per rank.")
     var mib: [Int] = [1, 16, 64]
 
+    func validate() throws { try requireAtLeast(1, mib, option: "mib") }
+
     func run() throws {
         let comm = try world.makeWorld(defaultTimeout: 120)
+        guard comm.size > 1 else {
+            throw TesseraError("bench comm measures traffic between ranks and this job has one; run it under `scripts/mpirun.sh 2 bench comm` or `tessera launch --nproc 2 -- bench comm`")
+        }
         for name in op {
             guard ["allreduce", "allgather", "reduce_scatter", "alltoall"].contains(name) else {
                 throw ValidationError("unknown --op \(name); choose allreduce, allgather, reduce_scatter or alltoall")
@@ -220,6 +263,11 @@ struct AttentionBench: ParsableCommand {
     @OptionGroup var bench: BenchOptions
     @Option(parsing: .upToNextOption, help: "Sequence lengths.")
     var n: [Int] = [512, 1024, 2048, 4096]
+
+    func validate() throws {
+        try requireAtLeast(1, n, option: "n")
+        if let bad = mode.first(where: { !["fwd", "fwdbwd"].contains($0) }) { throw ValidationError("--mode \(bad): choose fwd or fwdbwd") }
+    }
     @Option(parsing: .upToNextOption, help: "fwd, fwdbwd.")
     var mode: [String] = ["fwd", "fwdbwd"]
 

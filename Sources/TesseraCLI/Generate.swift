@@ -8,28 +8,37 @@ import Training
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Sample text from a checkpoint (byte-level models).")
 
-    @Option(help: "Checkpoint directory.")
+    @Option(help: "A run directory (its newest complete checkpoint) or a checkpoint directory.")
     var checkpoint: String
 
     @Option(help: "Text to continue.")
     var prompt = "ROMEO:"
 
-    @Option(help: "Bytes to generate.")
+    @Option(parsing: .unconditional, help: "Bytes to generate (at least 1).")
     var tokens = 200
 
-    @Option(help: "Sampling temperature (0: greedy).")
+    @Option(parsing: .unconditional, help: "Sampling temperature (0: greedy).")
     var temperature = 0.8
 
     @Option(help: "Sampling seed.")
     var seed: UInt64 = 1
 
+    func validate() throws {
+        guard tokens >= 1 else { throw ValidationError("--tokens \(tokens) must be at least 1") }
+        guard temperature >= 0, temperature.isFinite else {
+            throw ValidationError("--temperature \(temperature) must be 0 (greedy) or a positive number")
+        }
+        guard !prompt.isEmpty else { throw ValidationError("--prompt must not be empty") }
+    }
+
     func run() throws {
-        let contents = try CheckpointStore.read(URL(fileURLWithPath: checkpoint))
-        let config = try RunConfig(resolvedYAML: contents.runConfig, source: checkpoint + "/run.yaml")
+        let (url, note) = try CheckpointArgument.resolve(checkpoint)
+        if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
+        let contents = try CheckpointStore.read(url)
+        let config = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
         let model = try TransformerLM(config: config.modelConfig, seed: 0)
-        try model.parameters.load(contents.model, source: checkpoint)
+        try model.parameters.load(contents.model, source: url.path)
         var context = Array(prompt.utf8).map(Int32.init)
-        guard !context.isEmpty else { throw ValidationError("--prompt must not be empty") }
         var rng = RNG(seed: seed)
         let window = config.data.seqLen, vocab = config.model.vocabSize
         var generated: [UInt8] = []

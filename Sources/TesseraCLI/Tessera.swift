@@ -33,7 +33,10 @@ struct Tessera: ParsableCommand {
             exit(withError: error)
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
-            if ProcessEnvironment.worldRank ?? 0 == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(stop)\n".utf8)) }
+            if ProcessEnvironment.worldRank ?? 0 == 0 {
+                let line = "tessera: \(stop); continue with: \(ResumeCommand.string(runDirectory: stop.runDirectory))\n"
+                try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
+            }
             Foundation.exit(130)
         } catch {
             fail("\(error)")

@@ -19,10 +19,26 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest complete checkpoint (its saved config, unless --config is given).", valueName: "RUN_DIR"))
     var resume: String?
 
-    @Option(help: "Stop after this step, writing a checkpoint, as if interrupted (the schedule still spans train.steps); continue with --resume.")
+    @Option(parsing: .unconditional, help: "Stop after this step, writing a checkpoint, as if interrupted (the schedule still spans train.steps); continue with --resume.")
     var stopAt: Int?
 
+    func validate() throws {
+        if let stopAt, stopAt < 1 { throw ValidationError("--stop-at \(stopAt) must be at least 1") }
+    }
+
+    /// What `tessera train` alone prints instead of starting a long run on built-in defaults.
+    static let usage = """
+        tessera train needs a config or a run to resume:
+          tessera train --config configs/tiny.yaml                 the default run (scripts/run.sh runs it on 2 ranks)
+          tessera train --resume runs/NAME                         continue a run from its newest checkpoint
+          tessera train --help-config                              every config key with its default
+        """
+
     func run() throws {
+        if options.config == nil, resume == nil, !options.helpConfig {
+            try? FileHandle.standardError.write(contentsOf: Data((Self.usage + "\n").utf8))
+            throw ExitCode(2)
+        }
         var file = options.config
         if let resume {
             let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
@@ -40,23 +56,33 @@ struct Train: ParsableCommand {
             config.run.dir = resume
             config = try config.validated()
         }
+        // The saved config records where the data and run really are, so a checkpoint can be
+        // evaluated or resumed from any directory.
+        config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let trainer = try Trainer(config: config, world: comm)
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
         trainer.stopRequested = { StopSignals.received }
-        _ = try trainer.run(resume: resume != nil, stopAt: stopAt)
+        let summary = try trainer.run(resume: resume != nil, stopAt: stopAt)
+        if summary.finalStep < config.train.steps {
+            trainer.reporter?.note("stopped at step \(summary.finalStep) (--stop-at); continue with: \(ResumeCommand.string(runDirectory: config.run.dir))")
+        }
     }
 }
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Validation loss and bits per byte of a checkpoint.")
 
-    @Option(help: "Checkpoint directory (runs/NAME/checkpoints/step-NNNNNNNN).")
+    @Option(help: "A run directory (its newest complete checkpoint) or a checkpoint directory (runs/NAME/checkpoints/step-NNNNNNNN).")
     var checkpoint: String
 
-    @Option(help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
+    @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
     var batches = 0
+
+    func validate() throws {
+        if batches < 0 { throw ValidationError("--batches \(batches) must not be negative (0: the whole validation split)") }
+    }
 
     @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set data.dir=... (repeatable).", valueName: "key=value"))
     var overrides: [String] = []
@@ -64,7 +90,8 @@ struct Eval: ParsableCommand {
     @OptionGroup var world: WorldOptions
 
     func run() throws {
-        let url = URL(fileURLWithPath: checkpoint)
+        let (url, note) = try CheckpointArgument.resolve(checkpoint)
+        if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
         let contents = try CheckpointStore.read(url)
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
         var rebalanced = saved
@@ -78,12 +105,12 @@ struct Eval: ParsableCommand {
                                     seed: resolved.train.seed, dataRank: comm.rank, dataRanks: comm.size)
         let model = try TransformerLM(config: resolved.modelConfig, seed: 0)
         model.threads = KernelThreads(resolved.train.threads)
-        try model.parameters.load(contents.model, source: checkpoint)
+        try model.parameters.load(contents.model, source: url.path)
         let count = batches > 0 ? batches : data.validationBatchCount
         let loss = try Evaluator(model: model, data: data, comm: comm).validationLoss(batches: count)
         if comm.rank == 0 {
             print(String(format: "checkpoint %@ (step %d): validation loss %.4f nats/byte, %.4f bits/byte over %d sequences",
-                         checkpoint, contents.state.step, loss, loss / log(2), count * data.globalBatch))
+                         url.path, contents.state.step, loss, loss / log(2), count * data.globalBatch))
         }
     }
 }

@@ -8,7 +8,7 @@ public struct TrainingInterrupted: Error, CustomStringConvertible {
     public var runDirectory: String
 
     public var description: String {
-        "stopped at step \(step) on request\(checkpoint.map { "; checkpoint \($0) written" } ?? ""); continue with: tessera train --resume \(runDirectory)"
+        "stopped at step \(step) on request\(checkpoint.map { "; checkpoint \($0) written" } ?? "")"
     }
 }
 
