@@ -48,11 +48,6 @@ public final class TransformerLM {
         parameters.initialize(seed: seed)
     }
 
-    /// Parameter names and shapes, in declaration order (Hugging Face Llama naming).
-    public static func declarations(_ config: ModelConfig) throws -> [(String, [Int])] {
-        try TransformerLM(config: config, seed: 0).parameters.entries.map { ($0.name, $0.shape) }
-    }
-
     public var parameterCount: Int { parameters.count }
 
     /// Forward FLOPs per token of the matrix products (2 per multiply-add), without attention scores.

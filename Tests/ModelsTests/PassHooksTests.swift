@@ -1,0 +1,65 @@
+import Testing
+import Models
+import TensorCore
+import _TestSupport
+
+/// What a pass carries besides tokens: explicit positions and the capture hook.
+@Suite struct PassHooksTests {
+    static let config = ModelConfig(vocabSize: 11, dModel: 8, layers: 2, heads: 2, kvHeads: 1, ffnHidden: 12, ropeTheta: 100)
+    static let (B, T) = (2, 6)
+    static var data: (tokens: [Int32], targets: [Int32]) { TransformerLMTests.batch(seed: 3, batch: B, length: T, vocab: 11) }
+
+    static func model() throws -> TransformerLM {
+        let model = try TransformerLM(config: config, seed: 4)
+        for i in 0..<model.parameters.count where model.parameters.values[i] != 1 { model.parameters.values[i] *= 20 }
+        return model
+    }
+
+    /// RoPE scores depend on relative positions only: shifting every position by the same amount
+    /// leaves the logits unchanged (to rounding), while other positions change them.
+    @Test func positionsReachTheRotaryEmbedding() throws {
+        let model = try Self.model()
+        let (B, T) = (Self.B, Self.T)
+        let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        let shifted = model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 + 37 })
+        let spread = model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 * 3 })
+        #expect(maxRelativeError(shifted, plain) < 1e-4)
+        #expect(maxRelativeError(spread, plain) > 1e-2, "positions 0, 3, 6, ... are not positions 0, 1, 2, ...")
+        #expect(model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: Array(0..<T)) == plain)
+    }
+
+    @Test func theCaptureHookSeesEachLayersInputsOutputsAndAttention() throws {
+        let model = try Self.model()
+        let (B, T, d) = (Self.B, Self.T, Self.config.dModel)
+        let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        var seen: [String: (values: [Float], shape: [Int])] = [:]
+        var calls = 0
+        model.capture = { layer, point, values, shape in
+            seen["\(layer).\(point.rawValue)"] = (Array(values), shape)
+            calls += 1
+        }
+        let captured = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        #expect(captured == plain, "capturing does not change the numbers")
+        for layer in 0..<2 {
+            for point in ["blockInput", "sequenceMixerInput", "sequenceMixerOutput", "blockOutput"] {
+                #expect(seen["\(layer).\(point)"]?.shape == [B * T, d], "layer \(layer) \(point)")
+            }
+            let (p, shape) = seen["\(layer).attentionProbabilities"]!
+            #expect(shape == [B, 2, T, T])
+            for row in 0..<(B * 2 * T) {
+                let i = row % T
+                let sum = (0...i).reduce(Float(0)) { $0 + p[row * T + $1] }
+                #expect(abs(sum - 1) < 1e-5, "row \(row) sums to \(sum)")
+                #expect(((i + 1)..<T).allSatisfy { p[row * T + $0] == 0 }, "row \(row) sees the future")
+            }
+        }
+        #expect(seen["1.blockInput"]!.values == seen["0.blockOutput"]!.values)
+        // The residual stream: block input + what the mixers add.
+        let input = seen["0.blockInput"]!.values, mixed = seen["0.sequenceMixerOutput"]!.values
+        #expect(input.count == mixed.count && zip(input, mixed).contains { $1 != 0 })
+        #expect(calls == 10, "5 points × 2 layers per pass")
+        model.capture = nil
+        _ = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        #expect(calls == 10, "nothing is captured once the hook is removed")
+    }
+}
