@@ -89,10 +89,26 @@ sbatch_run() {
   cat "$out"
   return $status
 }
-export -f sbatch_run; export scratch
-check "slurm: srun --mpi=pmix runs the conformance suite on 2 ranks" bash -c \
-  "sbatch_run srun selftest comm --large 100003 | tee /dev/stderr > $scratch/srun.txt && grep -q '0 failed' $scratch/srun.txt && grep -q 'mpi, 2 ranks' $scratch/srun.txt"
-check "slurm: mpirun inside the allocation trains 2 ranks" bash -c \
-  "sbatch_run mpirun train --config configs/tiny.yaml --progress lines --set train.steps=10 --set eval.every=0 --set eval.batches=1 \
+# The job must succeed (sbatch --wait exits with its status), pass the whole suite and run it
+# on the MPI backend with the 2 tasks Slurm started.
+srun_suite() {
+  local out status
+  out=$(conformance sbatch_run srun selftest comm --large 100003); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || return 1
+  grep -qE '^PASS .* \[mpi, 2 ranks\]$' <<<"$out" || { echo "the suite did not run on the MPI backend with 2 ranks"; return 1; }
+}
+check "slurm: srun --mpi=pmix runs the conformance suite on 2 ranks" srun_suite
+# The job must succeed, train on 2 ranks to step 10 and log step 10 in metrics.jsonl.
+mpirun_trains() {
+  local out status
+  out=$(sbatch_run mpirun train --config configs/tiny.yaml --progress lines --set train.steps=10 --set eval.every=0 --set eval.batches=1 \
      --set model.d_model=32 --set model.layers=1 --set model.heads=2 --set model.kv_heads=2 --set model.ffn_hidden=32 \
-     --set data.seq_len=32 --set run.dir=$scratch/run | tee /dev/stderr | grep -q 'done: 10 steps' && grep -q '\"step\":10' $scratch/run/metrics.jsonl"
+     --set data.seq_len=32 --set run.dir="$scratch/run" 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the job exited with status $status"; return 1; }
+  grep -qE '^training steps 0→10, .*, 2 ranks$' <<<"$out" || { echo "it did not train on 2 ranks"; return 1; }
+  grep -q '^done: 10 steps' <<<"$out" || { echo "no 'done: 10 steps'"; return 1; }
+  python3 -c 'import json,sys; s=[json.loads(l)["step"] for l in open(sys.argv[1]) if "\"loss\"" in l]; assert s and s[-1]==10, s' "$scratch/run/metrics.jsonl"
+}
+check "slurm: mpirun inside the allocation trains 2 ranks" mpirun_trains

@@ -98,12 +98,28 @@ final class LocalRanks {
         // After a forwarded Ctrl-C every rank is already stopping (and checkpointing): let them.
         let stop = failed && !interrupted
         lock.unlock()
-        if stop { stopOthers() }
+        if stop { stopOthers(after: Self.reportSeconds) }
         finished.leave()
     }
 
     /// Set once a signal has been forwarded to the ranks.
     private var interrupted = false
+
+    /// How long the other ranks may take to exit on their own after one fails, before they are
+    /// stopped. A rank waiting on the failed one sees its connection close within milliseconds
+    /// and exits with the line naming it (`rank 1 was lost during allReduce`), which says more
+    /// than the launcher can; stopped at once, it would often be killed before writing it.
+    static let reportSeconds = 1.0
+
+    /// `stopOthers()` after `delay` seconds, unless a signal has been forwarded meanwhile (the
+    /// ranks are then stopping on their own, and a second signal would cut their checkpoint short).
+    private func stopOthers(after delay: Double) {
+        DispatchQueue.global().asyncAfter(deadline: .now() + delay) { [weak self] in
+            guard let self else { return }
+            self.lock.lock(); let interrupted = self.interrupted; self.lock.unlock()
+            if !interrupted { self.stopOthers() }
+        }
+    }
 
     /// SIGTERM to every rank still running, SIGKILL after the grace period.
     private func stopOthers() {

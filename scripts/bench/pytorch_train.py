@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The bench-dense model of BENCH.md in PyTorch eager, for a side-by-side `tessera bench train`.
+"""The bench-dense model of docs/BENCHMARKS.md in PyTorch eager, for a side-by-side `tessera bench train`.
 
 usage: pytorch_train.py [--threads N] [--steps 20] [--warmup 5]
-Prints one JSON line with the keys of BENCH.md (impl "pytorch-eager"). Not part of Tessera: run
+Prints one JSON line with the keys of docs/BENCHMARKS.md (impl "pytorch-eager"). Not part of Tessera: run
 it with a PyTorch you installed (pip install torch) to compare on the same machine."""
 import argparse, json, math, resource, time
 import torch
