@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// One set of settings for every Swift target (DESIGN.md: "one `swiftSettings` shared by all").
+/// One set of settings for every Swift target (docs/ARCHITECTURE.md: one `swiftSettings` shared by all).
 /// Language mode 5: the communication layer is synchronous by contract (it runs on dedicated
 /// threads, never on the concurrency pool), so strict Sendable checking buys little here.
 let settings: [SwiftSetting] = [

@@ -2,7 +2,7 @@ import Collectives
 import Kernels
 import TensorCore
 
-/// The Llama-family decoder of DESIGN.md with explicit forward and backward passes.
+/// The Llama-family decoder of docs/ARCHITECTURE.md with explicit forward and backward passes.
 ///
 /// embed → blocks (one `DecoderBlock` per `BlockSpec`) → rmsnorm → lm_head → loss.
 /// Parameters use Hugging Face Llama names and `[out, in]` layouts, in declaration order.

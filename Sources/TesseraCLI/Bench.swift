@@ -7,7 +7,7 @@ import Kernels
 import TensorCore
 import Training
 
-/// `tessera bench`: speed and memory as JSON lines (BENCH.md). Rank 0 prints; logs go to stderr.
+/// `tessera bench`: speed and memory as JSON lines (docs/BENCHMARKS.md). Rank 0 prints; logs go to stderr.
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed and memory; prints one JSON object per measurement.",
@@ -70,7 +70,7 @@ enum BenchReport {
         }
     }
 
-    /// One JSON line with the BENCH.md keys; `values` are already in `unit`. Collective over `comm`
+    /// One JSON line with the docs/BENCHMARKS.md keys; `values` are already in `unit`. Collective over `comm`
     /// (for the largest rank's memory); rank 0 prints.
     static func emit(_ bench: String, impl: String, threads: Int, comm: Communicator, shape: [String: Any],
                      unit: String, values: [Double], extra: [String: Any] = [:]) throws {

@@ -5,7 +5,7 @@ import Kernels
 import Models
 import TensorCore
 
-/// Data-parallel training of the decoder: one optimizer step at a time (DESIGN.md, "The data's
+/// Data-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
 /// way through a training step"); `run` (TrainingRun.swift) is the loop around it.
 ///
 /// Every rank runs the same code. Rank 0 reports, writes metrics and checkpoints. Call from a
