@@ -60,10 +60,10 @@ public final class Trainer {
         train = try TokenDataset(directory: directory, split: "train")
         validation = try TokenDataset(directory: directory, split: "val")
         if train.sampleCount(length: length) < globalBatch {
-            throw DataError("\(directory) train split has \(train.tokens.count) tokens, needs at least train.global_batch × data.seq_len + 1 = \(globalBatch * length + 1); lower data.seq_len or train.global_batch, or add data")
+            throw DataError.tooFewTokens(directory: directory, split: "train", tokens: train.tokenCount, needed: globalBatch * length + 1, requirement: "train.global_batch × data.seq_len + 1")
         }
         if validation.sampleCount(length: length) < 1 {
-            throw DataError("\(directory) val split has \(validation.tokens.count) tokens, needs at least data.seq_len + 1 = \(length + 1); lower data.seq_len, or prepare with a larger --val-fraction")
+            throw DataError.tooFewTokens(directory: directory, split: "val", tokens: validation.tokenCount, needed: length + 1, requirement: "data.seq_len + 1")
         }
         let model = try TransformerLM(config: config.model, seed: UInt64(config.int("train.seed")))
         guard train.vocabSize <= model.config.vocabSize else {

@@ -11,12 +11,12 @@ public enum DataPreparation {
     /// Each file contributes its first (1 − valFraction) bytes to `train` and the rest to `val`,
     /// so the validation set samples every work.
     public static func prepare(inputs: [String], output: String, valFraction: Double, shardTokens: Int = 1 << 26) throws -> Summary {
-        guard valFraction > 0, valFraction < 1 else { throw DataError("--val-fraction \(valFraction) must be between 0 and 1 (exclusive)") }
+        guard valFraction > 0, valFraction < 1 else { throw DataError.valFractionOutOfRange(valFraction) }
         var files: [String] = []
         for input in inputs {
             var isDirectory: ObjCBool = false
             guard FileManager.default.fileExists(atPath: input, isDirectory: &isDirectory) else {
-                throw DataError("input \(input) does not exist")
+                throw DataError.inputMissing(path: input, currentDirectory: DataError.resolutionBase(of: input))
             }
             if isDirectory.boolValue {
                 let names = ((try? FileManager.default.contentsOfDirectory(atPath: input)) ?? []).sorted()
@@ -25,16 +25,16 @@ public enum DataPreparation {
                 files.append(input)
             }
         }
-        guard !files.isEmpty else { throw DataError("no input files in \(inputs.joined(separator: ", "))") }
+        guard !files.isEmpty else { throw DataError.noInputFiles(inputs: inputs, skipped: []) }
         var train: [Int32] = [], validation: [Int32] = []
         for file in files {
-            guard let bytes = FileManager.default.contents(atPath: file) else { throw DataError("input \(file) cannot be read") }
+            guard let bytes = FileManager.default.contents(atPath: file) else { throw DataError.inputUnreadable(path: file, reason: "read failed") }
             let cut = Int((Double(bytes.count) * (1 - valFraction)).rounded())
             train += bytes.prefix(cut).map { Int32($0) }
             validation += bytes.dropFirst(cut).map { Int32($0) }
         }
         guard train.count > 1, validation.count > 1 else {
-            throw DataError("the inputs hold \(train.count + validation.count) bytes, too little to split; add text")
+            throw DataError.tooLittleText(bytes: train.count + validation.count, files: files.count)
         }
         do {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
@@ -54,7 +54,7 @@ public enum DataPreparation {
         } catch let error as DataError {
             throw error
         } catch {
-            throw DataError("cannot write token shards to \(output): \(error.localizedDescription)")
+            throw DataError.cannotWrite(directory: output, reason: error.localizedDescription)
         }
         return Summary(files: files.count, trainTokens: train.count, validationTokens: validation.count)
     }
