@@ -9,11 +9,24 @@ public enum TokenShardFormat {
     public static let version: UInt32 = 1
     public static let headerSize = 32
 
-    public static func encode(_ tokens: [Int32], vocabSize: Int) -> Data {
-        let width = vocabSize <= 256 ? 1 : vocabSize <= 65536 ? 2 : 4
+    /// The narrowest width that holds every token below `vocabSize`: 1, 2 or 4 bytes.
+    public static func width(forVocabulary vocabSize: Int) -> Int {
+        vocabSize <= 256 ? 1 : vocabSize <= 65536 ? 2 : 4
+    }
+
+    /// The 32 header bytes of a shard of `count` tokens, `width` bytes each.
+    public static func header(width: Int, count: Int, vocabSize: Int) -> Data {
         var data = Data(magic)
         func append<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { data.append(contentsOf: $0) } }
-        append(version); append(UInt32(width)); append(UInt64(tokens.count)); append(UInt32(vocabSize)); append(UInt32(0))
+        append(version); append(UInt32(width)); append(UInt64(count)); append(UInt32(vocabSize)); append(UInt32(0))
+        return data
+    }
+
+    /// A whole shard holding `tokens` at the width `vocabSize` needs.
+    public static func encode(_ tokens: [Int32], vocabSize: Int) -> Data {
+        let width = width(forVocabulary: vocabSize)
+        var data = header(width: width, count: tokens.count, vocabSize: vocabSize)
+        func append<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { data.append(contentsOf: $0) } }
         data.reserveCapacity(headerSize + tokens.count * width)
         switch width {
         case 1: data.append(contentsOf: tokens.map { UInt8($0) })
