@@ -20,7 +20,13 @@ struct Tessera: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         MPICommunicator.deadlineExpired = { fail("\($0)") }
         let command: ParsableCommand
-        do { command = try parseAsRoot() } catch { exit(withError: error) }   // usage errors, --help
+        do { command = try parseAsRoot() } catch {   // usage errors, --help
+            if let message = unknownSubcommandMessage(Array(CommandLine.arguments.dropFirst())) {
+                try? FileHandle.standardError.write(contentsOf: Data((message + "\n").utf8))
+                exit(withError: ExitCode.validationFailure)
+            }
+            exit(withError: error)
+        }
         do {
             var running = command
             try running.run()
