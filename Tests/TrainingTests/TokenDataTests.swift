@@ -95,3 +95,203 @@ import _TestSupport
         }
     }
 }
+
+/// Shards read in place: windows across shard boundaries, stored widths, and named errors.
+@Suite struct TokenDataTests {
+    /// Text of `bytes` bytes with some structure (the fixture corpus's generator).
+    static func text(bytes: Int, seed: UInt64 = 5) -> String {
+        var rng = RNG(seed: seed)
+        let words = ["when", "shall", "we", "three", "meet", "again", "in", "thunder", "lightning", "or", "rain"]
+        var text = ""
+        while text.utf8.count < bytes { text += words[rng.nextInt(below: words.count)] + (rng.nextInt(below: 6) == 0 ? ",\n" : " ") }
+        return text
+    }
+
+    static func write(_ tokens: [Int32], vocabSize: Int, to path: String) throws {
+        try TokenShardFormat.encode(tokens, vocabSize: vocabSize).write(to: URL(fileURLWithPath: path))
+    }
+
+    static func error(_ body: () throws -> Void) -> DataError? {
+        do { try body() } catch let error as DataError { return error } catch { Issue.record("not a DataError: \(error)") }
+        return nil
+    }
+
+    @Test func manyShardsGiveTheBatchesOfOne() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let input = directory.file("text.txt")
+        try Self.text(bytes: 6000).write(toFile: input, atomically: true, encoding: .utf8)
+        let many = try DataPreparation.prepare(inputs: [input], output: directory.file("many"), valFraction: 0.1, shardTokens: 97)
+        let one = try DataPreparation.prepare(inputs: [input], output: directory.file("one"), valFraction: 0.1)
+        #expect(many.trainTokens == one.trainTokens && many.validationTokens == one.validationTokens)
+        for split in ["train", "val"] {
+            let sharded = try TokenDataset(directory: directory.file("many"), split: split)
+            let single = try TokenDataset(directory: directory.file("one"), split: split)
+            #expect(single.shards.count == 1)
+            #expect(sharded.shards.count == (sharded.tokenCount + 96) / 97 && sharded.shards.count > 5)
+            #expect(sharded.tokenCount == single.tokenCount && sharded.vocabSize == 256)
+            #expect(sharded.tokens(0..<sharded.tokenCount) == single.tokens(0..<single.tokenCount))
+            // Windows shorter than a shard (some straddle a boundary) and longer than two.
+            for length in [16, 96, 250] {
+                let samples = Array(0..<sharded.sampleCount(length: length)).reversed().map { $0 }
+                let a = sharded.batch(samples: samples, length: length), b = single.batch(samples: samples, length: length)
+                #expect(a.tokens == b.tokens && a.targets == b.targets, "\(split), length \(length)")
+                #expect(a.tokens.count == samples.count * length)
+            }
+        }
+        // The bytes themselves, in order, with targets shifted by one.
+        let train = try TokenDataset(directory: directory.file("many"), split: "train")
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: input)).prefix(train.tokenCount)).map { Int32($0) }
+        let window = train.batch(samples: [3], length: 40)
+        #expect(window.tokens == Array(bytes[120..<160]) && window.targets == Array(bytes[121..<161]))
+    }
+
+    @Test(arguments: [(256, 1), (65536, 2), (70000, 4)])
+    func tokensOfEachWidthReadBack(vocabSize: Int, width: Int) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var rng = RNG(seed: UInt64(vocabSize))
+        let first: [Int32] = [0, Int32(vocabSize - 1)] + (0..<500).map { _ in Int32(rng.nextInt(below: vocabSize)) }
+        let second: [Int32] = (0..<300).map { _ in Int32(rng.nextInt(below: vocabSize)) } + [Int32(vocabSize - 1)]
+        try Self.write(first, vocabSize: vocabSize, to: directory.file("train-00000.tok"))
+        try Self.write(second, vocabSize: vocabSize, to: directory.file("train-00001.tok"))
+        let data = try TokenDataset(directory: directory.path, split: "train")
+        #expect(data.shards.map(\.width) == [width, width])
+        #expect(data.vocabSize == vocabSize && data.tokenCount == 803)
+        let all = first + second
+        #expect(data.tokens(0..<803) == all)
+        #expect(data.shards[1][300] == Int32(vocabSize - 1))
+        let batch = data.batch(samples: [0, 9, 6], length: 80)   // window 6 spans the two shards
+        #expect(batch.tokens == Array(all[0..<80] + all[720..<800] + all[480..<560]))
+        #expect(batch.targets == Array(all[1..<81] + all[721..<801] + all[481..<561]))
+    }
+
+    @Test func shardsOfDifferentWidthsFormOneSplit() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        try Self.write([1, 2, 3, 4, 5], vocabSize: 256, to: directory.file("val-00000.tok"))
+        try Self.write([60000, 7], vocabSize: 65536, to: directory.file("val-00001.tok"))
+        try Self.write([], vocabSize: 256, to: directory.file("val-00002.tok"))
+        try Self.write([69999, 9, 10], vocabSize: 70000, to: directory.file("val-00003.tok"))
+        let data = try TokenDataset(directory: directory.path, split: "val")
+        #expect(data.vocabSize == 70000 && data.tokenCount == 10)
+        #expect(data.batch(samples: [1], length: 4).tokens == [5, 60000, 7, 69999])
+        #expect(data.batch(samples: [1], length: 4).targets == [60000, 7, 69999, 9])
+    }
+
+    @Test func aTruncatedShardNamesItsSizes() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("train-00000.tok")
+        try Self.write(Array(repeating: 7, count: 100), vocabSize: 65536, to: path)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        try bytes.prefix(bytes.count - 3).write(to: URL(fileURLWithPath: path))
+        let error = Self.error { _ = try TokenDataset(directory: directory.path, split: "train") }
+        #expect(error == .sizeMismatch(file: path, tokens: 100, expectedBytes: 232, actualBytes: 229))
+        #expect(error?.description.contains("\(path) is truncated: header says 100 tokens (232 bytes), the file has 229 bytes") == true)
+        // A header cut short, and a file longer than its header.
+        try bytes.prefix(20).write(to: URL(fileURLWithPath: path))
+        #expect(Self.error { _ = try TokenShard(path: path) } == .sizeMismatch(file: path, tokens: nil, expectedBytes: 32, actualBytes: 20))
+        try (bytes + Data([1, 2])).write(to: URL(fileURLWithPath: path))
+        let longer = Self.error { _ = try TokenShard(path: path) }
+        #expect(longer == .sizeMismatch(file: path, tokens: 100, expectedBytes: 232, actualBytes: 234))
+        #expect(longer?.description.contains("longer than its header says") == true)
+    }
+
+    @Test func aFileThatIsNotAShardSaysSo() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let path = directory.file("train-00000.tok")
+        try Data("not a shard at all, just some text here".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(Self.error { _ = try TokenDataset(directory: directory.path, split: "train") } == .wrongMagic(file: path))
+        try Data("TSR".utf8).write(to: URL(fileURLWithPath: path))
+        #expect(Self.error { _ = try TokenShard(path: path) } == .wrongMagic(file: path))
+        // Version and width fields.
+        var shard = TokenShardFormat.encode([1, 2], vocabSize: 256)
+        shard[8] = 2
+        try shard.write(to: URL(fileURLWithPath: path))
+        #expect(Self.error { _ = try TokenShard(path: path) } == .unsupportedVersion(file: path, version: 2, supported: 1))
+        shard[8] = 1
+        shard[12] = 3
+        try shard.write(to: URL(fileURLWithPath: path))
+        #expect(Self.error { _ = try TokenShard(path: path) } == .unsupportedWidth(file: path, width: 3))
+        #expect(Self.error { _ = try TokenShard(path: directory.file("absent.tok")) }?.description.contains("absent.tok cannot be read") == true)
+    }
+
+    @Test func aTokenOutsideTheVocabularyIsNamed() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let narrow = directory.file("train-00000.tok"), wide = directory.file("val-00000.tok")
+        try Self.write([1, 2, 3, 250, 4], vocabSize: 200, to: narrow)
+        try Self.write([5, 69999, 70000, 6], vocabSize: 70000, to: wide)
+        let error = Self.error { _ = try TokenDataset(directory: directory.path, split: "train") }
+        #expect(error == .tokenOutOfVocabulary(file: narrow, token: 250, index: 3, vocabSize: 200))
+        #expect(error?.description.contains("token 250") == true && error?.description.contains("vocabulary of 200") == true)
+        #expect(Self.error { _ = try TokenDataset(directory: directory.path, split: "val") }
+                == .tokenOutOfVocabulary(file: wide, token: 70000, index: 2, vocabSize: 70000))
+    }
+
+    @Test func aMissingDirectorySaysWhereItLookedAndHowToOverride() throws {
+        let cwd = FileManager.default.currentDirectoryPath
+        let relative = Self.error { _ = try TokenDataset(directory: "no-such-tessera-data", split: "train") }
+        #expect(relative == .directoryMissing(directory: "no-such-tessera-data", currentDirectory: cwd))
+        let text = relative?.description ?? ""
+        #expect(text.contains("no-such-tessera-data does not exist") && text.contains("current directory \(cwd)"))
+        #expect(text.contains("--set data.dir=") && text.contains("tessera data prepare") && !text.contains("setup.sh"))
+        // Absolute: no current directory; the default corpus's place suggests setup.sh.
+        let absolute = Self.error { _ = try TokenDataset(directory: "/no-such-tessera-data", split: "train") }
+        #expect(absolute == .directoryMissing(directory: "/no-such-tessera-data", currentDirectory: nil))
+        #expect(absolute?.description.contains("current directory") == false)
+        let standard = Self.error { _ = try TokenDataset(directory: "no-such-checkout/data/shakespeare", split: "train") }
+        #expect(standard?.description.contains("scripts/setup.sh") == true && standard?.description.contains("--set data.dir=") == true)
+        // An empty directory names the split.
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        #expect(Self.error { _ = try TokenDataset(directory: directory.path, split: "val") } == .noShards(directory: directory.path, split: "val"))
+    }
+
+    @Test func binaryInputsAreSkippedByNameUnlessKept() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let inputs = directory.file("inputs")
+        try FileManager.default.createDirectory(atPath: inputs, withIntermediateDirectories: true)
+        let text = Self.text(bytes: 400)
+        try text.write(toFile: inputs + "/a.txt", atomically: true, encoding: .utf8)
+        try ("naïve café — " + text).write(toFile: inputs + "/b.txt", atomically: true, encoding: .utf8)
+        try Data([0x7F, 0x45, 0x4C, 0x46, 0, 1, 2, 3] + Array(text.utf8)).write(to: URL(fileURLWithPath: inputs + "/c.bin"))
+        try Data(Array("caf".utf8) + [0xE9] + Array(text.utf8)).write(to: URL(fileURLWithPath: inputs + "/d.txt"))   // Latin-1
+        let summary = try DataPreparation.prepare(inputs: [inputs], output: directory.file("out"), valFraction: 0.1)
+        #expect(summary.taken == [inputs + "/a.txt", inputs + "/b.txt"] && summary.files == 2)
+        #expect(summary.skipped == [.init(path: inputs + "/c.bin", reason: "contains a NUL byte at offset 4"),
+                                    .init(path: inputs + "/d.txt", reason: "is not valid UTF-8 at offset 3")])
+        let taken = text.utf8.count + ("naïve café — " + text).utf8.count
+        #expect(summary.trainTokens + summary.validationTokens == taken)
+        let kept = try DataPreparation.prepare(inputs: [inputs], output: directory.file("out"), valFraction: 0.1, keepBinary: true)
+        #expect(kept.files == 4 && kept.skipped.isEmpty && kept.trainTokens + kept.validationTokens == taken + 2 * text.utf8.count + 8 + 4)
+        // Only binary inputs: the error names them and the flag.
+        let only = Self.error { _ = try DataPreparation.prepare(inputs: [inputs + "/c.bin"], output: directory.file("none"), valFraction: 0.1) }
+        #expect(only == .noInputFiles(inputs: [inputs + "/c.bin"], skipped: [inputs + "/c.bin"]))
+        #expect(only?.description.contains("--binary") == true)
+    }
+
+    @Test func textCheckFollowsUTF8() {
+        func problem(_ bytes: [UInt8]) -> String? { bytes.withUnsafeBytes { DataPreparation.textProblem(in: $0) } }
+        #expect(problem(Array("plain, ünïcødé, 日本語, 🎭".utf8)) == nil)
+        #expect(problem([]) == nil)
+        #expect(problem([0x61, 0xC0, 0x80]) == "is not valid UTF-8 at offset 1")           // overlong NUL
+        #expect(problem([0x61, 0x62, 0xED, 0xA0, 0x80]) == "is not valid UTF-8 at offset 2")  // surrogate
+        #expect(problem([0xF4, 0x90, 0x80, 0x80]) == "is not valid UTF-8 at offset 0")      // beyond U+10FFFF
+        #expect(problem(Array("ok".utf8) + [0xE6, 0x97]) == "is not valid UTF-8 at offset 2") // cut off
+        #expect(problem(Array("ok\0".utf8)) == "contains a NUL byte at offset 2")
+    }
+
+    @Test func prepareRefusesAValFractionOutsideZeroToOne() throws {
+        for value in [-0.1, 0, 1, 1.5] {
+            let error = Self.error { _ = try DataPreparation.prepare(inputs: ["x"], output: "y", valFraction: value) }
+            #expect(error == .valFractionOutOfRange(value))
+            #expect(error?.description.contains("--val-fraction") == true)
+        }
+        let missing = Self.error { _ = try DataPreparation.prepare(inputs: ["no-such-input.txt"], output: "y", valFraction: 0.1) }
+        #expect(missing == .inputMissing(path: "no-such-input.txt", currentDirectory: FileManager.default.currentDirectoryPath))
+    }
+}
