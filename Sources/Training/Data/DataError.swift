@@ -48,7 +48,8 @@ public enum DataError: Error, Equatable, CustomStringConvertible {
             var text = "data directory \(directory) does not exist"
             if let currentDirectory { text += " (a relative path, resolved against the current directory \(currentDirectory))" }
             if Self.isDefaultCorpus(directory) {
-                return text + "; run scripts/setup.sh in the Tessera checkout to prepare the default corpus there, or point to prepared data with --set data.dir=PATH"
+                let from = currentDirectory == nil ? "" : " (run tessera from there)"
+                return text + "; scripts/setup.sh prepares data/shakespeare in the Tessera checkout\(from), or point to prepared data with --set data.dir=PATH"
             }
             return text + "; point to prepared data with --set data.dir=PATH, or create it with `tessera data prepare --input TEXT... --output \(directory)`"
         case let .directoryUnreadable(directory, reason):
