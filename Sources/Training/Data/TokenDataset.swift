@@ -43,7 +43,8 @@ public final class TokenDataset {
 
     /// Tokens `range` of the split (across shards as needed).
     public func tokens(_ range: Range<Int>) -> [Int32] {
-        [Int32](unsafeUninitializedCapacity: range.count) { buffer, initialized in
+        guard !range.isEmpty else { return [] }
+        return [Int32](unsafeUninitializedCapacity: range.count) { buffer, initialized in
             copyTokens(from: range.lowerBound, count: range.count, into: buffer.baseAddress!)
             initialized = range.count
         }

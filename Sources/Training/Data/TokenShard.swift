@@ -94,8 +94,7 @@ public final class TokenShard: @unchecked Sendable {   // immutable after init; 
         let body = mapping + TokenShardFormat.headerSize + offset * width
         switch width {
         case 1:
-            let source = body.assumingMemoryBound(to: UInt8.self)
-            for i in 0..<count { out[i] = Int32(source[i]) }
+            for i in 0..<count { out[i] = Int32(body.load(fromByteOffset: i, as: UInt8.self)) }
         case 2:
             for i in 0..<count { out[i] = Int32(UInt16(littleEndian: body.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))) }
         default:
