@@ -93,7 +93,7 @@ check "train: Ctrl-C under mpirun checkpoints; resuming equals the uninterrupted
 check "train: Ctrl-C under tessera launch checkpoints; resuming equals the uninterrupted run" interrupt_and_resume tcp
 check "train: an unknown key is one clear line" expect_failure 30 "unknown key 'train.global_bach'; did you mean 'train.global_batch'" "$TESSERA" train "${tiny[@]}" --set train.global_bach=8
 check "train: a batch that does not divide stops every rank" expect_failure 60 "train.global_batch = 10 does not divide over parallel.data = 3" scripts/mpirun.sh 3 train "${tiny[@]}" --set train.global_batch=10 --set run.dir="$work/bad"
-check "train: missing data says what to run" expect_failure 30 "does not exist; run scripts/setup.sh" "$TESSERA" train "${tiny[@]}" --set data.dir=/nonexistent --set run.dir="$work/bad2"
+check "train: missing data says what to run" expect_failure 30 "/nonexistent does not exist; point to prepared data with --set data.dir=PATH" "$TESSERA" train "${tiny[@]}" --set data.dir=/nonexistent --set run.dir="$work/bad2"
 check "train: an existing run is not overwritten" expect_failure 30 "already holds checkpoint" "$TESSERA" train "${tiny[@]}" --set run.dir="$work/r1"
 # eval over the 2 validation batches the run used gives the validation loss it logged last, so
 # it evaluated the trained weights (a fresh model gives about 5.5).
