@@ -37,7 +37,7 @@ struct TrainingCheckpoints {
     /// none). `check` runs on rank 0 and may throw; any failure reaches every rank as the same
     /// error.
     func loadLatest(check: (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
-        var problem = ""
+        var failure: Error?
         var contents: CheckpointContents?
         if isWriter, let latest = store.latest() {
             do {
@@ -45,10 +45,12 @@ struct TrainingCheckpoints {
                 try check(latest, loaded)
                 contents = loaded
             } catch {
-                problem = "\(error)"
+                failure = error
             }
         }
+        let problem = failure.map { "\($0)" } ?? ""
         let message = String(decoding: try world.broadcastBytes(Array(problem.utf8), root: 0), as: UTF8.self)
+        if let failure { throw failure }   // rank 0 keeps its typed error
         if !message.isEmpty { throw TrainingError.resumeFailed(message: message) }
         var found: [Int64] = [contents == nil ? 0 : 1]
         try found.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }

@@ -20,12 +20,12 @@ public final class TrainingData {
         train = try TokenDataset(directory: directory, split: "train")
         validation = try TokenDataset(directory: directory, split: "val")
         if train.sampleCount(length: length) < globalBatch {
-            throw TrainingError.dataTooSmall(directory: directory, split: "train", tokens: train.tokenCount, needed: globalBatch * length + 1,
-                                             hint: "train.global_batch × data.seq_len + 1 = \(globalBatch) × \(length) + 1; lower data.seq_len or train.global_batch, or add data")
+            throw DataError.tooFewTokens(directory: directory, split: "train", tokens: train.tokenCount, needed: globalBatch * length + 1,
+                                         requirement: "train.global_batch × data.seq_len + 1")
         }
         if validation.sampleCount(length: length) < 1 {
-            throw TrainingError.dataTooSmall(directory: directory, split: "val", tokens: validation.tokenCount, needed: length + 1,
-                                             hint: "data.seq_len + 1; lower data.seq_len, or prepare with a larger --val-fraction")
+            throw DataError.tooFewTokens(directory: directory, split: "val", tokens: validation.tokenCount, needed: length + 1,
+                                         requirement: "data.seq_len + 1")
         }
         self.length = length
         self.globalBatch = globalBatch

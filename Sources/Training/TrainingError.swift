@@ -1,7 +1,5 @@
 /// Why training cannot start or go on; each case names what it concerns and what to change.
 public enum TrainingError: Error, Equatable, CustomStringConvertible {
-    /// A split holds fewer tokens than one step (or one validation sample) needs.
-    case dataTooSmall(directory: String, split: String, tokens: Int, needed: Int, hint: String)
     /// The data's vocabulary does not fit the model's.
     case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
     case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
@@ -19,8 +17,6 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .dataTooSmall(directory, split, tokens, needed, hint):
-            return "\(directory) \(split) split has \(tokens) tokens, needs at least \(needed); \(hint)"
         case let .vocabularyTooSmall(source, vocabSize, dataVocabulary, directory):
             return "\(source): model.vocab_size = \(vocabSize) is smaller than the data's vocabulary (\(dataVocabulary) in \(directory))"
         case let .sequenceDoesNotDivideWorld(source, sequence, worldSize):

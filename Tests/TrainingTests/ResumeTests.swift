@@ -65,7 +65,8 @@ import _TestSupport
         let data = try makeCorpus(in: directory)
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
         _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
-        let error = #expect(throws: ConfigError.self) { try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false) }
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false) }
+        guard case .runDirectoryInUse? = error else { Issue.record("\(String(describing: error))"); return }
         #expect(error?.description.contains("--resume") == true)
     }
 
@@ -76,7 +77,37 @@ import _TestSupport
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
         _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
         let changed = try config.applying(["train.lr=1e-2"])
-        let error = #expect(throws: ConfigError.self) { try Trainer(config: changed, world: SingleProcessCommunicator()).run(resume: true) }
-        #expect(error?.description.contains("train.lr") == true)
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: changed, world: SingleProcessCommunicator()).run(resume: true) }
+        guard case .configChanged(_, let changes)? = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(changes == ["train.lr: 0.003 → 0.01"])
+    }
+
+    @Test func resumingARunAlreadyAtItsLastStepIsRefusedNamingBothSteps() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
+        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
+        let shorter = try config.applying(["train.steps=3"])
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: shorter, world: SingleProcessCommunicator()).run(resume: true) }
+        guard case .resumePastEnd(_, let step, let steps)? = error else { Issue.record("\(String(describing: error))"); return }
+        #expect(step == 4 && steps == 3)
+        #expect(error!.description.contains("step 4") && error!.description.contains("train.steps = 3"))
+    }
+
+    @Test func everyRankFailsWithRankZerosMessageWhenResumingIsRefused() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
+        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
+        let changed = try config.applying(["train.lr=1e-2"])
+        let results = InProcessCommunicator.run(size: 2) { comm in try Trainer(config: changed, world: comm).run(resume: true) }
+        let messages = results.map { result -> String in
+            if case .failure(let error) = result { return "\(error)" }
+            return "no error"
+        }
+        #expect(messages[0].contains("train.lr: 0.003 → 0.01"))
+        #expect(messages[1] == messages[0], "rank 1 reports rank 0's reason")
     }
 }
