@@ -63,7 +63,7 @@ launch_refused() {
   wait_for "$dir/metrics.jsonl" || return 1
   local out; out=$(timeout 60 "$TESSERA" launch --nproc 2 -- train "${small[@]}" --set train.steps=3000 --set run.dir="$dir" 2>&1); local status=$?
   echo "$out"; kill "$first"; wait "$first"
-  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && echo "$out" | grep -q "rank 0: error: run.dir .* pid $first"
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && echo "$out" | grep -q "rank 0: error: run.dir .*(pid $first on host" && echo "$out" | grep -q "rank 1: error: run.dir .*(pid $first on host"
 }
 check "launch: a held run.dir stops every rank, naming the holder" launch_refused
 
