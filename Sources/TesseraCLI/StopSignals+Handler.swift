@@ -3,15 +3,23 @@ import Synchronization
 import Training
 
 /// The signal handler of `StopSignals` and what it says when a second request ends the process
-/// at once. Everything the handler touches is prepared beforehand: it reads atomics and fixed
-/// buffers, and calls only async-signal-safe functions (poll, write, stat, unlink, signal, raise).
+/// at once. Everything the handler touches is prepared beforehand: it reads a clock, atomics and
+/// fixed buffers, and calls only async-signal-safe functions (clock_gettime, poll, write, stat,
+/// unlink, signal, raise).
 extension StopSignals {
+    /// A second signal within this time of the first is the same request delivered twice, not a
+    /// second request: `timeout` signals the process and then its whole process group, and a
+    /// launcher may forward what a terminal already delivered to its process group.
+    static let repeatWindowNanoseconds: Int64 = 500_000_000
+
     static func handle(_ signalNumber: Int32) {
-        let first = firstSignalAt.compareExchange(expected: 0, desired: 1, ordering: .relaxed)
+        let now = monotonicNanoseconds()
+        let first = firstSignalAt.compareExchange(expected: 0, desired: now, ordering: .relaxed)
         if first.exchanged {   // the first request: stop after this step with a checkpoint
             stopSignalCount = 1
             return
         }
+        if now - first.original < repeatWindowNanoseconds { return }
         // Asked twice: stop now, saying what is left.
         HardStop.sayAndReleaseLock()
         signal(signalNumber, SIG_DFL)
@@ -38,7 +46,13 @@ extension StopSignals {
         }
     }
 
-    /// 1 once the first stop signal has arrived.
+    private static func monotonicNanoseconds() -> Int64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return max(1, Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec))
+    }
+
+    /// When the first stop signal arrived (CLOCK_MONOTONIC nanoseconds; 0: none yet).
     static let firstSignalAt = Atomic<Int64>(0)
 }
 
