@@ -142,7 +142,8 @@ output_stalled() {
   head -c 65536 /dev/zero >&3   # the pipe is full
   "$TESSERA" train --resume "$dir" --progress lines >&3 2>"$dir.err" & local pid=$!
   exec 3>&-
-  for _ in $(seq 1 100); do grep -q pipe "/proc/$pid/wchan" 2>/dev/null && break; sleep 0.1; done
+  # Blocked writing its first line (in write(2) on the pipe, or in poll(2) waiting for room).
+  for _ in $(seq 1 100); do grep -qE "pipe|poll" "/proc/$pid/wchan" 2>/dev/null && break; sleep 0.1; done
   echo "before SIGTERM: wait channel $(cat /proc/"$pid"/wchan 2>/dev/null)"
   kill -TERM "$pid"
   wait_exit "$pid" 20; local status=$?

@@ -45,6 +45,7 @@ extension Trainer {
         let end = min(total, stopAt ?? total)
         let lock = try holdRunDirectory()
         defer { lock?.release() }
+        reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
             if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
