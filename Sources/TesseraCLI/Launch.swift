@@ -62,6 +62,7 @@ struct Launch: ParsableCommand {
             guard file.nodes.indices.contains(nodeRank) else {
                 throw TesseraError("--node-rank \(nodeRank) is not in hostfile \(hostfile), which lists \(file.nodes.count) node(s) (0...\(file.nodes.count - 1))")
             }
+            try requireThisMachine(in: file, path: hostfile)
             if let nproc, nproc != file.nodes[nodeRank].nproc {
                 throw TesseraError("--nproc \(nproc) disagrees with hostfile \(hostfile): nodes[\(nodeRank)].nproc = \(file.nodes[nodeRank].nproc)")
             }
