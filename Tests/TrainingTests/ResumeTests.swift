@@ -65,7 +65,7 @@ import _TestSupport
         let data = try makeCorpus(in: directory)
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
         _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
-        let error = #expect(throws: ConfigError.self) { try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false) }
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false) }
         #expect(error?.description.contains("--resume") == true)
     }
 
@@ -76,7 +76,7 @@ import _TestSupport
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
         _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
         let changed = try config.applying(["train.lr=1e-2"])
-        let error = #expect(throws: ConfigError.self) { try Trainer(config: changed, world: SingleProcessCommunicator()).run(resume: true) }
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: changed, world: SingleProcessCommunicator()).run(resume: true) }
         #expect(error?.description.contains("train.lr") == true)
     }
 }
