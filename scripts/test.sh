@@ -10,6 +10,7 @@ echo "==> logs in $LOG_DIR"
 check "docs: every relative Markdown link points to a file in the repository" python3 scripts/check_links.py
 check "swift test (unit tests)" swift test
 grep -E "Test run with|Executed" "$LOG_DIR/swift_test_(unit_tests).log" | tail -n 2
+scripts/test-newuser.sh
 scripts/test-multirank.sh
 scripts/test-multinode.sh
 scripts/test-slurm.sh

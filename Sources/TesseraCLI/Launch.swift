@@ -7,6 +7,7 @@ import Foundation
 struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Start N local ranks of a tessera command on the TCP backend.",
+        usage: "tessera launch [<options>] -- <command> ...",
         discussion: """
             Rank 0's standard output passes through unchanged (pipe bench JSON from it); every \
             rank's standard error, and the standard output of the other ranks, arrive on standard \
@@ -15,32 +16,41 @@ struct Launch: ParsableCommand {
             per node with the same --hostfile and that node's --node-rank.
             """)
 
-    @Option(help: "Ranks to start on this node (default: the hostfile's nproc for this node, else 1).")
+    // `.unconditional`: `--nproc -1` is a value to reject, not a missing one (see validate()).
+    @Option(parsing: .unconditional, help: "Ranks to start on this node (default: the hostfile's nproc for this node, else 1).")
     var nproc: Int?
 
     @Option(help: "JSON hostfile describing every node (see cluster/README.md).")
     var hostfile: String?
 
-    @Option(help: "This node's index in the hostfile.")
+    @Option(parsing: .unconditional, help: "This node's index in the hostfile.")
     var nodeRank = 0
 
     @Option(help: "Rank 0's address (single node: 127.0.0.1).")
     var masterAddr: String?
 
-    @Option(help: "Rank 0's port (default: a free port on one node, 29500 with a hostfile).")
+    @Option(parsing: .unconditional, help: "Rank 0's port (default: a free port on one node, 29500 with a hostfile).")
     var masterPort: Int?
 
-    @Option(help: "Seconds to wait for the other ranks after one fails, before killing them.")
+    @Option(parsing: .unconditional, help: "Seconds to wait for the other ranks after one fails, before killing them.")
     var graceSeconds: Double = 5
 
-    @Argument(parsing: .postTerminator, help: "The tessera command each rank runs, after --.")
+    // Everything from the first input that is not a launcher option, `--` included: a command
+    // given without `--` is then named (Launch+Usage.swift) instead of being an "unexpected argument".
+    @Argument(parsing: .captureForPassthrough, help: "The tessera command each rank runs, after --.")
     var command: [String] = []
 
+    /// The command after `--` (validate() has refused one without it).
+    var launched: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
+
+    func validate() throws {
+        try validateValues()
+    }
+
     func run() throws {
-        guard !command.isEmpty else { throw ValidationError("nothing to launch: put the tessera command after --, e.g. tessera launch --nproc 2 -- train") }
         let plan = try makePlan()
         // Kept alive until every rank has exited: its exit and signal handlers hold it weakly.
-        let ranks = LocalRanks(plan: plan, arguments: command, graceSeconds: graceSeconds)
+        let ranks = LocalRanks(plan: plan, arguments: launched, graceSeconds: graceSeconds)
         let code = try withExtendedLifetime(ranks) { try ranks.run() }
         if code != 0 { throw ExitCode(code) }
     }
@@ -62,6 +72,7 @@ struct Launch: ParsableCommand {
             guard file.nodes.indices.contains(nodeRank) else {
                 throw TesseraError("--node-rank \(nodeRank) is not in hostfile \(hostfile), which lists \(file.nodes.count) node(s) (0...\(file.nodes.count - 1))")
             }
+            try requireThisMachine(in: file, path: hostfile)
             if let nproc, nproc != file.nodes[nodeRank].nproc {
                 throw TesseraError("--nproc \(nproc) disagrees with hostfile \(hostfile): nodes[\(nodeRank)].nproc = \(file.nodes[nodeRank].nproc)")
             }

@@ -64,6 +64,7 @@ struct Train: ParsableCommand {
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
         trainer.stopRequested = { StopSignals.received }
+        if comm.rank == 0 { trainer.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
         let summary = try trainer.run(resume: resume != nil, stopAt: stopAt)
         if summary.finalStep < config.train.steps {
             trainer.reporter?.note("stopped at step \(summary.finalStep) (--stop-at); continue with: \(ResumeCommand.string(runDirectory: config.run.dir))")
@@ -135,15 +136,10 @@ enum StopSignals {
     /// Handlers without SA_RESTART: a write blocked on a full pipe (mpirun no longer reading
     /// our output after Ctrl-C) returns EINTR, so the loop gets to its stop check.
     static func install() {
+        prepareHandler()
         for number in [SIGINT, SIGTERM] {
             var action = sigaction()
-            action.__sigaction_handler.sa_handler = { signalNumber in
-                stopSignalCount += 1
-                if stopSignalCount > 1 {   // asked twice: stop now
-                    signal(signalNumber, SIG_DFL)
-                    raise(signalNumber)
-                }
-            }
+            action.__sigaction_handler.sa_handler = { StopSignals.handle($0) }   // StopSignals+Handler.swift
             sigemptyset(&action.sa_mask)
             action.sa_flags = 0
             sigaction(number, &action, nil)

@@ -34,8 +34,20 @@ struct WorldOptions: ParsableArguments {
     @Option(help: "Communication backend: auto (mpi under mpirun, tcp under `tessera launch`, else single), mpi, tcp, single.")
     var backend: BackendChoice = .auto
 
-    @Option(name: .customLong("timeout"), help: "Deadline in seconds for every blocking communication; overrides parallel.timeout_seconds.")
+    // `.unconditional`: `--timeout -1` is a value to reject, not a missing one.
+    @Option(name: .customLong("timeout"), parsing: .unconditional, help: "Deadline in seconds for every blocking communication; overrides parallel.timeout_seconds.")
     var timeoutSeconds: Double?
+
+    func validate() throws {
+        if let timeoutSeconds, !(timeoutSeconds > 0) || !timeoutSeconds.isFinite {
+            throw ValidationError("--timeout \(Self.text(timeoutSeconds)): must be more than 0 seconds")
+        }
+    }
+
+    /// A number as typed: `-1`, not `-1.0`.
+    static func text(_ value: Double) -> String {
+        value.isFinite && value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : String(value)
+    }
 
     func makeWorld(defaultTimeout: Double = 300) throws -> Communicator {
         let timeout = timeoutSeconds ?? defaultTimeout

@@ -28,12 +28,21 @@ public final class GradientReducer {
     private var open: [Range<Int>?]
     /// Reduction group of each parameter entry.
     private let groupOfEntry: [Int]
+    /// Buckets reduced by `finish()` (without overlap).
     private var queued: [Bucket] = []
-    private var outstanding = 0
-    private var failure: Error?
-    private let condition = NSCondition()
+    /// The communication thread's queue (with overlap). The thread holds it, not the reducer:
+    /// a reducer dropped before its thread has started (a run refused at once) must not be
+    /// reached from that thread.
+    private let pending = Pending()
     private var worker: Thread?
-    private var stopping = false
+
+    private final class Pending {
+        let condition = NSCondition()
+        var queued: [Bucket] = []
+        var outstanding = 0
+        var failure: Error?
+        var stopping = false
+    }
 
     public init(parameters: ParameterSet, grid: ProcessGrid, bucketBytes: Int, overlap: Bool) {
         self.parameters = parameters
@@ -51,7 +60,8 @@ public final class GradientReducer {
         open = Array(repeating: nil, count: comms.count)
         self.overlap = overlap && comms.contains { $0.size > 1 }
         if self.overlap {
-            let thread = Thread { [unowned self] in self.work() }
+            let pending = self.pending, parameters = self.parameters, groups = self.comms
+            let thread = Thread { Self.work(pending) { try Self.reduce($0, parameters: parameters, comms: groups) } }
             thread.name = "tessera-gradient-allreduce"
             worker = thread
             thread.start()
@@ -59,7 +69,7 @@ public final class GradientReducer {
     }
 
     deinit {
-        condition.lock(); stopping = true; condition.broadcast(); condition.unlock()
+        pending.condition.lock(); pending.stopping = true; pending.condition.broadcast(); pending.condition.unlock()
         while let worker, !worker.isFinished { usleep(100) }
     }
 
@@ -95,42 +105,45 @@ public final class GradientReducer {
         if !overlap {
             let buckets = queued
             queued.removeAll()
-            for bucket in buckets { try reduce(bucket) }
+            for bucket in buckets { try Self.reduce(bucket, parameters: parameters, comms: comms) }
             return
         }
+        let condition = pending.condition
         condition.lock()
         defer { condition.unlock() }
-        while outstanding > 0 && failure == nil { condition.wait() }
-        if let failure { self.failure = nil; throw failure }
+        while pending.outstanding > 0 && pending.failure == nil { condition.wait() }
+        if let failure = pending.failure { pending.failure = nil; throw failure }
     }
 
     private func submit(_ bucket: Bucket) {
         guard overlap else { queued.append(bucket); return }   // reduced by finish()
-        condition.lock()
-        queued.append(bucket)
-        outstanding += 1
-        condition.broadcast()
-        condition.unlock()
+        pending.condition.lock()
+        pending.queued.append(bucket)
+        pending.outstanding += 1
+        pending.condition.broadcast()
+        pending.condition.unlock()
     }
 
-    private func reduce(_ bucket: Bucket) throws {
+    private static func reduce(_ bucket: Bucket, parameters: ParameterSet, comms: [Communicator]) throws {
         let gradients = parameters.gradients.pointer + bucket.range.lowerBound
         try comms[bucket.group].allReduce(UnsafeMutableBufferPointer(start: gradients, count: bucket.range.count), op: .sum)
     }
 
-    private func work() {
+    /// The communication thread: reduces queued buckets until the reducer goes away.
+    private static func work(_ pending: Pending, reduce: (Bucket) throws -> Void) {
+        let condition = pending.condition
         while true {
             condition.lock()
-            while queued.isEmpty && !stopping { condition.wait() }
-            if stopping && queued.isEmpty { condition.unlock(); return }
-            let bucket = queued.removeFirst()
-            let skip = failure != nil
+            while pending.queued.isEmpty && !pending.stopping { condition.wait() }
+            if pending.stopping && pending.queued.isEmpty { condition.unlock(); return }
+            let bucket = pending.queued.removeFirst()
+            let skip = pending.failure != nil
             condition.unlock()
             var error: Error?
             if !skip { do { try reduce(bucket) } catch let e { error = e } }
             condition.lock()
-            if let error, failure == nil { failure = error }
-            outstanding -= 1
+            if let error, pending.failure == nil { pending.failure = error }
+            pending.outstanding -= 1
             condition.broadcast()
             condition.unlock()
         }

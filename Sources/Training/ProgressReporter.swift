@@ -12,6 +12,10 @@ public final class ProgressReporter {
     var firstStep = 0
     var tokensPerStep = 0
     var barShown = false
+    /// Once this returns true (a stop was requested), a line that cannot be written at once is
+    /// dropped: a reader that has stopped reading must not keep the run from its stop checkpoint.
+    /// `Trainer.run` sets it to the trainer's `stopRequested`.
+    public var stopRequested: (() -> Bool)?
 
     public init(output: FileHandle = .standardOutput, interactive: Bool? = nil) {
         self.output = output
@@ -23,12 +27,23 @@ public final class ProgressReporter {
         barShown = !newline
     }
 
-    /// Writes a line, giving it up when interrupted by a signal or when the reader has gone
-    /// (a progress line is not worth blocking a stopping run for).
+    /// Writes a line, giving it up when the reader has gone, or when the output would block
+    /// and a stop has been requested (a progress line is not worth blocking a stopping run for).
+    /// Before a stop request a full pipe is waited for (in slices, re-checking for a request:
+    /// being interrupted by the signal is not enough, as the next line would block again).
     private func write(_ text: String) {
         var bytes = Array(text.utf8)[...]
+        let fd = output.fileDescriptor
         while !bytes.isEmpty {
-            let written = bytes.withUnsafeBytes { Glibc.write(output.fileDescriptor, $0.baseAddress, $0.count) }
+            var target = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+            let stopping = stopRequested?() ?? false
+            let ready = poll(&target, 1, stopping ? 0 : 100)
+            if ready < 0 && errno != EINTR { return }
+            if ready <= 0 {   // not writable yet (or interrupted)
+                if stopping { return }
+                continue
+            }
+            let written = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
             guard written > 0 else { return }
             bytes = bytes.dropFirst(written)
         }

@@ -27,6 +27,8 @@ public final class Trainer {
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
     public var stopRequested: (() -> Bool)?
+    /// Told, on rank 0, what `run` holds and has written (RunEvent), on the training thread.
+    public var onRunEvent: ((RunEvent) -> Void)?
 
     public init(config: RunConfig, world: Communicator) throws {
         self.config = config

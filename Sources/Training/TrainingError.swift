@@ -14,6 +14,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case runDirectoryInUse(runDirectory: String, checkpoint: String)
     /// Rank 0's problem while resuming, relayed to every rank (its message as rank 0 had it).
     case resumeFailed(message: String)
+    /// Rank 0's problem taking run.dir (RunDirectoryLockError), relayed to the other ranks.
+    case runDirectoryUnavailable(message: String)
 
     public var description: String {
         switch self {
@@ -31,7 +33,7 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "cannot resume from \(checkpoint): it is at step \(step), and train.steps = \(steps) would train nothing; raise it, e.g. --set train.steps=\(step + max(steps, 1))"
         case let .runDirectoryInUse(runDirectory, checkpoint):
             return "run.dir \(runDirectory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
-        case let .resumeFailed(message):
+        case let .resumeFailed(message), let .runDirectoryUnavailable(message):
             return message
         }
     }

@@ -12,6 +12,15 @@ public struct TrainingInterrupted: Error, CustomStringConvertible {
     }
 }
 
+/// What `Trainer.run` tells `onRunEvent` on rank 0.
+public enum RunEvent {
+    /// It holds run.dir (its lock file) until it returns or throws.
+    case holdingRunDirectory(RunDirectoryLock)
+    /// The newest complete checkpoint of run.dir: at the start (nil: none) and after each one
+    /// written; `stopping`: the checkpoint of a requested stop, the run's last.
+    case newestCheckpoint(URL?, stopping: Bool)
+}
+
 /// What a finished run reports.
 public struct RunSummary: Sendable {
     /// Steps this invocation ran (a resumed run counts from where it resumed).
@@ -34,6 +43,9 @@ extension Trainer {
     public func run(resume: Bool, stopAt: Int? = nil) throws -> RunSummary {
         let total = config.train.steps
         let end = min(total, stopAt ?? total)
+        let lock = try holdRunDirectory()
+        defer { lock?.release() }
+        reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
             if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
@@ -45,6 +57,7 @@ extension Trainer {
             let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
             if !message.isEmpty { throw TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message) }
         }
+        if isReporter { onRunEvent?(.newestCheckpoint(store.latest(), stopping: false)) }
         let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
 
@@ -72,6 +85,7 @@ extension Trainer {
             if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
                 // Every rank saw the request by now (max over ranks): stop at this same step.
                 let url = try saveCheckpoint()
+                if let url { onRunEvent?(.newestCheckpoint(url, stopping: true)) }
                 throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
             }
             if logging {
@@ -88,7 +102,10 @@ extension Trainer {
             }
             let checkpointEvery = config.checkpoint.every
             if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
-                if let url = try saveCheckpoint() { reporter?.note("checkpoint \(url.path)") }
+                if let url = try saveCheckpoint() {
+                    onRunEvent?(.newestCheckpoint(url, stopping: false))
+                    reporter?.note("checkpoint \(url.path)")
+                }
             }
         }
         if validation.isNaN { validation = try validationLoss() }
@@ -98,5 +115,27 @@ extension Trainer {
                                  losses: losses)
         reporter?.finish(summary)
         return summary
+    }
+
+    /// Rank 0 takes run.dir's lock (RunDirectoryLock) and tells every rank whether it could: a
+    /// refusal is the same error on every rank. Returns the lock on rank 0, nil elsewhere.
+    func holdRunDirectory() throws -> RunDirectoryLock? {
+        var lock: RunDirectoryLock?
+        var refusal: Error?
+        if isReporter {
+            do { lock = try RunDirectoryLock.acquire(runDirectory: runDirectory) } catch { refusal = error }
+        }
+        let message = String(decoding: try grid.world.broadcastBytes(Array((refusal.map { "\($0)" } ?? "").utf8), root: 0), as: UTF8.self)
+        // Every rank has the message before any exits (a launcher stops the others when one exits).
+        if !message.isEmpty { try grid.world.barrier() }
+        if let refusal { throw refusal }
+        if !message.isEmpty { throw TrainingError.runDirectoryUnavailable(message: message) }
+        if let lock {
+            if let stale = lock.tookOverFrom {
+                reporter?.note("took over \(lock.path) from \(stale.summary), which has ended")
+            }
+            onRunEvent?(.holdingRunDirectory(lock))
+        }
+        return lock
     }
 }

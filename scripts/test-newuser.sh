@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# What a new user runs into first, through the built executable: a run directory is held by one
+# run at a time, a second Ctrl-C says what it leaves behind, a stop request still checkpoints when
+# the output is closed or stalled (or the signal arrives twice, as `timeout` sends it), and the
+# launcher's usage mistakes are named. Needs the release build and the corpus (scripts/setup.sh).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+standalone=${RESULTS:-yes}   # run alone (not from scripts/test.sh): print the totals at the end
+source scripts/lib.sh
+work=$(mktemp -d /tmp/tessera-newuser.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+# A small model: a step takes milliseconds.
+small=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
+       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12
+       --set train.log_every=1 --set eval.every=0 --set eval.batches=2 --set checkpoint.every=0)
+
+# wait_for FILE: until FILE exists and is not empty (30 s at most).
+wait_for() { for _ in $(seq 1 300); do [ -s "$1" ] && return 0; sleep 0.1; done; echo "$1 did not appear"; return 1; }
+# wait_exit PID SECONDS: waits for PID (a child of this shell) to exit; returns its status, or
+# kills it and returns 124 when it is still running after SECONDS.
+wait_exit() {
+  local pid=$1 limit=$2
+  for _ in $(seq 1 $((limit * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "still running $limit s later (kernel wait channel: $(cat /proc/"$pid"/wchan 2>/dev/null))"
+    kill -KILL "$pid"; wait "$pid" 2>/dev/null; return 124
+  fi
+  wait "$pid"
+}
+
+# --- One run per run.dir ------------------------------------------------------------------
+# Two runs with the same run.dir: the second is refused naming the first (its pid), the first
+# completes with its metrics intact (every step once), and its lock goes with it.
+second_run_refused() {
+  local dir=$work/held steps=3000
+  "$TESSERA" train "${small[@]}" --set train.steps=$steps --set run.dir="$dir" >"$work/held-first.out" 2>&1 &
+  local first=$!
+  wait_for "$dir/metrics.jsonl" || return 1
+  local out status
+  out=$("$TESSERA" train "${small[@]}" --set train.steps=$steps --set run.dir="$dir" 2>&1); status=$?
+  echo "second run (first is pid $first) exited with $status: $out"
+  kill -0 "$first" 2>/dev/null || echo "(the first run had already ended)"
+  wait "$first"; local first_status=$?
+  echo "first run exited with $first_status"; tail -n 2 "$work/held-first.out"
+  [ "$status" -ne 0 ] || { echo "the second run was not refused"; return 1; }
+  [ "$(echo "$out" | wc -l)" -eq 1 ] && echo "$out" | grep -q "pid $first" || { echo "not one line naming pid $first"; return 1; }
+  [ "$first_status" -eq 0 ] || return 1
+  python3 - "$dir/metrics.jsonl" "$steps" <<'PY' || return 1
+import json, sys
+steps = [json.loads(line)["step"] for line in open(sys.argv[1]) if '"loss"' in line]
+assert steps == list(range(1, int(sys.argv[2]) + 1)), f"{len(steps)} loss records, first {steps[:5]}"
+print("metrics.jsonl intact:", len(steps), "steps")
+PY
+  [ ! -e "$dir/.tessera.lock" ] || { echo "the lock outlived the run"; return 1; }
+}
+check "train: a second run on a held run.dir is refused naming the first's pid; the first's metrics are intact" second_run_refused
+
+# Under tessera launch only rank 0 takes the lock, and the refusal reaches every rank.
+launch_refused() {
+  local dir=$work/held-launch
+  "$TESSERA" train "${small[@]}" --set train.steps=3000 --set run.dir="$dir" >/dev/null 2>&1 & local first=$!
+  wait_for "$dir/metrics.jsonl" || return 1
+  local out; out=$(timeout 60 "$TESSERA" launch --nproc 2 -- train "${small[@]}" --set train.steps=3000 --set run.dir="$dir" 2>&1); local status=$?
+  echo "$out"; kill "$first"; wait "$first"
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] && echo "$out" | grep -q "rank 0: error: run.dir .*(pid $first on host" && echo "$out" | grep -q "rank 1: error: run.dir .*(pid $first on host"
+}
+check "launch: a held run.dir stops every rank, naming the holder" launch_refused
+
+# --- A second Ctrl-C ---------------------------------------------------------------------------
+# Steps of the default model with a large batch take seconds, so both signals land inside one.
+slow=(--config configs/tiny.yaml --progress lines --set train.global_batch=128 --set train.steps=50 --set train.log_every=1 --set eval.batches=1
+      --set eval.every=0 --set checkpoint.every=0)
+# ctrl_c_twice DIR ARGS...: starts training, sends SIGINT twice 1 s apart, expects exit 130.
+ctrl_c_twice() {
+  local dir=$1; shift
+  "$TESSERA" train "$@" >"$dir.out" 2>"$dir.err" & local pid=$!
+  wait_for "$dir.out" || return 1   # the "training steps" line: the loop is starting
+  kill -INT "$pid"; sleep 1; kill -INT "$pid"
+  wait_exit "$pid" 60; local status=$?
+  echo "exited with $status; standard error:"; cat "$dir.err"
+  [ "$status" -eq 130 ]
+}
+second_ctrl_c_without_checkpoint() {
+  local dir=$work/ctrl-c-fresh
+  ctrl_c_twice "$dir" "${slow[@]}" --set run.dir="$dir" || return 1
+  [ "$(wc -l <"$dir.err")" -eq 1 ] || { echo "expected one line"; return 1; }
+  grep -q "without a checkpoint of this step; $dir holds no complete checkpoint" "$dir.err" || return 1
+  [ ! -e "$dir/.tessera.lock" ] || { echo "the lock outlived the run"; return 1; }
+}
+check "train: a second Ctrl-C says there is no checkpoint yet" second_ctrl_c_without_checkpoint
+second_ctrl_c_names_checkpoint() {
+  local dir=$work/ctrl-c-resumed
+  "$TESSERA" train "${slow[@]}" --set run.dir="$dir" --stop-at 1 >/dev/null 2>&1
+  ls "$dir/checkpoints" | grep -q step-00000001 || { echo "no checkpoint of step 1 to start from"; return 1; }
+  ctrl_c_twice "$dir" --resume "$dir" --progress lines || return 1
+  grep -q "without a checkpoint of this step; the newest complete checkpoint is $dir/checkpoints/step-00000001" "$dir.err"
+}
+check "train: a second Ctrl-C names the newest complete checkpoint" second_ctrl_c_names_checkpoint
+
+# --- A stop request with the output closed or stalled (and SIGTERM sent twice, as timeout does) ---
+# The issue's command: the reader goes away, then timeout's SIGTERM (timeout signals the process,
+# then its whole process group: tessera sees SIGTERM twice).
+timeout_and_head() {
+  local dir=$work/timeout-head
+  timeout 8 "$TESSERA" train "${small[@]}" --set train.steps=100000 --set run.dir="$dir" 2>&1 | head -n 3
+  echo "exit statuses: ${PIPESTATUS[*]}"
+  ls "$dir/checkpoints" | grep -q step- || { echo "no stop checkpoint"; return 1; }
+}
+check "train: timeout 8 tessera train 2>&1 | head -n 3 writes the stop checkpoint" timeout_and_head
+# The same request delivered twice, the second after the first was handled: still one request.
+sigterm_twice() {
+  local dir=$work/sigterm-twice
+  "$TESSERA" train --config configs/tiny.yaml --progress lines --set train.log_every=1 --set eval.every=0 \
+    --set checkpoint.every=0 --set run.dir="$dir" >/dev/null 2>"$dir.err" & local pid=$!
+  wait_for "$dir/metrics.jsonl" || return 1
+  kill -TERM "$pid"; sleep 0.05; kill -TERM "$pid"
+  wait_exit "$pid" 60; local status=$?
+  echo "exited with $status"; cat "$dir.err"
+  [ "$status" -eq 130 ] && ls "$dir/checkpoints" | grep -q step- && grep -q "stopped at step" "$dir.err"
+}
+check "train: SIGTERM arriving twice 50 ms apart (one request) still checkpoints" sigterm_twice
+# The reader has exited (writes fail with EPIPE), then SIGTERM.
+reader_gone() {
+  local dir=$work/reader-gone
+  "$TESSERA" train "${small[@]}" --set train.steps=100000 --set run.dir="$dir" > >(head -n 2 >/dev/null) 2>&1 & local pid=$!
+  wait_for "$dir/metrics.jsonl" || return 1
+  sleep 1; kill -TERM "$pid"
+  wait_exit "$pid" 30; local status=$?
+  echo "exited with $status"
+  [ "$status" -eq 130 ] && ls "$dir/checkpoints" | grep -q step-
+}
+check "train: SIGTERM after the reader of the output exited checkpoints" reader_gone
+# The reader is alive but reads nothing: the pipe is full before the run starts, so its first line
+# blocks. On resume two lines come before the first step (resumed from..., training steps...).
+output_stalled() {
+  local dir=$work/stalled fifo=$work/stalled.fifo
+  "$TESSERA" train "${small[@]}" --set train.steps=100000 --set run.dir="$dir" --stop-at 5 >/dev/null 2>&1
+  mkfifo "$fifo"
+  sleep 120 <"$fifo" & local reader=$!
+  exec 3>"$fifo"
+  head -c 65536 /dev/zero >&3   # the pipe is full
+  "$TESSERA" train --resume "$dir" --progress lines >&3 2>"$dir.err" & local pid=$!
+  exec 3>&-
+  # Blocked writing its first line (in write(2) on the pipe, or in poll(2) waiting for room).
+  for _ in $(seq 1 100); do grep -qE "pipe|poll" "/proc/$pid/wchan" 2>/dev/null && break; sleep 0.1; done
+  echo "before SIGTERM: wait channel $(cat /proc/"$pid"/wchan 2>/dev/null)"
+  kill -TERM "$pid"
+  wait_exit "$pid" 20; local status=$?
+  kill "$reader" 2>/dev/null; wait "$reader" 2>/dev/null
+  echo "exited with $status"; cat "$dir.err"; ls "$dir/checkpoints"
+  [ "$status" -eq 130 ] && ls "$dir/checkpoints" | grep -q step-00000006 && grep -q "stopped at step 6" "$dir.err"
+}
+check "train: SIGTERM while the output pipe is full and not read stops with a checkpoint" output_stalled
+
+# --- tessera launch usage --------------------------------------------------------------------
+check "launch: the example hostfile names no address of this machine: one line listing this machine's addresses" \
+  expect_failure 10 "hostfile cluster/hosts.example.json: no node is this machine.*127\.0\.0\.1" \
+  "$TESSERA" launch --hostfile cluster/hosts.example.json -- selftest comm
+check "launch: a command without -- is told to put -- before it" \
+  expect_failure 10 "put -- before the command: tessera launch --nproc 2 -- train --config f" \
+  "$TESSERA" launch --nproc 2 train --config f
+check "launch: --nproc -1 is rejected as a value" expect_failure 10 "nproc -1: must be at least 1" "$TESSERA" launch --nproc -1 -- selftest comm
+check "launch: --node-rank -1 is rejected as a value" expect_failure 10 "node-rank -1: must be 0 or more" "$TESSERA" launch --node-rank -1 -- selftest comm
+check "launch: --grace-seconds -1 is rejected as a value" expect_failure 10 "grace-seconds -1: must be 0 or more" "$TESSERA" launch --grace-seconds -1 -- selftest comm
+check "selftest: --timeout -1 is rejected as a value" expect_failure 10 "timeout -1: must be more than 0" "$TESSERA" selftest comm --timeout -1
+check "train: --timeout -1 is rejected as a value" expect_failure 10 "timeout -1: must be more than 0" "$TESSERA" train "${small[@]}" --timeout -1
+
+if [ "$standalone" = yes ]; then
+  passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
+  echo "$passed passed, $failed failed"
+  [ "$failed" -eq 0 ]
+fi
