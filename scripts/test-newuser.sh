@@ -166,6 +166,76 @@ check "launch: --grace-seconds -1 is rejected as a value" expect_failure 10 "gra
 check "selftest: --timeout -1 is rejected as a value" expect_failure 10 "timeout -1: must be more than 0" "$TESSERA" selftest comm --timeout -1
 check "train: --timeout -1 is rejected as a value" expect_failure 10 "timeout -1: must be more than 0" "$TESSERA" train "${small[@]}" --timeout -1
 
+# --- The command line's own help and first contact ---------------------------------------
+# Every command's --help prints its usage on standard output and exits 0 (it printed a
+# CommandError on standard error and exited 1); so do `help CMD` and --version.
+help_works() {
+  local out status
+  for words in "" train launch eval generate data "data prepare" report bench "bench gemm" "bench train" \
+               "bench comm" "bench attention" selftest "selftest comm"; do
+    out=$("$TESSERA" $words --help 2>"$work/help.err"); status=$?
+    if [ "$status" -ne 0 ] || ! grep -q '^USAGE: tessera' <<<"$out" || [ -s "$work/help.err" ]; then
+      echo "tessera $words --help: exit $status, stdout: $(head -c 200 <<<"$out"), stderr: $(head -c 300 "$work/help.err")"; return 1
+    fi
+  done
+  out=$("$TESSERA" help train) || { echo "tessera help train exited $?"; return 1; }
+  grep -q '^USAGE: tessera train' <<<"$out" || { echo "tessera help train: $out"; return 1; }
+  out=$("$TESSERA" --version) || { echo "--version exited $?"; return 1; }
+  [[ $out =~ ^[0-9]+\.[0-9]+\.[0-9]+ ]] || { echo "--version printed '$out'"; return 1; }
+}
+check "every command's --help, help CMD and --version print and exit 0" help_works
+check "a mistyped command names the nearest one" expect_failure 10 "'trian' is not a tessera command; did you mean 'train'" "$TESSERA" trian
+check "a mistyped subcommand names its command and the nearest one" \
+  expect_failure 10 "'prep' is not a subcommand of 'tessera data'; did you mean 'prepare'" "$TESSERA" data prep --input x --output y
+# `tessera train` alone started a 9-minute run on built-in defaults into runs/default.
+train_alone() {
+  local out status
+  out=$(cd "$work" && timeout 10 "$TESSERA" train 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 2 ] || { echo "exit $status, expected 2"; return 1; }
+  grep -q -- "--config configs/tiny.yaml" <<<"$out" || return 1
+  [ ! -e "$work/runs" ] || { echo "it started a run"; return 1; }
+}
+check "train with no config prints how to start and exits 2" train_alone
+check "generate --tokens=-5 is refused, not an endless loop" expect_failure 10 "tokens -5 must be at least 1" "$TESSERA" generate --checkpoint "$work" --tokens=-5
+check "generate --temperature -1 is refused" expect_failure 10 "temperature -1.0 must be 0" "$TESSERA" generate --checkpoint "$work" --temperature -1
+check "bench gemm --runs 0 is refused" expect_failure 10 "runs 0 must be at least 1" "$TESSERA" bench gemm --runs 0
+check "bench gemm --n 0 is refused" expect_failure 10 "n 0 must be at least 1" "$TESSERA" bench gemm --n 0
+check "bench train --steps 0 is refused" expect_failure 10 "steps 0 must be at least 1" "$TESSERA" bench train --steps 0
+check "bench comm on one rank says it needs two" expect_failure 10 "traffic between ranks and this job has one" "$TESSERA" bench comm --mib 1
+check "a bad --set value names --set, not the file" expect_failure 10 "^tessera: error: --set: train.steps = -5 must be at least 1" "$TESSERA" train --config configs/tiny.yaml --set train.steps=-5
+
+# --- Paths and checkpoints from anywhere ------------------------------------------------------
+# A short run; then eval and generate from another directory, given the run directory; the
+# saved config holds absolute paths; a resume past train.steps is refused naming both steps.
+paths_and_checkpoints() {
+  local dir=$work/short
+  "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >"$work/short.out" 2>&1 || { cat "$work/short.out"; return 1; }
+  grep -q "^  dir: \"/" "$dir"/checkpoints/step-00000006/run.yaml || { echo "run.yaml keeps relative paths:"; cat "$dir"/checkpoints/step-00000006/run.yaml; return 1; }
+  local out
+  out=$(cd / && "$TESSERA" eval --checkpoint "$dir" --batches 2 2>&1) || { echo "eval from /: $out"; return 1; }
+  grep -q "using $dir/checkpoints/step-00000006" <<<"$out" && grep -q "bits/byte" <<<"$out" || { echo "eval: $out"; return 1; }
+  out=$(cd / && "$TESSERA" generate --checkpoint "$dir/checkpoints" --tokens 5 --temperature 0 2>&1) || { echo "generate from /: $out"; return 1; }
+  out=$("$TESSERA" train --resume "$dir" --set train.steps=4 2>&1) && { echo "a resume to step 4 of a run at step 6 exited 0: $out"; return 1; }
+  grep -q "it is at step 6, and train.steps = 4" <<<"$out" || { echo "$out"; return 1; }
+}
+check "eval and generate take a run directory from any directory; resuming past train.steps is refused" paths_and_checkpoints
+# The printed resume command can be pasted: the path of the executable that ran, quoting, the launcher.
+pasteable_resume() {
+  local dir="$work/with space"
+  local out status
+  out=$("$TESSERA" launch --nproc 2 -- train "${small[@]}" --set train.steps=8 --set run.dir="$dir" --stop-at 3 2>&1); status=$?
+  [ "$status" -eq 0 ] || { echo "exit $status: $out"; return 1; }
+  local line; line=$(grep -o "continue with: .*" <<<"$out" | head -n 1)
+  echo "$line"
+  # The executable as the ranks ran it: an absolute path (the launcher passes on its real path).
+  [[ $line == "continue with: /"*"/tessera launch --nproc 2 -- train --resume '$dir'" ]] || { echo "not the expected command"; return 1; }
+  eval "${line#continue with: }" >"$work/resumed.out" 2>&1 || { cat "$work/resumed.out"; return 1; }
+  grep -q "resumed from step 3" "$work/resumed.out" || { echo "the pasted command did not resume:"; cat "$work/resumed.out"; return 1; }
+  [ "$(grep -c '"loss"' "$dir/metrics.jsonl")" -eq 8 ] || { echo "expected 8 training records"; return 1; }
+}
+check "--stop-at prints a resume command that can be pasted (launcher, executable path, quoting) and resumes" pasteable_resume
+
 if [ "$standalone" = yes ]; then
   passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
   echo "$passed passed, $failed failed"
