@@ -212,7 +212,7 @@ struct CommBench: ParsableCommand {
     func run() throws {
         let comm = try world.makeWorld(defaultTimeout: 120)
         guard comm.size > 1 else {
-            throw TesseraError("bench comm measures traffic between ranks and this job has one; run it under `scripts/mpirun.sh 2 bench comm` or `tessera launch --nproc 2 -- bench comm`")
+            throw CommandLineError.benchNeedsSeveralRanks(bench: "comm")
         }
         for name in op {
             guard ["allreduce", "allgather", "reduce_scatter", "alltoall"].contains(name) else {

@@ -8,8 +8,7 @@ extension Launch {
     func requireThisMachine(in file: Hostfile, path: String) throws {
         let machine = LocalAddresses.current()
         guard file.nodes(on: machine).isEmpty else { return }
-        let hosts = file.nodes.map(\.host).joined(separator: ", ")
-        let name = machine.hostName.isEmpty ? "" : " (\(machine.hostName))"
-        throw TesseraError("hostfile \(path): no node is this machine: the nodes are \(hosts), and this machine\(name) has the addresses \(machine.addresses.joined(separator: ", ")); list this machine in it (an address or a name that resolves to one) and run one launcher per listed node")
+        throw CommandLineError.hostfileLacksThisMachine(hostfile: path, hosts: file.nodes.map(\.host), machine: machine.hostName,
+                                                        addresses: machine.addresses)
     }
 }

@@ -70,14 +70,14 @@ struct Launch: ParsableCommand {
         if let hostfile {
             let file = try Hostfile(contentsOf: hostfile)
             guard file.nodes.indices.contains(nodeRank) else {
-                throw TesseraError("--node-rank \(nodeRank) is not in hostfile \(hostfile), which lists \(file.nodes.count) node(s) (0...\(file.nodes.count - 1))")
+                throw CommandLineError.nodeRankOutOfRange(nodeRank: nodeRank, hostfile: hostfile, nodes: file.nodes.count)
             }
             try requireThisMachine(in: file, path: hostfile)
             if let nproc, nproc != file.nodes[nodeRank].nproc {
-                throw TesseraError("--nproc \(nproc) disagrees with hostfile \(hostfile): nodes[\(nodeRank)].nproc = \(file.nodes[nodeRank].nproc)")
+                throw CommandLineError.nprocDisagreesWithHostfile(nproc: nproc, hostfile: hostfile, nodeRank: nodeRank, hostfileNproc: file.nodes[nodeRank].nproc)
             }
             guard let token = file.token ?? env["TESSERA_JOB_TOKEN"] else {
-                throw TesseraError("a multi-node launch needs a job token shared by every node: add \"token\" to \(hostfile) or export TESSERA_JOB_TOKEN")
+                throw CommandLineError.missingJobToken(hostfile: hostfile)
             }
             return Plan(localRanks: file.nodes[nodeRank].nproc, firstRank: file.rankOffset(node: nodeRank),
                         worldSize: file.worldSize, masterAddress: masterAddr ?? file.masterAddress,

@@ -25,7 +25,7 @@ final class LocalRanks {
         for local in 0..<plan.localRanks {
             do { try start(rank: plan.firstRank + local, localRank: local) } catch {
                 stopOthers()   // the ranks already started would wait for this one until their deadline
-                throw TesseraError("tessera launch: could not start rank \(plan.firstRank + local): \(error.localizedDescription)")
+                throw CommandLineError.rankStartFailed(rank: plan.firstRank + local, reason: error.localizedDescription)
             }
         }
         finished.wait()

@@ -11,19 +11,19 @@ struct Report: ParsableCommand {
     func run() throws {
         let path = runDirectory + "/metrics.jsonl"
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw TesseraError("\(path) cannot be read; pass the run.dir of a training run")
+            throw CommandLineError.metricsUnreadable(path: path)
         }
         var train: [(Double, Double)] = [], validation: [(Double, Double)] = [], speed: [(Double, Double)] = []
         for (number, line) in text.split(separator: "\n").enumerated() {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let step = (object["step"] as? NSNumber)?.doubleValue else {
-                throw TesseraError("\(path) line \(number + 1) is not a metrics record; was the file edited or truncated?")
+                throw CommandLineError.metricsLineInvalid(path: path, line: number + 1)
             }
             if let loss = (object["loss"] as? NSNumber)?.doubleValue { train.append((step, loss)) }
             if let loss = (object["val_loss"] as? NSNumber)?.doubleValue { validation.append((step, loss)) }
             if let rate = (object["tokens_per_s"] as? NSNumber)?.doubleValue { speed.append((step, rate)) }
         }
-        guard !train.isEmpty else { throw TesseraError("\(path) holds no training steps yet") }
+        guard !train.isEmpty else { throw CommandLineError.metricsEmpty(path: path) }
         let svg = Chart.svg(title: "Tessera run \(URL(fileURLWithPath: runDirectory).lastPathComponent)",
                             panels: [Chart.Panel(label: "loss (nats/byte)", series: [("train", "#1f77b4", train), ("validation", "#d62728", validation)]),
                                      Chart.Panel(label: "tokens/s", series: [("tokens/s", "#2ca02c", speed)])])

@@ -32,7 +32,7 @@ struct SelfTest: ParsableCommand {
             if comm.rank == dieRank { kill(getpid(), SIGKILL) }
             if comm.rank == hangRank { sleep(3600) }
             try comm.allReduce(&data, op: .sum)   // the survivors must throw here, naming dieRank
-            throw TesseraError("rank \(dieRank ?? hangRank!) stopped but the allreduce completed without it")
+            throw CommandLineError.selftestMissedAStoppedRank(rank: dieRank ?? hangRank!)
         }
         let outcomes = try CommunicatorConformance.run(comm, lengths: CommunicatorConformance.defaultLengths(large: large))
         let failed = outcomes.filter { !$0.passed }

@@ -58,9 +58,3 @@ struct Tessera: ParsableCommand {
         Foundation.exit(1)
     }
 }
-
-/// An error raised by the executable itself (bad arguments that ArgumentParser cannot see).
-struct TesseraError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}

@@ -44,7 +44,7 @@ struct Train: ParsableCommand {
             let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
             if file == nil {
                 guard let latest = store.latest() else {
-                    throw TesseraError("--resume \(resume): no complete checkpoint under \(store.root.path); pass --config to start it, or check the path")
+                    throw CommandLineError.nothingToResume(runDirectory: resume, checkpoints: store.root.path)
                 }
                 file = latest.appendingPathComponent("run.yaml").path
             }
