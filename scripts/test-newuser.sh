@@ -232,9 +232,39 @@ pasteable_resume() {
   [[ $line == "continue with: /"*"/tessera launch --nproc 2 -- train --resume '$dir'" ]] || { echo "not the expected command"; return 1; }
   eval "${line#continue with: }" >"$work/resumed.out" 2>&1 || { cat "$work/resumed.out"; return 1; }
   grep -q "resumed from step 3" "$work/resumed.out" || { echo "the pasted command did not resume:"; cat "$work/resumed.out"; return 1; }
+  # The done line counts the steps this invocation ran (it said "8 steps" for 3→8).
+  grep -q "^done: 5 steps (to step 8)" "$work/resumed.out" || { echo "done line:"; grep done: "$work/resumed.out"; return 1; }
   [ "$(grep -c '"loss"' "$dir/metrics.jsonl")" -eq 8 ] || { echo "expected 8 training records"; return 1; }
 }
 check "--stop-at prints a resume command that can be pasted (launcher, executable path, quoting) and resumes" pasteable_resume
+
+# --- Data preparation and the helper scripts ------------------------------------------------
+# data prepare names the files it took and skips (naming them) files that are not text,
+# unless --binary; a negative --val-fraction is rejected as a value.
+prepare_lists_and_skips() {
+  mkdir -p "$work/texts"
+  printf 'To be, or not to be, that is the question.\n%.0s' $(seq 1 40) >"$work/texts/play.txt"
+  head -c 3000 /dev/urandom >"$work/texts/blob.bin"; printf '\0' >>"$work/texts/blob.bin"
+  local out
+  out=$("$TESSERA" data prepare --input "$work/texts" --output "$work/prepared" 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "took $work/texts/play.txt" <<<"$out" && grep -q "skipped $work/texts/blob.bin: .*not text" <<<"$out" || return 1
+  out=$("$TESSERA" data prepare --input "$work/texts" --output "$work/prepared-binary" --binary 2>&1) || { echo "$out"; return 1; }
+  grep -q "took $work/texts/blob.bin" <<<"$out" || { echo "--binary did not take the binary file: $out"; return 1; }
+}
+check "data prepare lists the files it took and skips non-text files unless --binary" prepare_lists_and_skips
+check "data prepare --val-fraction -0.1 is rejected as a value" \
+  expect_failure 10 "val-fraction -0.1 must be between 0 and 1" "$TESSERA" data prepare --input README.md --output "$work/x" --val-fraction -0.1
+# A relative data.dir that does not exist: the message names the directory it was resolved
+# against and the key to set.
+missing_relative_data() {
+  local out config; config="$(pwd)/configs/tiny.yaml"
+  out=$(cd "$work" && "$TESSERA" train "${small[@]/configs\/tiny.yaml/$config}" --set data.dir=no/such/data --set run.dir="$work/nodata" 2>&1) && { echo "exit 0"; return 1; }
+  echo "$out"
+  grep -q "no/such/data" <<<"$out" && grep -q "$work" <<<"$out" && grep -q -- "--set data.dir=" <<<"$out"
+}
+check "a missing relative data.dir names the directory it was resolved against and --set data.dir" missing_relative_data
+check "scripts/mpirun.sh with no arguments prints its usage" expect_failure 10 "^usage: scripts/mpirun.sh NP" scripts/mpirun.sh
 
 if [ "$standalone" = yes ]; then
   passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
