@@ -59,23 +59,26 @@ import _TestSupport
         #expect(logged == [2, 4, 6, 8, 10])
     }
 
-    @Test func aRunDirectoryWithCheckpointsIsNotOverwritten() throws {
+    /// A run of `steps` steps trained to its end in a fresh directory (remove it when done).
+    static func finishedRun(steps: Int) throws -> (TemporaryDirectory, RunConfig) {
         let directory = TemporaryDirectory()
-        defer { directory.remove() }
         let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: steps))
         _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
+        return (directory, config)
+    }
+
+    @Test func aRunDirectoryWithCheckpointsIsNotOverwritten() throws {
+        let (directory, config) = try Self.finishedRun(steps: 2)
+        defer { directory.remove() }
         let error = #expect(throws: TrainingError.self) { try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false) }
         guard case .runDirectoryInUse? = error else { Issue.record("\(String(describing: error))"); return }
         #expect(error?.description.contains("--resume") == true)
     }
 
     @Test func resumingWithAChangedModelIsRefusedNamingTheKey() throws {
-        let directory = TemporaryDirectory()
+        let (directory, config) = try Self.finishedRun(steps: 2)
         defer { directory.remove() }
-        let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
-        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
         let changed = try config.applying(["train.lr=1e-2"])
         let error = #expect(throws: TrainingError.self) { try Trainer(config: changed, world: SingleProcessCommunicator()).run(resume: true) }
         guard case .configChanged(_, let changes)? = error else { Issue.record("\(String(describing: error))"); return }
@@ -83,11 +86,8 @@ import _TestSupport
     }
 
     @Test func resumingARunAlreadyAtItsLastStepIsRefusedNamingBothSteps() throws {
-        let directory = TemporaryDirectory()
+        let (directory, config) = try Self.finishedRun(steps: 4)
         defer { directory.remove() }
-        let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
-        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
         let shorter = try config.applying(["train.steps=3"])
         let error = #expect(throws: TrainingError.self) { try Trainer(config: shorter, world: SingleProcessCommunicator()).run(resume: true) }
         guard case .resumePastEnd(_, let step, let steps)? = error else { Issue.record("\(String(describing: error))"); return }
@@ -96,11 +96,8 @@ import _TestSupport
     }
 
     @Test func everyRankFailsWithRankZerosMessageWhenResumingIsRefused() throws {
-        let directory = TemporaryDirectory()
+        let (directory, config) = try Self.finishedRun(steps: 2)
         defer { directory.remove() }
-        let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 2))
-        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
         let changed = try config.applying(["train.lr=1e-2"])
         let results = InProcessCommunicator.run(size: 2) { comm in try Trainer(config: changed, world: comm).run(resume: true) }
         let messages = results.map { result -> String in
