@@ -61,8 +61,10 @@ final class AttentionDecodeState: IncrementalMixerState {
         let (q, k, v) = project(x, rows: count, start: 0, context: c)
         let kernel = CausalAttention(batch: 1, length: count, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
         let attended = c.scratch.buffer("decode.attended", count: count * queryWidth)
-        let probabilities = c.scratch.buffer("decode.probabilities", count: kernel.probabilityCount)
-        kernel.forward(q: q, k: k, v: v, o: attended, probabilities: probabilities, threads: c.threads)
+        // The prompt's attention matrix (Hq × P × P) lives for this call only: the session's
+        // memory stays the caches.
+        let probabilities = FloatBuffer(count: kernel.probabilityCount)
+        kernel.forward(q: q, k: k, v: v, o: attended, probabilities: probabilities.pointer, threads: c.threads)
         Matmul.gemm(transposeA: false, transposeB: true, m: count, n: dModel, k: queryWidth, a: attended, lda: queryWidth,
                     b: wo, ldb: queryWidth, beta: 1, c: out, ldc: dModel, threads: c.threads)
         cache.reserve(plan.localLength(of: plan.rank, length: count))
