@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CollectivesTCPTests", dependencies: ["CollectivesTCP", "Collectives", "_TestSupport"], swiftSettings: settings),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "Collectives", "TensorCore", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CheckpointingTests", dependencies: ["Checkpointing", "TensorCore", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
     ]

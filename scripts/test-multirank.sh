@@ -116,6 +116,38 @@ PY
 check "eval reads a checkpoint: the run's final validation loss" evaluates
 check "generate reads a checkpoint: the prompt and 40 new bytes, greedy output deterministic" \
   generates "$work/r1/checkpoints/step-00000020" "JULIET:" 40
+# Generation with a KV cache sharded over the ranks (blocks of 64 positions round-robin): the
+# output of 2 and 3 ranks is byte for byte the output of 1 rank, greedy and sampled with top-k
+# (the ranks compute the same logits bit for bit). 200 bytes after "JULIET:" is 4 blocks, so
+# every rank holds some, and runs far past the 32 positions the model was trained on. The model
+# trains 1500 steps (a few seconds) first: after 20 steps greedy output repeats one byte.
+check "train: 1 rank, 1500 steps for the generation checks" "$TESSERA" train "${tiny[@]}" --set train.steps=1500 \
+  --set train.log_every=500 --set run.dir="$work/gen"
+generates_like_one_rank() {
+  local sampling=$1; shift
+  local args=(generate --checkpoint "$work/gen" --prompt "JULIET:" --tokens 200 $sampling)
+  "$TESSERA" "${args[@]}" >"$work/generate-1.txt" || { echo "1 rank: generate exited with status $?"; return 1; }
+  "$@" "${args[@]}" >"$work/generate-n.txt" 2>"$work/generate-n.err" || { echo "generate exited with status $?"; cat "$work/generate-n.err"; return 1; }
+  echo "1 rank:  $(cat "$work/generate-1.txt")"; echo "N ranks: $(cat "$work/generate-n.txt")"; cat "$work/generate-n.err"
+  # Every rank held part of the cache, and the parts add up to the 206 positions run (the prompt
+  # and 199 bytes: the last byte is sampled, never run).
+  python3 - "$work/generate-n.err" <<'PY' || return 1
+import re, sys
+m = re.search(r"sharded over (\d+) ranks in blocks of 64 positions: they hold ([\d, ]+) of 206 positions", open(sys.argv[1]).read())
+assert m, "no line 'KV cache sharded over N ranks ... they hold A, B of 206 positions'"
+held = [int(x) for x in m.group(2).split(", ")]
+assert len(held) == int(m.group(1)) > 1 and sum(held) == 206 and min(held) > 0, held
+PY
+  [ "$(wc -c <"$work/generate-1.txt")" -gt 200 ] || { echo "1 rank printed fewer than 200 bytes"; return 1; }
+  cmp "$work/generate-1.txt" "$work/generate-n.txt" || { echo "the outputs differ"; return 1; }
+}
+check "generate: greedy, mpirun 2 ranks print exactly the bytes of 1 rank" generates_like_one_rank "--temperature 0" mpi 2
+check "generate: greedy, tessera launch 3 ranks print exactly the bytes of 1 rank" generates_like_one_rank "--temperature 0" "$TESSERA" launch --nproc 3 --
+check "generate: top-k sampling, mpirun 3 ranks print exactly the bytes of 1 rank" generates_like_one_rank "--temperature 1 --top-k 5 --seed 9" mpi 3
+check "generate: --top-k above the vocabulary is one clear line" expect_failure 30 "^tessera: error: --top-k 257 is more than the 256 tokens" \
+  "$TESSERA" generate --checkpoint "$work/r1/checkpoints/step-00000020" --top-k 257
+check "generate: a negative --top-k is refused" expect_failure 30 "^Error: --top-k -1 must be 0" \
+  "$TESSERA" generate --checkpoint "$work/r1/checkpoints/step-00000020" --top-k -1
 truncated_checkpoint() {
   cp -r "$work/r1/checkpoints/step-00000020" "$work/broken" && truncate -s 100 "$work/broken/model-00001-of-00001.safetensors" || return 1
   expect_failure 30 "^tessera: error: $work/broken/model-00001-of-00001.safetensors is corrupt or truncated" \
@@ -134,6 +166,27 @@ bench_json() {
     "$payload_path" <<<"$out"
 }
 check "bench: comm under mpirun 2 and launch 2 print JSON lines" bench_json
+# bench decode with a tiny cache (a check of its output, not a measurement): one line per impl
+# with the docs/BENCHMARKS.md keys; under mpirun the cache is sharded, each rank holding part of it.
+decode_bench_json() {
+  local out
+  out=$("$TESSERA" bench decode --kv-len 1000 --runs 2) || { echo "bench decode exited with status $?"; return 1; }
+  echo "$out"
+  python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin]
+assert [r["impl"] for r in rows] == ["lean", "naive", "memread"], rows
+for r in rows:
+    assert r["bench"] == "decode" and r["ranks"] == 1 and r["kv_len"] == 1000 and (r["H"], r["D"]) == (8, 64), r
+    assert r["unit"] == "µs" and 0 < r["min"] <= r["median"] <= r["max"] and r["gbps"] > 0 and r["runs"] == 2, r' <<<"$out" || return 1
+  out=$(mpi 2 bench decode --kv-len 1000 --runs 2 --impl lean) || { echo "mpirun exited with status $?"; return 1; }
+  echo "$out"
+  python3 -c '
+import json, sys
+rows = [json.loads(l) for l in sys.stdin]
+assert len(rows) == 1 and rows[0]["ranks"] == 2 and 0 < rows[0]["local_kv_len"] < 1000 and rows[0]["gbps"] > 0, rows' <<<"$out"
+}
+check "bench: decode prints JSON lines, alone and under mpirun 2 (cache sharded)" decode_bench_json
 
 # The default run must learn: validation below 2.0 nats/byte (README states the figure).
 if [ "${TESSERA_SKIP_DEFAULT_RUN:-0}" = 1 ]; then

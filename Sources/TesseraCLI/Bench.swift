@@ -11,7 +11,7 @@ import Training
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed and memory; prints one JSON object per measurement.",
-        subcommands: [GemmBench.self, TrainBench.self, CommBench.self, AttentionBench.self])
+        subcommands: [GemmBench.self, TrainBench.self, CommBench.self, AttentionBench.self, DecodeBench.self])
 }
 
 /// Options every bench shares.

@@ -1,12 +1,18 @@
 import ArgumentParser
 import Checkpointing
 import Foundation
+import Kernels
 import Models
 import TensorCore
 import Training
 
+/// `tessera generate`: the prompt through the model once (prefill), then one token at a time
+/// against a KV cache (`InferenceSession`). Under mpirun or `tessera launch` every layer's
+/// cache is sharded over the ranks; they all compute the same logits bit for bit, sample the
+/// same tokens with the same seed, and rank 0 prints.
 struct Generate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Sample text from a checkpoint (byte-level models).")
+    static let configuration = CommandConfiguration(
+        abstract: "Sample text from a checkpoint (byte-level models) with a KV cache, sharded over the ranks under mpirun or tessera launch.")
 
     @Option(help: "A run directory (its newest complete checkpoint) or a checkpoint directory.")
     var checkpoint: String
@@ -20,11 +26,21 @@ struct Generate: ParsableCommand {
     @Option(parsing: .unconditional, help: "Sampling temperature (0: greedy).")
     var temperature = 0.8
 
-    @Option(help: "Sampling seed.")
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "Sample among the K most likely bytes (0: all of them).")
+    var topK = 0
+
+    @Option(help: "Sampling seed (every rank uses it, so all pick the same bytes).")
     var seed: UInt64 = 1
+
+    @Option(parsing: .unconditional, help: "Kernel threads per rank.")
+    var threads = 1
+
+    @OptionGroup var world: WorldOptions
 
     func validate() throws {
         guard tokens >= 1 else { throw ValidationError("--tokens \(tokens) must be at least 1") }
+        guard topK >= 0 else { throw ValidationError("--top-k \(topK) must be 0 (all) or a positive number of tokens") }
+        guard threads >= 1 else { throw ValidationError("--threads \(threads) must be at least 1") }
         guard temperature >= 0, temperature.isFinite else {
             throw ValidationError("--temperature \(temperature) must be 0 (greedy) or a positive number")
         }
@@ -33,35 +49,34 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let (url, note) = try CheckpointArgument.resolve(checkpoint)
-        if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
+        let rank = ProcessEnvironment.worldRank ?? 0
+        if let note, rank == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
         let contents = try CheckpointStore.read(url)
         let config = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
+        let vocab = config.model.vocabSize
+        guard topK <= vocab else {
+            throw TesseraError("--top-k \(topK) is more than the \(vocab) tokens of this model's vocabulary (0 means all of them)")
+        }
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let model = try TransformerLM(config: config.modelConfig, seed: 0)
         try model.parameters.load(contents.model, source: url.path)
-        var context = Array(prompt.utf8).map(Int32.init)
-        var rng = RNG(seed: seed)
-        let window = config.data.seqLen, vocab = config.model.vocabSize
+        let session = try InferenceSession(model: model, communicator: comm.size > 1 ? comm : nil, threads: KernelThreads(threads))
+        var sampler = TokenSampler(temperature: temperature, topK: topK, seed: seed)
+        var logits = try session.prefill(tokens: Array(prompt.utf8).map(Int32.init))
         var generated: [UInt8] = []
-        for _ in 0..<tokens {
-            let input = Array(context.suffix(window))
-            let logits = model.logits(tokens: input, batch: 1, length: input.count)
-            let last = Array(logits[((input.count - 1) * vocab)..<(input.count * vocab)])
-            let next = Self.sample(last, temperature: temperature, rng: &rng)
-            context.append(Int32(next))
+        for step in 0..<tokens {
+            let next = sampler.next(logits)
             generated.append(UInt8(truncatingIfNeeded: next))
+            if step + 1 < tokens { logits = try session.decode(token: Int32(next)) }
         }
-        print(prompt + String(decoding: generated, as: UTF8.self))
-    }
-
-    static func sample(_ logits: [Float], temperature: Double, rng: inout RNG) -> Int {
-        guard temperature > 0 else { return logits.indices.max { logits[$0] < logits[$1] }! }
-        let maximum = logits.max()!
-        let weights = logits.map { exp(Double($0 - maximum) / temperature) }
-        var pick = rng.nextUniform() * weights.reduce(0, +)
-        for (i, w) in weights.enumerated() {
-            pick -= w
-            if pick <= 0 { return i }
+        if comm.size > 1 {
+            // Which share of the cache each rank ended with (one small exchange, after the text is decided).
+            let held = try comm.allGather(Int64(session.cachedPositions)).map(String.init).joined(separator: ", ")
+            if comm.rank == 0 {
+                let line = "tessera: KV cache sharded over \(comm.size) ranks in blocks of \(session.plan.blockSize) positions: they hold \(held) of \(session.position) positions\n"
+                try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
+            }
         }
-        return weights.count - 1
+        if comm.rank == 0 { print(prompt + String(decoding: generated, as: UTF8.self)) }
     }
 }
