@@ -12,6 +12,7 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case rankStartFailed(rank: Int, reason: String)
     case benchNeedsSeveralRanks(bench: String)
     case selftestMissedAStoppedRank(rank: Int)
+    case topKAboveVocabulary(topK: Int, vocabulary: Int)
 
     var description: String {
         switch self {
@@ -36,6 +37,8 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "tessera launch: could not start rank \(rank): \(reason)"
         case let .benchNeedsSeveralRanks(bench):
             return "bench \(bench) measures traffic between ranks and this job has one; run it under `scripts/mpirun.sh 2 bench \(bench)` or `tessera launch --nproc 2 -- bench \(bench)`"
+        case let .topKAboveVocabulary(topK, vocabulary):
+            return "--top-k \(topK) is more than the \(vocabulary) tokens of this model's vocabulary (0 means all of them)"
         case let .selftestMissedAStoppedRank(rank):
             return "rank \(rank) stopped but the allreduce completed without it"
         }

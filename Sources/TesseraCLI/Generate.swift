@@ -55,7 +55,7 @@ struct Generate: ParsableCommand {
         let config = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
         let vocab = config.model.vocabSize
         guard topK <= vocab else {
-            throw TesseraError("--top-k \(topK) is more than the \(vocab) tokens of this model's vocabulary (0 means all of them)")
+            throw CommandLineError.topKAboveVocabulary(topK: topK, vocabulary: vocab)
         }
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let model = try TransformerLM(config: config.modelConfig, seed: 0)
