@@ -78,9 +78,10 @@ public struct FlashAttention {
     enum Visibility: Equatable {
         /// No query of the tile sees any of its keys.
         case none
-        /// Every query sees every key of the first `columns` (the rest are hidden from all).
+        /// Every query sees each of the tile's `columns` keys: no mask.
         case full(columns: Int)
-        /// Some pairs among the first `columns` keys are masked (the rest are hidden from all).
+        /// Some pairs among the tile's first `columns` keys are masked; the keys after them are
+        /// hidden from every query of the tile and are not computed.
         case partial(columns: Int)
     }
 
