@@ -26,10 +26,22 @@ public struct AttentionSpec: Equatable, Sendable {
     public var headDim: Int
     /// RoPE base (rotate-half convention, as Hugging Face Llama).
     public var ropeTheta: Float
+    /// How the attention is computed (the same function either way, to Float32 rounding).
+    public var kernel: AttentionKernel
 
-    public init(heads: Int, kvHeads: Int, headDim: Int, ropeTheta: Float) {
-        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.ropeTheta = ropeTheta
+    public init(heads: Int, kvHeads: Int, headDim: Int, ropeTheta: Float, kernel: AttentionKernel = .flash) {
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.ropeTheta = ropeTheta; self.kernel = kernel
     }
+}
+
+/// The kernel that computes attention (config key `attention.kernel`).
+public enum AttentionKernel: String, CaseIterable, Equatable, Sendable {
+    /// Tiled, online softmax (`FlashAttention`): keeps O and the logsumexp (B, H, T) for the
+    /// backward pass, so memory grows linearly with T. The default.
+    case flash
+    /// Materialised (`CausalAttention`): keeps the probabilities (B, H, T, T) for the backward
+    /// pass. The reference the flash kernel is checked against.
+    case naive
 }
 
 /// Transforms each position on its own.

@@ -41,17 +41,21 @@ struct BoundParameter {
     }
 }
 
-/// Float32 buffers of a component's forward cache, reallocated when the row count changes.
+/// Float32 buffers of a component's forward cache, reallocated when the row count or a width
+/// changes (a width may depend on the sequence length, as the materialised attention
+/// probabilities' does).
 struct ActivationCache {
     private(set) var rows = -1
+    private var widths: [Int] = []
     private var buffers: [FloatBuffer] = []
 
     /// Ensures one buffer per width (each `rows × width` floats); returns true when reallocated.
     @discardableResult
     mutating func ensure(rows: Int, widths: [Int]) -> Bool {
-        guard rows != self.rows || buffers.count != widths.count else { return false }
+        guard rows != self.rows || widths != self.widths else { return false }
         buffers = widths.map { FloatBuffer(count: rows * $0) }
         self.rows = rows
+        self.widths = widths
         return true
     }
 

@@ -9,7 +9,11 @@ import _TestSupport
     static let (B, T) = (2, 6)
     static var data: (tokens: [Int32], targets: [Int32]) { TransformerLMTests.batch(seed: 3, batch: B, length: T, vocab: 11) }
 
-    static func model() throws -> TransformerLM {
+    static func model(_ kernel: AttentionKernel = .flash) throws -> TransformerLM {
+        var config = config
+        if kernel != .flash {
+            config = ModelConfig(vocabSize: 11, dModel: 8, layers: 2, heads: 2, kvHeads: 1, ffnHidden: 12, ropeTheta: 100, attentionKernel: kernel)
+        }
         let model = try TransformerLM(config: config, seed: 4)
         for i in 0..<model.parameters.count where model.parameters.values[i] != 1 { model.parameters.values[i] *= 20 }
         return model
@@ -17,8 +21,9 @@ import _TestSupport
 
     /// RoPE scores depend on relative positions only: shifting every position by the same amount
     /// leaves the logits unchanged (to rounding), while other positions change them.
-    @Test func positionsReachTheRotaryEmbedding() throws {
-        let model = try Self.model()
+    @Test(arguments: AttentionKernel.allCases)
+    func positionsReachTheRotaryEmbedding(kernel: AttentionKernel) throws {
+        let model = try Self.model(kernel)
         let (B, T) = (Self.B, Self.T)
         let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
         let shifted = model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 + 37 })
@@ -28,8 +33,10 @@ import _TestSupport
         #expect(model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: Array(0..<T)) == plain)
     }
 
-    @Test func theCaptureHookSeesEachLayersInputsOutputsAndAttention() throws {
-        let model = try Self.model()
+    /// With the flash kernel the probabilities are computed for the hook alone.
+    @Test(arguments: AttentionKernel.allCases)
+    func theCaptureHookSeesEachLayersInputsOutputsAndAttention(kernel: AttentionKernel) throws {
+        let model = try Self.model(kernel)
         let (B, T, d) = (Self.B, Self.T, Self.config.dModel)
         let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
         var seen: [String: (values: [Float], shape: [Int])] = [:]
@@ -61,5 +68,30 @@ import _TestSupport
         model.capture = nil
         _ = model.logits(tokens: Self.data.tokens, batch: B, length: T)
         #expect(calls == 10, "nothing is captured once the hook is removed")
+    }
+
+    /// Both kernels hand the hook the same probabilities, 0 above the diagonal, also for a
+    /// length past the materialised kernel's 64-row blocks (it writes a block's rows only up to
+    /// the block's last column): the same bits in the first layer, whose inputs are the same,
+    /// and to rounding in the second.
+    @Test func bothKernelsCaptureTheSameProbabilities() throws {
+        let (B, T) = (1, 70)
+        let tokens = TransformerLMTests.batch(seed: 5, batch: B, length: T, vocab: 11).tokens
+        func capture(_ kernel: AttentionKernel) throws -> [Int: [Float]] {
+            let model = try Self.model(kernel)
+            var seen: [Int: [Float]] = [:]
+            model.capture = { layer, point, values, shape in
+                if point == .attentionProbabilities { seen[layer] = Array(values); #expect(shape == [B, 2, T, T]) }
+            }
+            _ = model.logits(tokens: tokens, batch: B, length: T)
+            _ = model.logits(tokens: tokens, batch: B, length: T)   // reused scratch
+            return seen
+        }
+        let flash = try capture(.flash), naive = try capture(.naive)
+        #expect(flash[0]! == naive[0]!)
+        #expect(maxRelativeError(flash[1]!, naive[1]!) < 1e-5)
+        for p in [flash[0]!, flash[1]!] {
+            for row in 0..<(2 * T) { #expect(((row % T + 1)..<T).allSatisfy { p[row * T + $0] == 0 }, "row \(row) sees the future") }
+        }
     }
 }

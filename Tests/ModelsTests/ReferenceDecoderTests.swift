@@ -5,7 +5,8 @@ import _TestSupport
 
 /// The Float32 `TransformerLM` against `ReferenceDecoder`, an independent Float64 Llama built
 /// from the naive kernel twins: logits and loss value by value, and the gradient of every
-/// parameter tensor separately against central differences of the Float64 loss.
+/// parameter tensor separately against central differences of the Float64 loss, with each
+/// attention kernel (flash and naive).
 @Suite struct ReferenceDecoderTests {
     struct Case: Sendable, CustomTestStringConvertible {
         let label: String
@@ -96,9 +97,23 @@ import _TestSupport
     /// SwiGLU, tying) moves logits by 1e-2 of their scale or more. The mean loss, computed in
     /// Float64 from those logits, agrees to 1e-5 relative (measured ≤ 4e-8), through both
     /// `lossSum` and `lossAndGradients`.
-    @Test(arguments: logitCases)
-    func logitsAndLossMatchTheFloat64Reference(_ c: Case) throws {
-        let model = try Self.model(c.config)
+    /// `config` with every attention block on `kernel`.
+    static func on(_ kernel: AttentionKernel, _ config: ModelConfig) -> ModelConfig {
+        var config = config
+        config.blocks = config.blocks.map { block in
+            var block = block
+            if case .attention(var attention) = block.sequenceMixer {
+                attention.kernel = kernel
+                block.sequenceMixer = .attention(attention)
+            }
+            return block
+        }
+        return config
+    }
+
+    @Test(arguments: logitCases, AttentionKernel.allCases)
+    func logitsAndLossMatchTheFloat64Reference(_ c: Case, kernel: AttentionKernel) throws {
+        let model = try Self.model(Self.on(kernel, c.config))
         let reference = try ReferenceDecoder(model: model)
         let (tokens, targets) = Self.data(c.config)
         let (B, T) = (Self.B, Self.T)
@@ -129,9 +144,9 @@ import _TestSupport
     /// gradients measure ≤ 6e-7 absolute and ≤ 2e-6 · max |g| per tensor, so the bound leaves
     /// ≥ 50× headroom, while a tensor's gradient off by 0.1% of its scale already fails (every
     /// tensor here has max |g| ≥ 0.03, checked below so that no tensor passes by being invisible).
-    @Test(arguments: gradientCases)
-    func everyParameterTensorGradientMatchesFiniteDifferencesOfTheReference(_ c: Case) throws {
-        let model = try Self.model(c.config)
+    @Test(arguments: gradientCases, AttentionKernel.allCases)
+    func everyParameterTensorGradientMatchesFiniteDifferencesOfTheReference(_ c: Case, kernel: AttentionKernel) throws {
+        let model = try Self.model(Self.on(kernel, c.config))
         let (tokens, targets) = Self.data(c.config)
         let (B, T) = (Self.B, Self.T)
         model.parameters.zeroGradients()

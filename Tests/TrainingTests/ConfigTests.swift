@@ -246,13 +246,45 @@ import _TestSupport
 
         """
 
+    /// An old run.yaml loads, and is written the same way but for the keys added since, at
+    /// their defaults (the `attention:` section).
     @Test func anOldRunYAMLLoadsAndIsWrittenTheSameWay() throws {
         let config = try RunConfig(resolvedYAML: Self.oldTinyRunYAML, source: "old/run.yaml")
         #expect(config.model.dModel == 192 && config.model.heads == 6 && config.model.kvHeads == 2 && config.model.normEps == 1e-5)
         #expect(config.data.dir == "data/shakespeare" && config.data.seqLen == 128)
         #expect(config.train.lr == 0.002 && config.train.minLr == 0.0002 && config.train.eps == 1e-8)
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
-        #expect(config.yaml == Self.oldTinyRunYAML)
+        #expect(config.attention.kernel == "flash")
+        let added = "attention:\n  kernel: \"flash\"\n"
+        #expect(config.yaml == Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: added + "data:\n"))
+    }
+
+    // MARK: The attention kernel
+
+    @Test func theAttentionKernelIsFlashByDefaultAndReachesEveryBlock() throws {
+        #expect(try RunConfig(file: nil).modelConfig.blocks.allSatisfy { $0.sequenceMixer == .attention(
+            AttentionSpec(heads: 4, kvHeads: 4, headDim: 64, ropeTheta: 10_000, kernel: .flash)) })
+        let naive = try RunConfig(file: nil, overrides: ["attention.kernel=naive"])
+        #expect(naive.modelConfig.blocks.allSatisfy {
+            if case .attention(let a) = $0.sequenceMixer { return a.kernel == .naive }
+            return false
+        })
+        #expect(naive.numericHash == RunConfig().numericHash, "a run may resume with the other kernel")
+        let loaded = try RunConfig(resolvedYAML: naive.yaml, source: "run.yaml")
+        #expect(loaded.attention.kernel == "naive")
+    }
+
+    @Test func anUnknownAttentionKernelNamesTheChoices() throws {
+        let caught = error { _ = try RunConfig(file: nil, overrides: ["attention.kernel=fast"]) }
+        #expect(caught == .outOfRange(key: "attention.kernel", value: "fast", rule: .oneOf(["flash", "naive"]), origin: .override))
+        #expect(caught?.description == "--set: attention.kernel = fast must be one of flash, naive")
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let file = try write("attention:\n  kernel: Flash\n", "kernel.yaml", in: directory)
+        #expect(error { _ = try RunConfig(file: file) }?.description == "\(file):2: attention.kernel = Flash must be one of flash, naive")
+        #expect(error { _ = try RunConfig(file: nil, overrides: ["attention.kernal=naive"]) }
+                == .unknownKey(key: "attention.kernal", suggestion: "attention.kernel", origin: .override))
+        #expect(RunConfig.helpText.contains("attention.kernel") && RunConfig.helpText.contains("must be one of flash, naive"))
     }
 
     @Test func aBrokenRunYAMLNamesItsSource() {

@@ -7,6 +7,10 @@ import _TestSupport
 /// 189ab09), so a change that moves numbers is seen. Equality is exact: the same kernels
 /// in the same order give the same bits. If a change moves these on purpose (a new kernel,
 /// another summation order), say so in its commit and re-pin.
+///
+/// The first pin is the materialised attention kernel's (`attention.kernel=naive`, the
+/// kernel of 189ab09); the second the flash kernel's (the default), checked to agree with the
+/// first to 1e-5 and pinned when it was introduced.
 @Suite struct PinnedLossTests {
     static let losses: [Double] = [
         5.542783101399739, 5.5166810353597, 5.493261337280273, 5.432637532552083, 5.366668065388997,
@@ -15,18 +19,38 @@ import _TestSupport
         0.8371468579671353, 0.9609782231626144, 0.8695339834336522, 1.0368986687996848, 0.9642710144146782,
         1.0643167285849748, 1.0831560320681866, 1.0997750342139256, 1.1168369696972833, 1.052738610791689]
 
-    @Test func tenStepsOfASmallModelGiveThePinnedLossesAndGradientNorms() throws {
+    /// The flash kernel's run: the same losses to the bit (the attention outputs differ by
+    /// rounding only, below what moves a Float32 loss here), gradient norms from the 8th digit.
+    static let flashLosses = losses
+    static let flashGradientNorms: [Double] = [
+        0.8371468557421431, 0.9609782396379968, 0.8695339834336522, 1.036898638261534, 0.9642710569112293,
+        1.0643167285849748, 1.0831560079931395, 1.099775081636409, 1.1168369246670582, 1.052738614330355]
+
+    /// Ten steps of the tiny model with the given attention kernel: losses and gradient norms.
+    func run(kernel: String) throws -> (losses: [Double], norms: [Double]) {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let data = try makeCorpus(in: directory)
-        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 10))
-        let trainer = try Trainer(config: config, world: SingleProcessCommunicator())
+        let overrides = tinyOverrides(data: data, run: directory.file("run"), steps: 10) + ["attention.kernel=\(kernel)"]
+        let trainer = try Trainer(config: try RunConfig(file: nil, overrides: overrides), world: SingleProcessCommunicator())
         var losses: [Double] = [], norms: [Double] = []
         for _ in 0..<10 {
             losses.append(try trainer.trainStep())
             norms.append(trainer.lastGradientNorm)
         }
+        return (losses, norms)
+    }
+
+    @Test func tenStepsOfASmallModelGiveThePinnedLossesAndGradientNorms() throws {
+        let (losses, norms) = try run(kernel: "naive")
         #expect(losses == Self.losses)
         #expect(norms == Self.gradientNorms)
+    }
+
+    @Test func withFlashAttentionTenStepsGiveTheirPinnedLossesWithin1e5OfNaive() throws {
+        let (losses, norms) = try run(kernel: "flash")
+        #expect(maxRelativeError(losses, Self.losses) < 1e-5 && maxRelativeError(norms, Self.gradientNorms) < 1e-5)
+        #expect(losses == Self.flashLosses)
+        #expect(norms == Self.flashGradientNorms)
     }
 }

@@ -4,15 +4,20 @@ import TensorCore
 /// Causal grouped-query self-attention with rotary positions (Hugging Face Llama's
 /// `self_attn`): q, k, v projections, RoPE at the context's positions, attention, o_proj.
 ///
-/// The attention itself is the materialised kernel (`CausalAttention`, probabilities kept for
-/// the backward pass). Layouts: q (B·T, Hq·D), k and v (B·T, Hkv·D).
+/// The attention itself is the kernel `spec.kernel` names: the flash kernel (`FlashAttention`,
+/// masking by the context's positions, O and the logsumexp (B, H, T) kept for the backward
+/// pass) or the materialised one (`CausalAttention`, probabilities (B, H, T, T) kept).
+/// Layouts: q (B·T, Hq·D), k and v (B·T, Hkv·D).
 final class CausalSelfAttention: LayerComponent {
     let spec: AttentionSpec
     let dModel: Int
     let residualStd: Double
     private var q = BoundParameter(), k = BoundParameter(), v = BoundParameter(), o = BoundParameter()
-    private var cache = ActivationCache()   // q, k, v, attended, probabilities
-    private var kernel: CausalAttention?
+    /// q, k, v, attended, and what the kernel keeps for backward: the logsumexp (flash) or the
+    /// probabilities (naive).
+    private var cache = ActivationCache()
+    private var naive: CausalAttention?
+    private var flash: FlashAttention?
     private var rope: (positions: [Int], cos: [Float], sin: [Float])?
     private var input: UnsafePointer<Float>?
 
@@ -39,33 +44,63 @@ final class CausalSelfAttention: LayerComponent {
         o = BoundParameter(parameters, prefix + "self_attn.o_proj.weight")
     }
 
-    private func prepare(_ context: PassContext) -> CausalAttention {
+    private func prepare(_ context: PassContext) {
         let (B, T) = (context.batch, context.length)
-        cache.ensure(rows: B * T, widths: [queryWidth, kvWidth, kvWidth, queryWidth, spec.heads * T])
-        if kernel?.batch != B || kernel?.length != T {
-            kernel = CausalAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
+        let saved = spec.kernel == .flash ? spec.heads : spec.heads * T
+        cache.ensure(rows: B * T, widths: [queryWidth, kvWidth, kvWidth, queryWidth, saved])
+        if spec.kernel == .flash {
+            if flash?.batch != B || flash?.queryLength != T || flash?.queryPositions != context.positions {
+                flash = FlashAttention(batch: B, queryLength: T, keyLength: T, heads: spec.heads, kvHeads: spec.kvHeads,
+                                       headDim: spec.headDim, causal: true,
+                                       queryPositions: context.positions, keyPositions: context.positions)
+            }
+        } else {
+            _ = naiveKernel(batch: B, length: T)
         }
         if rope?.positions != context.positions {
             let tables = RoPE.tables(positions: context.positions, headDim: spec.headDim, theta: spec.ropeTheta)
             rope = (context.positions, tables.cos, tables.sin)
         }
-        return kernel!
+    }
+
+    private func naiveKernel(batch: Int, length: Int) -> CausalAttention {
+        if naive?.batch != batch || naive?.length != length {
+            naive = CausalAttention(batch: batch, length: length, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
+        }
+        return naive!
     }
 
     func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        let attention = prepare(c)
+        prepare(c)
         let (n, d, threads) = (c.rows, dModel, c.threads)
-        let (qs, ks, vs, attended, probabilities) = (cache[0], cache[1], cache[2], cache[3], cache[4])
+        let (qs, ks, vs, attended, saved) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         input = x
         Matmul.linearForward(x: x, weight: q.value, y: qs, rows: n, inFeatures: d, outFeatures: queryWidth, threads: threads)
         Matmul.linearForward(x: x, weight: k.value, y: ks, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads)
         Matmul.linearForward(x: x, weight: v.value, y: vs, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads)
         rotate(qs, heads: spec.heads, context: c, inverse: false)
         rotate(ks, heads: spec.kvHeads, context: c, inverse: false)
-        attention.forward(q: qs, k: ks, v: vs, o: attended, probabilities: probabilities, threads: threads)
-        if let capture = c.capture {
-            capture(layer, .attentionProbabilities, UnsafeBufferPointer(start: probabilities, count: attention.probabilityCount),
-                    [c.batch, spec.heads, c.length, c.length])
+        switch spec.kernel {
+        case .flash:
+            flash!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
+            if let capture = c.capture {
+                // The flash kernel never forms the probabilities: the materialised kernel computes
+                // them from the same q, k, v for the hook alone (its output is discarded).
+                let naive = naiveKernel(batch: c.batch, length: c.length)
+                let probabilities = c.scratch.buffer("attention.capture.probabilities", count: naive.probabilityCount)
+                probabilities.update(repeating: 0, count: naive.probabilityCount)   // the hook sees 0 above the diagonal
+                let discarded = c.scratch.buffer("attention.capture.output", count: n * queryWidth)
+                naive.forward(q: qs, k: ks, v: vs, o: discarded, probabilities: probabilities, threads: threads)
+                capture(layer, .attentionProbabilities, UnsafeBufferPointer(start: probabilities, count: naive.probabilityCount),
+                        [c.batch, spec.heads, c.length, c.length])
+            }
+        case .naive:
+            let naive = naive!
+            naive.forward(q: qs, k: ks, v: vs, o: attended, probabilities: saved, threads: threads)
+            if let capture = c.capture {
+                capture(layer, .attentionProbabilities, UnsafeBufferPointer(start: saved, count: naive.probabilityCount),
+                        [c.batch, spec.heads, c.length, c.length])
+            }
         }
         // out += attended · Woᵀ
         Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: queryWidth, a: attended, lda: queryWidth,
@@ -73,17 +108,25 @@ final class CausalSelfAttention: LayerComponent {
     }
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        guard let attention = kernel, let x = input else { preconditionFailure("CausalSelfAttention.backward before forward") }
+        guard let x = input, spec.kernel == .flash ? flash != nil : naive != nil else {
+            preconditionFailure("CausalSelfAttention.backward before forward")
+        }
         let (n, d, threads) = (c.rows, dModel, c.threads)
-        let (qs, ks, vs, attended, probabilities) = (cache[0], cache[1], cache[2], cache[3], cache[4])
+        let (qs, ks, vs, attended, saved) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         let dAttended = c.scratch.buffer("attention.dAttended", count: n * queryWidth)
         let dq = c.scratch.buffer("attention.dq", count: n * queryWidth)
         let dk = c.scratch.buffer("attention.dk", count: n * kvWidth)
         let dv = c.scratch.buffer("attention.dv", count: n * kvWidth)
         Matmul.linearBackward(x: attended, weight: o.value, dy: dOut, dx: dAttended, dWeight: o.gradient,
                               rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads)
-        attention.backward(q: qs, k: ks, v: vs, o: attended, probabilities: probabilities, dO: dAttended,
-                           dq: dq, dk: dk, dv: dv, threads: threads)
+        switch spec.kernel {
+        case .flash:
+            flash!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended,
+                            dq: dq, dk: dk, dv: dv, threads: threads)
+        case .naive:
+            naive!.backward(q: qs, k: ks, v: vs, o: attended, probabilities: saved, dO: dAttended,
+                            dq: dq, dk: dk, dv: dv, threads: threads)
+        }
         rotate(dq, heads: spec.heads, context: c, inverse: true)
         rotate(dk, heads: spec.kvHeads, context: c, inverse: true)
         Matmul.linearBackward(x: x, weight: q.value, dy: dq, dx: dx, dWeight: q.gradient,

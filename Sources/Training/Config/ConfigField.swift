@@ -1,3 +1,5 @@
+import Models
+
 /// The type of a config value, as YAML and `--set` spell it.
 public enum ConfigKind: String, Equatable, Sendable {
     case int, float, bool, string
@@ -13,7 +15,7 @@ public enum ConfigKind: String, Equatable, Sendable {
     }
 }
 
-/// The range a numeric config value must lie in.
+/// The range a numeric config value must lie in, or the choices of a string.
 public enum ConfigRule: Equatable, Sendable {
     case any
     case atLeastOne
@@ -21,6 +23,8 @@ public enum ConfigRule: Equatable, Sendable {
     case positive
     /// In [0, 1).
     case unitInterval
+    /// A string that must be one of these (exactly).
+    case oneOf([String])
 
     /// The requirement, for messages ("… must be at least 1"); nil for `.any`.
     public var requirement: String? {
@@ -30,17 +34,23 @@ public enum ConfigRule: Equatable, Sendable {
         case .notNegative: return "must not be negative"
         case .positive: return "must be positive"
         case .unitInterval: return "must be in [0, 1)"
+        case .oneOf(let choices): return "must be one of " + choices.joined(separator: ", ")
         }
     }
 
     func admits(_ value: Double) -> Bool {
         switch self {
-        case .any: return true
+        case .any, .oneOf: return true
         case .atLeastOne: return value >= 1
         case .notNegative: return value >= 0
         case .positive: return value > 0
         case .unitInterval: return value >= 0 && value < 1
         }
+    }
+
+    func admits(_ text: String) -> Bool {
+        if case .oneOf(let choices) = self { return choices.contains(text) }
+        return true
     }
 }
 
@@ -140,6 +150,10 @@ extension ConfigField {
         ConfigField("model.rope_theta", .float(\.model.ropeTheta), .positive, numeric: true, "RoPE base"),
         ConfigField("model.norm_eps", .float(\.model.normEps), .notNegative, numeric: true, "RMSNorm epsilon"),
         ConfigField("model.tie_embeddings", .bool(\.model.tieEmbeddings), numeric: true, "share the embedding and LM head weights"),
+        // Not numeric: both kernels compute the same attention (to Float32 rounding), so a run may
+        // resume with the other one (and the hashes of existing checkpoints stay valid).
+        ConfigField("attention.kernel", .string(\.attention.kernel), .oneOf(AttentionKernel.allCases.map(\.rawValue)), numeric: false,
+                    "flash (tiled, memory linear in data.seq_len) or naive (keeps heads × seq_len² probabilities per sequence)"),
         ConfigField("data.dir", .string(\.data.dir), numeric: false, "token shards from `tessera data prepare`"),
         ConfigField("data.seq_len", .int(\.data.seqLen), .atLeastOne, numeric: true, "tokens per training sequence"),
         ConfigField("train.steps", .int(\.train.steps), .atLeastOne, numeric: false, "optimizer steps"),

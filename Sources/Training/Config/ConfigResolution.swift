@@ -38,7 +38,8 @@ struct ConfigResolution {
     /// The config, once every value is in its range and the model keys make a buildable model.
     func validated() throws -> RunConfig {
         for field in ConfigField.all {
-            if let number = field.number(in: config), !field.rule.admits(number) {
+            let admitted = field.number(in: config).map(field.rule.admits) ?? field.rule.admits(field.text(in: config))
+            if !admitted {
                 throw ConfigError.outOfRange(key: field.path, value: field.text(in: config), rule: field.rule,
                                              origin: origins[field.path] ?? .defaults)
             }

@@ -1,3 +1,5 @@
+import Models
+
 /// The sections of a run config, one struct each. Their initial values are the defaults:
 /// the field table (`ConfigField.all`), `--help-config` and the YAML writer read them from
 /// here, so a default is written down once. Property names are the YAML keys in camel case
@@ -8,6 +10,12 @@ public struct ModelSection: Codable, Equatable, Sendable {
     public var vocabSize = 256, dModel = 256, layers = 4, heads = 4, kvHeads = 4, ffnHidden = 768
     public var ropeTheta: Double = 10_000, normEps: Double = 1e-5
     public var tieEmbeddings = false
+    public init() {}
+}
+
+/// How attention is computed (`attention:`); `kernel` is an `AttentionKernel` raw value.
+public struct AttentionSection: Codable, Equatable, Sendable {
+    public var kernel = AttentionKernel.flash.rawValue
     public init() {}
 }
 

@@ -5,13 +5,13 @@ import Models
 /// `--set key=value` overrides (in that order). Keys and their ranges are listed once, in
 /// `ConfigField.all`; code reads values through the sections (`config.train.steps`).
 public struct RunConfig: Codable, Equatable, Sendable {
-    public var model = ModelSection(), data = DataSection(), train = TrainSection(), eval = EvalSection()
-    public var checkpoint = CheckpointSection(), parallel = ParallelSection(), run = RunSection()
+    public var model = ModelSection(), attention = AttentionSection(), data = DataSection(), train = TrainSection()
+    public var eval = EvalSection(), checkpoint = CheckpointSection(), parallel = ParallelSection(), run = RunSection()
     /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
     public var source: String = "defaults"
 
     enum CodingKeys: String, CodingKey {
-        case model, data, train, eval, checkpoint, parallel, run
+        case model, attention, data, train, eval, checkpoint, parallel, run
     }
 
     /// The defaults (not validated; they are valid).
@@ -54,7 +54,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var modelConfig: ModelConfig {
         ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
                     kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
-                    normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen)
+                    normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen,
+                    attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash)
     }
 
     /// This config with a relative `data.dir` and `run.dir` made absolute against `directory`

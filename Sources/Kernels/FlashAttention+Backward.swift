@@ -1,0 +1,170 @@
+import Foundation
+
+// The backward pass of `FlashAttention`: probabilities recomputed tile by tile from L.
+//
+// For a query tile i and key tile j:  S = scale · Q_i K_jᵀ,  P = exp(S − L_i),  dP = dO_i V_jᵀ,
+// dS = P ⊙ (dP − D_i) with D_i = rowsum(dO_i ⊙ O_i);  then  dV_j += Pᵀ dO_i,
+// dK_j += scale · dSᵀ Q_i,  dQ_i += scale · dS K_j.
+//
+// dK_j and dV_j collect every query tile of every query head of their group, dQ_i every key
+// tile, so no split of the work lets each thread own all three. Two schedules, each owning
+// what it writes:
+// - fused: one work item per (batch, kv head) runs key tiles j in order, and inside each j
+//   every (query head of the group, query tile i). Five products per tile pair, but only
+//   B · Hkv items.
+// - split: items (batch, kv head, key tile) accumulate dK_j and dV_j; then items (batch, query
+//   head, query tile) accumulate dQ_i over key tiles j in order. Seven products per tile pair
+//   (S and dP are computed twice), with many more items.
+// Both run every tile pair through the same calls and accumulate dQ_i in j order and dK_j, dV_j
+// in (head, i) order, so they give the same bits; the schedule is chosen from the thread count
+// for speed alone, and results do not depend on it.
+
+extension FlashAttention {
+    /// Gradients dq (B, Tq, Hq, D), dk, dv (B, Tk, Hkv, D) (all overwritten) from dO, with the
+    /// o and logsumexp of `forward`.
+    public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                         o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         threads: KernelThreads = .single) {
+        let rowDot = UnsafeMutablePointer<Float>.allocate(capacity: max(logsumexpCount, 1))
+        defer { rowDot.deallocate() }
+        Self.rowDot(o: o, dO: dO, into: rowDot, batch: batch, length: queryLength, heads: heads, headDim: headDim, threads: threads)
+        backward(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, threads: threads)
+    }
+
+    /// The backward pass with the row statistics given: `logsumexp` L and `rowDot` D, both
+    /// (B, Hq, Tq). With the global L of every key and D = rowsum(dO ⊙ O) of the global output,
+    /// this is one key chunk's share of the gradient (ring attention): dq sums over chunks,
+    /// dk and dv are the chunk's own.
+    public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                         logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>,
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         threads: KernelThreads = .single) {
+        dq.update(repeating: 0, count: batch * queryLength * heads * headDim)
+        dk.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
+        dv.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
+        let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv)
+        let groups = batch * kvHeads
+        if Self.fusedIsFaster(items: groups, threads: threads.count) {
+            threads.forItems(groups) { items in
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                defer { workspace.deallocate() }
+                for item in items {
+                    for j in 0..<keyTiles { keyTileGradients(b: item / kvHeads, kvh: item % kvHeads, j: j, withQuery: true, tensors, workspace) }
+                }
+            }
+        } else {
+            let kTiles = keyTiles, qTiles = queryTiles
+            threads.forItems(groups * kTiles) { items in
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                defer { workspace.deallocate() }
+                for item in items {
+                    let pair = item / kTiles
+                    keyTileGradients(b: pair / kvHeads, kvh: pair % kvHeads, j: Self.interleaved(item % kTiles, kTiles),
+                                     withQuery: false, tensors, workspace)
+                }
+            }
+            threads.forItems(batch * heads * qTiles) { items in
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                defer { workspace.deallocate() }
+                for item in items {
+                    let pair = item / qTiles, i = Self.interleaved(item % qTiles, qTiles)
+                    for j in 0..<kTiles {
+                        tilePair(b: pair / heads, h: pair % heads, i: i, j: j, tensors, workspace, keys: false, query: true)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fused schedule when its B · Hkv items keep the threads about as busy as the split
+    /// one's many items would, counting 5 products per tile pair against 7.
+    static func fusedIsFaster(items: Int, threads: Int) -> Bool {
+        threads <= 1 || 5 * ((items + threads - 1) / threads) * threads <= 7 * items
+    }
+
+    /// D (B, Hq, T) = Σ_d dO ⊙ O over each row of o, dO (B, T, Hq, D).
+    public static func rowDot(o: UnsafePointer<Float>, dO: UnsafePointer<Float>, into rowDot: UnsafeMutablePointer<Float>,
+                              batch: Int, length: Int, heads: Int, headDim: Int, threads: KernelThreads = .single) {
+        threads.forRanges(batch * heads * length, minimumChunk: 4096) { rows in
+            for row in rows {
+                let t = row % length, bh = row / length, b = bh / heads, h = bh % heads
+                let offset = ((b * length + t) * heads + h) * headDim
+                rowDot[row] = TileMath.dot(o + offset, dO + offset, count: headDim)
+            }
+        }
+    }
+
+    /// Pointers of one backward call.
+    struct Tensors {
+        let q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>
+        let logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>
+        let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+    }
+
+    /// dK_j and dV_j of one kv head from every query head of its group and every query tile
+    /// (in that order), and, `withQuery`, those pairs' shares of dQ.
+    private func keyTileGradients(b: Int, kvh: Int, j: Int, withQuery: Bool, _ t: Tensors, _ w: BackwardWorkspace) {
+        for h in (kvh * group)..<((kvh + 1) * group) {
+            for i in 0..<queryTiles { tilePair(b: b, h: h, i: i, j: j, t, w, keys: true, query: withQuery) }
+        }
+    }
+
+    /// One (query tile i, key tile j) pair of query head h: adds to dK_j and dV_j when `keys`,
+    /// to dQ_i when `query`.
+    private func tilePair(b: Int, h: Int, i: Int, j: Int, _ t: Tensors, _ w: BackwardWorkspace, keys: Bool, query: Bool) {
+        let columns: Int, masked: Bool
+        switch visibility(i, j) {
+        case .none: return
+        case .full(let c): (columns, masked) = (c, false)
+        case .partial(let c): (columns, masked) = (c, true)
+        }
+        let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
+        let rows = queryRows(i), n = rows.count, c0 = j * keyTile, kvh = h / group
+        let qOffset = (b * queryLength + rows.lowerBound) * qStride + h * D
+        let kvOffset = (b * keyLength + c0) * kvStride + kvh * D
+        let statistics = (b * heads + h) * queryLength + rows.lowerBound
+        let (p, dS) = (w.probabilities, w.scoreGradients)
+
+        // P (n, columns) = exp(scale · Q_i K_jᵀ − L), 0 where masked or where the row sees nothing.
+        Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
+                    a: t.q + qOffset, lda: qStride, b: t.k + kvOffset, ldb: kvStride, c: p, ldc: ld)
+        if masked { mask(p, ld: ld, rows: rows, columns: c0..<(c0 + columns)) }
+        for r in 0..<n {
+            let total = t.logsumexp[statistics + r]
+            if total == -.infinity { (p + r * ld).update(repeating: 0, count: columns) } else {
+                TileMath.exponentiate(p + r * ld, count: columns, minus: total)
+            }
+        }
+        // dS = P ⊙ (dO_i V_jᵀ − D_i)
+        Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D,
+                    a: t.dO + qOffset, lda: qStride, b: t.v + kvOffset, ldb: kvStride, c: dS, ldc: ld)
+        for r in 0..<n {
+            TileMath.softmaxGradient(probabilities: p + r * ld, dS + r * ld, count: columns, rowDot: t.rowDot[statistics + r])
+        }
+        if keys {
+            // dV_j (columns, D) += Pᵀ dO_i;  dK_j += scale · dSᵀ Q_i
+            Matmul.gemm(transposeA: true, transposeB: false, m: columns, n: D, k: n,
+                        a: p, lda: ld, b: t.dO + qOffset, ldb: qStride, beta: 1, c: t.dv + kvOffset, ldc: kvStride)
+            Matmul.gemm(transposeA: true, transposeB: false, m: columns, n: D, k: n, alpha: scale,
+                        a: dS, lda: ld, b: t.q + qOffset, ldb: qStride, beta: 1, c: t.dk + kvOffset, ldc: kvStride)
+        }
+        if query {
+            // dQ_i (n, D) += scale · dS K_j
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: D, k: columns, alpha: scale,
+                        a: dS, lda: ld, b: t.k + kvOffset, ldb: kvStride, beta: 1, c: t.dq + qOffset, ldc: qStride)
+        }
+    }
+
+    /// Per-thread scratch of the backward pass: probabilities and their gradient for one tile pair.
+    struct BackwardWorkspace {
+        let probabilities: UnsafeMutablePointer<Float>, scoreGradients: UnsafeMutablePointer<Float>
+
+        init(rows: Int, columns: Int) {
+            probabilities = .allocate(capacity: rows * columns)
+            scoreGradients = .allocate(capacity: rows * columns)
+        }
+
+        func deallocate() { probabilities.deallocate(); scoreGradients.deallocate() }
+    }
+}

@@ -1,0 +1,203 @@
+import Foundation
+
+/// Scaled-dot-product attention by tiles with an online softmax (FlashAttention-2, Dao 2023),
+/// for grouped-query heads, causal or not, on BLAS.
+///
+/// Nothing of size Tq × Tk is ever stored: the forward pass keeps O and the per-row logsumexp
+/// L = log Σ_j exp(s_ij) (B, Hq, Tq) for the backward pass, which recomputes the probabilities
+/// tile by tile as exp(s_ij − L_i). Each thread's workspace is a few tiles (`queryTile ×
+/// keyTile` scores and a `queryTile × D` accumulator).
+///
+/// Layouts: q, o are (B, Tq, Hq, D); k, v are (B, Tk, Hkv, D); Hq is a multiple of Hkv, and
+/// query head h reads kv head h / (Hq / Hkv). Scores are s_ij = q_i · k_j / √D.
+///
+/// Causal masking is by global positions: key j is visible to query i iff
+/// keyPositions[j] ≤ queryPositions[i]. By default keys sit at 0..<Tk and queries at the last
+/// Tq of them, (Tk − Tq)..<Tk (the bottom-right alignment that prefill and decode with a KV
+/// cache need); with Tq > Tk the first Tq − Tk queries then see no key. A row that sees no key
+/// gets O = 0, L = −∞ and zero gradients. Tiles no query of which sees any key are skipped;
+/// tiles every query of which sees every key skip the mask.
+///
+/// Results do not depend on the thread count: every tile is computed by the same calls in the
+/// same order whichever thread runs it (see `FlashAttention+Backward.swift` for the backward).
+public struct FlashAttention {
+    public let batch: Int, queryLength: Int, keyLength: Int, heads: Int, kvHeads: Int, headDim: Int
+    public let causal: Bool
+    /// Global position of each query (Tq) and key (Tk); used only when `causal`.
+    public let queryPositions: [Int], keyPositions: [Int]
+    /// Rows of queries and columns of keys per tile.
+    public let queryTile: Int, keyTile: Int
+
+    /// Tile sizes: 64 query rows keep the causal waste (the masked half of a diagonal
+    /// 64 × 64 block; partial tiles are trimmed to their visible columns) as small as the
+    /// materialised kernel's, while 256 keys per tile amortise the per-tile work of a row
+    /// (running max, rescaling the accumulator) and the BLAS call overhead over 4 × 64 × 256 × D
+    /// flops. At D = 128 the working set (scores 64 KiB, K and V tiles 128 KiB each, Q tile and
+    /// accumulator 32 KiB each) stays within a 1 MiB L2.
+    public static let defaultQueryTile = 64, defaultKeyTile = 256
+
+    public init(batch: Int, queryLength: Int, keyLength: Int, heads: Int, kvHeads: Int, headDim: Int,
+                causal: Bool = true, queryPositions: [Int]? = nil, keyPositions: [Int]? = nil,
+                queryTile: Int = defaultQueryTile, keyTile: Int = defaultKeyTile) {
+        precondition(heads > 0 && kvHeads > 0 && heads % kvHeads == 0,
+                     "FlashAttention: \(heads) heads do not split into \(kvHeads) kv heads")
+        precondition(queryTile > 0 && keyTile > 0, "FlashAttention: tiles must be at least 1 × 1")
+        precondition(queryPositions == nil || queryPositions!.count == queryLength,
+                     "FlashAttention: \(queryPositions?.count ?? 0) query positions for \(queryLength) queries")
+        precondition(keyPositions == nil || keyPositions!.count == keyLength,
+                     "FlashAttention: \(keyPositions?.count ?? 0) key positions for \(keyLength) keys")
+        self.batch = batch; self.queryLength = queryLength; self.keyLength = keyLength
+        self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.causal = causal
+        self.queryTile = queryTile; self.keyTile = keyTile
+        self.queryPositions = queryPositions ?? Array((keyLength - queryLength)..<keyLength)
+        self.keyPositions = keyPositions ?? Array(0..<keyLength)
+        queryBounds = Self.bounds(self.queryPositions, tile: queryTile)
+        keyBounds = Self.bounds(self.keyPositions, tile: keyTile)
+    }
+
+    /// Smallest and largest position in each tile.
+    let queryBounds: [(min: Int, max: Int)], keyBounds: [(min: Int, max: Int)]
+
+    static func bounds(_ positions: [Int], tile: Int) -> [(min: Int, max: Int)] {
+        stride(from: 0, to: positions.count, by: tile).map { start in
+            let slice = positions[start..<min(start + tile, positions.count)]
+            return (slice.min()!, slice.max()!)
+        }
+    }
+
+    /// Floats of the logsumexp L (B, Hq, Tq).
+    public var logsumexpCount: Int { batch * heads * queryLength }
+    var scale: Float { 1 / Float(headDim).squareRoot() }
+    var group: Int { heads / kvHeads }
+    var queryTiles: Int { queryBounds.count }
+    var keyTiles: Int { keyBounds.count }
+    func queryRows(_ i: Int) -> Range<Int> { (i * queryTile)..<min((i + 1) * queryTile, queryLength) }
+    func keyColumns(_ j: Int) -> Range<Int> { (j * keyTile)..<min((j + 1) * keyTile, keyLength) }
+
+    /// What of key tile j query tile i can see.
+    enum Visibility: Equatable {
+        /// No query of the tile sees any of its keys.
+        case none
+        /// Every query sees each of the tile's `columns` keys: no mask.
+        case full(columns: Int)
+        /// Some pairs among the tile's first `columns` keys are masked; the keys after them are
+        /// hidden from every query of the tile and are not computed.
+        case partial(columns: Int)
+    }
+
+    func visibility(_ i: Int, _ j: Int) -> Visibility {
+        let keys = keyColumns(j)
+        guard causal else { return .full(columns: keys.count) }
+        let (q, k) = (queryBounds[i], keyBounds[j])
+        if k.min > q.max { return .none }
+        if k.max <= q.min { return .full(columns: keys.count) }
+        // Trim the columns no query of the tile sees from the end (all of the upper triangle
+        // when positions increase).
+        var end = keys.upperBound
+        while keyPositions[end - 1] > q.max { end -= 1 }
+        return .partial(columns: end - keys.lowerBound)
+    }
+
+    /// A permutation of 0..<n that alternates cheap and expensive causal tiles (0, n−1, 1,
+    /// n−2, …), so that the contiguous chunks `KernelThreads.forItems` hands out carry similar
+    /// work. Only the order of independent items changes, never what an item computes.
+    @inline(__always)
+    static func interleaved(_ index: Int, _ n: Int) -> Int { index % 2 == 0 ? index / 2 : n - 1 - index / 2 }
+
+    /// o = softmax(q kᵀ / √D, masked) v and L (B, Hq, Tq), the logsumexp of each row's visible
+    /// scores (−∞ for a row that sees no key, whose o is 0).
+    public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
+                        threads: KernelThreads = .single) {
+        let tiles = queryTiles
+        threads.forItems(batch * heads * tiles) { items in
+            let workspace = Workspace(rows: queryTile, columns: keyTile, headDim: headDim)
+            defer { workspace.deallocate() }
+            for item in items {
+                let pair = item / tiles
+                forwardTile(b: pair / heads, h: pair % heads, i: Self.interleaved(item % tiles, tiles),
+                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, workspace: workspace)
+            }
+        }
+    }
+
+    /// One query tile of one head against every key tile it sees.
+    private func forwardTile(b: Int, h: Int, i: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                             o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, workspace w: Workspace) {
+        let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
+        let rows = queryRows(i), n = rows.count, kvh = h / group
+        let qi = q + (b * queryLength + rows.lowerBound) * qStride + h * D
+        let kb = k + b * keyLength * kvStride + kvh * D, vb = v + b * keyLength * kvStride + kvh * D
+        let (s, acc, rowMax, rowSum) = (w.scores, w.accumulator, w.rowMax, w.rowSum)
+        acc.update(repeating: 0, count: n * D)
+        rowMax.update(repeating: -.infinity, count: n)
+        rowSum.update(repeating: 0, count: n)
+
+        for j in 0..<keyTiles {
+            let columns: Int, masked: Bool
+            switch visibility(i, j) {
+            case .none: continue
+            case .full(let c): (columns, masked) = (c, false)
+            case .partial(let c): (columns, masked) = (c, true)
+            }
+            let c0 = j * keyTile
+            // S (n, columns) = scale · Q_i K_jᵀ
+            Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
+                        a: qi, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s, ldc: ld)
+            if masked { mask(s, ld: ld, rows: rows, columns: c0..<(c0 + columns)) }
+            for r in 0..<n {
+                let row = s + r * ld
+                let newMax = max(rowMax[r], TileMath.maximum(row, count: columns))
+                if newMax == -.infinity {   // nothing visible to this row yet: it adds nothing
+                    row.update(repeating: 0, count: columns)
+                    continue
+                }
+                let sum = TileMath.exponentiate(row, count: columns, minus: newMax)
+                let rescale = rowMax[r] == -.infinity ? 0 : Foundation.exp(rowMax[r] - newMax)
+                if rescale != 1 { TileMath.scale(acc + r * D, count: D, by: rescale) }
+                rowSum[r] = rowSum[r] * rescale + sum
+                rowMax[r] = newMax
+            }
+            // acc (n, D) += P (n, columns) · V_j
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: D, k: columns,
+                        a: s, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: D)
+        }
+
+        let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
+        let li = logsumexp + (b * heads + h) * queryLength + rows.lowerBound
+        for r in 0..<n {
+            let out = oi + r * qStride
+            if rowSum[r] == 0 {
+                out.update(repeating: 0, count: D)
+                li[r] = -.infinity
+            } else {
+                let inverse = 1 / rowSum[r]
+                for d in 0..<D { out[d] = acc[r * D + d] * inverse }
+                li[r] = rowMax[r] + Foundation.log(rowSum[r])
+            }
+        }
+    }
+
+    /// Sets the scores of masked pairs (key position after the query position) to −∞.
+    func mask(_ s: UnsafeMutablePointer<Float>, ld: Int, rows: Range<Int>, columns: Range<Int>) {
+        for (r, i) in rows.enumerated() {
+            let position = queryPositions[i], row = s + r * ld
+            for (c, j) in columns.enumerated() where keyPositions[j] > position { row[c] = -.infinity }
+        }
+    }
+
+    /// Per-thread scratch: a score tile, an output accumulator and two row statistics.
+    struct Workspace {
+        let scores: UnsafeMutablePointer<Float>, accumulator: UnsafeMutablePointer<Float>
+        let rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>
+
+        init(rows: Int, columns: Int, headDim: Int) {
+            scores = .allocate(capacity: rows * columns)
+            accumulator = .allocate(capacity: max(rows * headDim, 1))
+            rowMax = .allocate(capacity: rows)
+            rowSum = .allocate(capacity: rows)
+        }
+
+        func deallocate() { scores.deallocate(); accumulator.deallocate(); rowMax.deallocate(); rowSum.deallocate() }
+    }
+}
