@@ -15,6 +15,9 @@ public final class ParameterSet {
         public var decays: Bool
         public var count: Int { shape.reduce(1, *) }
         public var range: Range<Int> { offset..<(offset + count) }
+        public var declaration: ParameterDeclaration {
+            ParameterDeclaration(name, shape, initialization, placement: placement, decays: decays)
+        }
     }
 
     public let entries: [Entry]
@@ -62,14 +65,26 @@ public final class ParameterSet {
 
     /// Fills every parameter from its declared initialization, drawing normals in declaration
     /// order from one stream of `seed`.
-    public func initialize(seed: UInt64) {
+    public func initialize(seed: UInt64) { initialize(seed: seed, drawingOver: entries.map(\.declaration)) }
+
+    /// Fills every parameter as if the set held all of `global` (a superset of its own
+    /// declarations, in the order a rank holding everything declares them): normals are drawn
+    /// for each of them in order from one stream of `seed`, and this set keeps those it holds.
+    /// So a parameter gets the same values on every layout.
+    public func initialize(seed: UInt64, drawingOver global: [ParameterDeclaration]) {
         var rng = RNG(seed: seed, stream: 0x1A17)
-        for e in entries {
-            let p = values.pointer + e.offset
-            switch e.initialization {
-            case .ones: p.update(repeating: 1, count: e.count)
-            case .zeros: p.update(repeating: 0, count: e.count)
-            case .normal(let std): for i in 0..<e.count { p[i] = Float(rng.nextNormal() * std) }
+        for d in global {
+            let count = d.shape.reduce(1, *)
+            let target = index[d.name].map { values.pointer + entries[$0].offset }
+            precondition(target == nil || entries[index[d.name]!].count == count, "initialize: \(d.name) has another shape here")
+            switch d.initialization {
+            case .ones: target?.update(repeating: 1, count: count)
+            case .zeros: target?.update(repeating: 0, count: count)
+            case .normal(let std):
+                for i in 0..<count {
+                    let value = Float(rng.nextNormal() * std)
+                    target?[i] = value
+                }
             }
         }
     }
