@@ -159,6 +159,9 @@ public final class MixtureOfExperts: LayerComponent {
         }
     }
 
+    /// The renormalised gates of the last forward pass (tokens × k), for tests.
+    var routerGates: [Float] { router.gates }
+
     /// The router's product and the k experts each token runs (dropless).
     public var matmulFlopsPerToken: Double {
         2.0 * Double(dModel * spec.experts) + Double(spec.topK) * experts.matmulFlopsPerPair
