@@ -96,18 +96,29 @@ public final class ParameterSet {
 
     /// Copies tensors in by name; every parameter must be present with its exact shape.
     public func load(_ dict: StateDict, source: String) throws {
-        for e in entries {
-            guard let tensor = dict[e.name] else {
-                throw ModelError.missingTensor(name: e.name, source: source)
+        try load(dict, source: source, global: entries.map(\.declaration))
+    }
+
+    /// Copies this set's tensors in by name from a dict holding every parameter of `global`
+    /// (the whole model, when this set holds a shard of it): each of them must be present with
+    /// its exact shape, and nothing else.
+    public func load(_ dict: StateDict, source: String, global: [ParameterDeclaration]) throws {
+        for d in global {
+            guard let tensor = dict[d.name] else { throw ModelError.missingTensor(name: d.name, source: source) }
+            guard tensor.shape == d.shape else {
+                throw ModelError.shapeMismatch(name: d.name, expected: d.shape, found: tensor.shape, source: source)
             }
+        }
+        let known = Set(global.map(\.name))
+        if let extra = dict.names.first(where: { !known.contains($0) }) {
+            throw ModelError.unexpectedTensor(name: extra, source: source)
+        }
+        for e in entries {
+            guard let tensor = dict[e.name] else { throw ModelError.missingTensor(name: e.name, source: source) }
             guard tensor.shape == e.shape else {
                 throw ModelError.shapeMismatch(name: e.name, expected: e.shape, found: tensor.shape, source: source)
             }
             tensor.withUnsafeBufferPointer { (values.pointer + e.offset).update(from: $0.baseAddress!, count: e.count) }
-        }
-        let known = Set(entries.map(\.name))
-        if let extra = dict.names.first(where: { !known.contains($0) }) {
-            throw ModelError.unexpectedTensor(name: extra, source: source)
         }
     }
 }

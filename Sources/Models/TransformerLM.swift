@@ -82,6 +82,9 @@ public final class TransformerLM {
     /// coefficient: the objective is the mean cross-entropy plus their sum.
     public var auxiliaryLosses: [String: Double] { state?.context.auxiliaryLosses.totals ?? [:] }
 
+    /// Auxiliary losses of the last forward pass, by name and layer (each with its coefficient).
+    public var auxiliaryLossesByLayer: [String: [Int: Double]] { state?.context.auxiliaryLosses.values ?? [:] }
+
     /// What each mixture-of-experts layer's routing did in the last forward pass, by layer.
     public var routing: [Int: RoutingSummary] { state?.context.routing ?? [:] }
 
