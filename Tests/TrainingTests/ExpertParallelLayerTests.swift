@@ -23,6 +23,7 @@ import _TestSupport
         Layout(ranks: 3, expert: 3, experts: 6),
         Layout(ranks: 4, expert: 2, experts: 4),                   // data 4 = 2 replicas × expert 2
         Layout(ranks: 2, expert: 2, experts: 4, capacity: 0.75),   // drops pairs in global position order
+        Layout(ranks: 4, expert: 4, experts: 4, capacity: 0),      // no rank sends any row, every expert is empty
     ]
 
     static func config(experts: Int, capacity: Double?) -> ModelConfig {
