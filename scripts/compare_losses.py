@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Compares the training records of two runs' metrics.jsonl, step by step: the loss and the
-gradient norm (grad_norm) of every logged step.
+gradient norm (grad_norm) of every logged step, and the MoE auxiliary loss (aux_loss) where
+the reference logged one.
 
 usage: compare_losses.py REFERENCE.jsonl OTHER.jsonl [--rtol 1e-5] [--exact]
 Values agree when |a - b| <= rtol * max(1, |a|), or bitwise with --exact. Exits 1 naming the
@@ -61,7 +62,9 @@ def main(args):
         only_ref, only_other = sorted(set(reference) - set(other)), sorted(set(other) - set(reference))
         sys.exit(f"logged steps differ: only in {paths[0]}: {only_ref[:10]}; only in {paths[1]}: {only_other[:10]}")
     for step in sorted(reference):
-        for key in COMPARED:
+        for key in COMPARED + (("aux_loss",) if "aux_loss" in reference[step] else ()):
+            if key not in other[step]:
+                sys.exit(f"step {step}: {key} in {paths[0]} but not in {paths[1]}")
             a, b = reference[step][key], other[step][key]
             if differs(a, b, exact, rtol):
                 sys.exit(f"step {step}: {key} {a!r} in {paths[0]} vs {b!r} in {paths[1]}")

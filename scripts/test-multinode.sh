@@ -54,3 +54,9 @@ check "two nodes: 1-rank reference run" "$TESSERA" train $tiny --set run.dir="$w
 # Equal in loss and gradient norm at every step (trains_like appends --set run.dir=...).
 check "two nodes: mpirun training equals one rank" trains_like "$work/one" "$work/mpi" "$work/on" a "$mpirun_across $TESSERA train $tiny"
 check "two nodes: TCP training equals one rank" trains_like "$work/one" "$work/tcp" launch_across train $tiny
+# Mixture of experts across nodes: 4 ranks = 2 expert groups of 2 (one group per node with
+# mpirun's placement), the experts' all-to-all crossing the veth link for the TCP launchers.
+moe="$tiny --set moe.experts=4 --set moe.expert_hidden=32 --set moe.layers=all"
+check "two nodes: 1-rank MoE reference run" "$TESSERA" train $moe --set run.dir="$work/moe-one"
+check "two nodes: mpirun MoE data × expert 2×2 equals one rank" trains_like "$work/moe-one" "$work/moe-mpi" "$work/on" a "$mpirun_across $TESSERA train $moe --set parallel.expert=2"
+check "two nodes: TCP MoE expert 4 (experts across nodes) equals one rank" trains_like "$work/moe-one" "$work/moe-tcp" launch_across train $moe --set parallel.expert=4

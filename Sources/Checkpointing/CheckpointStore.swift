@@ -14,10 +14,27 @@ public struct TrainerState: Codable, Equatable, Sendable {
     public var configHash: String
     public var dataParallel: Int
     public var sequenceParallel: Int
+    /// Ranks of a data group holding different experts (1 in checkpoints written before experts).
+    public var expertParallel: Int
 
-    public init(step: Int, seed: UInt64, samplesSeen: Int, tokensSeen: Int, configHash: String, dataParallel: Int, sequenceParallel: Int) {
+    public init(step: Int, seed: UInt64, samplesSeen: Int, tokensSeen: Int, configHash: String, dataParallel: Int, sequenceParallel: Int,
+                expertParallel: Int = 1) {
         self.step = step; self.seed = seed; self.samplesSeen = samplesSeen; self.tokensSeen = tokensSeen
         self.configHash = configHash; self.dataParallel = dataParallel; self.sequenceParallel = sequenceParallel
+        self.expertParallel = expertParallel
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case step, seed, samplesSeen, tokensSeen, configHash, dataParallel, sequenceParallel, expertParallel
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        try self.init(step: c.decode(Int.self, forKey: .step), seed: c.decode(UInt64.self, forKey: .seed),
+                      samplesSeen: c.decode(Int.self, forKey: .samplesSeen), tokensSeen: c.decode(Int.self, forKey: .tokensSeen),
+                      configHash: c.decode(String.self, forKey: .configHash), dataParallel: c.decode(Int.self, forKey: .dataParallel),
+                      sequenceParallel: c.decode(Int.self, forKey: .sequenceParallel),
+                      expertParallel: c.decodeIfPresent(Int.self, forKey: .expertParallel) ?? 1)
     }
 }
 

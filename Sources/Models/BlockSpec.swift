@@ -48,4 +48,6 @@ public enum AttentionKernel: String, CaseIterable, Equatable, Sendable {
 public enum ChannelMixerSpec: Equatable, Sendable {
     /// `down(silu(gate(x)) ⊙ up(x))` with the given hidden width.
     case swiGLU(hidden: Int)
+    /// A mixture of SwiGLU experts with a top-k router (Mixtral's `block_sparse_moe`).
+    case moe(MoESpec)
 }

@@ -21,7 +21,8 @@ public final class DecoderBlock {
     private(set) var parameterRange: Range<Int> = 0..<0
 
     /// `residualStd`: initial scale of the projections that write into the residual stream.
-    init(layer: Int, spec: BlockSpec, dModel: Int, eps: Float, residualStd: Double) {
+    /// `sharding`: the experts this rank holds (mixture-of-experts layers).
+    init(layer: Int, spec: BlockSpec, dModel: Int, eps: Float, residualStd: Double, sharding: ExpertSharding = .whole) {
         self.layer = layer
         self.spec = spec
         self.dModel = dModel
@@ -33,16 +34,23 @@ public final class DecoderBlock {
         switch spec.channelMixer {
         case .swiGLU(let hidden):
             channelMixer = SwiGLUFeedForward(dModel: dModel, hidden: hidden, residualStd: residualStd)
+        case .moe(let moe):
+            channelMixer = MixtureOfExperts(spec: moe, dModel: dModel, residualStd: residualStd, sharding: sharding)
         }
     }
 
     var prefix: String { "model.layers.\(layer)." }
 
-    var declarations: [ParameterDeclaration] {
+    var declarations: [ParameterDeclaration] { declarations(global: false) }
+
+    /// Every parameter of the block as one rank holding all of it would declare it.
+    var globalDeclarations: [ParameterDeclaration] { declarations(global: true) }
+
+    private func declarations(global: Bool) -> [ParameterDeclaration] {
         ([ParameterDeclaration("input_layernorm.weight", [dModel], .ones)]
-            + sequenceMixer.declarations
+            + (global ? sequenceMixer.globalDeclarations : sequenceMixer.declarations)
             + [ParameterDeclaration("post_attention_layernorm.weight", [dModel], .ones)]
-            + channelMixer.declarations).map { $0.prefixed(prefix) }
+            + (global ? channelMixer.globalDeclarations : channelMixer.declarations)).map { $0.prefixed(prefix) }
     }
 
     func bind(to parameters: ParameterSet) {

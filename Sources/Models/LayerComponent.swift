@@ -9,8 +9,13 @@ import TensorCore
 /// of the residual stream into the gradient of its input and adds its parameter gradients.
 /// A backward call must follow the forward call of the same pass.
 public protocol LayerComponent: AnyObject {
-    /// Parameters under names relative to the block (e.g. `self_attn.q_proj.weight`).
+    /// Parameters under names relative to the block (e.g. `self_attn.q_proj.weight`): the ones
+    /// this rank holds.
     var declarations: [ParameterDeclaration] { get }
+    /// Every parameter of the component as one rank holding all of it would declare it (the
+    /// same as `declarations` unless parameters are sharded): initialisation draws them in
+    /// this order on every layout, and checkpoints hold them all.
+    var globalDeclarations: [ParameterDeclaration] { get }
     /// Resolves the component's parameters in `parameters`, where its names carry `prefix`.
     func bind(to parameters: ParameterSet, prefix: String)
     /// out (B·T, d) += component(x (B·T, d)). `x` must stay unchanged until `backward`.
@@ -25,6 +30,7 @@ public protocol LayerComponent: AnyObject {
 
 extension LayerComponent {
     public func sequenceFlopsPerToken(length: Int) -> Double { 0 }
+    public var globalDeclarations: [ParameterDeclaration] { declarations }
 }
 
 /// Resolved pointers of one parameter's values and gradient (the parameter set's buffers have

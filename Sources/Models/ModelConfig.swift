@@ -46,6 +46,7 @@ public struct ModelConfig: Equatable, Sendable {
             }
             switch block.channelMixer {
             case .swiGLU(let hidden): if hidden < 1 { out.append("model.ffn_hidden = \(hidden) must be at least 1\(at)") }
+            case .moe(let moe): out += moe.problems.map { $0 + at }
             }
             if !out.isEmpty, !at.isEmpty { break }
         }
@@ -53,8 +54,21 @@ public struct ModelConfig: Equatable, Sendable {
         return out.filter { seen.insert($0).inserted }
     }
 
-    /// `config.json` of the equivalent Hugging Face `LlamaForCausalLM` (sizes of the first block;
-    /// Llama has one size per model).
+    /// The mixture-of-experts spec of the first MoE layer (nil: a dense model).
+    public var moe: MoESpec? {
+        for block in blocks { if case .moe(let spec) = block.channelMixer { return spec } }
+        return nil
+    }
+
+    /// Layers whose feed-forward is a mixture of experts.
+    public var moeLayers: [Int] {
+        blocks.indices.filter { if case .moe = blocks[$0].channelMixer { return true } else { return false } }
+    }
+
+    /// `config.json` of the equivalent Hugging Face model: `LlamaForCausalLM`, or
+    /// `MixtralForCausalLM` when a layer is a mixture of experts (sizes of the first block of
+    /// each kind: both have one size per model). Mixtral makes every layer sparse; a model with
+    /// dense layers lists them under `tessera_dense_layers` (Hugging Face cannot load those).
     public var huggingFaceConfig: [String: Any] {
         var config: [String: Any] = [
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocabSize, "hidden_size": dModel,
@@ -68,6 +82,22 @@ public struct ModelConfig: Equatable, Sendable {
             config["rope_theta"] = Double(a.ropeTheta)
         }
         if case .swiGLU(let hidden)? = blocks.first?.channelMixer { config["intermediate_size"] = hidden }
+        if let moe {
+            config["architectures"] = ["MixtralForCausalLM"]
+            config["model_type"] = "mixtral"
+            config["intermediate_size"] = moe.expertHidden
+            config["num_local_experts"] = moe.experts
+            config["num_experts_per_tok"] = moe.topK
+            config["router_aux_loss_coef"] = moe.auxLossCoefficient
+            config["router_z_loss_coef"] = moe.zLossCoefficient
+            config["output_router_logits"] = false
+            config["router_jitter_noise"] = 0.0
+            config["sliding_window"] = NSNull()
+            config["mlp_bias"] = nil
+            if let factor = moe.capacityFactor { config["capacity_factor"] = factor }
+            let dense = blocks.indices.filter { !moeLayers.contains($0) }
+            if !dense.isEmpty { config["tessera_dense_layers"] = dense }
+        }
         return config
     }
 }

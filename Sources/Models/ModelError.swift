@@ -4,6 +4,8 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     case unexpectedTensor(name: String, source: String)
     case shapeMismatch(name: String, expected: [Int], found: [Int], source: String)
     case invalidConfig([String])
+    /// The grid's expert axis does not divide a layer's experts.
+    case expertsDoNotDivide(experts: Int, expertRanks: Int)
 
     public var description: String {
         switch self {
@@ -11,6 +13,8 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
         case let .unexpectedTensor(name, source): return "\(source): tensor \(name) is not part of this model; check model.* in the config"
         case let .shapeMismatch(name, expected, found, source): return "\(source): tensor \(name) has shape \(found), the model expects \(expected); check model.* in the config"
         case let .invalidConfig(problems): return "invalid model config: " + problems.joined(separator: "; ")
+        case let .expertsDoNotDivide(experts, expertRanks):
+            return "moe.experts = \(experts) is not divisible by parallel.expert = \(expertRanks); choose parallel.expert dividing moe.experts"
         }
     }
 }

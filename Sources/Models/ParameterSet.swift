@@ -15,6 +15,9 @@ public final class ParameterSet {
         public var decays: Bool
         public var count: Int { shape.reduce(1, *) }
         public var range: Range<Int> { offset..<(offset + count) }
+        public var declaration: ParameterDeclaration {
+            ParameterDeclaration(name, shape, initialization, placement: placement, decays: decays)
+        }
     }
 
     public let entries: [Entry]
@@ -62,14 +65,26 @@ public final class ParameterSet {
 
     /// Fills every parameter from its declared initialization, drawing normals in declaration
     /// order from one stream of `seed`.
-    public func initialize(seed: UInt64) {
+    public func initialize(seed: UInt64) { initialize(seed: seed, drawingOver: entries.map(\.declaration)) }
+
+    /// Fills every parameter as if the set held all of `global` (a superset of its own
+    /// declarations, in the order a rank holding everything declares them): normals are drawn
+    /// for each of them in order from one stream of `seed`, and this set keeps those it holds.
+    /// So a parameter gets the same values on every layout.
+    public func initialize(seed: UInt64, drawingOver global: [ParameterDeclaration]) {
         var rng = RNG(seed: seed, stream: 0x1A17)
-        for e in entries {
-            let p = values.pointer + e.offset
-            switch e.initialization {
-            case .ones: p.update(repeating: 1, count: e.count)
-            case .zeros: p.update(repeating: 0, count: e.count)
-            case .normal(let std): for i in 0..<e.count { p[i] = Float(rng.nextNormal() * std) }
+        for d in global {
+            let count = d.shape.reduce(1, *)
+            let target = index[d.name].map { values.pointer + entries[$0].offset }
+            precondition(target == nil || entries[index[d.name]!].count == count, "initialize: \(d.name) has another shape here")
+            switch d.initialization {
+            case .ones: target?.update(repeating: 1, count: count)
+            case .zeros: target?.update(repeating: 0, count: count)
+            case .normal(let std):
+                for i in 0..<count {
+                    let value = Float(rng.nextNormal() * std)
+                    target?[i] = value
+                }
             }
         }
     }
@@ -81,18 +96,29 @@ public final class ParameterSet {
 
     /// Copies tensors in by name; every parameter must be present with its exact shape.
     public func load(_ dict: StateDict, source: String) throws {
-        for e in entries {
-            guard let tensor = dict[e.name] else {
-                throw ModelError.missingTensor(name: e.name, source: source)
+        try load(dict, source: source, global: entries.map(\.declaration))
+    }
+
+    /// Copies this set's tensors in by name from a dict holding every parameter of `global`
+    /// (the whole model, when this set holds a shard of it): each of them must be present with
+    /// its exact shape, and nothing else.
+    public func load(_ dict: StateDict, source: String, global: [ParameterDeclaration]) throws {
+        for d in global {
+            guard let tensor = dict[d.name] else { throw ModelError.missingTensor(name: d.name, source: source) }
+            guard tensor.shape == d.shape else {
+                throw ModelError.shapeMismatch(name: d.name, expected: d.shape, found: tensor.shape, source: source)
             }
+        }
+        let known = Set(global.map(\.name))
+        if let extra = dict.names.first(where: { !known.contains($0) }) {
+            throw ModelError.unexpectedTensor(name: extra, source: source)
+        }
+        for e in entries {
+            guard let tensor = dict[e.name] else { throw ModelError.missingTensor(name: e.name, source: source) }
             guard tensor.shape == e.shape else {
                 throw ModelError.shapeMismatch(name: e.name, expected: e.shape, found: tensor.shape, source: source)
             }
             tensor.withUnsafeBufferPointer { (values.pointer + e.offset).update(from: $0.baseAddress!, count: e.count) }
-        }
-        let known = Set(entries.map(\.name))
-        if let extra = dict.names.first(where: { !known.contains($0) }) {
-            throw ModelError.unexpectedTensor(name: extra, source: source)
         }
     }
 }

@@ -44,7 +44,7 @@ extension TransformerLM {
         precondition(tokens.count == batch * length, "forward: \(tokens.count) tokens for batch \(batch) × length \(length)")
         let s = passState(batch: batch, length: length, positions: positions)
         let c = s.context, n = c.rows, d = config.dModel
-        c.auxiliaryLosses.reset()
+        c.resetPass()
         c.capture = capture
         c.ready = nil
         tokens.withUnsafeBufferPointer { s.tokenIDs.update(from: $0.baseAddress!, count: n) }

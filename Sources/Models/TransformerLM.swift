@@ -21,31 +21,49 @@ public final class TransformerLM {
     public let blocks: [DecoderBlock]
     /// Kernel threads of this model's passes.
     public var threads: KernelThreads = .single
-    /// The layout, for components that communicate; nil on one rank.
+    /// The layout, for components that communicate; nil on one rank. Its expert axis must
+    /// match `sharding` (set it through `init`).
     public var grid: ProcessGrid?
+    /// The experts this rank holds.
+    public let sharding: ExpertSharding
+    /// Every parameter as one rank holding the whole model declares it (checkpoints hold these).
+    public let globalDeclarations: [ParameterDeclaration]
     /// Receives layer inputs, outputs and attention matrices during forward passes when set.
     public var capture: CaptureHook?
     let embed: BoundParameter, finalNorm: BoundParameter, head: BoundParameter
     var state: PassState?
 
-    public init(config: ModelConfig, seed: UInt64) throws {
+    /// `grid`: the layout the model runs on (nil: one rank). Mixture-of-experts layers hold
+    /// the experts of this rank's shard along the grid's expert axis, which must divide every
+    /// layer's expert count. Initial values do not depend on the layout: they are drawn over
+    /// every layer's global parameters in declaration order, each rank keeping its own.
+    public init(config: ModelConfig, seed: UInt64, grid: ProcessGrid? = nil) throws {
         guard config.problems.isEmpty else { throw ModelError.invalidConfig(config.problems) }
-        self.config = config
-        let residualStd = 0.02 / (2 * Double(config.layers)).squareRoot()
-        blocks = config.blocks.enumerated().map { layer, spec in
-            DecoderBlock(layer: layer, spec: spec, dModel: config.dModel, eps: config.normEps, residualStd: residualStd)
+        let sharding = grid.map { ExpertSharding(index: $0.index(along: .expert), count: $0.size(of: .expert)) } ?? .whole
+        for case .moe(let moe) in config.blocks.map(\.channelMixer) where moe.experts % sharding.count != 0 {
+            throw ModelError.expertsDoNotDivide(experts: moe.experts, expertRanks: sharding.count)
         }
+        self.config = config
+        self.grid = grid
+        self.sharding = sharding
+        let residualStd = 0.02 / (2 * Double(config.layers)).squareRoot()
+        let blocks = config.blocks.enumerated().map { layer, spec in
+            DecoderBlock(layer: layer, spec: spec, dModel: config.dModel, eps: config.normEps, residualStd: residualStd, sharding: sharding)
+        }
+        self.blocks = blocks
         let (d, vocab) = (config.dModel, config.vocabSize)
-        var declarations = [ParameterDeclaration("model.embed_tokens.weight", [vocab, d], .normal(std: 0.02))]
-        declarations += blocks.flatMap(\.declarations)
-        declarations.append(ParameterDeclaration("model.norm.weight", [d], .ones))
-        if !config.tieEmbeddings { declarations.append(ParameterDeclaration("lm_head.weight", [vocab, d], .normal(std: 0.02))) }
-        parameters = ParameterSet(declarations)
+        func declarations(_ ofBlock: (DecoderBlock) -> [ParameterDeclaration]) -> [ParameterDeclaration] {
+            [ParameterDeclaration("model.embed_tokens.weight", [vocab, d], .normal(std: 0.02))] + blocks.flatMap(ofBlock)
+                + [ParameterDeclaration("model.norm.weight", [d], .ones)]
+                + (config.tieEmbeddings ? [] : [ParameterDeclaration("lm_head.weight", [vocab, d], .normal(std: 0.02))])
+        }
+        parameters = ParameterSet(declarations(\.declarations))
+        globalDeclarations = declarations(\.globalDeclarations)
         for block in blocks { block.bind(to: parameters) }
         embed = BoundParameter(parameters, "model.embed_tokens.weight")
         finalNorm = BoundParameter(parameters, "model.norm.weight")
         head = config.tieEmbeddings ? embed : BoundParameter(parameters, "lm_head.weight")
-        parameters.initialize(seed: seed)
+        parameters.initialize(seed: seed, drawingOver: globalDeclarations)
     }
 
     public var parameterCount: Int { parameters.count }
@@ -60,6 +78,23 @@ public final class TransformerLM {
         blocks.reduce(0) { $0 + $1.sequenceFlopsPerToken(length: length) }
     }
 
-    /// Auxiliary losses of the last forward pass, by name (summed over layers).
+    /// Auxiliary losses of the last forward pass, by name (summed over layers), each with its
+    /// coefficient: the objective is the mean cross-entropy plus their sum.
     public var auxiliaryLosses: [String: Double] { state?.context.auxiliaryLosses.totals ?? [:] }
+
+    /// Auxiliary losses of the last forward pass, by name and layer (each with its coefficient).
+    public var auxiliaryLossesByLayer: [String: [Int: Double]] { state?.context.auxiliaryLosses.values ?? [:] }
+
+    /// What each mixture-of-experts layer's routing did in the last forward pass, by layer.
+    public var routing: [Int: RoutingSummary] { state?.context.routing ?? [:] }
+
+    /// The collective that failed during the last pass (its results are then meaningless);
+    /// callers of the passes throw it.
+    public var passFailure: Error? { state?.context.failure }
+
+    /// Whether the backward pass itself communicates (expert-parallel layers): gradient
+    /// reduction must then not run beside it on another thread.
+    public var backwardCommunicates: Bool {
+        sharding.count > 1 && config.blocks.contains { if case .moe = $0.channelMixer { return true } else { return false } }
+    }
 }

@@ -189,7 +189,8 @@ struct TrainBench: ParsableCommand {
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
-                             shape: ["model": "dense", "data": trainer.grid.dataSize, "sequence": trainer.grid.sequenceSize,
+                             shape: ["model": config.moe.experts > 0 ? "moe" : "dense", "data": trainer.grid.dataSize,
+                                     "sequence": trainer.grid.sequenceSize, "expert": trainer.grid.size(of: .expert),
                                      "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,

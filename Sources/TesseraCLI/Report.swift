@@ -3,7 +3,7 @@ import Foundation
 
 struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Draw a run's train and validation loss and tokens/s (RUN_DIR/report.svg and report.html).")
+        abstract: "Draw a run's train and validation loss, tokens/s and, for MoE models, expert load (RUN_DIR/report.svg and report.html).")
 
     @Argument(help: "The run directory (holds metrics.jsonl).")
     var runDirectory: String
@@ -14,6 +14,7 @@ struct Report: ParsableCommand {
             throw CommandLineError.metricsUnreadable(path: path)
         }
         var train: [(Double, Double)] = [], validation: [(Double, Double)] = [], speed: [(Double, Double)] = []
+        var experts = ExpertLoadHistory()
         for (number, line) in text.split(separator: "\n").enumerated() {
             guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
                   let step = (object["step"] as? NSNumber)?.doubleValue else {
@@ -22,17 +23,18 @@ struct Report: ParsableCommand {
             if let loss = (object["loss"] as? NSNumber)?.doubleValue { train.append((step, loss)) }
             if let loss = (object["val_loss"] as? NSNumber)?.doubleValue { validation.append((step, loss)) }
             if let rate = (object["tokens_per_s"] as? NSNumber)?.doubleValue { speed.append((step, rate)) }
+            experts.add(object, step: step)
         }
         guard !train.isEmpty else { throw CommandLineError.metricsEmpty(path: path) }
         let svg = Chart.svg(title: "Tessera run \(URL(fileURLWithPath: runDirectory).lastPathComponent)",
                             panels: [Chart.Panel(label: "loss (nats/byte)", series: [("train", "#1f77b4", train), ("validation", "#d62728", validation)]),
-                                     Chart.Panel(label: "tokens/s", series: [("tokens/s", "#2ca02c", speed)])])
+                                     Chart.Panel(label: "tokens/s", series: [("tokens/s", "#2ca02c", speed)])] + experts.panels)
         try svg.write(toFile: runDirectory + "/report.svg", atomically: true, encoding: .utf8)
         let html = """
             <!doctype html><html><head><meta charset="utf-8"><title>Tessera report</title></head>
             <body style="font-family: sans-serif"><h1>\(runDirectory)</h1>\(svg)
             <p>Final train loss \(String(format: "%.4f", train.last!.1))\(validation.last.map { String(format: ", validation loss %.4f nats/byte (%.3f bits/byte)", $0.1, $0.1 / log(2)) } ?? "").</p>
-            </body></html>
+            \(experts.table())</body></html>
             """
         try html.write(toFile: runDirectory + "/report.html", atomically: true, encoding: .utf8)
         print("wrote \(runDirectory)/report.svg and \(runDirectory)/report.html")

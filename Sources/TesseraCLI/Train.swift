@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpointing
+import Collectives
 import Foundation
 import Kernels
 import Models
@@ -104,7 +105,8 @@ struct Eval: ParsableCommand {
         }
         let data = try TrainingData(directory: resolved.data.dir, length: resolved.data.seqLen, globalBatch: resolved.train.globalBatch,
                                     seed: resolved.train.seed, dataRank: comm.rank, dataRanks: comm.size)
-        let model = try TransformerLM(config: resolved.modelConfig, seed: 0)
+        // Every rank holds the whole model; MoE layers still see the global batch (capacity, statistics).
+        let model = try TransformerLM(config: resolved.modelConfig, seed: 0, grid: try ProcessGrid(world: comm, data: comm.size))
         model.threads = KernelThreads(resolved.train.threads)
         try model.parameters.load(contents.model, source: url.path)
         let count = batches > 0 ? batches : data.validationBatchCount

@@ -13,12 +13,15 @@ public struct Evaluator {
         self.comm = comm
     }
 
-    /// Mean loss (nats per token) over validation batches 0..<batches. Collective over `comm`.
+    /// Mean cross-entropy (nats per token; no auxiliary losses) over validation batches
+    /// 0..<batches. Collective over `comm` (and over the model's grid, whose MoE layers
+    /// exchange routing statistics and tokens).
     public func validationLoss(batches: Int) throws -> Double {
         var total = 0.0
         for b in 0..<batches {
             let batch = data.validationBatch(b)
             total += model.lossSum(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.length)
+            if let failure = model.passFailure { throw failure }
         }
         let global = try comm.allReduce(Float(total), op: .sum)
         return Double(global) / Double(batches * data.tokensPerStep)

@@ -43,7 +43,17 @@ public final class Optimizer {
     }
 
     /// Restores the moments (every parameter's pair, exact shapes) and the step count.
-    public func load(_ dict: StateDict, stepsTaken: Int, source: String) throws {
+    /// `global`: every parameter of the model when this rank holds a shard of it; their moments
+    /// must all be present (other ranks receive theirs from this dict).
+    public func load(_ dict: StateDict, stepsTaken: Int, source: String, global: [ParameterDeclaration] = []) throws {
+        for d in global {
+            for suffix in [".exp_avg", ".exp_avg_sq"] {
+                guard let tensor = dict[d.name + suffix] else { throw ModelError.missingTensor(name: d.name + suffix, source: source) }
+                guard tensor.shape == d.shape else {
+                    throw ModelError.shapeMismatch(name: d.name + suffix, expected: d.shape, found: tensor.shape, source: source)
+                }
+            }
+        }
         for e in parameters.entries {
             for (suffix, buffer) in [(".exp_avg", exponentialAverage), (".exp_avg_sq", exponentialAverageSquares)] {
                 guard let tensor = dict[e.name + suffix] else { throw ModelError.missingTensor(name: e.name + suffix, source: source) }

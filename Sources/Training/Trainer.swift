@@ -23,6 +23,7 @@ public final class Trainer {
     let schedule: LearningRateSchedule
     let reducer: GradientReducer
     let checkpoints: TrainingCheckpoints
+    let experts: ExpertShardTransfer
     public var reporter: ProgressReporter?
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
@@ -39,26 +40,29 @@ public final class Trainer {
         }
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data)
-        let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed))
+        let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed), grid: grid)
         guard data.train.vocabSize <= model.config.vocabSize else {
             throw TrainingError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize,
                                                    dataVocabulary: data.train.vocabSize, directory: config.data.dir)
         }
         model.threads = KernelThreads(config.train.threads)
-        model.grid = grid
         self.model = model
         let train = config.train
         optimizer = Optimizer(rule: AdamW(beta1: Float(train.beta1), beta2: Float(train.beta2), eps: Float(train.eps),
                                           weightDecay: Float(train.weightDecay)), parameters: model.parameters)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
                                         totalSteps: train.steps)
+        // An expert-parallel backward pass runs all-to-alls itself: no reduction beside it.
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
-                                  overlap: config.parallel.overlap)
+                                  overlap: config.parallel.overlap && !model.backwardCommunicates)
+        experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
         checkpoints = TrainingCheckpoints(store: CheckpointStore(root: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")),
                                           world: world, keep: config.checkpoint.keep)
     }
 
-    /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest).
+    /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest),
+    /// with `parallel.expert` ranks of each data group holding different experts. Checked before
+    /// any rank computes, the same on every rank.
     static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
         guard sequence == 1 else {
@@ -71,7 +75,14 @@ public final class Trainer {
             }
             data = worldSize / sequence
         }
-        return GridLayout(data: data, sequence: sequence)
+        let expert = config.parallel.expert
+        if expert > 1 {
+            guard config.moe.experts > 0 else { throw TrainingError.expertParallelismWithoutExperts(source: config.source, expert: expert) }
+            guard config.moe.experts % expert == 0 else {
+                throw TrainingError.expertsDoNotDivide(source: config.source, experts: config.moe.experts, expert: expert)
+            }
+        }
+        return GridLayout(data: data, sequence: sequence, expert: expert)
     }
 
     public var isReporter: Bool { grid.world.rank == 0 }
@@ -90,6 +101,7 @@ public final class Trainer {
         let reducer = self.reducer
         let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.length,
                                              gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
+        if let failure = model.passFailure { throw failure }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 
@@ -112,19 +124,40 @@ public final class Trainer {
 
     // MARK: Checkpoints
 
-    public func checkpointContents() -> CheckpointContents {
-        CheckpointContents(model: model.parameters.stateDict(), optimizer: optimizer.stateDict(),
-                           shards: TrainingCheckpoints.shards(of: model.parameters),
-                           state: TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen,
-                                               tokensSeen: samplesSeen * data.length, configHash: config.numericHash,
-                                               dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize),
-                           runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
+    /// What a checkpoint of this step holds: every parameter and its moments under its global
+    /// name, in the order of `model.globalDeclarations`. `others`: the expert shards other
+    /// ranks hold (`ExpertShardTransfer.gatherToWriter`), needed on rank 0 under expert parallelism.
+    func checkpointContents(others: [String: ExpertShardTransfer.Tensors]) -> CheckpointContents {
+        let local = model.parameters.stateDict(), moments = optimizer.stateDict()
+        var shards = TrainingCheckpoints.shards(of: model.parameters)
+        var tensors: [(String, Tensor)] = [], optimizerTensors: [(String, Tensor)] = []
+        for d in model.globalDeclarations {
+            if let tensor = local[d.name] {
+                tensors.append((d.name, tensor))
+                optimizerTensors += [(d.name + ".exp_avg", moments[d.name + ".exp_avg"]!), (d.name + ".exp_avg_sq", moments[d.name + ".exp_avg_sq"]!)]
+            } else if let other = others[d.name] {
+                tensors.append((d.name, other.value))
+                optimizerTensors += [(d.name + ".exp_avg", other.exponentialAverage), (d.name + ".exp_avg_sq", other.exponentialAverageSquares)]
+                shards[d.name] = TensorShard(globalShape: d.shape, offset: d.shape.map { _ in 0 }, axis: GridAxis.expert.rawValue)
+            }
+        }
+        return CheckpointContents(model: StateDict(tensors), optimizer: StateDict(optimizerTensors), shards: shards,
+                                  state: TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen,
+                                                      tokensSeen: samplesSeen * data.length, configHash: config.numericHash,
+                                                      dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
+                                                      expertParallel: grid.size(of: .expert)),
+                                  runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
     }
 
-    /// Writes a checkpoint of this step (rank 0 writes; every rank takes part).
+    /// This rank's part of a checkpoint (the whole checkpoint without expert parallelism).
+    public func checkpointContents() -> CheckpointContents { checkpointContents(others: [:]) }
+
+    /// Writes a checkpoint of this step (rank 0 writes, gathering the other ranks' experts
+    /// first; every rank takes part).
     @discardableResult
     public func saveCheckpoint() throws -> URL? {
-        try checkpoints.save(checkpointContents)
+        let others = try experts.gatherToWriter()
+        return try checkpoints.save { checkpointContents(others: others) }
     }
 
     /// Loads the newest complete checkpoint of `run.dir` (rank 0 reads, everyone receives).
@@ -135,11 +168,12 @@ public final class Trainer {
             if contents.state.configHash != config.numericHash {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
             }
-            try model.parameters.load(contents.model, source: url.path)
-            try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path)
+            try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)
+            try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
         }
         guard loaded.found else { return nil }
         try checkpoints.broadcast([model.parameters.values] + optimizer.buffers)
+        try experts.scatterFromReader(loaded.contents)
         let state = loaded.contents.map { [$0.state.step, $0.state.samplesSeen] } ?? [0, 0]
         let received = try checkpoints.broadcast(state)
         (step, samplesSeen) = (received[0], received[1])

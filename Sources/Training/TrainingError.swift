@@ -4,6 +4,10 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
     case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
     case sequenceParallelismUnavailable(source: String, sequence: Int)
+    /// `parallel.expert` does not divide `moe.experts`.
+    case expertsDoNotDivide(source: String, experts: Int, expert: Int)
+    /// `parallel.expert > 1` for a model without experts.
+    case expertParallelismWithoutExperts(source: String, expert: Int)
     /// The global batch does not split evenly over the data-parallel ranks.
     case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
@@ -25,6 +29,10 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "\(source): parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started"
         case let .sequenceParallelismUnavailable(source, sequence):
             return "\(source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1"
+        case let .expertsDoNotDivide(source, experts, expert):
+            return "\(source): moe.experts = \(experts) is not divisible by parallel.expert = \(expert); choose parallel.expert dividing moe.experts"
+        case let .expertParallelismWithoutExperts(source, expert):
+            return "\(source): parallel.expert = \(expert) needs mixture-of-experts layers; set moe.experts (a multiple of \(expert)) or parallel.expert=1"
         case let .batchDoesNotDivide(source, globalBatch, dataRanks):
             return "\(source): train.global_batch = \(globalBatch) does not divide over parallel.data = \(dataRanks) ranks; choose a multiple of \(dataRanks)"
         case let .configChanged(checkpoint, changes):

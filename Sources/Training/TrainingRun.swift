@@ -78,6 +78,7 @@ extension Trainer {
                 var record: [String: Any] = ["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
                                              "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)]
                 for (name, value) in model.auxiliaryLosses { record[name] = value }
+                record.merge(routingRecord()) { $1 }
                 try metrics?.write(record)
             }
             // Checked before printing: once mpirun has been interrupted it stops reading the
@@ -115,6 +116,24 @@ extension Trainer {
                                  losses: losses)
         reporter?.finish(summary)
         return summary
+    }
+
+    /// The metrics of the last training step's mixture-of-experts layers: `aux_loss`, the sum of
+    /// their weighted auxiliary losses (the objective is `loss` + `aux_loss`; `loss` stays the
+    /// mean cross-entropy, comparable with `val_loss` and dense runs), and `moe`, one entry per
+    /// layer: its weighted `aux_loss` and `z_loss`, `balance` (the balance loss without its
+    /// coefficient, 1 at perfect balance), `dropped` (fraction of pairs over capacity) and `load`
+    /// (fraction of the pairs routed to each expert). Empty for a dense model.
+    func routingRecord() -> [String: Any] {
+        let routing = model.routing
+        guard !routing.isEmpty else { return [:] }
+        let losses = model.auxiliaryLossesByLayer
+        let layers: [[String: Any]] = routing.keys.sorted().map { layer in
+            let r = routing[layer]!
+            return ["layer": layer, "aux_loss": losses["moe_aux"]?[layer] ?? 0, "z_loss": losses["moe_z"]?[layer] ?? 0,
+                    "balance": r.balance, "dropped": r.droppedFraction, "load": r.load]
+        }
+        return ["aux_loss": model.auxiliaryLosses.values.reduce(0, +), "moe": layers]
     }
 
     /// Rank 0 takes run.dir's lock (RunDirectoryLock) and tells every rank whether it could: a

@@ -6,6 +6,11 @@ import TensorCore
 /// independent definition the Float32 `TransformerLM` is checked against, value by value
 /// (logits) and tensor by tensor (gradients, by finite differences of `loss`).
 ///
+/// A layer whose tensors hold `block_sparse_moe.gate.weight` is a mixture of experts
+/// (`ReferenceMoE`, Mixtral names; experts and widths from the shapes, top-k, capacity and
+/// coefficients from the `MoESpec` given), and `loss` then adds each such layer's
+/// aux · balance + z · zLoss to the mean cross-entropy.
+///
 /// It is built from a `StateDict` with Hugging Face Llama names plus the scalars a state dict
 /// does not carry (heads, kv heads, RoPE theta, norm eps, tied embeddings). Every size is read
 /// from the tensors' shapes: vocabulary and width from `model.embed_tokens.weight`, the number
@@ -23,6 +28,8 @@ struct ReferenceDecoder {
     struct Layer {
         let prefix: String
         let headDim: Int, ffnHidden: Int
+        /// The mixture of experts of this layer (nil: the dense SwiGLU `mlp`).
+        var moe: ReferenceMoE? = nil
     }
 
     enum Problem: Error, CustomStringConvertible, Equatable {
@@ -45,6 +52,8 @@ struct ReferenceDecoder {
     let heads: Int, kvHeads: Int
     let ropeTheta: Double, normEps: Double
     let tieEmbeddings: Bool
+    /// Top-k, capacity and loss coefficients of the MoE layers (experts and widths come from shapes).
+    let moeSpec: MoESpec?
     let layers: [Layer]
     /// Parameter names in state-dict order, and their shapes.
     let names: [String]
@@ -52,12 +61,14 @@ struct ReferenceDecoder {
     /// The parameters in Float64, by name. Tests perturb these for finite differences.
     var weights: [String: [Double]]
 
-    init(_ dict: StateDict, heads: Int, kvHeads: Int, ropeTheta: Double, normEps: Double, tieEmbeddings: Bool) throws {
+    init(_ dict: StateDict, heads: Int, kvHeads: Int, ropeTheta: Double, normEps: Double, tieEmbeddings: Bool,
+         moe: MoESpec? = nil) throws {
         guard heads >= 1, kvHeads >= 1, heads % kvHeads == 0 else {
             throw Problem.badScalars("\(heads) heads do not split into \(kvHeads) kv heads")
         }
         self.heads = heads; self.kvHeads = kvHeads; self.ropeTheta = ropeTheta; self.normEps = normEps
         self.tieEmbeddings = tieEmbeddings
+        moeSpec = moe
         var shapes: [String: [Int]] = [:], weights: [String: [Double]] = [:]
         for (name, tensor) in dict.entries {
             shapes[name] = tensor.shape
@@ -98,6 +109,22 @@ struct ReferenceDecoder {
             try expect(p + "self_attn.v_proj.weight", [kvHeads * headDim, d])
             try expect(p + "self_attn.o_proj.weight", [d, heads * headDim])
             try expect(p + "post_attention_layernorm.weight", [d])
+            if shapes[p + "block_sparse_moe.gate.weight"] != nil {
+                guard let moe else { throw Problem.badScalars("layer \(l) is a mixture of experts and no MoESpec was given") }
+                let router = try shape(p + "block_sparse_moe.gate.weight")
+                guard router.count == 2, router[1] == d else { throw Problem.badShape(p + "block_sparse_moe.gate.weight", router, expected: "[experts, \(d)]") }
+                let w1 = try shape(p + "block_sparse_moe.experts.0.w1.weight")
+                guard w1.count == 2, w1[1] == d else { throw Problem.badShape(p + "block_sparse_moe.experts.0.w1.weight", w1, expected: "[hidden, \(d)]") }
+                for e in 0..<router[0] {
+                    try expect(p + "block_sparse_moe.experts.\(e).w1.weight", [w1[0], d])
+                    try expect(p + "block_sparse_moe.experts.\(e).w3.weight", [w1[0], d])
+                    try expect(p + "block_sparse_moe.experts.\(e).w2.weight", [d, w1[0]])
+                }
+                layers.append(Layer(prefix: p, headDim: headDim, ffnHidden: w1[0],
+                                    moe: ReferenceMoE(experts: router[0], topK: moe.topK, hidden: w1[0], dModel: d,
+                                                      capacityFactor: moe.capacityFactor)))
+                continue
+            }
             let gate = try shape(p + "mlp.gate_proj.weight")
             guard gate.count == 2, gate[1] == d else { throw Problem.badShape(p + "mlp.gate_proj.weight", gate, expected: "[ffn, \(d)]") }
             try expect(p + "mlp.up_proj.weight", [gate[0], d])
@@ -113,7 +140,14 @@ struct ReferenceDecoder {
                         "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"]
         var known: Set<String> = ["model.embed_tokens.weight", "model.norm.weight"]
         if !tieEmbeddings { known.insert("lm_head.weight") }
-        for layer in layers { for suffix in perLayer { known.insert(layer.prefix + suffix) } }
+        for layer in layers {
+            for suffix in perLayer where layer.moe == nil || !suffix.hasPrefix("mlp.") { known.insert(layer.prefix + suffix) }
+            guard let moe = layer.moe else { continue }
+            known.insert(layer.prefix + "block_sparse_moe.gate.weight")
+            for e in 0..<moe.experts {
+                for w in ["w1", "w2", "w3"] { known.insert(layer.prefix + "block_sparse_moe.experts.\(e).\(w).weight") }
+            }
+        }
         if let extra = dict.names.first(where: { !known.contains($0) }) { throw Problem.unexpected(extra) }
     }
 
@@ -122,13 +156,17 @@ struct ReferenceDecoder {
         let c = model.config
         guard case .attention(let a)? = c.blocks.first?.sequenceMixer else { throw Problem.badScalars("the first block has no attention") }
         try self.init(model.parameters.stateDict(), heads: a.heads, kvHeads: a.kvHeads, ropeTheta: Double(a.ropeTheta),
-                      normEps: Double(c.normEps), tieEmbeddings: c.tieEmbeddings)
+                      normEps: Double(c.normEps), tieEmbeddings: c.tieEmbeddings, moe: c.moe)
     }
 
     private func w(_ name: String) -> [Double] { weights[name]! }
 
     /// Logits (batch·length, vocab) for tokens (batch, length).
-    func logits(tokens: [Int32], batch: Int, length: Int) -> [Double] {
+    func logits(tokens: [Int32], batch: Int, length: Int) -> [Double] { run(tokens: tokens, batch: batch, length: length).logits }
+
+    /// Logits, and Σ over MoE layers of aux · balance + z · zLoss (with each layer's result).
+    func run(tokens: [Int32], batch: Int, length: Int) -> (logits: [Double], auxiliary: Double, moe: [ReferenceMoE.Result]) {
+        var auxiliary = 0.0, results: [ReferenceMoE.Result] = []
         precondition(tokens.count == batch * length, "reference: \(tokens.count) tokens for batch \(batch) × length \(length)")
         let n = batch * length, d = dModel
         let positions = Array(0..<length)
@@ -145,6 +183,13 @@ struct ReferenceDecoder {
             let attended = Reference.attention(q: q, k: k, v: v, batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: D)
             x = Self.add(x, Reference.linear(attended, w(p + "self_attn.o_proj.weight"), rows: n, inFeatures: qd, outFeatures: d))
             let m = Reference.rmsNorm(x, w(p + "post_attention_layernorm.weight"), rows: n, dim: d, eps: normEps)
+            if let moe = layer.moe, let spec = moeSpec {
+                let result = moe.forward(m, rows: n) { w(p + $0) }
+                x = Self.add(x, result.out)
+                auxiliary += spec.auxLossCoefficient * result.balance + spec.zLossCoefficient * result.zLoss
+                results.append(result)
+                continue
+            }
             let gate = Reference.linear(m, w(p + "mlp.gate_proj.weight"), rows: n, inFeatures: d, outFeatures: f)
             let up = Reference.linear(m, w(p + "mlp.up_proj.weight"), rows: n, inFeatures: d, outFeatures: f)
             x = Self.add(x, Reference.linear(Reference.swiglu(gate: gate, up: up), w(p + "mlp.down_proj.weight"),
@@ -152,12 +197,14 @@ struct ReferenceDecoder {
         }
         let y = Reference.rmsNorm(x, w("model.norm.weight"), rows: n, dim: d, eps: normEps)
         let head = w(tieEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight")
-        return Reference.linear(y, head, rows: n, inFeatures: d, outFeatures: vocabSize)
+        return (Reference.linear(y, head, rows: n, inFeatures: d, outFeatures: vocabSize), auxiliary, results)
     }
 
-    /// Mean cross-entropy over all batch·length positions.
+    /// Mean cross-entropy over all batch·length positions, plus the MoE layers' weighted
+    /// auxiliary losses.
     func loss(tokens: [Int32], targets: [Int32], batch: Int, length: Int) -> Double {
-        Reference.crossEntropy(logits(tokens: tokens, batch: batch, length: length), targets: targets.map(Int.init), vocab: vocabSize)
+        let (logits, auxiliary, _) = run(tokens: tokens, batch: batch, length: length)
+        return Reference.crossEntropy(logits, targets: targets.map(Int.init), vocab: vocabSize) + auxiliary
     }
 
     /// The residual connection.

@@ -28,7 +28,20 @@ import _TestSupport
         Case(label: "GQA 2 heads on 1 (head dim 4), tied", config: config(dModel: 8, heads: 2, kvHeads: 1, tied: true)),
         Case(label: "GQA 4 heads on 2 (head dim 2), untied", config: config(dModel: 8, heads: 4, kvHeads: 2, tied: false)),
         Case(label: "layers of different FFN widths (12, 7)", config: mixedWidths),
+        Case(label: "dense layer then MoE layer (top-2 of 4, aux and z losses)", config: moe(capacity: nil)),
+        Case(label: "two MoE layers (top-2 of 3, capacity 1.25)", config: moe(capacity: 1.25, experts: 3, everyLayer: true)),
     ]
+
+    /// Mixture-of-experts layers (Mixtral names), with coefficients large enough that the
+    /// auxiliary losses' gradients show.
+    static func moe(capacity: Double?, experts: Int = 4, everyLayer: Bool = false) -> ModelConfig {
+        let attention = SequenceMixerSpec.attention(AttentionSpec(heads: 2, kvHeads: 1, headDim: 4, ropeTheta: 100))
+        let moe = ChannelMixerSpec.moe(MoESpec(experts: experts, topK: 2, expertHidden: 6, capacityFactor: capacity,
+                                               auxLossCoefficient: 0.3, zLossCoefficient: 0.05))
+        return ModelConfig(vocabSize: 11, dModel: 8, normEps: 1e-5, tieEmbeddings: false, maxSequenceLength: 16,
+                           blocks: [BlockSpec(sequenceMixer: attention, channelMixer: everyLayer ? moe : .swiGLU(hidden: 12)),
+                                    BlockSpec(sequenceMixer: attention, channelMixer: moe)])
+    }
 
     /// Blocks built from specs may differ per layer: here the feed-forward width.
     static let mixedWidths: ModelConfig = {
@@ -130,8 +143,11 @@ import _TestSupport
                 "\(c.label): logits differ from the Float64 reference by \(worst) (\(worst / largest) of max |logit| \(largest))")
 
         let wantLoss = reference.loss(tokens: tokens, targets: targets, batch: B, length: T)
+        // The model reports cross-entropy; its MoE layers' weighted auxiliary losses complete the objective.
         let evaluated = model.lossSum(tokens: tokens, targets: targets, batch: B, length: T) / Double(B * T)
+            + model.auxiliaryLosses.values.reduce(0, +)
         let trained = model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1) / Double(B * T)
+            + model.auxiliaryLosses.values.reduce(0, +)
         #expect(maxRelativeError([evaluated, trained], [wantLoss, wantLoss]) <= 1e-5,
                 "\(c.label): mean loss \(evaluated) (lossSum), \(trained) (lossAndGradients), reference \(wantLoss)")
     }
@@ -154,6 +170,12 @@ import _TestSupport
         let analytic = model.parameters.gradients.array
         var reference = try ReferenceDecoder(model: model)
         let h = 1e-6
+        var visibleExperts = Set<String>()
+        defer {
+            // Most experts take tokens here, so the expert gradients are checked, not skipped.
+            let experts = model.parameters.entries.filter { $0.name.hasSuffix(".w1.weight") }.count
+            #expect(visibleExperts.count * 3 >= experts * 2, "\(c.label): only \(visibleExperts.count) of \(experts) experts took tokens")
+        }
 
         for entry in model.parameters.entries {
             var worst = (error: 0.0, index: 0, numeric: 0.0), scale = 0.0
@@ -169,6 +191,12 @@ import _TestSupport
                 if error > worst.error || error.isNaN { worst = (error, i, numeric) }
                 scale = max(scale, abs(numeric))
             }
+            if scale == 0, entry.name.contains(".experts.") {
+                // An expert no token was routed to: no gradient at all, in either model.
+                #expect(model.parameters.gradients.buffer[entry.range].allSatisfy { $0 == 0 }, "\(c.label): \(entry.name) has no tokens but a gradient")
+                continue
+            }
+            if entry.name.contains(".experts.") { visibleExperts.insert(entry.name.components(separatedBy: ".w")[0]) }
             let bound = 1e-6 + 1e-4 * scale
             #expect(worst.error <= bound, """
                 \(c.label): gradient of \(entry.name) \(entry.shape) is wrong: max |analytic − numeric| = \(worst.error) \

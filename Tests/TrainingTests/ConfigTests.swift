@@ -255,8 +255,13 @@ import _TestSupport
         #expect(config.train.lr == 0.002 && config.train.minLr == 0.0002 && config.train.eps == 1e-8)
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
-        let added = "attention:\n  kernel: \"flash\"\n"
-        #expect(config.yaml == Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: added + "data:\n"))
+        // Written back with the keys added since (attention.*, moe.*, parallel.expert) at their defaults.
+        let attention = "attention:\n  kernel: \"flash\"\n"
+        let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
+        let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
+            .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  expert: 1\n")
+        #expect(config.yaml == now)
+        #expect(try RunConfig(resolvedYAML: now, source: "new/run.yaml").numericHash == config.numericHash)
     }
 
     // MARK: The attention kernel

@@ -25,6 +25,8 @@ public enum ConfigRule: Equatable, Sendable {
     case unitInterval
     /// A string that must be one of these (exactly).
     case oneOf([String])
+    /// A string naming layers: "all" or "every N" (MoELayerSelection).
+    case layerSelection
 
     /// The requirement, for messages ("… must be at least 1"); nil for `.any`.
     public var requirement: String? {
@@ -35,6 +37,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .positive: return "must be positive"
         case .unitInterval: return "must be in [0, 1)"
         case .oneOf(let choices): return "must be one of " + choices.joined(separator: ", ")
+        case .layerSelection: return "must be all, or every N with N ≥ 1 (e.g. every 2: layers 2, 4, ... counting from 1)"
         }
     }
 
@@ -45,6 +48,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .notNegative: return value >= 0
         case .positive: return value > 0
         case .unitInterval: return value >= 0 && value < 1
+        case .layerSelection: return true
         }
     }
 
@@ -154,6 +158,13 @@ extension ConfigField {
         // resume with the other one (and the hashes of existing checkpoints stay valid).
         ConfigField("attention.kernel", .string(\.attention.kernel), .oneOf(AttentionKernel.allCases.map(\.rawValue)), numeric: false,
                     "flash (tiled, memory linear in data.seq_len) or naive (keeps heads × seq_len² probabilities per sequence)"),
+        ConfigField("moe.experts", .int(\.moe.experts), .notNegative, numeric: true, "experts per mixture-of-experts layer (0: every feed-forward is dense SwiGLU)"),
+        ConfigField("moe.top_k", .int(\.moe.topK), .atLeastOne, numeric: true, "experts each token runs (1 or 2); gates renormalised over them"),
+        ConfigField("moe.expert_hidden", .int(\.moe.expertHidden), .atLeastOne, numeric: true, "SwiGLU hidden width of each expert"),
+        ConfigField("moe.capacity_factor", .float(\.moe.capacityFactor), .notNegative, numeric: true, "pairs per expert ⌈top_k · tokens · factor / experts⌉ (0: dropless)"),
+        ConfigField("moe.aux_loss", .float(\.moe.auxLoss), .notNegative, numeric: true, "load-balancing loss coefficient (the loss is 1 at perfect balance)"),
+        ConfigField("moe.z_loss", .float(\.moe.zLoss), .notNegative, numeric: true, "router z-loss coefficient"),
+        ConfigField("moe.layers", .string(\.moe.layers), .layerSelection, numeric: true, "MoE layers: all, or every N (also `layers: {every: N}`)"),
         ConfigField("data.dir", .string(\.data.dir), numeric: false, "token shards from `tessera data prepare`"),
         ConfigField("data.seq_len", .int(\.data.seqLen), .atLeastOne, numeric: true, "tokens per training sequence"),
         ConfigField("train.steps", .int(\.train.steps), .atLeastOne, numeric: false, "optimizer steps"),
@@ -175,6 +186,7 @@ extension ConfigField {
         ConfigField("checkpoint.keep", .int(\.checkpoint.keep), .notNegative, numeric: false, "newest checkpoints kept"),
         ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
         ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks"),
+        ConfigField("parallel.expert", .int(\.parallel.expert), .atLeastOne, numeric: false, "ranks of a data group holding different experts (divides parallel.data and moe.experts)"),
         ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),

@@ -14,6 +14,8 @@ struct ConfigResolution {
 
     /// Sets `path` from text, checking that the key exists and the text has its type.
     mutating func set(_ path: String, _ raw: String, from origin: ConfigOrigin) throws {
+        // `moe.layers: {every: N}` and `--set moe.layers.every=N` spell "every N".
+        if path == "moe.layers.every" { return try set("moe.layers", "every " + raw, from: origin) }
         guard let field = ConfigField.byPath[path] else {
             throw ConfigError.unknownKey(key: path, suggestion: KeySuggestion.nearest(to: path), origin: origin)
         }
@@ -44,9 +46,16 @@ struct ConfigResolution {
                                              origin: origins[field.path] ?? .defaults)
             }
         }
-        let problems = config.modelConfig.problems
+        var resolved = config
+        if let field = ConfigField.byPath["moe.layers"] {
+            guard let selection = MoELayerSelection(resolved.moe.layers) else {
+                throw ConfigError.outOfRange(key: field.path, value: resolved.moe.layers, rule: field.rule, origin: origins[field.path] ?? .defaults)
+            }
+            resolved.moe.layers = selection.description   // canonical text for run.yaml and the hash
+        }
+        let problems = resolved.modelConfig.problems
         if !problems.isEmpty { throw ConfigError.invalidModel(source: modelSource, problems: problems) }
-        return config
+        return resolved
     }
 
     /// Names where the model keys came from: the config's source, "--set", or both.

@@ -19,6 +19,18 @@ public struct AttentionSection: Codable, Equatable, Sendable {
     public init() {}
 }
 
+/// Mixture-of-experts feed-forward layers (`moe:`); `experts = 0` keeps every layer dense.
+/// `RunConfig.modelConfig` turns the chosen layers' feed-forward into `MoESpec`s.
+public struct MoESection: Codable, Equatable, Sendable {
+    public var experts = 0, topK = 2, expertHidden = 384
+    /// 0: no capacity limit (dropless).
+    public var capacityFactor: Double = 0
+    public var auxLoss: Double = 0.01, zLoss: Double = 0.001
+    /// "all", or "every N" (`MoELayerSelection`).
+    public var layers = "all"
+    public init() {}
+}
+
 /// The token shards and the sequence length (`data:`).
 public struct DataSection: Codable, Equatable, Sendable {
     public var dir = "data/shakespeare"
@@ -51,6 +63,8 @@ public struct CheckpointSection: Codable, Equatable, Sendable {
 /// Process grid and gradient communication (`parallel:`).
 public struct ParallelSection: Codable, Equatable, Sendable {
     public var data = 0, sequence = 1
+    /// Ranks of one data group that hold different experts (carved from parallel.data).
+    public var expert = 1
     public var bucketMB: Double = 4      // YAML key bucket_mb
     public var overlap = true
     public var timeoutSeconds: Double = 300

@@ -2,14 +2,15 @@
 
 extension RunConfig {
     /// The keys that change the numbers a run produces (table order): model.*, data.seq_len
-    /// and train.* except train.steps, train.log_every and train.threads.
-    static var numericFields: [ConfigField] { ConfigField.all.filter(\.numeric) }
+    /// and train.* except train.steps, train.log_every and train.threads, and moe.* when
+    /// moe.experts > 0 (so a dense config keeps the hash it had before MoE existed).
+    var numericFields: [ConfigField] { ConfigField.all.filter { $0.numeric && ($0.section != "moe" || moe.experts > 0) } }
 
     /// FNV-1a (64-bit, hex) over "key=value;" of the numeric keys in table order, with values
     /// in canonical text; checkpoints record it. The same value as before the typed sections.
     public var numericHash: String {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
-        for field in Self.numericFields {
+        for field in numericFields {
             for byte in "\(field.path)=\(field.text(in: self));".utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
         }
         return String(h, radix: 16)
@@ -17,7 +18,8 @@ extension RunConfig {
 
     /// Differences in the number-changing keys, as "key: other's value → this value".
     public func numericDifferences(from other: RunConfig) -> [String] {
-        Self.numericFields.compactMap { field in
+        let mine = Set(numericFields.map(\.path)), theirs = Set(other.numericFields.map(\.path))
+        return ConfigField.all.filter { mine.contains($0.path) || theirs.contains($0.path) }.compactMap { field in
             let old = field.text(in: other), new = field.text(in: self)
             return old == new ? nil : "\(field.path): \(old) → \(new)"
         }

@@ -31,6 +31,16 @@ extension ConfigResolution {
                 let origin = ConfigOrigin.file(file, line: keyNode.mark?.line)
                 if let first = seen[path] { throw ConfigError.duplicateKey(key: path, origin: origin, first: first) }
                 seen[path] = origin
+                if let nested = value.mapping, path == "moe.layers" {
+                    for (innerKey, innerValue) in nested {
+                        let inner = path + "." + Self.text(of: innerKey)
+                        guard inner == "moe.layers.every", let scalar = innerValue.scalar else {
+                            throw ConfigError.unknownKey(key: inner, suggestion: "moe.layers.every", origin: .file(file, line: innerKey.mark?.line))
+                        }
+                        try set(inner, scalar.string, from: .file(file, line: innerKey.mark?.line))
+                    }
+                    continue
+                }
                 guard let scalar = value.scalar else {
                     guard ConfigField.byPath[path] != nil else {
                         throw ConfigError.unknownKey(key: path, suggestion: KeySuggestion.nearest(to: path), origin: origin)

@@ -5,13 +5,14 @@ import Models
 /// `--set key=value` overrides (in that order). Keys and their ranges are listed once, in
 /// `ConfigField.all`; code reads values through the sections (`config.train.steps`).
 public struct RunConfig: Codable, Equatable, Sendable {
-    public var model = ModelSection(), attention = AttentionSection(), data = DataSection(), train = TrainSection()
-    public var eval = EvalSection(), checkpoint = CheckpointSection(), parallel = ParallelSection(), run = RunSection()
+    public var model = ModelSection(), attention = AttentionSection(), moe = MoESection(), data = DataSection()
+    public var train = TrainSection(), eval = EvalSection(), checkpoint = CheckpointSection(), parallel = ParallelSection()
+    public var run = RunSection()
     /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
     public var source: String = "defaults"
 
     enum CodingKeys: String, CodingKey {
-        case model, attention, data, train, eval, checkpoint, parallel, run
+        case model, attention, moe, data, train, eval, checkpoint, parallel, run
     }
 
     /// The defaults (not validated; they are valid).
@@ -50,12 +51,25 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// This config if its values are in range (after changing sections in code).
     public func validated() throws -> RunConfig { try applying([]) }
 
-    /// The model these keys describe.
+    /// The model these keys describe: Llama blocks whose feed-forward is a mixture of experts
+    /// in the layers `moe.layers` selects when `moe.experts > 0`.
     public var modelConfig: ModelConfig {
-        ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
-                    kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
-                    normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen,
-                    attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash)
+        var config = ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
+                                 kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
+                                 normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen,
+                                 attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash)
+        if let spec = moeSpec, let selection = MoELayerSelection(moe.layers) {
+            for layer in config.blocks.indices where selection.contains(layer) { config.blocks[layer].channelMixer = .moe(spec) }
+        }
+        return config
+    }
+
+    /// The mixture-of-experts layers' spec (nil when moe.experts = 0).
+    public var moeSpec: MoESpec? {
+        guard moe.experts > 0 else { return nil }
+        return MoESpec(experts: moe.experts, topK: moe.topK, expertHidden: moe.expertHidden,
+                       capacityFactor: moe.capacityFactor > 0 ? moe.capacityFactor : nil,
+                       auxLossCoefficient: moe.auxLoss, zLossCoefficient: moe.zLoss)
     }
 
     /// This config with a relative `data.dir` and `run.dir` made absolute against `directory`

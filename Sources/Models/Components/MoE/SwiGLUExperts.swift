@@ -1,0 +1,107 @@
+import Kernels
+import TensorCore
+
+/// This rank's SwiGLU experts (Mixtral's `experts.N`): `w2(silu(w1(x)) ⊙ w3(x))`, run as grouped
+/// matrix products: the rows routed to expert N are one consecutive block, and each projection
+/// is one GEMM per expert over its block (no per-token work, no padding; an expert with no
+/// rows does nothing).
+///
+/// Parameters (names relative to the block, N the global expert index): `experts.N.w1.weight`
+/// (gate, [F, d]), `experts.N.w2.weight` (down, [d, F]), `experts.N.w3.weight` (up, [F, d]).
+final class SwiGLUExperts {
+    let dModel: Int
+    let hidden: Int
+    /// Global indices of the experts held here.
+    let experts: Range<Int>
+    private var w1: [BoundParameter] = [], w2: [BoundParameter] = [], w3: [BoundParameter] = []
+    private var gate = GrowingBuffer(), up = GrowingBuffer(), activation = GrowingBuffer()
+    private var input: UnsafePointer<Float>?
+    private var rowsPerExpert: [Int] = []
+
+    init(dModel: Int, hidden: Int, experts: Range<Int>) {
+        self.dModel = dModel
+        self.hidden = hidden
+        self.experts = experts
+    }
+
+    static func name(_ expert: Int, _ projection: String) -> String { "block_sparse_moe.experts.\(expert).\(projection).weight" }
+
+    /// Declarations of `experts` with `placement` (`residualStd` for w2, which writes into the residual stream).
+    static func declarations(experts: Range<Int>, dModel: Int, hidden: Int, residualStd: Double,
+                             placement: (_ shape: [Int]) -> ParameterPlacement) -> [ParameterDeclaration] {
+        experts.flatMap { n in
+            [ParameterDeclaration(name(n, "w1"), [hidden, dModel], .normal(std: 0.02), placement: placement([hidden, dModel])),
+             ParameterDeclaration(name(n, "w2"), [dModel, hidden], .normal(std: residualStd), placement: placement([dModel, hidden])),
+             ParameterDeclaration(name(n, "w3"), [hidden, dModel], .normal(std: 0.02), placement: placement([hidden, dModel]))]
+        }
+    }
+
+    func bind(to parameters: ParameterSet, prefix: String) {
+        w1 = experts.map { BoundParameter(parameters, prefix + Self.name($0, "w1")) }
+        w2 = experts.map { BoundParameter(parameters, prefix + Self.name($0, "w2")) }
+        w3 = experts.map { BoundParameter(parameters, prefix + Self.name($0, "w3")) }
+    }
+
+    /// y (rows × d) = experts(x (rows × d)), where the first rowsPerExpert[0] rows go to the first
+    /// local expert, and so on. `x` must stay unchanged until `backward`.
+    func forward(_ x: UnsafePointer<Float>, rowsPerExpert: [Int], output y: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+        let (d, f) = (dModel, hidden)
+        let rows = rowsPerExpert.reduce(0, +)
+        self.rowsPerExpert = rowsPerExpert
+        input = x
+        let (g, u, a) = (gate.ensure(rows * f), up.ensure(rows * f), activation.ensure(rows * f))
+        var start = 0
+        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
+            Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: threads)
+            Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: threads)
+            start += m
+        }
+        SwiGLU.forward(gate: g, up: u, out: a, count: rows * f, threads: threads)
+        start = 0
+        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
+            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: threads)
+            start += m
+        }
+    }
+
+    /// dx (rows × d, overwritten) from dy (rows × d); adds the experts' weight gradients.
+    /// `work` holds 3 · rows · F floats.
+    func backward(_ dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+        guard let x = input else { preconditionFailure("SwiGLUExperts.backward before forward") }
+        let (d, f) = (dModel, hidden)
+        let rows = rowsPerExpert.reduce(0, +)
+        let (dActivation, dGate, dUp) = (work, work + rows * f, work + 2 * rows * f)
+        var start = 0
+        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
+            Matmul.linearBackward(x: activation.pointer + start * f, weight: w2[l].value, dy: dy + start * d, dx: dActivation + start * f,
+                                  dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: threads)
+            start += m
+        }
+        SwiGLU.backward(gate: gate.pointer, up: up.pointer, dOut: dActivation, dGate: dGate, dUp: dUp, count: rows * f, threads: threads)
+        start = 0
+        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
+            Matmul.linearBackward(x: x + start * d, weight: w1[l].value, dy: dGate + start * f, dx: dx + start * d, dWeight: w1[l].gradient,
+                                  rows: m, inFeatures: d, outFeatures: f, threads: threads)
+            Matmul.linearBackward(x: x + start * d, weight: w3[l].value, dy: dUp + start * f, dx: dx + start * d, dWeight: w3[l].gradient,
+                                  rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads)
+            start += m
+        }
+    }
+
+    /// Forward FLOPs of one (token, expert) pair.
+    var matmulFlopsPerPair: Double { 2.0 * Double(dModel) * Double(3 * hidden) }
+}
+
+/// A Float32 buffer that keeps its contents' address until it must grow (a component's cache
+/// whose size changes from pass to pass, as the rows routed to experts do).
+struct GrowingBuffer {
+    private var storage = FloatBuffer(count: 0)
+
+    /// At least `count` floats (contents unspecified after growing).
+    mutating func ensure(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if storage.count < count { storage = FloatBuffer(count: count + count / 4) }
+        return storage.pointer
+    }
+
+    var pointer: UnsafeMutablePointer<Float> { storage.pointer }
+}

@@ -1,0 +1,124 @@
+import Checkpointing
+import Collectives
+import Models
+import TensorCore
+
+/// Moves expert-sharded parameters and their AdamW moments between the ranks holding them and
+/// rank 0, which alone writes and reads checkpoints: a checkpoint holds every expert under its
+/// global name, whatever the layout it was written or is resumed on.
+///
+/// The ranks of rank 0's expert group (expert replica 0) hold every expert once between them;
+/// the other replicas hold the same values (their gradients are summed and they apply the same
+/// updates). Saving, each of those ranks sends rank 0 its experts (point to point). Resuming,
+/// each asks rank 0 for its experts by name, then hands them to its replicas with a broadcast
+/// over `replicas(ofShardsAlong: .expert)`. Nothing moves when the expert axis has one rank.
+struct ExpertShardTransfer {
+    let grid: ProcessGrid
+    let parameters: ParameterSet
+    let optimizer: Optimizer
+    /// Global shape of every parameter, by name.
+    let shapes: [String: [Int]]
+
+    static let namesTag = 0x5E01, valuesTag = 0x5E02
+
+    init(grid: ProcessGrid, parameters: ParameterSet, optimizer: Optimizer, global: [ParameterDeclaration]) {
+        self.grid = grid
+        self.parameters = parameters
+        self.optimizer = optimizer
+        shapes = Dictionary(uniqueKeysWithValues: global.map { ($0.name, $0.shape) })
+    }
+
+    private var active: Bool { grid.size(of: .expert) > 1 }
+    private var sharded: [ParameterSet.Entry] { parameters.entries.filter { $0.placement.shardAxis == .expert } }
+    private var buffers: [FloatBuffer] { [parameters.values] + optimizer.buffers }
+
+    /// One sharded tensor's values and moments.
+    struct Tensors {
+        var value: Tensor, exponentialAverage: Tensor, exponentialAverageSquares: Tensor
+    }
+
+    /// On rank 0: every sharded tensor the other ranks of its expert group hold, by name (empty
+    /// elsewhere, and without expert parallelism). Every rank calls it.
+    func gatherToWriter() throws -> [String: Tensors] {
+        guard active, grid.replicas(ofShardsAlong: .expert).rank == 0 else { return [:] }
+        let comm = grid.communicator(for: .expert)
+        guard comm.rank == 0 else {
+            try sendNames(sharded.map(\.name), to: 0, comm: comm)
+            try send(pack(sharded), to: 0, comm: comm)
+            return [:]
+        }
+        var out: [String: Tensors] = [:]
+        for source in 1..<comm.size {
+            let names = try receiveNames(from: source, comm: comm)
+            let shapes = names.map { self.shapes[$0]! }
+            var floats = [Float](repeating: 0, count: 3 * shapes.reduce(0) { $0 + $1.reduce(1, *) })
+            try floats.withUnsafeMutableBytes { try comm.receive($0, from: source, tag: Self.valuesTag) }
+            var offset = 0
+            for (name, shape) in zip(names, shapes) {
+                let count = shape.reduce(1, *)
+                func take() -> Tensor { defer { offset += count }; return Tensor(shape: shape, scalars: Array(floats[offset..<(offset + count)])) }
+                out[name] = Tensors(value: take(), exponentialAverage: take(), exponentialAverageSquares: take())
+            }
+        }
+        return out
+    }
+
+    /// After rank 0 loaded its own parameters and moments from `contents` and the world
+    /// received rank 0's buffers: gives every rank its own experts. `contents` on rank 0 only.
+    func scatterFromReader(_ contents: CheckpointContents?) throws {
+        guard active else { return }
+        let replicas = grid.replicas(ofShardsAlong: .expert)
+        let mine = sharded
+        var packed = pack(mine)
+        if replicas.rank == 0 {
+            let comm = grid.communicator(for: .expert)
+            if comm.rank == 0 {
+                guard let contents else { preconditionFailure("ExpertShardTransfer: rank 0 resumes without contents") }
+                for target in 1..<comm.size {
+                    let names = try receiveNames(from: target, comm: comm)
+                    var floats: [Float] = []
+                    for name in names {
+                        for tensor in [contents.model[name], contents.optimizer[name + ".exp_avg"], contents.optimizer[name + ".exp_avg_sq"]] {
+                            floats += tensor!.scalars
+                        }
+                    }
+                    try send(floats, to: target, comm: comm)
+                }
+            } else {
+                try sendNames(mine.map(\.name), to: 0, comm: comm)
+                try packed.withUnsafeMutableBytes { try comm.receive($0, from: 0, tag: Self.valuesTag) }
+            }
+        }
+        try packed.withUnsafeMutableBytes { try replicas.broadcast($0, root: 0) }
+        var offset = 0
+        for e in mine {
+            for buffer in buffers {
+                (buffer.pointer + e.offset).update(from: Array(packed[offset..<(offset + e.count)]), count: e.count)
+                offset += e.count
+            }
+        }
+    }
+
+    /// Each entry's values, exp_avg and exp_avg_sq, entry after entry.
+    private func pack(_ entries: [ParameterSet.Entry]) -> [Float] {
+        entries.flatMap { e in buffers.flatMap { Array(UnsafeBufferPointer(start: $0.pointer + e.offset, count: e.count)) } }
+    }
+
+    private func send(_ floats: [Float], to rank: Int, comm: Communicator) throws {
+        try floats.withUnsafeBytes { try comm.send($0, to: rank, tag: Self.valuesTag) }
+    }
+
+    private func sendNames(_ names: [String], to rank: Int, comm: Communicator) throws {
+        let bytes = Array(names.joined(separator: "\n").utf8)
+        try withUnsafeBytes(of: Int64(bytes.count)) { try comm.send($0, to: rank, tag: Self.namesTag) }
+        try bytes.withUnsafeBytes { try comm.send($0, to: rank, tag: Self.namesTag) }
+    }
+
+    private func receiveNames(from rank: Int, comm: Communicator) throws -> [String] {
+        var length: Int64 = 0
+        try withUnsafeMutableBytes(of: &length) { try comm.receive($0, from: rank, tag: Self.namesTag) }
+        var bytes = [UInt8](repeating: 0, count: Int(length))
+        try bytes.withUnsafeMutableBytes { try comm.receive($0, from: rank, tag: Self.namesTag) }
+        return String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+}
