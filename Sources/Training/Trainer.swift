@@ -5,7 +5,7 @@ import Kernels
 import Models
 import TensorCore
 
-/// Data-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
+/// Data- and sequence-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
 /// way through a training step"); `run` (TrainingRun.swift) is the loop around it.
 ///
 /// Every rank runs the same code. Rank 0 reports, writes metrics and checkpoints. Call from a
@@ -38,7 +38,8 @@ public final class Trainer {
             throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
-                                seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data)
+                                seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
+                                sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
         let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed))
         guard data.train.vocabSize <= model.config.vocabSize else {
             throw TrainingError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize,
@@ -52,8 +53,10 @@ public final class Trainer {
                                           weightDecay: Float(train.weightDecay)), parameters: model.parameters)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
                                         totalSteps: train.steps)
+        // Sequence-parallel attention communicates during the backward pass on the training thread,
+        // and a communicator may be used by one thread at a time: no overlapped reduction then.
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
-                                  overlap: config.parallel.overlap)
+                                  overlap: config.parallel.overlap && layout.sequence == 1)
         checkpoints = TrainingCheckpoints(store: CheckpointStore(root: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")),
                                           world: world, keep: config.checkpoint.keep)
     }
@@ -61,8 +64,12 @@ public final class Trainer {
     /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest).
     static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
-        guard sequence == 1 else {
-            throw TrainingError.sequenceParallelismUnavailable(source: config.source, sequence: sequence)
+        if let problem = SequenceSharding.problem(length: config.data.seqLen, ranks: sequence) {
+            throw TrainingError.sequenceLengthDoesNotSplit(source: config.source, problem: problem)
+        }
+        if config.parallel.sequenceMode == SequenceParallelMode.ulysses.rawValue,
+           let problem = UlyssesAttention.problem(heads: config.model.heads, kvHeads: config.model.kvHeads, ranks: sequence) {
+            throw TrainingError.headsDoNotSplit(source: config.source, problem: problem)
         }
         var data = config.parallel.data
         if data == 0 {
@@ -88,7 +95,8 @@ public final class Trainer {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
         model.parameters.zeroGradients()
         let reducer = self.reducer
-        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.length,
+        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
+                                             positions: data.positions,
                                              gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)

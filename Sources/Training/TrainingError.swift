@@ -3,7 +3,10 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     /// The data's vocabulary does not fit the model's.
     case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
     case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
-    case sequenceParallelismUnavailable(source: String, sequence: Int)
+    /// data.seq_len does not cut into 2 × parallel.sequence zigzag chunks.
+    case sequenceLengthDoesNotSplit(source: String, problem: String)
+    /// Ulysses cannot split model.heads / model.kv_heads over the sequence ranks.
+    case headsDoNotSplit(source: String, problem: String)
     /// The global batch does not split evenly over the data-parallel ranks.
     case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
@@ -23,8 +26,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "\(source): model.vocab_size = \(vocabSize) is smaller than the data's vocabulary (\(dataVocabulary) in \(directory))"
         case let .sequenceDoesNotDivideWorld(source, sequence, worldSize):
             return "\(source): parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started"
-        case let .sequenceParallelismUnavailable(source, sequence):
-            return "\(source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1"
+        case let .sequenceLengthDoesNotSplit(source, problem), let .headsDoNotSplit(source, problem):
+            return "\(source): \(problem)"
         case let .batchDoesNotDivide(source, globalBatch, dataRanks):
             return "\(source): train.global_batch = \(globalBatch) does not divide over parallel.data = \(dataRanks) ranks; choose a multiple of \(dataRanks)"
         case let .configChanged(checkpoint, changes):

@@ -247,7 +247,7 @@ import _TestSupport
         """
 
     /// An old run.yaml loads, and is written the same way but for the keys added since, at
-    /// their defaults (the `attention:` section).
+    /// their defaults (the `attention:` section, `parallel.sequence_mode`).
     @Test func anOldRunYAMLLoadsAndIsWrittenTheSameWay() throws {
         let config = try RunConfig(resolvedYAML: Self.oldTinyRunYAML, source: "old/run.yaml")
         #expect(config.model.dModel == 192 && config.model.heads == 6 && config.model.kvHeads == 2 && config.model.normEps == 1e-5)
@@ -256,7 +256,9 @@ import _TestSupport
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
         let added = "attention:\n  kernel: \"flash\"\n"
-        #expect(config.yaml == Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: added + "data:\n"))
+        #expect(config.parallel.sequenceMode == "ring")
+        #expect(config.yaml == Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: added + "data:\n")
+            .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n"))
     }
 
     // MARK: The attention kernel

@@ -51,6 +51,8 @@ public struct CheckpointSection: Codable, Equatable, Sendable {
 /// Process grid and gradient communication (`parallel:`).
 public struct ParallelSection: Codable, Equatable, Sendable {
     public var data = 0, sequence = 1
+    /// A `SequenceParallelMode` raw value.
+    public var sequenceMode = SequenceParallelMode.ring.rawValue
     public var bucketMB: Double = 4      // YAML key bucket_mb
     public var overlap = true
     public var timeoutSeconds: Double = 300

@@ -55,7 +55,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
                     kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
                     normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen,
-                    attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash)
+                    attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash,
+                    sequenceMode: SequenceParallelMode(rawValue: parallel.sequenceMode) ?? .ring)
     }
 
     /// This config with a relative `data.dir` and `run.dir` made absolute against `directory`
