@@ -70,6 +70,29 @@ import _TestSupport
         for value in try loss(3) { #expect(abs(value - one) / one < 1e-5, "validation loss \(value) vs \(one)") }
     }
 
+    /// Stopping a 2 × 2 ring run (and a 1 × 2 Ulysses one) at step 5 and resuming gives bitwise
+    /// the losses of the uninterrupted run.
+    @Test(arguments: [(2, "ring"), (1, "ulysses")])
+    func resumedSequenceParallelRunMatchesUninterruptedRun(data dataRanks: Int, mode: String) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let layout = ["parallel.data=\(dataRanks)", "parallel.sequence=2", "parallel.sequence_mode=\(mode)"]
+        let straight = try RunConfig(file: nil, overrides: Self.overrides(data: corpus, run: directory.file("straight")) + layout)
+        let interrupted = try RunConfig(file: nil, overrides: Self.overrides(data: corpus, run: directory.file("interrupted")) + layout)
+        let results = InProcessCommunicator.run(size: dataRanks * 2, timeoutSeconds: 60) { comm -> ([Double], [Double], [Double]) in
+            let reference = try Trainer(config: straight, world: comm).run(resume: false).losses
+            let first = try Trainer(config: interrupted, world: comm).run(resume: false, stopAt: 5).losses
+            let second = try Trainer(config: interrupted, world: comm).run(resume: true).losses
+            return (reference, first, second)
+        }
+        for result in results {
+            let (reference, first, second) = try result.get()
+            #expect(first.count == 5 && second.count == Self.steps - 5)
+            #expect(first + second == reference, "\(dataRanks) × 2 \(mode): \(first + second) vs \(reference)")
+        }
+    }
+
     /// Errors raised before any rank computes: the first thing every rank's Trainer throws.
     static func refusal(_ overrides: [String], ranks: Int) throws -> [String] {
         let directory = TemporaryDirectory()
