@@ -70,6 +70,9 @@ check "train: Ulysses, mpirun 1×2 equals 1 rank" trains_like "$work/seq1" "$wor
   mpi 2 train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
 check "train: Ulysses, tessera launch 1×2 equals 1 rank" trains_like "$work/seq1" "$work/ulysses1x2-tcp" \
   "$TESSERA" launch --nproc 2 -- train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
+same_parameters() { for run in "$@"; do
+  python3 scripts/compare_params.py "$work/seq1/checkpoints/step-00000020" "$work/$run/checkpoints/step-00000020" || return 1; done; }
+check "train: sequence-parallel runs end with 1 rank's parameters" same_parameters ring1x2 ring1x3 ring2x2 ulysses1x2 ulysses1x2-tcp
 check "train: a length that does not cut into 2 × parallel.sequence chunks is one clear line" expect_failure 60 \
   "data.seq_len = 32 does not split into 2 × parallel.sequence = 6 equal chunks; choose a multiple of 6" \
   scripts/mpirun.sh 3 train "${tiny[@]}" --set parallel.sequence=3 --set run.dir="$work/bad-seq"
