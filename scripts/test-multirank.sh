@@ -73,6 +73,16 @@ check "train: Ulysses, tessera launch 1×2 equals 1 rank" trains_like "$work/seq
 same_parameters() { for run in "$@"; do
   python3 scripts/compare_params.py "$work/seq1/checkpoints/step-00000020" "$work/$run/checkpoints/step-00000020" || return 1; done; }
 check "train: sequence-parallel runs end with 1 rank's parameters" same_parameters ring1x2 ring1x3 ring2x2 ulysses1x2 ulysses1x2-tcp
+seq_resume() {
+  local dir=$work/seq-resume out status
+  mpi 2 train "${seq[@]}" --set parallel.sequence=2 --set run.dir="$dir" --stop-at 8 || { echo "the run to step 8 exited with status $?"; return 1; }
+  out=$("$TESSERA" launch --nproc 2 -- train --resume "$dir" --progress lines 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the resumed run exited with status $status"; return 1; }
+  grep -q "resumed from step 8 of $dir/checkpoints" <<<"$out" || { echo "the resumed run did not say it resumed from step 8"; return 1; }
+  python3 scripts/compare_losses.py "$work/ring1x2/metrics.jsonl" "$dir/metrics.jsonl" --exact
+}
+check "train: a 1×2 ring run stopped at step 8 (mpirun) resumes (tessera launch) to the uninterrupted losses, bitwise" seq_resume
 check "train: a length that does not cut into 2 × parallel.sequence chunks is one clear line" expect_failure 60 \
   "data.seq_len = 32 does not split into 2 × parallel.sequence = 6 equal chunks; choose a multiple of 6" \
   scripts/mpirun.sh 3 train "${tiny[@]}" --set parallel.sequence=3 --set run.dir="$work/bad-seq"
