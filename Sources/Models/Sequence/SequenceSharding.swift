@@ -1,3 +1,5 @@
+import Foundation
+
 /// Zigzag sharding of a sequence over `ranks` sequence ranks: a sample of `length` tokens is cut
 /// into 2·ranks chunks of length / (2·ranks) tokens and rank r holds chunks r and 2·ranks − 1 − r,
 /// so every rank carries the same share of causal work (an early chunk and a late one).
@@ -28,7 +30,10 @@ public enum SequenceParallelMode: String, CaseIterable, Equatable, Sendable {
 }
 
 /// A communication failure inside a sequence-parallel pass. The pass cannot throw (components'
-/// passes do not), so the process stops with the collective's one-line reason.
+/// passes do not), so the process stops (status 1) with the collective's one-line reason.
 func sequenceCollective(_ what: String, _ body: () throws -> Void) {
-    do { try body() } catch { fatalError("sequence-parallel attention (\(what)): \(error)") }
+    do { try body() } catch {
+        FileHandle.standardError.write(Data("tessera: error: sequence-parallel attention (\(what)): \(error)\n".utf8))
+        exit(1)
+    }
 }
