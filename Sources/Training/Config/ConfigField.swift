@@ -174,11 +174,11 @@ extension ConfigField {
         ConfigField("checkpoint.every", .int(\.checkpoint.every), .notNegative, numeric: false, "steps between checkpoints (0: only at the end)"),
         ConfigField("checkpoint.keep", .int(\.checkpoint.keep), .notNegative, numeric: false, "newest checkpoints kept"),
         ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
-        ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks"),
+        ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks (each holds 2 zigzag chunks of every sequence: data.seq_len a multiple of 2 × this)"),
         ConfigField("parallel.sequence_mode", .string(\.parallel.sequenceMode), .oneOf(SequenceParallelMode.allCases.map(\.rawValue)),
                     numeric: false, "ring (K/V blocks travel the ring of sequence ranks) or ulysses (all-to-all to head shards; heads and kv_heads divisible by parallel.sequence)"),
         ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
-        ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs"),
+        ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("run.dir", .string(\.run.dir), numeric: false, "metrics, checkpoints and reports of this run"),
     ]
