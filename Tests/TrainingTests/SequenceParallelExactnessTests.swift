@@ -93,6 +93,26 @@ import _TestSupport
         }
     }
 
+    /// Each sequence rank's tokens and targets are its data rank's samples at its zigzag positions.
+    @Test func sequenceRanksTakeTheirPositionsOfTheSameSamples() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let whole = try TrainingData(directory: corpus, length: 24, globalBatch: 4, seed: 3, dataRank: 1, dataRanks: 2)
+        let full = whole.trainBatch(samplesSeen: 8)
+        for rank in 0..<3 {
+            let data = try TrainingData(directory: corpus, length: 24, globalBatch: 4, seed: 3, dataRank: 1, dataRanks: 2,
+                                        sequenceRank: rank, sequenceRanks: 3)
+            // 6 chunks of 4 tokens: rank r holds chunks r and 5 − r.
+            #expect(data.positions == Array((4 * rank)..<(4 * rank + 4)) + Array((20 - 4 * rank)..<(24 - 4 * rank)))
+            #expect(data.localLength == 8)
+            let mine = data.trainBatch(samplesSeen: 8)
+            let expected = (0..<2).flatMap { s in data.positions.map { full.tokens[s * 24 + $0] } }
+            let expectedTargets = (0..<2).flatMap { s in data.positions.map { full.targets[s * 24 + $0] } }
+            #expect(mine.tokens == expected && mine.targets == expectedTargets, "sequence rank \(rank)")
+        }
+    }
+
     /// Errors raised before any rank computes: the first thing every rank's Trainer throws.
     static func refusal(_ overrides: [String], ranks: Int) throws -> [String] {
         let directory = TemporaryDirectory()
