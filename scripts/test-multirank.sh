@@ -57,6 +57,38 @@ for n in 2 3 4; do
 done
 check "train: tessera launch 3 ranks equal 1 rank for 20 steps" trains_like "$work/r1" "$work/tcp3" "$TESSERA" launch --nproc 3 -- train "${tiny[@]}"
 check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-serial" mpi 2 train "${tiny[@]}" --set parallel.overlap=false
+# Sequence parallelism: data × sequence layouts, ring and Ulysses, equal 1 rank (seq_len 48 cuts
+# into 2 × 2 and 2 × 3 zigzag chunks; kv_heads 2 splits over 2 Ulysses ranks).
+seq=("${tiny[@]}" --set data.seq_len=48 --set model.kv_heads=2)
+check "train: 1 rank, seq_len 48" "$TESSERA" train "${seq[@]}" --set run.dir="$work/seq1"
+check "train: ring attention, mpirun 1×2 equals 1 rank" trains_like "$work/seq1" "$work/ring1x2" mpi 2 train "${seq[@]}" --set parallel.sequence=2
+check "train: ring attention, tessera launch 1×3 equals 1 rank" trains_like "$work/seq1" "$work/ring1x3" \
+  "$TESSERA" launch --nproc 3 -- train "${seq[@]}" --set parallel.sequence=3
+check "train: ring attention, tessera launch 2×2 equals 1 rank" trains_like "$work/seq1" "$work/ring2x2" \
+  "$TESSERA" launch --nproc 4 -- train "${seq[@]}" --set parallel.sequence=2
+check "train: Ulysses, mpirun 1×2 equals 1 rank" trains_like "$work/seq1" "$work/ulysses1x2" \
+  mpi 2 train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
+check "train: Ulysses, tessera launch 1×2 equals 1 rank" trains_like "$work/seq1" "$work/ulysses1x2-tcp" \
+  "$TESSERA" launch --nproc 2 -- train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
+same_parameters() { for run in "$@"; do
+  python3 scripts/compare_params.py "$work/seq1/checkpoints/step-00000020" "$work/$run/checkpoints/step-00000020" || return 1; done; }
+check "train: sequence-parallel runs end with 1 rank's parameters" same_parameters ring1x2 ring1x3 ring2x2 ulysses1x2 ulysses1x2-tcp
+seq_resume() {
+  local dir=$work/seq-resume out status
+  mpi 2 train "${seq[@]}" --set parallel.sequence=2 --set run.dir="$dir" --stop-at 8 || { echo "the run to step 8 exited with status $?"; return 1; }
+  out=$("$TESSERA" launch --nproc 2 -- train --resume "$dir" --progress lines 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the resumed run exited with status $status"; return 1; }
+  grep -q "resumed from step 8 of $dir/checkpoints" <<<"$out" || { echo "the resumed run did not say it resumed from step 8"; return 1; }
+  python3 scripts/compare_losses.py "$work/ring1x2/metrics.jsonl" "$dir/metrics.jsonl" --exact
+}
+check "train: a 1×2 ring run stopped at step 8 (mpirun) resumes (tessera launch) to the uninterrupted losses, bitwise" seq_resume
+check "train: a length that does not cut into 2 × parallel.sequence chunks is one clear line" expect_failure 60 \
+  "data.seq_len = 32 does not split into 2 × parallel.sequence = 6 equal chunks; choose a multiple of 6" \
+  scripts/mpirun.sh 3 train "${tiny[@]}" --set parallel.sequence=3 --set run.dir="$work/bad-seq"
+check "train: heads Ulysses cannot split are one clear line" expect_failure 60 \
+  "model.heads = 2 and model.kv_heads = 1 are not both multiples of 2" \
+  "$TESSERA" launch --nproc 2 -- train "${tiny[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses --set run.dir="$work/bad-heads"
 # The resumed run must say it resumed, and log steps 9-20 after steps 1-8 (a restart from step 0
 # would log steps 1-8 twice, which compare_losses.py rejects).
 stop_and_resume() {

@@ -28,9 +28,13 @@ public struct AttentionSpec: Equatable, Sendable {
     public var ropeTheta: Float
     /// How the attention is computed (the same function either way, to Float32 rounding).
     public var kernel: AttentionKernel
+    /// How attention runs when the pass's grid shards the sequence (always on the flash kernel).
+    public var sequenceMode: SequenceParallelMode
 
-    public init(heads: Int, kvHeads: Int, headDim: Int, ropeTheta: Float, kernel: AttentionKernel = .flash) {
+    public init(heads: Int, kvHeads: Int, headDim: Int, ropeTheta: Float, kernel: AttentionKernel = .flash,
+                sequenceMode: SequenceParallelMode = .ring) {
         self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim; self.ropeTheta = ropeTheta; self.kernel = kernel
+        self.sequenceMode = sequenceMode
     }
 }
 

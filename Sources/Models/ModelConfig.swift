@@ -18,9 +18,10 @@ public struct ModelConfig: Equatable, Sendable {
     /// A model whose layers are all attention + SwiGLU with the same sizes (a plain Llama).
     public init(vocabSize: Int = 256, dModel: Int = 256, layers: Int = 4, heads: Int = 4, kvHeads: Int = 4,
                 ffnHidden: Int = 768, ropeTheta: Float = 10_000, normEps: Float = 1e-5, tieEmbeddings: Bool = false,
-                maxSequenceLength: Int = 256, attentionKernel: AttentionKernel = .flash) {
+                maxSequenceLength: Int = 256, attentionKernel: AttentionKernel = .flash,
+                sequenceMode: SequenceParallelMode = .ring) {
         let attention = AttentionSpec(heads: heads, kvHeads: kvHeads, headDim: heads > 0 ? dModel / heads : 0, ropeTheta: ropeTheta,
-                                      kernel: attentionKernel)
+                                      kernel: attentionKernel, sequenceMode: sequenceMode)
         let block = BlockSpec(sequenceMixer: .attention(attention), channelMixer: .swiGLU(hidden: ffnHidden))
         self.init(vocabSize: vocabSize, dModel: dModel, normEps: normEps, tieEmbeddings: tieEmbeddings,
                   maxSequenceLength: maxSequenceLength, blocks: Array(repeating: block, count: max(layers, 0)))

@@ -5,7 +5,7 @@ import Kernels
 import Models
 import TensorCore
 
-/// Data-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
+/// Data- and sequence-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
 /// way through a training step"); `run` (TrainingRun.swift) is the loop around it.
 ///
 /// Every rank runs the same code. Rank 0 reports, writes metrics and checkpoints. Call from a
@@ -39,7 +39,8 @@ public final class Trainer {
             throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
-                                seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data)
+                                seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
+                                sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
         let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed), grid: grid)
         guard data.train.vocabSize <= model.config.vocabSize else {
             throw TrainingError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize,
@@ -52,9 +53,11 @@ public final class Trainer {
                                           weightDecay: Float(train.weightDecay)), parameters: model.parameters)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
                                         totalSteps: train.steps)
-        // An expert-parallel backward pass runs all-to-alls itself: no reduction beside it.
+        // Expert dispatch and sequence-parallel attention communicate during the backward pass on
+        // the training thread, and a communicator may be used by one thread at a time: no
+        // overlapped reduction beside them.
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
-                                  overlap: config.parallel.overlap && !model.backwardCommunicates)
+                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
         checkpoints = TrainingCheckpoints(store: CheckpointStore(root: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")),
                                           world: world, keep: config.checkpoint.keep)
@@ -65,8 +68,12 @@ public final class Trainer {
     /// any rank computes, the same on every rank.
     static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
-        guard sequence == 1 else {
-            throw TrainingError.sequenceParallelismUnavailable(source: config.source, sequence: sequence)
+        if let problem = SequenceSharding.problem(length: config.data.seqLen, ranks: sequence) {
+            throw TrainingError.sequenceLengthDoesNotSplit(source: config.source, problem: problem)
+        }
+        if config.parallel.sequenceMode == SequenceParallelMode.ulysses.rawValue,
+           let problem = UlyssesAttention.problem(heads: config.model.heads, kvHeads: config.model.kvHeads, ranks: sequence) {
+            throw TrainingError.headsDoNotSplit(source: config.source, problem: problem)
         }
         var data = config.parallel.data
         if data == 0 {
@@ -99,7 +106,8 @@ public final class Trainer {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
         model.parameters.zeroGradients()
         let reducer = self.reducer
-        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.length,
+        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
+                                             positions: data.positions,
                                              gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
         if let failure = model.passFailure { throw failure }
         try reducer.finish()

@@ -1,11 +1,14 @@
 import Collectives
 import Foundation
+import Models
 
 /// The batches of a run: which samples each step takes (the sampler over the train split),
 /// this rank's share of them, and the fixed validation batches.
 ///
 /// Global batch `globalBatch` sequences of `length` tokens per step; data rank d of D takes
-/// its contiguous `globalBatch / D` of them.
+/// its contiguous `globalBatch / D` of them. With S > 1 sequence ranks, sequence rank s keeps
+/// only the tokens (and targets) at its zigzag positions (`SequenceSharding`), `localLength` of
+/// each sample; the model pass gets those `positions`.
 public final class TrainingData {
     public let train: TokenDataset
     public let validation: TokenDataset
@@ -15,8 +18,12 @@ public final class TrainingData {
     let sampler: Sampler
     let dataRank: Int
     let dataRanks: Int
+    /// Tokens of each sample this rank holds, and their global positions.
+    public let localLength: Int
+    public let positions: [Int]
 
-    public init(directory: String, length: Int, globalBatch: Int, seed: Int, dataRank: Int, dataRanks: Int) throws {
+    public init(directory: String, length: Int, globalBatch: Int, seed: Int, dataRank: Int, dataRanks: Int,
+                sequenceRank: Int = 0, sequenceRanks: Int = 1) throws {
         train = try TokenDataset(directory: directory, split: "train")
         validation = try TokenDataset(directory: directory, split: "val")
         if train.sampleCount(length: length) < globalBatch {
@@ -32,6 +39,8 @@ public final class TrainingData {
         localBatch = globalBatch / dataRanks
         self.dataRank = dataRank
         self.dataRanks = dataRanks
+        positions = SequenceSharding.positions(length: length, ranks: sequenceRanks, rank: sequenceRank)
+        localLength = positions.count
         sampler = Sampler(sampleCount: train.sampleCount(length: length), seed: UInt64(seed))
     }
 
@@ -40,7 +49,21 @@ public final class TrainingData {
     /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`.
     public func trainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
         let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks)
-        return train.batch(samples: samples, length: length)
+        return restricted(train.batch(samples: samples, length: length))
+    }
+
+    /// The tokens and targets of a batch at this rank's positions.
+    func restricted(_ batch: (tokens: [Int32], targets: [Int32])) -> (tokens: [Int32], targets: [Int32]) {
+        guard localLength != length else { return batch }
+        let samples = batch.tokens.count / length
+        var tokens = [Int32](), targets = [Int32]()
+        tokens.reserveCapacity(samples * localLength); targets.reserveCapacity(samples * localLength)
+        for s in 0..<samples {
+            for p in positions {
+                tokens.append(batch.tokens[s * length + p]); targets.append(batch.targets[s * length + p])
+            }
+        }
+        return (tokens, targets)
     }
 
     /// Validation batches available (whole global batches, at least 1).
@@ -50,6 +73,6 @@ public final class TrainingData {
     public func validationBatch(_ index: Int) -> (tokens: [Int32], targets: [Int32]) {
         let count = validation.sampleCount(length: length)
         let first = index * globalBatch + dataRank * localBatch
-        return validation.batch(samples: (0..<localBatch).map { (first + $0) % count }, length: length)
+        return restricted(validation.batch(samples: (0..<localBatch).map { (first + $0) % count }, length: length))
     }
 }

@@ -3,7 +3,10 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     /// The data's vocabulary does not fit the model's.
     case vocabularyTooSmall(source: String, vocabSize: Int, dataVocabulary: Int, directory: String)
     case sequenceDoesNotDivideWorld(source: String, sequence: Int, worldSize: Int)
-    case sequenceParallelismUnavailable(source: String, sequence: Int)
+    /// data.seq_len does not cut into 2 × parallel.sequence zigzag chunks.
+    case sequenceLengthDoesNotSplit(source: String, problem: String)
+    /// Ulysses cannot split model.heads / model.kv_heads over the sequence ranks.
+    case headsDoNotSplit(source: String, problem: String)
     /// `parallel.expert` does not divide `moe.experts`.
     case expertsDoNotDivide(source: String, experts: Int, expert: Int)
     /// `parallel.expert > 1` for a model without experts.
@@ -27,8 +30,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "\(source): model.vocab_size = \(vocabSize) is smaller than the data's vocabulary (\(dataVocabulary) in \(directory))"
         case let .sequenceDoesNotDivideWorld(source, sequence, worldSize):
             return "\(source): parallel.sequence = \(sequence) does not divide the \(worldSize) ranks started"
-        case let .sequenceParallelismUnavailable(source, sequence):
-            return "\(source): parallel.sequence = \(sequence): sequence parallelism is not built yet (it comes with ring attention); set parallel.sequence=1"
+        case let .sequenceLengthDoesNotSplit(source, problem), let .headsDoNotSplit(source, problem):
+            return "\(source): \(problem)"
         case let .expertsDoNotDivide(source, experts, expert):
             return "\(source): moe.experts = \(experts) is not divisible by parallel.expert = \(expert); choose parallel.expert dividing moe.experts"
         case let .expertParallelismWithoutExperts(source, expert):

@@ -247,7 +247,7 @@ import _TestSupport
         """
 
     /// An old run.yaml loads, and is written the same way but for the keys added since, at
-    /// their defaults (the `attention:` section).
+    /// their defaults (the `attention:` section, `parallel.sequence_mode`).
     @Test func anOldRunYAMLLoadsAndIsWrittenTheSameWay() throws {
         let config = try RunConfig(resolvedYAML: Self.oldTinyRunYAML, source: "old/run.yaml")
         #expect(config.model.dModel == 192 && config.model.heads == 6 && config.model.kvHeads == 2 && config.model.normEps == 1e-5)
@@ -255,11 +255,13 @@ import _TestSupport
         #expect(config.train.lr == 0.002 && config.train.minLr == 0.0002 && config.train.eps == 1e-8)
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
-        // Written back with the keys added since (attention.*, moe.*, parallel.expert) at their defaults.
+        // Written back with the keys added since (attention.*, moe.*, parallel.sequence_mode,
+        // parallel.expert) at their defaults.
+        #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
-            .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  expert: 1\n")
+            .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
         #expect(config.yaml == now)
         #expect(try RunConfig(resolvedYAML: now, source: "new/run.yaml").numericHash == config.numericHash)
     }

@@ -1,3 +1,4 @@
+import Collectives
 import Kernels
 import TensorCore
 
@@ -18,6 +19,8 @@ final class CausalSelfAttention: LayerComponent {
     private var cache = ActivationCache()
     private var naive: CausalAttention?
     private var flash: FlashAttention?
+    /// The sequence-parallel attention when the pass's grid shards the sequence (flash kernel, ring or Ulysses).
+    private var ring: RingAttention?, ulysses: UlyssesAttention?
     private var rope: (positions: [Int], cos: [Float], sin: [Float])?
     private var input: UnsafePointer<Float>?
 
@@ -44,8 +47,41 @@ final class CausalSelfAttention: LayerComponent {
         o = BoundParameter(parameters, prefix + "self_attn.o_proj.weight")
     }
 
+    /// The grid's sequence group when it has more than one rank.
+    private func sequenceGroup(_ context: PassContext) -> Communicator? {
+        guard let grid = context.grid, grid.sequenceSize > 1 else { return nil }
+        return grid.communicator(for: .sequence)
+    }
+
+    private func prepareSequenceParallel(_ c: PassContext, _ comm: Communicator) {
+        let (B, T) = (c.batch, c.length)
+        sequenceCollective("setting up") {
+            switch spec.sequenceMode {
+            case .ring:
+                if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.kernels.first?.queryPositions != c.positions {
+                    ring = try RingAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
+                                             positions: c.positions, comm: comm)
+                }
+            case .ulysses:
+                if ulysses?.batch != B || ulysses?.length != T || ulysses?.comm !== comm || ulysses?.positions[comm.rank] != c.positions {
+                    ulysses = try UlyssesAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
+                                                   positions: c.positions, comm: comm)
+                }
+            }
+        }
+    }
+
     private func prepare(_ context: PassContext) {
         let (B, T) = (context.batch, context.length)
+        if let comm = sequenceGroup(context) {
+            cache.ensure(rows: B * T, widths: [queryWidth, kvWidth, kvWidth, queryWidth, spec.heads])
+            prepareSequenceParallel(context, comm)
+            if rope?.positions != context.positions {
+                let tables = RoPE.tables(positions: context.positions, headDim: spec.headDim, theta: spec.ropeTheta)
+                rope = (context.positions, tables.cos, tables.sin)
+            }
+            return
+        }
         let saved = spec.kernel == .flash ? spec.heads : spec.heads * T
         cache.ensure(rows: B * T, widths: [queryWidth, kvWidth, kvWidth, queryWidth, saved])
         if spec.kernel == .flash {
@@ -80,6 +116,13 @@ final class CausalSelfAttention: LayerComponent {
         Matmul.linearForward(x: x, weight: v.value, y: vs, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads)
         rotate(qs, heads: spec.heads, context: c, inverse: false)
         rotate(ks, heads: spec.kvHeads, context: c, inverse: false)
+        if sequenceGroup(c) != nil {
+            // Sequence-parallel: no capture hook (a rank does not hold whole rows of probabilities).
+            switch spec.sequenceMode {
+            case .ring: ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
+            case .ulysses: ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
+            }
+        } else {
         switch spec.kernel {
         case .flash:
             flash!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
@@ -102,13 +145,15 @@ final class CausalSelfAttention: LayerComponent {
                         [c.batch, spec.heads, c.length, c.length])
             }
         }
+        }
         // out += attended · Woᵀ
         Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: queryWidth, a: attended, lda: queryWidth,
                     b: o.value, ldb: queryWidth, beta: 1, c: out, ldc: d, threads: threads)
     }
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        guard let x = input, spec.kernel == .flash ? flash != nil : naive != nil else {
+        let sequenceParallel = sequenceGroup(c) != nil
+        guard let x = input, sequenceParallel ? (ring != nil || ulysses != nil) : spec.kernel == .flash ? flash != nil : naive != nil else {
             preconditionFailure("CausalSelfAttention.backward before forward")
         }
         let (n, d, threads) = (c.rows, dModel, c.threads)
@@ -119,6 +164,12 @@ final class CausalSelfAttention: LayerComponent {
         let dv = c.scratch.buffer("attention.dv", count: n * kvWidth)
         Matmul.linearBackward(x: attended, weight: o.value, dy: dOut, dx: dAttended, dWeight: o.gradient,
                               rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads)
+        if sequenceParallel {
+            switch spec.sequenceMode {
+            case .ring: ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+            case .ulysses: ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+            }
+        } else {
         switch spec.kernel {
         case .flash:
             flash!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended,
@@ -126,6 +177,7 @@ final class CausalSelfAttention: LayerComponent {
         case .naive:
             naive!.backward(q: qs, k: ks, v: vs, o: attended, probabilities: saved, dO: dAttended,
                             dq: dq, dk: dk, dv: dv, threads: threads)
+        }
         }
         rotate(dq, heads: spec.heads, context: c, inverse: true)
         rotate(dk, heads: spec.kvHeads, context: c, inverse: true)

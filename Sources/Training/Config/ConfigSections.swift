@@ -63,6 +63,8 @@ public struct CheckpointSection: Codable, Equatable, Sendable {
 /// Process grid and gradient communication (`parallel:`).
 public struct ParallelSection: Codable, Equatable, Sendable {
     public var data = 0, sequence = 1
+    /// A `SequenceParallelMode` raw value.
+    public var sequenceMode = SequenceParallelMode.ring.rawValue
     /// Ranks of one data group that hold different experts (carved from parallel.data).
     public var expert = 1
     public var bucketMB: Double = 4      // YAML key bucket_mb

@@ -57,7 +57,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         var config = ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
                                  kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
                                  normEps: Float(model.normEps), tieEmbeddings: model.tieEmbeddings, maxSequenceLength: data.seqLen,
-                                 attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash)
+                                 attentionKernel: AttentionKernel(rawValue: attention.kernel) ?? .flash,
+                                 sequenceMode: SequenceParallelMode(rawValue: parallel.sequenceMode) ?? .ring)
         if let spec = moeSpec, let selection = MoELayerSelection(moe.layers) {
             for layer in config.blocks.indices where selection.contains(layer) { config.blocks[layer].channelMixer = .moe(spec) }
         }

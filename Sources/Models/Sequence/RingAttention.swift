@@ -1,0 +1,175 @@
+import Collectives
+import Foundation
+import Kernels
+import TensorCore
+
+/// Ring attention over the sequence ranks of one group: each rank holds the queries, keys and
+/// values of its own positions; K/V blocks travel around the ring (rank r sends to r + 1 and
+/// receives from r − 1), and each rank computes its queries against every block it sees, masked
+/// by global positions, merging the partial (O, L) with `AttentionMerge`.
+///
+/// Backward: D = rowsum(dO ⊙ O) of the final output, then the K/V blocks travel again, each
+/// carrying the dK/dV accumulated for it so far; after P transfers a block and its gradients are
+/// back at their owner. Each step is one key block's share computed with the global L and D.
+///
+/// Transfers alternate send/receive order by rank parity (even ranks send first, odd ranks
+/// receive first), so no rank waits on a peer that is itself waiting to send: deadlock-free on
+/// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on a
+/// transfer thread while the current block is computed (the communicator is used by that thread
+/// alone until it is waited for); in the backward pass a block's dK/dV follow it after its step.
+///
+/// Layouts as `FlashAttention`: q, o (B, T, Hq, D), k, v (B, T, Hkv, D) with T this rank's tokens.
+public final class RingAttention {
+    public let batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int
+    public let comm: Communicator
+    /// Positions of every rank of the group, by rank.
+    public let positions: [[Int]]
+    /// This rank's queries against the keys of rank s, by s.
+    let kernels: [FlashAttention]
+    private let block: FloatBuffer, incoming: FloatBuffer, partialO: FloatBuffer, partialL: FloatBuffer
+    private let dqPart: FloatBuffer, dkPart: FloatBuffer, dvPart: FloatBuffer, rowDot: FloatBuffer
+
+    /// Collective over `comm`: every rank of the group passes its own positions, which are
+    /// exchanged once.
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, positions mine: [Int], comm: Communicator) throws {
+        self.batch = batch; self.length = length; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+        self.comm = comm
+        let all = try comm.allGatherInts(mine.map(Int32.init), size: comm.size)
+        positions = all
+        kernels = all.map {
+            FlashAttention(batch: batch, queryLength: length, keyLength: length, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                           causal: true, queryPositions: mine, keyPositions: $0)
+        }
+        let kv = batch * length * kvHeads * headDim, qo = batch * length * heads * headDim
+        block = FloatBuffer(count: 4 * kv); incoming = FloatBuffer(count: 4 * kv)
+        partialO = FloatBuffer(count: qo); partialL = FloatBuffer(count: batch * heads * length)
+        dqPart = FloatBuffer(count: qo); dkPart = FloatBuffer(count: kv); dvPart = FloatBuffer(count: kv)
+        rowDot = FloatBuffer(count: batch * heads * length)
+    }
+
+    var kvCount: Int { batch * length * kvHeads * headDim }
+    var queryCount: Int { batch * length * heads * headDim }
+    var rank: Int { comm.rank }
+    var size: Int { comm.size }
+
+    /// o and the global logsumexp L (B, Hq, T) of this rank's queries against every key.
+    /// The next K/V block is in flight (on a transfer thread) while the current one is computed.
+    public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+        let n = kvCount
+        var current = block, next = incoming
+        current.pointer.update(from: k, count: n)
+        (current.pointer + n).update(from: v, count: n)
+        for step in 0..<size {
+            let transfer = step < size - 1 ? startTransfer(from: current.pointer, into: next.pointer, floats: 2 * n, tag: 0x5200 + step) : nil
+            let source = (rank - step + size) % size
+            if step == 0 {
+                kernels[source].forward(q: q, k: k, v: v, o: o, logsumexp: logsumexp, threads: threads)
+            } else {
+                kernels[source].forward(q: q, k: current.pointer, v: current.pointer + n, o: partialO.pointer,
+                                        logsumexp: partialL.pointer, threads: threads)
+                AttentionMerge.merge(o: o, logsumexp: logsumexp, with: partialO.pointer, otherLogsumexp: partialL.pointer,
+                                     batch: batch, length: length, heads: heads, headDim: headDim, threads: threads)
+            }
+            if let transfer {
+                transfer.wait("ring forward transfer")
+                swap(&current, &next)
+            }
+        }
+    }
+
+    /// dq (B, T, Hq, D), dk, dv (B, T, Hkv, D), overwritten, from dO and `forward`'s o and L.
+    /// The next K/V block travels while the current one is computed; the gradients accumulated
+    /// for a block follow it once that step is done.
+    public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                         o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
+                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                         threads: KernelThreads) {
+        let n = kvCount
+        FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
+                              threads: threads)
+        // Each buffer: [k | v | dk | dv] of one block.
+        var current = block, next = incoming
+        let b0 = current.pointer
+        b0.update(from: k, count: n)
+        (b0 + n).update(from: v, count: n)
+        (b0 + 2 * n).update(repeating: 0, count: 2 * n)
+        dq.update(repeating: 0, count: queryCount)
+        for step in 0..<size {
+            let c = current.pointer
+            let transfer = step < size - 1 ? startTransfer(from: c, into: next.pointer, floats: 2 * n, tag: 0x5300 + 2 * step) : nil
+            let source = (rank - step + size) % size
+            kernels[source].backward(q: q, k: c, v: c + n, logsumexp: logsumexp, rowDot: rowDot.pointer, dO: dO,
+                                     dq: dqPart.pointer, dk: dkPart.pointer, dv: dvPart.pointer, threads: threads)
+            add(dqPart.pointer, into: dq, count: queryCount)
+            add(dkPart.pointer, into: c + 2 * n, count: n)
+            add(dvPart.pointer, into: c + 3 * n, count: n)
+            guard size > 1 else { break }
+            transfer?.wait("ring backward transfer")
+            // This block's gradients follow it (the last transfer brings every block's home).
+            startTransfer(from: c + 2 * n, into: next.pointer + 2 * n, floats: 2 * n, tag: 0x5300 + 2 * step + 1)
+                .wait("ring backward gradient transfer")
+            swap(&current, &next)
+        }
+        dk.update(from: current.pointer + 2 * n, count: n)
+        dv.update(from: current.pointer + 3 * n, count: n)
+    }
+
+    private func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
+        for i in 0..<count { y[i] += x[i] }
+    }
+
+    /// One ring transfer on its own thread: `floats` from `out` to the next rank, the previous
+    /// rank's into `into`. Even ranks send first and odd ranks receive first, so the ring cannot
+    /// deadlock even where a send waits for its receiver. Only this thread uses the communicator
+    /// until `wait` returns.
+    private func startTransfer(from out: UnsafeMutablePointer<Float>, into: UnsafeMutablePointer<Float>, floats: Int,
+                               tag: Int) -> RingTransfer {
+        let transfer = RingTransfer()
+        let (comm, rank, size) = (self.comm, self.rank, self.size)
+        let next = (rank + 1) % size, previous = (rank - 1 + size) % size
+        let outBytes = UnsafeRawBufferPointer(start: out, count: floats * 4)
+        let intoBytes = UnsafeMutableRawBufferPointer(start: into, count: floats * 4)
+        let thread = Thread {
+            do {
+                if rank % 2 == 0 {
+                    try comm.send(outBytes, to: next, tag: tag)
+                    try comm.receive(intoBytes, from: previous, tag: tag)
+                } else {
+                    try comm.receive(intoBytes, from: previous, tag: tag)
+                    try comm.send(outBytes, to: next, tag: tag)
+                }
+            } catch {
+                transfer.error = error
+            }
+            transfer.done.signal()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+        return transfer
+    }
+}
+
+/// A transfer in flight; `wait` returns once it is complete (stopping the process if it failed).
+final class RingTransfer: @unchecked Sendable {
+    let done = DispatchSemaphore(value: 0)
+    var error: Error?
+
+    func wait(_ what: String) {
+        done.wait()
+        if let error { sequenceCollective(what) { throw error } }
+    }
+}
+
+extension Communicator {
+    /// Every rank's equally long list of integers, by rank.
+    func allGatherInts(_ mine: [Int32], size: Int) throws -> [[Int]] {
+        var out = [Int32](repeating: 0, count: mine.count * size)
+        try mine.withUnsafeBytes { input in
+            try out.withUnsafeMutableBytes { output in
+                try allGather(input, counts: Array(repeating: input.count, count: size), into: output)
+            }
+        }
+        return (0..<size).map { r in out[(r * mine.count)..<((r + 1) * mine.count)].map(Int.init) }
+    }
+}

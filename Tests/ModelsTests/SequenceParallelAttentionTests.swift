@@ -1,0 +1,136 @@
+import Testing
+import Collectives
+import Kernels
+import Models
+import TensorCore
+import _TestSupport
+
+/// Ring and Ulysses attention on P in-process sequence ranks against the flash kernel on one
+/// rank: each rank's output, logsumexp and dQ, dK, dV at its zigzag positions.
+@Suite struct SequenceParallelAttentionTests {
+    struct Problem {
+        let batch = 2, headDim = 8
+        let ranks: Int
+        var heads: Int { 2 * ranks }
+        var kvHeads: Int { ranks }
+        /// 5 tokens per chunk: chunks do not line up with the kernel's tiles.
+        var length: Int { 2 * ranks * 5 }
+        let q: [Float], k: [Float], v: [Float], dO: [Float]
+
+        init(ranks: Int, seed: UInt64 = 7) {
+            self.ranks = ranks
+            var rng = RNG(seed: seed)
+            let (B, T, D) = (batch, 2 * ranks * 5, headDim)
+            func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(rng.nextNormal()) } }
+            q = random(B * T * 2 * ranks * D); k = random(B * T * ranks * D); v = random(B * T * ranks * D)
+            dO = random(B * T * 2 * ranks * D)
+        }
+
+        /// Rows (B, T, H, D) of x at `positions`, in that order.
+        func rows(_ x: [Float], heads: Int, at positions: [Int]) -> [Float] {
+            var out: [Float] = []
+            for b in 0..<batch {
+                for p in positions {
+                    let width: Int = heads * headDim
+                    let start: Int = (b * length + p) * width
+                    out.append(contentsOf: x[start..<(start + width)])
+                }
+            }
+            return out
+        }
+    }
+
+    /// One rank's flash results over the whole sequence: o, L (B, H, T), dq, dk, dv.
+    static func reference(_ p: Problem) -> (o: [Float], l: [Float], dq: [Float], dk: [Float], dv: [Float]) {
+        let kernel = FlashAttention(batch: p.batch, queryLength: p.length, keyLength: p.length, heads: p.heads, kvHeads: p.kvHeads,
+                                    headDim: p.headDim, causal: true, queryPositions: Array(0..<p.length), keyPositions: Array(0..<p.length))
+        var o = [Float](repeating: 0, count: p.q.count), l = [Float](repeating: 0, count: kernel.logsumexpCount)
+        var dq = o, dk = [Float](repeating: 0, count: p.k.count), dv = dk
+        kernel.forward(q: p.q, k: p.k, v: p.v, o: &o, logsumexp: &l)
+        kernel.backward(q: p.q, k: p.k, v: p.v, o: o, logsumexp: l, dO: p.dO, dq: &dq, dk: &dk, dv: &dv)
+        return (o, l, dq, dk, dv)
+    }
+
+    @Test(arguments: [2, 3, 4])
+    func ringMatchesOneRank(ranks: Int) throws {
+        let p = Problem(ranks: ranks)
+        let expected = Self.reference(p)
+        let results = InProcessCommunicator.run(size: ranks) { comm -> [String] in
+            let positions = SequenceSharding.positions(length: p.length, ranks: ranks, rank: comm.rank)
+            let n = positions.count
+            let ring = try RingAttention(batch: p.batch, length: n, heads: p.heads, kvHeads: p.kvHeads, headDim: p.headDim,
+                                         positions: positions, comm: comm)
+            let q = p.rows(p.q, heads: p.heads, at: positions), k = p.rows(p.k, heads: p.kvHeads, at: positions)
+            let v = p.rows(p.v, heads: p.kvHeads, at: positions), dO = p.rows(p.dO, heads: p.heads, at: positions)
+            var o = [Float](repeating: 0, count: q.count), l = [Float](repeating: 0, count: p.batch * p.heads * n)
+            var dq = o, dk = [Float](repeating: 0, count: k.count), dv = dk
+            ring.forward(q: q, k: k, v: v, o: &o, logsumexp: &l, threads: .single)
+            ring.backward(q: q, k: k, v: v, o: o, logsumexp: l, dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
+            // L (B, H, T) at this rank's positions.
+            var expectedL: [Float] = []
+            for bh in 0..<(p.batch * p.heads) { for t in positions { expectedL.append(expected.l[bh * p.length + t]) } }
+            return Self.compare([("o", o, p.rows(expected.o, heads: p.heads, at: positions)), ("logsumexp", l, expectedL),
+                                 ("dq", dq, p.rows(expected.dq, heads: p.heads, at: positions)),
+                                 ("dk", dk, p.rows(expected.dk, heads: p.kvHeads, at: positions)),
+                                 ("dv", dv, p.rows(expected.dv, heads: p.kvHeads, at: positions))])
+        }
+        for (rank, result) in results.enumerated() {
+            let failures = try result.get()
+            #expect(failures.isEmpty, "ring, \(ranks) ranks, rank \(rank): \(failures)")
+        }
+    }
+
+    @Test(arguments: [2, 3, 4])
+    func ulyssesMatchesOneRank(ranks: Int) throws {
+        let p = Problem(ranks: ranks)
+        let expected = Self.reference(p)
+        let results = InProcessCommunicator.run(size: ranks) { comm -> [String] in
+            let positions = SequenceSharding.positions(length: p.length, ranks: ranks, rank: comm.rank)
+            let n = positions.count
+            let ulysses = try UlyssesAttention(batch: p.batch, length: n, heads: p.heads, kvHeads: p.kvHeads, headDim: p.headDim,
+                                               positions: positions, comm: comm)
+            let q = p.rows(p.q, heads: p.heads, at: positions), k = p.rows(p.k, heads: p.kvHeads, at: positions)
+            let v = p.rows(p.v, heads: p.kvHeads, at: positions), dO = p.rows(p.dO, heads: p.heads, at: positions)
+            var o = [Float](repeating: 0, count: q.count), dq = o, dk = [Float](repeating: 0, count: k.count), dv = dk
+            ulysses.forward(q: q, k: k, v: v, o: &o, threads: .single)
+            ulysses.backward(dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
+            // This rank's heads' L over the whole sequence, (B, H/P, T).
+            let hp = p.heads / ranks
+            var expectedL: [Float] = []
+            for b in 0..<p.batch {
+                for h in (comm.rank * hp)..<((comm.rank + 1) * hp) {
+                    let start: Int = (b * p.heads + h) * p.length
+                    expectedL.append(contentsOf: expected.l[start..<(start + p.length)])
+                }
+            }
+            return Self.compare([("o", o, p.rows(expected.o, heads: p.heads, at: positions)),
+                                 ("logsumexp", Array(ulysses.logsumexp.buffer), expectedL),
+                                 ("dq", dq, p.rows(expected.dq, heads: p.heads, at: positions)),
+                                 ("dk", dk, p.rows(expected.dk, heads: p.kvHeads, at: positions)),
+                                 ("dv", dv, p.rows(expected.dv, heads: p.kvHeads, at: positions))])
+        }
+        for (rank, result) in results.enumerated() {
+            let failures = try result.get()
+            #expect(failures.isEmpty, "ulysses, \(ranks) ranks, rank \(rank): \(failures)")
+        }
+    }
+
+    @Test func zigzagPositionsAndTheirErrors() {
+        #expect(SequenceSharding.positions(length: 8, ranks: 2, rank: 0) == [0, 1, 6, 7])
+        #expect(SequenceSharding.positions(length: 8, ranks: 2, rank: 1) == [2, 3, 4, 5])
+        #expect(SequenceSharding.positions(length: 12, ranks: 3, rank: 1) == [2, 3, 8, 9])
+        #expect(SequenceSharding.problem(length: 12, ranks: 3) == nil)
+        #expect(SequenceSharding.problem(length: 10, ranks: 3)?.contains("data.seq_len = 10 does not split into 2 × parallel.sequence = 6") == true)
+        #expect(UlyssesAttention.problem(heads: 4, kvHeads: 2, ranks: 2) == nil)
+        #expect(UlyssesAttention.problem(heads: 6, kvHeads: 2, ranks: 3)?.contains("model.heads = 6 and model.kv_heads = 2") == true)
+    }
+
+    /// Names of the tensors that differ by more than 1e-5 (relative, floored at 1).
+    static func compare(_ pairs: [(String, [Float], [Float])]) -> [String] {
+        pairs.compactMap { name, got, want in
+            guard got.count == want.count else { return "\(name): \(got.count) values, expected \(want.count)" }
+            let error = maxRelativeError(got, want)
+            return error < 1e-5 ? nil : "\(name) error \(error)"
+        }
+    }
+}
