@@ -13,26 +13,9 @@ import _TestSupport
 @Suite struct DataParallelExactnessTests {
     static let steps = 20
 
-    /// What one rank saw over a run.
-    struct RankRun {
-        var losses: [Double] = []
-        var gradientNorms: [Double] = []
-        var parameters: [Float] = []
-    }
-
     static func train(ranks: Int, overlap: Bool, data: String, run: String) throws -> [RankRun] {
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: run, steps: steps) + ["parallel.overlap=\(overlap)"])
-        let results = InProcessCommunicator.run(size: ranks, timeoutSeconds: 60) { comm -> RankRun in
-            let trainer = try Trainer(config: config, world: comm)
-            var seen = RankRun()
-            for _ in 0..<steps {
-                seen.losses.append(try trainer.trainStep())
-                seen.gradientNorms.append(trainer.lastGradientNorm)
-            }
-            seen.parameters = trainer.model.parameters.values.array
-            return seen
-        }
-        return try results.map { try $0.get() }
+        return try trainInProcess(config, ranks: ranks, steps: steps)
     }
 
     @Test(arguments: [(2, true), (3, true), (4, true), (2, false), (3, false), (4, false)])

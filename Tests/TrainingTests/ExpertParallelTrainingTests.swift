@@ -16,28 +16,9 @@ import _TestSupport
             "parallel.expert=\(expert)"]
     }
 
-    struct RankRun {
-        var losses: [Double] = []
-        var gradientNorms: [Double] = []
-        var parameters: [String: [Float]] = [:]
-        var checkpoint: URL?
-    }
-
     static func train(ranks: Int, expert: Int, experts: Int, extra: [String] = [], data: String, run: String, steps: Int) throws -> [RankRun] {
         let config = try RunConfig(file: nil, overrides: moeOverrides(data: data, run: run, steps: steps, expert: expert, experts: experts) + extra)
-        let results = InProcessCommunicator.run(size: ranks, timeoutSeconds: 60) { comm -> RankRun in
-            let trainer = try Trainer(config: config, world: comm)
-            var seen = RankRun()
-            for _ in 0..<steps {
-                seen.losses.append(try trainer.trainStep())
-                seen.gradientNorms.append(trainer.lastGradientNorm)
-            }
-            let p = trainer.model.parameters
-            for e in p.entries { seen.parameters[e.name] = Array(p.values.buffer[e.range]) }
-            seen.checkpoint = try trainer.saveCheckpoint()
-            return seen
-        }
-        return try results.map { try $0.get() }
+        return try trainInProcess(config, ranks: ranks, steps: steps, saveCheckpoint: true)
     }
 
     @Test(arguments: [(2, 2, 4), (4, 4, 4), (3, 3, 6), (4, 2, 4)])
@@ -54,12 +35,12 @@ import _TestSupport
             #expect(seen.losses == parallel[0].losses && seen.gradientNorms == parallel[0].gradientNorms, "rank \(rank) reports what rank 0 reports")
             #expect(maxRelativeError(seen.losses, single.losses) < 1e-5, "losses \(seen.losses) vs one rank's \(single.losses)")
             #expect(maxRelativeError(seen.gradientNorms, single.gradientNorms) < 1e-5, "gradient norms \(seen.gradientNorms) vs \(single.gradientNorms)")
-            for (name, values) in seen.parameters {
+            for (name, values) in seen.namedParameters {
                 held.insert(name)
-                #expect(maxRelativeError(values, single.parameters[name]!) < 1e-5, "rank \(rank): \(name) after \(steps) steps")
+                #expect(maxRelativeError(values, single.namedParameters[name]!) < 1e-5, "rank \(rank): \(name) after \(steps) steps")
             }
         }
-        #expect(held == Set(single.parameters.keys))
+        #expect(held == Set(single.namedParameters.keys))
         // Rank 0's checkpoint holds every expert, equal to the one-rank run's.
         let written = try CheckpointStore.read(#require(parallel[0].checkpoint))
         let reference = try CheckpointStore.read(#require(single.checkpoint))

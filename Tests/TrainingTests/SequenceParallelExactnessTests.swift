@@ -8,12 +8,6 @@ import _TestSupport
 @Suite struct SequenceParallelExactnessTests {
     static let steps = 12
 
-    struct RankRun {
-        var losses: [Double] = []
-        var gradientNorms: [Double] = []
-        var parameters: [Float] = []
-    }
-
     /// seq_len 24 splits into 2 × 2 and 2 × 3 chunks; kv_heads 2 splits over 2 Ulysses ranks.
     static func overrides(data: String, run: String) -> [String] {
         tinyOverrides(data: data, run: run, steps: steps) + ["data.seq_len=24", "model.kv_heads=2"]
@@ -22,17 +16,7 @@ import _TestSupport
     static func train(data dataRanks: Int, sequence: Int, mode: String, corpus: String, run: String) throws -> [RankRun] {
         let config = try RunConfig(file: nil, overrides: overrides(data: corpus, run: run)
             + ["parallel.data=\(dataRanks)", "parallel.sequence=\(sequence)", "parallel.sequence_mode=\(mode)"])
-        let results = InProcessCommunicator.run(size: dataRanks * sequence, timeoutSeconds: 60) { comm -> RankRun in
-            let trainer = try Trainer(config: config, world: comm)
-            var seen = RankRun()
-            for _ in 0..<steps {
-                seen.losses.append(try trainer.trainStep())
-                seen.gradientNorms.append(trainer.lastGradientNorm)
-            }
-            seen.parameters = trainer.model.parameters.values.array
-            return seen
-        }
-        return try results.map { try $0.get() }
+        return try trainInProcess(config, ranks: dataRanks * sequence, steps: steps)
     }
 
     @Test(arguments: [(1, 2, "ring"), (2, 2, "ring"), (1, 3, "ring"), (1, 2, "ulysses"), (2, 2, "ulysses")])
