@@ -26,7 +26,9 @@ final class DeadlineWatchdog {
         armed[token] = (operation(), Date(timeIntervalSinceNow: seconds), seconds)
         if !started {
             started = true
-            let thread = Thread { [unowned self] in self.watch() }
+            // The thread keeps the watchdog alive (it waits for deadlines for the rest of the
+            // process): the communicators that share it may all be gone before it wakes.
+            let thread = Thread { self.watch() }
             thread.name = "tessera-mpi-deadline"
             thread.start()
         }
