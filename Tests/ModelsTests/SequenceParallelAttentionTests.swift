@@ -64,8 +64,8 @@ import _TestSupport
             let v = p.rows(p.v, heads: p.kvHeads, at: positions), dO = p.rows(p.dO, heads: p.heads, at: positions)
             var o = [Float](repeating: 0, count: q.count), l = [Float](repeating: 0, count: p.batch * p.heads * n)
             var dq = o, dk = [Float](repeating: 0, count: k.count), dv = dk
-            ring.forward(q: q, k: k, v: v, o: &o, logsumexp: &l, threads: .single)
-            ring.backward(q: q, k: k, v: v, o: o, logsumexp: l, dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
+            try ring.forward(q: q, k: k, v: v, o: &o, logsumexp: &l, threads: .single)
+            try ring.backward(q: q, k: k, v: v, o: o, logsumexp: l, dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
             // L (B, H, T) at this rank's positions.
             var expectedL: [Float] = []
             for bh in 0..<(p.batch * p.heads) { for t in positions { expectedL.append(expected.l[bh * p.length + t]) } }
@@ -92,8 +92,8 @@ import _TestSupport
             let q = p.rows(p.q, heads: p.heads, at: positions), k = p.rows(p.k, heads: p.kvHeads, at: positions)
             let v = p.rows(p.v, heads: p.kvHeads, at: positions), dO = p.rows(p.dO, heads: p.heads, at: positions)
             var o = [Float](repeating: 0, count: q.count), dq = o, dk = [Float](repeating: 0, count: k.count), dv = dk
-            ulysses.forward(q: q, k: k, v: v, o: &o, threads: .single)
-            ulysses.backward(dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
+            try ulysses.forward(q: q, k: k, v: v, o: &o, threads: .single)
+            try ulysses.backward(dO: dO, dq: &dq, dk: &dk, dv: &dv, threads: .single)
             // This rank's heads' L over the whole sequence, (B, H/P, T).
             let hp = p.heads / ranks
             var expectedL: [Float] = []

@@ -129,4 +129,23 @@ import _TestSupport
             #expect("\(error)".contains("parallel.sequence_mode") && "\(error)".contains("ring") && "\(error)".contains("ulysses"), "\(error)")
         }
     }
+
+    /// A peer that stops taking part mid-run: the sequence-parallel pass records the collective's
+    /// failure and the trainer throws it (the process is not ended from inside the library).
+    @Test(arguments: ["ring", "ulysses"])
+    func aLostSequencePeerIsThrownByTheTrainer(mode: String) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: Self.overrides(data: corpus, run: directory.file("run"))
+            + ["parallel.sequence=2", "parallel.sequence_mode=\(mode)"])
+        let results = InProcessCommunicator.run(size: 2, timeoutSeconds: 2) { comm -> Double in
+            let trainer = try Trainer(config: config, world: comm)
+            guard comm.rank == 0 else { return 0 }   // rank 1 never takes a step
+            return try trainer.trainStep()
+        }
+        guard case .failure(let error) = results[0] else { Issue.record("rank 0 finished a step without its peer"); return }
+        #expect(error is CollectiveError, "\(error)")
+        #expect("\(error)".contains("rank 1"), "the error names the missing rank: \(error)")
+    }
 }

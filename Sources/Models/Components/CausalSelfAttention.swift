@@ -55,7 +55,7 @@ final class CausalSelfAttention: LayerComponent {
 
     private func prepareSequenceParallel(_ c: PassContext, _ comm: Communicator) {
         let (B, T) = (c.batch, c.length)
-        sequenceCollective("setting up") {
+        do {
             switch spec.sequenceMode {
             case .ring:
                 if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.kernels.first?.queryPositions != c.positions {
@@ -68,6 +68,8 @@ final class CausalSelfAttention: LayerComponent {
                                                    positions: c.positions, comm: comm)
                 }
             }
+        } catch {
+            c.fail(error)   // the pass is abandoned; the caller throws it (TransformerLM.passFailure)
         }
     }
 
@@ -118,9 +120,15 @@ final class CausalSelfAttention: LayerComponent {
         rotate(ks, heads: spec.kvHeads, context: c, inverse: false)
         if sequenceGroup(c) != nil {
             // Sequence-parallel: no capture hook (a rank does not hold whole rows of probabilities).
-            switch spec.sequenceMode {
-            case .ring: ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
-            case .ulysses: ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
+            do {
+                guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
+                switch spec.sequenceMode {
+                case .ring: try ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
+                case .ulysses: try ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
+                }
+            } catch {
+                c.fail(error)
+                attended.update(repeating: 0, count: n * queryWidth)
             }
         } else {
         switch spec.kernel {
@@ -153,6 +161,10 @@ final class CausalSelfAttention: LayerComponent {
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
         let sequenceParallel = sequenceGroup(c) != nil
+        if sequenceParallel, c.failure != nil {   // the pass is abandoned: nothing to compute
+            dx.update(repeating: 0, count: c.rows * dModel)
+            return
+        }
         guard let x = input, sequenceParallel ? (ring != nil || ulysses != nil) : spec.kernel == .flash ? flash != nil : naive != nil else {
             preconditionFailure("CausalSelfAttention.backward before forward")
         }
@@ -165,9 +177,15 @@ final class CausalSelfAttention: LayerComponent {
         Matmul.linearBackward(x: attended, weight: o.value, dy: dOut, dx: dAttended, dWeight: o.gradient,
                               rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads)
         if sequenceParallel {
-            switch spec.sequenceMode {
-            case .ring: ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
-            case .ulysses: ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+            do {
+                guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
+                switch spec.sequenceMode {
+                case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+                case .ulysses: try ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+                }
+            } catch {
+                c.fail(error)
+                for buffer in [(dq, n * queryWidth), (dk, n * kvWidth), (dv, n * kvWidth)] { buffer.0.update(repeating: 0, count: buffer.1) }
             }
         } else {
         switch spec.kernel {

@@ -55,7 +55,7 @@ public final class RingAttention {
     /// o and the global logsumexp L (B, Hq, T) of this rank's queries against every key.
     /// The next K/V block is in flight (on a transfer thread) while the current one is computed.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
         let n = kvCount
         var current = block, next = incoming
         current.pointer.update(from: k, count: n)
@@ -72,7 +72,7 @@ public final class RingAttention {
                                      batch: batch, length: length, heads: heads, headDim: headDim, threads: threads)
             }
             if let transfer {
-                transfer.wait("ring forward transfer")
+                try transfer.wait()
                 swap(&current, &next)
             }
         }
@@ -84,7 +84,7 @@ public final class RingAttention {
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         threads: KernelThreads) {
+                         threads: KernelThreads) throws {
         let n = kvCount
         FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
                               threads: threads)
@@ -105,10 +105,10 @@ public final class RingAttention {
             add(dkPart.pointer, into: c + 2 * n, count: n)
             add(dvPart.pointer, into: c + 3 * n, count: n)
             guard size > 1 else { break }
-            transfer?.wait("ring backward transfer")
+            try transfer?.wait()
             // This block's gradients follow it (the last transfer brings every block's home).
-            startTransfer(from: c + 2 * n, into: next.pointer + 2 * n, floats: 2 * n, tag: 0x5300 + 2 * step + 1)
-                .wait("ring backward gradient transfer")
+            try startTransfer(from: c + 2 * n, into: next.pointer + 2 * n, floats: 2 * n, tag: 0x5300 + 2 * step + 1)
+                .wait()
             swap(&current, &next)
         }
         dk.update(from: current.pointer + 2 * n, count: n)
@@ -150,14 +150,14 @@ public final class RingAttention {
     }
 }
 
-/// A transfer in flight; `wait` returns once it is complete (stopping the process if it failed).
+/// A transfer in flight; `wait` returns once it is complete and rethrows its failure.
 final class RingTransfer: @unchecked Sendable {
     let done = DispatchSemaphore(value: 0)
     var error: Error?
 
-    func wait(_ what: String) {
+    func wait() throws {
         done.wait()
-        if let error { sequenceCollective(what) { throw error } }
+        if let error { throw error }
     }
 }
 

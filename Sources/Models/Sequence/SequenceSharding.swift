@@ -28,12 +28,3 @@ public enum SequenceParallelMode: String, CaseIterable, Equatable, Sendable {
     /// All-to-all from sequence shards to head shards, attention over the whole sequence, and back.
     case ulysses
 }
-
-/// A communication failure inside a sequence-parallel pass. The pass cannot throw (components'
-/// passes do not), so the process stops (status 1) with the collective's one-line reason.
-func sequenceCollective(_ what: String, _ body: () throws -> Void) {
-    do { try body() } catch {
-        FileHandle.standardError.write(Data("tessera: error: sequence-parallel attention (\(what)): \(error)\n".utf8))
-        exit(1)
-    }
-}

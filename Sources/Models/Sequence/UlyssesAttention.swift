@@ -47,32 +47,32 @@ public final class UlyssesAttention {
 
     /// o (B, T, Hq, D) of this rank's positions, every head.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, o: UnsafeMutablePointer<Float>,
-                        threads: KernelThreads) {
-        toHeads(q, heads: heads, into: fullQ.pointer)
-        toHeads(k, heads: kvHeads, into: fullK.pointer)
-        toHeads(v, heads: kvHeads, into: fullV.pointer)
+                        threads: KernelThreads) throws {
+        try toHeads(q, heads: heads, into: fullQ.pointer)
+        try toHeads(k, heads: kvHeads, into: fullK.pointer)
+        try toHeads(v, heads: kvHeads, into: fullV.pointer)
         kernel.forward(q: fullQ.pointer, k: fullK.pointer, v: fullV.pointer, o: fullO.pointer, logsumexp: logsumexp.pointer,
                        threads: threads)
-        toSequence(fullO.pointer, heads: heads, into: o)
+        try toSequence(fullO.pointer, heads: heads, into: o)
     }
 
     /// dq (B, T, Hq, D), dk, dv (B, T, Hkv, D), overwritten, from dO (B, T, Hq, D) after `forward`.
     public func backward(dO: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
-                         dv: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+                         dv: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
         let fullDO = fullGradient.pointer
-        toHeads(dO, heads: heads, into: fullDO)
+        try toHeads(dO, heads: heads, into: fullDO)
         let fullDQ = fullDQBuffer
         kernel.backward(q: fullQ.pointer, k: fullK.pointer, v: fullV.pointer, o: fullO.pointer, logsumexp: logsumexp.pointer,
                         dO: fullDO, dq: fullDQ.pointer, dk: fullDK.pointer, dv: fullDV.pointer, threads: threads)
-        toSequence(fullDQ.pointer, heads: heads, into: dq)
-        toSequence(fullDK.pointer, heads: kvHeads, into: dk)
-        toSequence(fullDV.pointer, heads: kvHeads, into: dv)
+        try toSequence(fullDQ.pointer, heads: heads, into: dq)
+        try toSequence(fullDK.pointer, heads: kvHeads, into: dk)
+        try toSequence(fullDV.pointer, heads: kvHeads, into: dv)
     }
 
     private lazy var fullDQBuffer = FloatBuffer(count: batch * length * heads * headDim)
 
     /// x (B, T, H, D) of this rank's positions → (B, P·T, H/P, D) of this rank's heads, positions in order.
-    func toHeads(_ x: UnsafePointer<Float>, heads h: Int, into full: UnsafeMutablePointer<Float>) {
+    func toHeads(_ x: UnsafePointer<Float>, heads h: Int, into full: UnsafeMutablePointer<Float>) throws {
         let p = size, hp = h / p, row = hp * headDim, block = batch * length * row
         for j in 0..<p {
             for b in 0..<batch {
@@ -81,7 +81,7 @@ public final class UlyssesAttention {
                 }
             }
         }
-        exchange(floats: block)
+        try exchange(floats: block)
         let total = length * p
         for i in 0..<p {
             for b in 0..<batch {
@@ -93,7 +93,7 @@ public final class UlyssesAttention {
     }
 
     /// The inverse of `toHeads`: (B, P·T, H/P, D) of this rank's heads → (B, T, H, D) of its positions.
-    func toSequence(_ full: UnsafePointer<Float>, heads h: Int, into x: UnsafeMutablePointer<Float>) {
+    func toSequence(_ full: UnsafePointer<Float>, heads h: Int, into x: UnsafeMutablePointer<Float>) throws {
         let p = size, hp = h / p, row = hp * headDim, block = batch * length * row, total = length * p
         for i in 0..<p {
             for b in 0..<batch {
@@ -102,7 +102,7 @@ public final class UlyssesAttention {
                 }
             }
         }
-        exchange(floats: block)
+        try exchange(floats: block)
         for j in 0..<p {
             for b in 0..<batch {
                 for t in 0..<length {
@@ -113,11 +113,9 @@ public final class UlyssesAttention {
     }
 
     /// All-to-all of `floats` per rank from `sendBuffer` into `receiveBuffer`.
-    private func exchange(floats: Int) {
+    private func exchange(floats: Int) throws {
         let counts = Array(repeating: floats * 4, count: size)
-        sequenceCollective("ulysses all-to-all") {
-            try comm.allToAll(UnsafeRawBufferPointer(start: sendBuffer.pointer, count: floats * 4 * size), sendCounts: counts,
-                              into: UnsafeMutableRawBufferPointer(start: receiveBuffer.pointer, count: floats * 4 * size), receiveCounts: counts)
-        }
+        try comm.allToAll(UnsafeRawBufferPointer(start: sendBuffer.pointer, count: floats * 4 * size), sendCounts: counts,
+                          into: UnsafeMutableRawBufferPointer(start: receiveBuffer.pointer, count: floats * 4 * size), receiveCounts: counts)
     }
 }
