@@ -18,6 +18,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c",
@@ -28,9 +29,9 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["COpenBLAS"], swiftSettings: settings),
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
-        .target(name: "CollectivesTCP", dependencies: ["Collectives"], swiftSettings: settings),
+        .target(name: "CollectivesTCP", dependencies: ["Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: settings),
-        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives"], swiftSettings: settings),
+        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Training", dependencies: ["Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(
             name: "TesseraCLI",
