@@ -4,10 +4,19 @@ import PackageDescription
 /// One set of settings for every Swift target (docs/ARCHITECTURE.md: one `swiftSettings` shared by all).
 /// Language mode 5: the communication layer is synchronous by contract (it runs on dedicated
 /// threads, never on the concurrency pool), so strict Sendable checking buys little here.
+/// On x86-64, release builds target AVX2 + FMA (Haswell, 2013, and every later x86-64 server
+/// CPU): the kernels' 8-lane SIMD code (exponentials, row reductions, AdamW) then runs as one
+/// 256-bit instruction per operation with fused multiply-adds instead of pairs of SSE ones
+/// (flash attention forward+backward about 10% faster). Debug builds stay generic.
+#if arch(x86_64)
+let releaseCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"], .when(configuration: .release))]
+#else
+let releaseCPU: [SwiftSetting] = []
+#endif
 let settings: [SwiftSetting] = [
     .swiftLanguageMode(.v5),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
-]
+] + releaseCPU
 
 let package = Package(
     name: "Tessera",

@@ -35,14 +35,17 @@ extension FlashAttention {
     /// The backward pass with the row statistics given: `logsumexp` L and `rowDot` D, both
     /// (B, Hq, Tq). With the global L of every key and D = rowsum(dO ⊙ O) of the global output,
     /// this is one key chunk's share of the gradient (ring attention): dq sums over chunks,
-    /// dk and dv are the chunk's own.
+    /// dk and dv are the chunk's own. `accumulate`: add to dq, dk and dv instead of overwriting
+    /// them (ring attention sums its chunks' shares in place, with no extra buffers).
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         threads: KernelThreads = .single) {
-        dq.update(repeating: 0, count: batch * queryLength * heads * headDim)
-        dk.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
-        dv.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
+                         accumulate: Bool = false, threads: KernelThreads = .single) {
+        if !accumulate {
+            dq.update(repeating: 0, count: batch * queryLength * heads * headDim)
+            dk.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
+            dv.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
+        }
         let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv)
         let groups = batch * kvHeads
         if Self.fusedIsFaster(items: groups, threads: threads.count) {

@@ -59,12 +59,12 @@ final class AttentionDecodeState: IncrementalMixerState {
     func prefill(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, count: Int, context c: DecodeContext) throws {
         precondition(cache.length == 0 && c.position == 0, "AttentionDecodeState.prefill: the cache already holds positions")
         let (q, k, v) = project(x, rows: count, start: 0, context: c)
-        let kernel = CausalAttention(batch: 1, length: count, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim)
+        // Flash attention: no P × P matrix, so a long prompt costs memory linear in its length.
+        let kernel = FlashAttention(batch: 1, queryLength: count, keyLength: count, heads: spec.heads, kvHeads: spec.kvHeads,
+                                    headDim: spec.headDim)
         let attended = c.scratch.buffer("decode.attended", count: count * queryWidth)
-        // The prompt's attention matrix (Hq × P × P) lives for this call only: the session's
-        // memory stays the caches.
-        let probabilities = FloatBuffer(count: kernel.probabilityCount)
-        kernel.forward(q: q, k: k, v: v, o: attended, probabilities: probabilities.pointer, threads: c.threads)
+        let logsumexp = FloatBuffer(count: kernel.logsumexpCount)
+        kernel.forward(q: q, k: k, v: v, o: attended, logsumexp: logsumexp.pointer, threads: c.threads)
         Matmul.gemm(transposeA: false, transposeB: true, m: count, n: dModel, k: queryWidth, a: attended, lda: queryWidth,
                     b: wo, ldb: queryWidth, beta: 1, c: out, ldc: dModel, threads: c.threads)
         cache.reserve(plan.localLength(of: plan.rank, length: count))

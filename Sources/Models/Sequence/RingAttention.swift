@@ -26,8 +26,6 @@ public final class RingAttention {
     public let positions: [[Int]]
     /// This rank's queries against the keys of rank s, by s.
     let kernels: [FlashAttention]
-    private let block: FloatBuffer, incoming: FloatBuffer, partialO: FloatBuffer, partialL: FloatBuffer
-    private let dqPart: FloatBuffer, dkPart: FloatBuffer, dvPart: FloatBuffer, rowDot: FloatBuffer
 
     /// Collective over `comm`: every rank of the group passes its own positions, which are
     /// exchanged once.
@@ -40,11 +38,6 @@ public final class RingAttention {
             FlashAttention(batch: batch, queryLength: length, keyLength: length, heads: heads, kvHeads: kvHeads, headDim: headDim,
                            causal: true, queryPositions: mine, keyPositions: $0)
         }
-        let kv = batch * length * kvHeads * headDim, qo = batch * length * heads * headDim
-        block = FloatBuffer(count: 4 * kv); incoming = FloatBuffer(count: 4 * kv)
-        partialO = FloatBuffer(count: qo); partialL = FloatBuffer(count: batch * heads * length)
-        dqPart = FloatBuffer(count: qo); dkPart = FloatBuffer(count: kv); dvPart = FloatBuffer(count: kv)
-        rowDot = FloatBuffer(count: batch * heads * length)
     }
 
     var kvCount: Int { batch * length * kvHeads * headDim }
@@ -56,8 +49,11 @@ public final class RingAttention {
     /// The next K/V block is in flight (on a transfer thread) while the current one is computed.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
+        // The two travelling K/V blocks and one block's partial result live for this call only,
+        // so a model's layers share no persistent ring memory.
         let n = kvCount
-        var current = block, next = incoming
+        var current = FloatBuffer(count: 2 * n), next = FloatBuffer(count: 2 * n)
+        let partialO = FloatBuffer(count: queryCount), partialL = FloatBuffer(count: batch * heads * length)
         current.pointer.update(from: k, count: n)
         (current.pointer + n).update(from: v, count: n)
         for step in 0..<size {
@@ -86,10 +82,11 @@ public final class RingAttention {
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                          threads: KernelThreads) throws {
         let n = kvCount
+        let rowDot = FloatBuffer(count: batch * heads * length)
         FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
                               threads: threads)
         // Each buffer: [k | v | dk | dv] of one block.
-        var current = block, next = incoming
+        var current = FloatBuffer(count: 4 * n), next = FloatBuffer(count: 4 * n)
         let b0 = current.pointer
         b0.update(from: k, count: n)
         (b0 + n).update(from: v, count: n)
@@ -100,10 +97,7 @@ public final class RingAttention {
             let transfer = step < size - 1 ? startTransfer(from: c, into: next.pointer, floats: 2 * n, tag: 0x5300 + 2 * step) : nil
             let source = (rank - step + size) % size
             kernels[source].backward(q: q, k: c, v: c + n, logsumexp: logsumexp, rowDot: rowDot.pointer, dO: dO,
-                                     dq: dqPart.pointer, dk: dkPart.pointer, dv: dvPart.pointer, threads: threads)
-            add(dqPart.pointer, into: dq, count: queryCount)
-            add(dkPart.pointer, into: c + 2 * n, count: n)
-            add(dvPart.pointer, into: c + 3 * n, count: n)
+                                     dq: dq, dk: c + 2 * n, dv: c + 3 * n, accumulate: true, threads: threads)
             guard size > 1 else { break }
             try transfer?.wait()
             // This block's gradients follow it (the last transfer brings every block's home).
@@ -113,10 +107,6 @@ public final class RingAttention {
         }
         dk.update(from: current.pointer + 2 * n, count: n)
         dv.update(from: current.pointer + 3 * n, count: n)
-    }
-
-    private func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {
-        for i in 0..<count { y[i] += x[i] }
     }
 
     /// One ring transfer on its own thread: `floats` from `out` to the next rank, the previous

@@ -1,3 +1,4 @@
+import Dispatch
 import Kernels
 import TensorCore
 
@@ -50,17 +51,40 @@ final class SwiGLUExperts {
         self.rowsPerExpert = rowsPerExpert
         input = x
         let (g, u, a) = (gate.ensure(rows * f), up.ensure(rows * f), activation.ensure(rows * f))
-        var start = 0
-        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
-            Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: threads)
-            Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: threads)
-            start += m
+        let (w1, w2, w3) = (self.w1, self.w2, self.w3)
+        Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
+            Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one)
+            Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one)
+            SwiGLU.forward(gate: g + start * f, up: u + start * f, out: a + start * f, count: m * f, threads: one)
+            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one)
         }
-        SwiGLU.forward(gate: g, up: u, out: a, count: rows * f, threads: threads)
-        start = 0
-        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
-            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: threads)
-            start += m
+    }
+
+    /// Runs `body(expert, firstRow, rows, threads)` for every local expert with rows. With more
+    /// than one thread the experts are the parallelism: they are cut into contiguous groups of
+    /// about equal rows, one group per thread, and each expert's products run on one thread
+    /// (the many small per-expert products cost more to split and synchronise than they gain).
+    /// An expert's products are the same calls whichever thread runs them, so results do not
+    /// depend on the thread count.
+    static func forEachExpert(_ rowsPerExpert: [Int], threads: KernelThreads,
+                              _ body: (_ expert: Int, _ start: Int, _ rows: Int, _ threads: KernelThreads) -> Void) {
+        var starts = [0]
+        for m in rowsPerExpert { starts.append(starts.last! + m) }
+        let total = starts.last!
+        let groups = min(threads.count, rowsPerExpert.filter { $0 > 0 }.count)
+        guard groups > 1 else {
+            for (l, m) in rowsPerExpert.enumerated() where m > 0 { body(l, starts[l], m, threads) }
+            return
+        }
+        // Group g takes the experts whose first row falls in [g, g + 1) · total / groups.
+        var bounds = [0]
+        for g in 1..<groups {
+            let target = g * total / groups
+            bounds.append(max(bounds.last!, starts.firstIndex { $0 >= target } ?? rowsPerExpert.count))
+        }
+        bounds.append(rowsPerExpert.count)
+        DispatchQueue.concurrentPerform(iterations: groups) { g in
+            for l in bounds[g]..<bounds[g + 1] where rowsPerExpert[l] > 0 { body(l, starts[l], rowsPerExpert[l], .single) }
         }
     }
 
@@ -71,20 +95,17 @@ final class SwiGLUExperts {
         let (d, f) = (dModel, hidden)
         let rows = rowsPerExpert.reduce(0, +)
         let (dActivation, dGate, dUp) = (work, work + rows * f, work + 2 * rows * f)
-        var start = 0
-        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
-            Matmul.linearBackward(x: activation.pointer + start * f, weight: w2[l].value, dy: dy + start * d, dx: dActivation + start * f,
-                                  dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: threads)
-            start += m
-        }
-        SwiGLU.backward(gate: gate.pointer, up: up.pointer, dOut: dActivation, dGate: dGate, dUp: dUp, count: rows * f, threads: threads)
-        start = 0
-        for (l, m) in rowsPerExpert.enumerated() where m > 0 {
+        let (w1, w2, w3) = (self.w1, self.w2, self.w3)
+        let (activation, gate, up) = (self.activation.pointer, self.gate.pointer, self.up.pointer)
+        Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
+            Matmul.linearBackward(x: activation + start * f, weight: w2[l].value, dy: dy + start * d, dx: dActivation + start * f,
+                                  dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: one)
+            SwiGLU.backward(gate: gate + start * f, up: up + start * f, dOut: dActivation + start * f,
+                            dGate: dGate + start * f, dUp: dUp + start * f, count: m * f, threads: one)
             Matmul.linearBackward(x: x + start * d, weight: w1[l].value, dy: dGate + start * f, dx: dx + start * d, dWeight: w1[l].gradient,
-                                  rows: m, inFeatures: d, outFeatures: f, threads: threads)
+                                  rows: m, inFeatures: d, outFeatures: f, threads: one)
             Matmul.linearBackward(x: x + start * d, weight: w3[l].value, dy: dUp + start * f, dx: dx + start * d, dWeight: w3[l].gradient,
-                                  rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads)
-            start += m
+                                  rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: one)
         }
     }
 
