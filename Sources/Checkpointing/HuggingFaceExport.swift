@@ -84,7 +84,7 @@ public enum HuggingFaceExport {
             throw CheckpointError.writeFailed(path: temporary.path, reason: error.localizedDescription)
         }
         do {
-            try put(JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys]), "config.json")
+            try put(Data((json(config) + "\n").utf8), "config.json")
             let ordered = StateDict(expected.map { ($0.name, model[$0.name]!) })
             let weightMap = try writeShards(ordered, maxShardBytes: maxShardBytes, put)
             let index: [String: Any] = ["metadata": ["total_size": ordered.entries.reduce(0) { $0 + $1.tensor.count * 4 }], "weight_map": weightMap]
@@ -98,6 +98,26 @@ public enum HuggingFaceExport {
             throw CheckpointError.writeFailed(path: output.path, reason: error.localizedDescription)
         }
         return written
+    }
+
+    /// `config.json` text with every floating-point value written with a decimal point or
+    /// exponent (`0.0`, not `0`): `transformers` checks the config's field types strictly.
+    static func json(_ value: Any, indent: String = "") -> String {
+        let inner = indent + "  "
+        switch value {
+        case let v as Double: return v.isFinite ? "\(v)" : "null"
+        case let v as Float: return json(Double(v), indent: indent)
+        case let v as Bool: return v ? "true" : "false"
+        case let v as Int: return String(v)
+        case let v as String:
+            let data = try? JSONSerialization.data(withJSONObject: v, options: [.fragmentsAllowed])
+            return data.map { String(decoding: $0, as: UTF8.self) } ?? "\"\""
+        case let v as [Any]: return "[" + v.map { json($0, indent: inner) }.joined(separator: ", ") + "]"
+        case let v as [String: Any]:
+            let body = v.keys.sorted().map { inner + json($0) + ": " + json(v[$0]!, indent: inner) }.joined(separator: ",\n")
+            return v.isEmpty ? "{}" : "{\n" + body + "\n" + indent + "}"
+        default: return "null"
+        }
     }
 
     static func architecture(_ config: [String: Any]) -> String {
