@@ -19,7 +19,7 @@ soup_round_trip() {
   done
   "$TESSERA" soup --method greedy --inputs "$work"/tune-{1,2,3} --val-data data/shakespeare --batches 4 --output "$work/greedy" | tee "$work/greedy.log"
   grep -q '^start from the best ingredient' "$work/greedy.log"
-  [ "$(grep -cE '^(kept|left out) ' "$work/greedy.log")" -eq 2 ] || { echo "expected one decision per further ingredient"; return 1; }
+  [ "$(grep -cE '^(kept|left out) /' "$work/greedy.log")" -eq 2 ] || { echo "expected one decision per further ingredient"; return 1; }
   best=$(grep -E '^ingredient .*validation loss' "$work/greedy.log" | awk '{print $NF}' | sort -g | head -n 1)
   soup=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["soup_val_loss"])' "$work/greedy/soup.json")
   python3 -c "import sys; sys.exit(0 if $soup <= $best else 'greedy soup $soup is worse than its best ingredient $best')"

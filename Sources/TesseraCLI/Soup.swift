@@ -50,8 +50,9 @@ struct Soup: ParsableCommand {
                           output: URL(fileURLWithPath: output))
         let report = try job.run { print($0) }
         for (url, loss) in report.ingredientLosses {
-            print(String(format: "%-8@ %.4f  %@", report.kept.contains(url) ? "kept" : "left out", loss, url.path))
+            let label = (report.kept.contains(url) ? "in soup" : "left out").padding(toLength: 9, withPad: " ", startingAt: 0)
+            print(label + String(format: "%.4f  ", loss) + url.path)
         }
-        if let loss = report.soupLoss { print(String(format: "soup     %.4f  %@", loss, report.checkpoint.path)) }
+        if let loss = report.soupLoss { print("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
     }
 }
