@@ -112,7 +112,7 @@ public struct SoupJob {
         if let loss = report.soupLoss { record["soup_val_loss"] = loss }
         let url = output.appendingPathComponent("soup.json")
         do {
-            try JSONSerialization.data(withJSONObject: record, options: [.prettyPrinted, .sortedKeys]).write(to: url)
+            try JSONSerialization.data(withJSONObject: record, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]).write(to: url)
         } catch {
             throw CheckpointError.writeFailed(path: url.path, reason: error.localizedDescription)
         }
@@ -120,9 +120,9 @@ public struct SoupJob {
 }
 
 extension RunConfig {
-    /// The keys that define the model's architecture (model and moe sections) with their
-    /// canonical values: what soup ingredients must share.
+    /// The keys that define the model (model.*, and moe.* when moe.experts > 0, as in the
+    /// config hash) with their canonical values: what soup ingredients must share.
     public var modelSection: [String: String] {
-        Dictionary(uniqueKeysWithValues: ConfigField.all.filter { ["model", "moe"].contains($0.section) }.map { ($0.path, $0.text(in: self)) })
+        Dictionary(uniqueKeysWithValues: numericFields.filter { ["model", "moe"].contains($0.section) }.map { ($0.path, $0.text(in: self)) })
     }
 }
