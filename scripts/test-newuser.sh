@@ -172,7 +172,7 @@ check "train: --timeout -1 is rejected as a value" expect_failure 10 "timeout -1
 help_works() {
   local out status
   for words in "" train launch eval generate data "data prepare" report bench "bench gemm" "bench train" \
-               "bench comm" "bench attention" selftest "selftest comm"; do
+               "bench comm" "bench attention" selftest "selftest comm" soup export "export hf"; do
     out=$("$TESSERA" $words --help 2>"$work/help.err"); status=$?
     if [ "$status" -ne 0 ] || ! grep -q '^USAGE: tessera' <<<"$out" || [ -s "$work/help.err" ]; then
       echo "tessera $words --help: exit $status, stdout: $(head -c 200 <<<"$out"), stderr: $(head -c 300 "$work/help.err")"; return 1

@@ -23,8 +23,12 @@ struct Train: ParsableCommand {
     @Option(parsing: .unconditional, help: "Stop after this step, writing a checkpoint, as if interrupted (the schedule still spans train.steps); continue with --resume.")
     var stopAt: Int?
 
+    @Option(help: ArgumentHelp("Start a new run from the weights of a checkpoint or run directory (fine-tuning: fresh optimizer, step 0).", valueName: "CHECKPOINT"))
+    var initFrom: String?
+
     func validate() throws {
         if let stopAt, stopAt < 1 { throw ValidationError("--stop-at \(stopAt) must be at least 1") }
+        if initFrom != nil, resume != nil { throw ValidationError("--init-from starts a new run; --resume continues one: pass only one") }
     }
 
     /// What `tessera train` alone prints instead of starting a long run on built-in defaults.
@@ -62,6 +66,7 @@ struct Train: ParsableCommand {
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let trainer = try Trainer(config: config, world: comm)
+        if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
         trainer.stopRequested = { StopSignals.received }

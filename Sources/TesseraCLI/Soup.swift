@@ -1,0 +1,58 @@
+import ArgumentParser
+import Checkpointing
+import Foundation
+import Training
+
+extension SoupJob.Method: ExpressibleByArgument {}
+
+/// `tessera soup`: average fine-tuned checkpoints of one model (model soups) into a new run
+/// directory that `eval`, `generate` and `train --resume` take.
+struct Soup: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Average checkpoints of one model into a model soup (uniform, weighted, or greedy by validation loss).",
+        discussion: """
+            The output is a new run directory holding one checkpoint (OUTPUT/checkpoints/step-N) and soup.json. \
+            It takes its trainer state and run config from the first input (greedy: the best one) and averages the \
+            AdamW moments with the same weights as the parameters, so `tessera train --resume OUTPUT --set train.steps=...` continues from it.
+            """)
+
+    @Option(help: "uniform (the mean), weighted (--weights), or greedy (add inputs best first while the validation loss strictly improves).")
+    var method: SoupJob.Method
+
+    @Option(parsing: .upToNextOption, help: "Checkpoint directories, or run directories (their newest complete checkpoint).")
+    var inputs: [String]
+
+    @Option(parsing: .upToNextOption, help: "One non-negative weight per input, summing to 1 (weighted only).")
+    var weights: [Double] = []
+
+    @Option(help: ArgumentHelp("Token shards whose validation split scores ingredients and soups (greedy default: the best input's data.dir).", valueName: "DIR"))
+    var valData: String?
+
+    @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
+    var batches = 0
+
+    @Option(help: "New run directory for the soup (must not exist, or be empty).")
+    var output: String
+
+    func validate() throws {
+        guard !inputs.isEmpty else { throw ValidationError("--inputs needs at least one checkpoint directory") }
+        if batches < 0 { throw ValidationError("--batches \(batches) must not be negative (0: the whole validation split)") }
+    }
+
+    func run() throws {
+        var checkpoints: [URL] = []
+        for input in inputs {
+            let (url, note) = try CheckpointArgument.resolve(input)
+            if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
+            checkpoints.append(url)
+        }
+        let job = SoupJob(method: method, inputs: checkpoints, weights: weights, validationData: valData, validationBatches: batches,
+                          output: URL(fileURLWithPath: output))
+        let report = try job.run { print($0) }
+        for (url, loss) in report.ingredientLosses {
+            let label = (report.kept.contains(url) ? "in soup" : "left out").padding(toLength: 9, withPad: " ", startingAt: 0)
+            print(label + String(format: "%.4f  ", loss) + url.path)
+        }
+        if let loss = report.soupLoss { print("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
+    }
+}
