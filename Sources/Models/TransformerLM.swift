@@ -19,6 +19,10 @@ public final class TransformerLM {
     public let config: ModelConfig
     public let parameters: ParameterSet
     public let blocks: [DecoderBlock]
+    /// Seconds spent so far in the expert axis's all-to-all exchanges, over every MoE layer.
+    public var expertExchangeSeconds: Double {
+        blocks.reduce(0) { $0 + (($1.channelMixer as? MixtureOfExperts)?.exchangeSeconds ?? 0) }
+    }
     /// Kernel threads of this model's passes.
     public var threads: KernelThreads = .single
     /// The layout, for components that communicate; nil on one rank. Its expert axis must

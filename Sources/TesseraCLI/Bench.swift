@@ -173,6 +173,7 @@ struct TrainBench: ParsableCommand {
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
         var seconds: [Double] = []
+        let exchangeBefore = trainer.model.expertExchangeSeconds
         for _ in 0..<max(steps, 1) {
             try comm.barrier()
             let start = DispatchTime.now().uptimeNanoseconds
@@ -188,6 +189,8 @@ struct TrainBench: ParsableCommand {
         let peakPerRank = try GemmBench.peak(threads: trainer.model.threads) // this rank's GEMM peak with the same threads
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
+        // Share of the timed steps spent in the expert all-to-all (the slowest rank's share).
+        let exchangeShare = try comm.allReduce(Float((trainer.model.expertExchangeSeconds - exchangeBefore) / seconds.reduce(0, +)), op: .max)
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
                              shape: ["model": config.moe.experts > 0 ? "moe" : "dense", "data": trainer.grid.dataSize,
                                      "sequence": trainer.grid.sequenceSize, "expert": trainer.grid.size(of: .expert),
@@ -195,7 +198,8 @@ struct TrainBench: ParsableCommand {
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
                                      "gemm_peak_gflops": BenchReport.round4(peak),
-                                     "mfu": BenchReport.round4(median * flopsPerToken / (peak * 1e9))])
+                                     "mfu": BenchReport.round4(median * flopsPerToken / (peak * 1e9))]
+                                 .merging(trainer.grid.size(of: .expert) > 1 ? ["all_to_all_share": BenchReport.round4(Double(exchangeShare))] : [:]) { a, _ in a })
     }
 }
 

@@ -29,6 +29,8 @@ public final class MixtureOfExperts: LayerComponent {
     private var gate = BoundParameter()
     private var router: TopKRouter
     private let dispatcher: TokenDispatcher
+    /// Seconds this layer has spent in all-to-all exchanges along the expert axis so far.
+    public var exchangeSeconds: Double { dispatcher.exchangeSeconds }
     private let experts: SwiGLUExperts
     private var plan: RoutingPlan?
     private var input: UnsafePointer<Float>?
@@ -91,17 +93,23 @@ public final class MixtureOfExperts: LayerComponent {
             let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
             let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
             let rows = c.scratch.buffer("moe.rows", count: sent * d)
-            for (i, pair) in dispatcher.order.enumerated() { (rows + i * d).update(from: x + (pair / k) * d, count: d) }
+            let order = dispatcher.order
+            c.threads.forRanges(order.count, minimumChunk: Self.rowsPerChunk) { range in
+                for i in range { (rows + i * d).update(from: x + (order[i] / k) * d, count: d) }
+            }
             let (xs, ys, back) = (expertInput.ensure(received * d), expertOutput.ensure(received * d), returned.ensure(sent * d))
             try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: comms.expert)
             experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads)
             try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: comms.expert)
             slot = [Int](repeating: -1, count: n * k)
             for (i, pair) in dispatcher.order.enumerated() { slot[pair] = i }
-            for t in 0..<n {
-                for j in 0..<k where slot[t * k + j] >= 0 {
-                    let (g, y, o) = (router.gates[t * k + j], back + slot[t * k + j] * d, out + t * d)
-                    for i in 0..<d { o[i] += g * y[i] }
+            let (slot, gates) = (self.slot, router.gates)
+            c.threads.forRanges(n, minimumChunk: Self.rowsPerChunk) { tokens in
+                for t in tokens {
+                    for j in 0..<k where slot[t * k + j] >= 0 {
+                        let (g, y, o) = (gates[t * k + j], back + slot[t * k + j] * d, out + t * d)
+                        for i in 0..<d { o[i] += g * y[i] }
+                    }
                 }
             }
             c.auxiliaryLosses.add("moe_aux", layer: layer, value: spec.auxLossCoefficient * plan.summary.balance)
@@ -127,11 +135,17 @@ public final class MixtureOfExperts: LayerComponent {
         let back = returned.pointer
         // Gates: ∂/∂y_pair = gate · dOut[t]; ∂/∂gate = dOut[t] · y_pair.
         var dGates = [Float](repeating: 0, count: n * k)
-        for (i, pair) in dispatcher.order.enumerated() {
-            let (g, o, row, y) = (router.gates[pair], dOut + (pair / k) * d, dRows + i * d, back + i * d)
-            var dot: Float = 0
-            for j in 0..<d { row[j] = g * o[j]; dot += o[j] * y[j] }
-            dGates[pair] = dot
+        let (order, gates) = (dispatcher.order, router.gates)
+        dGates.withUnsafeMutableBufferPointer { dGates in
+            c.threads.forRanges(order.count, minimumChunk: Self.rowsPerChunk) { range in
+                for i in range {
+                    let pair = order[i]
+                    let (g, o, row, y) = (gates[pair], dOut + (pair / k) * d, dRows + i * d, back + i * d)
+                    var dot: Float = 0
+                    for j in 0..<d { row[j] = g * o[j]; dot += o[j] * y[j] }
+                    dGates[pair] = dot
+                }
+            }
         }
         do {
             try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: comms.expert)
@@ -151,13 +165,20 @@ public final class MixtureOfExperts: LayerComponent {
         }
         Matmul.linearBackward(x: x, weight: gate.value, dy: dLogits, dx: dx, dWeight: gate.gradient,
                               rows: n, inFeatures: d, outFeatures: E, threads: c.threads)
-        for t in 0..<n {
-            for j in 0..<k where slot[t * k + j] >= 0 {
-                let (g, o) = (dRows + slot[t * k + j] * d, dx + t * d)
-                for i in 0..<d { o[i] += g[i] }
+        let slot = self.slot
+        c.threads.forRanges(n, minimumChunk: Self.rowsPerChunk) { tokens in
+            for t in tokens {
+                for j in 0..<k where slot[t * k + j] >= 0 {
+                    let (g, o) = (dRows + slot[t * k + j] * d, dx + t * d)
+                    for i in 0..<d { o[i] += g[i] }
+                }
             }
         }
     }
+
+    /// Rows (of d_model floats) per chunk when the row copies and sums are split over threads:
+    /// each row is computed alone, so the split never changes a result.
+    static let rowsPerChunk = 128
 
     /// The renormalised gates of the last forward pass (tokens × k), for tests.
     var routerGates: [Float] { router.gates }

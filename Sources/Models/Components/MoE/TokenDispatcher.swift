@@ -1,4 +1,5 @@
 import Collectives
+import Dispatch
 
 /// Moves the rows of admitted (token, expert) pairs to the ranks holding their experts and back
 /// (an all-to-all token dispatcher as in Megatron-core, dropless as in MegaBlocks: no padding).
@@ -11,6 +12,18 @@ import Collectives
 /// source 0's rows, then source 1's, ...). `combine` is the exact reverse, and so is the
 /// backward pass of each. Every rank makes the same calls whatever its counts, zeros included.
 final class TokenDispatcher {
+    /// Wall time spent in this dispatcher's all-to-all exchanges (counts and rows, forward and
+    /// backward), waiting for peers included: what `tessera bench train` reports as the
+    /// all-to-all share of a step.
+    private(set) var exchangeSeconds: Double = 0
+
+    /// Runs `body`, adding its wall time to `exchangeSeconds`.
+    private func timed<T>(_ body: () throws -> T) rethrows -> T {
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer { exchangeSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        return try body()
+    }
+
     let experts: Int
     let sharding: ExpertSharding
     /// Pair index (token · k + choice) of each row this rank sends, grouped by global expert.
@@ -52,8 +65,10 @@ final class TokenDispatcher {
         precondition(comm.size == sharding.count, "TokenDispatcher: expert communicator of \(comm.size) ranks for \(sharding.count) shards")
         var counts = count.map(Int64.init), incoming = [Int64](repeating: 0, count: experts)
         let block = [Int](repeating: localExperts * 8, count: comm.size)
-        try counts.withUnsafeBytes { input in
-            try incoming.withUnsafeMutableBytes { try comm.allToAll(input, sendCounts: block, into: $0, receiveCounts: block) }
+        try timed {
+            try counts.withUnsafeBytes { input in
+                try incoming.withUnsafeMutableBytes { try comm.allToAll(input, sendCounts: block, into: $0, receiveCounts: block) }
+            }
         }
         received = incoming.map(Int.init)
     }
@@ -89,9 +104,11 @@ final class TokenDispatcher {
     private func exchange(_ input: UnsafePointer<Float>, sendRows: [Int], into output: UnsafeMutablePointer<Float>,
                           receiveRows: [Int], width: Int, comm: Communicator) throws {
         let bytes = 4 * width
+        try timed {
         try comm.allToAll(UnsafeRawBufferPointer(start: input, count: sendRows.reduce(0, +) * bytes), sendCounts: sendRows.map { $0 * bytes },
                           into: UnsafeMutableRawBufferPointer(start: output, count: receiveRows.reduce(0, +) * bytes),
                           receiveCounts: receiveRows.map { $0 * bytes })
+        }
     }
 
     /// Source-major (source, local expert) blocks ⇄ expert-major (local expert, source) blocks.
