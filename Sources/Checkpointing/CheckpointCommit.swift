@@ -69,21 +69,31 @@ public enum CheckpointCommit {
     }
 
     /// Writes `data` to `url` under a temporary name, fsyncs it and renames it into place, so
-    /// `url` never holds part of the data. A failure names `url`.
+    /// `url` never holds part of the data. A failure (a full disk among them) names `url`.
     public static func writeDurably(_ data: Data, to url: URL) throws {
         let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).tmp")
-        do {
-            try data.write(to: temporary)
-            try fsync(temporary)
-            if FileManager.default.fileExists(atPath: url.path) { try FileManager.default.removeItem(at: url) }
-            try FileManager.default.moveItem(at: temporary, to: url)
-        } catch let error as CheckpointError {
+        func failed(_ reason: String) -> CheckpointError {
             try? FileManager.default.removeItem(at: temporary)
-            throw error
-        } catch {
-            try? FileManager.default.removeItem(at: temporary)
-            throw CheckpointError.writeFailed(path: url.path, reason: error.localizedDescription)
+            return .writeFailed(path: url.path, reason: reason)
         }
+        let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        guard descriptor >= 0 else { throw failed(String(cString: strerror(errno))) }
+        var problem: String?
+        data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) in
+            var done = 0
+            while done < bytes.count {
+                let n = write(descriptor, bytes.baseAddress! + done, bytes.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    problem = String(cString: strerror(errno)); return
+                }
+                done += n
+            }
+            if Foundation.fsync(descriptor) != 0 { problem = "fsync: " + String(cString: strerror(errno)) }
+        }
+        if close(descriptor) != 0, problem == nil { problem = String(cString: strerror(errno)) }
+        if let problem { throw failed(problem) }
+        guard rename(temporary.path, url.path) == 0 else { throw failed("rename: " + String(cString: strerror(errno))) }
     }
 
     /// Flushes a file or directory to the disk.

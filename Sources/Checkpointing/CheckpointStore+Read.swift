@@ -22,7 +22,9 @@ extension CheckpointStore {
             throw CheckpointError.corrupt(path: indexPath, reason: "it names \(unlisted), which checksums.json does not list")
         }
         var model = TensorAssembly(), axes: [String: String] = [:]
-        for file in Set(index.weightMap.values).sorted() {
+        // The index names one file per tensor; slices of a tensor split over ranks sit in the others.
+        let modelFiles = Set(index.weightMap.values).union(files.filter { $0.hasPrefix("model-") && $0.hasSuffix(".safetensors") })
+        for file in modelFiles.sorted() {
             let url = directory.appendingPathComponent(file)
             let (tensors, metadata) = try SafeTensors.read(url)
             let shards = try shardMetadata(metadata, url)
