@@ -27,13 +27,15 @@ struct TrainingCheckpoints {
         })
     }
 
-    /// Starts delivering `snapshot` on the writer thread.
+    /// Starts delivering `snapshot` on the writer thread. Rank 0's save reports the committed
+    /// directory when it is under the run's checkpoint directory (the directory sink).
     func submit(_ snapshot: CheckpointShardSnapshot) {
         let sink = self.sink
-        let directory = (sink as? DirectoryCheckpointSink).map { $0.root.appendingPathComponent(CheckpointLayout.directoryName(step: snapshot.step)) }
+        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: snapshot.step))
         writer.submit(step: snapshot.step) {
             try sink.deliver(snapshot.part())
-            return snapshot.rank == 0 ? directory : nil
+            let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
+            return snapshot.rank == 0 && committed ? directory : nil
         }
     }
 
