@@ -257,6 +257,20 @@ import _TestSupport
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == ["step-00000002", "step-00000003", "step-00000006"])
     }
 
+    /// What `tessera ckpt list` shows: each checkpoint's step, layout, validation loss, and
+    /// unfinished ones marked as such.
+    @Test func summariesNameStepLayoutAndUnfinishedCheckpoints() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let sink = DirectoryCheckpointSink(root: directory.url)
+        #expect(Self.deliverConcurrently(Self.threeRankParts(Self.contents(step: 4, validationLoss: 1.5)), to: sink).allSatisfy { $0 == nil })
+        try FileManager.default.createDirectory(atPath: directory.file(".step-00000006.partial"), withIntermediateDirectories: true)
+        let all = CheckpointSummary.all(root: directory.url)
+        #expect(all.map(\.step) == [4, 6] && all.map(\.complete) == [true, false])
+        #expect(all[0].layout == "3 ranks: data 2 × sequence 1 × expert 1")
+        #expect(all[0].state?.validationLoss == 1.5 && all[0].bytes > 0)
+    }
+
     @Test func safetensorsHeaderIsAlignedAndSelfDescribing() throws {
         let data = try SafeTensors.encode(StateDict([("a", Tensor(shape: [1, 3], scalars: [1, 2, 3]))]), metadata: ["format": "pt"])
         let headerLength = data.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) }
