@@ -94,7 +94,11 @@ extension CheckpointStore {
             guard FileManager.default.fileExists(atPath: file.path) else {
                 throw CheckpointError.missing(path: file.path, hint: "checksums.json lists it; the checkpoint lost a shard: restore it or resume from an earlier checkpoint")
             }
-            guard try CheckpointCommit.sha256(of: file) == expected else { throw CheckpointError.checksumMismatch(path: file.path) }
+            guard try CheckpointCommit.sha256(of: file) == expected else {
+                // A shard whose structure is broken (truncated, bad header) says what is wrong with it.
+                if name.hasSuffix(".safetensors") { _ = try SafeTensors.read(file) }
+                throw CheckpointError.checksumMismatch(path: file.path)
+            }
         }
         return Set(sums.keys)
     }

@@ -10,9 +10,10 @@ import _TestSupport
 /// resumes on another layout with the losses of a run that never stopped, saving runs beside
 /// training, and a failed save is reported.
 @Suite struct ShardedCheckpointTests {
-    static func overrides(data: String, run: String, steps: Int, expert: Int) -> [String] {
-        expert > 1 ? ExpertParallelTrainingTests.moeOverrides(data: data, run: run, steps: steps, expert: expert)
-                   : tinyOverrides(data: data, run: run, steps: steps)
+    /// The tiny dense model, or with `moe` (or an expert axis) its MoE version.
+    static func overrides(data: String, run: String, steps: Int, expert: Int, moe: Bool = false) -> [String] {
+        expert > 1 || moe ? ExpertParallelTrainingTests.moeOverrides(data: data, run: run, steps: steps, expert: expert)
+                          : tinyOverrides(data: data, run: run, steps: steps)
     }
 
     /// Model tensor (or moment) name → files holding it, over the checkpoint's shard files.
@@ -53,15 +54,16 @@ import _TestSupport
     }
 
     /// A checkpoint written on one layout resumes on another: 2 → 1, 1 → 2, 2 → 3 ranks, and
-    /// with experts 2 → 1, continuing with the uninterrupted run's losses.
-    @Test(arguments: [(2, 1, 1, 1), (1, 1, 2, 1), (2, 1, 3, 1), (2, 2, 1, 1)])
+    /// with experts 2 → 1 and 1 → 2, continuing with the uninterrupted run's losses.
+    @Test(arguments: [(2, 1, 1, 1), (1, 1, 2, 1), (2, 1, 3, 1), (2, 2, 1, 1), (1, 1, 2, 2)])
     func resumingOnAnotherLayoutContinuesTheUninterruptedRun(before: Int, expertBefore: Int, after: Int, expertAfter: Int) throws {
+        let moe = expertBefore > 1 || expertAfter > 1
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let data = try makeCorpus(in: directory)
         let steps = 10, stop = 4
         func config(_ run: String) throws -> RunConfig {
-            try RunConfig(file: nil, overrides: Self.overrides(data: data, run: directory.file(run), steps: steps, expert: expertBefore))
+            try RunConfig(file: nil, overrides: Self.overrides(data: data, run: directory.file(run), steps: steps, expert: expertBefore, moe: moe))
         }
         let (straight, interrupted) = (try config("straight"), try config("interrupted"))
         let first = InProcessCommunicator.run(size: before, timeoutSeconds: 60) { comm -> ([Double], [Double]) in
