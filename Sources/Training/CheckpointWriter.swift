@@ -13,13 +13,20 @@ final class CheckpointWriter: @unchecked Sendable {
 
     /// Blocks until no save is in flight; returns the step of the one it waited for and the
     /// seconds it waited (nil when none was in flight).
+    /// `limit`: give up after that many seconds (the save goes on; nil: no limit, the sink's
+    /// own deadlines bound it).
     @discardableResult
-    func waitForInFlight() -> (step: Int, seconds: Double)? {
+    func waitForInFlight(limit: Double? = nil) -> (step: Int, seconds: Double)? {
         condition.lock()
         defer { condition.unlock() }
         guard let step = inFlightStep else { return nil }
         let start = Date()
-        while inFlightStep != nil { condition.wait() }
+        if let limit {
+            let deadline = start.addingTimeInterval(limit)
+            while inFlightStep != nil, condition.wait(until: deadline) {}
+        } else {
+            while inFlightStep != nil { condition.wait() }   // (wait(until: .distantFuture) traps in corelibs Foundation)
+        }
         return (step, Date().timeIntervalSince(start))
     }
 

@@ -82,8 +82,10 @@ extension Trainer {
     /// Checkpoints committed since the last call (rank 0 knows their directories), without waiting.
     func takeCommittedCheckpoints() -> [URL] { checkpoints.writer.takeCommitted().compactMap(\.url) }
 
-    /// Waits for the save in flight without reporting (on the way out of a failed run).
-    func abandonCheckpoints() { checkpoints.writer.waitForInFlight() }
+    /// On the way out of a failed run: gives the save in flight a few seconds to finish,
+    /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
+    /// the sink's deadline). An unfinished save is never committed.
+    func abandonCheckpoints() { checkpoints.writer.waitForInFlight(limit: 10) }
 
     /// Loads the newest complete checkpoint (rank 0 reads whole tensors, everyone receives
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when
