@@ -101,6 +101,24 @@ stop_and_resume() {
   python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --exact
 }
 check "train: stop at step 8 and resume equals the uninterrupted run (bitwise)" stop_and_resume
+# Sharded checkpoints load into another layout: 2 ranks save (each writes what it owns), 3 resume.
+resume_on_three() {
+  local dir=$work/resume-2to3 out status
+  mpi 2 train "${tiny[@]}" --set run.dir="$dir" --stop-at 8 || { echo "the run to step 8 exited with status $?"; return 1; }
+  "$TESSERA" ckpt verify "$dir" || return 1
+  out=$("$TESSERA" launch --nproc 3 -- train --resume "$dir" --set parallel.data=0 --progress lines 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the resumed run exited with status $status"; return 1; }
+  grep -q "resumed from step 8 of $dir/checkpoints" <<<"$out" || { echo "the resumed run did not say it resumed from step 8"; return 1; }
+  python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-5
+}
+check "train: a checkpoint of 2 ranks resumes on 3 to the uninterrupted losses (1e-5)" resume_on_three
+damaged_checkpoint() {
+  local step=$work/resume-2to3/checkpoints/step-00000008
+  printf x >>"$step/model-00001-of-00002.safetensors"
+  expect_failure 30 "error: $step/model-00001-of-00002.safetensors does not match its SHA-256" "$TESSERA" ckpt verify "$step"
+}
+check "ckpt verify: a damaged shard is one line naming it, non-zero exit" damaged_checkpoint
 # Ctrl-C (or a scheduler's SIGTERM) mid-run: every rank stops at the same step with a checkpoint,
 # and resuming gives bitwise the losses of an uninterrupted run.
 interrupt_and_resume() {

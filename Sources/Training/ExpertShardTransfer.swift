@@ -3,15 +3,14 @@ import Collectives
 import Models
 import TensorCore
 
-/// Moves expert-sharded parameters and their AdamW moments between the ranks holding them and
-/// rank 0, which alone writes and reads checkpoints: a checkpoint holds every expert under its
-/// global name, whatever the layout it was written or is resumed on.
+/// Moves expert-sharded parameters and their AdamW moments from rank 0, which reads the
+/// checkpoint being resumed as whole tensors, to the ranks holding them, whatever the layout
+/// it was written on. (Saving needs no transfer: each expert's owner writes it.)
 ///
 /// The ranks of rank 0's expert group (expert replica 0) hold every expert once between them;
-/// the other replicas hold the same values (their gradients are summed and they apply the same
-/// updates). Saving, each of those ranks sends rank 0 its experts (point to point). Resuming,
-/// each asks rank 0 for its experts by name, then hands them to its replicas with a broadcast
-/// over `replicas(ofShardsAlong: .expert)`. Nothing moves when the expert axis has one rank.
+/// the other replicas hold the same values. Resuming, each asks rank 0 for its experts by name,
+/// then hands them to its replicas with a broadcast over `replicas(ofShardsAlong: .expert)`.
+/// Nothing moves when the expert axis has one rank.
 struct ExpertShardTransfer {
     let grid: ProcessGrid
     let parameters: ParameterSet
@@ -31,37 +30,6 @@ struct ExpertShardTransfer {
     private var active: Bool { grid.size(of: .expert) > 1 }
     private var sharded: [ParameterSet.Entry] { parameters.entries.filter { $0.placement.shardAxis == .expert } }
     private var buffers: [FloatBuffer] { [parameters.values] + optimizer.buffers }
-
-    /// One sharded tensor's values and moments.
-    struct Tensors {
-        var value: Tensor, exponentialAverage: Tensor, exponentialAverageSquares: Tensor
-    }
-
-    /// On rank 0: every sharded tensor the other ranks of its expert group hold, by name (empty
-    /// elsewhere, and without expert parallelism). Every rank calls it.
-    func gatherToWriter() throws -> [String: Tensors] {
-        guard active, grid.replicas(ofShardsAlong: .expert).rank == 0 else { return [:] }
-        let comm = grid.communicator(for: .expert)
-        guard comm.rank == 0 else {
-            try sendNames(sharded.map(\.name), to: 0, comm: comm)
-            try send(pack(sharded), to: 0, comm: comm)
-            return [:]
-        }
-        var out: [String: Tensors] = [:]
-        for source in 1..<comm.size {
-            let names = try receiveNames(from: source, comm: comm)
-            let shapes = names.map { self.shapes[$0]! }
-            var floats = [Float](repeating: 0, count: 3 * shapes.reduce(0) { $0 + $1.reduce(1, *) })
-            try floats.withUnsafeMutableBytes { try comm.receive($0, from: source, tag: Self.valuesTag) }
-            var offset = 0
-            for (name, shape) in zip(names, shapes) {
-                let count = shape.reduce(1, *)
-                func take() -> Tensor { defer { offset += count }; return Tensor(shape: shape, scalars: Array(floats[offset..<(offset + count)])) }
-                out[name] = Tensors(value: take(), exponentialAverage: take(), exponentialAverageSquares: take())
-            }
-        }
-        return out
-    }
 
     /// After rank 0 loaded its own parameters and moments from `contents` and the world
     /// received rank 0's buffers: gives every rank its own experts. `contents` on rank 0 only.

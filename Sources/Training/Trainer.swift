@@ -17,8 +17,8 @@ public final class Trainer {
     public let model: TransformerLM
     public let data: TrainingData
     public let optimizer: Optimizer
-    public private(set) var step = 0
-    public private(set) var samplesSeen = 0
+    public internal(set) var step = 0
+    public internal(set) var samplesSeen = 0
     public private(set) var lastGradientNorm = 0.0
     let schedule: LearningRateSchedule
     let reducer: GradientReducer
@@ -31,7 +31,9 @@ public final class Trainer {
     /// Told, on rank 0, what `run` holds and has written (RunEvent), on the training thread.
     public var onRunEvent: ((RunEvent) -> Void)?
 
-    public init(config: RunConfig, world: Communicator) throws {
+    /// `checkpointSink`: where this rank delivers its checkpoint parts and rank 0 finds the
+    /// checkpoint to resume (default: the directory `run.dir/checkpoints`).
+    public init(config: RunConfig, world: Communicator, checkpointSink: CheckpointSink? = nil) throws {
         self.config = config
         let layout = try Self.layout(config, worldSize: world.size)
         grid = try ProcessGrid(world: world, layout: layout)
@@ -59,8 +61,12 @@ public final class Trainer {
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
                                   overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
-        checkpoints = TrainingCheckpoints(store: CheckpointStore(root: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")),
-                                          world: world, keep: config.checkpoint.keep)
+        let root = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")
+        let retention = CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest)
+        checkpoints = TrainingCheckpoints(store: CheckpointStore(root: root),
+                                          sink: checkpointSink ?? DirectoryCheckpointSink(root: root, timeoutSeconds: config.parallel.timeoutSeconds,
+                                                                                          retention: retention),
+                                          world: world)
     }
 
     /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest),
@@ -128,64 +134,5 @@ public final class Trainer {
     /// `eval.batches`) of the validation split, taken in order; all ranks take part.
     public func validationLoss(batches: Int? = nil) throws -> Double {
         try Evaluator(model: model, data: data, comm: grid.world).validationLoss(batches: batches ?? config.eval.batches)
-    }
-
-    // MARK: Checkpoints
-
-    /// What a checkpoint of this step holds: every parameter and its moments under its global
-    /// name, in the order of `model.globalDeclarations`. `others`: the expert shards other
-    /// ranks hold (`ExpertShardTransfer.gatherToWriter`), needed on rank 0 under expert parallelism.
-    func checkpointContents(others: [String: ExpertShardTransfer.Tensors]) -> CheckpointContents {
-        let local = model.parameters.stateDict(), moments = optimizer.stateDict()
-        var shards = TrainingCheckpoints.shards(of: model.parameters)
-        var tensors: [(String, Tensor)] = [], optimizerTensors: [(String, Tensor)] = []
-        for d in model.globalDeclarations {
-            if let tensor = local[d.name] {
-                tensors.append((d.name, tensor))
-                optimizerTensors += [(d.name + ".exp_avg", moments[d.name + ".exp_avg"]!), (d.name + ".exp_avg_sq", moments[d.name + ".exp_avg_sq"]!)]
-            } else if let other = others[d.name] {
-                tensors.append((d.name, other.value))
-                optimizerTensors += [(d.name + ".exp_avg", other.exponentialAverage), (d.name + ".exp_avg_sq", other.exponentialAverageSquares)]
-                shards[d.name] = TensorShard(globalShape: d.shape, offset: d.shape.map { _ in 0 }, axis: GridAxis.expert.rawValue)
-            }
-        }
-        return CheckpointContents(model: StateDict(tensors), optimizer: StateDict(optimizerTensors), shards: shards,
-                                  state: TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen,
-                                                      tokensSeen: samplesSeen * data.length, configHash: config.numericHash,
-                                                      dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
-                                                      expertParallel: grid.size(of: .expert)),
-                                  runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
-    }
-
-    /// This rank's part of a checkpoint (the whole checkpoint without expert parallelism).
-    public func checkpointContents() -> CheckpointContents { checkpointContents(others: [:]) }
-
-    /// Writes a checkpoint of this step (rank 0 writes, gathering the other ranks' experts
-    /// first; every rank takes part).
-    @discardableResult
-    public func saveCheckpoint() throws -> URL? {
-        let others = try experts.gatherToWriter()
-        return try checkpoints.save { checkpointContents(others: others) }
-    }
-
-    /// Loads the newest complete checkpoint of `run.dir` (rank 0 reads, everyone receives).
-    /// Returns the step resumed from, or nil when there is none.
-    public func resumeFromLatest() throws -> Int? {
-        let loaded = try checkpoints.loadLatest { url, contents in
-            let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
-            if contents.state.configHash != config.numericHash {
-                throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
-            }
-            try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)
-            try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
-        }
-        guard loaded.found else { return nil }
-        try checkpoints.broadcast([model.parameters.values] + optimizer.buffers)
-        try experts.scatterFromReader(loaded.contents)
-        let state = loaded.contents.map { [$0.state.step, $0.state.samplesSeen] } ?? [0, 0]
-        let received = try checkpoints.broadcast(state)
-        (step, samplesSeen) = (received[0], received[1])
-        optimizer.setStepsTaken(step)
-        return step
     }
 }

@@ -4,12 +4,18 @@ import Foundation
 import Models
 import TensorCore
 
-/// Saving and resuming a run's checkpoints: rank 0 writes and reads, everyone else receives by
-/// broadcast, so other nodes need no shared disk.
+/// Saving and resuming a run's checkpoints.
+///
+/// Saving: every rank hands the tensors it owns to `sink` from its own writer thread
+/// (`CheckpointWriter`), at most one save in flight. Resuming: rank 0 reads the newest complete
+/// checkpoint as whole tensors (fetched from `sink`) and the others receive what they hold by
+/// broadcast, so other nodes need no shared disk and any layout can resume any checkpoint.
 struct TrainingCheckpoints {
+    /// The run's checkpoint directory (the directory sink's root).
     let store: CheckpointStore
+    let sink: CheckpointSink
     let world: Communicator
-    let keep: Int
+    let writer = CheckpointWriter()
 
     var isWriter: Bool { world.rank == 0 }
 
@@ -21,16 +27,26 @@ struct TrainingCheckpoints {
         })
     }
 
-    /// Rank 0 writes `contents()`; the barriers make every rank reach the same step.
-    func save(_ contents: () -> CheckpointContents) throws -> URL? {
-        try world.barrier()
-        var written: URL?
-        if isWriter {
-            written = try store.write(contents())
-            store.prune(keep: keep)
+    /// Starts delivering `snapshot` on the writer thread. Rank 0's save reports the committed
+    /// directory when it is under the run's checkpoint directory (the directory sink).
+    func submit(_ snapshot: CheckpointShardSnapshot) {
+        let sink = self.sink
+        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: snapshot.step))
+        writer.submit(step: snapshot.step) {
+            try sink.deliver(snapshot.part())
+            let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
+            return snapshot.rank == 0 && committed ? directory : nil
         }
-        try world.barrier()
-        return written
+    }
+
+    /// Every rank's writer failure, after each waited for its own save: a rank whose save
+    /// failed throws its error, the others an error naming it. Every rank calls it.
+    func checkFailures() throws {
+        let failure = writer.takeFailure()
+        let flags = try world.allGather(Int64(failure == nil ? 0 : 1))
+        if let failure { throw failure.error }
+        let failed = flags.enumerated().filter { $0.element != 0 }.map(\.offset)
+        if !failed.isEmpty { throw TrainingError.checkpointFailedOnOtherRanks(ranks: failed, step: nil) }
     }
 
     /// The newest complete checkpoint's contents on rank 0 (nil elsewhere and when there is
@@ -39,11 +55,14 @@ struct TrainingCheckpoints {
     func loadLatest(check: (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
         var failure: Error?
         var contents: CheckpointContents?
-        if isWriter, let latest = store.latest() {
+        if isWriter {
             do {
-                let loaded = try CheckpointStore.read(latest)
-                try check(latest, loaded)
-                contents = loaded
+                if let step = try sink.latestStep() {
+                    let latest = try sink.fetch(step: step)
+                    let loaded = try CheckpointStore.read(latest)
+                    try check(latest, loaded)
+                    contents = loaded
+                }
             } catch {
                 failure = error
             }

@@ -23,6 +23,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case resumeFailed(message: String)
     /// Rank 0's problem taking run.dir (RunDirectoryLockError), relayed to the other ranks.
     case runDirectoryUnavailable(message: String)
+    /// The asynchronous checkpoint save of other ranks failed (each says why in its own error).
+    case checkpointFailedOnOtherRanks(ranks: [Int], step: Int?)
 
     public var description: String {
         switch self {
@@ -46,6 +48,10 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "run.dir \(runDirectory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
         case let .resumeFailed(message), let .runDirectoryUnavailable(message):
             return message
+        case let .checkpointFailedOnOtherRanks(ranks, step):
+            let list = ranks.map(String.init).joined(separator: ", ")
+            return "the checkpoint\(step.map { " of step \($0)" } ?? "") failed on rank\(ranks.count == 1 ? "" : "s") \(list) (see \(ranks.count == 1 ? "its" : "their") error); the run stops, the previous checkpoint is intact"
+
         }
     }
 }

@@ -45,6 +45,8 @@ extension Trainer {
         let end = min(total, stopAt ?? total)
         let lock = try holdRunDirectory()
         defer { lock?.release() }
+        // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
+        if lock != nil { (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() }
         reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
@@ -58,6 +60,18 @@ extension Trainer {
             if !message.isEmpty { throw TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message) }
         }
         if isReporter { onRunEvent?(.newestCheckpoint(store.latest(), stopping: false)) }
+        do {
+            return try runSteps(resume: resume, end: end)
+        } catch {
+            abandonCheckpoints()   // a save in flight finishes (or fails) before the run reports its error
+            throw error
+        }
+    }
+
+    /// The step loop of `run`, from `step` to `end`; checkpoints are saved asynchronously and
+    /// the last one is waited for before it returns.
+    private func runSteps(resume: Bool, end: Int) throws -> RunSummary {
+        let total = config.train.steps
         let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
 
@@ -70,6 +84,7 @@ extension Trainer {
             let rate = schedule.rate(at: step)
             let loss = try trainStep()
             losses.append(loss)
+            reportCommittedCheckpoints()
             intervalSteps += 1
             let logging = step % config.train.logEvery == 0 || step == end
             if logging {
@@ -85,7 +100,8 @@ extension Trainer {
             // ranks' output, and a rank blocked writing a progress line would never checkpoint.
             if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
                 // Every rank saw the request by now (max over ranks): stop at this same step.
-                let url = try saveCheckpoint()
+                try startCheckpoint()
+                let url = try finishCheckpoints()
                 if let url { onRunEvent?(.newestCheckpoint(url, stopping: true)) }
                 throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
             }
@@ -96,19 +112,19 @@ extension Trainer {
             let pauseStart = Date()   // validation and checkpoints are not training throughput
             defer { intervalStart += Date().timeIntervalSince(pauseStart) }
             let evalEvery = config.eval.every
+            var validatedNow: Double?
             if (evalEvery > 0 && step % evalEvery == 0) || step == end {
                 validation = try validationLoss()
+                validatedNow = validation
                 reporter?.validation(step: step, loss: validation)
                 try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
             }
             let checkpointEvery = config.checkpoint.every
             if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
-                if let url = try saveCheckpoint() {
-                    onRunEvent?(.newestCheckpoint(url, stopping: false))
-                    reporter?.note("checkpoint \(url.path)")
-                }
+                try startCheckpoint(validationLoss: validatedNow)   // written while training goes on
             }
         }
+        if let url = try finishCheckpoints() { reportCheckpoint(url) }
         if validation.isNaN { validation = try validationLoss() }
         let seconds = Date().timeIntervalSince(start)
         let summary = RunSummary(steps: losses.count, finalStep: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: validation,
@@ -116,6 +132,16 @@ extension Trainer {
                                  losses: losses)
         reporter?.finish(summary)
         return summary
+    }
+
+    /// Tells rank 0's observers about checkpoints the writer committed since the last look.
+    func reportCommittedCheckpoints() {
+        for url in takeCommittedCheckpoints() { reportCheckpoint(url) }
+    }
+
+    private func reportCheckpoint(_ url: URL) {
+        onRunEvent?(.newestCheckpoint(url, stopping: false))
+        reporter?.note("checkpoint \(url.path)")
     }
 
     /// The metrics of the last training step's mixture-of-experts layers: `aux_loss`, the sum of

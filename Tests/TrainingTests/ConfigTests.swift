@@ -102,7 +102,8 @@ import _TestSupport
         ("train.log_every=0", .atLeastOne), ("train.threads=0", .atLeastOne), ("eval.batches=0", .atLeastOne),
         ("parallel.sequence=0", .atLeastOne),
         ("train.warmup_steps=-1", .notNegative), ("eval.every=-1", .notNegative), ("checkpoint.every=-1", .notNegative),
-        ("checkpoint.keep=-1", .notNegative), ("parallel.data=-1", .notNegative),
+        ("checkpoint.keep=-1", .notNegative), ("checkpoint.keep_best=-1", .notNegative), ("parallel.data=-1", .notNegative),
+        ("checkpoint.service=node1", .hostPortOrEmpty), ("checkpoint.service=node1:0", .hostPortOrEmpty), ("checkpoint.service=:7070", .hostPortOrEmpty),
         ("train.min_lr=-0.1", .notNegative), ("train.weight_decay=-0.1", .notNegative), ("train.grad_clip=-1", .notNegative),
         ("train.seed=-1", .notNegative), ("model.norm_eps=-1e-5", .notNegative),
         ("train.lr=0", .positive), ("train.eps=0", .positive), ("parallel.bucket_mb=0", .positive),
@@ -127,6 +128,14 @@ import _TestSupport
                      "train.beta2=0.999999", "train.steps=1", "train.lr=1e-12"]
         let config = try RunConfig(file: nil, overrides: edges)
         #expect(config.train.gradClip == 0 && config.train.beta1 == 0 && config.checkpoint.keep == 0)
+    }
+
+    @Test func theCheckpointServiceIsHostPortOrEmpty() throws {
+        #expect(try RunConfig(file: nil, overrides: ["checkpoint.service=node1:7070"]).checkpoint.service == "node1:7070")
+        #expect(try RunConfig(file: nil, overrides: ["checkpoint.service=[::1]:65535"]).checkpoint.service == "[::1]:65535")
+        let cleared = try RunConfig(file: nil, overrides: ["checkpoint.service=node1:7070", "checkpoint.service="])
+        #expect(cleared.checkpoint.service == "")
+        #expect(try RunConfig(resolvedYAML: cleared.yaml, source: "run.yaml").checkpoint.service == "", "an empty service survives run.yaml")
     }
 
     @Test func aRangeErrorNamesWhereTheValueCameFrom() throws {
@@ -256,13 +265,15 @@ import _TestSupport
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
         // Written back with the keys added since (attention.*, moe.*, parallel.sequence_mode,
-        // parallel.expert) at their defaults.
+        // parallel.expert, checkpoint.keep_best, checkpoint.service) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
+            .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n")
         #expect(config.yaml == now)
+        #expect(config.checkpoint.service == "" && config.checkpoint.keepBest == 0)
         #expect(try RunConfig(resolvedYAML: now, source: "new/run.yaml").numericHash == config.numericHash)
     }
 

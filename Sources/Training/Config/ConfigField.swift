@@ -27,6 +27,8 @@ public enum ConfigRule: Equatable, Sendable {
     case oneOf([String])
     /// A string naming layers: "all" or "every N" (MoELayerSelection).
     case layerSelection
+    /// HOST:PORT (a port in 1...65535), or the empty string for none.
+    case hostPortOrEmpty
 
     /// The requirement, for messages ("… must be at least 1"); nil for `.any`.
     public var requirement: String? {
@@ -38,6 +40,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .unitInterval: return "must be in [0, 1)"
         case .oneOf(let choices): return "must be one of " + choices.joined(separator: ", ")
         case .layerSelection: return "must be all, or every N with N ≥ 1 (e.g. every 2: layers 2, 4, ... counting from 1)"
+        case .hostPortOrEmpty: return "must be HOST:PORT with a port in 1...65535, or empty"
         }
     }
 
@@ -48,13 +51,19 @@ public enum ConfigRule: Equatable, Sendable {
         case .notNegative: return value >= 0
         case .positive: return value > 0
         case .unitInterval: return value >= 0 && value < 1
-        case .layerSelection: return true
+        case .layerSelection, .hostPortOrEmpty: return true
         }
     }
 
     func admits(_ text: String) -> Bool {
-        if case .oneOf(let choices) = self { return choices.contains(text) }
-        return true
+        switch self {
+        case .oneOf(let choices): return choices.contains(text)
+        case .hostPortOrEmpty:
+            guard !text.isEmpty else { return true }
+            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else { return false }
+            return colon > text.startIndex && (1...65535).contains(port)
+        default: return true
+        }
     }
 }
 
@@ -117,7 +126,7 @@ struct ConfigField {
 
     /// Parses `raw` as this field's kind and stores it; false when it is not of that kind
     /// (ints: decimal integers; floats: finite numbers; bools: true/false in any case;
-    /// strings: non-empty).
+    /// strings: non-empty, but for `.hostPortOrEmpty`).
     func assign(_ raw: String, to config: inout RunConfig) -> Bool {
         let text = kind == .string ? raw : raw.trimmingCharacters(in: .whitespaces)
         switch binding {
@@ -134,7 +143,7 @@ struct ConfigField {
             default: return false
             }
         case .string(let path):
-            guard !text.isEmpty else { return false }
+            guard !text.isEmpty || rule == .hostPortOrEmpty else { return false }
             config[keyPath: path] = text
         }
         return true
@@ -183,7 +192,11 @@ extension ConfigField {
         ConfigField("eval.every", .int(\.eval.every), .notNegative, numeric: false, "steps between validation runs (0: only at the end)"),
         ConfigField("eval.batches", .int(\.eval.batches), .atLeastOne, numeric: false, "validation batches of train.global_batch sequences"),
         ConfigField("checkpoint.every", .int(\.checkpoint.every), .notNegative, numeric: false, "steps between checkpoints (0: only at the end)"),
-        ConfigField("checkpoint.keep", .int(\.checkpoint.keep), .notNegative, numeric: false, "newest checkpoints kept"),
+        ConfigField("checkpoint.keep", .int(\.checkpoint.keep), .notNegative, numeric: false, "newest checkpoints kept (0: all; the newest is never deleted)"),
+        ConfigField("checkpoint.keep_best", .int(\.checkpoint.keepBest), .notNegative, numeric: false,
+                    "checkpoints with the lowest validation loss kept besides the newest checkpoint.keep (validated at their step)"),
+        ConfigField("checkpoint.service", .string(\.checkpoint.service), .hostPortOrEmpty, numeric: false,
+                    "HOST:PORT of a checkpoint service (tessera ckpt serve) to stream checkpoints to; empty: ranks write run.dir/checkpoints"),
         ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
         ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks (each holds 2 zigzag chunks of every sequence: data.seq_len a multiple of 2 × this)"),
         ConfigField("parallel.sequence_mode", .string(\.parallel.sequenceMode), .oneOf(SequenceParallelMode.allCases.map(\.rawValue)),

@@ -57,6 +57,10 @@ public struct EvalSection: Codable, Equatable, Sendable {
 /// Checkpoint cadence and retention (`checkpoint:`).
 public struct CheckpointSection: Codable, Equatable, Sendable {
     public var every = 0, keep = 3
+    /// Checkpoints with the lowest validation loss kept besides the newest `keep` (YAML key keep_best).
+    public var keepBest = 0
+    /// HOST:PORT of a checkpoint service (`tessera ckpt serve`); empty: write to run.dir/checkpoints.
+    public var service = ""
     public init() {}
 }
 

@@ -1,0 +1,94 @@
+import Foundation
+
+/// The checkpoint destination as a directory every rank can write (a shared file system, or
+/// one node). Each rank writes its files durably into `root/.step-0000000N.partial/` and then
+/// a marker; rank 0, after its own files, waits for every rank's marker and commits
+/// (`CheckpointCommit`), then applies `retention`. The markers never reach the committed
+/// checkpoint, so the files are the same as the checkpoint service writes.
+///
+/// Called from one writer thread per rank; blocking there is the point.
+public final class DirectoryCheckpointSink: CheckpointSink {
+    public let root: URL
+    /// How long rank 0 waits for the other ranks' markers.
+    public let timeoutSeconds: Double
+    public let retention: CheckpointRetention
+    /// How often rank 0 looks for markers while it waits.
+    public var pollSeconds = 0.005
+
+    public init(root: URL, timeoutSeconds: Double = 300, retention: CheckpointRetention = CheckpointRetention()) {
+        self.root = root; self.timeoutSeconds = timeoutSeconds; self.retention = retention
+    }
+
+    public var store: CheckpointStore { CheckpointStore(root: root) }
+
+    public func deliver(_ part: CheckpointPart) throws {
+        let partial = root.appendingPathComponent(CheckpointLayout.partialName(step: part.step))
+        do { try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true) } catch {
+            throw CheckpointError.writeFailed(path: partial.path, reason: error.localizedDescription)
+        }
+        for file in part.files {
+            guard !file.name.contains("/"), !file.name.hasPrefix("."), !file.name.isEmpty else {
+                throw CheckpointError.writeFailed(path: partial.appendingPathComponent(file.name).path, reason: "not a plain file name")
+            }
+            try CheckpointCommit.writeDurably(file.data, to: partial.appendingPathComponent(file.name))
+        }
+        let marker = try JSONSerialization.data(withJSONObject: ["rank": part.rank, "ranks": part.ranks, "files": part.files.map(\.name)])
+        try CheckpointCommit.writeDurably(marker, to: partial.appendingPathComponent(CheckpointLayout.marker(rank: part.rank)))
+        guard part.rank == 0 else { return }
+        try waitForMarkers(in: partial, ranks: part.ranks)
+        try removeUndelivered(in: partial, ranks: part.ranks)
+        try CheckpointCommit.commit(partial: partial, root: root, step: part.step)
+        retention.apply(root: root)
+    }
+
+    /// Waits until every rank's marker is in `partial`; the error names the ranks missing.
+    func waitForMarkers(in partial: URL, ranks: Int) throws {
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        while true {
+            let missing = (0..<ranks).filter {
+                !FileManager.default.fileExists(atPath: partial.appendingPathComponent(CheckpointLayout.marker(rank: $0)).path)
+            }
+            if missing.isEmpty { return }
+            if Date() >= deadline { throw CheckpointError.partsMissing(path: partial.path, ranks: missing, seconds: timeoutSeconds) }
+            Thread.sleep(forTimeInterval: pollSeconds)
+        }
+    }
+
+    /// Deletes files of `partial` no rank's marker lists (leftovers of an earlier attempt at
+    /// the same step), so only this save's files are committed.
+    func removeUndelivered(in partial: URL, ranks: Int) throws {
+        var delivered = Set<String>()
+        for rank in 0..<ranks {
+            let url = partial.appendingPathComponent(CheckpointLayout.marker(rank: rank))
+            guard let data = FileManager.default.contents(atPath: url.path),
+                  let marker = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let files = marker["files"] as? [String] else {
+                throw CheckpointError.corrupt(path: url.path, reason: "not a delivery marker")
+            }
+            delivered.formUnion(files)
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: partial.path)) ?? []
+        where !CheckpointLayout.isMarker(name) && !delivered.contains(name) {
+            try? FileManager.default.removeItem(at: partial.appendingPathComponent(name))
+        }
+    }
+
+    public func latestStep() throws -> Int? { store.complete().last?.step }
+
+    public func fetch(step: Int) throws -> URL {
+        let url = root.appendingPathComponent(CheckpointLayout.directoryName(step: step))
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path) else {
+            throw CheckpointError.missing(path: url.path, hint: "no complete checkpoint of step \(step) under \(root.path)")
+        }
+        return url
+    }
+
+    /// Deletes the partial directories a stopped run left behind (their markers would
+    /// otherwise count for a new save of the same step). Call on one rank before anyone saves,
+    /// holding the run directory.
+    public func removeUnfinished() {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
+        for name in names where name.hasPrefix(".step-") {
+            try? FileManager.default.removeItem(at: root.appendingPathComponent(name))
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import Checkpointing
+import Collectives
+import Foundation
+import Models
+import TensorCore
+
+extension Trainer {
+    /// Where this rank's checkpoint parts go.
+    public var checkpointSink: CheckpointSink { checkpoints.sink }
+
+    /// Whether this rank writes `entry` into checkpoints: the lowest world rank among those
+    /// holding the same tensor (rank 0 for replicated tensors, expert replica 0 for experts).
+    func ownsInCheckpoints(_ entry: ParameterSet.Entry) -> Bool {
+        grid.replicas(ofShardsAlong: entry.placement.shardAxis).rank == 0
+    }
+
+    /// This rank's share of a checkpoint of this step, copied out of the training buffers:
+    /// the tensors it owns and their moments; rank 0 adds the index (every rank's tensor names
+    /// are gathered, not their values), `config.json`, `trainer_state.json` and `run.yaml`.
+    /// Every rank calls it (the names travel by all-gather).
+    func checkpointSnapshot(validationLoss: Double?) throws -> CheckpointShardSnapshot {
+        let p = model.parameters
+        let owned = p.entries.filter(ownsInCheckpoints)
+        let names = try grid.world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
+        let placed = TrainingCheckpoints.shards(of: p)
+        var tensors: [(String, Tensor)] = [], moments: [(String, Tensor)] = [], shards: [String: TensorShard] = [:]
+        for e in owned {
+            tensors.append((e.name, Tensor(shape: e.shape, scalars: Array(p.values.buffer[e.range]))))
+            moments.append((e.name + ".exp_avg", Tensor(shape: e.shape, scalars: Array(optimizer.exponentialAverage.buffer[e.range]))))
+            moments.append((e.name + ".exp_avg_sq", Tensor(shape: e.shape, scalars: Array(optimizer.exponentialAverageSquares.buffer[e.range]))))
+            shards[e.name] = placed[e.name]
+        }
+        let world = grid.world
+        var metadata: [CheckpointFile] = []
+        if world.rank == 0 {
+            var weightMap: [String: String] = [:]
+            for (rank, list) in names.enumerated() {
+                for name in String(decoding: list, as: UTF8.self).split(separator: "\n") {
+                    weightMap[String(name)] = CheckpointLayout.modelFile(rank: rank, ranks: world.size)
+                }
+            }
+            let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen, tokensSeen: samplesSeen * data.length,
+                                     configHash: config.numericHash, dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
+                                     expertParallel: grid.size(of: .expert), validationLoss: validationLoss)
+            metadata = try CheckpointMetadata.files(weightMap: weightMap,
+                                                    shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
+                                                    state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
+        }
+        return CheckpointShardSnapshot(step: step, rank: world.rank, ranks: world.size, model: StateDict(tensors), optimizer: StateDict(moments),
+                                       shards: shards, metadataFiles: metadata, validationLoss: validationLoss)
+    }
+
+    /// Starts the checkpoint of this step: waits for the previous save if it is still in
+    /// flight (rank 0 says so), reports a failed previous save on every rank, copies this
+    /// rank's tensors and hands them to the writer thread; training goes on meanwhile. Every
+    /// rank calls it. `validationLoss`: measured at this step, for best-K retention.
+    public func startCheckpoint(validationLoss: Double? = nil) throws {
+        if let waited = checkpoints.writer.waitForInFlight() {
+            reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
+        }
+        try checkpoints.checkFailures()
+        checkpoints.submit(try checkpointSnapshot(validationLoss: validationLoss))
+    }
+
+    /// Waits for the save in flight and reports any failure on every rank; returns, on rank 0,
+    /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
+    @discardableResult
+    public func finishCheckpoints() throws -> URL? {
+        checkpoints.writer.waitForInFlight()
+        try checkpoints.checkFailures()
+        return checkpoints.writer.takeCommitted().compactMap(\.url).last
+    }
+
+    /// Writes a checkpoint of this step and waits until it is committed; returns its
+    /// directory on rank 0 (nil elsewhere). Every rank takes part.
+    @discardableResult
+    public func saveCheckpoint(validationLoss: Double? = nil) throws -> URL? {
+        try startCheckpoint(validationLoss: validationLoss)
+        return try finishCheckpoints()
+    }
+
+    /// Checkpoints committed since the last call (rank 0 knows their directories), without waiting.
+    func takeCommittedCheckpoints() -> [URL] { checkpoints.writer.takeCommitted().compactMap(\.url) }
+
+    /// On the way out of a failed run: gives the save in flight a few seconds to finish,
+    /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
+    /// the sink's deadline). An unfinished save is never committed.
+    func abandonCheckpoints() { checkpoints.writer.waitForInFlight(limit: 10) }
+
+    /// Loads the newest complete checkpoint (rank 0 reads whole tensors, everyone receives
+    /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when
+    /// there is none.
+    public func resumeFromLatest() throws -> Int? {
+        let loaded = try checkpoints.loadLatest { url, contents in
+            let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
+            if contents.state.configHash != config.numericHash {
+                throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
+            }
+            try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)
+            try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
+        }
+        guard loaded.found else { return nil }
+        try checkpoints.broadcast([model.parameters.values] + optimizer.buffers)
+        try experts.scatterFromReader(loaded.contents)
+        let state = loaded.contents.map { [$0.state.step, $0.state.samplesSeen] } ?? [0, 0]
+        let received = try checkpoints.broadcast(state)
+        (step, samplesSeen) = (received[0], received[1])
+        optimizer.setStepsTaken(step)
+        return step
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import Testing
+import Checkpointing
+import Collectives
+import TensorCore
+import Training
+import _TestSupport
+
+/// Sharded checkpoints of whole runs: each rank writes what it owns exactly once, a checkpoint
+/// resumes on another layout with the losses of a run that never stopped, saving runs beside
+/// training, and a failed save is reported.
+@Suite struct ShardedCheckpointTests {
+    /// The tiny dense model, or with `moe` (or an expert axis) its MoE version.
+    static func overrides(data: String, run: String, steps: Int, expert: Int, moe: Bool = false) -> [String] {
+        expert > 1 || moe ? ExpertParallelTrainingTests.moeOverrides(data: data, run: run, steps: steps, expert: expert)
+                          : tinyOverrides(data: data, run: run, steps: steps)
+    }
+
+    /// Model tensor (or moment) name → files holding it, over the checkpoint's shard files.
+    static func holders(in url: URL, prefix: String) throws -> [String: [String]] {
+        var out: [String: [String]] = [:]
+        for file in try FileManager.default.contentsOfDirectory(atPath: url.path) where file.hasPrefix(prefix) {
+            for name in try SafeTensors.read(url.appendingPathComponent(file)).tensors.names { out[name, default: []].append(file) }
+        }
+        return out
+    }
+
+    @Test(arguments: [(2, 1), (3, 1), (2, 2), (4, 2)])
+    func eachTensorIsWrittenOnceByTheLowestRankHoldingIt(ranks: Int, expert: Int) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: Self.overrides(data: data, run: directory.file("run"), steps: 2, expert: expert))
+        let runs = try trainInProcess(config, ranks: ranks, steps: 2, saveCheckpoint: true)
+        let url = try #require(runs[0].checkpoint)
+        let model = try Self.holders(in: url, prefix: "model-"), moments = try Self.holders(in: url, prefix: "optimizer-")
+        let names = Set(runs.flatMap(\.namedParameters.keys))
+        #expect(Set(model.keys) == names)
+        #expect(model.values.allSatisfy { $0.count == 1 }, "written more than once: \(model.filter { $0.value.count > 1 })")
+        #expect(Set(moments.keys) == Set(names.flatMap { [$0 + ".exp_avg", $0 + ".exp_avg_sq"] }))
+        #expect(moments.values.allSatisfy { $0.count == 1 })
+        // Replicated tensors by rank 0; each expert by the lowest rank of the first replica holding it.
+        let writers = (0..<expert).map { String(format: "model-%05d-of-%05d.safetensors", $0 + 1, ranks) }
+        #expect(Set(model.values.map { $0[0] }) == Set(writers))
+        let index = try CheckpointIndex.read(url)
+        #expect(index.weightMap == model.mapValues { $0[0] }, "the index names the file that holds each tensor")
+        for (name, files) in model {
+            let rank = Int(files[0].dropFirst(6).prefix(5))! - 1
+            #expect(runs[rank].namedParameters[name] != nil, "\(files[0]) holds \(name), which rank \(rank) does not hold")
+        }
+        // Read back whole, it equals what the ranks hold.
+        let contents = try CheckpointStore.read(url)
+        for run in runs { for (name, values) in run.namedParameters { #expect(contents.model[name]!.scalars == values, "\(name)") } }
+    }
+
+    /// A checkpoint written on one layout resumes on another: 2 → 1, 1 → 2, 2 → 3 ranks, and
+    /// with experts 2 → 1 and 1 → 2, continuing with the uninterrupted run's losses.
+    @Test(arguments: [(2, 1, 1, 1), (1, 1, 2, 1), (2, 1, 3, 1), (2, 2, 1, 1), (1, 1, 2, 2)])
+    func resumingOnAnotherLayoutContinuesTheUninterruptedRun(before: Int, expertBefore: Int, after: Int, expertAfter: Int) throws {
+        let moe = expertBefore > 1 || expertAfter > 1
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let steps = 10, stop = 4
+        func config(_ run: String) throws -> RunConfig {
+            try RunConfig(file: nil, overrides: Self.overrides(data: data, run: directory.file(run), steps: steps, expert: expertBefore, moe: moe))
+        }
+        let (straight, interrupted) = (try config("straight"), try config("interrupted"))
+        let first = InProcessCommunicator.run(size: before, timeoutSeconds: 60) { comm -> ([Double], [Double]) in
+            (try Trainer(config: straight, world: comm).run(resume: false).losses,
+             try Trainer(config: interrupted, world: comm).run(resume: false, stopAt: stop).losses)
+        }
+        let (reference, stopped) = try first[0].get()
+        #expect(stopped == Array(reference.prefix(stop)))
+        let moved = try interrupted.applying(["parallel.expert=\(expertAfter)"])
+        let second = InProcessCommunicator.run(size: after, timeoutSeconds: 60) { comm in try Trainer(config: moved, world: comm).run(resume: true).losses }
+        for result in second {
+            let resumed = try result.get()
+            #expect(resumed.count == steps - stop)
+            #expect(maxRelativeError(resumed, Array(reference.dropFirst(stop))) < 1e-5, "resumed on \(after) ranks: \(resumed) vs \(reference)")
+        }
+    }
+
+    /// A sink whose deliveries wait for a signal, to hold a save in flight.
+    final class GatedSink: CheckpointSink {
+        let inner: DirectoryCheckpointSink
+        let gate = DispatchSemaphore(value: 0)
+        init(root: URL) { inner = DirectoryCheckpointSink(root: root) }
+        func deliver(_ part: CheckpointPart) throws { gate.wait(); try inner.deliver(part) }
+        func latestStep() throws -> Int? { try inner.latestStep() }
+        func fetch(step: Int) throws -> URL { try inner.fetch(step: step) }
+    }
+
+    /// Training goes on while a checkpoint is written; a second save waits for the first and
+    /// the log says so; both are committed.
+    @Test func savingRunsBesideTrainingAndASecondSaveWaitsForTheFirst() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 10))
+        let sink = GatedSink(root: directory.url.appendingPathComponent("run/checkpoints"))
+        let trainer = try Trainer(config: config, world: SingleProcessCommunicator(), checkpointSink: sink)
+        FileManager.default.createFile(atPath: directory.file("log"), contents: nil)
+        trainer.reporter = ProgressReporter(output: FileHandle(forWritingAtPath: directory.file("log"))!, interactive: false)
+        try trainer.trainStep()
+        try trainer.startCheckpoint()                  // step 1, held at the gate
+        try trainer.trainStep()                        // training goes on meanwhile
+        #expect(try sink.latestStep() == nil)
+        let opened = Date()
+        Thread { Thread.sleep(forTimeInterval: 0.3); sink.gate.signal() }.start()
+        try trainer.startCheckpoint()                  // step 2 waits for step 1
+        #expect(Date().timeIntervalSince(opened) >= 0.25)
+        #expect(try sink.latestStep() == 1)
+        sink.gate.signal()
+        let last = try trainer.finishCheckpoints()
+        #expect(last?.lastPathComponent == "step-00000002")
+        #expect(CheckpointStore(root: sink.inner.root).complete().map(\.step) == [1, 2])
+        let log = try String(contentsOfFile: directory.file("log"), encoding: .utf8)
+        #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
+    }
+
+    /// Records parts and never fails.
+    final class AcceptingSink: CheckpointSink {
+        func deliver(_ part: CheckpointPart) throws {}
+        func latestStep() throws -> Int? { nil }
+        func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
+    }
+
+    final class FailingSink: CheckpointSink {
+        func deliver(_ part: CheckpointPart) throws { throw CheckpointError.writeFailed(path: "/full/disk/step-\(part.step)", reason: "No space left on device") }
+        func latestStep() throws -> Int? { nil }
+        func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
+    }
+
+    /// A save that fails on the writer thread stops the run at the next save on every rank:
+    /// the failing rank with its own error, the others naming it.
+    @Test func aFailedAsynchronousSaveIsReportedOnEveryRank() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 8) + ["checkpoint.every=2"])
+        let results = InProcessCommunicator.run(size: 2, timeoutSeconds: 60) { comm -> Int in
+            let sink: CheckpointSink = comm.rank == 1 ? FailingSink() : AcceptingSink()
+            let trainer = try Trainer(config: config, world: comm, checkpointSink: sink)
+            do { _ = try trainer.run(resume: false) } catch { throw error }
+            return trainer.step
+        }
+        #expect(throws: CheckpointError.writeFailed(path: "/full/disk/step-2", reason: "No space left on device")) { try results[1].get() }
+        #expect(throws: TrainingError.checkpointFailedOnOtherRanks(ranks: [1], step: nil)) { try results[0].get() }
+    }
+
+    /// Each checkpoint records the validation loss measured at its step (for keep_best).
+    @Test func checkpointsRecordTheirValidationLossAndKeepBestKeepsTheLowest() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 8)
+            + ["checkpoint.every=2", "eval.every=2", "checkpoint.keep=1", "checkpoint.keep_best=2"])
+        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false)
+        let metrics = try String(contentsOfFile: directory.file("run/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any] }
+        var validation: [Int: Double] = [:]
+        for record in metrics { if let step = record["step"] as? Int, let loss = record["val_loss"] as? Double { validation[step] = loss } }
+        let best = validation.sorted { $0.value < $1.value }.prefix(2).map(\.key)
+        let kept = CheckpointStore(root: URL(fileURLWithPath: directory.file("run/checkpoints"))).complete()
+        #expect(Set(kept.map(\.step)) == Set(best + [8]))
+        for c in kept { #expect(CheckpointStore.validationLoss(of: c.url) == validation[c.step]) }
+    }
+}
