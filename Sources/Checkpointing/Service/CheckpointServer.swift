@@ -106,8 +106,11 @@ public final class CheckpointServer: @unchecked Sendable {
             connections[id] = fd
             lock.unlock()
             let thread = Thread { [self] in
-                serve(ServiceConnection(fd: fd, address: peer, timeout: ioTimeout), id: id)
-                lock.lock(); connections[id] = nil; lock.unlock()
+                let connection = ServiceConnection(fd: fd, address: peer, timeout: ioTimeout)
+                withExtendedLifetime(connection) {   // the fd stays open until `stop` can no longer see it
+                    serve(connection, id: id)
+                    lock.lock(); connections[id] = nil; lock.unlock()
+                }
             }
             thread.name = "ckpt-conn-\(id)"
             thread.start()
