@@ -283,5 +283,15 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         do { _ = try unreachable.latestStep(); Issue.record("reached nothing") } catch {
             #expect("\(error)".contains("checkpoint service at 127.0.0.1:") && "\(error)".contains("unreachable"), "\(error)")
         }
+        // A service that accepts but never answers: the read times out, naming the address.
+        let silent = try Socket.listen(host: "127.0.0.1", port: 0)
+        defer { close(silent.fd) }
+        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: "t",
+                                                cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 1, ioTimeout: 0.5)
+        let start = Date()
+        do { _ = try waiting.latestStep(); Issue.record("a silent service answered") } catch {
+            #expect(error as? CheckpointServiceError == .timedOut(address: "127.0.0.1:\(silent.port)", waitingFor: "handshaking", seconds: 0.5), "\(error)")
+        }
+        #expect(Date().timeIntervalSince(start) < 3)
     }
 }

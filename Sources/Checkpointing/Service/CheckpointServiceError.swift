@@ -25,7 +25,7 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
         case let .authenticationFailed(address, reason):
             return "checkpoint service at \(address): handshake failed: \(reason); give both sides the same TESSERA_JOB_TOKEN (or --token-file)"
         case let .timedOut(address, waitingFor, seconds):
-            return "checkpoint service at \(address): no progress for \(Int(seconds)) s while \(waitingFor); is the network or the service stuck?"
+            return "checkpoint service at \(address): no progress for \(String(format: "%g", seconds)) s while \(waitingFor); is the network or the service stuck?"
         case let .connectionLost(address, reason):
             return "checkpoint service at \(address): connection lost (\(reason)); the part was not acknowledged, deliver it again"
         case let .badFrame(address, reason):
