@@ -13,7 +13,15 @@ final class LogLines: @unchecked Sendable {
     private var lines: [String] = []
     func add(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
     var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
-    func contains(_ text: String) -> Bool { all.contains { $0.contains(text) } }
+    /// Whether a line contains `text`, waiting up to 5 s for it (the service logs from its own threads).
+    func contains(_ text: String) -> Bool {
+        let end = Date(timeIntervalSinceNow: 5)
+        while Date() < end {
+            if all.contains(where: { $0.contains(text) }) { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return false
+    }
 }
 
 /// A service on 127.0.0.1 (a free port) over a temporary root, and clients of it.
@@ -57,9 +65,12 @@ final class ServiceFixture {
 /// Rank `rank`'s part of `step`: a model shard of `bytes` random bytes (larger than a frame's
 /// chunk, so it travels in several), and on rank 0 the metadata files.
 func part(step: Int, rank: Int, ranks: Int, bytes: Int = Frame.chunkBytes + 12345, loss: Double? = nil) -> CheckpointPart {
-    var generator = SystemRandomNumberGenerator()
-    var files = [CheckpointFile(name: String(format: "model-%05d-of-%05d.safetensors", rank + 1, ranks),
-                                data: Data((0..<bytes).map { _ in UInt8.random(in: 0...255, using: &generator) }))]
+    var state = UInt64.random(in: 0...UInt64.max)
+    var shard = Data(count: bytes)
+    shard.withUnsafeMutableBytes { (p: UnsafeMutableRawBufferPointer) in
+        for i in 0..<bytes { state = state &* 6364136223846793005 &+ 1442695040888963407; p[i] = UInt8(truncatingIfNeeded: state >> 56) }
+    }
+    var files = [CheckpointFile(name: String(format: "model-%05d-of-%05d.safetensors", rank + 1, ranks), data: shard)]
     if rank == 0 {
         files.append(CheckpointFile(name: "model.safetensors.index.json", data: Data(#"{"weight_map": {}}"#.utf8)))
         files.append(CheckpointFile(name: "trainer_state.json", data: Data(#"{"step": \#(step)}"#.utf8)))
@@ -140,7 +151,6 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
             guard case .authenticationFailed = error else { Issue.record("\(error)"); return }
             #expect("\(error)".contains("127.0.0.1:\(fixture.server.port)"), "\(error)")
         }
-        Thread.sleep(forTimeInterval: 0.2)
         #expect(fixture.log.contains("refused a connection from 127.0.0.1"), "\(fixture.log.all)")
         #expect(!FileManager.default.fileExists(atPath: fixture.committed(1).path))
         #expect(try fixture.sink().upload(part(step: 1, rank: 0, ranks: 1)).committed)
@@ -271,6 +281,30 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [5])
         try ServiceCommit.verify(fixture.committed(5))
         #expect(!FileManager.default.fileExists(atPath: bad.path))
+    }
+
+    @Test func crc32MatchesTheStandardCheckValue() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        #expect(CRC32.checksum([UInt8]()) == 0)
+    }
+
+    @Test func aPartTheServiceCannotUseIsRefusedWithItsReason() throws {
+        let fixture = try ServiceFixture()
+        #expect(try fixture.sink().upload(part(step: 20, rank: 0, ranks: 1, bytes: 10)).committed)
+        let sink = try fixture.sink()
+        do { try sink.deliver(part(step: 19, rank: 0, ranks: 1, bytes: 10)); Issue.record("an older step was accepted") } catch {
+            #expect("\(error)".contains("checkpoint service at 127.0.0.1:\(fixture.server.port) refused the request"), "\(error)")
+            #expect("\(error)".contains("step 20 is already complete, so step 19 would never be committed"), "\(error)")
+        }
+        // The same part again is acknowledged (a rank retrying after a lost acknowledgement); different bytes are not.
+        var again = part(step: 20, rank: 0, ranks: 1, bytes: 10)
+        again.files = fixture.files(in: fixture.committed(20)).filter { $0.key != "DONE" && $0.key != "checksums.json" }
+            .map { CheckpointFile(name: $0.key, data: $0.value) }
+        #expect(try sink.upload(again).committed)
+        again.files[0].data.append(1)
+        #expect(throws: CheckpointServiceError.self) { try sink.upload(again) }
+        #expect(throws: CheckpointServiceError.self) { try sink.deliver(CheckpointPart(step: 21, rank: 0, ranks: 1, files: [CheckpointFile(name: "DONE", data: Data())])) }
+        #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [20])
     }
 
     @Test func badAddressesAndMissingTokensAreNamed() throws {
