@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "CollectivesTCP", dependencies: ["Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: settings),
-        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
+        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", "CollectivesTCP", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Training", dependencies: ["Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(
             name: "TesseraCLI",
@@ -57,7 +57,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CollectivesTCPTests", dependencies: ["CollectivesTCP", "Collectives", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "Collectives", "TensorCore", "_TestSupport"], swiftSettings: settings),
-        .testTarget(name: "CheckpointingTests", dependencies: ["Checkpointing", "TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "CheckpointingTests", dependencies: ["Checkpointing", "CollectivesTCP", "TensorCore", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
     ]
 )

@@ -14,6 +14,7 @@ scripts/test-newuser.sh
 scripts/test-multirank.sh
 scripts/test-soup.sh
 scripts/test-checkpoint-faults.sh
+scripts/test-ckpt-service.sh
 scripts/test-multinode.sh
 scripts/test-slurm.sh
 

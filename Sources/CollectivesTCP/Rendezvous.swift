@@ -68,46 +68,36 @@ public struct TCPJobSpec: Equatable, Sendable {
     }
 }
 
-/// The handshake every connection starts with: magic, version, job token, rank, and the
-/// address where this rank accepts mesh connections.
+/// What a rank says about itself when it connects: rank, world size, and the address where it
+/// accepts mesh connections. It travels as the identity of the job-token handshake
+/// (`JobHandshake`), which authenticates it; the token itself never travels.
 struct Hello: Equatable {
-    static let magic: [UInt8] = Array("TSRA".utf8)
-    var token: String
     var rank: Int
     var worldSize: Int
     var host: String
     var port: UInt16
 
-    var bytes: [UInt8] {
-        let body = Array("\(rank) \(worldSize) \(host) \(port) \(token)".utf8)
-        var length = UInt32(body.count).littleEndian
-        return Self.magic + withUnsafeBytes(of: &length) { Array($0) } + body
+    var identity: String { "rank \(rank) of \(worldSize) at \(host) \(port)" }
+
+    /// How the accepting rank names itself in the handshake.
+    static func acceptor(rank: Int, worldSize: Int) -> String { "rank \(rank) of \(worldSize)" }
+
+    /// Parses an identity; nil when it is not a rank's (a checkpoint client, say).
+    init?(identity: String) {
+        let parts = identity.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+        guard parts.count == 7, parts[0] == "rank", parts[2] == "of", parts[4] == "at",
+              let rank = Int(parts[1]), let size = Int(parts[3]), let port = UInt16(parts[6]) else { return nil }
+        self.init(rank: rank, worldSize: size, host: parts[5], port: port)
     }
 
-    /// Reads a hello; nil when the bytes are not one (a stray client).
-    static func read(_ fd: Int32, deadline: Date) throws -> Hello? {
-        let head = try Socket.readExactly(fd, 8, deadline: deadline)
-        guard Array(head[0..<4]) == magic else { return nil }
-        let length = Int(head[4]) | Int(head[5]) << 8 | Int(head[6]) << 16 | Int(head[7]) << 24
-        guard length < 4096 else { return nil }
-        let body = String(decoding: try Socket.readExactly(fd, length, deadline: deadline), as: UTF8.self)
-        let parts = body.split(separator: " ", maxSplits: 4, omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 5, let rank = Int(parts[0]), let size = Int(parts[1]), let port = UInt16(parts[3]) else { return nil }
-        return Hello(token: parts[4], rank: rank, worldSize: size, host: parts[2], port: port)
-    }
-
-    /// Constant-time token comparison.
-    func hasToken(_ expected: String) -> Bool {
-        let a = Array(token.utf8), b = Array(expected.utf8)
-        var difference = UInt8(a.count == b.count ? 0 : 1)
-        for i in 0..<min(a.count, b.count) { difference |= a[i] ^ b[i] }
-        return difference == 0
+    init(rank: Int, worldSize: Int, host: String, port: UInt16) {
+        self.rank = rank; self.worldSize = worldSize; self.host = host; self.port = port
     }
 }
 
 /// Builds the full mesh: every rank reports to rank 0, rank 0 sends back the table of
 /// addresses, then each pair of other ranks connects (the higher rank dials the lower).
-/// Connections without the job token are refused and logged, never joined.
+/// Connections that do not prove the job token (`JobHandshake`) are refused and logged, never joined.
 enum Rendezvous {
     static func log(_ message: String) {
         try? FileHandle.standardError.write(contentsOf: Data("tessera: tcp: \(message)\n".utf8))
@@ -143,11 +133,20 @@ enum Rendezvous {
         let host = try spec.interface.map(Socket.address(ofInterface:)) ?? Socket.localAddress(master).host
         let listener = try Socket.listen(host: host, port: 0)
         defer { close(listener.fd) }
-        let hello = Hello(token: spec.token, rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port)
-        try Socket.writeAll(master, hello.bytes, deadline: deadline)
+        let hello = Hello(rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port)
+        let handshake = JobHandshake(token: spec.token)
+        let masterAddress = "\(spec.masterAddress):\(spec.masterPort)"
+        do {
+            let identity = try handshake.initiate(identity: hello.identity, over: .socket(master, deadline: deadline))
+            guard identity == Hello.acceptor(rank: 0, worldSize: spec.worldSize) else {
+                throw CollectiveError.backend("\(masterAddress) answered as '\(identity)', not as rank 0 of this job; check TESSERA_MASTER_ADDR and TESSERA_MASTER_PORT")
+            }
+        } catch let error as HandshakeError {
+            throw CollectiveError.backend("rank 0 at \(masterAddress) did not accept rank \(spec.rank): \(error)")
+        }
         let head: [UInt8]
         do { head = try Socket.readExactly(master, 4, deadline: deadline) } catch {
-            throw CollectiveError.backend("rank 0 at \(spec.masterAddress):\(spec.masterPort) did not accept rank \(spec.rank) (wrong TESSERA_JOB_TOKEN, a duplicate rank, or not every rank started within \(Int(timeoutSeconds)) s)")
+            throw CollectiveError.backend("rank 0 at \(masterAddress) did not accept rank \(spec.rank) (a duplicate rank, a different world size, or not every rank started within \(Int(timeoutSeconds)) s)")
         }
         let length = Int(head[0]) | Int(head[1]) << 8 | Int(head[2]) << 16 | Int(head[3]) << 24
         let table = String(decoding: try Socket.readExactly(master, length, deadline: deadline), as: UTF8.self)
@@ -155,7 +154,14 @@ enum Rendezvous {
         sockets[0] = master
         for peer in 1..<spec.rank {
             let fd = try Socket.connect(host: table[peer][0], port: UInt16(table[peer][1])!, deadline: deadline, waitingFor: "rank \(peer)")
-            try Socket.writeAll(fd, Hello(token: spec.token, rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port).bytes, deadline: deadline)
+            do {
+                let identity = try handshake.initiate(identity: hello.identity, over: .socket(fd, deadline: deadline))
+                guard identity == Hello.acceptor(rank: peer, worldSize: spec.worldSize) else {
+                    throw CollectiveError.backend("\(table[peer][0]):\(table[peer][1]) answered as '\(identity)', not as rank \(peer) of this job")
+                }
+            } catch let error as HandshakeError {
+                throw CollectiveError.backend("rank \(peer) at \(table[peer][0]):\(table[peer][1]) did not accept rank \(spec.rank): \(error)")
+            }
             sockets[peer] = fd
         }
         let higher = Set((spec.rank + 1)..<spec.worldSize)
@@ -165,7 +171,7 @@ enum Rendezvous {
         return sockets
     }
 
-    /// Accepts until every rank in `expecting` has joined with a valid hello; refuses others.
+    /// Accepts until every rank in `expecting` has joined with a valid handshake; refuses and logs others.
     static func acceptPeers(_ listener: Int32, _ spec: TCPJobSpec, expecting: Set<Int>, deadline: Date, timeoutSeconds: Double,
                             _ joined: (Hello, Int32) -> Void) throws {
         var missing = expecting
@@ -173,13 +179,15 @@ enum Rendezvous {
             guard let (fd, peer) = try Socket.accept(listener, deadline: deadline) else {
                 throw CollectiveError.timeout(operation: "rendezvous on rank \(spec.rank)", waitingFor: missing.sorted(), seconds: timeoutSeconds)
             }
-            let hello = try? Hello.read(fd, deadline: min(deadline, Date(timeIntervalSinceNow: 5)))
-            guard let hello else {
-                log("refused a connection from \(peer): not a Tessera handshake")
+            let claimed: String
+            do {
+                claimed = try JobHandshake(token: spec.token).accept(identity: Hello.acceptor(rank: spec.rank, worldSize: spec.worldSize), over: .socket(fd, deadline: min(deadline, Date(timeIntervalSinceNow: 5))))
+            } catch {
+                log("refused a connection from \(peer): \(error)")
                 close(fd); continue
             }
-            guard hello.hasToken(spec.token) else {
-                log("refused a connection from \(peer) claiming rank \(hello.rank): wrong job token")
+            guard let hello = Hello(identity: claimed) else {
+                log("refused a connection from \(peer): '\(claimed)' knows the job token but is not a rank of this job")
                 close(fd); continue
             }
             guard hello.worldSize == spec.worldSize, missing.contains(hello.rank) else {

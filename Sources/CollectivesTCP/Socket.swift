@@ -4,9 +4,11 @@ import Foundation
 import Glibc
 #endif
 
-/// Thin, throwing wrappers over POSIX sockets (IPv4 stream sockets only).
-enum Socket {
-    static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+/// Thin, throwing wrappers over POSIX sockets (IPv4 stream sockets only). Public for the
+/// checkpoint service, which listens, accepts and dials the same way; errors are
+/// `CollectiveError.backend` naming the address.
+public enum Socket {
+    public static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
 
     /// Resolves a host name or dotted address to an IPv4 address.
     static func resolve(_ host: String, port: UInt16) throws -> sockaddr_in {
@@ -57,7 +59,7 @@ enum Socket {
     }
 
     /// A listening socket on host:port (port 0 picks a free one). Returns fd and the bound port.
-    static func listen(host: String, port: UInt16) throws -> (fd: Int32, port: UInt16) {
+    public static func listen(host: String, port: UInt16) throws -> (fd: Int32, port: UInt16) {
         let fd = try newStream()
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
@@ -81,7 +83,7 @@ enum Socket {
         return port
     }
 
-    static func localAddress(_ fd: Int32) -> (host: String, port: UInt16) {
+    public static func localAddress(_ fd: Int32) -> (host: String, port: UInt16) {
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &address) {
@@ -91,7 +93,7 @@ enum Socket {
     }
 
     /// Connects, retrying until `deadline` (the peer may not be listening yet).
-    static func connect(host: String, port: UInt16, deadline: Date, waitingFor: String) throws -> Int32 {
+    public static func connect(host: String, port: UInt16, deadline: Date, waitingFor: String) throws -> Int32 {
         var address = try resolve(host, port: port)
         var lastError = ""
         while true {
@@ -110,7 +112,7 @@ enum Socket {
     }
 
     /// Accepts one connection, waiting at most until `deadline`; nil on timeout.
-    static func accept(_ listener: Int32, deadline: Date) throws -> (fd: Int32, peer: String)? {
+    public static func accept(_ listener: Int32, deadline: Date) throws -> (fd: Int32, peer: String)? {
         var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
         let wait = max(0, Int32(deadline.timeIntervalSinceNow * 1000))
         let ready = poll(&pfd, 1, wait)
@@ -135,7 +137,7 @@ enum Socket {
     static let bufferBytes: Int32 = 4 << 20
 
     /// Low latency and large buffers for bulk transfers.
-    static func tune(_ fd: Int32) {
+    public static func tune(_ fd: Int32) {
         var yes: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &yes, socklen_t(MemoryLayout<Int32>.size))
         var size = bufferBytes

@@ -1,0 +1,41 @@
+/// Why talking to the checkpoint service failed; every case names the service's (or, in the
+/// service's log, the client's) address and what to do.
+public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
+    case invalidAddress(String)
+    case missingToken(hint: String)
+    case unreachable(address: String, reason: String)
+    case authenticationFailed(address: String, reason: String)
+    case timedOut(address: String, waitingFor: String, seconds: Double)
+    case connectionLost(address: String, reason: String)
+    /// A frame failed its CRC-32, was too long, or was not expected here.
+    case badFrame(address: String, reason: String)
+    /// The service answered the request with an error.
+    case rejected(address: String, reason: String)
+    case corruptDownload(address: String, file: String, reason: String)
+    case invalidPart(reason: String)
+
+    public var description: String {
+        switch self {
+        case let .invalidAddress(text):
+            return "'\(text)' is not a checkpoint service address; write HOST:PORT, e.g. 10.0.0.5:29600"
+        case let .missingToken(hint):
+            return "no job token for the checkpoint service: \(hint)"
+        case let .unreachable(address, reason):
+            return "checkpoint service at \(address) is unreachable: \(reason); is `tessera ckpt serve` running there?"
+        case let .authenticationFailed(address, reason):
+            return "checkpoint service at \(address): handshake failed: \(reason); give both sides the same TESSERA_JOB_TOKEN (or --token-file)"
+        case let .timedOut(address, waitingFor, seconds):
+            return "checkpoint service at \(address): no progress for \(String(format: "%g", seconds)) s while \(waitingFor); is the network or the service stuck?"
+        case let .connectionLost(address, reason):
+            return "checkpoint service at \(address): connection lost (\(reason)); the part was not acknowledged, deliver it again"
+        case let .badFrame(address, reason):
+            return "checkpoint service at \(address): bad frame: \(reason)"
+        case let .rejected(address, reason):
+            return "checkpoint service at \(address) refused the request: \(reason)"
+        case let .corruptDownload(address, file, reason):
+            return "checkpoint service at \(address): downloaded \(file) is corrupt (\(reason)); nothing was kept, fetch it again"
+        case let .invalidPart(reason):
+            return "checkpoint part refused: \(reason)"
+        }
+    }
+}

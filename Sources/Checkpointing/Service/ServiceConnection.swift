@@ -1,0 +1,148 @@
+import CollectivesTCP
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Kinds of frames of the checkpoint service protocol.
+public enum FrameType: UInt8, Sendable {
+    /// client → service: a part's header (JSON `PartHeader`); then `fileData` frames, file after
+    /// file in the header's order, then `partEnd`.
+    case putPart = 1
+    case fileData = 2
+    case partEnd = 3
+    /// client → service: list complete checkpoints (reply `ok` with a JSON `[StepInfo]`).
+    case list = 4
+    /// client → service: fetch a complete checkpoint (JSON `{"step": N}`); the reply is, per
+    /// file, `fileBegin` (JSON `FileBegin`), `fileData`..., `fileEnd` (JSON `{"sha256": ...}`),
+    /// then `ok`.
+    case get = 5
+    case fileBegin = 6
+    case fileEnd = 7
+    /// service → client: success, with a JSON payload.
+    case ok = 20
+    /// service → client: a refusal, as one line of text.
+    case error = 21
+}
+
+/// One frame: type (1 byte), payload length (UInt32 LE), payload, CRC-32 of all of those (UInt32 LE).
+public struct Frame: Sendable {
+    public var type: FrameType
+    public var payload: [UInt8]
+
+    public init(_ type: FrameType, _ payload: [UInt8] = []) { self.type = type; self.payload = payload }
+
+    /// Largest payload accepted: files travel in chunks of `chunkBytes`.
+    public static let maxPayload = 16 << 20
+    /// File bytes per `fileData` frame.
+    public static let chunkBytes = 1 << 20
+
+    public var bytes: [UInt8] {
+        var out = [type.rawValue] + Self.littleEndian(UInt32(payload.count))
+        out += payload
+        return out + Self.littleEndian(CRC32.checksum(out))
+    }
+
+    static func littleEndian(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 24)] }
+    static func uint32(_ b: ArraySlice<UInt8>) -> UInt32 {
+        let i = b.startIndex
+        return UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24
+    }
+}
+
+/// A blocking, framed connection to the checkpoint service (or, on the service, to a client).
+/// Every wait for the socket is bounded by `timeout` seconds of no progress; errors name
+/// `address`. Used from dedicated threads only.
+public final class ServiceConnection {
+    public let fd: Int32
+    /// The other end, for messages (`HOST:PORT`).
+    public let address: String
+    public let timeout: Double
+
+    public init(fd: Int32, address: String, timeout: Double) {
+        self.fd = fd; self.address = address; self.timeout = timeout
+    }
+
+    deinit { Glibc.close(fd) }
+
+    /// The job-token handshake over this connection (each read/write bounded by `timeout`).
+    public var transport: JobHandshake.Transport {
+        JobHandshake.Transport(send: { [unowned self] in try self.write($0, while: "handshaking") },
+                               receive: { [unowned self] in try self.read($0, while: "handshaking") })
+    }
+
+    public func send(_ frame: Frame, while doing: String) throws { try write(frame.bytes, while: doing) }
+
+    public func send(_ type: FrameType, json value: some Encodable, while doing: String) throws {
+        try send(Frame(type, Array(try JSONEncoder().encode(value))), while: doing)
+    }
+
+    /// The next frame; a CRC mismatch, an unknown type or an oversized length is `badFrame`.
+    public func receive(while doing: String) throws -> Frame {
+        let head = try read(5, while: doing)
+        let length = Int(Frame.uint32(head[1...]))
+        guard length <= Frame.maxPayload else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "length \(length) over the \(Frame.maxPayload)-byte limit while \(doing)")
+        }
+        let payload = try read(length, while: doing)
+        let crc = Frame.uint32(try read(4, while: doing)[...])
+        guard CRC32.checksum(head + payload) == crc else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "CRC-32 mismatch on a \(length)-byte frame while \(doing)")
+        }
+        guard let type = FrameType(rawValue: head[0]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "unknown frame type \(head[0]) while \(doing)")
+        }
+        return Frame(type, payload)
+    }
+
+    /// Sends a one-line refusal, stops sending, and drains what the peer still sends (for at
+    /// most `timeout` seconds) so that it reads the refusal rather than a reset connection.
+    public func refuse(_ reason: String) {
+        try? send(Frame(.error, Array(reason.utf8)), while: "refusing")
+        shutdown(fd, Int32(SHUT_WR))
+        var sink = [UInt8](repeating: 0, count: 64 << 10)
+        let end = Date(timeIntervalSinceNow: min(timeout, 5))
+        while Date() < end {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, 100) >= 0 else { return }
+            if pfd.revents != 0, recv(fd, &sink, sink.count, 0) <= 0 { return }
+        }
+    }
+
+    func write(_ bytes: [UInt8], while doing: String) throws {
+        var offset = 0
+        while offset < bytes.count {
+            try wait(for: Int16(POLLOUT), while: doing)
+            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            if n < 0, errno == EINTR || errno == EAGAIN { continue }
+            guard n > 0 else { throw CheckpointServiceError.connectionLost(address: address, reason: "\(Socket.errorText()) while \(doing)") }
+            offset += n
+        }
+    }
+
+    func read(_ count: Int, while doing: String) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            try wait(for: Int16(POLLIN), while: doing)
+            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
+            if n < 0, errno == EINTR || errno == EAGAIN { continue }
+            guard n > 0 else {
+                throw CheckpointServiceError.connectionLost(address: address, reason: n == 0 ? "closed by the other end while \(doing)" : "\(Socket.errorText()) while \(doing)")
+            }
+            offset += n
+        }
+        return bytes
+    }
+
+    private func wait(for events: Int16, while doing: String) throws {
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        while true {
+            let ready = poll(&pfd, 1, Int32(timeout * 1000))
+            if ready > 0 { return }
+            if ready < 0, errno == EINTR { continue }
+            if ready == 0 { throw CheckpointServiceError.timedOut(address: address, waitingFor: doing, seconds: timeout) }
+            throw CheckpointServiceError.connectionLost(address: address, reason: "poll: \(Socket.errorText())")
+        }
+    }
+}

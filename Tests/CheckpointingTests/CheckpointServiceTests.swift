@@ -1,0 +1,331 @@
+import Testing
+@testable import Checkpointing
+import CollectivesTCP
+import Foundation
+import _TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Log lines of a service under test.
+final class LogLines: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+    func add(_ line: String) { lock.lock(); lines.append(line); lock.unlock() }
+    var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+    /// Whether a line contains `text`, waiting up to 5 s for it (the service logs from its own threads).
+    func contains(_ text: String) -> Bool {
+        let end = Date(timeIntervalSinceNow: 5)
+        while Date() < end {
+            if all.contains(where: { $0.contains(text) }) { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return false
+    }
+}
+
+/// A service on 127.0.0.1 (a free port) over a temporary root, and clients of it.
+final class ServiceFixture {
+    static let token = "ckpt-test-token-2b7e151628aed2a6abf71588"
+    let directory = TemporaryDirectory("tessera-ckpt-service")
+    let log = LogLines()
+    var server: CheckpointServer
+    var root: URL { directory.url.appendingPathComponent("root") }
+
+    init(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0)) throws {
+        let log = self.log
+        server = CheckpointServer(root: directory.url.appendingPathComponent("root"), token: Self.token, retention: retention,
+                                  ioTimeout: 5, log: { log.add($0) })
+        try server.start()
+    }
+
+    /// Stops this service and starts a new one over the same root (a restart).
+    func restart(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0)) throws {
+        server.stop()
+        let log = self.log
+        server = CheckpointServer(root: root, token: Self.token, retention: retention, ioTimeout: 5, log: { log.add($0) })
+        try server.start()
+    }
+
+    func sink(token: String = ServiceFixture.token, cache: String = "cache") throws -> ServiceCheckpointSink {
+        try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: server.port), token: token,
+                                  cacheDirectory: directory.url.appendingPathComponent(cache), connectTimeout: 2, ioTimeout: 5)
+    }
+
+    func committed(_ step: Int) -> URL { root.appendingPathComponent(CheckpointStore.directoryName(step: step)) }
+
+    func files(in url: URL) -> [String: Data] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: url.path)) ?? []
+        return Dictionary(uniqueKeysWithValues: names.map { ($0, FileManager.default.contents(atPath: url.appendingPathComponent($0).path)!) })
+    }
+
+    deinit { server.stop(); directory.remove() }
+}
+
+/// Rank `rank`'s part of `step`: a model shard of `bytes` random bytes (larger than a frame's
+/// chunk, so it travels in several), and on rank 0 the metadata files.
+func part(step: Int, rank: Int, ranks: Int, bytes: Int = Frame.chunkBytes + 12345, loss: Double? = nil) -> CheckpointPart {
+    var state = UInt64.random(in: 0...UInt64.max)
+    var shard = Data(count: bytes)
+    shard.withUnsafeMutableBytes { (p: UnsafeMutableRawBufferPointer) in
+        for i in 0..<bytes { state = state &* 6364136223846793005 &+ 1442695040888963407; p[i] = UInt8(truncatingIfNeeded: state >> 56) }
+    }
+    var files = [CheckpointFile(name: String(format: "model-%05d-of-%05d.safetensors", rank + 1, ranks), data: shard)]
+    if rank == 0 {
+        files.append(CheckpointFile(name: "model.safetensors.index.json", data: Data(#"{"weight_map": {}}"#.utf8)))
+        files.append(CheckpointFile(name: "trainer_state.json", data: Data(#"{"step": \#(step)}"#.utf8)))
+        files.append(CheckpointFile(name: "empty.bin", data: Data()))
+    }
+    return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files, validationLoss: rank == 0 ? loss : nil)
+}
+
+/// Delivers the parts concurrently, one thread per rank (as ranks of a job would).
+func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -> [Result<PartReceipt, Error>] {
+    final class Results: @unchecked Sendable { var values: [Result<PartReceipt, Error>?]; init(_ n: Int) { values = Array(repeating: nil, count: n) } }
+    let results = Results(parts.count)
+    let group = DispatchGroup()
+    for (i, p) in parts.enumerated() {
+        group.enter()
+        let sink = try! fixture.sink()
+        Thread { results.values[i] = Result { try sink.upload(p) }; group.leave() }.start()
+    }
+    group.wait()
+    return results.values.map { $0! }
+}
+
+@Suite(.serialized) struct CheckpointServiceTests {
+    @Test func threeRanksCommitACheckpointHoldingExactlyWhatWasSent() throws {
+        let fixture = try ServiceFixture()
+        let parts = (0..<3).map { part(step: 10, rank: $0, ranks: 3, loss: 2.5) }
+        let receipts = try deliverConcurrently(parts, fixture).map { try $0.get() }
+        #expect(receipts.filter(\.committed).count == 1)
+        let dir = fixture.committed(10)
+        var expected: [String: Data] = [:]
+        for p in parts { for f in p.files { expected[f.name] = f.data } }
+        var got = fixture.files(in: dir)
+        #expect(got.removeValue(forKey: "DONE").map { String(decoding: $0, as: UTF8.self) } == "step 10\nvalidation_loss 2.5\n")
+        let removed = got.removeValue(forKey: "checksums.json")
+        let checksums = try #require(removed)
+        #expect(got == expected)
+        let sums = try JSONSerialization.jsonObject(with: checksums) as! [String: String]
+        #expect(sums == expected.mapValues { ServiceCommit.sha256Hex($0) })
+        let text = String(decoding: checksums, as: UTF8.self)
+        let keyOrder = sums.keys.sorted().map { text.range(of: "\"\($0)\"")!.lowerBound }
+        #expect(keyOrder == keyOrder.sorted(), "checksums.json keys are sorted")
+        try ServiceCommit.verify(dir)
+        #expect(try fixture.sink().latestStep() == 10)
+        // Nothing of the assembly is left behind.
+        #expect((try? FileManager.default.contentsOfDirectory(atPath: fixture.root.path)) == ["step-00000010"])
+    }
+
+    @Test func aStepWithAMissingRankOrAHalfSentPartIsNeverCommitted() throws {
+        let fixture = try ServiceFixture()
+        for r in deliverConcurrently([part(step: 4, rank: 0, ranks: 3), part(step: 4, rank: 1, ranks: 3)], fixture) {
+            #expect(try !r.get().committed)
+        }
+        // Rank 2 starts sending, then dies halfway through its file.
+        let sink = try fixture.sink()
+        let p = part(step: 4, rank: 2, ranks: 3)
+        let connection = try sink.connect()
+        let header = PartHeader(step: 4, rank: 2, ranks: 3, validationLoss: nil,
+                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+        try connection.send(.putPart, json: header, while: "test")
+        try connection.send(Frame(.fileData, Array(p.files[0].data.prefix(1000))), while: "test")
+        shutdown(connection.fd, Int32(SHUT_RDWR))
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(!FileManager.default.fileExists(atPath: fixture.committed(4).path))
+        #expect((try? sink.latestStep()) == .some(nil))
+        #expect(CheckpointStore(root: fixture.root).complete().isEmpty)
+        // Its redelivery completes the step with exactly the three parts' files.
+        #expect(try sink.upload(p).committed)
+        try ServiceCommit.verify(fixture.committed(4))
+        #expect(fixture.files(in: fixture.committed(4)).count == 3 + 3 + 2)
+    }
+
+    @Test func aClientWithTheWrongTokenIsRefusedAndTheServiceServesOthers() throws {
+        let fixture = try ServiceFixture()
+        do {
+            try fixture.sink(token: "not-the-job-token").deliver(part(step: 1, rank: 0, ranks: 1))
+            Issue.record("the wrong token was accepted")
+        } catch let error as CheckpointServiceError {
+            guard case .authenticationFailed = error else { Issue.record("\(error)"); return }
+            #expect("\(error)".contains("127.0.0.1:\(fixture.server.port)"), "\(error)")
+        }
+        #expect(fixture.log.contains("refused a connection from 127.0.0.1"), "\(fixture.log.all)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.committed(1).path))
+        #expect(try fixture.sink().upload(part(step: 1, rank: 0, ranks: 1)).committed)
+    }
+
+    @Test func garbageBytesAreRefusedAndTheServiceServesOthers() throws {
+        let fixture = try ServiceFixture()
+        let fd = try Socket.connect(host: "127.0.0.1", port: fixture.server.port, deadline: Date(timeIntervalSinceNow: 2), waitingFor: "test")
+        let garbage = Array("GET / HTTP/1.0\r\n\r\n".utf8) + (0..<4000).map { UInt8(truncatingIfNeeded: $0 &* 7919) }
+        _ = garbage.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+        var byte: UInt8 = 0
+        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, 3000)
+        #expect(recv(fd, &byte, 1, 0) <= 0, "the service closed the connection")
+        close(fd)
+        #expect(fixture.log.contains("not a Tessera handshake"), "\(fixture.log.all)")
+        #expect(try fixture.sink().upload(part(step: 2, rank: 0, ranks: 1)).committed)
+    }
+
+    @Test func aCorruptedFrameIsRejectedAndThePartIsNotCommitted() throws {
+        let fixture = try ServiceFixture()
+        let sink = try fixture.sink()
+        let p = part(step: 3, rank: 0, ranks: 1)
+        let connection = try sink.connect()
+        let header = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+        try connection.send(.putPart, json: header, while: "test")
+        var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
+        bytes[100] ^= 0x20   // one bit flipped in transit, after the CRC was computed
+        try connection.write(bytes, while: "test")
+        let reply = try connection.receive(while: "test")
+        #expect(reply.type == .error)
+        #expect(String(decoding: reply.payload, as: UTF8.self).contains("CRC-32 mismatch"))
+        #expect(!FileManager.default.fileExists(atPath: fixture.committed(3).path))
+        let assembly = fixture.server.assemblyURL(3)
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? []).isEmpty, "no half-received file stays")
+        // A part whose bytes do not match their announced SHA-256 is refused too, and named.
+        var forged = p
+        forged.files[0].data[0] ^= 1
+        let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+                                      files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+        let second = try sink.connect()
+        try second.send(.putPart, json: forgedHeader, while: "test")
+        for f in forged.files where !f.data.isEmpty {
+            for start in stride(from: 0, to: f.data.count, by: Frame.chunkBytes) {
+                try second.send(Frame(.fileData, Array(f.data[start..<min(f.data.count, start + Frame.chunkBytes)])), while: "test")
+            }
+        }
+        try second.send(Frame(.partEnd), while: "test")
+        let refusal = try second.receive(while: "test")
+        #expect(refusal.type == .error && String(decoding: refusal.payload, as: UTF8.self).contains("not the announced"))
+        #expect(!FileManager.default.fileExists(atPath: fixture.committed(3).path))
+        #expect(try sink.upload(p).committed)
+    }
+
+    @Test func fetchReturnsTheCommittedFilesIdentically() throws {
+        let fixture = try ServiceFixture()
+        _ = try deliverConcurrently((0..<2).map { part(step: 7, rank: $0, ranks: 2, loss: 1.25) }, fixture).map { try $0.get() }
+        let sink = try fixture.sink()
+        let local = try sink.fetch(step: 7)
+        #expect(local.lastPathComponent == "step-00000007")
+        #expect(fixture.files(in: local) == fixture.files(in: fixture.committed(7)))
+        #expect(CheckpointStore(root: local.deletingLastPathComponent()).complete().map(\.step) == [7])
+        #expect(try sink.list() == [StepInfo(step: 7, validationLoss: 1.25, bytes: fixture.files(in: local).values.reduce(0) { $0 + $1.count })])
+        do { _ = try sink.fetch(step: 8); Issue.record("fetched a step that does not exist") } catch {
+            #expect("\(error)".contains("step 8 is not a complete checkpoint here; complete steps: 7"), "\(error)")
+            #expect("\(error)".contains("127.0.0.1:\(fixture.server.port)"))
+        }
+        #expect(!((try? FileManager.default.contentsOfDirectory(atPath: sink.cacheDirectory.path)) ?? []).contains { $0.hasPrefix(".") })
+    }
+
+    @Test func retentionKeepsTheLastKAndTheBestKAndNeverTheNewest() throws {
+        let fixture = try ServiceFixture(retention: CheckpointRetention(keepLast: 2, keepBest: 1))
+        let losses: [Double] = [5, 1, 4, 3, 6, 7]
+        for (i, loss) in losses.enumerated() {
+            #expect(try fixture.sink().upload(part(step: i + 1, rank: 0, ranks: 1, bytes: 100, loss: loss)).committed)
+        }
+        #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [2, 5, 6])
+        #expect(fixture.log.contains("retention: deleted step 1"))
+        // The policy alone: the newest stays even when it is the worst and nothing asks for it.
+        let policy = CheckpointRetention(keepLast: 1, keepBest: 1)
+        #expect(policy.kept([(1, 0.5), (2, 1.0), (3, 9.0)]) == [1, 3])
+        #expect(CheckpointRetention(keepLast: 1, keepBest: 2).kept([(1, 3), (2, nil), (3, 1), (4, 2), (5, nil)]) == [3, 4, 5])
+    }
+
+    @Test func aRestartedServiceCarriesOnAndServesWhatItHad() throws {
+        let fixture = try ServiceFixture()
+        #expect(try fixture.sink().upload(part(step: 1, rank: 0, ranks: 2)).committed == false)
+        #expect(try fixture.sink().upload(part(step: 1, rank: 1, ranks: 2)).committed)
+        let rank0 = part(step: 2, rank: 0, ranks: 2)
+        #expect(try fixture.sink().upload(rank0).committed == false)
+        // What a crash leaves: a half-received file, and an unfinished older step.
+        let assembly = fixture.server.assemblyURL(2)
+        try Data("half".utf8).write(to: assembly.appendingPathComponent(".incoming-9-model-00002-of-00002.safetensors"))
+        try FileManager.default.createDirectory(at: fixture.server.assemblyURL(0), withIntermediateDirectories: true)
+        try fixture.restart()
+        #expect(!FileManager.default.fileExists(atPath: fixture.server.assemblyURL(0).path), "a stale step is cleaned")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: assembly.path).sorted() == rank0.files.map(\.name).sorted())
+        let sink = try fixture.sink(cache: "cache-after-restart")
+        #expect(try sink.latestStep() == 1)
+        #expect(fixture.files(in: try sink.fetch(step: 1)) == fixture.files(in: fixture.committed(1)))
+        let rank1 = part(step: 2, rank: 1, ranks: 2)
+        #expect(try sink.upload(rank1).committed, "rank 0's part, acknowledged before the restart, still counts")
+        var expected: [String: Data] = [:]
+        for f in rank0.files + rank1.files { expected[f.name] = f.data }
+        var got = fixture.files(in: fixture.committed(2))
+        got["DONE"] = nil; got["checksums.json"] = nil
+        #expect(got == expected)
+        #expect(try sink.latestStep() == 2)
+    }
+
+    @Test func aCommitInterruptedAfterDoneIsFinishedOnRestart() throws {
+        let fixture = try ServiceFixture()
+        fixture.server.stop()
+        let assembly = fixture.server.assemblyURL(5)
+        try FileManager.default.createDirectory(at: assembly, withIntermediateDirectories: true)
+        let data = Data("weights".utf8)
+        try data.write(to: assembly.appendingPathComponent("model.safetensors"))
+        try JSONSerialization.data(withJSONObject: ["model.safetensors": ServiceCommit.sha256Hex(data)]).write(to: assembly.appendingPathComponent("checksums.json"))
+        try Data("step 5\n".utf8).write(to: assembly.appendingPathComponent("DONE"))
+        // And one whose files do not match its checksums: never committed.
+        let bad = fixture.server.assemblyURL(6)
+        try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
+        try Data("other".utf8).write(to: bad.appendingPathComponent("model.safetensors"))
+        try FileManager.default.copyItem(at: assembly.appendingPathComponent("checksums.json"), to: bad.appendingPathComponent("checksums.json"))
+        try Data("step 6\n".utf8).write(to: bad.appendingPathComponent("DONE"))
+        try fixture.restart()
+        #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [5])
+        try ServiceCommit.verify(fixture.committed(5))
+        #expect(!FileManager.default.fileExists(atPath: bad.path))
+    }
+
+    @Test func crc32MatchesTheStandardCheckValue() {
+        #expect(CRC32.checksum(Array("123456789".utf8)) == 0xCBF4_3926)
+        #expect(CRC32.checksum([UInt8]()) == 0)
+    }
+
+    @Test func aPartTheServiceCannotUseIsRefusedWithItsReason() throws {
+        let fixture = try ServiceFixture()
+        #expect(try fixture.sink().upload(part(step: 20, rank: 0, ranks: 1, bytes: 10)).committed)
+        let sink = try fixture.sink()
+        do { try sink.deliver(part(step: 19, rank: 0, ranks: 1, bytes: 10)); Issue.record("an older step was accepted") } catch {
+            #expect("\(error)".contains("checkpoint service at 127.0.0.1:\(fixture.server.port) refused the request"), "\(error)")
+            #expect("\(error)".contains("step 20 is already complete, so step 19 would never be committed"), "\(error)")
+        }
+        // The same part again is acknowledged (a rank retrying after a lost acknowledgement); different bytes are not.
+        var again = part(step: 20, rank: 0, ranks: 1, bytes: 10)
+        again.files = fixture.files(in: fixture.committed(20)).filter { $0.key != "DONE" && $0.key != "checksums.json" }
+            .map { CheckpointFile(name: $0.key, data: $0.value) }
+        #expect(try sink.upload(again).committed)
+        again.files[0].data.append(1)
+        #expect(throws: CheckpointServiceError.self) { try sink.upload(again) }
+        #expect(throws: CheckpointServiceError.self) { try sink.deliver(CheckpointPart(step: 21, rank: 0, ranks: 1, files: [CheckpointFile(name: "DONE", data: Data())])) }
+        #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [20])
+    }
+
+    @Test func badAddressesAndMissingTokensAreNamed() throws {
+        #expect(throws: CheckpointServiceError.invalidAddress("localhost")) { try ServiceAddress("localhost") }
+        #expect(throws: CheckpointServiceError.invalidAddress("h:99999")) { try ServiceAddress("h:99999") }
+        #expect(try ServiceAddress("10.0.0.5:29600") == ServiceAddress(host: "10.0.0.5", port: 29600))
+        #expect(throws: CheckpointServiceError.self) { try CheckpointServer(root: URL(fileURLWithPath: "/tmp/x"), token: "").start() }
+        let unreachable = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: try TCPJobSpec.freePort()),
+                                                    token: "t", cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
+        do { _ = try unreachable.latestStep(); Issue.record("reached nothing") } catch {
+            #expect("\(error)".contains("checkpoint service at 127.0.0.1:") && "\(error)".contains("unreachable"), "\(error)")
+        }
+        // A service that accepts but never answers: the read times out, naming the address.
+        let silent = try Socket.listen(host: "127.0.0.1", port: 0)
+        defer { close(silent.fd) }
+        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: "t",
+                                                cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 1, ioTimeout: 0.5)
+        let start = Date()
+        do { _ = try waiting.latestStep(); Issue.record("a silent service answered") } catch {
+            #expect(error as? CheckpointServiceError == .timedOut(address: "127.0.0.1:\(silent.port)", waitingFor: "handshaking", seconds: 0.5), "\(error)")
+        }
+        #expect(Date().timeIntervalSince(start) < 3)
+    }
+}

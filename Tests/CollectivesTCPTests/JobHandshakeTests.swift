@@ -1,0 +1,138 @@
+import Testing
+import Collectives
+@testable import CollectivesTCP
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything one side of a connection wrote, for checking what travelled.
+final class Recorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var bytes: [UInt8] = []
+    func add(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
+    var all: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
+}
+
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
+    return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
+}
+
+/// Runs the two ends of a handshake over a socket pair, each on its own thread, recording every
+/// byte each end sends.
+func handshakeOverSocketPair(initiatorToken: String, acceptorToken: String)
+    -> (initiator: Result<String, Error>, acceptor: Result<String, Error>, wire: [UInt8]) {
+    var fds: [Int32] = [0, 0]
+    precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+    let (left, right) = (fds[0], fds[1])
+    defer { close(left); close(right) }
+    let recorder = Recorder()
+    @Sendable func recording(_ fd: Int32) -> JobHandshake.Transport {
+        let deadline = Date(timeIntervalSinceNow: 5)
+        let plain = JobHandshake.Transport.socket(fd, deadline: deadline)
+        return JobHandshake.Transport(send: { recorder.add($0); try plain.send($0) }, receive: plain.receive)
+    }
+    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(CollectiveError.backend("not run")) }
+    let acceptor = Box()
+    let done = DispatchSemaphore(value: 0)
+    let thread = Thread {
+        acceptor.result = Result { try JobHandshake(token: acceptorToken).accept(identity: "acceptor A", over: recording(right)) }
+        shutdown(right, Int32(SHUT_RDWR))
+        done.signal()
+    }
+    thread.start()
+    let initiatorResult = Result { try JobHandshake(token: initiatorToken).initiate(identity: "initiator I", over: recording(left)) }
+    shutdown(left, Int32(SHUT_RDWR))
+    done.wait()
+    return (initiatorResult, acceptor.result, recorder.all)
+}
+
+@Suite struct JobHandshakeTests {
+    static let token = "job-token-7f3c9a1e5b2d4c6e8a0b1d3f5e7c9a2b"
+
+    @Test func bothEndsProveTheTokenWithoutItEverTravelling() throws {
+        let run = handshakeOverSocketPair(initiatorToken: Self.token, acceptorToken: Self.token)
+        #expect(try run.initiator.get() == "acceptor A")
+        #expect(try run.acceptor.get() == "initiator I")
+        #expect(run.wire.count > 2 * JobHandshake.nonceBytes + 2 * JobHandshake.proofBytes)
+        #expect(!contains(run.wire, Array(Self.token.utf8)), "the token's bytes were on the wire")
+        #expect(!contains(run.wire, Array(Self.token.utf8.prefix(12))), "a piece of the token was on the wire")
+        #expect(contains(run.wire, Array("initiator I".utf8)) && contains(run.wire, Array("acceptor A".utf8)))
+    }
+
+    @Test func freshNoncesMakeEveryHandshakeDifferent() throws {
+        let a = handshakeOverSocketPair(initiatorToken: Self.token, acceptorToken: Self.token).wire
+        let b = handshakeOverSocketPair(initiatorToken: Self.token, acceptorToken: Self.token).wire
+        #expect(a.count == b.count && a != b)
+    }
+
+    @Test func aWrongTokenIsRefusedOnBothSides() throws {
+        let run = handshakeOverSocketPair(initiatorToken: "intruder", acceptorToken: Self.token)
+        #expect(throws: HandshakeError.wrongToken(peer: "acceptor A")) { try run.initiator.get() }
+        #expect(throws: HandshakeError.peerRefusedOurProof(peer: "initiator I")) { try run.acceptor.get() }
+        #expect(!contains(run.wire, Array(Self.token.utf8)) && !contains(run.wire, Array("intruder".utf8)))
+    }
+
+    @Test func anInitiatorThatFakesItsProofIsRefused() throws {
+        // A stranger that replies with the right shape but a made-up proof.
+        var fds: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        let (left, right) = (fds[0], fds[1])
+        defer { close(left); close(right) }
+        let deadline = Date(timeIntervalSinceNow: 5)
+        let forger = Thread {
+            try? Socket.writeAll(left, JobHandshake.magic + [JobHandshake.version] + [UInt8](repeating: 7, count: 32) + [4, 0] + Array("evil".utf8), deadline: deadline)
+            _ = try? Socket.readExactly(left, 4 + 1 + 32 + 2 + 1 + 32, deadline: deadline)
+            try? Socket.writeAll(left, [1] + [UInt8](repeating: 9, count: 32), deadline: deadline)
+        }
+        forger.start()
+        #expect(throws: HandshakeError.wrongToken(peer: "evil")) {
+            try JobHandshake(token: Self.token).accept(identity: "A", over: .socket(right, deadline: deadline))
+        }
+    }
+
+    @Test func garbageIsNotAHandshake() throws {
+        var fds: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { close(fds[0]); close(fds[1]) }
+        let deadline = Date(timeIntervalSinceNow: 5)
+        try Socket.writeAll(fds[0], Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n-----------------".utf8), deadline: deadline)
+        do {
+            try JobHandshake(token: Self.token).accept(identity: "A", over: .socket(fds[1], deadline: deadline))
+            Issue.record("garbage was accepted")
+        } catch let error as HandshakeError {
+            guard case .notAHandshake = error else { Issue.record("\(error)"); return }
+            #expect("\(error)".contains("not a Tessera handshake"))
+        }
+    }
+
+    /// What a rank sends to whoever listens at the master address: a stranger that does not
+    /// know the token sees the rank's greeting and nothing else, never the token.
+    @Test func aRankSendsItsTokenToNobodyAtTheMasterAddress() throws {
+        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+        defer { close(listener.fd) }
+        let recorder = Recorder()
+        let stranger = Thread {
+            guard let (fd, _) = try? Socket.accept(listener.fd, deadline: Date(timeIntervalSinceNow: 10)) else { return }
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let end = Date(timeIntervalSinceNow: 1.5)
+            while Date() < end, poll(&pfd, 1, 100) >= 0 {
+                if pfd.revents != 0 {
+                    let n = recv(fd, &buffer, buffer.count, 0)
+                    if n <= 0 { break }
+                    recorder.add(Array(buffer[0..<n]))
+                }
+            }
+            close(fd)
+        }
+        stranger.start()
+        let spec = TCPJobSpec(rank: 1, worldSize: 2, masterAddress: "127.0.0.1", masterPort: listener.port, token: Self.token)
+        #expect(throws: CollectiveError.self) { try TCPCommunicator.world(spec, timeoutSeconds: 3) }
+        let sent = recorder.all
+        #expect(Array(sent.prefix(4)) == JobHandshake.magic, "\(sent.prefix(16))")
+        #expect(!contains(sent, Array(Self.token.utf8)))
+        #expect(contains(sent, Array("rank 1 of 2".utf8)))
+    }
+}
