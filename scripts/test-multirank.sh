@@ -113,6 +113,27 @@ resume_on_three() {
   python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-5
 }
 check "train: a checkpoint of 2 ranks resumes on 3 to the uninterrupted losses (1e-5)" resume_on_three
+# Through the checkpoint service: 2 ranks stream their parts to `tessera ckpt serve` (nothing is
+# written under run.dir/checkpoints), then 1 rank resumes from what the service sends back.
+through_service() {
+  local dir=$work/service-run root=$work/service-root port=$((29100 + RANDOM % 800)) out status server
+  export TESSERA_JOB_TOKEN=multirank-service-$$
+  "$TESSERA" ckpt serve --root "$root" --listen 127.0.0.1:$port --keep 2 >"$work/service.log" 2>&1 &
+  server=$!
+  sleep 1
+  mpi 2 train "${tiny[@]}" --set run.dir="$dir" --set checkpoint.service=127.0.0.1:$port --stop-at 8
+  status=$?
+  [ "$status" -eq 0 ] || { kill $server; cat "$work/service.log"; echo "the run to step 8 exited with status $status"; return 1; }
+  ! ls "$dir/checkpoints"/step-* >/dev/null 2>&1 || { kill $server; echo "checkpoints were written under run.dir, not streamed"; return 1; }
+  "$TESSERA" ckpt verify "$root" || { kill $server; return 1; }
+  out=$("$TESSERA" train "${tiny[@]}" --resume "$dir" --set checkpoint.service=127.0.0.1:$port --set parallel.data=0 --progress lines 2>&1); status=$?
+  kill $server; wait $server 2>/dev/null
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the resumed run exited with status $status"; return 1; }
+  grep -q "resumed from step 8 of the checkpoint service at 127.0.0.1:$port" <<<"$out" || { echo "the resumed run did not say it resumed from step 8 of the service"; return 1; }
+  python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-5
+}
+check "train: 2 ranks stream checkpoints to tessera ckpt serve, 1 rank resumes from it (1e-5)" through_service
 damaged_checkpoint() {
   local step=$work/resume-2to3/checkpoints/step-00000008
   printf x >>"$step/model-00001-of-00002.safetensors"

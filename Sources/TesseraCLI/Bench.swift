@@ -11,7 +11,7 @@ import Training
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure speed and memory; prints one JSON object per measurement.",
-        subcommands: [GemmBench.self, TrainBench.self, CommBench.self, AttentionBench.self, DecodeBench.self])
+        subcommands: [GemmBench.self, TrainBench.self, CommBench.self, AttentionBench.self, DecodeBench.self, CheckpointBench.self])
 }
 
 /// Options every bench shares.
@@ -149,7 +149,7 @@ struct TrainBench: ParsableCommand {
     /// The bench model's config: --config, else configs/bench-dense.yaml in the current
     /// directory or in the checkout this executable was built in.
     /// Paths in a config found in the checkout are relative to the checkout.
-    func defaultConfigFile() throws -> (file: String, base: String) {
+    static func defaultConfigFile() throws -> (file: String, base: String) {
         let name = "configs/bench-dense.yaml"
         if FileManager.default.fileExists(atPath: name) { return (name, FileManager.default.currentDirectoryPath) }
         // The executable lives in CHECKOUT/.build/<triple>/release (or .build/release).
@@ -163,7 +163,7 @@ struct TrainBench: ParsableCommand {
     }
 
     func run() throws {
-        let fallback = options.config == nil && !options.helpConfig ? try defaultConfigFile() : nil
+        let fallback = options.config == nil && !options.helpConfig ? try Self.defaultConfigFile() : nil
         var config = try options.load(defaultFile: fallback?.file)
         if let fallback { config = config.resolvingPaths(against: fallback.base) }
         config.train.threads = threads

@@ -65,7 +65,8 @@ struct Train: ParsableCommand {
         // evaluated or resumed from any directory.
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
-        let trainer = try Trainer(config: config, world: comm)
+        let trainer = try Trainer(config: config, world: comm,
+                                  checkpointSink: try Self.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
         StopSignals.install()
@@ -75,6 +76,18 @@ struct Train: ParsableCommand {
         if summary.finalStep < config.train.steps {
             trainer.reporter?.note("stopped at step \(summary.finalStep) (--stop-at); continue with: \(ResumeCommand.string(runDirectory: config.run.dir))")
         }
+    }
+
+    /// The checkpoint service client when `checkpoint.service` names one (nil: the directory
+    /// `run.dir/checkpoints`). It proves the job token (`TESSERA_JOB_TOKEN`, which `tessera
+    /// launch` sets and `mpirun -x` passes on) to the service; a resumed rank 0 downloads the
+    /// checkpoint into `run.dir/checkpoint-cache`, so no node needs a shared disk.
+    static func checkpointSink(config: RunConfig, rank: Int, ranks: Int) throws -> CheckpointSink? {
+        guard !config.checkpoint.service.isEmpty else { return nil }
+        let token = ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? ""
+        return try ServiceCheckpointSink(address: ServiceAddress(config.checkpoint.service), token: token,
+                                         cacheDirectory: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoint-cache"),
+                                         identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds)
     }
 }
 

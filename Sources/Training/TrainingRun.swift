@@ -50,9 +50,10 @@ extension Trainer {
         reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
-            if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(store.root.path)" } ?? "no checkpoint in \(store.root.path) yet; starting from step 0") }
+            let location = checkpointSink.location
+            if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(location)" } ?? "no checkpoint in \(location) yet; starting from step 0") }
             if let from, from >= total {
-                throw TrainingError.resumePastEnd(checkpoint: store.root.path, step: from, steps: total)
+                throw TrainingError.resumePastEnd(checkpoint: location, step: from, steps: total)
             }
         } else {
             let existing = isReporter ? (store.latest()?.path ?? "") : ""
