@@ -127,13 +127,22 @@ through_service() {
   ! ls "$dir/checkpoints"/step-* >/dev/null 2>&1 || { kill $server; echo "checkpoints were written under run.dir, not streamed"; return 1; }
   "$TESSERA" ckpt verify "$root" || { kill $server; return 1; }
   out=$("$TESSERA" train "${tiny[@]}" --resume "$dir" --set checkpoint.service=127.0.0.1:$port --set parallel.data=0 --progress lines 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { kill $server; echo "the resumed run exited with status $status"; return 1; }
+  grep -q "resumed from step 8 of the checkpoint service at 127.0.0.1:$port" <<<"$out" || { kill $server; echo "the resumed run did not say it resumed from step 8 of the service"; return 1; }
+  python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-5 || { kill $server; return 1; }
+  # A soup run by the service on the checkpoints it holds (steps 8 and 20), then bad jobs refused.
+  out=$("$TESSERA" soup --service 127.0.0.1:$port --method greedy --inputs 8 20 --val-data "$PWD/data/shakespeare" --batches 2 --output greedy 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] && grep -q "soup written by the service at 127.0.0.1:$port: $root/soups/greedy/checkpoints/step-" <<<"$out" \
+    || { kill $server; echo "the service's soup job failed"; return 1; }
+  "$TESSERA" eval --checkpoint "$root/soups/greedy" --batches 2 || { kill $server; echo "the service's soup does not evaluate"; return 1; }
+  out=$("$TESSERA" soup --service 127.0.0.1:$port --method uniform --inputs 8 99 --output bad 2>&1); status=$?
   kill $server; wait $server 2>/dev/null
   echo "$out"
-  [ "$status" -eq 0 ] || { echo "the resumed run exited with status $status"; return 1; }
-  grep -q "resumed from step 8 of the checkpoint service at 127.0.0.1:$port" <<<"$out" || { echo "the resumed run did not say it resumed from step 8 of the service"; return 1; }
-  python3 scripts/compare_losses.py "$work/mpi2/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-5
+  [ "$status" -ne 0 ] && grep -q "step-00000099 does not exist\|step-00000099.*not a complete checkpoint" <<<"$out" || { echo "a soup of a step the service does not hold was not refused by name"; return 1; }
 }
-check "train: 2 ranks stream checkpoints to tessera ckpt serve, 1 rank resumes from it (1e-5)" through_service
+check "train: 2 ranks stream checkpoints to tessera ckpt serve, 1 rank resumes from it (1e-5); the service runs a soup job" through_service
 damaged_checkpoint() {
   local step=$work/resume-2to3/checkpoints/step-00000008
   printf x >>"$step/model-00001-of-00002.safetensors"

@@ -44,6 +44,7 @@ struct CheckpointServe: ParsableCommand {
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
                                       retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
+        server.jobRunner = Soup.serviceJob
         try server.start()
         server.wait()
     }

@@ -31,8 +31,11 @@ struct Soup: ParsableCommand {
     @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
     var batches = 0
 
-    @Option(help: "New run directory for the soup (must not exist, or be empty).")
+    @Option(help: "New run directory for the soup (must not exist, or be empty); with --service, a name the service creates under its root's soups/.")
     var output: String
+
+    @Option(help: ArgumentHelp("Run the soup on the checkpoint service at HOST:PORT (tessera ckpt serve), on the checkpoints it holds: --inputs are its steps (8 or step-00000008) or paths on its node; the job token comes from TESSERA_JOB_TOKEN.", valueName: "HOST:PORT"))
+    var service: String?
 
     func validate() throws {
         guard !inputs.isEmpty else { throw ValidationError("--inputs needs at least one checkpoint directory") }
@@ -40,6 +43,15 @@ struct Soup: ParsableCommand {
     }
 
     func run() throws {
+        if let service {
+            let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
+                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "soup client", ioTimeout: 3600)
+            let result = try sink.submit(ServiceJobRequest(method: method.rawValue, inputs: inputs, weights: weights, validationData: valData,
+                                                           validationBatches: batches, output: output))
+            for line in result.log { print(line) }
+            print("soup written by the service at \(service): \(result.checkpoint)")
+            return
+        }
         var checkpoints: [URL] = []
         for input in inputs {
             let (url, note) = try CheckpointArgument.resolve(input)
@@ -54,5 +66,25 @@ struct Soup: ParsableCommand {
             print(label + String(format: "%.4f  ", loss) + url.path)
         }
         if let loss = report.soupLoss { print("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
+    }
+}
+
+extension Soup {
+    /// The checkpoint service's job runner: a soup of the service's checkpoints, written as
+    /// the run directory `ROOT/soups/NAME` on the service's node.
+    static let serviceJob: ServiceJobRunner = { request, root, log in
+        guard request.kind == "soup" else { throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup jobs") }
+        guard let method = SoupJob.Method(rawValue: request.method) else {
+            throw ValidationError("unknown soup method '\(request.method)'; choose uniform, weighted or greedy")
+        }
+        let job = SoupJob(method: method, inputs: try request.inputs.map { try request.resolve($0, root: root) }, weights: request.weights,
+                          validationData: request.validationData, validationBatches: request.validationBatches,
+                          output: try request.outputDirectory(root: root))
+        let report = try job.run(log: log)
+        var lines = report.ingredientLosses.map { ingredient, loss in
+            (report.kept.contains(ingredient) ? "in soup  " : "left out ") + String(format: "%.4f  ", loss) + ingredient.path
+        }
+        if let loss = report.soupLoss { lines.append("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
+        return ServiceJobResult(checkpoint: report.checkpoint.path, log: lines)
     }
 }

@@ -20,6 +20,8 @@ import Glibc
 public final class CheckpointServer: @unchecked Sendable {
     public let root: URL
     public let retention: CheckpointRetention
+    /// Runs the jobs clients submit (`tessera soup --service`); nil: jobs are refused. Set before `start()`.
+    public var jobRunner: ServiceJobRunner?
     /// Seconds without progress after which a connection is dropped.
     public let ioTimeout: Double
     public static let identity = "tessera checkpoint service"
@@ -141,6 +143,7 @@ public final class CheckpointServer: @unchecked Sendable {
                 case .putPart: try receivePart(frame, from: connection, id: id)
                 case .list: try connection.send(.ok, json: completeSteps(), while: "answering a list request")
                 case .get: try sendCheckpoint(frame, to: connection)
+                case .job: try runJob(frame, on: connection, client: client)
                 default: throw CheckpointServiceError.badFrame(address: peer, reason: "a \(frame.type) frame is not a request")
                 }
             } catch {

@@ -163,7 +163,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
     }
 
     /// The service's answer: `ok` with JSON, or its refusal as `rejected`.
-    private func reply<T: Decodable>(_ connection: ServiceConnection, _ type: T.Type, while doing: String) throws -> T {
+    func reply<T: Decodable>(_ connection: ServiceConnection, _ type: T.Type, while doing: String) throws -> T {
         let frame = try connection.receive(while: doing)
         switch frame.type {
         case .ok:

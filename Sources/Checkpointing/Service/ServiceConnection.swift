@@ -19,6 +19,9 @@ public enum FrameType: UInt8, Sendable {
     case get = 5
     case fileBegin = 6
     case fileEnd = 7
+    /// client → service: run a job on the service's checkpoints (JSON `ServiceJobRequest`);
+    /// the reply is `ok` with a JSON `ServiceJobResult`, or `error`.
+    case job = 8
     /// service → client: success, with a JSON payload.
     case ok = 20
     /// service → client: a refusal, as one line of text.

@@ -1,0 +1,93 @@
+import Foundation
+
+/// A job a client submits to the checkpoint service, run on the service's node against the
+/// checkpoints it holds (`tessera soup --service HOST:PORT ...`).
+public struct ServiceJobRequest: Codable, Equatable, Sendable {
+    /// What to run: `soup`.
+    public var kind: String
+    /// The soup method: `uniform`, `weighted` or `greedy`.
+    public var method: String
+    /// Checkpoints on the service's node: a step held by the service (`8` or `step-00000008`),
+    /// or a path there.
+    public var inputs: [String]
+    public var weights: [Double]
+    /// Token shards on the service's node that score ingredients and soups (greedy).
+    public var validationData: String?
+    public var validationBatches: Int
+    /// Name of the output run directory, created under the service's `soups/`.
+    public var output: String
+
+    public init(kind: String = "soup", method: String, inputs: [String], weights: [Double] = [], validationData: String? = nil,
+                validationBatches: Int = 0, output: String) {
+        self.kind = kind; self.method = method; self.inputs = inputs; self.weights = weights
+        self.validationData = validationData; self.validationBatches = validationBatches; self.output = output
+    }
+}
+
+/// What a job produced: the checkpoint it wrote (a path on the service's node) and its log.
+public struct ServiceJobResult: Codable, Equatable, Sendable {
+    public var checkpoint: String
+    public var log: [String]
+
+    public init(checkpoint: String, log: [String]) { self.checkpoint = checkpoint; self.log = log }
+}
+
+/// Runs a job on the service's node: given the request, the service's root and a log line
+/// sink. The executable provides it (soups need the evaluator, which lives above this module).
+public typealias ServiceJobRunner = @Sendable (_ request: ServiceJobRequest, _ root: URL, _ log: @escaping (String) -> Void) throws -> ServiceJobResult
+
+extension ServiceJobRequest {
+    /// The checkpoint directory an input names on a service rooted at `root`: a complete step
+    /// it holds (`8`, `step-00000008`), or a path on its node.
+    public func resolve(_ input: String, root: URL) throws -> URL {
+        let step = Int(input) ?? CheckpointLayout.step(ofDirectory: input)
+        let url = step.map { root.appendingPathComponent(CheckpointLayout.directoryName(step: $0)) } ?? URL(fileURLWithPath: input)
+        guard FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path) else {
+            let have = CheckpointStore(root: root).complete().map { String($0.step) }
+            throw CheckpointError.missing(path: url.path, hint: "not a complete checkpoint on the service; its complete steps: \(have.isEmpty ? "none" : have.joined(separator: ", "))")
+        }
+        return url
+    }
+
+    /// The output run directory: `root/soups/NAME` (a plain name, no slashes).
+    public func outputDirectory(root: URL) throws -> URL {
+        guard !output.isEmpty, !output.contains("/"), output != ".", output != ".." else {
+            throw CheckpointError.writeFailed(path: output, reason: "a job's --output is a plain name; the service writes it under its root's soups/")
+        }
+        return root.appendingPathComponent("soups").appendingPathComponent(output)
+    }
+}
+
+extension CheckpointServer {
+    /// Runs a submitted job on this connection's thread with `jobRunner` and answers with its
+    /// result; a service started without a runner refuses jobs.
+    func runJob(_ frame: Frame, on connection: ServiceConnection, client: String) throws {
+        guard let request = try? JSONDecoder().decode(ServiceJobRequest.self, from: Data(frame.payload)) else {
+            throw CheckpointServiceError.badFrame(address: connection.address, reason: "a job request that is not JSON")
+        }
+        guard let runner = jobRunner else {
+            throw CheckpointServiceError.rejected(address: connection.address, reason: "this service runs no jobs")
+        }
+        log("job from '\(client)': \(request.kind) \(request.method) of \(request.inputs.joined(separator: ", ")) → soups/\(request.output)")
+        let lines = JobLog()
+        let result = try runner(request, root) { line in lines.append(line) }
+        log("job done: \(result.checkpoint)")
+        try connection.send(.ok, json: ServiceJobResult(checkpoint: result.checkpoint, log: lines.lines + result.log), while: "answering a job")
+    }
+}
+
+/// Lines a job logs, collected for its reply (the job runs on one thread).
+final class JobLog: @unchecked Sendable {
+    private(set) var lines: [String] = []
+    func append(_ line: String) { lines.append(line) }
+}
+
+extension ServiceCheckpointSink {
+    /// Submits a job to the service and waits for its result (soups can take minutes: the
+    /// wait is bounded by the sink's I/O timeout).
+    public func submit(_ request: ServiceJobRequest) throws -> ServiceJobResult {
+        let connection = try connect()
+        try connection.send(.job, json: request, while: "submitting a \(request.kind) job")
+        return try reply(connection, ServiceJobResult.self, while: "waiting for the \(request.kind) job to finish")
+    }
+}
