@@ -198,6 +198,21 @@ import _TestSupport
         #expect(losses.last! < 0.6 * losses.first!, "loss \(losses.first!) → \(losses.last!)")
     }
 
+    /// Loss and every gradient are bitwise the same on one kernel thread or several.
+    @Test func gradientsDoNotDependOnTheThreadCount() throws {
+        let data = TransformerLMTests.batch(seed: 8, batch: 3, length: 13, vocab: 13)
+        var results: [(Double, [Float])] = []
+        for threads in [1, 3] {
+            let model = try Self.model([Self.mamba, Self.mamba])
+            model.threads = KernelThreads(threads)
+            model.parameters.zeroGradients()
+            let loss = model.lossAndGradients(tokens: data.tokens, targets: data.targets, batch: 3, length: 13, gradientScale: 1)
+            results.append((loss, model.parameters.gradients.array))
+        }
+        #expect(results[0].0 == results[1].0)
+        #expect(results[0].1 == results[1].1)
+    }
+
     /// The capture hook hands distillation each Mamba layer's mixing matrix, the same the
     /// component's `mixingMatrix` computes from the mixer's input.
     @Test func theCaptureHookSeesTheMixingMatrix() throws {
