@@ -53,6 +53,7 @@ import _TestSupport
         Case(batch: 2, length: 9, heads: 2, headDim: 3, stateSize: 3, chunk: 64),
         Case(batch: 1, length: 31, heads: 2, headDim: 5, stateSize: 4, chunk: 7),
         Case(batch: 1, length: 40, heads: 1, headDim: 4, stateSize: 4, chunk: 1),
+        Case(batch: 1, length: 150, heads: 2, headDim: 4, stateSize: 3, chunk: 64),
     ]
 
     /// Runs the fast forward on the packed operands: y, final states.
