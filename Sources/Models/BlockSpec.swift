@@ -17,6 +17,43 @@ public struct BlockSpec: Equatable, Sendable {
 public enum SequenceMixerSpec: Equatable, Sendable {
     /// Causal grouped-query self-attention with rotary positions.
     case attention(AttentionSpec)
+    /// Phi-Mamba's discrete Mamba-2 mixer (a selective state space, linear in the length).
+    case mamba2(Mamba2Spec)
+}
+
+/// The discrete Mamba-2 mixer of Phi-Mamba (`modules/mixers/discrete_mamba2.py`, with
+/// `n_qk_heads = n_v_heads = heads`, `expand = 1` when `heads · headDim = d_model`):
+/// in_proj to [x (H·P) | B (H·N) | C (H·N) | z (H·P) | A_log (H)], a causal depthwise
+/// convolution of `convWidth` on x, B, C, the state-space mixer with per-token decay
+/// sigmoid(−A_log), `y + D ⊙ x`, then `out_proj(y ⊙ silu(z + z_bias))`.
+/// For distillation from attention, `heads` and `headDim` are the teacher's.
+public struct Mamba2Spec: Equatable, Sendable {
+    /// H: heads (Phi-Mamba's `n_v_heads`, and `n_qk_heads`: B and C are per head).
+    public var heads: Int
+    /// P: channels of x per head (Phi-Mamba's `headdim`).
+    public var headDim: Int
+    /// N: state size per head, the width of B and C (Phi-Mamba's `d_state`, equal to the head
+    /// dimension in its released configuration).
+    public var stateSize: Int
+    /// Taps of the causal convolution (Phi-Mamba's `d_conv`).
+    public var convWidth: Int
+    /// Positions per chunk of the training scan (any length works; results agree to rounding).
+    public var chunkSize: Int
+
+    public init(heads: Int, headDim: Int, stateSize: Int? = nil, convWidth: Int = 4, chunkSize: Int = 64) {
+        self.heads = heads; self.headDim = headDim; self.stateSize = stateSize ?? headDim
+        self.convWidth = convWidth; self.chunkSize = chunkSize
+    }
+
+    /// Problems with these sizes, each naming the key; `at` is appended to each.
+    public func problems(at: String = "") -> [String] {
+        var out: [String] = []
+        for (key, value) in [("mamba2.heads", heads), ("mamba2.head_dim", headDim), ("mamba2.state_size", stateSize),
+                             ("mamba2.conv_width", convWidth), ("mamba2.chunk_size", chunkSize)] where value < 1 {
+            out.append("\(key) = \(value) must be at least 1\(at)")
+        }
+        return out
+    }
 }
 
 /// Causal grouped-query attention: `heads` query heads share `kvHeads` key/value heads.

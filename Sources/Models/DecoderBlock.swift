@@ -30,6 +30,8 @@ public final class DecoderBlock {
         switch spec.sequenceMixer {
         case .attention(let attention):
             sequenceMixer = CausalSelfAttention(spec: attention, dModel: dModel, residualStd: residualStd)
+        case .mamba2(let mamba):
+            sequenceMixer = Mamba2Mixer(spec: mamba, dModel: dModel, residualStd: residualStd)
         }
         switch spec.channelMixer {
         case .swiGLU(let hidden):
@@ -40,6 +42,9 @@ public final class DecoderBlock {
     }
 
     var prefix: String { "model.layers.\(layer)." }
+
+    /// The block's sequence mixer when it is a Mamba-2 mixer (its mixing matrix for distillation).
+    public var mamba2Mixer: Mamba2Mixer? { sequenceMixer as? Mamba2Mixer }
 
     var declarations: [ParameterDeclaration] { declarations(global: false) }
 

@@ -44,6 +44,8 @@ public struct ModelConfig: Equatable, Sendable {
                 if a.heads > 0, dModel % a.heads != 0 { out.append("model.d_model = \(dModel) is not divisible by model.heads = \(a.heads)\(at)") }
                 if a.kvHeads > 0, a.heads % a.kvHeads != 0 { out.append("model.heads = \(a.heads) is not divisible by model.kv_heads = \(a.kvHeads)\(at)") }
                 if a.heads > 0, dModel % a.heads == 0, a.headDim % 2 != 0 { out.append("head dimension d_model / heads = \(a.headDim) must be even for RoPE\(at)") }
+            case .mamba2(let m):
+                out += m.problems(at: at)
             }
             switch block.channelMixer {
             case .swiGLU(let hidden): if hidden < 1 { out.append("model.ffn_hidden = \(hidden) must be at least 1\(at)") }

@@ -6,6 +6,8 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
     case invalidConfig([String])
     /// The grid's expert axis does not divide a layer's experts.
     case expertsDoNotDivide(experts: Int, expertRanks: Int)
+    /// A layer whose sequence mixer cannot run with the sequence sharded over ranks.
+    case sequenceParallelUnsupported(layer: Int, kind: String)
 
     public var description: String {
         switch self {
@@ -15,6 +17,8 @@ public enum ModelError: Error, Equatable, CustomStringConvertible {
         case let .invalidConfig(problems): return "invalid model config: " + problems.joined(separator: "; ")
         case let .expertsDoNotDivide(experts, expertRanks):
             return "moe.experts = \(experts) is not divisible by parallel.expert = \(expertRanks); choose parallel.expert dividing moe.experts"
+        case let .sequenceParallelUnsupported(layer, kind):
+            return "layer \(layer): a \(kind) mixer cannot run with the sequence sharded; set parallel.sequence = 1 for this model"
         }
     }
 }

@@ -43,6 +43,9 @@ public enum ParameterInitialization: Equatable, Sendable {
     case ones
     case zeros
     case normal(std: Double)
+    /// The values repeated in row-major order until the tensor is full: one value for a
+    /// constant, one row for a pattern every row shares (an identity convolution's taps).
+    case repeating([Float])
 }
 
 /// A component's parameter: name (Hugging Face), local shape `[out, in]` for matrices,

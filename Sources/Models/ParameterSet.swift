@@ -80,6 +80,8 @@ public final class ParameterSet {
             switch d.initialization {
             case .ones: target?.update(repeating: 1, count: count)
             case .zeros: target?.update(repeating: 0, count: count)
+            case .repeating(let pattern):
+                for i in 0..<count { target?[i] = pattern[i % pattern.count] }
             case .normal(let std):
                 for i in 0..<count {
                     let value = Float(rng.nextNormal() * std)

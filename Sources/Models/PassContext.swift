@@ -103,6 +103,8 @@ public enum CapturePoint: String, Sendable {
     case blockOutput
     /// Attention probabilities (B, H, T, T), causal (entries above the diagonal are 0).
     case attentionProbabilities
+    /// A Mamba-2 mixer's materialised mixing matrix (B, H, T, T), D on the diagonal, causal.
+    case mixingMatrix
 }
 
 /// Called during the forward pass with a layer index, a point, the values (valid only during the

@@ -47,6 +47,10 @@ public final class TransformerLM {
         for case .moe(let moe) in config.blocks.map(\.channelMixer) where moe.experts % sharding.count != 0 {
             throw ModelError.expertsDoNotDivide(experts: moe.experts, expertRanks: sharding.count)
         }
+        if let grid, grid.sequenceSize > 1,
+           let layer = config.blocks.firstIndex(where: { if case .mamba2 = $0.sequenceMixer { return true } else { return false } }) {
+            throw ModelError.sequenceParallelUnsupported(layer: layer, kind: "mamba2")
+        }
         self.config = config
         self.grid = grid
         self.sharding = sharding

@@ -80,8 +80,9 @@ public final class InferenceSession {
         return logits
     }
 
-    /// Positions cached on this rank (per attention layer) and the bytes of all its caches.
-    public var cachedPositions: Int { layers.first?.mixer.cachedPositions ?? 0 }
+    /// Positions cached on this rank (per attention layer; recurrent layers hold none) and the
+    /// bytes of all its caches and states.
+    public var cachedPositions: Int { layers.map(\.mixer.cachedPositions).max() ?? 0 }
     public var cacheBytes: Int { layers.reduce(0) { $0 + $1.mixer.cacheBytes } }
 
     private func checkVocabulary(_ tokens: [Int32]) throws {
