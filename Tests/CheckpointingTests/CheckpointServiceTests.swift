@@ -398,4 +398,35 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.root.path).isEmpty, "the steps were removed")
         #expect(try fixture.sink().upload(part(step: 10, rank: 0, ranks: 1, bytes: 100)).committed)
     }
+
+    /// A rank retrying its part (its acknowledgement was lost) while the step gets committed:
+    /// the retry is compared with the committed files and acknowledged, and none of its bytes
+    /// lands in the checkpoint.
+    @Test func aRetryStillArrivingWhenTheStepIsCommittedIsAcknowledged() throws {
+        let fixture = try ServiceFixture()
+        let rank0 = part(step: 3, rank: 0, ranks: 2, bytes: 5000), rank1 = part(step: 3, rank: 1, ranks: 2, bytes: 5000)
+        #expect(try !fixture.sink().upload(rank1).committed)
+        let retry = try fixture.sink().connect()
+        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2, validationLoss: nil,
+                                                  files: rank1.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) }),
+                       while: "test")
+        let first = rank1.files[0].data
+        try retry.send(Frame(.fileData, Array(first.prefix(100))), while: "test")
+        let incoming = fixture.server.incomingURL(3)
+        let end = Date(timeIntervalSinceNow: 5)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: incoming.path)) ?? []).isEmpty, Date() < end { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: incoming.path).count == 1, "the service is writing the retry's first file")
+        #expect(try fixture.sink().upload(rank0).committed)
+        let committed = fixture.files(in: fixture.committed(3))
+        try retry.send(Frame(.fileData, Array(first.dropFirst(100))), while: "test")
+        for f in rank1.files.dropFirst() { try retry.send(Frame(.fileData, Array(f.data)), while: "test") }
+        try retry.send(Frame(.partEnd), while: "test")
+        let reply = try retry.receive(while: "test")
+        #expect(reply.type == .ok, "\(String(decoding: reply.payload, as: UTF8.self))")
+        #expect(try JSONDecoder().decode(PartReceipt.self, from: Data(reply.payload)) == PartReceipt(step: 3, rank: 1, committed: true))
+        #expect(fixture.files(in: fixture.committed(3)) == committed)
+        #expect(Set(committed.keys) == Set(filesOf([rank0, rank1]).keys).union(["checksums.json", "DONE"]))
+        #expect(!FileManager.default.fileExists(atPath: incoming.path), "nothing of the retry is left")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.root.path) == ["step-00000003"])
+    }
 }

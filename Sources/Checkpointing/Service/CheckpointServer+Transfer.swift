@@ -36,7 +36,7 @@ extension CheckpointServer {
         let incoming = header.files.map { incomingURL(step).appendingPathComponent("\(id)-\($0.name)") }
         do {
             for (file, url) in zip(header.files, incoming) {
-                try receiveFile(file, into: committed ? nil : url, from: connection, what: what)
+                try receiveFile(file, into: committed ? nil : url, step: step, from: connection, what: what)
             }
             let end = try connection.receive(while: "waiting for the end of \(what)'s part")
             guard end.type == .partEnd else {
@@ -45,9 +45,14 @@ extension CheckpointServer {
             lock.lock()
             defer { lock.unlock() }
             let receipt = try acknowledge(header, incoming: incoming)
+            if receipt.committed, isComplete(step) {   // committed meanwhile: what this part left is of no use
+                for url in incoming { try? FileManager.default.removeItem(at: url) }
+                rmdir(incomingURL(step).path)   // unless another part is still arriving
+            }
             try connection.send(.ok, json: receipt, while: "acknowledging \(what)")
         } catch {
             for url in incoming { try? FileManager.default.removeItem(at: url) }
+            if isComplete(step) { rmdir(incomingURL(step).path) }
             throw error
         }
     }
@@ -56,9 +61,11 @@ extension CheckpointServer {
         FileManager.default.fileExists(atPath: finalURL(step).appendingPathComponent(CheckpointLayout.done).path)
     }
 
-    /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them).
-    private func receiveFile(_ file: PartFileEntry, into url: URL?, from connection: ServiceConnection, what: String) throws {
-        let fd = try url.map(DurableFiles.create)
+    /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them; so
+    /// too when `step` was committed meanwhile and its incoming directory is gone).
+    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws {
+        var fd: Int32?
+        do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
         var hasher = SHA256()
         var remaining = file.size
         do {

@@ -265,7 +265,10 @@ public final class CheckpointServer: @unchecked Sendable {
             removeAssembly(step)
             throw CheckpointServiceError.invalidPart(reason: "step \(step) cannot be committed and was removed: \(error)")
         }
-        removeAssembly(step)
+        try? FileManager.default.removeItem(at: manifestsURL(step))
+        // A redelivered part still arriving keeps the incoming directory (it removes it when it
+        // is acknowledged); a later commit or a restart clears what a dropped one left.
+        rmdir(incomingURL(step).path)
         log("committed step \(step) (\(parts.count) part(s), \(listed.count) files) as \(final.path)")
         for older in stepsInAssembly() where older < step {
             removeAssembly(older)
