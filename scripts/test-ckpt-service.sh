@@ -2,7 +2,8 @@
 # The checkpoint service under kill -9: `tessera ckpt serve` is killed at random moments while
 # three synthetic ranks (`tessera ckpt upload-test`, a testing tool) upload parts, and in some
 # trials an uploading client is killed instead. After each kill, every visible step-* directory
-# must be complete (DONE), verify against its checksums.json and hold exactly the parts' files;
+# must be complete (DONE), verify against its checksums.json, hold exactly the parts' files and
+# load (`tessera ckpt verify`);
 # the restarted service must report the newest of them and carry on, and a final clean run must
 # commit and serve back identical files. Also: a wrong token is refused with the address named,
 # and the service refuses to start without a token.
@@ -16,13 +17,23 @@ RANKS=3
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # verify_root ROOT: prints the newest complete step (or "none"); fails when any visible step-*
-# directory is incomplete, does not verify, or holds other files than the parts'.
+# directory is incomplete, does not verify, holds other files than the parts', or does not load.
 verify_root() {
+  local newest
+  newest=$(verify_files "$1") || return 1
+  if [ "$newest" != none ]; then
+    "$TESSERA" ckpt verify "$1" >/dev/null || { echo "tessera ckpt verify $1 failed" >&2; return 1; }
+  fi
+  echo "$newest"
+}
+
+# verify_files ROOT: the file-level checks of verify_root (the layout CheckpointCommit writes).
+verify_files() {
   python3 - "$1" "$RANKS" <<'PY'
 import hashlib, json, os, re, sys
 root, ranks = sys.argv[1], int(sys.argv[2])
-expected = {f"model-{r + 1:05d}-of-{ranks:05d}.safetensors" for r in range(ranks)}
-expected |= {"model.safetensors.index.json", "trainer_state.json", "checksums.json", "DONE"}
+expected = {f"{kind}-{r + 1:05d}-of-{ranks:05d}.safetensors" for r in range(ranks) for kind in ("model", "optimizer")}
+expected |= {"model.safetensors.index.json", "config.json", "trainer_state.json", "run.yaml", "checksums.json", "DONE"}
 steps = []
 for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     if name.startswith("."):
@@ -33,7 +44,10 @@ for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     files = set(os.listdir(d))
     assert "DONE" in files, f"{d} is visible without DONE"
     assert files == expected, f"{d} holds {sorted(files)}, expected {sorted(expected)}"
-    sums = json.load(open(os.path.join(d, "checksums.json")))
+    manifest = json.load(open(os.path.join(d, "checksums.json")))
+    assert manifest["algorithm"] == "sha256" and manifest["step"] == int(m.group(1)), f"{d}/checksums.json: {manifest}"
+    assert open(os.path.join(d, "DONE")).read() == f"step {int(m.group(1))}\n", f"{d}/DONE"
+    sums = manifest["files"]
     assert set(sums) == expected - {"checksums.json", "DONE"}, f"{d}/checksums.json lists {sorted(sums)}"
     for f, h in sums.items():
         actual = hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()

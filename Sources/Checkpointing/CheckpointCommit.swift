@@ -9,7 +9,8 @@ import Foundation
 public enum CheckpointCommit {
     /// Commits `partial` (usually `root/.step-0000000N.partial`) as `root/step-0000000N` and
     /// returns that URL. Checks first that rank 0's metadata files are there and that every
-    /// file the index names is. A checkpoint of the same step already committed is replaced
+    /// file the index names is. Hidden names (the ranks' markers, temporaries) are deleted,
+    /// never committed. A checkpoint of the same step already committed is replaced
     /// only once the new one is complete.
     @discardableResult
     public static func commit(partial: URL, root: URL, step: Int) throws -> URL {
@@ -18,10 +19,12 @@ public enum CheckpointCommit {
         do { names = try fm.contentsOfDirectory(atPath: partial.path) } catch {
             throw CheckpointError.missing(path: partial.path, hint: "no part of checkpoint step \(step) was delivered")
         }
-        for marker in names where CheckpointLayout.isMarker(marker) {
-            try remove(partial.appendingPathComponent(marker))
+        // Markers, and any other hidden name (a temporary of a write that never finished), are
+        // not files of the checkpoint: they never reach it.
+        for hidden in names where hidden.hasPrefix(".") {
+            try remove(partial.appendingPathComponent(hidden))
         }
-        let files = names.filter { !CheckpointLayout.isMarker($0) && $0 != CheckpointLayout.checksums && $0 != CheckpointLayout.done }.sorted()
+        let files = names.filter { !$0.hasPrefix(".") && $0 != CheckpointLayout.checksums && $0 != CheckpointLayout.done }.sorted()
         try checkStructure(partial, files: Set(files))
         var sums: [String: String] = [:]
         for name in files {
@@ -119,8 +122,14 @@ public enum CheckpointCommit {
             if chunk.isEmpty { break }
             hasher.update(data: chunk)
         }
-        return hasher.finalize().map { String(format: "%02x", $0) }.joined()
+        return hex(hasher.finalize())
     }
+
+    /// The SHA-256 of `data`, as lowercase hex (what `checksums.json` records for a file).
+    public static func sha256(_ data: Data) -> String { hex(SHA256.hash(data: data)) }
+
+    /// Bytes (a digest) as lowercase hex.
+    public static func hex(_ digest: some Sequence<UInt8>) -> String { digest.map { String(format: "%02x", $0) }.joined() }
 
     private static func remove(_ url: URL) throws {
         do { try FileManager.default.removeItem(at: url) } catch {

@@ -83,12 +83,7 @@ extension CheckpointStore {
     /// Checks every file `checksums.json` lists against its SHA-256; returns their names.
     @discardableResult
     public static func verifyChecksums(_ directory: URL) throws -> Set<String> {
-        let url = directory.appendingPathComponent(CheckpointLayout.checksums)
-        guard let data = FileManager.default.contents(atPath: url.path),
-              let manifest = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-              let sums = manifest["files"] as? [String: String] else {
-            throw CheckpointError.corrupt(path: url.path, reason: "missing or not a checksum manifest (files: name → SHA-256)")
-        }
+        let sums = try checksums(directory)
         for (name, expected) in sums.sorted(by: { $0.key < $1.key }) {
             let file = directory.appendingPathComponent(name)
             guard FileManager.default.fileExists(atPath: file.path) else {
@@ -101,6 +96,18 @@ extension CheckpointStore {
             }
         }
         return Set(sums.keys)
+    }
+
+    /// The SHA-256 of every file, by name, as the checkpoint's `checksums.json` records them
+    /// (not checked against the files: that is `verifyChecksums`).
+    public static func checksums(_ directory: URL) throws -> [String: String] {
+        let url = directory.appendingPathComponent(CheckpointLayout.checksums)
+        guard let data = FileManager.default.contents(atPath: url.path),
+              let manifest = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let sums = manifest["files"] as? [String: String] else {
+            throw CheckpointError.corrupt(path: url.path, reason: "missing or not a checksum manifest (files: name → SHA-256)")
+        }
+        return sums
     }
 
     /// The per-tensor shard metadata of a Tessera shard file (empty for a plain safetensors file).

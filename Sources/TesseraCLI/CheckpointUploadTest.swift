@@ -24,7 +24,7 @@ struct CheckpointUploadTest: ParsableCommand {
     @Option(help: "Steps to upload (0: none).")
     var steps = 0
 
-    @Option(help: "Bytes of each rank's model shard.")
+    @Option(help: "Bytes of each rank's model tensor (its optimizer shard is twice that).")
     var bytes = 1 << 20
 
     @Flag(help: "Print the newest complete step (or 'none').")
@@ -53,7 +53,7 @@ struct CheckpointUploadTest: ParsableCommand {
             let group = DispatchGroup()
             for rank in 0..<ranks {
                 let client = try sink(rank)
-                let part = Self.part(step: step, rank: rank, ranks: ranks, bytes: bytes)
+                let part = try Self.part(step: step, rank: rank, ranks: ranks, bytes: bytes)
                 group.enter()
                 Thread { outcome.receipts[rank] = Result { try client.upload(part) }; group.leave() }.start()
             }
@@ -68,19 +68,10 @@ struct CheckpointUploadTest: ParsableCommand {
         if let fetch { print(try sink(0).fetch(step: fetch).path) }
     }
 
-    /// Deterministic synthetic content: rank r's shard `model-0000(r+1)-of-0000R.safetensors`,
-    /// and on rank 0 the index and trainer state.
-    static func part(step: Int, rank: Int, ranks: Int, bytes: Int) -> CheckpointPart {
-        var state = UInt64(step * 1_000_003 + rank + 1)
-        let shard = Data((0..<bytes).map { _ -> UInt8 in
-            state = state &* 6364136223846793005 &+ 1442695040888963407
-            return UInt8(truncatingIfNeeded: state >> 56)
-        })
-        var files = [CheckpointFile(name: String(format: "model-%05d-of-%05d.safetensors", rank + 1, ranks), data: shard)]
-        if rank == 0 {
-            files.append(CheckpointFile(name: "model.safetensors.index.json", data: Data(#"{"metadata": {"step": \#(step)}}"#.utf8)))
-            files.append(CheckpointFile(name: "trainer_state.json", data: Data(#"{"step": \#(step)}"#.utf8)))
-        }
-        return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files, validationLoss: rank == 0 ? 10.0 / Double(step + 1) : nil)
+    /// Deterministic synthetic content (`SyntheticCheckpointPart`): rank r's model and
+    /// optimizer shards of a tensor of `bytes / 4` floats, and on rank 0 the index, config,
+    /// trainer state (validation loss 10 / (step + 1)) and run config — a checkpoint that loads.
+    static func part(step: Int, rank: Int, ranks: Int, bytes: Int) throws -> CheckpointPart {
+        try SyntheticCheckpointPart.make(step: step, rank: rank, ranks: ranks, floats: max(1, bytes / 4), validationLoss: 10.0 / Double(step + 1))
     }
 }

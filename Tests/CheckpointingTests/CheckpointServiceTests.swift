@@ -2,6 +2,7 @@ import Testing
 @testable import Checkpointing
 import CollectivesTCP
 import Foundation
+import TensorCore
 import _TestSupport
 #if canImport(Glibc)
 import Glibc
@@ -62,21 +63,20 @@ final class ServiceFixture {
     deinit { server.stop(); directory.remove() }
 }
 
-/// Rank `rank`'s part of `step`: a model shard of `bytes` random bytes (larger than a frame's
-/// chunk, so it travels in several), and on rank 0 the metadata files.
+/// Rank `rank`'s part of `step` (`SyntheticCheckpointPart`, random values): its model shard
+/// holds `bytes` bytes of tensor (by default more than a frame's chunk, so it travels in
+/// several), its optimizer shard twice that; rank 0's part adds the index naming every rank's
+/// model file, `config.json`, `trainer_state.json` (with `loss`) and `run.yaml`.
 func part(step: Int, rank: Int, ranks: Int, bytes: Int = Frame.chunkBytes + 12345, loss: Double? = nil) -> CheckpointPart {
-    var state = UInt64.random(in: 0...UInt64.max)
-    var shard = Data(count: bytes)
-    shard.withUnsafeMutableBytes { (p: UnsafeMutableRawBufferPointer) in
-        for i in 0..<bytes { state = state &* 6364136223846793005 &+ 1442695040888963407; p[i] = UInt8(truncatingIfNeeded: state >> 56) }
-    }
-    var files = [CheckpointFile(name: String(format: "model-%05d-of-%05d.safetensors", rank + 1, ranks), data: shard)]
-    if rank == 0 {
-        files.append(CheckpointFile(name: "model.safetensors.index.json", data: Data(#"{"weight_map": {}}"#.utf8)))
-        files.append(CheckpointFile(name: "trainer_state.json", data: Data(#"{"step": \#(step)}"#.utf8)))
-        files.append(CheckpointFile(name: "empty.bin", data: Data()))
-    }
-    return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files, validationLoss: rank == 0 ? loss : nil)
+    try! SyntheticCheckpointPart.make(step: step, rank: rank, ranks: ranks, floats: max(1, bytes / 4), validationLoss: loss,
+                                      seed: UInt64.random(in: 0...UInt64.max))
+}
+
+/// Every file of the parts, by name.
+func filesOf(_ parts: [CheckpointPart]) -> [String: Data] {
+    var files: [String: Data] = [:]
+    for p in parts { for f in p.files { files[f.name] = f.data } }
+    return files
 }
 
 /// Delivers the parts concurrently, one thread per rank (as ranks of a job would).
@@ -100,27 +100,36 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let receipts = try deliverConcurrently(parts, fixture).map { try $0.get() }
         #expect(receipts.filter(\.committed).count == 1)
         let dir = fixture.committed(10)
-        var expected: [String: Data] = [:]
-        for p in parts { for f in p.files { expected[f.name] = f.data } }
+        let expected = filesOf(parts)
+        #expect(expected.count == 6 + 2 + 2, "rank 0: model, optimizer and 4 metadata files; ranks 1 and 2: model and optimizer")
         var got = fixture.files(in: dir)
-        #expect(got.removeValue(forKey: "DONE").map { String(decoding: $0, as: UTF8.self) } == "step 10\nvalidation_loss 2.5\n")
+        #expect(got.removeValue(forKey: "DONE").map { String(decoding: $0, as: UTF8.self) } == "step 10\n")
         let removed = got.removeValue(forKey: "checksums.json")
         let checksums = try #require(removed)
         #expect(got == expected)
-        let sums = try JSONSerialization.jsonObject(with: checksums) as! [String: String]
-        #expect(sums == expected.mapValues { ServiceCommit.sha256Hex($0) })
+        let manifest = try #require(try JSONSerialization.jsonObject(with: checksums) as? [String: Any])
+        #expect(manifest["algorithm"] as? String == "sha256")
+        #expect(manifest["step"] as? Int == 10)
+        let sums = try #require(manifest["files"] as? [String: String])
+        #expect(sums == expected.mapValues { CheckpointCommit.sha256($0) })
         let text = String(decoding: checksums, as: UTF8.self)
         let keyOrder = sums.keys.sorted().map { text.range(of: "\"\($0)\"")!.lowerBound }
         #expect(keyOrder == keyOrder.sorted(), "checksums.json keys are sorted")
-        try ServiceCommit.verify(dir)
+        #expect(try CheckpointStore.verifyChecksums(dir) == Set(expected.keys))
+        // An ordinary checkpoint: it loads, every rank's tensor in it, the loss in its trainer state.
+        let contents = try CheckpointStore.read(dir)
+        #expect(contents.model.names.sorted() == (0..<3).map(SyntheticCheckpointPart.tensorName))
+        #expect(contents.state.step == 10 && contents.state.validationLoss == 2.5)
         #expect(try fixture.sink().latestStep() == 10)
+        #expect(try fixture.sink().list().map(\.validationLoss) == [2.5])
         // Nothing of the assembly is left behind.
         #expect((try? FileManager.default.contentsOfDirectory(atPath: fixture.root.path)) == ["step-00000010"])
     }
 
     @Test func aStepWithAMissingRankOrAHalfSentPartIsNeverCommitted() throws {
         let fixture = try ServiceFixture()
-        for r in deliverConcurrently([part(step: 4, rank: 0, ranks: 3), part(step: 4, rank: 1, ranks: 3)], fixture) {
+        let first = [part(step: 4, rank: 0, ranks: 3), part(step: 4, rank: 1, ranks: 3)]
+        for r in deliverConcurrently(first, fixture) {
             #expect(try !r.get().committed)
         }
         // Rank 2 starts sending, then dies halfway through its file.
@@ -128,7 +137,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let p = part(step: 4, rank: 2, ranks: 3)
         let connection = try sink.connect()
         let header = PartHeader(step: 4, rank: 2, ranks: 3, validationLoss: nil,
-                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         try connection.send(Frame(.fileData, Array(p.files[0].data.prefix(1000))), while: "test")
         shutdown(connection.fd, Int32(SHUT_RDWR))
@@ -138,8 +147,8 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(CheckpointStore(root: fixture.root).complete().isEmpty)
         // Its redelivery completes the step with exactly the three parts' files.
         #expect(try sink.upload(p).committed)
-        try ServiceCommit.verify(fixture.committed(4))
-        #expect(fixture.files(in: fixture.committed(4)).count == 3 + 3 + 2)
+        #expect(try CheckpointStore.verifyChecksums(fixture.committed(4)) == Set(filesOf(first + [p]).keys))
+        #expect(fixture.files(in: fixture.committed(4)).count == filesOf(first + [p]).count + 2)
     }
 
     @Test func aClientWithTheWrongTokenIsRefusedAndTheServiceServesOthers() throws {
@@ -176,7 +185,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let p = part(step: 3, rank: 0, ranks: 1)
         let connection = try sink.connect()
         let header = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
-                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+                                files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
         bytes[100] ^= 0x20   // one bit flipped in transit, after the CRC was computed
@@ -191,7 +200,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         var forged = p
         forged.files[0].data[0] ^= 1
         let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
-                                      files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+                                      files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         let second = try sink.connect()
         try second.send(.putPart, json: forgedHeader, while: "test")
         for f in forged.files where !f.data.isEmpty {
@@ -242,45 +251,57 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(try fixture.sink().upload(part(step: 1, rank: 1, ranks: 2)).committed)
         let rank0 = part(step: 2, rank: 0, ranks: 2)
         #expect(try fixture.sink().upload(rank0).committed == false)
-        // What a crash leaves: a half-received file, and an unfinished older step.
+        // What a crash leaves: a half-received file, a stray one in the assembly, and an unfinished older step.
         let assembly = fixture.server.assemblyURL(2)
-        try Data("half".utf8).write(to: assembly.appendingPathComponent(".incoming-9-model-00002-of-00002.safetensors"))
+        #expect(assembly.lastPathComponent == CheckpointLayout.partialName(step: 2))
+        let incoming = fixture.server.incomingURL(2)
+        try Data("half".utf8).write(to: incoming.appendingPathComponent("9-model-00002-of-00002.safetensors"))
+        try Data("stray".utf8).write(to: assembly.appendingPathComponent("optimizer-00002-of-00002.safetensors"))
         try FileManager.default.createDirectory(at: fixture.server.assemblyURL(0), withIntermediateDirectories: true)
         try fixture.restart()
         #expect(!FileManager.default.fileExists(atPath: fixture.server.assemblyURL(0).path), "a stale step is cleaned")
+        #expect(!FileManager.default.fileExists(atPath: incoming.path), "parts that were arriving are dropped")
         #expect(try FileManager.default.contentsOfDirectory(atPath: assembly.path).sorted() == rank0.files.map(\.name).sorted())
         let sink = try fixture.sink(cache: "cache-after-restart")
         #expect(try sink.latestStep() == 1)
         #expect(fixture.files(in: try sink.fetch(step: 1)) == fixture.files(in: fixture.committed(1)))
         let rank1 = part(step: 2, rank: 1, ranks: 2)
         #expect(try sink.upload(rank1).committed, "rank 0's part, acknowledged before the restart, still counts")
-        var expected: [String: Data] = [:]
-        for f in rank0.files + rank1.files { expected[f.name] = f.data }
         var got = fixture.files(in: fixture.committed(2))
         got["DONE"] = nil; got["checksums.json"] = nil
-        #expect(got == expected)
+        #expect(got == filesOf([rank0, rank1]))
+        _ = try CheckpointStore.read(fixture.committed(2))
         #expect(try sink.latestStep() == 2)
     }
 
     @Test func aCommitInterruptedAfterDoneIsFinishedOnRestart() throws {
         let fixture = try ServiceFixture()
         fixture.server.stop()
-        let assembly = fixture.server.assemblyURL(5)
-        try FileManager.default.createDirectory(at: assembly, withIntermediateDirectories: true)
-        let data = Data("weights".utf8)
-        try data.write(to: assembly.appendingPathComponent("model.safetensors"))
-        try JSONSerialization.data(withJSONObject: ["model.safetensors": ServiceCommit.sha256Hex(data)]).write(to: assembly.appendingPathComponent("checksums.json"))
-        try Data("step 5\n".utf8).write(to: assembly.appendingPathComponent("DONE"))
+        // What `CheckpointCommit` leaves when it dies after DONE, before the rename: the whole
+        // checkpoint, DONE included, still under the assembly's name.
+        func interrupted(_ p: CheckpointPart) throws -> URL {
+            let scratch = fixture.directory.url.appendingPathComponent("scratch-\(p.step)")
+            let partial = scratch.appendingPathComponent(CheckpointLayout.partialName(step: p.step))
+            try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true)
+            for f in p.files { try f.data.write(to: partial.appendingPathComponent(f.name)) }
+            let done = try CheckpointCommit.commit(partial: partial, root: scratch, step: p.step)
+            let assembly = fixture.server.assemblyURL(p.step)
+            try FileManager.default.moveItem(at: done, to: assembly)
+            return assembly
+        }
+        let good = part(step: 5, rank: 0, ranks: 1, bytes: 400, loss: 3)
+        let assembly = try interrupted(good)
+        let expected = fixture.files(in: assembly)
         // And one whose files do not match its checksums: never committed.
-        let bad = fixture.server.assemblyURL(6)
-        try FileManager.default.createDirectory(at: bad, withIntermediateDirectories: true)
-        try Data("other".utf8).write(to: bad.appendingPathComponent("model.safetensors"))
+        let bad = try interrupted(part(step: 6, rank: 0, ranks: 1, bytes: 400))
+        try FileManager.default.removeItem(at: bad.appendingPathComponent("checksums.json"))
         try FileManager.default.copyItem(at: assembly.appendingPathComponent("checksums.json"), to: bad.appendingPathComponent("checksums.json"))
-        try Data("step 6\n".utf8).write(to: bad.appendingPathComponent("DONE"))
         try fixture.restart()
         #expect(CheckpointStore(root: fixture.root).complete().map(\.step) == [5])
-        try ServiceCommit.verify(fixture.committed(5))
+        #expect(fixture.files(in: fixture.committed(5)) == expected)
+        try CheckpointStore.verifyChecksums(fixture.committed(5))
         #expect(!FileManager.default.fileExists(atPath: bad.path))
+        #expect(fixture.log.contains("finished committing step 5, interrupted by the previous run"))
     }
 
     @Test func crc32MatchesTheStandardCheckValue() {
@@ -327,5 +348,85 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
             #expect(error as? CheckpointServiceError == .timedOut(address: "127.0.0.1:\(silent.port)", waitingFor: "handshaking", seconds: 0.5), "\(error)")
         }
         #expect(Date().timeIntervalSince(start) < 3)
+    }
+
+    /// The same parts, through the directory sink and through the service (and fetched back
+    /// from it), give byte-identical checkpoints: every file, `checksums.json` and `DONE`
+    /// included. Once with synthetic parts of three ranks, once with a tensor split across
+    /// ranks and a rank that owns nothing (and so sends no file).
+    @Test func theDirectorySinkAndTheServiceWriteIdenticalCheckpoints() throws {
+        let fixture = try ServiceFixture()
+        let synthetic = (0..<3).map { part(step: 12, rank: $0, ranks: 3, bytes: 50_000, loss: 0.75) }
+        let split = try CheckpointStoreTests.threeRankParts(CheckpointStoreTests.contents(step: 4, validationLoss: 1.5)).map { try $0.part() }
+        #expect(split[2].files.isEmpty)
+        let direct = DirectoryCheckpointSink(root: fixture.directory.url.appendingPathComponent("direct"), timeoutSeconds: 20)
+        for parts in [split, synthetic] {
+            let step = parts[0].step
+            #expect(try deliverConcurrently(parts, fixture).map { try $0.get().committed }.filter { $0 }.count == 1)
+            for p in parts.reversed() { try direct.deliver(p) }   // rank 0 last: the others' markers are there
+            let viaService = fixture.files(in: fixture.committed(step))
+            let viaDirectory = fixture.files(in: direct.root.appendingPathComponent(CheckpointLayout.directoryName(step: step)))
+            #expect(Set(viaService.keys) == Set(filesOf(parts).keys).union(["checksums.json", "DONE"]))
+            #expect(viaDirectory == viaService, "step \(step): \(viaDirectory.keys.sorted()) vs \(viaService.keys.sorted())")
+            #expect(fixture.files(in: try fixture.sink().fetch(step: step)) == viaService)
+            #expect(try CheckpointStore.read(fixture.committed(step)).model == CheckpointStore.read(direct.root.appendingPathComponent(CheckpointLayout.directoryName(step: step))).model)
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.root.path).sorted() == ["step-00000004", "step-00000012"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: direct.root.path).sorted() == ["step-00000004", "step-00000012"])
+        #expect(try fixture.sink().list().map(\.validationLoss) == [1.5, 0.75])
+    }
+
+    /// Parts that do not make a checkpoint (rank 0's trainer state missing, or a model file the
+    /// index names that no rank sent) are refused when the last part arrives, naming the file;
+    /// nothing is committed and the service serves on.
+    @Test func partsThatDoNotMakeACheckpointAreRefusedNamingWhatIsMissing() throws {
+        let fixture = try ServiceFixture()
+        var rank0 = part(step: 8, rank: 0, ranks: 1, bytes: 100)
+        rank0.files.removeAll { $0.name == CheckpointLayout.trainerState }
+        do { try fixture.sink().deliver(rank0); Issue.record("a part without trainer_state.json was committed") } catch {
+            #expect("\(error)".contains("step 8 cannot be committed") && "\(error)".contains("trainer_state.json"), "\(error)")
+        }
+        let lonely = part(step: 9, rank: 0, ranks: 2, bytes: 100)   // the index names rank 1's file
+        let rank1 = part(step: 9, rank: 1, ranks: 2, bytes: 100)
+        #expect(try !fixture.sink().upload(lonely).committed)
+        var withoutModel = rank1
+        withoutModel.files.removeAll { $0.name.hasPrefix("model-") }
+        do { try fixture.sink().deliver(withoutModel); Issue.record("a checkpoint missing a model file was committed") } catch {
+            #expect("\(error)".contains("model-00002-of-00002.safetensors") && "\(error)".contains("no rank delivered it"), "\(error)")
+        }
+        #expect(CheckpointStore(root: fixture.root).complete().isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.root.path).isEmpty, "the steps were removed")
+        #expect(try fixture.sink().upload(part(step: 10, rank: 0, ranks: 1, bytes: 100)).committed)
+    }
+
+    /// A rank retrying its part (its acknowledgement was lost) while the step gets committed:
+    /// the retry is compared with the committed files and acknowledged, and none of its bytes
+    /// lands in the checkpoint.
+    @Test func aRetryStillArrivingWhenTheStepIsCommittedIsAcknowledged() throws {
+        let fixture = try ServiceFixture()
+        let rank0 = part(step: 3, rank: 0, ranks: 2, bytes: 5000), rank1 = part(step: 3, rank: 1, ranks: 2, bytes: 5000)
+        #expect(try !fixture.sink().upload(rank1).committed)
+        let retry = try fixture.sink().connect()
+        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2, validationLoss: nil,
+                                                  files: rank1.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) }),
+                       while: "test")
+        let first = rank1.files[0].data
+        try retry.send(Frame(.fileData, Array(first.prefix(100))), while: "test")
+        let incoming = fixture.server.incomingURL(3)
+        let end = Date(timeIntervalSinceNow: 5)
+        while ((try? FileManager.default.contentsOfDirectory(atPath: incoming.path)) ?? []).isEmpty, Date() < end { Thread.sleep(forTimeInterval: 0.01) }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: incoming.path).count == 1, "the service is writing the retry's first file")
+        #expect(try fixture.sink().upload(rank0).committed)
+        let committed = fixture.files(in: fixture.committed(3))
+        try retry.send(Frame(.fileData, Array(first.dropFirst(100))), while: "test")
+        for f in rank1.files.dropFirst() { try retry.send(Frame(.fileData, Array(f.data)), while: "test") }
+        try retry.send(Frame(.partEnd), while: "test")
+        let reply = try retry.receive(while: "test")
+        #expect(reply.type == .ok, "\(String(decoding: reply.payload, as: UTF8.self))")
+        #expect(try JSONDecoder().decode(PartReceipt.self, from: Data(reply.payload)) == PartReceipt(step: 3, rank: 1, committed: true))
+        #expect(fixture.files(in: fixture.committed(3)) == committed)
+        #expect(Set(committed.keys) == Set(filesOf([rank0, rank1]).keys).union(["checksums.json", "DONE"]))
+        #expect(!FileManager.default.fileExists(atPath: incoming.path), "nothing of the retry is left")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.root.path) == ["step-00000003"])
     }
 }

@@ -5,9 +5,9 @@ import Glibc
 #endif
 
 extension CheckpointServer {
-    /// A part's upload: its files go to `.incoming-*` names in the step's assembly directory,
-    /// hashed and fsynced as they arrive; once all arrived and matched their SHA-256, they take
-    /// their names, the part's manifest is written, and the client is told the part is durable
+    /// A part's upload: its files go to `ID-NAME` in the step's incoming directory (outside the
+    /// assembly), hashed and fsynced as they arrive; once all arrived and matched their SHA-256,
+    /// they are renamed into the assembly, the part's manifest is written, and the client is told the part is durable
     /// (and whether it completed the step, which is then committed).
     func receivePart(_ frame: Frame, from connection: ServiceConnection, id: Int) throws {
         guard let header = try? JSONDecoder().decode(PartHeader.self, from: Data(frame.payload)) else {
@@ -25,6 +25,7 @@ extension CheckpointServer {
             if !committed {
                 try FileManager.default.createDirectory(at: assemblyURL(step), withIntermediateDirectories: true)
                 try FileManager.default.createDirectory(at: manifestsURL(step), withIntermediateDirectories: true)
+                try FileManager.default.createDirectory(at: incomingURL(step), withIntermediateDirectories: true)
             }
         } catch {
             lock.unlock()
@@ -32,10 +33,10 @@ extension CheckpointServer {
         }
         lock.unlock()
 
-        let incoming = header.files.map { assemblyURL(step).appendingPathComponent(".incoming-\(id)-\($0.name)") }
+        let incoming = header.files.map { incomingURL(step).appendingPathComponent("\(id)-\($0.name)") }
         do {
             for (file, url) in zip(header.files, incoming) {
-                try receiveFile(file, into: committed ? nil : url, from: connection, what: what)
+                try receiveFile(file, into: committed ? nil : url, step: step, from: connection, what: what)
             }
             let end = try connection.receive(while: "waiting for the end of \(what)'s part")
             guard end.type == .partEnd else {
@@ -44,20 +45,27 @@ extension CheckpointServer {
             lock.lock()
             defer { lock.unlock() }
             let receipt = try acknowledge(header, incoming: incoming)
+            if receipt.committed, isComplete(step) {   // committed meanwhile: what this part left is of no use
+                for url in incoming { try? FileManager.default.removeItem(at: url) }
+                rmdir(incomingURL(step).path)   // unless another part is still arriving
+            }
             try connection.send(.ok, json: receipt, while: "acknowledging \(what)")
         } catch {
             for url in incoming { try? FileManager.default.removeItem(at: url) }
+            if isComplete(step) { rmdir(incomingURL(step).path) }
             throw error
         }
     }
 
     func isComplete(_ step: Int) -> Bool {
-        FileManager.default.fileExists(atPath: finalURL(step).appendingPathComponent(ServiceCommit.doneName).path)
+        FileManager.default.fileExists(atPath: finalURL(step).appendingPathComponent(CheckpointLayout.done).path)
     }
 
-    /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them).
-    private func receiveFile(_ file: PartFileEntry, into url: URL?, from connection: ServiceConnection, what: String) throws {
-        let fd = try url.map(DurableFiles.create)
+    /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them; so
+    /// too when `step` was committed meanwhile and its incoming directory is gone).
+    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws {
+        var fd: Int32?
+        do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
         var hasher = SHA256()
         var remaining = file.size
         do {
@@ -76,7 +84,7 @@ extension CheckpointServer {
             throw error
         }
         if let fd, let url { try DurableFiles.finish(fd, url) }
-        let actual = ServiceCommit.hex(hasher.finalize())
+        let actual = CheckpointCommit.hex(hasher.finalize())
         guard actual == file.sha256 else {
             throw CheckpointServiceError.invalidPart(reason: "\(what): the bytes of \(file.name) have SHA-256 \(actual), not the announced \(file.sha256)")
         }
@@ -86,8 +94,7 @@ extension CheckpointServer {
     private func acknowledge(_ header: PartHeader, incoming: [URL]) throws -> PartReceipt {
         let step = header.step, what = "step \(header.step) rank \(header.rank)"
         if isComplete(step) {
-            let listURL = finalURL(step).appendingPathComponent(ServiceCommit.checksumsName)
-            let list = FileManager.default.contents(atPath: listURL.path).flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: String] } ?? [:]
+            let list = (try? CheckpointStore.checksums(finalURL(step))) ?? [:]
             if let differing = header.files.first(where: { list[$0.name] != $0.sha256 }) {
                 throw CheckpointServiceError.invalidPart(reason: "\(what): step \(step) is already committed, with a different \(differing.name)")
             }
@@ -149,7 +156,7 @@ extension CheckpointServer {
                 hasher.update(data: chunk)
                 try connection.send(Frame(.fileData, Array(chunk)), while: "sending \(name) of step \(request.step)")
             }
-            try connection.send(.fileEnd, json: FileEnd(sha256: ServiceCommit.hex(hasher.finalize())), while: "sending \(name) of step \(request.step)")
+            try connection.send(.fileEnd, json: FileEnd(sha256: CheckpointCommit.hex(hasher.finalize())), while: "sending \(name) of step \(request.step)")
         }
         try connection.send(.ok, json: GetRequest(step: request.step), while: "ending step \(request.step)")
     }

@@ -9,10 +9,13 @@ import Glibc
 /// verified, serves complete checkpoints back, and applies retention.
 ///
 /// Layout under `root`: complete checkpoints `step-NNNNNNNN/` (the parts' files,
-/// `checksums.json`, `DONE`); a step being assembled in `.step-NNNNNNNN.partial/` (files of
-/// acknowledged parts, and `.incoming-*` files of parts still arriving) with the acknowledged
-/// parts' manifests in `.step-NNNNNNNN.parts/rank-R.json`. Everything hidden is invisible to
-/// readers, so a crash at any moment leaves either a complete checkpoint or none.
+/// `checksums.json`, `DONE`), committed by `CheckpointCommit` exactly as the directory sink
+/// commits them, so both produce identical files; a step being assembled in
+/// `.step-NNNNNNNN.partial/` (`CheckpointLayout.partialName`: files of acknowledged parts only),
+/// the files of parts still arriving in `.step-NNNNNNNN.incoming/`, and the acknowledged parts'
+/// manifests in `.step-NNNNNNNN.parts/rank-R.json`. Everything hidden is invisible to readers,
+/// so a crash at any moment leaves either a complete checkpoint or none. A committed step is
+/// never committed again (a part redelivered for it is only compared with it).
 ///
 /// Threads: one accept thread and one thread per connection (never the concurrency pool); the
 /// assembly and commit of steps are serialised by one lock. Clients must prove the job token
@@ -156,9 +159,12 @@ public final class CheckpointServer: @unchecked Sendable {
 
     // MARK: Steps on disk
 
-    func finalURL(_ step: Int) -> URL { root.appendingPathComponent(CheckpointStore.directoryName(step: step)) }
-    func assemblyURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointStore.directoryName(step: step)).partial") }
-    func manifestsURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointStore.directoryName(step: step)).parts") }
+    func finalURL(_ step: Int) -> URL { root.appendingPathComponent(CheckpointLayout.directoryName(step: step)) }
+    func assemblyURL(_ step: Int) -> URL { root.appendingPathComponent(CheckpointLayout.partialName(step: step)) }
+    func manifestsURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointLayout.directoryName(step: step)).parts") }
+    /// Where the files of parts still arriving are written (`ID-NAME`, ID the connection's), out
+    /// of the assembly, so a commit can never pick one up.
+    func incomingURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointLayout.directoryName(step: step)).incoming") }
 
     /// Complete checkpoints under the root, oldest first.
     public func completeSteps() -> [StepInfo] {
@@ -167,17 +173,17 @@ public final class CheckpointServer: @unchecked Sendable {
             let bytes = names.reduce(0) { sum, name in
                 sum + (((try? FileManager.default.attributesOfItem(atPath: entry.url.appendingPathComponent(name).path))?[.size] as? Int) ?? 0)
             }
-            return StepInfo(step: entry.step, validationLoss: ServiceCommit.validationLoss(of: entry.url), bytes: bytes)
+            return StepInfo(step: entry.step, validationLoss: CheckpointStore.validationLoss(of: entry.url), bytes: bytes)
         }
     }
 
-    /// Steps with an assembly or manifest directory (`.step-N.partial`, `.step-N.parts`).
+    /// Steps with an assembly, manifest or incoming directory (`.step-N.partial`, `.step-N.parts`, `.step-N.incoming`).
     func stepsInAssembly() -> Set<Int> {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
         return Set(names.compactMap { name -> Int? in
             guard name.hasPrefix(".step-") else { return nil }
             let rest = name.dropFirst(".step-".count)
-            guard let dot = rest.firstIndex(of: "."), [".partial", ".parts"].contains(String(rest[dot...])) else { return nil }
+            guard let dot = rest.firstIndex(of: "."), [".partial", ".parts", ".incoming"].contains(String(rest[dot...])) else { return nil }
             return Int(rest[..<dot])
         })
     }
@@ -197,21 +203,24 @@ public final class CheckpointServer: @unchecked Sendable {
     func removeAssembly(_ step: Int) {
         try? FileManager.default.removeItem(at: assemblyURL(step))
         try? FileManager.default.removeItem(at: manifestsURL(step))
+        try? FileManager.default.removeItem(at: incomingURL(step))
     }
 
     /// Called with the lock held: what a previous run left. Steps at or below the newest
     /// complete one are dropped; half-committed steps (`DONE` in the assembly) are finished if
     /// they verify; steps whose parts all arrived are committed; parts still arriving when it
-    /// stopped (`.incoming-*`, files of no acknowledged part) are deleted.
+    /// stopped (`.step-N.incoming`, files of no acknowledged part) are deleted.
     private func recover() throws {
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: root.path)) ?? [] where name.hasSuffix(".deleting") {
             try? fm.removeItem(at: root.appendingPathComponent(name))
         }
         for step in stepsInAssembly().sorted() {
+            try? fm.removeItem(at: incomingURL(step))
             let assembly = assemblyURL(step)
-            guard fm.fileExists(atPath: assembly.appendingPathComponent(ServiceCommit.doneName).path) else { continue }
-            if !fm.fileExists(atPath: finalURL(step).path), (try? ServiceCommit.verify(assembly)) != nil {
+            guard fm.fileExists(atPath: assembly.appendingPathComponent(CheckpointLayout.done).path) else { continue }
+            // `CheckpointCommit` writes DONE after checksums.json and before the rename.
+            if !fm.fileExists(atPath: finalURL(step).path), (try? CheckpointStore.verifyChecksums(assembly)) != nil {
                 try DurableFiles.rename(assembly, to: finalURL(step))
                 log("finished committing step \(step), interrupted by the previous run")
             }
@@ -231,46 +240,45 @@ public final class CheckpointServer: @unchecked Sendable {
                 try? fm.removeItem(at: assembly.appendingPathComponent(name))
             }
             if let ranks = parts.values.first?.ranks, Set(parts.keys) == Set(0..<ranks) {
-                try commit(step, parts)
+                do { try commit(step, parts) } catch let error as CheckpointServiceError {
+                    log("\(error)")   // a step that can never be committed was removed; the others go on
+                }
             } else {
                 log("step \(step): parts of ranks \(parts.keys.sorted()) kept; waiting for the others")
             }
         }
     }
 
-    /// Called with the lock held once every rank's part of `step` is durable.
+    /// Called with the lock held once every rank's part of `step` is durable: the acknowledged
+    /// files (and nothing else) committed by `CheckpointCommit`, older unfinished steps removed,
+    /// retention applied. Parts that do not make a checkpoint (rank 0's metadata missing, a file
+    /// the index names that no rank sent) can never be committed: the step is removed and the
+    /// error is `invalidPart` naming what is missing. A failed write throws and keeps the step.
     func commit(_ step: Int, _ parts: [Int: PartHeader]) throws {
-        var checksums: [String: String] = [:]
-        for part in parts.values { for file in part.files { checksums[file.name] = file.sha256 } }
-        let loss = parts[0]?.validationLoss ?? parts.values.sorted { $0.rank < $1.rank }.compactMap(\.validationLoss).first
+        let listed = Set(parts.values.flatMap { $0.files.map(\.name) })
         let assembly = assemblyURL(step)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? [] where checksums[name] == nil {
-            try? FileManager.default.removeItem(at: assembly.appendingPathComponent(name))   // a duplicate upload still arriving
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? [] where !listed.contains(name) {
+            try? FileManager.default.removeItem(at: assembly.appendingPathComponent(name))
         }
-        let final = try ServiceCommit.commit(assembly: assembly, step: step, checksums: checksums, validationLoss: loss, root: root)
+        let final: URL
+        do {
+            final = try CheckpointCommit.commit(partial: assembly, root: root, step: step)
+        } catch let error as CheckpointError {
+            if case .writeFailed = error { throw error }
+            removeAssembly(step)
+            throw CheckpointServiceError.invalidPart(reason: "step \(step) cannot be committed and was removed: \(error)")
+        }
         try? FileManager.default.removeItem(at: manifestsURL(step))
-        log("committed step \(step) (\(parts.count) part(s), \(checksums.count) files) as \(final.path)")
+        // A redelivered part still arriving keeps the incoming directory (it removes it when it
+        // is acknowledged); a later commit or a restart clears what a dropped one left.
+        rmdir(incomingURL(step).path)
+        log("committed step \(step) (\(parts.count) part(s), \(listed.count) files) as \(final.path)")
         for older in stepsInAssembly() where older < step {
             removeAssembly(older)
             log("removed the unfinished step \(older): step \(step) is complete")
         }
-        applyRetention()
-    }
-
-    /// Called with the lock held: deletes what retention does not keep (renamed aside first,
-    /// so a half-deleted checkpoint never looks complete).
-    func applyRetention() {
-        let steps = completeSteps()
-        let kept = retention.kept(steps.map { ($0.step, $0.validationLoss) })
-        for step in steps.map(\.step) where !kept.contains(step) {
-            let aside = root.appendingPathComponent(".\(CheckpointStore.directoryName(step: step)).deleting")
-            do {
-                try DurableFiles.rename(finalURL(step), to: aside)
-                try FileManager.default.removeItem(at: aside)
-                log("retention: deleted step \(step)")
-            } catch {
-                log("retention: could not delete step \(step): \(error)")
-            }
+        for deleted in retention.apply(root: root) {
+            log("retention: deleted step \(CheckpointLayout.step(ofDirectory: deleted.lastPathComponent).map(String.init) ?? deleted.lastPathComponent)")
         }
     }
 }

@@ -35,7 +35,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
     @discardableResult
     public func upload(_ part: CheckpointPart) throws -> PartReceipt {
         let header = PartHeader(step: part.step, rank: part.rank, ranks: part.ranks, validationLoss: part.validationLoss,
-                                files: part.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: ServiceCommit.sha256Hex($0.data)) })
+                                files: part.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try header.validate()
         let connection = try connect()
         let what = "step \(part.step) rank \(part.rank)"
@@ -74,9 +74,9 @@ public final class ServiceCheckpointSink: CheckpointSink {
     /// nothing behind.
     public func fetch(step: Int) throws -> URL {
         let fm = FileManager.default
-        let final = cacheDirectory.appendingPathComponent(CheckpointStore.directoryName(step: step))
-        if fm.fileExists(atPath: final.appendingPathComponent(ServiceCommit.doneName).path) { return final }
-        let temporary = cacheDirectory.appendingPathComponent(".\(CheckpointStore.directoryName(step: step)).download-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let final = cacheDirectory.appendingPathComponent(CheckpointLayout.directoryName(step: step))
+        if fm.fileExists(atPath: final.appendingPathComponent(CheckpointLayout.done).path) { return final }
+        let temporary = cacheDirectory.appendingPathComponent(".\(CheckpointLayout.directoryName(step: step)).download-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
         do {
             try fm.createDirectory(at: temporary, withIntermediateDirectories: true)
         } catch { throw CheckpointError.writeFailed(path: temporary.path, reason: error.localizedDescription) }
@@ -84,15 +84,26 @@ public final class ServiceCheckpointSink: CheckpointSink {
             let connection = try connect()
             try connection.send(.get, json: GetRequest(step: step), while: "asking for step \(step)")
             try receiveFiles(connection, step: step, into: temporary)
-            do { try ServiceCommit.verify(temporary) } catch {
-                throw CheckpointServiceError.corruptDownload(address: "\(address)", file: "step \(step)", reason: "\(error)")
-            }
+            try verifyDownload(temporary, step: step)
             if fm.fileExists(atPath: final.path) { try fm.removeItem(at: final) }   // an incomplete earlier copy
             try DurableFiles.rename(temporary, to: final)
             return final
         } catch {
             try? fm.removeItem(at: temporary)
             throw error
+        }
+    }
+
+    /// A download is the complete checkpoint: `DONE`, `checksums.json`, and exactly the files
+    /// it lists, each with its SHA-256.
+    private func verifyDownload(_ directory: URL, step: Int) throws {
+        func corrupt(_ reason: String) -> CheckpointServiceError { .corruptDownload(address: "\(address)", file: "step \(step)", reason: reason) }
+        let listed: Set<String>
+        do { listed = try CheckpointStore.verifyChecksums(directory) } catch { throw corrupt("\(error)") }
+        let present = Set((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
+        guard present.contains(CheckpointLayout.done) else { throw corrupt("it lacks \(CheckpointLayout.done)") }
+        if let extra = present.subtracting(listed).subtracting([CheckpointLayout.checksums, CheckpointLayout.done]).sorted().first {
+            throw corrupt("\(extra) is not listed in \(CheckpointLayout.checksums)")
         }
     }
 
@@ -134,7 +145,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
         guard end.type == .fileEnd, let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)) else {
             throw CheckpointServiceError.badFrame(address: "\(address)", reason: "a \(end.type) frame where \(begin.name) should end")
         }
-        let actual = ServiceCommit.hex(hasher.finalize())
+        let actual = CheckpointCommit.hex(hasher.finalize())
         guard actual == sum.sha256 else {
             throw CheckpointServiceError.corruptDownload(address: "\(address)", file: begin.name, reason: "SHA-256 \(actual), the service sent \(sum.sha256)")
         }

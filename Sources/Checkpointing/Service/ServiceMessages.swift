@@ -13,6 +13,7 @@ public struct PartHeader: Codable, Equatable, Sendable {
     public var step: Int
     public var rank: Int
     public var ranks: Int
+    /// As the part says (logged); retention ranks by the committed `trainer_state.json`.
     public var validationLoss: Double?
     public var files: [PartFileEntry]
 }
@@ -55,7 +56,7 @@ public struct ServiceAddress: Equatable, Sendable, CustomStringConvertible {
 
 extension PartHeader {
     /// Names that are not files of a checkpoint: reserved by the commit, hidden, or paths.
-    static let reserved: Set<String> = [ServiceCommit.checksumsName, ServiceCommit.doneName]
+    static let reserved: Set<String> = [CheckpointLayout.checksums, CheckpointLayout.done]
 
     /// Refuses a header a service must not act on, naming what is wrong.
     func validate() throws {
