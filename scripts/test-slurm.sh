@@ -22,6 +22,12 @@ chmod 755 "$scratch"
 node=tessera-node
 host=$(hostname)
 export SLURM_CONF="$scratch/slurm.conf"
+# Two ports nothing listens on now (a fixed or pid-derived port can be taken by another job).
+read -r ctld_port slurmd_port < <(python3 -c 'import socket
+ports = []
+for _ in range(2):
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); ports.append(s)
+print(*[p.getsockname()[1] for p in ports])')
 cat >"$SLURM_CONF" <<CONF
 ClusterName=tessera-test
 SlurmctldHost=$host(127.0.0.1)
@@ -29,8 +35,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-SlurmctldPort=$((20000 + $$ % 20000))
-SlurmdPort=$((20001 + $$ % 20000))
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
 StateSaveLocation=$scratch/state
 SlurmdSpoolDir=$scratch/spool
 SlurmctldPidFile=$scratch/slurmctld.pid
@@ -71,7 +77,9 @@ slurmctld -D -f "$SLURM_CONF" >"$scratch/ctl.out" 2>&1 & ctl_pid=$!
 slurmd -D -N "$node" -f "$SLURM_CONF" >"$scratch/slurmd.out" 2>&1 & slurmd_pid=$!
 ready=0
 for _ in $(seq 1 60); do
-  if sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed)'; then ready=1; break; fi
+  if timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed)'; then ready=1; break; fi
+  # A controller or node daemon that exited (a port taken, a bad config) will not come back.
+  kill -0 "$ctl_pid" 2>/dev/null && kill -0 "$slurmd_pid" 2>/dev/null || break
   sleep 0.5
 done
 if [ "$ready" -ne 1 ]; then
