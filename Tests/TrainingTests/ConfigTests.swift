@@ -265,13 +265,15 @@ import _TestSupport
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
         // Written back with the keys added since (attention.*, moe.*, parallel.sequence_mode,
-        // parallel.expert, checkpoint.keep_best, checkpoint.service) at their defaults.
+        // parallel.expert, checkpoint.keep_best, checkpoint.service, distill.*) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
             .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n")
+            + "distill:\n  keep_attention: \"\"\n  chunk_size: 64\n  stage1_steps: 100\n  stage1_lr: 0.001\n  stage2_steps: 100\n"
+            + "  stage2_lr: 0.001\n  stage3_steps: 200\n  stage3_lr: 0.0003\n  temperature: 1.0\n  data_loss_weight: 0.0\n"
         #expect(config.yaml == now)
         #expect(config.checkpoint.service == "" && config.checkpoint.keepBest == 0)
         #expect(try RunConfig(resolvedYAML: now, source: "new/run.yaml").numericHash == config.numericHash)

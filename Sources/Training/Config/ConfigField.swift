@@ -29,6 +29,9 @@ public enum ConfigRule: Equatable, Sendable {
     case layerSelection
     /// HOST:PORT (a port in 1...65535), or the empty string for none.
     case hostPortOrEmpty
+    /// Comma-separated layer indices from 0 ("0,2"), or the empty string for none
+    /// (`DistillLayerList`); checked against model.layers when validated.
+    case layerListOrEmpty
 
     /// The requirement, for messages ("… must be at least 1"); nil for `.any`.
     public var requirement: String? {
@@ -41,6 +44,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .oneOf(let choices): return "must be one of " + choices.joined(separator: ", ")
         case .layerSelection: return "must be all, or every N with N ≥ 1 (e.g. every 2: layers 2, 4, ... counting from 1)"
         case .hostPortOrEmpty: return "must be HOST:PORT with a port in 1...65535, or empty"
+        case .layerListOrEmpty: return "must be layer indices from 0, comma-separated (e.g. 0,2), each below model.layers, or empty"
         }
     }
 
@@ -51,7 +55,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .notNegative: return value >= 0
         case .positive: return value > 0
         case .unitInterval: return value >= 0 && value < 1
-        case .layerSelection, .hostPortOrEmpty: return true
+        case .layerSelection, .hostPortOrEmpty, .layerListOrEmpty: return true
         }
     }
 
@@ -62,6 +66,7 @@ public enum ConfigRule: Equatable, Sendable {
             guard !text.isEmpty else { return true }
             guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else { return false }
             return colon > text.startIndex && (1...65535).contains(port)
+        case .layerListOrEmpty: return DistillLayerList(text) != nil
         default: return true
         }
     }
@@ -143,7 +148,7 @@ struct ConfigField {
             default: return false
             }
         case .string(let path):
-            guard !text.isEmpty || rule == .hostPortOrEmpty else { return false }
+            guard !text.isEmpty || rule == .hostPortOrEmpty || rule == .layerListOrEmpty else { return false }
             config[keyPath: path] = text
         }
         return true
@@ -206,6 +211,19 @@ extension ConfigField {
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("run.dir", .string(\.run.dir), numeric: false, "metrics, checkpoints and reports of this run"),
+        // Not numeric: `tessera distill` reads these; a training run's numbers do not depend on them.
+        ConfigField("distill.keep_attention", .string(\.distill.keepAttention), .layerListOrEmpty, numeric: false,
+                    "layers (from 0) whose attention the student keeps, e.g. 1 or 0,2 (empty: every layer becomes Mamba-2)"),
+        ConfigField("distill.chunk_size", .int(\.distill.chunkSize), .atLeastOne, numeric: false, "chunk of the student's Mamba-2 training scan"),
+        ConfigField("distill.stage1_steps", .int(\.distill.stage1Steps), .notNegative, numeric: false, "matrix-orientation steps (0: skip stage 1)"),
+        ConfigField("distill.stage1_lr", .float(\.distill.stage1Lr), .positive, numeric: false, "stage-1 AdamW learning rate"),
+        ConfigField("distill.stage2_steps", .int(\.distill.stage2Steps), .notNegative, numeric: false, "hidden-state alignment steps (0: skip stage 2)"),
+        ConfigField("distill.stage2_lr", .float(\.distill.stage2Lr), .positive, numeric: false, "stage-2 AdamW learning rate"),
+        ConfigField("distill.stage3_steps", .int(\.distill.stage3Steps), .notNegative, numeric: false, "end-to-end knowledge-distillation steps (0: skip stage 3)"),
+        ConfigField("distill.stage3_lr", .float(\.distill.stage3Lr), .positive, numeric: false, "stage-3 AdamW learning rate"),
+        ConfigField("distill.temperature", .float(\.distill.temperature), .positive, numeric: false, "softmax temperature of teacher and student logits in stage 3"),
+        ConfigField("distill.data_loss_weight", .float(\.distill.dataLossWeight), .notNegative, numeric: false,
+                    "weight of the data cross-entropy added to the stage-3 loss (0: distillation only)"),
     ]
 
     static let byPath = Dictionary(uniqueKeysWithValues: all.map { ($0.path, $0) })

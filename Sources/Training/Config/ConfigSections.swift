@@ -31,6 +31,24 @@ public struct MoESection: Codable, Equatable, Sendable {
     public init() {}
 }
 
+/// MOHAWK distillation of a transformer teacher into a Mamba-2 student (`distill:`), read by
+/// `tessera distill`; training runs ignore it. A stage with 0 steps is skipped.
+public struct DistillSection: Codable, Equatable, Sendable {
+    /// Layers (from 0) that keep the teacher's attention, comma-separated ("" : none; "1"; "0,2").
+    public var keepAttention = ""
+    /// The student mixers' chunked-scan chunk (`Mamba2Spec.chunkSize`).
+    public var chunkSize = 64
+    /// Stage 1 (matrix orientation), stage 2 (hidden-state alignment), stage 3 (end-to-end
+    /// knowledge distillation): optimizer steps and AdamW learning rate of each.
+    public var stage1Steps = 100, stage2Steps = 100, stage3Steps = 200
+    public var stage1Lr: Double = 1e-3, stage2Lr: Double = 1e-3, stage3Lr: Double = 3e-4
+    /// Softmax temperature of the stage-3 teacher and student logits.
+    public var temperature: Double = 1.0
+    /// Weight of the next-token cross-entropy on the data added to the stage-3 loss (0: none).
+    public var dataLossWeight: Double = 0
+    public init() {}
+}
+
 /// The token shards and the sequence length (`data:`).
 public struct DataSection: Codable, Equatable, Sendable {
     public var dir = "data/shakespeare"

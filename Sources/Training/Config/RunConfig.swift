@@ -7,12 +7,12 @@ import Models
 public struct RunConfig: Codable, Equatable, Sendable {
     public var model = ModelSection(), attention = AttentionSection(), moe = MoESection(), data = DataSection()
     public var train = TrainSection(), eval = EvalSection(), checkpoint = CheckpointSection(), parallel = ParallelSection()
-    public var run = RunSection()
+    public var run = RunSection(), distill = DistillSection()
     /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
     public var source: String = "defaults"
 
     enum CodingKeys: String, CodingKey {
-        case model, attention, moe, data, train, eval, checkpoint, parallel, run
+        case model, attention, moe, data, train, eval, checkpoint, parallel, run, distill
     }
 
     /// The defaults (not validated; they are valid).

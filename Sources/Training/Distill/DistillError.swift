@@ -1,0 +1,28 @@
+/// Why a student cannot be built from a teacher or distilled; each case names what it
+/// concerns and what to change.
+public enum DistillError: Error, Equatable, CustomStringConvertible {
+    /// `distill.keep_attention` names a layer the teacher does not have.
+    case keptLayerOutOfRange(layer: Int, layers: Int)
+    /// A teacher layer to be replaced has no attention to take heads from (or to match in stage 1).
+    case teacherLayerNotAttention(layer: Int)
+    /// The teacher's weights lack a tensor the student copies, or hold it with another shape.
+    case missingTeacherTensor(name: String, source: String)
+    case teacherTensorShape(name: String, expected: [Int], found: [Int], source: String)
+    /// The batch source gave a number of tokens other than batch × length.
+    case badBatch(tokens: Int, batch: Int, length: Int)
+
+    public var description: String {
+        switch self {
+        case let .keptLayerOutOfRange(layer, layers):
+            return "distill.keep_attention: layer \(layer) does not exist in the teacher (layers 0...\(layers - 1)); list layers below \(layers)"
+        case let .teacherLayerNotAttention(layer):
+            return "teacher layer \(layer) is not an attention layer; distill a transformer teacher (or keep that layer with distill.keep_attention)"
+        case let .missingTeacherTensor(name, source):
+            return "\(source): the teacher has no tensor \(name); pass a checkpoint of the teacher the config describes"
+        case let .teacherTensorShape(name, expected, found, source):
+            return "\(source): teacher tensor \(name) has shape \(found), the student needs \(expected); pass a checkpoint of the teacher the config describes"
+        case let .badBatch(tokens, batch, length):
+            return "distillation batch: \(tokens) tokens given for batch \(batch) × length \(length) = \(batch * length); give exactly batch × length tokens"
+        }
+    }
+}
