@@ -17,9 +17,11 @@ enum SubcommandSuggestion {
             if word == "help" { return nil }
             let names = subcommands.map { $0.configuration.commandName ?? "\($0)".lowercased() }
             guard let index = names.firstIndex(of: word) else {
-                let nearest = NearestWord.nearest(to: word, among: names)!
+                // Suggest and list only the commands `--help` shows (not hidden testing tools).
+                let shown = zip(subcommands, names).filter { $0.0.configuration.shouldDisplay }.map(\.1)
+                let nearest = NearestWord.nearest(to: word, among: shown.isEmpty ? names : shown)!
                 let what = path.count == 1 ? "a \(path[0]) command" : "a subcommand of '\(path.joined(separator: " "))'"
-                return "'\(word)' is not \(what); did you mean '\(nearest)'? (commands: \(names.joined(separator: ", ")))"
+                return "'\(word)' is not \(what); did you mean '\(nearest)'? (commands: \((shown.isEmpty ? names : shown).joined(separator: ", ")))"
             }
             command = subcommands[index]
             path.append(word)

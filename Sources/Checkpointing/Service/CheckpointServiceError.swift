@@ -21,7 +21,7 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
         case let .missingToken(hint):
             return "no job token for the checkpoint service: \(hint)"
         case let .unreachable(address, reason):
-            return "checkpoint service at \(address) is unreachable: \(reason); is `tessera ckpt serve` running there?"
+            return "checkpoint service at \(address) is unreachable: \(reason)"
         case let .authenticationFailed(address, reason):
             return "checkpoint service at \(address): handshake failed: \(reason); give both sides the same TESSERA_JOB_TOKEN (or --token-file)"
         case let .timedOut(address, waitingFor, seconds):
