@@ -118,16 +118,16 @@ public final class RingAttention {
         let transfer = RingTransfer()
         let (comm, rank, size) = (self.comm, self.rank, self.size)
         let next = (rank + 1) % size, previous = (rank - 1 + size) % size
-        let outBytes = UnsafeRawBufferPointer(start: out, count: floats * 4)
-        let intoBytes = UnsafeMutableRawBufferPointer(start: into, count: floats * 4)
+        let bytes = TransferBytes(out: UnsafeRawBufferPointer(start: out, count: floats * 4),
+                                  into: UnsafeMutableRawBufferPointer(start: into, count: floats * 4))
         let thread = Thread {
             do {
                 if rank % 2 == 0 {
-                    try comm.send(outBytes, to: next, tag: tag)
-                    try comm.receive(intoBytes, from: previous, tag: tag)
+                    try comm.send(bytes.out, to: next, tag: tag)
+                    try comm.receive(bytes.into, from: previous, tag: tag)
                 } else {
-                    try comm.receive(intoBytes, from: previous, tag: tag)
-                    try comm.send(outBytes, to: next, tag: tag)
+                    try comm.receive(bytes.into, from: previous, tag: tag)
+                    try comm.send(bytes.out, to: next, tag: tag)
                 }
             } catch {
                 transfer.error = error
@@ -138,6 +138,13 @@ public final class RingAttention {
         thread.start()
         return transfer
     }
+}
+
+/// The byte ranges of one ring transfer, handed to its thread: the caller keeps both buffers
+/// alive, and does not touch them, until the transfer's `wait` returns.
+private struct TransferBytes: @unchecked Sendable {
+    let out: UnsafeRawBufferPointer
+    let into: UnsafeMutableRawBufferPointer
 }
 
 /// A transfer in flight; `wait` returns once it is complete and rethrows its failure.
