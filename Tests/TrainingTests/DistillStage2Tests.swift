@@ -7,12 +7,12 @@ import TensorCore
 import Training
 import _TestSupport
 
-/// A distiller of `tinyTeacher(layers:)` whose batches are `batches[0], batches[1], …` from
+/// A distiller of `tinyTeacher(layers:moe:)` whose batches are `batches[0], batches[1], …` from
 /// `start` on (each batch × length tokens), on `communicator` when given.
-func makeDistiller(layers: Int = 2, keep: String = "", settings: DistillSection = DistillSection(), batch: Int = 2, length: Int = 8,
+func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settings: DistillSection = DistillSection(), batch: Int = 2, length: Int = 8,
                    batches: [[Int32]], start: Int = 0, threads: KernelThreads = .single,
                    communicator: Communicator? = nil) throws -> Distiller {
-    let teacher = try tinyTeacher(layers: layers)
+    let teacher = try tinyTeacher(layers: layers, moe: moe)
     let student = try StudentBuilder.build(teacher: teacher, keepAttention: DistillLayerList(keep)!, chunkSize: 4, seed: 11)
     var next = start
     return try Distiller(teacher: teacher, student: student, settings: settings, batch: batch, length: length, threads: threads,
@@ -88,6 +88,24 @@ func bits(_ state: StateDict) -> [String: [UInt32]] {
         for i in 0..<p.entry(name).count { p.value(name)[i] *= 3 }
         let (la, lb) = (try a.stage2Step(), try b.stage2Step())
         #expect(la[1] == lb[1] && la[0] != lb[0], "\(la) vs \(lb)")
+    }
+
+    @Test func aMixtureOfExpertsStudentAlignsThroughItsFrozenExperts() throws {
+        var settings = DistillSection()
+        settings.stage2Lr = 1e-2
+        let d = try makeDistiller(moe: true, settings: settings, batches: tokenBatches(20, sequences: 2, length: 8))
+        let before = d.student.parameters.stateDict()
+        var first: [Double] = [], last: [Double] = []
+        for step in 0..<20 {
+            let losses = try d.stage2Step()
+            if step == 0 { first = losses }
+            last = losses
+        }
+        #expect(last[1] < 0.7 * first[1], "the MoE layer's stage-2 loss \(first[1]) → \(last[1])")
+        let trained = Set(d.stage2Parameters)
+        for (name, tensor) in d.student.parameters.stateDict().entries where !trained.contains(name) {
+            #expect(tensor.scalars.map(\.bitPattern) == before[name]!.scalars.map(\.bitPattern), "\(name) must not change in stage 2")
+        }
     }
 
     @Test func aHybridAlignsOnlyItsMambaLayersAndStepDispatches() throws {

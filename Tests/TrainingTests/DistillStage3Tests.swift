@@ -107,6 +107,17 @@ import _TestSupport
         #expect(checked == p.entries.count)
     }
 
+    @Test func aStepIsBitwiseTheSameOnOneOrThreeKernelThreads() throws {
+        let batches = tokenBatches(2, sequences: 2, length: 8)
+        var results: [([Double], [String: [UInt32]])] = []
+        for threads in [KernelThreads.single, KernelThreads(3)] {
+            let d = try makeDistiller(moe: true, settings: Self.settings(), batches: batches, threads: threads)
+            let losses = try d.step(stage: 3) + d.step(stage: 3)
+            results.append((losses, bits(d.exportState())))
+        }
+        #expect(results[0].0 == results[1].0 && results[0].1 == results[1].1)
+    }
+
     @Test func stepsLowerTheLossAndMixersModeTrainsOnlyTheMixers() throws {
         let batches = tokenBatches(30, sequences: 2, length: 8)
         let all = try makeDistiller(settings: Self.settings(weight: 0, lr: 1e-2), batches: batches)
