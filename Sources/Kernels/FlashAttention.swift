@@ -113,10 +113,12 @@ public struct FlashAttention {
     static func interleaved(_ index: Int, _ n: Int) -> Int { index % 2 == 0 ? index / 2 : n - 1 - index / 2 }
 
     /// o = softmax(q kᵀ / √D, masked) v and L (B, Hq, Tq), the logsumexp of each row's visible
-    /// scores (−∞ for a row that sees no key, whose o is 0).
+    /// scores (−∞ for a row that sees no key, whose o is 0). With `accumulate`, o and L hold the
+    /// result of other keys (a previous call with the same queries) and become the result of
+    /// those keys and these together (ring attention merges its blocks this way).
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
-                        threads: KernelThreads = .single) {
+                        accumulate: Bool = false, threads: KernelThreads = .single) {
         let tiles = queryTiles
         threads.forItems(batch * heads * tiles) { items in
             let workspace = Workspace(rows: queryTile, columns: keyTile, headDim: headDim)
@@ -124,22 +126,37 @@ public struct FlashAttention {
             for item in items {
                 let pair = item / tiles
                 forwardTile(b: pair / heads, h: pair % heads, i: Self.interleaved(item % tiles, tiles),
-                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, workspace: workspace)
+                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, accumulate: accumulate, workspace: workspace)
             }
         }
     }
 
     /// One query tile of one head against every key tile it sees.
+    /// With `accumulate`, the tile's rows start from the (o, L) already there instead of from
+    /// nothing: running max L, running sum 1 and accumulator o (a row with L = −∞ starts
+    /// empty), so the result is softmax attention over those earlier keys and these together
+    /// — `AttentionMerge` done inside the online softmax, without a partial output buffer.
     private func forwardTile(b: Int, h: Int, i: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                             o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, workspace w: Workspace) {
+                             o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, accumulate: Bool,
+                             workspace w: Workspace) {
         let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
         let rows = queryRows(i), n = rows.count, kvh = h / group
         let qi = q + (b * queryLength + rows.lowerBound) * qStride + h * D
         let kb = k + b * keyLength * kvStride + kvh * D, vb = v + b * keyLength * kvStride + kvh * D
         let (s, acc, rowMax, rowSum) = (w.scores, w.accumulator, w.rowMax, w.rowSum)
-        acc.update(repeating: 0, count: n * D)
-        rowMax.update(repeating: -.infinity, count: n)
-        rowSum.update(repeating: 0, count: n)
+        let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
+        let li = logsumexp + (b * heads + h) * queryLength + rows.lowerBound
+        if accumulate {
+            for r in 0..<n {
+                rowMax[r] = li[r]
+                rowSum[r] = li[r] == -.infinity ? 0 : 1
+                (acc + r * D).update(from: oi + r * qStride, count: D)
+            }
+        } else {
+            acc.update(repeating: 0, count: n * D)
+            rowMax.update(repeating: -.infinity, count: n)
+            rowSum.update(repeating: 0, count: n)
+        }
 
         for j in 0..<keyTiles {
             let columns: Int, masked: Bool, first: Int
@@ -172,8 +189,6 @@ public struct FlashAttention {
                         a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D)
         }
 
-        let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
-        let li = logsumexp + (b * heads + h) * queryLength + rows.lowerBound
         for r in 0..<n {
             let out = oi + r * qStride
             if rowSum[r] == 0 {

@@ -117,7 +117,8 @@ struct AttentionBench: ParsableCommand {
 
     /// Ring or Ulysses attention with each sequence of N tokens split over every rank of the
     /// world (zigzag: N / P tokens per rank), timed by rank 0's clock; `peak_growth_mib` is the
-    /// largest rank's, and `peak_rss_mib` (the whole process) shows the per-rank memory.
+    /// largest rank's, measured on a call after a first one (so the transport's one-time
+    /// buffers are not counted), and `peak_rss_mib` (the whole process) shows the per-rank memory.
     func runSequenceParallel(_ kernels: [String]) throws {
         let comm = try world.makeWorld()
         let threads = KernelThreads(bench.threads)
@@ -164,6 +165,9 @@ struct AttentionBench: ParsableCommand {
                 }
                 for m in mode {
                     let backward = m == "fwdbwd"
+                    // One call first: the transport's one-time buffers (MPI's shared-memory
+                    // segments are mapped on first use) are not memory a call adds.
+                    try call(backward)
                     ResidentMemory.releaseFreeMemory()
                     try comm.barrier()
                     var failure: Error?

@@ -300,6 +300,32 @@ import _TestSupport
         #expect(Self.error(partials[0].logsumexp, full.logsumexp) < 1e-6)
     }
 
+    /// `forward(accumulate: true)` continues from the (o, L) already there: running the key
+    /// chunks one after another, in any order and starting from a chunk no query sees, gives
+    /// the one-shot result — the merge ring attention does inside the kernel.
+    @Test(arguments: [[0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [1, 4, 3, 2, 0]])
+    func accumulatingKeyChunksInAnyOrderGivesTheOneShotResult(order: [Int]) {
+        let x = Self.whole.inputs()
+        let full = Self.flash(Self.whole, x)
+        var o = [Float](repeating: .nan, count: Self.whole.queryCount)
+        var l = [Float](repeating: .nan, count: Self.whole.kernel.logsumexpCount)
+        for (n, index) in order.enumerated() {
+            let chunk = Self.chunks[index], kernel = Self.chunkCase(chunk).kernel
+            kernel.forward(q: x.q, k: Self.restrict(x.k, to: chunk), v: Self.restrict(x.v, to: chunk), o: &o, logsumexp: &l,
+                           accumulate: n > 0)
+        }
+        #expect(Self.error(o, full.o) < 1e-6)
+        #expect(Self.error(l, full.logsumexp) < 1e-6)
+        // A chunk no query sees (keys after every query) changes nothing, to the bit.
+        let hidden = Self.chunkCase(0..<5)
+        var later = hidden
+        later.keyPositions = Array(200..<205)
+        let (before, beforeL) = (o, l)
+        later.kernel.forward(q: x.q, k: Self.restrict(x.k, to: 0..<5), v: Self.restrict(x.v, to: 0..<5), o: &o, logsumexp: &l,
+                             accumulate: true)
+        #expect(o == before && l == beforeL)
+    }
+
     @Test func mergingAPartialThatSawNoKeyChangesNothing() {
         let c = Self.whole, x = c.inputs()
         let full = Self.flash(c, x)

@@ -46,37 +46,30 @@ public final class RingAttention {
     var size: Int { comm.size }
 
     /// o and the global logsumexp L (B, Hq, T) of this rank's queries against every key.
-    /// The next K/V block is in flight (on a transfer thread) while the current one is computed.
+    /// The next K/V block is in flight (on a transfer thread) while the current one is computed;
+    /// each block after the first is merged into (o, L) inside the flash kernel's online softmax
+    /// (`accumulate`), so no partial output is stored.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
-        // The two travelling K/V blocks and one block's partial result live for this call only,
-        // so a model's layers share no persistent ring memory.
-        let n = kvCount
-        var current = FloatBuffer(count: 2 * n), next = FloatBuffer(count: 2 * n)
-        let partialO = FloatBuffer(count: queryCount), partialL = FloatBuffer(count: batch * heads * length)
-        current.pointer.update(from: k, count: n)
-        (current.pointer + n).update(from: v, count: n)
+        var blocks = TravellingBlocks(k: k, v: v, count: kvCount, ringSize: size)
         for step in 0..<size {
-            let transfer = step < size - 1 ? startTransfer(from: current.pointer, into: next.pointer, floats: 2 * n, tag: 0x5200 + step) : nil
+            let (kNow, vNow) = blocks.current
+            let transfer = step < size - 1
+                ? startTransfer(sending: [(kNow, kvCount), (vNow, kvCount)], receiving: blocks.receiving, tag: 0x5200 + step) : nil
             let source = (rank - step + size) % size
-            if step == 0 {
-                kernels[source].forward(q: q, k: k, v: v, o: o, logsumexp: logsumexp, threads: threads)
-            } else {
-                kernels[source].forward(q: q, k: current.pointer, v: current.pointer + n, o: partialO.pointer,
-                                        logsumexp: partialL.pointer, threads: threads)
-                AttentionMerge.merge(o: o, logsumexp: logsumexp, with: partialO.pointer, otherLogsumexp: partialL.pointer,
-                                     batch: batch, length: length, heads: heads, headDim: headDim, threads: threads)
-            }
+            kernels[source].forward(q: q, k: kNow, v: vNow, o: o, logsumexp: logsumexp, accumulate: step > 0, threads: threads)
             if let transfer {
                 try transfer.wait()
-                swap(&current, &next)
+                blocks.advance()
             }
         }
     }
 
     /// dq (B, T, Hq, D), dk, dv (B, T, Hkv, D), overwritten, from dO and `forward`'s o and L.
-    /// The next K/V block travels while the current one is computed; the gradients accumulated
-    /// for a block follow it once that step is done.
+    /// The next K/V block travels while the current one is computed; dk and dv hold the
+    /// gradients accumulated for the block this rank holds, and after each step they are
+    /// exchanged in place around the ring (in slices, through a small buffer), so the gradients
+    /// follow their block and the last exchange brings this rank's own home.
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
@@ -85,50 +78,89 @@ public final class RingAttention {
         let rowDot = FloatBuffer(count: batch * heads * length)
         FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
                               threads: threads)
-        // Each buffer: [k | v | dk | dv] of one block.
-        var current = FloatBuffer(count: 4 * n), next = FloatBuffer(count: 4 * n)
-        let b0 = current.pointer
-        b0.update(from: k, count: n)
-        (b0 + n).update(from: v, count: n)
-        (b0 + 2 * n).update(repeating: 0, count: 2 * n)
         dq.update(repeating: 0, count: queryCount)
+        dk.update(repeating: 0, count: n)
+        dv.update(repeating: 0, count: n)
+        var blocks = TravellingBlocks(k: k, v: v, count: n, ringSize: size)
         for step in 0..<size {
-            let c = current.pointer
-            let transfer = step < size - 1 ? startTransfer(from: c, into: next.pointer, floats: 2 * n, tag: 0x5300 + 2 * step) : nil
+            let (kNow, vNow) = blocks.current
+            let transfer = step < size - 1
+                ? startTransfer(sending: [(kNow, n), (vNow, n)], receiving: blocks.receiving, tag: 0x5300 + 2 * step) : nil
             let source = (rank - step + size) % size
-            kernels[source].backward(q: q, k: c, v: c + n, logsumexp: logsumexp, rowDot: rowDot.pointer, dO: dO,
-                                     dq: dq, dk: c + 2 * n, dv: c + 3 * n, accumulate: true, threads: threads)
+            kernels[source].backward(q: q, k: kNow, v: vNow, logsumexp: logsumexp, rowDot: rowDot.pointer, dO: dO,
+                                     dq: dq, dk: dk, dv: dv, accumulate: true, threads: threads)
             guard size > 1 else { break }
-            try transfer?.wait()
-            // This block's gradients follow it (the last transfer brings every block's home).
-            try startTransfer(from: c + 2 * n, into: next.pointer + 2 * n, floats: 2 * n, tag: 0x5300 + 2 * step + 1)
-                .wait()
-            swap(&current, &next)
+            if let transfer {
+                try transfer.wait()
+                blocks.advance()
+            }
+            // This block's gradients follow it (the last exchange brings every block's home).
+            try startExchange(inPlace: [(dk, n), (dv, n)], tag: 0x5300 + 2 * step + 1).wait()
         }
-        dk.update(from: current.pointer + 2 * n, count: n)
-        dv.update(from: current.pointer + 3 * n, count: n)
     }
 
-    /// One ring transfer on its own thread: `floats` from `out` to the next rank, the previous
-    /// rank's into `into`. Even ranks send first and odd ranks receive first, so the ring cannot
-    /// deadlock even where a send waits for its receiver. Only this thread uses the communicator
-    /// until `wait` returns.
-    private func startTransfer(from out: UnsafeMutablePointer<Float>, into: UnsafeMutablePointer<Float>, floats: Int,
+    /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the
+    /// previous rank's into the `receiving` ranges. Even ranks send first and odd ranks receive
+    /// first, so the ring cannot deadlock even where a send waits for its receiver. Only this
+    /// thread uses the communicator until `wait` returns.
+    private func startTransfer(sending: [(UnsafePointer<Float>, Int)], receiving: [(UnsafeMutablePointer<Float>, Int)],
                                tag: Int) -> RingTransfer {
+        let bytes = TransferBytes(out: sending.map { UnsafeRawBufferPointer(start: $0.0, count: $0.1 * 4) },
+                                  into: receiving.map { UnsafeMutableRawBufferPointer(start: $0.0, count: $0.1 * 4) })
+        return onTransferThread { comm, next, previous, sendsFirst in
+            for (out, into) in zip(bytes.out, bytes.into) {
+                if sendsFirst {
+                    try comm.send(out, to: next, tag: tag)
+                    try comm.receive(into, from: previous, tag: tag)
+                } else {
+                    try comm.receive(into, from: previous, tag: tag)
+                    try comm.send(out, to: next, tag: tag)
+                }
+            }
+        }
+    }
+
+    /// Sends each range to the next rank and replaces it with the previous rank's, slice by
+    /// slice through one slice of scratch (a slice is sent before it is overwritten), on a
+    /// transfer thread.
+    private func startExchange(inPlace ranges: [(UnsafeMutablePointer<Float>, Int)], tag: Int) -> RingTransfer {
+        let bytes = TransferBytes(out: [], into: ranges.map { UnsafeMutableRawBufferPointer(start: $0.0, count: $0.1 * 4) })
+        let slice = Self.exchangeSlice
+        return onTransferThread { comm, next, previous, sendsFirst in
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: slice, alignment: 64)
+            defer { scratch.deallocate() }
+            for range in bytes.into {
+                var offset = 0
+                while offset < range.count {
+                    let count = min(slice, range.count - offset)
+                    let piece = UnsafeMutableRawBufferPointer(rebasing: range[offset..<(offset + count)])
+                    let landing = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<count])
+                    if sendsFirst {
+                        try comm.send(UnsafeRawBufferPointer(piece), to: next, tag: tag)
+                        try comm.receive(landing, from: previous, tag: tag)
+                    } else {
+                        try comm.receive(landing, from: previous, tag: tag)
+                        try comm.send(UnsafeRawBufferPointer(piece), to: next, tag: tag)
+                    }
+                    piece.copyMemory(from: UnsafeRawBufferPointer(landing))
+                    offset += count
+                }
+            }
+        }
+    }
+
+    /// Bytes per slice of an in-place exchange: large enough to keep the link busy, small
+    /// against a rank's gradients.
+    static let exchangeSlice = 1 << 20
+
+    /// Runs `body` (communicator, next rank, previous rank, whether this rank sends first) on
+    /// a new thread; its error is rethrown by `wait`.
+    private func onTransferThread(_ body: @escaping @Sendable (Communicator, Int, Int, Bool) throws -> Void) -> RingTransfer {
         let transfer = RingTransfer()
-        let (comm, rank, size) = (self.comm, self.rank, self.size)
-        let next = (rank + 1) % size, previous = (rank - 1 + size) % size
-        let bytes = TransferBytes(out: UnsafeRawBufferPointer(start: out, count: floats * 4),
-                                  into: UnsafeMutableRawBufferPointer(start: into, count: floats * 4))
+        let (comm, rank, size) = (UncheckedCommunicator(comm), self.rank, self.size)
         let thread = Thread {
             do {
-                if rank % 2 == 0 {
-                    try comm.send(bytes.out, to: next, tag: tag)
-                    try comm.receive(bytes.into, from: previous, tag: tag)
-                } else {
-                    try comm.receive(bytes.into, from: previous, tag: tag)
-                    try comm.send(bytes.out, to: next, tag: tag)
-                }
+                try body(comm.value, (rank + 1) % size, (rank - 1 + size) % size, rank % 2 == 0)
             } catch {
                 transfer.error = error
             }
@@ -140,11 +172,47 @@ public final class RingAttention {
     }
 }
 
-/// The byte ranges of one ring transfer, handed to its thread: the caller keeps both buffers
-/// alive, and does not touch them, until the transfer's `wait` returns.
+/// The K/V block a rank computes on at each ring step, and where the next one lands: the
+/// rank's own k and v at step 0, then alternately two receive buffers of [K | V] (one when the
+/// ring has two ranks, none for one), which live for one call only, so layers share no
+/// persistent ring memory.
+private struct TravellingBlocks {
+    private let count: Int
+    private var buffers: [FloatBuffer]
+    private var step = 0
+    private(set) var current: (UnsafePointer<Float>, UnsafePointer<Float>)
+
+    init(k: UnsafePointer<Float>, v: UnsafePointer<Float>, count: Int, ringSize: Int) {
+        self.count = count
+        buffers = (0..<min(2, ringSize - 1)).map { _ in FloatBuffer(count: 2 * count) }
+        current = (k, v)
+    }
+
+    /// Where the block for the next step is received: K then V.
+    var receiving: [(UnsafeMutablePointer<Float>, Int)] {
+        let into = buffers[step % buffers.count].pointer
+        return [(into, count), (into + count, count)]
+    }
+
+    /// The received block becomes the current one.
+    mutating func advance() {
+        let into = buffers[step % buffers.count].pointer
+        current = (UnsafePointer(into), UnsafePointer(into + count))
+        step += 1
+    }
+}
+
+/// The byte ranges of one ring transfer, handed to its thread: the caller keeps the buffers
+/// alive, and does not write them, until the transfer's `wait` returns.
 private struct TransferBytes: @unchecked Sendable {
-    let out: UnsafeRawBufferPointer
-    let into: UnsafeMutableRawBufferPointer
+    let out: [UnsafeRawBufferPointer]
+    let into: [UnsafeMutableRawBufferPointer]
+}
+
+/// The communicator, handed to a transfer thread that is its only user until `wait` returns.
+private struct UncheckedCommunicator: @unchecked Sendable {
+    let value: Communicator
+    init(_ value: Communicator) { self.value = value }
 }
 
 /// A transfer in flight; `wait` returns once it is complete and rethrows its failure.
