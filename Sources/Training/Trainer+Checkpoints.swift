@@ -47,7 +47,7 @@ extension Trainer {
                                                     state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
         }
         return CheckpointShardSnapshot(step: step, rank: world.rank, ranks: world.size, model: StateDict(tensors), optimizer: StateDict(moments),
-                                       shards: shards, metadataFiles: metadata, validationLoss: validationLoss)
+                                       shards: shards, metadataFiles: metadata)
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in

@@ -136,7 +136,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let sink = try fixture.sink()
         let p = part(step: 4, rank: 2, ranks: 3)
         let connection = try sink.connect()
-        let header = PartHeader(step: 4, rank: 2, ranks: 3, validationLoss: nil,
+        let header = PartHeader(step: 4, rank: 2, ranks: 3,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         try connection.send(Frame(.fileData, Array(p.files[0].data.prefix(1000))), while: "test")
@@ -184,7 +184,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let sink = try fixture.sink()
         let p = part(step: 3, rank: 0, ranks: 1)
         let connection = try sink.connect()
-        let header = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+        let header = PartHeader(step: 3, rank: 0, ranks: 1,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
@@ -199,7 +199,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         // A part whose bytes do not match their announced SHA-256 is refused too, and named.
         var forged = p
         forged.files[0].data[0] ^= 1
-        let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+        let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1,
                                       files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         let second = try sink.connect()
         try second.send(.putPart, json: forgedHeader, while: "test")
@@ -407,7 +407,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let rank0 = part(step: 3, rank: 0, ranks: 2, bytes: 5000), rank1 = part(step: 3, rank: 1, ranks: 2, bytes: 5000)
         #expect(try !fixture.sink().upload(rank1).committed)
         let retry = try fixture.sink().connect()
-        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2, validationLoss: nil,
+        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2,
                                                   files: rank1.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) }),
                        while: "test")
         let first = rank1.files[0].data
