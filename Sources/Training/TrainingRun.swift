@@ -46,7 +46,7 @@ extension Trainer {
         let lock = try holdRunDirectory()
         defer { lock?.release() }
         // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
-        if lock != nil { (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() }
+        if lock != nil { for line in (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
         reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
