@@ -51,11 +51,13 @@ extension Trainer {
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in
-    /// flight (rank 0 says so), reports a failed previous save on every rank, copies this
-    /// rank's tensors and hands them to the writer thread; training goes on meanwhile. Every
-    /// rank calls it. `validationLoss`: measured at this step, for best-K retention.
+    /// flight on any rank (rank 0 says so; the ranks wait together, so a save longer than
+    /// `parallel.timeout_seconds` trips no collective deadline), reports a failed previous save
+    /// on every rank, copies this rank's tensors and hands them to the writer thread; training
+    /// goes on meanwhile. Every rank calls it. `validationLoss`: measured at this step, for
+    /// best-K retention.
     public func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = checkpoints.writer.waitForInFlight() {
+        if let waited = try checkpoints.waitForSavesOnEveryRank() {
             reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
         }
         try checkpoints.checkFailures()
@@ -66,7 +68,7 @@ extension Trainer {
     /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
     @discardableResult
     public func finishCheckpoints() throws -> URL? {
-        checkpoints.writer.waitForInFlight()
+        try checkpoints.waitForSavesOnEveryRank()
         try checkpoints.checkFailures()
         return checkpoints.writer.takeCommitted().compactMap(\.url).last
     }

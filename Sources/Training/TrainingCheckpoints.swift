@@ -39,6 +39,28 @@ struct TrainingCheckpoints {
         }
     }
 
+    /// Waits until no rank has a save in flight; returns the step of the save waited for and
+    /// the seconds this rank waited (nil when none was in flight anywhere). Every rank calls it.
+    ///
+    /// The ranks wait together, in rounds of a short local wait and an all-reduce of "still
+    /// saving", rather than each for its own writer and then in a collective: a save slower
+    /// than `parallel.timeout_seconds` on one rank (rank 0 committing, a slow disk or service)
+    /// would otherwise leave the ranks done sooner inside a collective past its deadline. The
+    /// save itself stays bounded by its sink's deadlines (markers, service I/O).
+    @discardableResult
+    func waitForSavesOnEveryRank(pollSeconds: Double = 0.05) throws -> (step: Int, seconds: Double)? {
+        let start = Date()
+        var waitedFor: Int?
+        while true {
+            if let step = writer.inFlight { waitedFor = step }
+            writer.waitForInFlight(limit: pollSeconds)
+            let saving = writer.inFlight != nil
+            if try world.allReduce(saving ? 1 : 0, op: .max) == 0 { break }
+            if waitedFor == nil { waitedFor = writer.lastSubmitted }
+        }
+        return waitedFor.map { ($0, Date().timeIntervalSince(start)) }
+    }
+
     /// Every rank's writer failure, after each waited for its own save: a rank whose save
     /// failed throws its error, the others an error naming it. Every rank calls it.
     func checkFailures() throws {

@@ -119,6 +119,39 @@ import _TestSupport
         #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
     }
 
+    /// Takes `seconds` to deliver each part (a slow disk, or a service far away), then accepts it.
+    final class SlowSink: CheckpointSink {
+        let seconds: Double
+        init(seconds: Double) { self.seconds = seconds }
+        func deliver(_ part: CheckpointPart) throws { Thread.sleep(forTimeInterval: seconds) }
+        func latestStep() throws -> Int? { nil }
+        func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
+    }
+
+    /// A save on rank 0 longer than the collective deadline: the other rank, whose save is
+    /// done, waits with it (in short collective rounds) instead of sitting in a collective past
+    /// its deadline; the second save and the end of the run go through on both ranks.
+    @Test func aSaveSlowerThanTheCollectiveDeadlineTripsNoDeadline() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
+        let deadline = 1.2
+        let started = Date()
+        let results = InProcessCommunicator.run(size: 2, timeoutSeconds: deadline) { comm -> Int in
+            let sink: CheckpointSink = comm.rank == 0 ? SlowSink(seconds: 2 * deadline) : AcceptingSink()
+            let trainer = try Trainer(config: config, world: comm, checkpointSink: sink)
+            try trainer.trainStep()
+            try trainer.startCheckpoint()     // rank 0's save outlasts the deadline
+            try trainer.trainStep()
+            try trainer.startCheckpoint()     // waits for it on every rank
+            try trainer.finishCheckpoints()
+            return trainer.step
+        }
+        #expect(try results.map { try $0.get() } == [2, 2])
+        #expect(Date().timeIntervalSince(started) >= 2 * 2 * deadline - 0.5, "both saves were waited for")
+    }
+
     /// Records parts and never fails.
     final class AcceptingSink: CheckpointSink {
         func deliver(_ part: CheckpointPart) throws {}
