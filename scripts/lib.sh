@@ -111,24 +111,6 @@ job_ranks() {
   done
 }
 
-# keep_metrics_through FILE STEP: drops FILE's records of steps after STEP (and a line a kill cut
-# short), which a run resumed from STEP's checkpoint logs again.
-keep_metrics_through() {
-  python3 - "$1" "$2" <<'PY'
-import json, sys
-path, last = sys.argv[1], int(sys.argv[2])
-kept = []
-for line in open(path):
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        continue
-    if record.get("step", 0) <= last:
-        kept.append(line.rstrip("\n") + "\n")
-open(path, "w").writelines(kept)
-PY
-}
-
 # wait_for_checkpoint_after ROOT STEP SECONDS: waits until ROOT holds a complete step-* newer than
 # STEP; fails after SECONDS.
 wait_for_checkpoint_after() {

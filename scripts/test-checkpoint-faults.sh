@@ -39,8 +39,9 @@ check "checkpoints: SIGKILL of a rank during saves (20 trials) leaves the newest
 # middle trial) tessera launch: a rank killed at a random moment around saves ends the job within
 # the bound, with a line naming the dead rank (mpirun's, which kills the survivor at once; under
 # launch the survivor's own); every complete checkpoint verifies; the next trial resumes the
-# newest. After the last kill, the run resumes to its end, and its losses, step by step, are the
-# uninterrupted run's (bitwise: the layout does not change).
+# newest. After the last kill, the run resumes to its end, and its metrics.jsonl (each resume drops
+# the records logged after its checkpoint) holds the uninterrupted run's losses, step by step
+# (bitwise: the layout does not change).
 MOE_STEPS=${MOE_KILL_STEPS:-300}
 moe=(--config configs/moe.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
      --set model.kv_heads=1 --set model.ffn_hidden=64 --set moe.expert_hidden=32 --set moe.layers=all --set data.seq_len=32
@@ -74,7 +75,6 @@ kill_an_expert_rank_while_saving() {
     echo "trial $trial (${launcher[0]##*/}): killed rank $rank (pid $pid), the job ended $(seconds "$elapsed") s later with status $status: $(grep -E "$named" "$dir.$trial.log" | head -n 1)"
     echo "  $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $newest;" \
          "unfinished: $(ls -a "$dir/checkpoints" | grep -c '\.partial$')"
-    keep_metrics_through "$dir/metrics.jsonl" "$step"
   done
   scripts/mpirun.sh 2 train --resume "$dir" --progress lines >"$dir.final.log" 2>&1 \
     || { echo "the final resume exited with status $?:"; tail -n 5 "$dir.final.log"; return 1; }

@@ -165,7 +165,6 @@ training_kills() {
     if [ "$trial" != 1 ]; then   # the run resumes from the newest the service holds
       [ "$latest" != none ] && [ "$latest" -ge "$step" ] || { echo "trial $trial: the service holds $latest, older than step $step"; kill -9 "$server"; return 1; }
       step=$latest
-      keep_metrics_through "$dir/metrics.jsonl" "$step"
     fi
     local resume=(); [ "$step" -ge 0 ] && resume=(--resume "$dir")
     [ "$kind" = none ] && break

@@ -73,7 +73,7 @@ extension Trainer {
     /// the last one is waited for before it returns.
     private func runSteps(resume: Bool, end: Int) throws -> RunSummary {
         let total = config.train.steps
-        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
+        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume, resumedAt: resume ? step : nil) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
 
         let start = Date()
