@@ -93,7 +93,7 @@ extension Trainer {
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when
     /// there is none.
     public func resumeFromLatest() throws -> Int? {
-        let loaded = try checkpoints.loadLatest { url, contents in
+        let loaded = try checkpoints.loadLatest { [self] url, contents in   // on rank 0's loading thread, while this one waits
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
             if contents.state.configHash != config.numericHash {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))

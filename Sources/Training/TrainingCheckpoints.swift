@@ -73,21 +73,24 @@ struct TrainingCheckpoints {
 
     /// The newest complete checkpoint's contents on rank 0 (nil elsewhere and when there is
     /// none). `check` runs on rank 0 and may throw; any failure reaches every rank as the same
-    /// error.
-    func loadLatest(check: (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
+    /// error. Rank 0 fetches and reads on its own thread while every rank waits in short
+    /// collective rounds (`onRankZero`), so a download or read longer than
+    /// `parallel.timeout_seconds` trips no collective deadline.
+    func loadLatest(check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
         var failure: Error?
         var contents: CheckpointContents?
-        if isWriter {
-            do {
-                if let step = try sink.latestStep() {
-                    let latest = try sink.fetch(step: step)
-                    let loaded = try CheckpointStore.read(latest)
-                    try check(latest, loaded)
-                    contents = loaded
-                }
-            } catch {
-                failure = error
-            }
+        let sink = self.sink
+        let outcome = try onRankZero { () throws -> CheckpointContents? in
+            guard let step = try sink.latestStep() else { return nil }
+            let latest = try sink.fetch(step: step)
+            let loaded = try CheckpointStore.read(latest)
+            try check(latest, loaded)
+            return loaded
+        }
+        switch outcome {
+        case .success(let loaded)?: contents = loaded
+        case .failure(let error)?: failure = error
+        case nil: break
         }
         let problem = failure.map { "\($0)" } ?? ""
         let message = String(decoding: try world.broadcastBytes(Array(problem.utf8), root: 0), as: UTF8.self)
@@ -96,6 +99,20 @@ struct TrainingCheckpoints {
         var found: [Int64] = [contents == nil ? 0 : 1]
         try found.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return (found[0] == 1, contents)
+    }
+
+    /// Runs `work` on rank 0, on a thread of its own, while every rank (rank 0's calling
+    /// thread included) waits in rounds of a short wait and an all-reduce of "rank 0 still
+    /// working": no rank sits in one collective while rank 0 works alone for longer than the
+    /// collective deadline. Returns the outcome on rank 0, nil elsewhere. Every rank calls it.
+    func onRankZero<T>(pollSeconds: Double = 0.05, _ work: @escaping () throws -> T) throws -> Result<T, Error>? {
+        let job = isWriter ? RankZeroJob(work) : nil
+        job?.start()
+        while true {
+            let working = job.map { !$0.wait(seconds: pollSeconds) } ?? false
+            if try world.allReduce(working ? 1 : 0, op: .max) == 0 { break }
+        }
+        return job?.result
     }
 
     /// Copies rank 0's `buffers` to every rank.
@@ -110,5 +127,31 @@ struct TrainingCheckpoints {
         var wide = values.map(Int64.init)
         try wide.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return wide.map(Int.init)
+    }
+}
+
+/// Work rank 0 runs on a thread of its own (`TrainingCheckpoints.onRankZero`); the calling
+/// thread reads `result` only after `wait` said it is done.
+final class RankZeroJob<T>: @unchecked Sendable {
+    private let work: () throws -> T
+    private let done = DispatchSemaphore(value: 0)
+    private var finished = false
+    private(set) var result: Result<T, Error>?
+
+    init(_ work: @escaping () throws -> T) { self.work = work }
+
+    func start() {
+        let thread = Thread { [self] in
+            result = Result { try work() }
+            done.signal()
+        }
+        thread.name = "tessera-rank0-job"
+        thread.start()
+    }
+
+    /// Whether the work has finished, waiting up to `seconds` for it.
+    func wait(seconds: Double) -> Bool {
+        if !finished { finished = done.wait(timeout: .now() + seconds) == .success }
+        return finished
     }
 }

@@ -152,6 +152,34 @@ import _TestSupport
         #expect(Date().timeIntervalSince(started) >= 2 * 2 * deadline - 0.5, "both saves were waited for")
     }
 
+    /// A directory sink whose `fetch` takes `seconds` (a download from a service far away).
+    final class SlowFetchSink: CheckpointSink {
+        let inner: DirectoryCheckpointSink
+        let seconds: Double
+        init(root: URL, seconds: Double) { inner = DirectoryCheckpointSink(root: root); self.seconds = seconds }
+        func deliver(_ part: CheckpointPart) throws { try inner.deliver(part) }
+        func latestStep() throws -> Int? { try inner.latestStep() }
+        func fetch(step: Int) throws -> URL { Thread.sleep(forTimeInterval: seconds); return try inner.fetch(step: step) }
+    }
+
+    /// Rank 0 fetching the checkpoint to resume for longer than the collective deadline: the
+    /// other rank waits with it in short collective rounds, and both resume.
+    @Test func aResumeFetchSlowerThanTheCollectiveDeadlineTripsNoDeadline() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 6))
+        for result in InProcessCommunicator.run(size: 2, timeoutSeconds: 60, { comm in try Trainer(config: config, world: comm).run(resume: false, stopAt: 2) }) {
+            _ = try result.get()
+        }
+        let deadline = 1.2
+        let root = directory.url.appendingPathComponent("run/checkpoints")
+        let resumed = InProcessCommunicator.run(size: 2, timeoutSeconds: deadline) { comm -> Int? in
+            try Trainer(config: config, world: comm, checkpointSink: SlowFetchSink(root: root, seconds: 2 * deadline)).resumeFromLatest()
+        }
+        #expect(try resumed.map { try $0.get() } == [2, 2])
+    }
+
     /// Records parts and never fails.
     final class AcceptingSink: CheckpointSink {
         func deliver(_ part: CheckpointPart) throws {}
