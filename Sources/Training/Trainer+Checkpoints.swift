@@ -57,7 +57,7 @@ extension Trainer {
     /// goes on meanwhile. Every rank calls it. `validationLoss`: measured at this step, for
     /// best-K retention.
     public func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = try checkpoints.waitForSavesOnEveryRank() {
+        if let waited = try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) }) {
             reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
         }
         try checkpoints.checkFailures()
@@ -68,7 +68,7 @@ extension Trainer {
     /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
     @discardableResult
     public func finishCheckpoints() throws -> URL? {
-        try checkpoints.waitForSavesOnEveryRank()
+        try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
         try checkpoints.checkFailures()
         return checkpoints.writer.takeCommitted().compactMap(\.url).last
     }

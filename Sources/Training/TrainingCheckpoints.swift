@@ -42,21 +42,31 @@ struct TrainingCheckpoints {
     /// Waits until no rank has a save in flight; returns the step of the save waited for and
     /// the seconds this rank waited (nil when none was in flight anywhere). Every rank calls it.
     ///
-    /// The ranks wait together, in rounds of a short local wait and an all-reduce of "still
+    /// The ranks wait together, in rounds of a short local wait and an all-gather of "still
     /// saving", rather than each for its own writer and then in a collective: a save slower
     /// than `parallel.timeout_seconds` on one rank (rank 0 committing, a slow disk or service)
     /// would otherwise leave the ranks done sooner inside a collective past its deadline. The
-    /// save itself stays bounded by its sink's deadlines (markers, service I/O).
+    /// save itself is bounded by its sink's deadlines (markers, service I/O); a write that makes
+    /// no progress at all is not, so every `world.timeoutSeconds` of waiting `note` (rank 0's
+    /// reporter) is told which ranks are still saving.
     @discardableResult
-    func waitForSavesOnEveryRank(pollSeconds: Double = 0.05) throws -> (step: Int, seconds: Double)? {
+    func waitForSavesOnEveryRank(pollSeconds: Double = 0.05, note: ((String) -> Void)? = nil) throws -> (step: Int, seconds: Double)? {
         let start = Date()
         var waitedFor: Int?
+        var nextNote = world.timeoutSeconds
         while true {
             if let step = writer.inFlight { waitedFor = step }
             writer.waitForInFlight(limit: pollSeconds)
-            let saving = writer.inFlight != nil
-            if try world.allReduce(saving ? 1 : 0, op: .max) == 0 { break }
+            let saving = try world.allGather(Int64(writer.inFlight == nil ? 0 : 1))
+            let ranks = saving.enumerated().filter { $0.element != 0 }.map(\.offset)
+            if ranks.isEmpty { break }
             if waitedFor == nil { waitedFor = writer.lastSubmitted }
+            let waited = Date().timeIntervalSince(start)
+            if waited >= nextNote {
+                note?(String(format: "the checkpoint of step %d is still being written on rank%@ %@ after %.0f s; training waits for it",
+                             waitedFor ?? -1, ranks.count == 1 ? "" : "s", ranks.map(String.init).joined(separator: ", "), waited))
+                nextNote += world.timeoutSeconds
+            }
         }
         return waitedFor.map { ($0, Date().timeIntervalSince(start)) }
     }

@@ -138,9 +138,11 @@ import _TestSupport
         let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
         let deadline = 1.2
         let started = Date()
+        FileManager.default.createFile(atPath: directory.file("log"), contents: nil)
         let results = InProcessCommunicator.run(size: 2, timeoutSeconds: deadline) { comm -> Int in
             let sink: CheckpointSink = comm.rank == 0 ? SlowSink(seconds: 2 * deadline) : AcceptingSink()
             let trainer = try Trainer(config: config, world: comm, checkpointSink: sink)
+            if comm.rank == 0 { trainer.reporter = ProgressReporter(output: FileHandle(forWritingAtPath: directory.file("log"))!, interactive: false) }
             try trainer.trainStep()
             try trainer.startCheckpoint()     // rank 0's save outlasts the deadline
             try trainer.trainStep()
@@ -150,6 +152,11 @@ import _TestSupport
         }
         #expect(try results.map { try $0.get() } == [2, 2])
         #expect(Date().timeIntervalSince(started) >= 2 * 2 * deadline - 0.5, "both saves were waited for")
+        // Past the deadline, the wait is not silent: rank 0 says who is still writing.
+        let log = try String(contentsOfFile: directory.file("log"), encoding: .utf8)
+        #expect(log.split(separator: "\n").contains { $0.contains("the checkpoint of step 1 is still being written on rank 0 after ")
+                                                       && $0.hasSuffix(" s; training waits for it") }, "\(log)")
+        #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
     }
 
     /// A directory sink whose `fetch` takes `seconds` (a download from a service far away).
