@@ -100,3 +100,25 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 seconds() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
 
 mpi() { scripts/mpirun.sh "$@"; }
+
+# job_ranks PID: "PID RANK" for every rank below the launcher PID (mpirun, tessera launch, or
+# a `timeout` around either), the rank read from its OMPI_COMM_WORLD_RANK or TESSERA_RANK.
+job_ranks() {
+  local p rank exe; exe=$(readlink -f "$TESSERA")
+  for p in $(pgrep -P "$1"); do
+    rank=$(tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | sed -n 's/^\(OMPI_COMM_WORLD_RANK\|TESSERA_RANK\)=//p' | head -n 1)
+    if [ -n "$rank" ] && [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$exe" ]; then echo "$p $rank"; else job_ranks "$p"; fi
+  done
+}
+
+# wait_for_checkpoint_after ROOT STEP SECONDS: waits until ROOT holds a complete step-* newer than
+# STEP; fails after SECONDS.
+wait_for_checkpoint_after() {
+  local newest deadline=$((SECONDS + $3))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    newest=$(ls "$1" 2>/dev/null | grep '^step-[0-9]*$' | tail -n 1)
+    [ -n "$newest" ] && [ $((10#${newest#step-})) -gt "$2" ] && [ -f "$1/$newest/DONE" ] && return 0
+    sleep 0.05
+  done
+  echo "no checkpoint after step $2 appeared in $1 within $3 s"; return 1
+}

@@ -41,7 +41,7 @@ public enum CheckpointCommit {
         do {
             if fm.fileExists(atPath: final.path) {
                 // A rewrite of the same step: the old one stays whole until the new one is in place.
-                let old = root.appendingPathComponent("." + CheckpointLayout.directoryName(step: step) + ".replaced")
+                let old = root.appendingPathComponent(CheckpointLayout.replacedName(step: step))
                 if fm.fileExists(atPath: old.path) { try fm.removeItem(at: old) }
                 try fm.moveItem(at: final, to: old)
                 try fm.moveItem(at: partial, to: final)

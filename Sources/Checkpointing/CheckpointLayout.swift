@@ -17,6 +17,9 @@ public enum CheckpointLayout {
 
     public static func directoryName(step: Int) -> String { String(format: "step-%08d", step) }
     public static func partialName(step: Int) -> String { "." + directoryName(step: step) + ".partial" }
+    /// Where a commit of a step already committed moves the previous copy while it renames the
+    /// new one into place (`CheckpointCommit.recoverReplaced` deals with what a crash leaves).
+    public static func replacedName(step: Int) -> String { "." + directoryName(step: step) + ".replaced" }
 
     /// The step of a committed checkpoint directory's name (`step-00000042` → 42).
     public static func step(ofDirectory name: String) -> Int? {

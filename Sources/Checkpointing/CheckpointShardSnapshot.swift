@@ -15,13 +15,13 @@ public struct CheckpointShardSnapshot: Sendable {
     /// Each owned parameter's place in the whole tensor; its moments share it.
     public var shards: [String: TensorShard]
     /// Rank 0: the metadata files (`CheckpointMetadata.files`); empty elsewhere.
+    /// (Its `trainer_state.json` holds the step's validation loss, when measured.)
     public var metadataFiles: [CheckpointFile]
-    public var validationLoss: Double?
 
     public init(step: Int, rank: Int, ranks: Int, model: StateDict, optimizer: StateDict, shards: [String: TensorShard],
-                metadataFiles: [CheckpointFile] = [], validationLoss: Double? = nil) {
+                metadataFiles: [CheckpointFile] = []) {
         self.step = step; self.rank = rank; self.ranks = ranks; self.model = model; self.optimizer = optimizer
-        self.shards = shards; self.metadataFiles = metadataFiles; self.validationLoss = validationLoss
+        self.shards = shards; self.metadataFiles = metadataFiles
     }
 
     /// The part to deliver: the model and optimizer shard files (none when this rank owns no
@@ -36,7 +36,7 @@ public struct CheckpointShardSnapshot: Sendable {
             files.append(CheckpointFile(name: CheckpointLayout.optimizerFile(rank: rank, ranks: ranks),
                                         data: try SafeTensors.encode(optimizer, metadata: ["shards": shardText, "step": String(step)])))
         }
-        return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files + metadataFiles, validationLoss: validationLoss)
+        return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files + metadataFiles)
     }
 
     static func json(_ shards: [String: TensorShard]) throws -> String {

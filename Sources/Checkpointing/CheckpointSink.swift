@@ -21,12 +21,11 @@ public struct CheckpointPart: Sendable, Equatable {
     public var rank: Int
     /// How many parts the step needs (the world size).
     public var ranks: Int
+    /// The files; rank 0's `trainer_state.json` records the step's validation loss (best-K retention reads it there).
     public var files: [CheckpointFile]
-    /// Validation loss at this step when known (rank 0's part carries it), for best-K retention.
-    public var validationLoss: Double?
 
-    public init(step: Int, rank: Int, ranks: Int, files: [CheckpointFile], validationLoss: Double? = nil) {
-        self.step = step; self.rank = rank; self.ranks = ranks; self.files = files; self.validationLoss = validationLoss
+    public init(step: Int, rank: Int, ranks: Int, files: [CheckpointFile]) {
+        self.step = step; self.rank = rank; self.ranks = ranks; self.files = files
     }
 }
 

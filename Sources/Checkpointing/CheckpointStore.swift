@@ -118,7 +118,7 @@ public struct CheckpointStore {
             (e.name, TensorShard(globalShape: e.tensor.shape, offset: e.tensor.shape.map { _ in 0 }, axis: contents.shards[e.name]?.axis))
         })
         let snapshot = CheckpointShardSnapshot(step: step, rank: 0, ranks: 1, model: contents.model, optimizer: contents.optimizer,
-                                               shards: shards, metadataFiles: metadata, validationLoss: contents.state.validationLoss)
+                                               shards: shards, metadataFiles: metadata)
         let partial = root.appendingPathComponent(CheckpointLayout.partialName(step: step))
         if FileManager.default.fileExists(atPath: partial.path) { try? FileManager.default.removeItem(at: partial) }
         try DirectoryCheckpointSink(root: root).deliver(snapshot.part())

@@ -83,12 +83,17 @@ public final class DirectoryCheckpointSink: CheckpointSink {
     }
 
     /// Deletes the partial directories a stopped run left behind (their markers would
-    /// otherwise count for a new save of the same step). Call on one rank before anyone saves,
-    /// holding the run directory.
-    public func removeUnfinished() {
+    /// otherwise count for a new save of the same step), and finishes or undoes a replacement
+    /// of a step cut short (`CheckpointCommit.recoverReplaced`: the old copy is restored when it
+    /// is the only one). Call on one rank before anyone saves, holding the run directory.
+    /// Returns what it did about replacements, one line each.
+    @discardableResult
+    public func removeUnfinished() -> [String] {
+        let recovered = CheckpointCommit.recoverReplaced(root: root)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
-        for name in names where name.hasPrefix(".step-") {
+        for name in names where name.hasPrefix(".step-") && !name.hasSuffix(".replaced") {
             try? FileManager.default.removeItem(at: root.appendingPathComponent(name))
         }
+        return recovered
     }
 }

@@ -5,14 +5,15 @@ import TensorCore
 /// tests and the testing tool (`tessera ckpt upload-test`) that exercise the sinks and the
 /// checkpoint service without training a model. Built with the same API as training
 /// (`CheckpointShardSnapshot`, `CheckpointMetadata`), so a committed step of them is an ordinary
-/// checkpoint that `CheckpointStore.read` loads.
+/// checkpoint that `CheckpointStore.read` loads. `package` access: the package's own targets
+/// (the tests, the CLI's hidden tool) use it; it is not part of the library's public API.
 ///
 /// Rank r owns one tensor, `synthetic.rank<r>.weight`, a vector of `floats` values, with its two
 /// AdamW moments; rank 0's part adds the index (naming every rank's model file), `config.json`,
 /// `trainer_state.json` (step, `validationLoss`) and `run.yaml`.
-public enum SyntheticCheckpointPart {
+package enum SyntheticCheckpointPart {
     /// Rank `rank`'s part of `step` out of `ranks`. The same arguments give the same bytes.
-    public static func make(step: Int, rank: Int, ranks: Int, floats: Int, validationLoss: Double? = nil, seed: UInt64 = 0) throws -> CheckpointPart {
+    package static func make(step: Int, rank: Int, ranks: Int, floats: Int, validationLoss: Double? = nil, seed: UInt64 = 0) throws -> CheckpointPart {
         precondition(floats >= 1 && ranks >= 1 && (0..<ranks).contains(rank), "a synthetic part needs floats >= 1 and 0 <= rank < ranks")
         let name = tensorName(rank: rank)
         var state = seed &+ UInt64(step) &* 1_000_003 &+ UInt64(rank) &+ 1
@@ -38,10 +39,10 @@ public enum SyntheticCheckpointPart {
         }
         let snapshot = CheckpointShardSnapshot(step: step, rank: rank, ranks: ranks, model: model, optimizer: optimizer,
                                                shards: [name: TensorShard(globalShape: [floats], offset: [0])],
-                                               metadataFiles: metadata, validationLoss: rank == 0 ? validationLoss : nil)
+                                               metadataFiles: metadata)
         return try snapshot.part()
     }
 
     /// The tensor rank `rank` owns.
-    public static func tensorName(rank: Int) -> String { "synthetic.rank\(rank).weight" }
+    package static func tensorName(rank: Int) -> String { "synthetic.rank\(rank).weight" }
 }

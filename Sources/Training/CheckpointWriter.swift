@@ -8,6 +8,7 @@ import Foundation
 final class CheckpointWriter: @unchecked Sendable {
     private let condition = NSCondition()
     private var inFlightStep: Int?
+    private var submittedStep: Int?
     private var failure: (step: Int, error: Error)?
     private var committed: [(step: Int, url: URL?)] = []
 
@@ -30,12 +31,27 @@ final class CheckpointWriter: @unchecked Sendable {
         return (step, Date().timeIntervalSince(start))
     }
 
+    /// The step of the save in flight, if any.
+    var inFlight: Int? {
+        condition.lock()
+        defer { condition.unlock() }
+        return inFlightStep
+    }
+
+    /// The step of the latest save submitted (in flight or finished), if any.
+    var lastSubmitted: Int? {
+        condition.lock()
+        defer { condition.unlock() }
+        return submittedStep
+    }
+
     /// Starts `job` (the save of `step`; it returns the committed directory when it knows it)
     /// on a new thread. Call after `waitForInFlight()`.
     func submit(step: Int, _ job: @escaping () throws -> URL?) {
         condition.lock()
         precondition(inFlightStep == nil, "CheckpointWriter: a save is already in flight")
         inFlightStep = step
+        submittedStep = step
         condition.unlock()
         let thread = Thread { [self] in
             let outcome = Result { try job() }

@@ -79,7 +79,7 @@ public enum RunDirectoryLockError: Error, Equatable, CustomStringConvertible {
 /// A run's hold on its run directory: the file `RUN_DIR/.tessera.lock`, created exclusively
 /// (`O_CREAT | O_EXCL`), naming the holder's host, pid and start time. Released by `release()`
 /// (or when the lock is deallocated). A lock whose holder is gone (same host, and `kill(pid, 0)`
-/// fails with ESRCH, or the pid now belongs to a process started later, or the host has rebooted)
+/// fails with ESRCH, or the pid is a zombie, or now belongs to a process started later, or the host has rebooted)
 /// is taken over; a holder on another host never is.
 public final class RunDirectoryLock {
     public static let fileName = ".tessera.lock"
@@ -176,6 +176,8 @@ public final class RunDirectoryLock {
     static func isAlive(_ holder: RunDirectoryHolder) -> Bool {
         if let theirs = holder.bootID, let ours = bootID(), theirs != ours { return false }   // the host rebooted since
         if kill(holder.pid, 0) != 0 && errno == ESRCH { return false }
+        // A zombie (killed, not yet reaped: a rank whose mpirun exited first) holds nothing.
+        if let state = processState(holder.pid), state == "Z" || state == "X" { return false }
         if let recorded = holder.processStart, let now = processStart(holder.pid), recorded != now { return false }   // pid reused
         return true
     }
@@ -211,10 +213,18 @@ public final class RunDirectoryLock {
 
     /// Start time of process `pid` (field 22 of /proc/PID/stat), nil when unreadable.
     static func processStart(_ pid: Int32) -> UInt64? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let nameEnd = text.lastIndex(of: ")") else { return nil }   // the command name may hold spaces
-        let fields = text[text.index(after: nameEnd)...].split(separator: " ")
+        guard let fields = statFields(pid) else { return nil }
         // After the name: field 3 (state) is fields[0], so field 22 is fields[19].
         return fields.count > 19 ? UInt64(fields[19]) : nil
+    }
+
+    /// State of process `pid` (field 3 of /proc/PID/stat: R, S, D, Z for a zombie...), nil when unreadable.
+    static func processState(_ pid: Int32) -> Character? { statFields(pid)?.first?.first }
+
+    /// The fields of /proc/PID/stat after the command name (which may hold spaces and parentheses).
+    private static func statFields(_ pid: Int32) -> [Substring]? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let nameEnd = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(after: nameEnd)...].split(separator: " ")
     }
 }

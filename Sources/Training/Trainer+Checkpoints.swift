@@ -47,15 +47,17 @@ extension Trainer {
                                                     state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
         }
         return CheckpointShardSnapshot(step: step, rank: world.rank, ranks: world.size, model: StateDict(tensors), optimizer: StateDict(moments),
-                                       shards: shards, metadataFiles: metadata, validationLoss: validationLoss)
+                                       shards: shards, metadataFiles: metadata)
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in
-    /// flight (rank 0 says so), reports a failed previous save on every rank, copies this
-    /// rank's tensors and hands them to the writer thread; training goes on meanwhile. Every
-    /// rank calls it. `validationLoss`: measured at this step, for best-K retention.
+    /// flight on any rank (rank 0 says so; the ranks wait together, so a save longer than
+    /// `parallel.timeout_seconds` trips no collective deadline), reports a failed previous save
+    /// on every rank, copies this rank's tensors and hands them to the writer thread; training
+    /// goes on meanwhile. Every rank calls it. `validationLoss`: measured at this step, for
+    /// best-K retention.
     public func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = checkpoints.writer.waitForInFlight() {
+        if let waited = try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) }) {
             reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
         }
         try checkpoints.checkFailures()
@@ -66,7 +68,7 @@ extension Trainer {
     /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
     @discardableResult
     public func finishCheckpoints() throws -> URL? {
-        checkpoints.writer.waitForInFlight()
+        try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
         try checkpoints.checkFailures()
         return checkpoints.writer.takeCommitted().compactMap(\.url).last
     }
@@ -91,7 +93,7 @@ extension Trainer {
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when
     /// there is none.
     public func resumeFromLatest() throws -> Int? {
-        let loaded = try checkpoints.loadLatest { url, contents in
+        let loaded = try checkpoints.loadLatest { [self] url, contents in   // on rank 0's loading thread, while this one waits
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
             if contents.state.configHash != config.numericHash {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))

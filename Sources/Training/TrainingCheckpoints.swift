@@ -39,6 +39,38 @@ struct TrainingCheckpoints {
         }
     }
 
+    /// Waits until no rank has a save in flight; returns the step of the save waited for and
+    /// the seconds this rank waited (nil when none was in flight anywhere). Every rank calls it.
+    ///
+    /// The ranks wait together, in rounds of a short local wait and an all-gather of "still
+    /// saving", rather than each for its own writer and then in a collective: a save slower
+    /// than `parallel.timeout_seconds` on one rank (rank 0 committing, a slow disk or service)
+    /// would otherwise leave the ranks done sooner inside a collective past its deadline. The
+    /// save itself is bounded by its sink's deadlines (markers, service I/O); a write that makes
+    /// no progress at all is not, so every `world.timeoutSeconds` of waiting `note` (rank 0's
+    /// reporter) is told which ranks are still saving.
+    @discardableResult
+    func waitForSavesOnEveryRank(pollSeconds: Double = 0.05, note: ((String) -> Void)? = nil) throws -> (step: Int, seconds: Double)? {
+        let start = Date()
+        var waitedFor: Int?
+        var nextNote = world.timeoutSeconds
+        while true {
+            if let step = writer.inFlight { waitedFor = step }
+            writer.waitForInFlight(limit: pollSeconds)
+            let saving = try world.allGather(Int64(writer.inFlight == nil ? 0 : 1))
+            let ranks = saving.enumerated().filter { $0.element != 0 }.map(\.offset)
+            if ranks.isEmpty { break }
+            if waitedFor == nil { waitedFor = writer.lastSubmitted }
+            let waited = Date().timeIntervalSince(start)
+            if waited >= nextNote {
+                note?(String(format: "the checkpoint of step %d is still being written on rank%@ %@ after %.0f s; training waits for it",
+                             waitedFor ?? -1, ranks.count == 1 ? "" : "s", ranks.map(String.init).joined(separator: ", "), waited))
+                nextNote += world.timeoutSeconds
+            }
+        }
+        return waitedFor.map { ($0, Date().timeIntervalSince(start)) }
+    }
+
     /// Every rank's writer failure, after each waited for its own save: a rank whose save
     /// failed throws its error, the others an error naming it. Every rank calls it.
     func checkFailures() throws {
@@ -51,21 +83,24 @@ struct TrainingCheckpoints {
 
     /// The newest complete checkpoint's contents on rank 0 (nil elsewhere and when there is
     /// none). `check` runs on rank 0 and may throw; any failure reaches every rank as the same
-    /// error.
-    func loadLatest(check: (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
+    /// error. Rank 0 fetches and reads on its own thread while every rank waits in short
+    /// collective rounds (`onRankZero`), so a download or read longer than
+    /// `parallel.timeout_seconds` trips no collective deadline.
+    func loadLatest(check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
         var failure: Error?
         var contents: CheckpointContents?
-        if isWriter {
-            do {
-                if let step = try sink.latestStep() {
-                    let latest = try sink.fetch(step: step)
-                    let loaded = try CheckpointStore.read(latest)
-                    try check(latest, loaded)
-                    contents = loaded
-                }
-            } catch {
-                failure = error
-            }
+        let sink = self.sink
+        let outcome = try onRankZero { () throws -> CheckpointContents? in
+            guard let step = try sink.latestStep() else { return nil }
+            let latest = try sink.fetch(step: step)
+            let loaded = try CheckpointStore.read(latest)
+            try check(latest, loaded)
+            return loaded
+        }
+        switch outcome {
+        case .success(let loaded)?: contents = loaded
+        case .failure(let error)?: failure = error
+        case nil: break
         }
         let problem = failure.map { "\($0)" } ?? ""
         let message = String(decoding: try world.broadcastBytes(Array(problem.utf8), root: 0), as: UTF8.self)
@@ -74,6 +109,20 @@ struct TrainingCheckpoints {
         var found: [Int64] = [contents == nil ? 0 : 1]
         try found.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return (found[0] == 1, contents)
+    }
+
+    /// Runs `work` on rank 0, on a thread of its own, while every rank (rank 0's calling
+    /// thread included) waits in rounds of a short wait and an all-reduce of "rank 0 still
+    /// working": no rank sits in one collective while rank 0 works alone for longer than the
+    /// collective deadline. Returns the outcome on rank 0, nil elsewhere. Every rank calls it.
+    func onRankZero<T>(pollSeconds: Double = 0.05, _ work: @escaping () throws -> T) throws -> Result<T, Error>? {
+        let job = isWriter ? RankZeroJob(work) : nil
+        job?.start()
+        while true {
+            let working = job.map { !$0.wait(seconds: pollSeconds) } ?? false
+            if try world.allReduce(working ? 1 : 0, op: .max) == 0 { break }
+        }
+        return job?.result
     }
 
     /// Copies rank 0's `buffers` to every rank.
@@ -88,5 +137,31 @@ struct TrainingCheckpoints {
         var wide = values.map(Int64.init)
         try wide.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return wide.map(Int.init)
+    }
+}
+
+/// Work rank 0 runs on a thread of its own (`TrainingCheckpoints.onRankZero`); the calling
+/// thread reads `result` only after `wait` said it is done.
+final class RankZeroJob<T>: @unchecked Sendable {
+    private let work: () throws -> T
+    private let done = DispatchSemaphore(value: 0)
+    private var finished = false
+    private(set) var result: Result<T, Error>?
+
+    init(_ work: @escaping () throws -> T) { self.work = work }
+
+    func start() {
+        let thread = Thread { [self] in
+            result = Result { try work() }
+            done.signal()
+        }
+        thread.name = "tessera-rank0-job"
+        thread.start()
+    }
+
+    /// Whether the work has finished, waiting up to `seconds` for it.
+    func wait(seconds: Double) -> Bool {
+        if !finished { finished = done.wait(timeout: .now() + seconds) == .success }
+        return finished
     }
 }

@@ -46,7 +46,7 @@ extension Trainer {
         let lock = try holdRunDirectory()
         defer { lock?.release() }
         // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
-        if lock != nil { (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() }
+        if lock != nil { for line in (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
         reporter?.stopRequested = stopRequested
         if resume {
             let from = try resumeFromLatest()
@@ -73,7 +73,7 @@ extension Trainer {
     /// the last one is waited for before it returns.
     private func runSteps(resume: Bool, end: Int) throws -> RunSummary {
         let total = config.train.steps
-        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume) : nil
+        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume, resumedAt: resume ? step : nil) : nil
         reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
 
         let start = Date()

@@ -136,7 +136,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let sink = try fixture.sink()
         let p = part(step: 4, rank: 2, ranks: 3)
         let connection = try sink.connect()
-        let header = PartHeader(step: 4, rank: 2, ranks: 3, validationLoss: nil,
+        let header = PartHeader(step: 4, rank: 2, ranks: 3,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         try connection.send(Frame(.fileData, Array(p.files[0].data.prefix(1000))), while: "test")
@@ -184,7 +184,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let sink = try fixture.sink()
         let p = part(step: 3, rank: 0, ranks: 1)
         let connection = try sink.connect()
-        let header = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+        let header = PartHeader(step: 3, rank: 0, ranks: 1,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
         var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
@@ -199,7 +199,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         // A part whose bytes do not match their announced SHA-256 is refused too, and named.
         var forged = p
         forged.files[0].data[0] ^= 1
-        let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1, validationLoss: nil,
+        let forgedHeader = PartHeader(step: 3, rank: 0, ranks: 1,
                                       files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         let second = try sink.connect()
         try second.send(.putPart, json: forgedHeader, while: "test")
@@ -302,6 +302,46 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         try CheckpointStore.verifyChecksums(fixture.committed(5))
         #expect(!FileManager.default.fileExists(atPath: bad.path))
         #expect(fixture.log.contains("finished committing step 5, interrupted by the previous run"))
+    }
+
+    /// `.step-N.replaced` comes from a commit replacing a committed step N (the directory sink
+    /// or `CheckpointStore.write` on the same root; the service itself never recommits a step)
+    /// that died: a restarted service deletes it when `step-N` is complete, and restores it when
+    /// it is the only copy of step N, which it then lists and serves.
+    @Test func aRestartedServiceDeletesOrRestoresReplacedLeftovers() throws {
+        let fixture = try ServiceFixture()
+        fixture.server.stop()
+        let fm = FileManager.default
+        func commitAside(_ p: CheckpointPart, as name: String) throws -> [String: Data] {
+            let scratch = fixture.directory.url.appendingPathComponent("scratch-\(name)")
+            let partial = scratch.appendingPathComponent(CheckpointLayout.partialName(step: p.step))
+            try fm.createDirectory(at: partial, withIntermediateDirectories: true)
+            for f in p.files { try f.data.write(to: partial.appendingPathComponent(f.name)) }
+            let done = try CheckpointCommit.commit(partial: partial, root: scratch, step: p.step)
+            try fm.moveItem(at: done, to: fixture.root.appendingPathComponent(name))
+            return fixture.files(in: fixture.root.appendingPathComponent(name))
+        }
+        _ = try commitAside(part(step: 7, rank: 0, ranks: 1, bytes: 400), as: CheckpointLayout.replacedName(step: 7))
+        let current7 = try commitAside(part(step: 7, rank: 0, ranks: 1, bytes: 400), as: "step-00000007")
+        let only8 = try commitAside(part(step: 8, rank: 0, ranks: 1, bytes: 400, loss: 1.5), as: CheckpointLayout.replacedName(step: 8))
+        try fixture.restart()
+        #expect(try fm.contentsOfDirectory(atPath: fixture.root.path).sorted() == ["step-00000007", "step-00000008"])
+        #expect(fixture.files(in: fixture.committed(7)) == current7)
+        #expect(fixture.log.contains("removed .step-00000007.replaced: the previous copy of step 7, replaced by a complete one"))
+        #expect(fixture.log.contains("restored step 8 from .step-00000008.replaced: a commit replacing it was interrupted"))
+        let sink = try fixture.sink()
+        #expect(try sink.list().map(\.step) == [7, 8] && sink.list().last?.validationLoss == 1.5)
+        #expect(fixture.files(in: try sink.fetch(step: 8)) == only8)
+    }
+
+    /// The part header has no validation loss any more (retention and listings read
+    /// `trainer_state.json`); a header from an earlier client, or a manifest an earlier service
+    /// kept, still decodes: the key is ignored, the frame format is unchanged.
+    @Test func aPartHeaderWithTheFormerValidationLossStillDecodes() throws {
+        let earlier = #"{"step":3,"rank":1,"ranks":2,"validationLoss":2.5,"files":[]}"#
+        let header = try JSONDecoder().decode(PartHeader.self, from: Data(earlier.utf8))
+        #expect(header == PartHeader(step: 3, rank: 1, ranks: 2, files: []))
+        #expect(!String(decoding: try JSONEncoder().encode(header), as: UTF8.self).contains("validationLoss"))
     }
 
     @Test func crc32MatchesTheStandardCheckValue() {
@@ -407,7 +447,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let rank0 = part(step: 3, rank: 0, ranks: 2, bytes: 5000), rank1 = part(step: 3, rank: 1, ranks: 2, bytes: 5000)
         #expect(try !fixture.sink().upload(rank1).committed)
         let retry = try fixture.sink().connect()
-        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2, validationLoss: nil,
+        try retry.send(.putPart, json: PartHeader(step: 3, rank: 1, ranks: 2,
                                                   files: rank1.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) }),
                        while: "test")
         let first = rank1.files[0].data

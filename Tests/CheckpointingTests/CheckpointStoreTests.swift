@@ -236,6 +236,43 @@ import _TestSupport
         #expect(try CheckpointStore.read(previous).model == Self.contents(step: 1).model)
     }
 
+    /// A commit replacing step N moves the old `step-N` to `.step-N.replaced`, renames the new
+    /// one into place, then deletes the old. What a crash between those leaves: with a complete
+    /// `step-N`, the old copy is garbage; without one, it is the only copy and comes back; one
+    /// that does not verify is deleted; a `step-N` without DONE leaves both alone.
+    @Test func removeUnfinishedRestoresOrDeletesAReplacementCutShort() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let store = CheckpointStore(root: directory.url)
+        let fm = FileManager.default
+        /// Writes a checkpoint of `step` and moves it to `name` (a hidden leftover).
+        func leftover(_ step: Int, loss: Double, as name: String) throws -> [String: Data] {
+            let url = try store.write(Self.contents(step: step, validationLoss: loss))
+            try fm.moveItem(at: url, to: directory.url.appendingPathComponent(name))
+            return try Self.snapshot(directory.url.appendingPathComponent(name))
+        }
+        let old3 = try leftover(3, loss: 9, as: CheckpointLayout.replacedName(step: 3))
+        let new3 = try Self.snapshot(try store.write(Self.contents(step: 3, validationLoss: 1)))
+        #expect(old3 != new3)
+        let only4 = try leftover(4, loss: 2, as: CheckpointLayout.replacedName(step: 4))
+        _ = try leftover(5, loss: 2, as: CheckpointLayout.replacedName(step: 5))
+        try Data("truncated".utf8).write(to: directory.url.appendingPathComponent(CheckpointLayout.replacedName(step: 5) + "/model-00001-of-00001.safetensors"))
+        _ = try leftover(6, loss: 2, as: CheckpointLayout.replacedName(step: 6))
+        try fm.createDirectory(at: directory.url.appendingPathComponent("step-00000006"), withIntermediateDirectories: true)
+        try fm.createDirectory(at: directory.url.appendingPathComponent(CheckpointLayout.partialName(step: 7)), withIntermediateDirectories: true)
+
+        let lines = DirectoryCheckpointSink(root: directory.url).removeUnfinished()
+        #expect(store.complete().map(\.step) == [3, 4])
+        #expect(try Self.snapshot(store.complete()[0].url) == new3, "the complete replacement stays")
+        #expect(try Self.snapshot(store.complete()[1].url) == only4, "the only copy of step 4 is back")
+        #expect(try CheckpointStore.read(store.complete()[1].url).state.validationLoss == 2)
+        #expect(try fm.contentsOfDirectory(atPath: directory.path).sorted()
+                == [CheckpointLayout.replacedName(step: 6), "step-00000003", "step-00000004", "step-00000006"])
+        #expect(lines.count == 4 && lines.allSatisfy { !$0.contains("\n") })
+        #expect(lines.contains("restored step 4 from .step-00000004.replaced: a commit replacing it was interrupted"), "\(lines)")
+        #expect(lines.contains { $0.hasPrefix("removed .step-00000005.replaced: ") && $0.contains("does not verify") }, "\(lines)")
+    }
+
     @Test func retentionKeepsTheLastKTheBestKAndAlwaysTheNewest() throws {
         let losses: [Int: Double?] = [1: 3.0, 2: 1.0, 3: 2.0, 4: nil, 5: 2.5, 6: nil]
         let all = losses.map { (step: $0.key, validationLoss: $0.value) }

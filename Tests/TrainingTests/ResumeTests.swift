@@ -59,6 +59,33 @@ import _TestSupport
         #expect(logged == [2, 4, 6, 8, 10])
     }
 
+    /// A run killed after its last checkpoint logged steps past it (the last line cut short):
+    /// the resumed run drops those records and logs them again, so every step is in the
+    /// metrics once, with the uninterrupted run's values.
+    @Test func aResumedRunDropsTheRecordsLoggedAfterItsCheckpoint() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 8) + ["train.log_every=1"])
+        let straight = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("reference"), steps: 8) + ["train.log_every=1"])
+        _ = try Trainer(config: straight, world: SingleProcessCommunicator()).run(resume: false)
+        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: false, stopAt: 3)
+        let died = Data(#"{"loss":9,"step":4}\#n{"loss":9,"step":5}\#n{"loss":9,"st"#.utf8)
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: directory.file("run/metrics.jsonl")))
+        handle.seekToEndOfFile()
+        handle.write(died)
+        try handle.close()
+        _ = try Trainer(config: config, world: SingleProcessCommunicator()).run(resume: true)
+        func training(_ run: String) throws -> [[String: Any]] {
+            try String(contentsOfFile: directory.file("\(run)/metrics.jsonl"), encoding: .utf8).split(separator: "\n").map {
+                try #require(try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any], "not a JSON line: \($0)")
+            }.filter { $0["loss"] != nil }
+        }
+        let resumed = try training("run"), reference = try training("reference")
+        #expect(resumed.compactMap { $0["step"] as? Int } == Array(1...8))
+        #expect(resumed.compactMap { $0["loss"] as? Double } == reference.compactMap { $0["loss"] as? Double })
+    }
+
     /// A run of `steps` steps trained to its end in a fresh directory (remove it when done).
     static func finishedRun(steps: Int) throws -> (TemporaryDirectory, RunConfig) {
         let directory = TemporaryDirectory()

@@ -72,6 +72,28 @@ import _TestSupport
         #expect(lock.tookOverFrom?.pid == getppid())
     }
 
+    /// A holder killed but not yet reaped (a rank whose mpirun exited before its parent could
+    /// wait for it): a zombie holds nothing, even with its own start time recorded.
+    @Test func theLockOfAZombieIsTakenOver() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var pid: pid_t = 0
+        let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/true"), nil]
+        defer { argv.forEach { free($0) } }
+        #expect(posix_spawn(&pid, "/bin/true", nil, nil, argv, nil) == 0)
+        defer { var status: Int32 = 0; waitpid(pid, &status, 0) }   // reaped only after the check
+        let deadline = Date(timeIntervalSinceNow: 10)
+        func state() -> String? {
+            (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)).flatMap { $0.split(separator: ")").last?.split(separator: " ").first.map(String.init) }
+        }
+        while state() != "Z", Date() < deadline { usleep(10_000) }
+        try #require(state() == "Z", "the child never became a zombie")
+        let start = try #require(try String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8).split(separator: ")").last?.split(separator: " ")[19])
+        try "host=\(Self.host)\npid=\(pid)\nstarted=2020-01-01T00:00:00Z\nprocess_start=\(start)\n".write(toFile: lockFile(directory), atomically: true, encoding: .utf8)
+        let lock = try RunDirectoryLock.acquire(runDirectory: directory.url)
+        #expect(lock.tookOverFrom?.pid == pid)
+    }
+
     /// A live process that is not this one: refused.
     @Test func aLiveHolderIsNotTakenOver() throws {
         let directory = TemporaryDirectory()

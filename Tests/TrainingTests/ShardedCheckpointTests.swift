@@ -119,6 +119,74 @@ import _TestSupport
         #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
     }
 
+    /// Takes `seconds` to deliver each part (a slow disk, or a service far away), then accepts it.
+    final class SlowSink: CheckpointSink {
+        let seconds: Double
+        init(seconds: Double) { self.seconds = seconds }
+        func deliver(_ part: CheckpointPart) throws { Thread.sleep(forTimeInterval: seconds) }
+        func latestStep() throws -> Int? { nil }
+        func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
+    }
+
+    /// A save on rank 0 longer than the collective deadline: the other rank, whose save is
+    /// done, waits with it (in short collective rounds) instead of sitting in a collective past
+    /// its deadline; the second save and the end of the run go through on both ranks.
+    @Test func aSaveSlowerThanTheCollectiveDeadlineTripsNoDeadline() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
+        let deadline = 1.2
+        let started = Date()
+        FileManager.default.createFile(atPath: directory.file("log"), contents: nil)
+        let results = InProcessCommunicator.run(size: 2, timeoutSeconds: deadline) { comm -> Int in
+            let sink: CheckpointSink = comm.rank == 0 ? SlowSink(seconds: 2 * deadline) : AcceptingSink()
+            let trainer = try Trainer(config: config, world: comm, checkpointSink: sink)
+            if comm.rank == 0 { trainer.reporter = ProgressReporter(output: FileHandle(forWritingAtPath: directory.file("log"))!, interactive: false) }
+            try trainer.trainStep()
+            try trainer.startCheckpoint()     // rank 0's save outlasts the deadline
+            try trainer.trainStep()
+            try trainer.startCheckpoint()     // waits for it on every rank
+            try trainer.finishCheckpoints()
+            return trainer.step
+        }
+        #expect(try results.map { try $0.get() } == [2, 2])
+        #expect(Date().timeIntervalSince(started) >= 2 * 2 * deadline - 0.5, "both saves were waited for")
+        // Past the deadline, the wait is not silent: rank 0 says who is still writing.
+        let log = try String(contentsOfFile: directory.file("log"), encoding: .utf8)
+        #expect(log.split(separator: "\n").contains { $0.contains("the checkpoint of step 1 is still being written on rank 0 after ")
+                                                       && $0.hasSuffix(" s; training waits for it") }, "\(log)")
+        #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
+    }
+
+    /// A directory sink whose `fetch` takes `seconds` (a download from a service far away).
+    final class SlowFetchSink: CheckpointSink {
+        let inner: DirectoryCheckpointSink
+        let seconds: Double
+        init(root: URL, seconds: Double) { inner = DirectoryCheckpointSink(root: root); self.seconds = seconds }
+        func deliver(_ part: CheckpointPart) throws { try inner.deliver(part) }
+        func latestStep() throws -> Int? { try inner.latestStep() }
+        func fetch(step: Int) throws -> URL { Thread.sleep(forTimeInterval: seconds); return try inner.fetch(step: step) }
+    }
+
+    /// Rank 0 fetching the checkpoint to resume for longer than the collective deadline: the
+    /// other rank waits with it in short collective rounds, and both resume.
+    @Test func aResumeFetchSlowerThanTheCollectiveDeadlineTripsNoDeadline() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 6))
+        for result in InProcessCommunicator.run(size: 2, timeoutSeconds: 60, { comm in try Trainer(config: config, world: comm).run(resume: false, stopAt: 2) }) {
+            _ = try result.get()
+        }
+        let deadline = 1.2
+        let root = directory.url.appendingPathComponent("run/checkpoints")
+        let resumed = InProcessCommunicator.run(size: 2, timeoutSeconds: deadline) { comm -> Int? in
+            try Trainer(config: config, world: comm, checkpointSink: SlowFetchSink(root: root, seconds: 2 * deadline)).resumeFromLatest()
+        }
+        #expect(try resumed.map { try $0.get() } == [2, 2])
+    }
+
     /// Records parts and never fails.
     final class AcceptingSink: CheckpointSink {
         func deliver(_ part: CheckpointPart) throws {}

@@ -209,12 +209,15 @@ public final class CheckpointServer: @unchecked Sendable {
     /// Called with the lock held: what a previous run left. Steps at or below the newest
     /// complete one are dropped; half-committed steps (`DONE` in the assembly) are finished if
     /// they verify; steps whose parts all arrived are committed; parts still arriving when it
-    /// stopped (`.step-N.incoming`, files of no acknowledged part) are deleted.
+    /// stopped (`.step-N.incoming`, files of no acknowledged part) are deleted; `.step-N.replaced`
+    /// (a replacement of step N, by whatever committed into this root, cut short) is deleted, or
+    /// restored when it is the only copy of step N (`CheckpointCommit.recoverReplaced`).
     private func recover() throws {
         let fm = FileManager.default
         for name in (try? fm.contentsOfDirectory(atPath: root.path)) ?? [] where name.hasSuffix(".deleting") {
             try? fm.removeItem(at: root.appendingPathComponent(name))
         }
+        CheckpointCommit.recoverReplaced(root: root).forEach(log)
         for step in stepsInAssembly().sorted() {
             try? fm.removeItem(at: incomingURL(step))
             let assembly = assemblyURL(step)

@@ -34,7 +34,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
     /// the last part of its step, committed the step). The receipt says which.
     @discardableResult
     public func upload(_ part: CheckpointPart) throws -> PartReceipt {
-        let header = PartHeader(step: part.step, rank: part.rank, ranks: part.ranks, validationLoss: part.validationLoss,
+        let header = PartHeader(step: part.step, rank: part.rank, ranks: part.ranks,
                                 files: part.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try header.validate()
         let connection = try connect()

@@ -13,8 +13,6 @@ public struct PartHeader: Codable, Equatable, Sendable {
     public var step: Int
     public var rank: Int
     public var ranks: Int
-    /// As the part says (logged); retention ranks by the committed `trainer_state.json`.
-    public var validationLoss: Double?
     public var files: [PartFileEntry]
 }
 
