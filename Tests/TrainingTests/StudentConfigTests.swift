@@ -46,6 +46,7 @@ import _TestSupport
         #expect((mamba["mlp"] as! [String: Any])["intermediate_size"] as? Int == 24)
         let model = (json["MixerModel"] as! [String: Any])["input"] as! [String: Any]
         #expect(model["d_model"] as? Int == 16 && model["n_layer"] as? Int == 3)
+        #expect(CheckpointSummary.mixers(huggingFaceConfig: json) == "mamba2 in layers 0, 2; attention in layer 1", "tessera ckpt show")
     }
 
     @Test func anAllMambaStudentIsOneBlockSectionAndATeacherStaysLlama() throws {
@@ -57,6 +58,8 @@ import _TestSupport
         let teacher = try Self.stored(Self.teacher(layers: 3))
         #expect(teacher["architectures"] as? [String] == ["LlamaForCausalLM"])
         #expect(teacher["mixer_types"] == nil && teacher.keys.allSatisfy { !$0.hasPrefix("Block") })
+        #expect(CheckpointSummary.mixers(huggingFaceConfig: json) == "mamba2 in all 3 layers")
+        #expect(CheckpointSummary.mixers(huggingFaceConfig: teacher) == "attention in all 3 layers")
     }
 
     /// Loaders read the Block sections in key order: with 10 or more layers the names are
