@@ -88,6 +88,35 @@ import _TestSupport
         #expect(session.cacheBytes > small && session.cacheBytes >= 3 * 301 * 2 * 8 * MemoryLayout<Float>.size, "K and V of 301 positions, 3 layers")
     }
 
+    /// `tessera bench decode --model` fills sessions synthetically: the teacher holds the
+    /// positions' keys and values (its share on each rank), the student only its constant state,
+    /// and both decode the next token after it.
+    @Test func syntheticFillHoldsWhatAPromptWouldLeave() throws {
+        let kvBytesPerPosition = 3 * 2 * 1 * Self.P * MemoryLayout<Float>.size   // 3 layers, K and V, 1 KV head
+        let teacher = try InferenceSession(model: try Self.model([Self.attention, Self.attention, Self.attention]))
+        try teacher.fillSynthetic(positions: 5000, extra: 10)
+        #expect(teacher.position == 5000 && teacher.cachedPositions == 5000 && teacher.usedBytes == 5000 * kvBytesPerPosition)
+        #expect(try teacher.decode(token: 3).allSatisfy(\.isFinite))
+        #expect(teacher.usedBytes == 5001 * kvBytesPerPosition)
+        #expect(throws: InferenceError.alreadyStarted(positions: 5001)) { try teacher.fillSynthetic(positions: 1) }
+
+        let model = try Self.model([Self.mamba, Self.mamba, Self.mamba])
+        let prompted = try InferenceSession(model: model)
+        _ = try prompted.prefill(tokens: Self.prompt)
+        let student = try InferenceSession(model: model)
+        try student.fillSynthetic(positions: 100_000)
+        #expect(student.usedBytes == prompted.usedBytes && student.cacheBytes == prompted.cacheBytes && student.cachedPositions == 0)
+        #expect(try student.decode(token: 3).allSatisfy(\.isFinite))
+
+        let shares = InProcessCommunicator.run(size: 2, timeoutSeconds: 60) { comm -> Int in
+            let session = try InferenceSession(model: try Self.model([Self.mamba, Self.attention, Self.mamba]), communicator: comm)
+            try session.fillSynthetic(positions: 1000)
+            _ = try session.decode(token: 3)
+            return session.cachedPositions
+        }
+        #expect(try shares.map { try $0.get() }.reduce(0, +) == 1001, "the hybrid's attention positions split over the ranks")
+    }
+
     /// Under several ranks (`tessera generate` under mpirun) the attention caches are sharded
     /// and the Mamba-2 state is replicated: every rank computes the same logits bit for bit as
     /// one rank, each rank holds the whole recurrent state, and the hybrid's attention positions
