@@ -2,7 +2,7 @@
 # Mamba-2 students through the command line (~30 s): a tiny all-Mamba model and a hybrid
 # (attention kept in layer 1) trained a few steps with model.sequence_mixer=mamba2, then
 # tessera eval, generate (recurrent state; 2 ranks under mpirun give the 1-rank bytes),
-# ckpt verify/show/list, export hf (refused in one line), and bench decode --model.
+# ckpt verify/show/list, train --resume, export hf (refused in one line), and bench decode --model.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -33,6 +33,8 @@ student() {
   grep -x "sequence mixers: $mixers" "$work/$name-show.txt" || { echo "ckpt show did not print 'sequence mixers: $mixers'"; return 1; }
   grep -q 'model.layers.0.mixer.in_proj.weight' "$work/$name-show.txt" || { echo "ckpt show lists no Phi-Mamba tensor"; return 1; }
   "$TESSERA" ckpt list "$dir" | grep '^10 ' || { echo "ckpt list shows no step 10"; return 1; }
+  "$TESSERA" train --resume "$dir" --set train.steps=12 --progress lines | tee "$work/$name-resume.log" || return 1
+  grep -q "resumed from step 10" "$work/$name-resume.log" || { echo "train --resume did not resume from step 10"; return 1; }
   python3 - "$dir"/checkpoints/step-00000010/config.json <<'EOF'
 import json, sys
 c = json.load(open(sys.argv[1]))
@@ -42,8 +44,8 @@ core = next(v for k, v in c.items() if k.startswith("Block") and v["CoreType"].e
 assert core["d_state"] == 16 and core["n_v_heads"] == 2 and core["chunk_size"] == 8, core
 EOF
 }
-check "student: all-Mamba trains; eval, generate (1 and 2 ranks), ckpt verify/show/list on it" student mamba "mamba2 in all 2 layers"
-check "student: hybrid (attention in layer 1) trains; eval, generate (1 and 2 ranks), ckpt verify/show/list on it" \
+check "student: all-Mamba trains; eval, generate (1 and 2 ranks), ckpt verify/show/list, resume on it" student mamba "mamba2 in all 2 layers"
+check "student: hybrid (attention in layer 1) trains; eval, generate (1 and 2 ranks), ckpt verify/show/list, resume on it" \
   student hybrid "mamba2 in layer 0; attention in layer 1" --set model.attention_layers=1
 check "student: export hf is refused in one line, nothing written" expect_failure 30 \
   "^tessera: error: cannot export .*: layers \[0, 1\] are Mamba-2 mixers, which transformers cannot load" \
