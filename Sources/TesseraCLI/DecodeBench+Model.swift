@@ -14,8 +14,8 @@ import Training
 /// rather than by running a prompt of `kv_len` tokens. Under mpirun or `tessera launch` the
 /// attention caches are sharded over the ranks and the Mamba-2 state replicated, as in
 /// `tessera generate`. With both models a last line names the crossover: the shortest measured
-/// context where the student is faster per token, and the one a linear fit of the teacher's
-/// times predicts.
+/// context where the student is faster per token, and the one where least-squares lines
+/// through both models' times meet.
 extension DecodeBench {
     static let modelLengths = [8192, 16384, 32768, 65536, 131072]
 
@@ -48,9 +48,10 @@ extension DecodeBench {
         let crossover = Self.crossover(teacher: teacher, student: student)
         var object: [String: Any] = ["bench": "decode", "impl": "crossover", "model": source, "threads": bench.threads, "ranks": comm.size,
                                      "unit": "positions", "crossover_kv_len": crossover.measured.map { $0 as Any } ?? NSNull(),
-                                     "student_median_us": BenchReport.round4(crossover.student),
-                                     "teacher_fit_us": BenchReport.round4(crossover.intercept),
-                                     "teacher_fit_us_per_position": (crossover.slope * 1e9).rounded() / 1e9]
+                                     "teacher_fit_us": BenchReport.round4(crossover.teacher.intercept),
+                                     "teacher_fit_us_per_position": (crossover.teacher.slope * 1e9).rounded() / 1e9,
+                                     "student_fit_us": BenchReport.round4(crossover.student.intercept),
+                                     "student_fit_us_per_position": (crossover.student.slope * 1e9).rounded() / 1e9]
         object["estimated_crossover_kv_len"] = crossover.estimated.map { $0 as Any } ?? NSNull()
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
@@ -58,42 +59,51 @@ extension DecodeBench {
         BenchReport.log("tessera: " + crossover.sentence)
     }
 
-    /// Where the student's constant per-token time meets the teacher's growing one.
+    /// Where the student's per-token time (constant for an all-Mamba student, growing slowly
+    /// for a hybrid) meets the teacher's growing one.
     struct Crossover {
+        /// A least-squares line through medians: intercept (µs) + slope (µs per position) · kv_len.
+        struct Line { var intercept: Double, slope: Double }
         /// Shortest measured context where the student's median is below the teacher's (nil: none).
         var measured: Int?
-        /// The student's per-token time (median over the contexts, µs).
-        var student: Double
-        /// Least-squares line through the teacher's medians: intercept (µs) + slope (µs per position) · kv_len.
-        var intercept: Double, slope: Double
-        /// Context where that line reaches the student's time (0 when the student is faster even
-        /// with an empty cache; nil when the teacher's time does not grow).
+        var teacher: Line, student: Line
+        /// Context where the two lines meet (0 when the student's is below the teacher's from an
+        /// empty cache on; nil when the teacher's never overtakes the student's).
         var estimated: Int?
 
         var sentence: String {
-            let fit = String(format: "teacher ≈ %.1f µs + %.4f µs × kv_len, student %.1f µs per token", intercept, slope, student)
-            let estimate = estimated.map { $0 == 0 ? "by the fit it is faster even with an empty cache" : "the fit crosses at ≈ \($0) positions" }
-                ?? "the teacher's time does not grow, no crossover"
+            let fit = String(format: "teacher ≈ %.1f µs + %.4f µs × kv_len, student ≈ %.1f µs + %.4f µs × kv_len",
+                             teacher.intercept, teacher.slope, student.intercept, student.slope)
+            let estimate = estimated.map { $0 == 0 ? "by the fits it is faster even with an empty cache" : "the fits cross at ≈ \($0) positions" }
+                ?? "by the fits the teacher never becomes slower"
             let shortest = measured.map { "the student is faster per token from kv_len \($0), the shortest measured context where it is" }
                 ?? "the student is slower at every measured context"
             return "\(shortest); \(estimate) (\(fit))"
         }
     }
 
+    /// The least-squares line through (kv_len, µs) points.
+    static func line(_ points: [(Int, Double)]) -> Crossover.Line {
+        let n = Double(points.count)
+        guard n > 0 else { return .init(intercept: 0, slope: 0) }
+        let meanX = points.reduce(0) { $0 + Double($1.0) } / n, meanY = points.reduce(0) { $0 + $1.1 } / n
+        let sxx = points.reduce(0) { $0 + (Double($1.0) - meanX) * (Double($1.0) - meanX) }
+        let sxy = points.reduce(0) { $0 + (Double($1.0) - meanX) * ($1.1 - meanY) }
+        let slope = sxx > 0 ? sxy / sxx : 0
+        return .init(intercept: meanY - slope * meanX, slope: slope)
+    }
+
     /// The crossover of per-token medians (µs) by context length.
     static func crossover(teacher: [Int: Double], student: [Int: Double]) -> Crossover {
         let lengths = teacher.keys.filter { student[$0] != nil }.sorted()
         let measured = lengths.first { student[$0]! < teacher[$0]! }
-        let studentTimes = lengths.map { student[$0]! }.sorted()
-        let studentTime = studentTimes.isEmpty ? 0 : studentTimes[studentTimes.count / 2]
-        let xs = lengths.map(Double.init), ys = lengths.map { teacher[$0]! }
-        let n = Double(xs.count)
-        let meanX = xs.reduce(0, +) / max(n, 1), meanY = ys.reduce(0, +) / max(n, 1)
-        let sxx = zip(xs, xs).reduce(0) { $0 + ($1.0 - meanX) * ($1.1 - meanX) }
-        let sxy = zip(xs, ys).reduce(0) { $0 + ($1.0 - meanX) * ($1.1 - meanY) }
-        let slope = sxx > 0 ? sxy / sxx : 0
-        let intercept = meanY - slope * meanX
-        let estimated: Int? = slope > 0 ? max(0, Int(((studentTime - intercept) / slope).rounded(.up))) : nil
-        return Crossover(measured: measured, student: studentTime, intercept: intercept, slope: slope, estimated: estimated)
+        let t = line(lengths.map { ($0, teacher[$0]!) }), s = line(lengths.map { ($0, student[$0]!) })
+        var estimated: Int?
+        if s.intercept <= t.intercept && s.slope <= t.slope {
+            estimated = 0
+        } else if t.slope > s.slope {
+            estimated = max(0, Int(((s.intercept - t.intercept) / (t.slope - s.slope)).rounded(.up)))
+        }
+        return Crossover(measured: measured, teacher: t, student: s, estimated: estimated)
     }
 }
