@@ -13,6 +13,7 @@ grep -E "Test run with|Executed" "$LOG_DIR/swift_test_(unit_tests).log" | tail -
 scripts/test-newuser.sh
 scripts/test-multirank.sh
 scripts/test-soup.sh
+scripts/test-student.sh
 scripts/test-checkpoint-faults.sh
 scripts/test-ckpt-service.sh
 scripts/test-multinode.sh

@@ -32,6 +32,29 @@ public struct CheckpointSummary: Sendable {
         ranks = names.lazy.compactMap(Self.worldSize(ofShardFile:)).first
     }
 
+    /// Which sequence mixer each layer has, from a checkpoint's `config.json`, e.g.
+    /// "mamba2 in layers 0, 2; attention in layer 1" (a hybrid, from Phi-Mamba's `mixer_types`)
+    /// or "attention in all 4 layers"; nil when config.json says neither.
+    public static func mixers(huggingFaceConfig config: [String: Any]) -> String? {
+        if let types = config["mixer_types"] as? [String], !types.isEmpty {
+            var order: [String] = [], layers: [String: [Int]] = [:]
+            for (layer, type) in types.enumerated() {
+                let kind = type == "discrete_mamba2" ? "mamba2" : type == "llama_attention" ? "attention" : type
+                if layers[kind] == nil { order.append(kind) }
+                layers[kind, default: []].append(layer)
+            }
+            if order.count == 1 { return "\(order[0]) in all \(types.count) layer\(types.count == 1 ? "" : "s")" }
+            return order.map { kind in
+                let list = layers[kind]!
+                return "\(kind) in layer\(list.count == 1 ? "" : "s") \(list.map(String.init).joined(separator: ", "))"
+            }.joined(separator: "; ")
+        }
+        if let count = config["num_hidden_layers"] as? Int, config["num_attention_heads"] != nil {
+            return "attention in all \(count) layer\(count == 1 ? "" : "s")"
+        }
+        return nil
+    }
+
     /// W of `model-0000R-of-0000W.safetensors` or `optimizer-...`.
     public static func worldSize(ofShardFile name: String) -> Int? {
         guard name.hasSuffix(".safetensors"), let range = name.range(of: "-of-") else { return nil }

@@ -72,13 +72,18 @@ public struct ModelConfig: Equatable, Sendable {
     /// `MixtralForCausalLM` when a layer is a mixture of experts (sizes of the first block of
     /// each kind: both have one size per model). Mixtral makes every layer sparse; a model with
     /// dense layers lists them under `tessera_dense_layers` (Hugging Face cannot load those).
+    /// A model with Mamba-2 layers (a student, or a hybrid) adds the Phi-Mamba description of
+    /// every layer (`phiMambaSections`) and names itself Phi-Mamba's `LMHeadModel`; attention
+    /// sizes are then those of its first attention layer, if any.
     public var huggingFaceConfig: [String: Any] {
         var config: [String: Any] = [
             "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocabSize, "hidden_size": dModel,
             "num_hidden_layers": layers, "hidden_act": "silu", "max_position_embeddings": maxSequenceLength,
             "rms_norm_eps": Double(normEps), "tie_word_embeddings": tieEmbeddings, "attention_bias": false, "mlp_bias": false,
             "torch_dtype": "float32", "bos_token_id": NSNull(), "eos_token_id": NSNull()]
-        if case .attention(let a)? = blocks.first?.sequenceMixer {
+        if let a = blocks.lazy.compactMap({ block -> AttentionSpec? in
+            if case .attention(let a) = block.sequenceMixer { return a } else { return nil }
+        }).first {
             config["num_attention_heads"] = a.heads
             config["num_key_value_heads"] = a.kvHeads
             config["head_dim"] = a.headDim
@@ -101,6 +106,7 @@ public struct ModelConfig: Equatable, Sendable {
             let dense = blocks.indices.filter { !moeLayers.contains($0) }
             if !dense.isEmpty { config["tessera_dense_layers"] = dense }
         }
+        if !mambaLayers.isEmpty { config.merge(phiMambaSections) { _, phiMamba in phiMamba } }
         return config
     }
 }

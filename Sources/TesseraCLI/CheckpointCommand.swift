@@ -61,6 +61,7 @@ struct CheckpointCommand: ParsableCommand {
             print("checkpoint \(url.path)")
             print("step \(s.step), \(s.samplesSeen) samples, \(s.tokensSeen) tokens, validation loss \(s.validationLoss.map { String(format: "%.4f", $0) } ?? "not measured at this step")")
             print("written by \(summary.layout); config hash \(s.configHash); \(CheckpointCommand.megabytes(summary.bytes))")
+            if let mixers = CheckpointSummary.mixers(huggingFaceConfig: contents.huggingFaceConfig) { print("sequence mixers: \(mixers)") }
             let index = try CheckpointIndex.read(url)
             print("tensors (\(contents.model.count), \(contents.model.entries.reduce(0) { $0 + $1.tensor.count }) parameters):")
             for (name, tensor) in contents.model.entries.sorted(by: { $0.name < $1.name }) {

@@ -8,29 +8,48 @@ import TensorCore
 /// `tessera bench decode`: one query token against a KV cache of `kv_len` positions, H = 8
 /// heads of D = 64 (docs/BENCHMARKS.md). Under mpirun or `tessera launch` the cache is sharded
 /// over the ranks as `tessera generate` shards it, and a step includes the exchange of partials.
+/// With `--model teacher student` it times whole-model decode steps instead (DecodeBench+Model.swift):
+/// the teacher's against its KV cache, the Mamba-2 student's through its recurrent state.
 struct DecodeBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decode",
-        abstract: "Decode attention against a KV cache (µs per step; gbps: K and V bytes read / time).")
+        abstract: "Decode attention against a KV cache (µs per step; gbps: K and V bytes read / time), or whole-model decode steps of a teacher and its Mamba-2 student (--model).")
     @OptionGroup var bench: BenchOptions
     @OptionGroup var world: WorldOptions
-    @Option(name: .customLong("kv-len"), parsing: .upToNextOption, help: "Cached positions.")
-    var kvLen: [Int] = [8192, 32768, 131072]
-    @Option(parsing: .upToNextOption, help: "Implementations: lean (LeanAttention), naive (plain scalar loops), memread (a SIMD sum of the same bytes: the bandwidth limit).")
-    var impl: [String] = ["lean", "naive", "memread"]
+    @Option(name: .customLong("kv-len"), parsing: .upToNextOption,
+            help: "Cached positions (context length). Default: 8192 32768 131072; with --model 8192 16384 32768 65536 131072.")
+    var kvLen: [Int] = []
+    @Option(parsing: .upToNextOption, help: "Implementations: lean (LeanAttention), naive (plain scalar loops), memread (a SIMD sum of the same bytes: the bandwidth limit). Default: all three.")
+    var impl: [String] = []
+    @Option(parsing: .upToNextOption,
+            help: "Whole-model decode steps instead of the attention kernels: teacher (the --config model, KV-cache attention), student (the same model with Mamba-2 mixers, recurrent state). With both, the crossover context length is printed.")
+    var model: [String] = []
+    @Option(help: "With --model: the teacher's run config (its model section is used).")
+    var config = "configs/bench-dense.yaml"
+    @Option(name: .customLong("attention-layers"), help: "With --model student: layers (from 0, e.g. 1 or 0,2) that keep attention (a hybrid; empty: all Mamba-2).")
+    var attentionLayers = ""
 
     static let (heads, headDim) = (8, 64)
 
     func validate() throws {
-        try requireAtLeast(1, kvLen, option: "kv-len")
+        if !kvLen.isEmpty { try requireAtLeast(1, kvLen, option: "kv-len") }
         if let bad = impl.first(where: { !["lean", "naive", "memread"].contains($0) }) {
             throw ValidationError("--impl \(bad): choose lean, naive or memread")
+        }
+        if let bad = model.first(where: { !["teacher", "student"].contains($0) }) {
+            throw ValidationError("--model \(bad): choose teacher, student or both")
+        }
+        if !model.isEmpty, !impl.isEmpty {
+            throw ValidationError("--impl times attention kernels and --model whole-model decode steps: pass one of them")
         }
     }
 
     func run() throws {
         let comm = try world.makeWorld(defaultTimeout: 120)
         let threads = KernelThreads(bench.threads)
+        if !model.isEmpty { return try runModels(comm: comm, threads: threads) }
+        let kvLen = self.kvLen.isEmpty ? [8192, 32768, 131072] : self.kvLen
+        let impl = self.impl.isEmpty ? ["lean", "naive", "memread"] : self.impl
         let (H, D) = (Self.heads, Self.headDim)
         let plan = try KVShardPlan(rank: comm.rank, ranks: comm.size)
         let sharing = comm.size > 1 ? comm : nil

@@ -7,9 +7,11 @@ import TensorCore
 import Training
 
 /// `tessera generate`: the prompt through the model once (prefill), then one token at a time
-/// against a KV cache (`InferenceSession`). Under mpirun or `tessera launch` every layer's
-/// cache is sharded over the ranks; they all compute the same logits bit for bit, sample the
-/// same tokens with the same seed, and rank 0 prints.
+/// against a KV cache (`InferenceSession`); Mamba-2 layers (a student) keep their recurrent
+/// state instead, constant in the context. Under mpirun or `tessera launch` every attention
+/// layer's cache is sharded over the ranks and every rank holds the whole recurrent state of
+/// the Mamba-2 layers (replicated: it is small and position-free); they all compute the same
+/// logits bit for bit, sample the same tokens with the same seed, and rank 0 prints.
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Sample text from a checkpoint (byte-level models) with a KV cache, sharded over the ranks under mpirun or tessera launch.")
@@ -73,7 +75,12 @@ struct Generate: ParsableCommand {
             // Which share of the cache each rank ended with (one small exchange, after the text is decided).
             let held = try comm.allGather(Int64(session.cachedPositions)).map(String.init).joined(separator: ", ")
             if comm.rank == 0 {
-                let line = "tessera: KV cache sharded over \(comm.size) ranks in blocks of \(session.plan.blockSize) positions: they hold \(held) of \(session.position) positions\n"
+                let mamba = model.config.mambaLayers.count, attention = model.config.attentionLayers.count
+                let replicated = "the Mamba-2 layers' recurrent state (\(mamba) of \(model.config.layers) layers) is replicated on every rank"
+                let line = attention == 0
+                    ? "tessera: every layer is Mamba-2: no KV cache to shard; \(replicated)\n"
+                    : "tessera: KV cache sharded over \(comm.size) ranks in blocks of \(session.plan.blockSize) positions: they hold \(held) of \(session.position) positions"
+                        + (mamba > 0 ? "; \(replicated)" : "") + "\n"
                 try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
             }
         }

@@ -35,6 +35,7 @@ final class AttentionDecodeState: IncrementalMixerState {
     private var kvWidth: Int { spec.kvHeads * spec.headDim }
     var cachedPositions: Int { cache.length }
     var cacheBytes: Int { cache.bytes }
+    var usedBytes: Int { 2 * cache.length * kvWidth * MemoryLayout<Float>.size }
 
     /// q, k, v (rows × width) of x, with RoPE at positions start..<start + rows applied to q and k.
     private func project(_ x: UnsafePointer<Float>, rows: Int, start: Int, context c: DecodeContext) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>) {
@@ -70,6 +71,17 @@ final class AttentionDecodeState: IncrementalMixerState {
         cache.reserve(plan.localLength(of: plan.rank, length: count))
         for t in 0..<count where plan.owner(of: t) == plan.rank {
             cache.append(key: k + t * kvWidth, value: v + t * kvWidth)
+        }
+    }
+
+    func fillSynthetic(positions: Int, extra: Int, rng: inout RNG) {
+        precondition(cache.length == 0, "AttentionDecodeState.fillSynthetic: the cache already holds positions")
+        let local = plan.localLength(of: plan.rank, length: positions)
+        cache.reserve(local + extra)
+        var key = [Float](repeating: 0, count: kvWidth), value = key
+        for _ in 0..<local {
+            for i in 0..<kvWidth { key[i] = Float(rng.nextUniform() * 2 - 1); value[i] = Float(rng.nextUniform() * 2 - 1) }
+            cache.append(key: key, value: value)
         }
     }
 

@@ -31,6 +31,7 @@ final class Mamba2DecodeState: IncrementalMixerState {
     /// A recurrent state holds no positions.
     var cachedPositions: Int { 0 }
     var cacheBytes: Int { (window.count + states.count) * MemoryLayout<Float>.size }
+    var usedBytes: Int { cacheBytes }
 
     func prefill(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, count: Int, context c: DecodeContext) throws {
         precondition(c.position == 0, "Mamba2DecodeState.prefill: the state already holds positions")
@@ -50,6 +51,13 @@ final class Mamba2DecodeState: IncrementalMixerState {
                 let t = count - kept + k
                 window[channel * kept + k] = t >= 0 ? buffers.projected[t * s.projectionWidth + channel] : 0
             }
+        }
+    }
+
+    /// The state's size does not depend on `positions`: random values in [-0.1, 0.1).
+    func fillSynthetic(positions: Int, extra: Int, rng: inout RNG) {
+        for buffer in [window, states] {
+            for i in 0..<buffer.count { buffer[i] = Float(rng.nextUniform() * 0.2 - 0.1) }
         }
     }
 

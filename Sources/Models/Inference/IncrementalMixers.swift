@@ -35,9 +35,17 @@ protocol IncrementalMixerState: AnyObject {
     func prefill(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, count: Int, context: DecodeContext) throws
     /// out (1, d) += mixer(x (1, d)) for one token at `context.position`, after every earlier one.
     func decode(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, context: DecodeContext) throws
+    /// Makes the state what `positions` earlier tokens would leave, filled with seeded random
+    /// values instead of running them (attention: this rank's share of the keys and values,
+    /// room for `extra` more; Mamba-2: its window and scan state), so a benchmark can time the
+    /// next token at a long context. The state must be empty.
+    func fillSynthetic(positions: Int, extra: Int, rng: inout RNG)
     /// Positions this rank holds, and the bytes they take.
     var cachedPositions: Int { get }
     var cacheBytes: Int { get }
+    /// Bytes of the positions held (attention: K and V of `cachedPositions`, without spare
+    /// capacity; Mamba-2: the whole state).
+    var usedBytes: Int { get }
 }
 
 /// A channel mixer that acts on each row alone, so inference can run it on any rows (one

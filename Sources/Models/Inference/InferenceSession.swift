@@ -80,10 +80,24 @@ public final class InferenceSession {
         return logits
     }
 
+    /// Benchmarks only: makes the session hold `positions` positions of seeded random keys,
+    /// values and recurrent states (each rank its share, as a prompt would leave them), with
+    /// room for `extra` more tokens, so `decode` can be timed at a long context without running
+    /// the prompt. The logits that follow are meaningless. The session must be empty.
+    public func fillSynthetic(positions: Int, extra: Int = 1024, seed: UInt64 = 1) throws {
+        guard position == 0 else { throw InferenceError.alreadyStarted(positions: position) }
+        guard positions >= 1 else { throw InferenceError.emptyPrompt }
+        var rng = RNG(seed: seed, stream: UInt64(plan.rank))
+        for layer in layers { layer.mixer.fillSynthetic(positions: positions, extra: extra, rng: &rng) }
+        position = positions
+    }
+
     /// Positions cached on this rank (per attention layer; recurrent layers hold none) and the
     /// bytes of all its caches and states.
     public var cachedPositions: Int { layers.map(\.mixer.cachedPositions).max() ?? 0 }
     public var cacheBytes: Int { layers.reduce(0) { $0 + $1.mixer.cacheBytes } }
+    /// Bytes of what this rank's caches and states hold (allocated spare room left out).
+    public var usedBytes: Int { layers.reduce(0) { $0 + $1.mixer.usedBytes } }
 
     private func checkVocabulary(_ tokens: [Int32]) throws {
         let vocab = model.config.vocabSize
