@@ -264,12 +264,15 @@ import _TestSupport
         #expect(config.train.lr == 0.002 && config.train.minLr == 0.0002 && config.train.eps == 1e-8)
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
-        // Written back with the keys added since (attention.*, moe.*, parallel.sequence_mode,
+        // Written back with the keys added since (model.sequence_mixer, model.attention_layers,
+        // model.ssm_chunk_size, attention.*, moe.*, parallel.sequence_mode,
         // parallel.expert, checkpoint.keep_best, checkpoint.service, distill.*) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
+        let mixer = "  sequence_mixer: \"attention\"\n  attention_layers: \"\"\n  ssm_chunk_size: 64\n"
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
+            .replacingOccurrences(of: "  tie_embeddings: false\n", with: "  tie_embeddings: false\n" + mixer)
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
             .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n")
             + "distill:\n  keep_attention: \"\"\n  chunk_size: 64\n  stage1_steps: 100\n  stage1_lr: 0.001\n  stage2_steps: 100\n"

@@ -168,6 +168,13 @@ extension ConfigField {
         ConfigField("model.rope_theta", .float(\.model.ropeTheta), .positive, numeric: true, "RoPE base"),
         ConfigField("model.norm_eps", .float(\.model.normEps), .notNegative, numeric: true, "RMSNorm epsilon"),
         ConfigField("model.tie_embeddings", .bool(\.model.tieEmbeddings), numeric: true, "share the embedding and LM head weights"),
+        // Number-changing only for a Mamba model (`numericFields`), so attention runs keep their hash.
+        ConfigField("model.sequence_mixer", .string(\.model.sequenceMixer), .oneOf(["attention", "mamba2"]), numeric: true,
+                    "attention, or mamba2 (Phi-Mamba's discrete Mamba-2 mixer in every layer but model.attention_layers)"),
+        ConfigField("model.attention_layers", .string(\.model.attentionLayers), .layerListOrEmpty, numeric: true,
+                    "with sequence_mixer mamba2: layers (from 0, e.g. 1 or 0,2) that keep attention, a hybrid (empty: none)"),
+        // Not numeric: every chunk computes the same scan (to Float32 rounding).
+        ConfigField("model.ssm_chunk_size", .int(\.model.ssmChunkSize), .atLeastOne, numeric: false, "chunk of the Mamba-2 layers' training scan"),
         // Not numeric: both kernels compute the same attention (to Float32 rounding), so a run may
         // resume with the other one (and the hashes of existing checkpoints stay valid).
         ConfigField("attention.kernel", .string(\.attention.kernel), .oneOf(AttentionKernel.allCases.map(\.rawValue)), numeric: false,

@@ -53,13 +53,14 @@ struct ConfigResolution {
             }
             resolved.moe.layers = selection.description   // canonical text for run.yaml and the hash
         }
-        if let field = ConfigField.byPath["distill.keep_attention"] {
-            guard let list = DistillLayerList(resolved.distill.keepAttention),
-                  list.layers.allSatisfy({ $0 < resolved.model.layers }) else {
-                throw ConfigError.outOfRange(key: field.path, value: resolved.distill.keepAttention, rule: field.rule,
+        for path in [\RunConfig.distill.keepAttention, \RunConfig.model.attentionLayers] {
+            let key = path == \RunConfig.model.attentionLayers ? "model.attention_layers" : "distill.keep_attention"
+            guard let field = ConfigField.byPath[key] else { continue }
+            guard let list = DistillLayerList(resolved[keyPath: path]), list.layers.allSatisfy({ $0 < resolved.model.layers }) else {
+                throw ConfigError.outOfRange(key: field.path, value: resolved[keyPath: path], rule: field.rule,
                                              origin: origins[field.path] ?? .defaults)
             }
-            resolved.distill.keepAttention = list.description   // canonical text
+            resolved[keyPath: path] = list.description   // canonical text
         }
         let problems = resolved.modelConfig.problems
         if !problems.isEmpty { throw ConfigError.invalidModel(source: modelSource, problems: problems) }

@@ -10,6 +10,14 @@ public struct ModelSection: Codable, Equatable, Sendable {
     public var vocabSize = 256, dModel = 256, layers = 4, heads = 4, kvHeads = 4, ffnHidden = 768
     public var ropeTheta: Double = 10_000, normEps: Double = 1e-5
     public var tieEmbeddings = false
+    /// The sequence mixer of every layer: "attention", or "mamba2" (Phi-Mamba's discrete
+    /// Mamba-2 mixer, heads × head dim as attention's) except the layers in `attentionLayers`.
+    public var sequenceMixer = "attention"
+    /// With sequenceMixer mamba2: layers (from 0, "0,2") that keep attention — a hybrid.
+    public var attentionLayers = ""
+    /// The Mamba-2 layers' training scan chunk (`Mamba2Spec.chunkSize`; any value gives the
+    /// same function to rounding).
+    public var ssmChunkSize = 64
     public init() {}
 }
 

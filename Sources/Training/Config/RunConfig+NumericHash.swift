@@ -3,8 +3,16 @@
 extension RunConfig {
     /// The keys that change the numbers a run produces (table order): model.*, data.seq_len
     /// and train.* except train.steps, train.log_every and train.threads, and moe.* when
-    /// moe.experts > 0 (so a dense config keeps the hash it had before MoE existed).
-    var numericFields: [ConfigField] { ConfigField.all.filter { $0.numeric && ($0.section != "moe" || moe.experts > 0) } }
+    /// moe.experts > 0 (so a dense config keeps the hash it had before MoE existed), and
+    /// model.sequence_mixer / model.attention_layers only for a Mamba model (likewise).
+    var numericFields: [ConfigField] {
+        ConfigField.all.filter { field in
+            guard field.numeric else { return false }
+            if field.section == "moe" { return moe.experts > 0 }
+            if field.path == "model.sequence_mixer" || field.path == "model.attention_layers" { return model.sequenceMixer != "attention" }
+            return true
+        }
+    }
 
     /// FNV-1a (64-bit, hex) over "key=value;" of the numeric keys in table order, with values
     /// in canonical text; checkpoints record it. The same value as before the typed sections.

@@ -52,7 +52,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public func validated() throws -> RunConfig { try applying([]) }
 
     /// The model these keys describe: Llama blocks whose feed-forward is a mixture of experts
-    /// in the layers `moe.layers` selects when `moe.experts > 0`.
+    /// in the layers `moe.layers` selects when `moe.experts > 0`, and whose attention is a
+    /// Mamba-2 mixer in every layer but `model.attention_layers` when `model.sequence_mixer` is mamba2.
     public var modelConfig: ModelConfig {
         var config = ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
                                  kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
@@ -61,6 +62,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
                                  sequenceMode: SequenceParallelMode(rawValue: parallel.sequenceMode) ?? .ring)
         if let spec = moeSpec, let selection = MoELayerSelection(moe.layers) {
             for layer in config.blocks.indices where selection.contains(layer) { config.blocks[layer].channelMixer = .moe(spec) }
+        }
+        if model.sequenceMixer == "mamba2" {
+            let kept = Set(DistillLayerList(model.attentionLayers)?.layers ?? [])
+            for layer in config.blocks.indices where !kept.contains(layer) {
+                guard case .attention(let attention) = config.blocks[layer].sequenceMixer else { continue }
+                config.blocks[layer].sequenceMixer = .mamba2(Mamba2Spec(heads: attention.heads, headDim: attention.headDim,
+                                                                        chunkSize: model.ssmChunkSize))
+            }
         }
         return config
     }

@@ -3,6 +3,8 @@
 public enum DistillError: Error, Equatable, CustomStringConvertible {
     /// `distill.keep_attention` names a layer the teacher does not have.
     case keptLayerOutOfRange(layer: Int, layers: Int)
+    /// A layer list that does not parse (layer indices from 0, comma-separated).
+    case badLayerList(key: String, value: String)
     /// A teacher layer to be replaced has no attention to take heads from (or to match in stage 1).
     case teacherLayerNotAttention(layer: Int)
     /// The teacher's weights lack a tensor the student copies, or hold it with another shape.
@@ -15,6 +17,8 @@ public enum DistillError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .keptLayerOutOfRange(layer, layers):
             return "distill.keep_attention: layer \(layer) does not exist in the teacher (layers 0...\(layers - 1)); list layers below \(layers)"
+        case let .badLayerList(key, value):
+            return "\(key): \"\(value)\" is not a layer list; give layer indices from 0, comma-separated (e.g. 0,2), or nothing"
         case let .teacherLayerNotAttention(layer):
             return "teacher layer \(layer) is not an attention layer; distill a transformer teacher (or keep that layer with distill.keep_attention)"
         case let .missingTeacherTensor(name, source):

@@ -23,6 +23,29 @@ public enum StudentBuilder {
         return student
     }
 
+    /// The student's run config: the teacher's (`teacher`, its run.yaml) with the model keys
+    /// that make every layer but `distill.keep_attention` a Mamba-2 mixer of chunk
+    /// `distill.chunk_size` (`model.sequence_mixer: mamba2`, `model.attention_layers`,
+    /// `model.ssm_chunk_size`), so the student's checkpoints describe it to every loader. Its
+    /// `modelConfig` equals `studentConfig(teacher: teacher.modelConfig, ...)`.
+    public static func studentRunConfig(teacher: RunConfig, settings: DistillSection) throws -> RunConfig {
+        guard let keep = DistillLayerList(settings.keepAttention) else {
+            throw DistillError.badLayerList(key: "distill.keep_attention", value: settings.keepAttention)
+        }
+        if teacher.model.sequenceMixer != "attention" {
+            let kept = Set(DistillLayerList(teacher.model.attentionLayers)?.layers ?? [])
+            let layer = (0..<teacher.model.layers).first { !kept.contains($0) && !keep.layers.contains($0) } ?? 0
+            throw DistillError.teacherLayerNotAttention(layer: layer)
+        }
+        _ = try studentConfig(teacher: teacher.modelConfig, keepAttention: keep, chunkSize: settings.chunkSize)
+        var student = teacher
+        student.model.sequenceMixer = "mamba2"
+        student.model.attentionLayers = keep.description
+        student.model.ssmChunkSize = settings.chunkSize
+        student.distill = settings
+        return try student.validated()
+    }
+
     /// The student of `teacher` (whose weights are `teacherWeights`, every tensor by its
     /// Hugging Face name, e.g. `CheckpointContents.model`): built from `studentConfig` with
     /// initial values from `seed`, then every parameter the teacher has under the same name
