@@ -33,6 +33,10 @@ extension DistillRun {
     /// `NAME.exp_avg_sq` holds.
     func momentName(_ name: String, suffix: String) -> String? { nil }
 
-    /// The run config a student checkpoint carries.
-    static func studentRunConfig(_ config: RunConfig) throws -> RunConfig { config }
+    /// The run config a student checkpoint carries: the teacher's with `model.sequence_mixer:
+    /// mamba2`, `model.attention_layers` (distill.keep_attention) and `model.ssm_chunk_size`
+    /// (distill.chunk_size), so eval, generate and ckpt build the student from it.
+    static func studentRunConfig(_ config: RunConfig) throws -> RunConfig {
+        try StudentBuilder.studentRunConfig(teacher: config, settings: config.distill)
+    }
 }
