@@ -83,14 +83,22 @@ extension TransformerLM {
     public func lossAndGradients(tokens: [Int32], targets: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
                                  gradientScale: Float, ready: ((Range<Int>) -> Void)? = nil) -> Double {
         let s = forward(tokens: tokens, batch: batch, length: length, positions: positions)
-        let c = s.context, n = c.rows, d = config.dModel
+        let c = s.context, n = c.rows
         c.gradientScale = gradientScale
-        c.ready = ready
-        defer { c.ready = nil }
         let total = targets.withUnsafeBufferPointer {
             SoftmaxCrossEntropy.forwardBackward(logits: s.logits.pointer, targets: $0.baseAddress!, rows: n, vocab: config.vocabSize,
                                                 dLogits: s.logits.pointer, gradientScale: gradientScale, threads: c.threads)
         }
+        backward(from: s, gradientScale: gradientScale, ready: ready)
+        return total
+    }
+
+    /// The backward pass from ∂L/∂logits (left in `s.logits`) to every parameter gradient.
+    func backward(from s: PassState, gradientScale: Float, ready: ((Range<Int>) -> Void)?) {
+        let c = s.context, n = c.rows, d = config.dModel
+        c.gradientScale = gradientScale
+        c.ready = ready
+        defer { c.ready = nil }
         // Head and final norm.
         let dNorm = c.scratch.buffer("block.dNorm", count: n * d)
         Matmul.linearBackward(x: s.finalNorm.pointer, weight: head.value, dy: s.logits.pointer, dx: dNorm,
@@ -103,6 +111,5 @@ extension TransformerLM {
         for block in blocks.reversed() { block.backward(s.dResidual.pointer, context: c) }
         Embedding.backward(tokens: s.tokenIDs, count: n, dOut: s.dResidual.pointer, dim: d, dTable: embed.gradient)
         ready?(parameters.entry("model.embed_tokens.weight").range)
-        return total
     }
 }

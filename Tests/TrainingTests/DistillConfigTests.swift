@@ -10,7 +10,8 @@ import _TestSupport
         #expect(config.distill == DistillSection())
         #expect(config.distill.keepAttention == "" && config.distill.chunkSize == 64)
         #expect(config.distill.temperature == 1.0 && config.distill.dataLossWeight == 0)
-        #expect(RunConfig.helpText.contains("  distill.keep_attention ") && RunConfig.helpText.contains("  distill.stage3_lr "))
+        #expect(RunConfig.helpText.contains("  distill.keep_attention ") && RunConfig.helpText.contains("  distill.stage3_lr ")
+                && RunConfig.helpText.contains("  distill.stage3_train "))
         let changed = try config.applying(["distill.stage1_steps=7", "distill.keep_attention=1", "distill.temperature=2"])
         #expect(changed.numericHash == config.numericHash, "distillation keys do not change a training run's numbers")
         #expect(changed.numericDifferences(from: config).isEmpty)
@@ -34,6 +35,7 @@ import _TestSupport
           stage3_lr: 1e-4
           temperature: 2.5
           data_loss_weight: 0.5
+          stage3_train: mixers
 
         """.write(toFile: file, atomically: true, encoding: .utf8)
         let config = try RunConfig(file: file)
@@ -44,6 +46,8 @@ import _TestSupport
         expected.stage2Steps = 20; expected.stage2Lr = 0.002
         expected.stage3Steps = 0; expected.stage3Lr = 1e-4
         expected.temperature = 2.5; expected.dataLossWeight = 0.5
+        expected.stage3Train = "mixers"
+        #expect(config.distill.stage3TrainSet == .mixers && DistillSection().stage3TrainSet == .all)
         #expect(config.distill == expected)
         #expect(try RunConfig(resolvedYAML: config.yaml, source: "run.yaml").distill == expected)
         let none = try config.applying(["distill.keep_attention="])
@@ -65,6 +69,7 @@ import _TestSupport
         #expect(message(["distill.stage1_lr=0"]) == "--set: distill.stage1_lr = 0.0 must be positive")
         #expect(message(["distill.temperature=abc"]) == "--set: distill.temperature = 'abc' is not a finite number")
         #expect(message(["distill.temprature=2"]).contains("did you mean 'distill.temperature'"))
+        #expect(message(["distill.stage3_train=mlp"]) == "--set: distill.stage3_train = mlp must be one of all, mixers")
     }
 
     @Test func layerListParsing() {

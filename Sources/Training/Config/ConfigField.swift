@@ -231,6 +231,8 @@ extension ConfigField {
         ConfigField("distill.temperature", .float(\.distill.temperature), .positive, numeric: false, "softmax temperature of teacher and student logits in stage 3"),
         ConfigField("distill.data_loss_weight", .float(\.distill.dataLossWeight), .notNegative, numeric: false,
                     "weight of the data cross-entropy added to the stage-3 loss (0: distillation only)"),
+        ConfigField("distill.stage3_train", .string(\.distill.stage3Train), .oneOf(DistillStage3Train.allCases.map(\.rawValue)), numeric: false,
+                    "what stage 3 trains: all (every student parameter) or mixers (the Mamba-2 mixers only)"),
     ]
 
     static let byPath = Dictionary(uniqueKeysWithValues: all.map { ($0.path, $0) })

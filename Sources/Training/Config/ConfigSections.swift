@@ -54,7 +54,22 @@ public struct DistillSection: Codable, Equatable, Sendable {
     public var temperature: Double = 1.0
     /// Weight of the next-token cross-entropy on the data added to the stage-3 loss (0: none).
     public var dataLossWeight: Double = 0
+    /// What stage 3 trains (`DistillStage3Train`): "all" (every student parameter) or
+    /// "mixers" (the Mamba-2 mixers only; everything copied from the teacher stays frozen).
+    public var stage3Train = DistillStage3Train.all.rawValue
     public init() {}
+
+    /// `stage3Train` as its type (validated when the config is read).
+    public var stage3TrainSet: DistillStage3Train { DistillStage3Train(rawValue: stage3Train) ?? .all }
+}
+
+/// The parameters stage 3 (end-to-end knowledge distillation) updates.
+public enum DistillStage3Train: String, CaseIterable, Sendable {
+    /// Every parameter of the student (MOHAWK's stage 3 fine-tunes the whole network).
+    case all
+    /// Only the Mamba-2 mixers; embeddings, norms, feed-forward, head and kept attention stay
+    /// the teacher's.
+    case mixers
 }
 
 /// The token shards and the sequence length (`data:`).

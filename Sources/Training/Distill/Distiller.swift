@@ -1,8 +1,9 @@
+import Collectives
 import Kernels
 import Models
 import TensorCore
 
-/// MOHAWK distillation of a transformer teacher into a Mamba-2 (or hybrid) student, one rank.
+/// MOHAWK distillation of a transformer teacher into a Mamba-2 (or hybrid) student.
 ///
 /// Stage 1, matrix orientation (`stage1Step`): for each student Mamba layer L, the teacher's
 /// forward pass gives that layer's attention input u (the normalised hidden states, capture
@@ -17,27 +18,50 @@ import TensorCore
 /// `conv1d.weight`, `conv1d.bias` and `D` at `distill.stage1_lr`, constant, without weight
 /// decay, so the x and z rows and channels (zero gradient) stay bit for bit. Layers are
 /// independent: each sees the teacher's input, not the student's.
+///
+/// Stage 2 (`stage2Step`, Distiller+Stage2.swift) aligns each Mamba layer's block output with
+/// the teacher's; stage 3 (`stage3Step`, Distiller+Stage3.swift) distils the logits end to end.
+/// Each stage has its own AdamW moments and step counter; `exportState`/`restore`
+/// (Distiller+State.swift) carry all of them for an exact resume.
+///
+/// Data parallel: with a `communicator` of N ranks, every rank passes its own `batch`
+/// sequences (its share of a global batch of N·batch); the trained parameters' gradients are
+/// averaged over the ranks before each AdamW step and the reported losses are averaged too, so
+/// every rank holds the same student and N ranks compute what one rank would on the global
+/// batch (to Float32 summation order). Every rank must call the same steps in the same order.
 public final class Distiller {
     public let teacher: TransformerLM
     public let student: TransformerLM
     public let settings: DistillSection
-    /// Sequences per step and tokens per sequence.
+    /// Sequences per step and tokens per sequence (this rank's share).
     public let batch: Int, length: Int
     public let threads: KernelThreads
-    /// The student's Mamba layers (stage 1 trains these).
+    /// The data-parallel group (nil: one rank).
+    public let communicator: Communicator?
+    /// The student's Mamba layers (stages 1 and 2 train these).
     public let mambaLayers: [Int]
     /// The parameters stage 1 updates, by name (per Mamba layer: in_proj, conv1d weight and bias, D).
     public let stage1Parameters: [String]
-    /// AdamW of stage 1 (no weight decay).
-    public let stage1Rule: AdamW
-    public private(set) var stage1StepsTaken = 0
-    private let nextBatch: () throws -> [Int32]
-    private var moments: [String: (m: FloatBuffer, v: FloatBuffer)] = [:]
+    /// The parameters stage 2 updates: every parameter of the Mamba layers' mixers.
+    public let stage2Parameters: [String]
+    /// The parameters stage 3 updates: every student parameter (`distill.stage3_train = all`)
+    /// or the mixers' (`mixers`), in the student's declaration order.
+    public let stage3Parameters: [String]
+    /// AdamW of each stage (no weight decay by default).
+    public let stage1Rule: AdamW, stage2Rule: AdamW, stage3Rule: AdamW
+    public internal(set) var stage1StepsTaken = 0, stage2StepsTaken = 0, stage3StepsTaken = 0
+    let nextBatch: () throws -> [Int32]
+    /// AdamW moments of stage k at index k − 1, by parameter name (zero until its first step).
+    let moments: [[String: (m: FloatBuffer, v: FloatBuffer)]]
 
-    /// `nextBatch` gives `batch × length` token ids per call (the teacher's inputs). The
-    /// teacher must have attention in every layer where the student has a Mamba mixer.
+    /// `nextBatch` gives `batch × length` token ids per call (this rank's inputs to the
+    /// teacher). The teacher must have attention in every layer where the student has a
+    /// Mamba mixer, and the same vocabulary.
     public init(teacher: TransformerLM, student: TransformerLM, settings: DistillSection, batch: Int, length: Int,
-                threads: KernelThreads = .single, stage1Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
+                threads: KernelThreads = .single, communicator: Communicator? = nil,
+                stage1Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
+                stage2Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
+                stage3Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
                 nextBatch: @escaping () throws -> [Int32]) throws {
         let layers = StudentBuilder.mambaLayers(student.config)
         for layer in layers {
@@ -45,15 +69,81 @@ public final class Distiller {
                 throw DistillError.teacherLayerNotAttention(layer: layer)
             }
         }
+        guard teacher.config.vocabSize == student.config.vocabSize, teacher.config.dModel == student.config.dModel,
+              teacher.config.layers == student.config.layers else {
+            throw DistillError.shellMismatch(teacher: "\(teacher.config.layers) layers, d_model \(teacher.config.dModel), vocab \(teacher.config.vocabSize)",
+                                             student: "\(student.config.layers) layers, d_model \(student.config.dModel), vocab \(student.config.vocabSize)")
+        }
         self.teacher = teacher; self.student = student; self.settings = settings
-        self.batch = batch; self.length = length; self.threads = threads
-        self.stage1Rule = stage1Rule; self.nextBatch = nextBatch
+        self.batch = batch; self.length = length; self.threads = threads; self.communicator = communicator
+        self.stage1Rule = stage1Rule; self.stage2Rule = stage2Rule; self.stage3Rule = stage3Rule
+        self.nextBatch = nextBatch
         mambaLayers = layers
         stage1Parameters = layers.flatMap { layer in
             ["in_proj.weight", "conv1d.weight", "conv1d.bias", "D"].map { "model.layers.\(layer).mixer." + $0 }
         }
+        let mixerNames = student.parameters.entries.map(\.name).filter { StudentBuilder.isMambaMixerParameter($0, config: student.config) }
+        stage2Parameters = mixerNames
+        switch settings.stage3TrainSet {
+        case .all: stage3Parameters = student.parameters.entries.map(\.name)
+        case .mixers: stage3Parameters = mixerNames
+        }
+        let p = student.parameters
+        moments = [stage1Parameters, stage2Parameters, stage3Parameters].map { names in
+            Dictionary(uniqueKeysWithValues: names.map { ($0, (m: FloatBuffer(count: p.entry($0).count), v: FloatBuffer(count: p.entry($0).count))) })
+        }
         teacher.threads = threads
         student.threads = threads
+    }
+
+    /// The trained parameters of `stage` (1, 2 or 3).
+    public func parameters(ofStage stage: Int) -> [String] {
+        [stage1Parameters, stage2Parameters, stage3Parameters][stage - 1]
+    }
+
+    /// Averages the gradients of `names` over the ranks (nothing on one rank). Adjacent
+    /// parameters go in one all-reduce.
+    func averageGradients(_ names: [String]) throws {
+        guard let comm = communicator, comm.size > 1 else { return }
+        let p = student.parameters
+        var ranges = names.map { p.entry($0).range }.sorted { $0.lowerBound < $1.lowerBound }
+        var merged: [Range<Int>] = []
+        while !ranges.isEmpty {
+            let next = ranges.removeFirst()
+            if let last = merged.last, last.upperBound == next.lowerBound {
+                merged[merged.count - 1] = last.lowerBound..<next.upperBound
+            } else {
+                merged.append(next)
+            }
+        }
+        for range in merged {
+            try comm.allReduce(UnsafeMutableBufferPointer(start: p.gradients.pointer + range.lowerBound, count: range.count), op: .average)
+        }
+    }
+
+    /// The mean over ranks of each value (Float64, the same bits on every rank).
+    func averageOverRanks(_ values: [Double]) throws -> [Double] {
+        guard let comm = communicator, comm.size > 1 else { return values }
+        let bytes = values.count * 8
+        var gathered = [Double](repeating: 0, count: values.count * comm.size)
+        try values.withUnsafeBytes { input in
+            try gathered.withUnsafeMutableBytes { try comm.allGather(input, counts: [Int](repeating: bytes, count: comm.size), into: $0) }
+        }
+        return values.indices.map { i in
+            (0..<comm.size).reduce(0.0) { $0 + gathered[$1 * values.count + i] } / Double(comm.size)
+        }
+    }
+
+    /// One AdamW step of `stage`'s parameters with its moments, at its learning rate and step
+    /// count (already incremented).
+    func applyUpdate(stage: Int, rule: AdamW, learningRate: Double, step: Int) {
+        let p = student.parameters
+        for name in parameters(ofStage: stage) {
+            let entry = p.entry(name)
+            let state = moments[stage - 1][name]!
+            rule.update(parameters: p.value(name), gradients: p.gradient(name), m: state.m.pointer, v: state.v.pointer,
+                        count: entry.count, step: step, learningRate: Float(learningRate), decay: entry.decays, threads: threads)
+        }
     }
 
     /// The teacher's mixer inputs (B·T, d) and attention probabilities (B, H, T, T) of `tokens`,
@@ -112,7 +202,8 @@ public final class Distiller {
     }
 
     /// One stage-1 step on the next batch: per-layer losses (in `mambaLayers` order) before
-    /// the update, then one AdamW step of `stage1Parameters` at `distill.stage1_lr`.
+    /// the update (averaged over ranks), then one AdamW step of `stage1Parameters` at
+    /// `distill.stage1_lr` on the gradients averaged over ranks.
     @discardableResult
     public func stage1Step() throws -> [Double] {
         let tokens = try nextBatch()
@@ -121,16 +212,24 @@ public final class Distiller {
         let losses = mambaLayers.map { layer in
             stage1Loss(layer: layer, input: targets[layer]!.input, target: targets[layer]!.attention, accumulateGradients: true)
         }
+        try averageGradients(stage1Parameters)
+        let averaged = try averageOverRanks(losses)
         stage1StepsTaken += 1
-        let p = student.parameters
-        for name in stage1Parameters {
-            let entry = p.entry(name)
-            let state = moments[name] ?? (m: FloatBuffer(count: entry.count), v: FloatBuffer(count: entry.count))
-            moments[name] = state
-            stage1Rule.update(parameters: p.value(name), gradients: p.gradient(name), m: state.m.pointer, v: state.v.pointer,
-                              count: entry.count, step: stage1StepsTaken, learningRate: Float(settings.stage1Lr),
-                              decay: entry.decays, threads: threads)
+        applyUpdate(stage: 1, rule: stage1Rule, learningRate: settings.stage1Lr, step: stage1StepsTaken)
+        return averaged
+    }
+
+    /// One step of `stage` (1, 2 or 3): the per-layer losses of stages 1 and 2, or
+    /// [kd, data, total] of stage 3, each before the update.
+    @discardableResult
+    public func step(stage: Int) throws -> [Double] {
+        switch stage {
+        case 1: return try stage1Step()
+        case 2: return try stage2Step()
+        case 3:
+            let losses = try stage3Step()
+            return [losses.kd, losses.data, losses.total]
+        default: throw DistillError.noSuchStage(stage)
         }
-        return losses
     }
 }
