@@ -1,3 +1,4 @@
+import Checkpointing
 import Collectives
 import Kernels
 import Models
@@ -11,27 +12,30 @@ extension DistillRun {
     static func makeDistiller(teacher: TransformerLM, student: TransformerLM, config: RunConfig, batches: DistillBatches,
                               threads: KernelThreads, world: Communicator) throws -> Distiller {
         try Distiller(teacher: teacher, student: student, settings: config.distill, batch: batches.data.localBatch,
-                      length: config.data.seqLen, threads: threads, nextBatch: { batches.next() })
+                      length: config.data.seqLen, threads: threads, communicator: world.size > 1 ? world : nil, nextBatch: { batches.next() })
     }
 
     /// One step of `stage`: per Mamba layer losses (stages 1 and 2) or kd, data, total (stage 3).
     func takeStep(stage: Int) throws -> [Double] {
-        switch stage {
-        case 1: return try distiller.stage1Step()
-        default: throw DistillRunError.nothingToDistill(source: "stage \(stage) is not available in this build")
+        try distiller.step(stage: stage)
+    }
+
+    /// The distiller's state for an exact resume (student, every stage's moments and counters).
+    func exportDistillerState() -> StateDict { distiller.exportState() }
+
+    /// Restores `exportDistillerState`'s tensors, read from `source` (named in errors).
+    func restoreDistillerState(_ state: StateDict, source: String) throws {
+        do { try distiller.restore(state: state) } catch {
+            throw CheckpointError.corrupt(path: source, reason: "\(error)")
         }
     }
 
-    /// The distiller's state for an exact resume.
-    func exportDistillerState() -> StateDict { student.parameters.stateDict() }
-
-    func restoreDistillerState(_ state: StateDict, source: String) throws {
-        try student.parameters.load(state, source: source)
+    /// The moment in the distiller's state that a checkpoint's `NAME.exp_avg` / `NAME.exp_avg_sq`
+    /// holds: the current stage's (nil when the stage does not train NAME).
+    func momentName(_ name: String, suffix: String) -> String? {
+        guard (1...3).contains(stage), distiller.parameters(ofStage: stage).contains(name) else { return nil }
+        return "distill.stage\(stage)" + suffix + "." + name
     }
-
-    /// The optimizer moment in the distiller's state that a checkpoint's `NAME.exp_avg` /
-    /// `NAME.exp_avg_sq` holds.
-    func momentName(_ name: String, suffix: String) -> String? { nil }
 
     /// The run config a student checkpoint carries: the teacher's with `model.sequence_mixer:
     /// mamba2`, `model.attention_layers` (distill.keep_attention) and `model.ssm_chunk_size`
