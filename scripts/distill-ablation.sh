@@ -9,11 +9,12 @@
 # Usage: scripts/distill-ablation.sh [TEACHER [DISTILL_CONFIG [NP [OUT]]]]
 #   defaults: runs/tiny configs/distill.yaml 2 runs/ablation   (train runs/tiny with scripts/run.sh)
 # Extra settings for every run: ABLATION_SET="--set distill.stage1_steps=20 ..." (distill keys only
-# reach the distillations), KEEP_LAYER (default 1), EVAL_BATCHES (default 16).
+# reach the distillations), KEEP_LAYER (default 1), EVAL_BATCHES (default 0: the whole validation
+# split; every model is evaluated on the same batches of 16 sequences).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 teacher=${1:-runs/tiny} config=${2:-configs/distill.yaml} np=${3:-2} out=${4:-runs/ablation}
-keep=${KEEP_LAYER:-1} batches=${EVAL_BATCHES:-16}
+keep=${KEEP_LAYER:-1} batches=${EVAL_BATCHES:-0}
 read -r -a extra <<<"${ABLATION_SET:-}"
 tessera=.build/release/tessera
 [ -x "$tessera" ] || { echo "distill-ablation.sh: build first (swift build -c release)" >&2; exit 2; }
@@ -39,8 +40,8 @@ echo "==> hybrid (attention kept in layer $keep)"
 run distill --teacher "$teacher" --config "$config" "${extra[@]}" --set run.dir="$out/hybrid" --set distill.keep_attention="$keep"
 
 echo
-loss() { "$tessera" eval --checkpoint "$1" --batches "$batches" 2>/dev/null | sed -n 's/.*validation loss \([0-9.]*\).*/\1/p'; }
-printf '%-14s %s\n' "model" "validation loss (nats/byte, $batches batches)"
+loss() { "$tessera" eval --checkpoint "$1" --batches "$batches" --set train.global_batch=16 2>/dev/null | sed -n 's/.*validation loss \([0-9.]*\).*/\1/p'; }
+printf '%-14s %s\n' "model" "validation loss (nats/byte; $([ "$batches" -eq 0 ] && echo "whole validation split" || echo "$batches batches of 16"))"
 printf '%-14s %s\n' "teacher" "$(loss "$teacher")"
 for name in three-stage stage3-only from-scratch hybrid; do printf '%-14s %s\n' "$name" "$(loss "$out/$name")"; done
 echo "(every student: $total steps of $(sed -n 's/^  global_batch: //p' "$last/run.yaml") sequences of $(sed -n 's/^  seq_len: //p' "$last/run.yaml") tokens)"

@@ -99,6 +99,10 @@ mkdir -p "$work/broken" && cp -r "$work/teacher/checkpoints/step-00000030" "$wor
   && printf 'x' >>"$work/broken/step-00000030/model-00001-of-00001.safetensors"
 check "distill: a corrupt teacher checkpoint is named" expect_failure 30 "broken/step-00000030/model-00001-of-00001.safetensors" \
   "$TESSERA" distill --teacher "$work/broken/step-00000030" --config "$work/distill.yaml" --set run.dir="$work/never"
+check "distill: train a tiny Mamba-2 model (no attention)" "$TESSERA" train "${teacher[@]}" --set train.steps=2 \
+  --set model.sequence_mixer=mamba2 --set model.ssm_chunk_size=8 --set run.dir="$work/mamba"
+check "distill: a teacher without attention is refused, naming the layer" expect_failure 30 "teacher layer 0 is not an attention layer" \
+  "$TESSERA" distill --teacher "$work/mamba" --config "$work/distill.yaml" --set run.dir="$work/never"
 check "distill: a run directory with checkpoints is not overwritten" expect_failure 30 "already holds distillation checkpoint" \
   "$TESSERA" "${distill[@]}" --set run.dir="$work/d1"
 

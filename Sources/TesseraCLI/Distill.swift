@@ -87,6 +87,7 @@ struct Distill: ParsableCommand {
         }
         StopSignals.install()
         run.stopRequested = { StopSignals.received }
+        if comm.rank == 0 { run.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
         let summaries = try run.run(resume: resume != nil, stopAt: stopAt)
         if comm.rank == 0 {
             let tokens = summaries.reduce(0) { $0 + $1.tokens }

@@ -132,6 +132,18 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
         }
     }
 
+    @Test func sequenceAndExpertParallelismAreRefused() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let teacher = try makeTeacher(directory, data: data)
+        let file = try distillFile(directory)
+        let config = try DistillRunConfig.compose(teacher: teacher.config, file: file, overrides: ["parallel.sequence=2", "run.dir=\(directory.file("run"))"])
+        #expect(throws: DistillRunError.notDataParallel(source: file, key: "parallel.sequence", value: 2)) {
+            _ = try DistillRun(config: config, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: SingleProcessCommunicator())
+        }
+    }
+
     /// Each stage ends with a normal checkpoint: readable by CheckpointStore, its run.yaml the
     /// student's (a Mamba-2 model the normal loaders build), weights the student's.
     @Test func eachStageSavesTheStudentAsANormalCheckpoint() throws {

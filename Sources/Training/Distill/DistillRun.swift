@@ -58,6 +58,8 @@ public final class DistillRun {
     /// Polled after every step (the same on every rank): when true on any rank, every rank
     /// stops at that step with a checkpoint and throws `TrainingInterrupted`.
     public var stopRequested: (() -> Bool)?
+    /// Told, on rank 0, what `run` holds and has written, as training tells it (`RunEvent`).
+    public var onRunEvent: ((RunEvent) -> Void)?
 
     /// `teacherCheckpoint`'s contents are read on every rank (each needs the whole teacher), so
     /// the checkpoint must be readable on every node. `checkpointSink`: nil for the directory
@@ -68,6 +70,9 @@ public final class DistillRun {
         self.world = world
         self.teacherCheckpoint = teacherCheckpoint
         studentConfig = try Self.studentRunConfig(config)
+        for (key, value) in [("parallel.sequence", config.parallel.sequence), ("parallel.expert", config.parallel.expert)] where value != 1 {
+            throw DistillRunError.notDataParallel(source: config.source, key: key, value: value)
+        }
         guard config.train.globalBatch % world.size == 0 else {
             throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: world.size)
         }
@@ -135,6 +140,7 @@ public final class DistillRun {
             let message = String(decoding: try world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
             if !message.isEmpty { throw DistillRunError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message) }
         }
+        if isReporter { onRunEvent?(.newestCheckpoint(checkpoints.store.latest(), stopping: false)) }
         let metrics = isReporter ? try Self.openMetrics(runDirectory.appendingPathComponent("metrics.jsonl"), keepUpTo: stage == 0 ? nil : step) : nil
         do {
             return try runStages(metrics: metrics, stopAt: stopAt)
@@ -198,12 +204,12 @@ public final class DistillRun {
                 if stopping || ending || stopAt == g || (every > 0 && stageStep % every == 0) {
                     try startCheckpoint()
                 }
-                for url in checkpoints.writer.takeCommitted().compactMap(\.url) { note("checkpoint \(url.path)") }
+                reportCommitted()
                 if stopping || stopAt == g {
                     checkpoints.writer.waitForInFlight()
                     try checkpoints.checkFailures()
                     let url = checkpoints.writer.takeCommitted().compactMap(\.url).last
-                    if let url { note("checkpoint \(url.path)") }
+                    if let url { note("checkpoint \(url.path)"); onRunEvent?(.newestCheckpoint(url, stopping: true)) }
                     throw TrainingInterrupted(step: g, checkpoint: url?.path, runDirectory: runDirectory.path, command: "distill")
                 }
                 intervalStart += Date().timeIntervalSince(pause)
@@ -211,8 +217,16 @@ public final class DistillRun {
         }
         checkpoints.writer.waitForInFlight()
         try checkpoints.checkFailures()
-        for url in checkpoints.writer.takeCommitted().compactMap(\.url) { note("checkpoint \(url.path)") }
+        reportCommitted()
         return summaries
+    }
+
+    /// Tells rank 0's observers about the checkpoints committed since the last look.
+    func reportCommitted() {
+        for url in checkpoints.writer.takeCommitted().compactMap(\.url) {
+            note("checkpoint \(url.path)")
+            onRunEvent?(.newestCheckpoint(url, stopping: false))
+        }
     }
 
     func note(_ line: String) { if isReporter { output?(line) } }
@@ -261,6 +275,7 @@ public final class DistillRun {
         if !message.isEmpty { try world.barrier() }
         if let refusal { throw refusal }
         if !message.isEmpty { throw TrainingError.runDirectoryUnavailable(message: message) }
+        if let lock { onRunEvent?(.holdingRunDirectory(lock)) }
         return lock
     }
 }
