@@ -6,7 +6,7 @@ import TensorCore
 import Training
 
 /// A tiny teacher: 2 or 3 layers, GQA attention, dense or MoE feed-forward, random init.
-private func tinyTeacher(layers: Int = 2, moe: Bool = false, seed: UInt64 = 7) throws -> TransformerLM {
+func tinyTeacher(layers: Int = 2, moe: Bool = false, seed: UInt64 = 7) throws -> TransformerLM {
     var config = ModelConfig(vocabSize: 32, dModel: 16, layers: layers, heads: 2, kvHeads: 1, ffnHidden: 24, maxSequenceLength: 16)
     if moe {
         config.blocks[layers - 1].channelMixer = .moe(MoESpec(experts: 2, topK: 1, expertHidden: 8, capacityFactor: nil,
@@ -15,7 +15,7 @@ private func tinyTeacher(layers: Int = 2, moe: Bool = false, seed: UInt64 = 7) t
     return try TransformerLM(config: config, seed: seed)
 }
 
-private func randomTokens(_ count: Int, vocab: Int, rng: inout RNG) -> [Int32] {
+func randomTokens(_ count: Int, vocab: Int, rng: inout RNG) -> [Int32] {
     (0..<count).map { _ in Int32(rng.nextInt(below: vocab)) }
 }
 

@@ -1,0 +1,122 @@
+import Foundation
+import Testing
+import Collectives
+import Kernels
+import Models
+import TensorCore
+import Training
+import _TestSupport
+
+/// Data-parallel distillation (N ranks = one rank on the global batch, every stage) and exact
+/// resume from an exported state.
+@Suite struct DistillParallelTests {
+    static let (globalBatch, length) = (6, 8)
+
+    static func settings() -> DistillSection {
+        var s = DistillSection()
+        s.stage1Lr = 1e-2; s.stage2Lr = 1e-2; s.stage3Lr = 3e-3
+        s.temperature = 2; s.dataLossWeight = 0.5
+        return s
+    }
+
+    /// What one rank saw: each step's losses (stages 1, 2, 3 in turn) and its final state.
+    struct Seen {
+        var losses: [[Double]] = []
+        var state: StateDict = StateDict()
+    }
+
+    /// 3 steps of each stage on `ranks` in-process ranks; rank r takes sequences
+    /// [r·B, (r+1)·B) of each global batch, B = 6 / ranks.
+    static func distill(ranks: Int, keep: String = "") throws -> [Seen] {
+        let global = tokenBatches(9, sequences: globalBatch, length: length)
+        let share = globalBatch / ranks
+        let results = InProcessCommunicator.run(size: ranks, timeoutSeconds: 60) { comm -> Seen in
+            let mine = global.map { Array($0[(comm.rank * share * length)..<((comm.rank + 1) * share * length)]) }
+            let d = try makeDistiller(layers: 3, keep: keep, settings: settings(), batch: share, length: length, batches: mine,
+                                      communicator: ranks > 1 ? comm : nil)
+            var seen = Seen()
+            for stage in 1...3 {
+                for _ in 0..<3 { seen.losses.append(try d.step(stage: stage)) }
+            }
+            seen.state = d.exportState()
+            return seen
+        }
+        return try results.map { try $0.get() }
+    }
+
+    @Test(arguments: [2, 3])
+    func ranksMatchOneRankInEveryStage(ranks: Int) throws {
+        let single = try Self.distill(ranks: 1)[0]
+        let parallel = try Self.distill(ranks: ranks)
+        #expect(single.losses.count == 9 && single.losses.allSatisfy { $0.allSatisfy { $0.isFinite && $0 > 0 } })
+        for (rank, seen) in parallel.enumerated() {
+            #expect(seen.losses == parallel[0].losses, "rank \(rank) reports rank 0's losses")
+            #expect(bits(seen.state) == bits(parallel[0].state), "rank \(rank) holds rank 0's student and moments")
+            for (step, (a, b)) in zip(seen.losses, single.losses).enumerated() {
+                #expect(maxRelativeError(a, b) < 1e-5, "ranks=\(ranks) step \(step): \(a) vs \(b)")
+            }
+            for (name, tensor) in single.state.entries where !name.hasPrefix("distill.") {
+                #expect(maxRelativeError(seen.state[name]!.scalars, tensor.scalars) < 1e-4, "ranks=\(ranks) \(name)")
+            }
+        }
+    }
+
+    @Test func aHybridMatchesToo() throws {
+        let single = try Self.distill(ranks: 1, keep: "1")[0]
+        let parallel = try Self.distill(ranks: 2, keep: "1")
+        #expect(single.losses[0].count == 2)
+        for (a, b) in zip(parallel[1].losses, single.losses) { #expect(maxRelativeError(a, b) < 1e-5, "\(a) vs \(b)") }
+    }
+
+    @Test func restoringAnExportedStateContinuesBitForBit() throws {
+        let batches = tokenBatches(10, sequences: 2, length: Self.length)
+        // Stage 1 twice, stage 2 twice | stage 2 twice, stage 3 twice; the cut is mid-stage 2.
+        let plan = [1, 1, 2, 2, 2, 2, 3, 3]
+        let whole = try makeDistiller(settings: Self.settings(), batches: batches)
+        var expected: [[Double]] = []
+        for stage in plan { expected.append(try whole.step(stage: stage)) }
+
+        let first = try makeDistiller(settings: Self.settings(), batches: batches)
+        for stage in plan[..<4] { _ = try first.step(stage: stage) }
+        let state = first.exportState()
+        #expect(state["distill.stage1.steps"]?.scalars == [2] && state["distill.stage2.steps"]?.scalars == [2])
+        #expect(state["distill.stage2.exp_avg.model.layers.0.mixer.out_proj.weight"] != nil)
+
+        let resumed = try makeDistiller(settings: Self.settings(), batches: batches, start: 4)
+        try resumed.restore(state: state)
+        #expect(resumed.stage1StepsTaken == 2 && resumed.stage2StepsTaken == 2 && resumed.stage3StepsTaken == 0)
+        var got: [[Double]] = []
+        for stage in plan[4...] { got.append(try resumed.step(stage: stage)) }
+        #expect(got == Array(expected[4...]))
+        #expect(bits(resumed.exportState()) == bits(whole.exportState()))
+    }
+
+    @Test func aBadStateIsNamedAndChangesNothing() throws {
+        let batches = tokenBatches(2, sequences: 2, length: Self.length)
+        let d = try makeDistiller(settings: Self.settings(), batches: batches)
+        _ = try d.step(stage: 1)
+        let good = d.exportState()
+        let target = try makeDistiller(settings: Self.settings(), batches: batches)
+        let before = bits(target.exportState())
+        let name = "distill.stage3.exp_avg_sq.model.norm.weight"
+        let missing = StateDict(good.entries.filter { $0.name != name }.map { ($0.name, $0.tensor) })
+        #expect(throws: DistillError.missingStateTensor(name: name)) { try target.restore(state: missing) }
+        let reshaped = StateDict(good.entries.map { ($0.name, $0.name == "model.norm.weight" ? Tensor(zeros: [3]) : $0.tensor) })
+        #expect(throws: DistillError.stateTensorShape(name: "model.norm.weight", expected: [16], found: [3])) {
+            try target.restore(state: reshaped)
+        }
+        let badCounter = StateDict(good.entries.map { ($0.name, $0.name == "distill.stage1.steps" ? Tensor(shape: [1], scalars: [1.5]) : $0.tensor) })
+        #expect(throws: DistillError.badStateValue(name: "distill.stage1.steps", detail: "is 1.5, not a step count")) {
+            try target.restore(state: badCounter)
+        }
+        // A state of a stage3_train = mixers distiller lacks the other tensors' stage-3 moments.
+        var mixersSettings = Self.settings()
+        mixersSettings.stage3Train = "mixers"
+        let mixers = try makeDistiller(settings: mixersSettings, batches: batches)
+        #expect(throws: DistillError.unexpectedStateTensor(name: "distill.stage3.exp_avg.model.embed_tokens.weight")) {
+            try mixers.restore(state: good)
+        }
+        #expect(bits(target.exportState()) == before, "a refused state changes nothing")
+        #expect(DistillError.missingStateTensor(name: name).description.contains(name))
+    }
+}
