@@ -7,7 +7,7 @@
 #                 data alone, the same total steps and batch
 #   hybrid        three stages, keeping attention in one layer (distill.keep_attention)
 # Usage: scripts/distill-ablation.sh [TEACHER [DISTILL_CONFIG [NP [OUT]]]]
-#   defaults: runs/tiny configs/distill.yaml 2 runs/ablation   (train runs/tiny with scripts/run.sh)
+#   defaults: runs/tiny configs/distill.yaml 2 runs/ablation   (runs/tiny: tessera train --config configs/tiny.yaml)
 # Extra settings for every run: ABLATION_SET="--set distill.stage1_steps=20 ..." (distill keys only
 # reach the distillations), KEEP_LAYER (default 1), EVAL_BATCHES (default 0: the whole validation
 # split; every model is evaluated on the same batches of 16 sequences).

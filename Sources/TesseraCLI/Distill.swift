@@ -17,11 +17,11 @@ struct Distill: ParsableCommand {
             is skipped. Each stage ends with a checkpoint of the student (checkpoint.every adds some within a stage); eval, \
             generate and ckpt read it. metrics.jsonl holds every stage's losses per layer; `tessera report RUN_DIR` draws them.
 
-            Examples:
+            Examples (runs/tiny: the default run, `tessera train --config configs/tiny.yaml`):
               tessera distill --teacher runs/tiny --config configs/distill.yaml
-              scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml --set distill.stage3_steps=0
+              scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml
               tessera launch --nproc 2 -- distill --teacher runs/tiny --config configs/distill.yaml
-              tessera distill --resume runs/distill                  continue from the newest checkpoint
+              tessera distill --resume runs/distill
             """)
 
     @Option(help: ArgumentHelp("The teacher: a run directory (its newest complete checkpoint) or a checkpoint directory. Optional with --resume (the checkpoint names it).", valueName: "CHECKPOINT"))
