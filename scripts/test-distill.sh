@@ -67,6 +67,22 @@ stop_and_resume() {
 }
 check "distill: stopped mid-stage 2 and resumed on 2 ranks equals the uninterrupted run (1e-6)" stop_and_resume
 
+# Ctrl-C to `tessera launch` mid-stage: every rank stops at the same step with a checkpoint and
+# rank 0 prints the command that continues the distillation.
+ctrl_c() {
+  local dir=$work/interrupted launcher status
+  "$TESSERA" launch --nproc 2 -- "${distill[@]}" --set run.dir="$dir" --set distill.stage1_steps=100000 >"$work/ctrl-c.log" 2>&1 &
+  launcher=$!
+  for _ in $(seq 100); do grep -q "stage 1 step 2/" "$work/ctrl-c.log" && break; sleep 0.2; done
+  kill -INT "$launcher"; wait "$launcher"; status=$?
+  cat "$work/ctrl-c.log"
+  [ "$status" -ne 0 ] || { echo "the interrupted run exited with 0"; return 1; }
+  grep -q "continue with: .*launch --nproc 2 -- distill --resume" "$work/ctrl-c.log" || { echo "no resume command printed"; return 1; }
+  python3 -c "import json,sys; p=json.load(open(sys.argv[1])); sys.exit(0 if p['stage'] == 1 and p['stageStep'] >= 2 else f'progress {p}')" \
+    "$(ls -d "$dir"/checkpoints/step-* | tail -n 1)/distill_progress.json"
+}
+check "distill: Ctrl-C to tessera launch stops every rank with a checkpoint and prints the resume command" ctrl_c
+
 # Per-stage checkpoints through the checkpoint service, then evaluated from the service's directory.
 through_service() {
   local dir=$work/service-run root=$work/service-root port=$((29100 + RANDOM % 800)) server status
