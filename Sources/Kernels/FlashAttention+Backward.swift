@@ -116,14 +116,16 @@ extension FlashAttention {
     /// One (query tile i, key tile j) pair of query head h: adds to dK_j and dV_j when `keys`,
     /// to dQ_i when `query`.
     private func tilePair(b: Int, h: Int, i: Int, j: Int, _ t: Tensors, _ w: BackwardWorkspace, keys: Bool, query: Bool) {
-        let columns: Int, masked: Bool
+        let columns: Int, masked: Bool, first: Int
         switch visibility(i, j) {
         case .none: return
-        case .full(let c): (columns, masked) = (c, false)
-        case .partial(let c): (columns, masked) = (c, true)
+        case .full(let c): (columns, masked, first) = (c, false, 0)
+        case .partial(let c, let skipped): (columns, masked, first) = (c, true, skipped)
         }
+        // The tile's rows from `first` on: the ones before see none of these keys (P = 0).
         let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
-        let rows = queryRows(i), n = rows.count, c0 = j * keyTile, kvh = h / group
+        let tileRows = queryRows(i), rows = (tileRows.lowerBound + first)..<tileRows.upperBound
+        let n = rows.count, c0 = j * keyTile, kvh = h / group
         let qOffset = (b * queryLength + rows.lowerBound) * qStride + h * D
         let kvOffset = (b * keyLength + c0) * kvStride + kvh * D
         let statistics = (b * heads + h) * queryLength + rows.lowerBound

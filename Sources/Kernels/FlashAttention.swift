@@ -28,13 +28,15 @@ public struct FlashAttention {
     /// Rows of queries and columns of keys per tile.
     public let queryTile: Int, keyTile: Int
 
-    /// Tile sizes: 64 query rows keep the causal waste (the masked half of a diagonal
-    /// 64 × 64 block; partial tiles are trimmed to their visible columns) as small as the
-    /// materialised kernel's, while 256 keys per tile amortise the per-tile work of a row
-    /// (running max, rescaling the accumulator) and the BLAS call overhead over 4 × 64 × 256 × D
-    /// flops. At D = 128 the working set (scores 64 KiB, K and V tiles 128 KiB each, Q tile and
-    /// accumulator 32 KiB each) stays within a 1 MiB L2.
-    public static let defaultQueryTile = 64, defaultKeyTile = 256
+    /// Tile sizes: 256 keys per tile amortise the per-tile work of a row (running max,
+    /// rescaling the accumulator) and the BLAS call overhead, and 128 query rows amortise the
+    /// packing of each K and V tile over more rows. The causal waste stays small because a
+    /// diagonal tile runs only its rows from the first that sees any of its keys
+    /// (`Visibility.partial`'s `skippedRows`). At D = 64 the working set (scores 128 KiB, K
+    /// and V tiles 64 KiB each, Q tile and accumulator 32 KiB each; the backward's two score
+    /// tiles 256 KiB) stays within a 1 MiB L2. Measured at N = 4096, one thread: 128 × 256
+    /// and 256 × 256 within 1%, 64 × 256 3% slower (`tessera bench attention --query-tile --key-tile`).
+    public static let defaultQueryTile = 128, defaultKeyTile = 256
 
     public init(batch: Int, queryLength: Int, keyLength: Int, heads: Int, kvHeads: Int, headDim: Int,
                 causal: Bool = true, queryPositions: [Int]? = nil, keyPositions: [Int]? = nil,
@@ -81,8 +83,9 @@ public struct FlashAttention {
         /// Every query sees each of the tile's `columns` keys: no mask.
         case full(columns: Int)
         /// Some pairs among the tile's first `columns` keys are masked; the keys after them are
-        /// hidden from every query of the tile and are not computed.
-        case partial(columns: Int)
+        /// hidden from every query of the tile and are not computed, and so are the tile's
+        /// first `skippedRows` queries, which see none of its keys.
+        case partial(columns: Int, skippedRows: Int)
     }
 
     func visibility(_ i: Int, _ j: Int) -> Visibility {
@@ -95,7 +98,12 @@ public struct FlashAttention {
         // when positions increase).
         var end = keys.upperBound
         while keyPositions[end - 1] > q.max { end -= 1 }
-        return .partial(columns: end - keys.lowerBound)
+        // Skip the leading queries that see none of the tile's keys (all queries before the
+        // diagonal when positions increase): their rows would be all masked.
+        let rows = queryRows(i)
+        var first = rows.lowerBound
+        while queryPositions[first] < k.min { first += 1 }
+        return .partial(columns: end - keys.lowerBound, skippedRows: first - rows.lowerBound)
     }
 
     /// A permutation of 0..<n that alternates cheap and expensive causal tiles (0, n−1, 1,
@@ -134,18 +142,19 @@ public struct FlashAttention {
         rowSum.update(repeating: 0, count: n)
 
         for j in 0..<keyTiles {
-            let columns: Int, masked: Bool
+            let columns: Int, masked: Bool, first: Int
             switch visibility(i, j) {
             case .none: continue
-            case .full(let c): (columns, masked) = (c, false)
-            case .partial(let c): (columns, masked) = (c, true)
+            case .full(let c): (columns, masked, first) = (c, false, 0)
+            case .partial(let c, let skipped): (columns, masked, first) = (c, true, skipped)
             }
-            let c0 = j * keyTile
-            // S (n, columns) = scale · Q_i K_jᵀ
-            Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
-                        a: qi, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s, ldc: ld)
-            if masked { mask(s, ld: ld, rows: rows, columns: c0..<(c0 + columns)) }
-            for r in 0..<n {
+            let c0 = j * keyTile, m = n - first
+            // S (rows first..<n, columns) = scale · Q_i K_jᵀ; the rows before `first` see none of
+            // these keys and keep their statistics and accumulator as they are.
+            Matmul.gemm(transposeA: false, transposeB: true, m: m, n: columns, k: D, alpha: scale,
+                        a: qi + first * qStride, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s + first * ld, ldc: ld)
+            if masked { mask(s + first * ld, ld: ld, rows: (rows.lowerBound + first)..<rows.upperBound, columns: c0..<(c0 + columns)) }
+            for r in first..<n {
                 let row = s + r * ld
                 let newMax = max(rowMax[r], TileMath.maximum(row, count: columns))
                 if newMax == -.infinity {   // nothing visible to this row yet: it adds nothing
@@ -159,8 +168,8 @@ public struct FlashAttention {
                 rowMax[r] = newMax
             }
             // acc (n, D) += P (n, columns) · V_j
-            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: D, k: columns,
-                        a: s, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc, ldc: D)
+            Matmul.gemm(transposeA: false, transposeB: false, m: m, n: D, k: columns,
+                        a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D)
         }
 
         let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
