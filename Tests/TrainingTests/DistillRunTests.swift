@@ -160,6 +160,7 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
         let contents = try CheckpointStore.read(try #require(store.latest()))
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: "run.yaml")
         #expect(saved.model.sequenceMixer == "mamba2" && saved.model.ssmChunkSize == 4)
+        #expect(contents.state.validationLoss.map { $0.isFinite && $0 > 0 } == true)   // the stage's, for checkpoint.keep_best
         let model = try TransformerLM(config: saved.modelConfig, seed: 0)
         try model.parameters.load(contents.model, source: "checkpoint")
         #expect(model.parameters.values.array == run.student.parameters.values.array)

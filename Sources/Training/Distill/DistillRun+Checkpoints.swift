@@ -5,13 +5,14 @@ import TensorCore
 extension DistillRun {
     /// Starts the checkpoint of this step through the run's sink, as training does
     /// (`TrainingCheckpoints`: one save in flight, written on the writer thread, a failure on
-    /// any rank reported on every rank). Every rank calls it.
-    func startCheckpoint() throws {
+    /// any rank reported on every rank). Every rank calls it. `validationLoss`: the student's,
+    /// measured at this step (a stage's end), for `checkpoint.keep_best`.
+    func startCheckpoint(validationLoss: Double? = nil) throws {
         if let waited = checkpoints.writer.waitForInFlight() {
             note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
         }
         try checkpoints.checkFailures()
-        checkpoints.submit(try checkpointSnapshot())
+        checkpoints.submit(try checkpointSnapshot(validationLoss: validationLoss))
     }
 
     /// This rank's part of the checkpoint of this step. Every rank holds the whole student;
@@ -21,10 +22,11 @@ extension DistillRun {
     /// optimizer file a checkpoint needs holds the moments of the student's parameters that
     /// the distiller has (the current stage's), zeros for the others. The other ranks deliver
     /// empty parts.
-    func checkpointSnapshot() throws -> CheckpointShardSnapshot {
+    func checkpointSnapshot(validationLoss: Double? = nil) throws -> CheckpointShardSnapshot {
         let g = step
         guard isReporter else {
-            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:])
+            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:],
+                                           validationLoss: validationLoss)
         }
         let model = student.parameters.stateDict()
         let state = exportDistillerState()
@@ -40,7 +42,7 @@ extension DistillRun {
         }
         let trainerState = TrainerState(step: g, seed: UInt64(config.train.seed), samplesSeen: batches.samplesSeen,
                                         tokensSeen: batches.samplesSeen * config.data.seqLen, configHash: studentConfig.numericHash,
-                                        dataParallel: world.size, sequenceParallel: 1, expertParallel: 1, validationLoss: nil)
+                                        dataParallel: world.size, sequenceParallel: 1, expertParallel: 1, validationLoss: validationLoss)
         var metadata = try CheckpointMetadata.files(weightMap: weightMap, shapes: Dictionary(uniqueKeysWithValues: model.entries.map { ($0.name, $0.tensor.shape) }),
                                                     state: trainerState, runConfig: studentConfig.yaml,
                                                     huggingFaceConfig: student.config.huggingFaceConfig)
@@ -50,7 +52,7 @@ extension DistillRun {
         metadata.append(CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress)))
         metadata.append(CheckpointFile(name: DistillProgress.stateFileName, data: try SafeTensors.encode(state, metadata: ["format": "tessera-distill"])))
         return CheckpointShardSnapshot(step: g, rank: 0, ranks: world.size, model: model, optimizer: StateDict(moments), shards: shards,
-                                       metadataFiles: metadata)
+                                       metadataFiles: metadata, validationLoss: validationLoss)
     }
 
     /// Loads the newest complete checkpoint of the run: rank 0 reads it (checksums checked)

@@ -190,9 +190,11 @@ public final class DistillRun {
                     intervalStart = Date(); intervalSteps = 0
                 }
                 let pause = Date()
+                var validatedNow: Double?
                 if ending {   // before the stage's checkpoint, so a run resumed from it has the line
                     let validation = try Evaluator(model: student, data: batches.data, comm: world).validationLoss(batches: config.eval.batches)
                     try metrics?.write(["stage": s, "step": g, "val_loss": validation])
+                    validatedNow = validation
                     let seconds = Date().timeIntervalSince(stageStart)
                     let summary = DistillStageSummary(stage: s, steps: ran, tokens: ran * tokensPerStep, seconds: seconds, names: names,
                                                       first: first ?? [], last: last, validationLoss: validation)
@@ -202,7 +204,7 @@ public final class DistillRun {
                 let stopping = try stopRequested.map { try world.allReduce($0() ? 1 : 0, op: .max) > 0 } ?? false
                 let every = config.checkpoint.every
                 if stopping || ending || stopAt == g || (every > 0 && stageStep % every == 0) {
-                    try startCheckpoint()
+                    try startCheckpoint(validationLoss: validatedNow)
                 }
                 reportCommitted()
                 if stopping || stopAt == g {
