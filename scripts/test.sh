@@ -12,6 +12,7 @@ check "swift test (unit tests)" swift test
 grep -E "Test run with|Executed" "$LOG_DIR/swift_test_(unit_tests).log" | tail -n 2
 scripts/test-newuser.sh
 scripts/test-multirank.sh
+scripts/test-distill.sh
 scripts/test-soup.sh
 scripts/test-student.sh
 scripts/test-checkpoint-faults.sh

@@ -3,7 +3,7 @@ import Foundation
 
 struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Draw a run's train and validation loss, tokens/s and, for MoE models, expert load (RUN_DIR/report.svg and report.html).")
+        abstract: "Draw a run's train and validation loss, tokens/s and, for MoE models, expert load; for a distillation, each stage's losses per layer (RUN_DIR/report.svg and report.html).")
 
     @Argument(help: "The run directory (holds metrics.jsonl).")
     var runDirectory: String
@@ -13,6 +13,7 @@ struct Report: ParsableCommand {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw CommandLineError.metricsUnreadable(path: path)
         }
+        if DistillReport.applies(to: text) { return try DistillReport.write(text: text, path: path, runDirectory: runDirectory) }
         var train: [(Double, Double)] = [], validation: [(Double, Double)] = [], speed: [(Double, Double)] = []
         var experts = ExpertLoadHistory()
         for (number, line) in text.split(separator: "\n").enumerated() {

@@ -4,10 +4,10 @@ import Foundation
 /// srun, `tessera launch`), the path of the executable that ran, and shell quoting, so it can
 /// be pasted.
 enum ResumeCommand {
-    static func string(runDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+    static func string(runDirectory: String, command: String = "train", environment: [String: String] = ProcessInfo.processInfo.environment,
                        executable: String = CommandLine.arguments.first ?? "tessera") -> String {
         let binary = quote(executablePath(executable))
-        let train = "train --resume \(quote(runDirectory))"
+        let train = "\(command) --resume \(quote(runDirectory))"
         if let size = environment["OMPI_COMM_WORLD_SIZE"] {
             return "mpirun -np \(size) \(binary) \(train)   # plus your own mpirun options"
         }

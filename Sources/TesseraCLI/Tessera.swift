@@ -10,7 +10,7 @@ struct Tessera: ParsableCommand {
         commandName: "tessera",
         abstract: "Distributed training of transformer language models on CPU clusters.",
         version: TesseraVersion.string,
-        subcommands: [Train.self, Launch.self, Eval.self, Generate.self, DataCommand.self, CheckpointCommand.self, Soup.self, Export.self,
+        subcommands: [Train.self, Distill.self, Launch.self, Eval.self, Generate.self, DataCommand.self, CheckpointCommand.self, Soup.self, Export.self,
                       Report.self, Bench.self, SelfTest.self])
 
     /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit
@@ -34,7 +34,7 @@ struct Tessera: ParsableCommand {
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
             if ProcessEnvironment.worldRank ?? 0 == 0 {
-                let line = "tessera: \(stop); continue with: \(ResumeCommand.string(runDirectory: stop.runDirectory))\n"
+                let line = "tessera: \(stop); continue with: \(ResumeCommand.string(runDirectory: stop.runDirectory, command: stop.command))\n"
                 try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
             }
             Foundation.exit(130)

@@ -6,6 +6,12 @@ public struct TrainingInterrupted: Error, CustomStringConvertible {
     public var step: Int
     public var checkpoint: String?
     public var runDirectory: String
+    /// The command that continues it (`train`, `distill`).
+    public var command: String
+
+    public init(step: Int, checkpoint: String?, runDirectory: String, command: String = "train") {
+        self.step = step; self.checkpoint = checkpoint; self.runDirectory = runDirectory; self.command = command
+    }
 
     public var description: String {
         "stopped at step \(step) on request\(checkpoint.map { "; checkpoint \($0) written" } ?? "")"

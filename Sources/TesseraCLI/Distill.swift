@@ -1,0 +1,97 @@
+import ArgumentParser
+import Checkpointing
+import Foundation
+import Training
+
+struct Distill: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Distill a transformer checkpoint into a Mamba-2 (or hybrid) student with MOHAWK's three stages (data parallel over every rank).",
+        discussion: """
+            The teacher is a training checkpoint (a run directory or runs/NAME/checkpoints/step-N); its run.yaml gives the \
+            model. The distill config gives everything else: the distill section (per-stage steps and learning rates, \
+            keep_attention, chunk_size, temperature, data_loss_weight), data, train.global_batch, train.seed, eval.batches, \
+            checkpoint (every, keep, service) and run.dir; it may not set model, attention or moe keys.
+
+            Stages: 1 matrix orientation (each Mamba layer's mixing matrix against the teacher's attention), 2 hidden-state \
+            alignment (each layer's output against the teacher's), 3 knowledge distillation end to end. A stage with 0 steps \
+            is skipped. Each stage ends with a checkpoint of the student (checkpoint.every adds some within a stage); eval, \
+            generate and ckpt read it. metrics.jsonl holds every stage's losses per layer; `tessera report RUN_DIR` draws them.
+
+            Examples (runs/tiny: the default run, `tessera train --config configs/tiny.yaml`):
+              tessera distill --teacher runs/tiny --config configs/distill.yaml
+              scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml
+              tessera launch --nproc 2 -- distill --teacher runs/tiny --config configs/distill.yaml
+              tessera distill --resume runs/distill
+            """)
+
+    @Option(help: ArgumentHelp("The teacher: a run directory (its newest complete checkpoint) or a checkpoint directory. Optional with --resume (the checkpoint names it).", valueName: "CHECKPOINT"))
+    var teacher: String?
+
+    @Option(help: "Distill config (YAML); defaults apply to the keys it leaves out, the teacher's run.yaml to the model.")
+    var config: String?
+
+    @Option(name: .customLong("set"), help: ArgumentHelp("Override one config key, e.g. --set distill.stage1_steps=50 (repeatable).", valueName: "key=value"))
+    var overrides: [String] = []
+
+    @Option(help: ArgumentHelp("Continue the distillation in RUN_DIR from its newest complete checkpoint (its saved config and teacher unless --config / --teacher are given).", valueName: "RUN_DIR"))
+    var resume: String?
+
+    @Option(parsing: .unconditional, help: "Stop after this run step (steps of every stage counted together), writing a checkpoint, as if interrupted; continue with --resume.")
+    var stopAt: Int?
+
+    @OptionGroup var world: WorldOptions
+
+    func validate() throws {
+        if let stopAt, stopAt < 1 { throw ValidationError("--stop-at \(stopAt) must be at least 1") }
+        if teacher == nil, resume == nil { throw ValidationError("pass --teacher CHECKPOINT (and --config FILE), or --resume RUN_DIR") }
+        if resume == nil, config == nil { throw ValidationError("pass --config FILE (e.g. configs/distill.yaml) with --teacher") }
+    }
+
+    func run() throws {
+        var teacherPath = teacher
+        var saved: RunConfig?
+        if let resume, teacher == nil || config == nil {
+            let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
+            guard let latest = store.latest() else {
+                throw CommandLineError.nothingToResume(runDirectory: resume, checkpoints: store.root.path)
+            }
+            let progressURL = latest.appendingPathComponent(DistillProgress.fileName)
+            guard let data = FileManager.default.contents(atPath: progressURL.path),
+                  let progress = try? JSONDecoder().decode(DistillProgress.self, from: data) else {
+                throw DistillRunError.notADistillCheckpoint(path: latest.path, reason: "no readable \(DistillProgress.fileName)")
+            }
+            teacherPath = teacherPath ?? progress.teacher
+            if config == nil {
+                let runYAML = latest.appendingPathComponent("run.yaml").path
+                guard let text = FileManager.default.contents(atPath: runYAML) else { throw CheckpointError.corrupt(path: runYAML, reason: "missing") }
+                saved = try RunConfig(resolvedYAML: String(decoding: text, as: UTF8.self), source: runYAML)
+            }
+        }
+        let (teacherURL, note) = try CheckpointArgument.resolve(teacherPath!)
+        let rank = ProcessEnvironment.worldRank ?? 0
+        if let note, rank == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: teacher: \(note)\n".utf8)) }
+        let contents = try CheckpointStore.read(teacherURL)
+        let teacherConfig = try RunConfig(resolvedYAML: contents.runConfig, source: teacherURL.appendingPathComponent("run.yaml").path)
+        var config = try saved.map { try DistillRunConfig.resumed(saved: $0, teacher: teacherConfig, overrides: overrides) }
+            ?? DistillRunConfig.compose(teacher: teacherConfig, file: self.config, overrides: overrides)
+        if let resume {   // the run continues where it is, whatever run.dir its config names
+            config.run.dir = resume
+            config = try config.validated()
+        }
+        config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm,
+                                 checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
+        if comm.rank == 0 {
+            run.output = { line in try? FileHandle.standardOutput.write(contentsOf: Data((line + "\n").utf8)) }
+        }
+        StopSignals.install()
+        run.stopRequested = { StopSignals.received }
+        if comm.rank == 0 { run.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
+        let summaries = try run.run(resume: resume != nil, stopAt: stopAt)
+        if comm.rank == 0 {
+            let tokens = summaries.reduce(0) { $0 + $1.tokens }
+            print("distilled \(summaries.count) stage\(summaries.count == 1 ? "" : "s") on \(tokens) tokens into \(config.run.dir); student checkpoints in \(run.checkpointLocation)")
+        }
+    }
+}
