@@ -25,8 +25,7 @@ extension DistillRun {
     func checkpointSnapshot(validationLoss: Double? = nil) throws -> CheckpointShardSnapshot {
         let g = step
         guard isReporter else {
-            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:],
-                                           validationLoss: validationLoss)
+            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:])
         }
         let model = student.parameters.stateDict()
         let state = exportDistillerState()
@@ -52,7 +51,7 @@ extension DistillRun {
         metadata.append(CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress)))
         metadata.append(CheckpointFile(name: DistillProgress.stateFileName, data: try SafeTensors.encode(state, metadata: ["format": "tessera-distill"])))
         return CheckpointShardSnapshot(step: g, rank: 0, ranks: world.size, model: model, optimizer: StateDict(moments), shards: shards,
-                                       metadataFiles: metadata, validationLoss: validationLoss)
+                                       metadataFiles: metadata)
     }
 
     /// Loads the newest complete checkpoint of the run: rank 0 reads it (checksums checked)
