@@ -122,3 +122,21 @@ wait_for_checkpoint_after() {
   done
   echo "no checkpoint after step $2 appeared in $1 within $3 s"; return 1
 }
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# serve ROOT LOG [ARGS...]: starts `tessera ckpt serve --root ROOT` (and ARGS) on a free port in
+# the background, its pid in $server and port in $port, and waits until it answers (10 s at most).
+serve() {
+  local root=$1 log=$2; shift 2
+  port=$(free_port)
+  "$TESSERA" ckpt serve --root "$root" --listen "127.0.0.1:$port" "$@" >>"$log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do
+    "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --latest >/dev/null 2>&1 && return 0
+    kill -0 "$server" 2>/dev/null || { cat "$log"; echo "the service exited"; return 1; }
+    sleep 0.1
+  done
+  echo "the service did not answer within 10 s"; return 1
+}

@@ -15,7 +15,6 @@ work=$(mktemp -d /tmp/tessera-ckpt-service.XXXXXX)
 TRIALS=${CKPT_KILL_TRIALS:-24}
 RANKS=3
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 # verify_root ROOT [RANKS]: prints the newest complete step (or "none"); fails when any visible
 # step-* directory is incomplete, does not verify, holds other files than the parts' (RANKS

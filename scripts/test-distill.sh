@@ -85,11 +85,9 @@ check "distill: Ctrl-C to tessera launch stops every rank with a checkpoint and 
 
 # Per-stage checkpoints through the checkpoint service, then evaluated from the service's directory.
 through_service() {
-  local dir=$work/service-run root=$work/service-root port=$((29100 + RANDOM % 800)) server status
+  local dir=$work/service-run root=$work/service-root status
   export TESSERA_JOB_TOKEN=distill-service-$$
-  "$TESSERA" ckpt serve --root "$root" --listen 127.0.0.1:$port --keep 3 >"$work/service.log" 2>&1 &
-  server=$!
-  sleep 1
+  serve "$root" "$work/service.log" --keep 3 || return 1
   mpi 2 "${distill[@]}" --set run.dir="$dir" --set checkpoint.service=127.0.0.1:$port --set distill.stage3_steps=0; status=$?
   [ "$status" -eq 0 ] || { kill $server; cat "$work/service.log"; echo "distill through the service exited with $status"; return 1; }
   ! ls "$dir/checkpoints"/step-* >/dev/null 2>&1 || { kill $server; echo "checkpoints were written under run.dir, not streamed"; return 1; }
@@ -102,6 +100,26 @@ through_service() {
   "$TESSERA" eval --checkpoint "$root" --batches 2
 }
 check "distill: per-stage checkpoints through tessera ckpt serve, evaluated" through_service
+
+# Distillation as a job of the checkpoint service: the teacher a path on its node, the student
+# written under ROOT/distills/NAME, verified and evaluated; the same name again is refused.
+service_job() {
+  local root=$work/job-root out status
+  export TESSERA_JOB_TOKEN=distill-job-$$
+  serve "$root" "$work/job-service.log" || return 1
+  out=$("$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student \
+    --set distill.stage3_steps=2 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { kill $server; cat "$work/job-service.log"; echo "the distill job failed with $status"; return 1; }
+  grep -q "student distilled by the service at 127.0.0.1:$port: $root/distills/student/checkpoints/step-00000014" <<<"$out" \
+    && grep -q "^stage 3 step 2/2" <<<"$out" || { kill $server; echo "no stage log or final checkpoint reported"; return 1; }
+  out=$("$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student 2>&1); status=$?
+  kill $server; wait $server 2>/dev/null
+  [ "$status" -ne 0 ] && grep -q "distills/student on the service already exists" <<<"$out" \
+    || { echo "$out"; echo "a second job with the same --output was not refused"; return 1; }
+  "$TESSERA" ckpt verify "$root/distills/student" && "$TESSERA" eval --checkpoint "$root/distills/student" --batches 2
+}
+check "distill: a distillation as a job of tessera ckpt serve (teacher on its node, student under distills/), verified and evaluated" service_job
 
 # Errors: one line naming the file or key, non-zero exit, quickly.
 echo "model: {d_model: 64}" >"$work/with-model.yaml"

@@ -44,7 +44,13 @@ struct CheckpointServe: ParsableCommand {
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
                                       retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
-        server.jobRunner = Soup.serviceJob
+        server.jobRunner = { request, root, log in
+            switch request.kind {
+            case "soup": return try Soup.serviceJob(request, root, log)
+            case "distill": return try Distill.serviceJob(request, root, log)
+            default: throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup and distill jobs")
+            }
+        }
         try server.start()
         server.wait()
     }

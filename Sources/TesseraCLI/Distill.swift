@@ -1,5 +1,6 @@
 import ArgumentParser
 import Checkpointing
+import Collectives
 import Foundation
 import Training
 
@@ -22,6 +23,12 @@ struct Distill: ParsableCommand {
               scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml
               tessera launch --nproc 2 -- distill --teacher runs/tiny --config configs/distill.yaml
               tessera distill --resume runs/distill
+              tessera distill --service HOST:PORT --teacher 400 --config configs/distill.yaml --output tiny-student
+
+            With --service, the checkpoint service (tessera ckpt serve) runs the distillation as a job on its node, on one \
+            rank: the teacher is a step it holds (400, step-00000400) or a path there, data.dir a path there, and the student's \
+            run directory is ROOT/distills/NAME; the command waits for it and prints its log. The job token comes from \
+            TESSERA_JOB_TOKEN.
             """)
 
     @Option(help: ArgumentHelp("The teacher: a run directory (its newest complete checkpoint) or a checkpoint directory. Optional with --resume (the checkpoint names it).", valueName: "CHECKPOINT"))
@@ -39,15 +46,38 @@ struct Distill: ParsableCommand {
     @Option(parsing: .unconditional, help: "Stop after this run step (steps of every stage counted together), writing a checkpoint, as if interrupted; continue with --resume.")
     var stopAt: Int?
 
+    @Option(help: ArgumentHelp("Run the distillation as a job of the checkpoint service at HOST:PORT (tessera ckpt serve), on its node; needs --teacher, --config and --output.", valueName: "HOST:PORT"))
+    var service: String?
+
+    @Option(help: ArgumentHelp("With --service: the student's run directory, a plain name the service creates under its root's distills/.", valueName: "NAME"))
+    var output: String?
+
     @OptionGroup var world: WorldOptions
 
     func validate() throws {
         if let stopAt, stopAt < 1 { throw ValidationError("--stop-at \(stopAt) must be at least 1") }
         if teacher == nil, resume == nil { throw ValidationError("pass --teacher CHECKPOINT (and --config FILE), or --resume RUN_DIR") }
         if resume == nil, config == nil { throw ValidationError("pass --config FILE (e.g. configs/distill.yaml) with --teacher") }
+        if service != nil {
+            if resume != nil || stopAt != nil { throw ValidationError("--service runs a whole distillation as one job: drop --resume and --stop-at") }
+            if teacher == nil || output == nil { throw ValidationError("--service needs --teacher (a step the service holds, or a path on its node) and --output NAME") }
+        } else if output != nil {
+            throw ValidationError("--output names a service job's run directory; without --service the config's run.dir is the student's")
+        }
     }
 
     func run() throws {
+        if let service, let teacher, let output, let file = config {
+            guard let text = FileManager.default.contents(atPath: file) else { throw ConfigError.unreadableFile(path: file) }
+            let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
+                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "distill client",
+                                                 ioTimeout: Self.serviceJobTimeout)
+            let result = try sink.submit(ServiceJobRequest(kind: "distill", method: "mohawk", inputs: [teacher], output: output,
+                                                           config: String(decoding: text, as: UTF8.self), overrides: overrides))
+            for line in result.log { print(line) }
+            print("student distilled by the service at \(service): \(result.checkpoint)")
+            return
+        }
         var teacherPath = teacher
         var saved: RunConfig?
         if let resume, teacher == nil || config == nil {
@@ -93,5 +123,45 @@ struct Distill: ParsableCommand {
             let tokens = summaries.reduce(0) { $0 + $1.tokens }
             print("distilled \(summaries.count) stage\(summaries.count == 1 ? "" : "s") on \(tokens) tokens into \(config.run.dir); student checkpoints in \(run.checkpointLocation)")
         }
+    }
+}
+
+extension Distill {
+    /// How long a client waits for a distillation job (and the service for its client).
+    static let serviceJobTimeout = 6 * 3600.0
+
+    /// The checkpoint service's job runner for distillations: on the service's node, on one
+    /// rank, the teacher a checkpoint the service holds, the client's config with its run
+    /// directory `ROOT/distills/NAME` (new or empty) and checkpoints written there directly.
+    /// Returns the newest student checkpoint; the log holds the run's progress lines.
+    static let serviceJob: ServiceJobRunner = { request, root, log in
+        guard request.inputs.count == 1, let text = request.config else {
+            throw ValidationError("a distill job names one teacher and carries its config")
+        }
+        let teacherURL = try request.resolve(request.inputs[0], root: root)
+        let output = try request.outputDirectory(root: root)
+        if let existing = try? FileManager.default.contentsOfDirectory(atPath: output.path), !existing.isEmpty {
+            throw ValidationError("\(output.path) on the service already exists and is not empty; choose another --output")
+        }
+        try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
+        // The config as the client sent it, kept with the run (errors name this file).
+        let file = output.appendingPathComponent("distill.yaml")
+        try Data(text.utf8).write(to: file)
+        let contents = try CheckpointStore.read(teacherURL)
+        let teacherConfig = try RunConfig(resolvedYAML: contents.runConfig, source: teacherURL.appendingPathComponent("run.yaml").path)
+        var config = try DistillRunConfig.compose(teacher: teacherConfig, file: file.path, overrides: request.overrides ?? [])
+        config.run.dir = output.path
+        config.checkpoint.service = ""   // the job writes beside the service's own checkpoints, not back through it
+        config = try config.validated().resolvingPaths(against: FileManager.default.currentDirectoryPath)
+        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
+                                 world: SingleProcessCommunicator(), checkpointSink: nil)
+        run.output = log
+        let summaries = try run.run(resume: false, stopAt: nil)
+        guard let newest = CheckpointStore(root: output.appendingPathComponent("checkpoints")).latest() else {
+            throw ValidationError("the distillation in \(output.path) wrote no checkpoint")
+        }
+        let tokens = summaries.reduce(0) { $0 + $1.tokens }
+        return ServiceJobResult(checkpoint: newest.path,
+                                log: ["distilled \(summaries.count) stage\(summaries.count == 1 ? "" : "s") on \(tokens) tokens into \(output.path)"])
     }
 }

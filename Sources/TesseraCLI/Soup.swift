@@ -73,7 +73,6 @@ extension Soup {
     /// The checkpoint service's job runner: a soup of the service's checkpoints, written as
     /// the run directory `ROOT/soups/NAME` on the service's node.
     static let serviceJob: ServiceJobRunner = { request, root, log in
-        guard request.kind == "soup" else { throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup jobs") }
         guard let method = SoupJob.Method(rawValue: request.method) else {
             throw ValidationError("unknown soup method '\(request.method)'; choose uniform, weighted or greedy")
         }

@@ -1,27 +1,37 @@
 import Foundation
 
 /// A job a client submits to the checkpoint service, run on the service's node against the
-/// checkpoints it holds (`tessera soup --service HOST:PORT ...`).
+/// checkpoints it holds (`tessera soup --service HOST:PORT ...`, `tessera distill --service
+/// HOST:PORT ...`).
 public struct ServiceJobRequest: Codable, Equatable, Sendable {
-    /// What to run: `soup`.
+    /// What to run: `soup` or `distill`.
     public var kind: String
-    /// The soup method: `uniform`, `weighted` or `greedy`.
+    /// The soup method: `uniform`, `weighted` or `greedy` (`mohawk` for a distillation).
     public var method: String
     /// Checkpoints on the service's node: a step held by the service (`8` or `step-00000008`),
-    /// or a path there.
+    /// or a path there. A distillation's single input is its teacher.
     public var inputs: [String]
+    /// A distillation's config (the YAML text of the client's distill config file) and its
+    /// `--set` overrides; nil for soups (and for requests of clients before distill jobs).
+    public var config: String?
+    public var overrides: [String]?
     public var weights: [Double]
     /// Token shards on the service's node that score ingredients and soups (greedy).
     public var validationData: String?
     public var validationBatches: Int
-    /// Name of the output run directory, created under the service's `soups/`.
+    /// Name of the output run directory, created under the service's `soups/` (a soup) or
+    /// `distills/` (a distillation).
     public var output: String
 
     public init(kind: String = "soup", method: String, inputs: [String], weights: [Double] = [], validationData: String? = nil,
-                validationBatches: Int = 0, output: String) {
+                validationBatches: Int = 0, output: String, config: String? = nil, overrides: [String]? = nil) {
         self.kind = kind; self.method = method; self.inputs = inputs; self.weights = weights
         self.validationData = validationData; self.validationBatches = validationBatches; self.output = output
+        self.config = config; self.overrides = overrides
     }
+
+    /// The folder of the service's root that holds this kind of job's outputs.
+    public var outputFolder: String { kind == "distill" ? "distills" : "soups" }
 }
 
 /// What a job produced: the checkpoint it wrote (a path on the service's node) and its log.
@@ -38,10 +48,15 @@ public typealias ServiceJobRunner = @Sendable (_ request: ServiceJobRequest, _ r
 
 extension ServiceJobRequest {
     /// The checkpoint directory an input names on a service rooted at `root`: a complete step
-    /// it holds (`8`, `step-00000008`), or a path on its node.
+    /// it holds (`8`, `step-00000008`), or a path on its node (a checkpoint, or a run
+    /// directory: its newest complete checkpoint).
     public func resolve(_ input: String, root: URL) throws -> URL {
         let step = Int(input) ?? CheckpointLayout.step(ofDirectory: input)
-        let url = step.map { root.appendingPathComponent(CheckpointLayout.directoryName(step: $0)) } ?? URL(fileURLWithPath: input)
+        var url = step.map { root.appendingPathComponent(CheckpointLayout.directoryName(step: $0)) } ?? URL(fileURLWithPath: input)
+        if step == nil, !FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path),
+           let newest = CheckpointStore(root: url.appendingPathComponent("checkpoints")).latest() {
+            url = newest
+        }
         guard FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path) else {
             let have = CheckpointStore(root: root).complete().map { String($0.step) }
             throw CheckpointError.missing(path: url.path, hint: "not a complete checkpoint on the service; its complete steps: \(have.isEmpty ? "none" : have.joined(separator: ", "))")
@@ -49,12 +64,12 @@ extension ServiceJobRequest {
         return url
     }
 
-    /// The output run directory: `root/soups/NAME` (a plain name, no slashes).
+    /// The output run directory: `root/soups/NAME` or `root/distills/NAME` (a plain name, no slashes).
     public func outputDirectory(root: URL) throws -> URL {
         guard !output.isEmpty, !output.contains("/"), output != ".", output != ".." else {
-            throw CheckpointError.writeFailed(path: output, reason: "a job's --output is a plain name; the service writes it under its root's soups/")
+            throw CheckpointError.writeFailed(path: output, reason: "a job's --output is a plain name; the service writes it under its root's \(outputFolder)/")
         }
-        return root.appendingPathComponent("soups").appendingPathComponent(output)
+        return root.appendingPathComponent(outputFolder).appendingPathComponent(output)
     }
 }
 
@@ -68,7 +83,7 @@ extension CheckpointServer {
         guard let runner = jobRunner else {
             throw CheckpointServiceError.rejected(address: connection.address, reason: "this service runs no jobs")
         }
-        log("job from '\(client)': \(request.kind) \(request.method) of \(request.inputs.joined(separator: ", ")) → soups/\(request.output)")
+        log("job from '\(client)': \(request.kind) \(request.method) of \(request.inputs.joined(separator: ", ")) → \(request.outputFolder)/\(request.output)")
         let lines = JobLog()
         let result = try runner(request, root) { line in lines.append(line) }
         log("job done: \(result.checkpoint)")
@@ -83,8 +98,8 @@ final class JobLog: @unchecked Sendable {
 }
 
 extension ServiceCheckpointSink {
-    /// Submits a job to the service and waits for its result (soups can take minutes: the
-    /// wait is bounded by the sink's I/O timeout).
+    /// Submits a job to the service and waits for its result (soups and distillations can
+    /// take minutes: the wait is bounded by the sink's I/O timeout).
     public func submit(_ request: ServiceJobRequest) throws -> ServiceJobResult {
         let connection = try connect()
         try connection.send(.job, json: request, while: "submitting a \(request.kind) job")
