@@ -1,4 +1,5 @@
 @testable import Models
+import Kernels
 import TensorCore
 import _TestSupport
 
@@ -42,8 +43,8 @@ final class MoEHarness {
     private var input = FloatBuffer(count: 0)
 
     @discardableResult
-    func forward(_ x: [Float], rows: Int) -> (out: [Float], aux: Double, z: Double, summary: RoutingSummary) {
-        let c = PassContext(batch: 1, length: rows)
+    func forward(_ x: [Float], rows: Int, threads: KernelThreads = .single) -> (out: [Float], aux: Double, z: Double, summary: RoutingSummary) {
+        let c = PassContext(batch: 1, length: rows, threads: threads)
         context = c
         input = FloatBuffer(count: x.count)   // the layer keeps a pointer to its input until backward
         for (i, v) in x.enumerated() { input[i] = v }

@@ -61,31 +61,40 @@ final class SwiGLUExperts {
     }
 
     /// Runs `body(expert, firstRow, rows, threads)` for every local expert with rows. With more
-    /// than one thread the experts are the parallelism: they are cut into contiguous groups of
-    /// about equal rows, one group per thread, and each expert's products run on one thread
-    /// (the many small per-expert products cost more to split and synchronise than they gain).
-    /// An expert's products are the same calls whichever thread runs them, so results do not
-    /// depend on the thread count.
+    /// than one thread the experts are the parallelism: each thread takes a set of experts and
+    /// runs each one's products alone (the many small per-expert products cost more to split
+    /// and synchronise than they gain). The sets balance rows greedily — the largest expert
+    /// first, each to the thread with the fewest rows so far — which routing's uneven loads
+    /// need (contiguous groups left a thread idle for up to half an expert). An expert's
+    /// products are the same calls whichever thread runs them, so results do not depend on the
+    /// thread count.
     static func forEachExpert(_ rowsPerExpert: [Int], threads: KernelThreads,
                               _ body: (_ expert: Int, _ start: Int, _ rows: Int, _ threads: KernelThreads) -> Void) {
         var starts = [0]
         for m in rowsPerExpert { starts.append(starts.last! + m) }
-        let total = starts.last!
         let groups = min(threads.count, rowsPerExpert.filter { $0 > 0 }.count)
         guard groups > 1 else {
             for (l, m) in rowsPerExpert.enumerated() where m > 0 { body(l, starts[l], m, threads) }
             return
         }
-        // Group g takes the experts whose first row falls in [g, g + 1) · total / groups.
-        var bounds = [0]
-        for g in 1..<groups {
-            let target = g * total / groups
-            bounds.append(max(bounds.last!, starts.firstIndex { $0 >= target } ?? rowsPerExpert.count))
-        }
-        bounds.append(rowsPerExpert.count)
+        let sets = balancedSets(rowsPerExpert, groups: groups)
         DispatchQueue.concurrentPerform(iterations: groups) { g in
-            for l in bounds[g]..<bounds[g + 1] where rowsPerExpert[l] > 0 { body(l, starts[l], rowsPerExpert[l], .single) }
+            for l in sets[g] { body(l, starts[l], rowsPerExpert[l], .single) }
         }
+    }
+
+    /// The experts with rows split into `groups` sets of about equal rows (longest first, each
+    /// to the least loaded set; ties to the lower index), each set in expert order.
+    static func balancedSets(_ rowsPerExpert: [Int], groups: Int) -> [[Int]] {
+        var sets = [[Int]](repeating: [], count: groups), load = [Int](repeating: 0, count: groups)
+        let order = rowsPerExpert.indices.filter { rowsPerExpert[$0] > 0 }
+            .sorted { rowsPerExpert[$0] != rowsPerExpert[$1] ? rowsPerExpert[$0] > rowsPerExpert[$1] : $0 < $1 }
+        for l in order {
+            let g = load.indices.min { load[$0] != load[$1] ? load[$0] < load[$1] : $0 < $1 }!
+            sets[g].append(l)
+            load[g] += rowsPerExpert[l]
+        }
+        return sets.map { $0.sorted() }
     }
 
     /// dx (rows × d, overwritten) from dy (rows × d); adds the experts' weight gradients.
