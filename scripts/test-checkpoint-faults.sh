@@ -65,7 +65,9 @@ kill_an_expert_rank_while_saving() {
     [ "$status" -ne 0 ] && [ "$status" -ne 124 ] \
       || { echo "trial $trial: after rank $rank was killed, the job exited with status $status (0: not noticed; 124: it hung)"; tail -n 5 "$dir.$trial.log"; return 1; }
     [ "$elapsed" -lt 45000 ] || { echo "trial $trial: the job took $(seconds "$elapsed") s to end after the kill"; return 1; }
-    if [ "$trial" -eq 2 ]; then named="^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost"
+    # Under launch either the survivor or the launcher notices first; both name the dead rank.
+    if [ "$trial" -eq 2 ]; then
+      named="^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost|^tessera launch: rank $rank was killed by signal 9"
     else named="mpirun noticed that process rank $rank .* exited on signal 9"; fi
     grep -qE "$named" "$dir.$trial.log" || { echo "trial $trial: no line names rank $rank, which was killed:"; tail -n 8 "$dir.$trial.log"; return 1; }
     [ "$trial" -eq 1 ] || grep -qE "^(\[rank 0\] )?resumed from step $step of $dir/checkpoints" "$dir.$trial.log" \
