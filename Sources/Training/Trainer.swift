@@ -61,12 +61,7 @@ public final class Trainer {
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
                                   overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
-        let root = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")
-        let retention = CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest)
-        checkpoints = TrainingCheckpoints(store: CheckpointStore(root: root),
-                                          sink: checkpointSink ?? DirectoryCheckpointSink(root: root, timeoutSeconds: config.parallel.timeoutSeconds,
-                                                                                          retention: retention),
-                                          world: world)
+        checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
 
     /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest),

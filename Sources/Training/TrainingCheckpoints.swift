@@ -19,6 +19,21 @@ struct TrainingCheckpoints {
 
     var isWriter: Bool { world.rank == 0 }
 
+    /// The checkpoints of the run `config` describes: its `run.dir/checkpoints`, written through
+    /// `sink` (the checkpoint service) or, without one, directly with the config's retention
+    /// and collective deadline.
+    init(config: RunConfig, world: Communicator, sink: CheckpointSink?) {
+        let root = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")
+        let retention = CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest)
+        self.init(store: CheckpointStore(root: root),
+                  sink: sink ?? DirectoryCheckpointSink(root: root, timeoutSeconds: config.parallel.timeoutSeconds, retention: retention),
+                  world: world)
+    }
+
+    init(store: CheckpointStore, sink: CheckpointSink, world: Communicator) {
+        self.store = store; self.sink = sink; self.world = world
+    }
+
     /// Each parameter's place in the whole model, from its placement.
     static func shards(of parameters: ParameterSet) -> [String: TensorShard] {
         Dictionary(uniqueKeysWithValues: parameters.entries.map { e in

@@ -91,12 +91,7 @@ public final class DistillRun {
         self.teacher = teacher
         batches = DistillBatches(data: data)
         distiller = try Self.makeDistiller(teacher: teacher, student: student, config: config, batches: batches, threads: threads, world: world)
-        let root = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")
-        let retention = CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest)
-        checkpoints = TrainingCheckpoints(store: CheckpointStore(root: root),
-                                          sink: checkpointSink ?? DirectoryCheckpointSink(root: root, timeoutSeconds: config.parallel.timeoutSeconds,
-                                                                                          retention: retention),
-                                          world: world)
+        checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
 
     public var isReporter: Bool { world.rank == 0 }
