@@ -71,7 +71,7 @@ check "distill: stopped mid-stage 2 and resumed on 2 ranks equals the uninterrup
 # rank 0 prints the command that continues the distillation.
 ctrl_c() {
   local dir=$work/interrupted launcher status
-  "$TESSERA" launch --nproc 2 -- "${distill[@]}" --set run.dir="$dir" --set distill.stage1_steps=100000 >"$work/ctrl-c.log" 2>&1 &
+  timeout -k 5 120 "$TESSERA" launch --nproc 2 -- "${distill[@]}" --set run.dir="$dir" --set distill.stage1_steps=100000 >"$work/ctrl-c.log" 2>&1 &
   launcher=$!
   for _ in $(seq 100); do grep -q "stage 1 step 2/" "$work/ctrl-c.log" && break; sleep 0.2; done
   kill -INT "$launcher"; wait "$launcher"; status=$?
@@ -107,13 +107,18 @@ service_job() {
   local root=$work/job-root out status
   export TESSERA_JOB_TOKEN=distill-job-$$
   serve "$root" "$work/job-service.log" || return 1
-  out=$("$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student \
+  # A job refused for its config is named and leaves nothing behind, so the name stays free.
+  out=$(timeout -k 5 60 "$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" \
+    --output student --set distill.stage1_lr=0 2>&1); status=$?
+  [ "$status" -ne 0 ] && grep -q "distill.stage1_lr = 0.0 must be positive" <<<"$out" && [ ! -e "$root/distills/student" ] \
+    || { kill $server; echo "$out"; echo "a job with a bad key was not refused cleanly (status $status)"; return 1; }
+  out=$(timeout -k 5 300 "$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student \
     --set distill.stage3_steps=2 2>&1); status=$?
   echo "$out"
   [ "$status" -eq 0 ] || { kill $server; cat "$work/job-service.log"; echo "the distill job failed with $status"; return 1; }
   grep -q "student distilled by the service at 127.0.0.1:$port: $root/distills/student/checkpoints/step-00000014" <<<"$out" \
     && grep -q "^stage 3 step 2/2" <<<"$out" || { kill $server; echo "no stage log or final checkpoint reported"; return 1; }
-  out=$("$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student 2>&1); status=$?
+  out=$(timeout -k 5 300 "$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" --output student 2>&1); status=$?
   kill $server; wait $server 2>/dev/null
   [ "$status" -ne 0 ] && grep -q "distills/student on the service already exists" <<<"$out" \
     || { echo "$out"; echo "a second job with the same --output was not refused"; return 1; }

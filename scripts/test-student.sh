@@ -20,7 +20,7 @@ student() {
   out=$("$TESSERA" eval --checkpoint "$dir" --batches 2) || return 1; echo "$out"
   grep -qE 'validation loss [0-9]+\.[0-9]+ nats/byte' <<<"$out" || { echo "eval printed no finite validation loss"; return 1; }
   loss=$(sed -nE 's/.*validation loss ([0-9.]+) nats\/byte.*/\1/p' <<<"$out")
-  python3 -c "import sys; sys.exit(0 if 0 < $loss < 6 else 'validation loss $loss is not sane for 256 bytes (ln 256 = 5.55)')"
+  python3 -c "import sys; sys.exit(0 if 0 < $loss < 6 else 'validation loss $loss is not sane for 256 bytes (ln 256 = 5.55)')" || return 1
   out=$("$TESSERA" generate --checkpoint "$dir" --tokens 20 --temperature 0 --prompt "ROMEO:") || return 1; echo "$out"
   [[ $out == ROMEO:* ]] || { echo "generate did not continue the prompt"; return 1; }
   [ "$(printf '%s' "$out" | wc -c)" -ge 26 ] || { echo "generate printed fewer than 20 bytes after the prompt"; return 1; }

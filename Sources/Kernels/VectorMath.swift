@@ -7,7 +7,7 @@ import Foundation
 /// Every step is a fused multiply-add (`addingProduct`): one instruction in release builds
 /// (AVX2 + FMA) instead of a dependent multiply and add, which made a flash
 /// attention forward+backward about 5% faster; the bits are the same in every build.
-/// Inputs below −87.3 give ≈ 1e-38 rather than denormals; above 88.7, ≈ 3e38.
+/// Inputs below −87.3 give ≈ 1e-38 rather than denormals; above about 88.38, +∞.
 public enum VectorMath {
     public typealias Lanes = SIMD8<Float>
 

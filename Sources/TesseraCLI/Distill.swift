@@ -52,6 +52,9 @@ struct Distill: ParsableCommand {
     @Option(help: ArgumentHelp("With --service: the student's run directory, a plain name the service creates under its root's distills/.", valueName: "NAME"))
     var output: String?
 
+    @Option(help: ArgumentHelp("With --service: seconds to wait for the job's result (the job goes on on the service if this runs out).", valueName: "SECONDS"))
+    var jobTimeout: Double = 6 * 3600
+
     @OptionGroup var world: WorldOptions
 
     func validate() throws {
@@ -59,6 +62,8 @@ struct Distill: ParsableCommand {
         if teacher == nil, resume == nil { throw ValidationError("pass --teacher CHECKPOINT (and --config FILE), or --resume RUN_DIR") }
         if resume == nil, config == nil { throw ValidationError("pass --config FILE (e.g. configs/distill.yaml) with --teacher") }
         if service != nil {
+            if (ProcessEnvironment.worldSize ?? 1) > 1 { throw ValidationError("--service submits one job: run it as one process, not under mpirun or tessera launch") }
+            guard jobTimeout > 0 else { throw ValidationError("--job-timeout \(jobTimeout) must be positive") }
             if resume != nil || stopAt != nil { throw ValidationError("--service runs a whole distillation as one job: drop --resume and --stop-at") }
             if teacher == nil || output == nil { throw ValidationError("--service needs --teacher (a step the service holds, or a path on its node) and --output NAME") }
         } else if output != nil {
@@ -71,9 +76,15 @@ struct Distill: ParsableCommand {
             guard let text = FileManager.default.contents(atPath: file) else { throw ConfigError.unreadableFile(path: file) }
             let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
                                                  cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "distill client",
-                                                 ioTimeout: Self.serviceJobTimeout)
-            let result = try sink.submit(ServiceJobRequest(kind: "distill", method: "mohawk", inputs: [teacher], output: output,
-                                                           config: String(decoding: text, as: UTF8.self), overrides: overrides))
+                                                 ioTimeout: 60)
+            let request = ServiceJobRequest(kind: "distill", method: "mohawk", inputs: [teacher], output: output,
+                                            config: String(decoding: text, as: UTF8.self), overrides: overrides)
+            let result: ServiceJobResult
+            do {
+                result = try sink.submit(request, replyTimeout: jobTimeout)
+            } catch CheckpointServiceError.timedOut(let address, _, let seconds) {
+                throw ValidationError("no result from the checkpoint service at \(address) after \(Int(seconds)) s; the job goes on there, in its root's distills/\(output) (raise --job-timeout to wait longer)")
+            }
             for line in result.log { print(line) }
             print("student distilled by the service at \(service): \(result.checkpoint)")
             return
@@ -127,12 +138,12 @@ struct Distill: ParsableCommand {
 }
 
 extension Distill {
-    /// How long a client waits for a distillation job (and the service for its client).
-    static let serviceJobTimeout = 6 * 3600.0
-
     /// The checkpoint service's job runner for distillations: on the service's node, on one
-    /// rank, the teacher a checkpoint the service holds, the client's config with its run
-    /// directory `ROOT/distills/NAME` (new or empty) and checkpoints written there directly.
+    /// rank, inside the service process (a crash of the job takes the service down with it;
+    /// run big distillations with `tessera distill` instead), the teacher a checkpoint the
+    /// service holds, the client's config with its run directory `ROOT/distills/NAME` (new or
+    /// empty) and checkpoints written there directly. Everything is checked before the
+    /// directory is made; a job that fails before its first checkpoint leaves nothing behind.
     /// Returns the newest student checkpoint; the log holds the run's progress lines.
     static let serviceJob: ServiceJobRunner = { request, root, log in
         guard request.inputs.count == 1, let text = request.config else {
@@ -140,23 +151,31 @@ extension Distill {
         }
         let teacherURL = try request.resolve(request.inputs[0], root: root)
         let output = try request.outputDirectory(root: root)
-        if let existing = try? FileManager.default.contentsOfDirectory(atPath: output.path), !existing.isEmpty {
+        let fm = FileManager.default
+        if let existing = try? fm.contentsOfDirectory(atPath: output.path), !existing.isEmpty {
             throw ValidationError("\(output.path) on the service already exists and is not empty; choose another --output")
         }
-        try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
-        // The config as the client sent it, kept with the run (errors name this file).
-        let file = output.appendingPathComponent("distill.yaml")
-        try Data(text.utf8).write(to: file)
         let contents = try CheckpointStore.read(teacherURL)
         let teacherConfig = try RunConfig(resolvedYAML: contents.runConfig, source: teacherURL.appendingPathComponent("run.yaml").path)
-        var config = try DistillRunConfig.compose(teacher: teacherConfig, file: file.path, overrides: request.overrides ?? [])
+        var config = try DistillRunConfig.compose(teacher: teacherConfig, text: text, source: "the job's --config", overrides: request.overrides ?? [])
         config.run.dir = output.path
         config.checkpoint.service = ""   // the job writes beside the service's own checkpoints, not back through it
-        config = try config.validated().resolvingPaths(against: FileManager.default.currentDirectoryPath)
-        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
-                                 world: SingleProcessCommunicator(), checkpointSink: nil)
-        run.output = log
-        let summaries = try run.run(resume: false, stopAt: nil)
+        config = try config.validated().resolvingPaths(against: fm.currentDirectoryPath)
+        try fm.createDirectory(at: output, withIntermediateDirectories: true)
+        let summaries: [DistillStageSummary]
+        do {
+            try Data(text.utf8).write(to: output.appendingPathComponent("distill.yaml"))   // the config as sent, kept with the run
+            let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
+                                     world: SingleProcessCommunicator(), checkpointSink: nil)
+            run.output = log
+            summaries = try run.run(resume: false, stopAt: nil)
+        } catch {
+            if let newest = CheckpointStore(root: output.appendingPathComponent("checkpoints")).latest() {
+                throw ValidationError("the distillation failed after writing \(newest.path): \(error)")
+            }
+            try? fm.removeItem(at: output)
+            throw error
+        }
         guard let newest = CheckpointStore(root: output.appendingPathComponent("checkpoints")).latest() else {
             throw ValidationError("the distillation in \(output.path) wrote no checkpoint")
         }

@@ -45,9 +45,9 @@ struct Soup: ParsableCommand {
     func run() throws {
         if let service {
             let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
-                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "soup client", ioTimeout: 3600)
+                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "soup client", ioTimeout: 60)
             let result = try sink.submit(ServiceJobRequest(method: method.rawValue, inputs: inputs, weights: weights, validationData: valData,
-                                                           validationBatches: batches, output: output))
+                                                           validationBatches: batches, output: output), replyTimeout: 3600)
             for line in result.log { print(line) }
             print("soup written by the service at \(service): \(result.checkpoint)")
             return

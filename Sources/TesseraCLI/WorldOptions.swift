@@ -19,6 +19,12 @@ enum ProcessEnvironment {
         return (env["OMPI_COMM_WORLD_RANK"] ?? env["PMIX_RANK"] ?? env["TESSERA_RANK"]).flatMap(Int.init)
     }
 
+    /// The number of processes of the job, if a launcher said so.
+    static var worldSize: Int? {
+        let env = environment
+        return (env["OMPI_COMM_WORLD_SIZE"] ?? env["PMIX_SIZE"] ?? env["TESSERA_WORLD_SIZE"]).flatMap(Int.init)
+    }
+
     /// `auto`: MPI when started by mpirun or srun, TCP when started by `tessera launch` (or by
     /// hand with the TESSERA_* variables), otherwise a single process.
     static func resolve(_ choice: BackendChoice) -> BackendChoice {

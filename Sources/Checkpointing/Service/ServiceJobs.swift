@@ -98,11 +98,13 @@ final class JobLog: @unchecked Sendable {
 }
 
 extension ServiceCheckpointSink {
-    /// Submits a job to the service and waits for its result (soups and distillations can
-    /// take minutes: the wait is bounded by the sink's I/O timeout).
-    public func submit(_ request: ServiceJobRequest) throws -> ServiceJobResult {
+    /// Submits a job to the service and waits for its result. Connecting, the handshake and
+    /// the submission are bounded by the sink's I/O timeout; the wait for the result (soups and
+    /// distillations take minutes) by `replyTimeout` seconds.
+    public func submit(_ request: ServiceJobRequest, replyTimeout: Double) throws -> ServiceJobResult {
         let connection = try connect()
         try connection.send(.job, json: request, while: "submitting a \(request.kind) job")
-        return try reply(connection, ServiceJobResult.self, while: "waiting for the \(request.kind) job to finish")
+        let waiting = ServiceConnection(fd: dup(connection.fd), address: connection.address, timeout: replyTimeout)
+        return try reply(waiting, ServiceJobResult.self, while: "waiting for the \(request.kind) job to finish")
     }
 }

@@ -14,16 +14,22 @@ public enum DistillRunConfig {
     public static let teacherSections: Set<String> = ["model", "attention", "moe"]
 
     public static func compose(teacher: RunConfig, file: String?, overrides: [String]) throws -> RunConfig {
+        guard let file else { return try compose(teacher: teacher, text: nil, source: nil, overrides: overrides) }
+        guard let data = FileManager.default.contents(atPath: file) else { throw ConfigError.unreadableFile(path: file) }
+        return try compose(teacher: teacher, text: String(decoding: data, as: UTF8.self), source: file, overrides: overrides)
+    }
+
+    /// The same from the config's YAML `text` (a service job's), errors naming `source`.
+    public static func compose(teacher: RunConfig, text: String?, source: String?, overrides: [String]) throws -> RunConfig {
         var base = teacher
         base.checkpoint = CheckpointSection()
         base.run = RunSection()
         base.parallel = ParallelSection()
         base.distill = DistillSection()
+        let file = text == nil ? nil : (source ?? "config")
         base.source = file ?? "defaults"
         var resolution = ConfigResolution(base, origin: .defaults)
-        if let file {
-            guard let data = FileManager.default.contents(atPath: file) else { throw ConfigError.unreadableFile(path: file) }
-            let text = String(decoding: data, as: UTF8.self)
+        if let file, let text {
             // Parse errors are reported by `merge` below with their line.
             if let root = try? Yams.compose(yaml: text), let sections = root.mapping {
                 for (section, body) in sections {

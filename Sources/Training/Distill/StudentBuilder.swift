@@ -34,7 +34,7 @@ public enum StudentBuilder {
         }
         if teacher.model.sequenceMixer != "attention" {
             let kept = Set(DistillLayerList(teacher.model.attentionLayers)?.layers ?? [])
-            let layer = (0..<teacher.model.layers).first { !kept.contains($0) && !keep.layers.contains($0) } ?? 0
+            let layer = (0..<teacher.model.layers).first { !kept.contains($0) } ?? 0
             throw DistillError.teacherLayerNotAttention(layer: layer)
         }
         _ = try studentConfig(teacher: teacher.modelConfig, keepAttention: keep, chunkSize: settings.chunkSize)
