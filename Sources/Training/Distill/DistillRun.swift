@@ -32,7 +32,7 @@ public struct DistillStageSummary: Sendable {
     /// Names of the losses (`layer 0`, ... or `kd`, `data`, `total`), their first and last values.
     public var names: [String]
     public var first: [Double], last: [Double]
-    /// The student's validation loss (nats/token) at the end of the stage.
+    /// The student's validation loss (nats/byte: tokens are bytes) at the end of the stage.
     public var validationLoss: Double
 }
 
@@ -149,7 +149,7 @@ public final class DistillRun {
         let start = Date()
         if stage == 0 {
             let loss = try Evaluator(model: teacher, data: batches.data, comm: world).validationLoss(batches: config.eval.batches)
-            note(String(format: "teacher %@: validation loss %.4f nats/token over %d batches", teacherCheckpoint.path, loss, config.eval.batches))
+            note(String(format: "teacher %@: validation loss %.4f nats/byte over %d batches", teacherCheckpoint.path, loss, config.eval.batches))
             try metrics?.write(["step": 0, "teacher_val_loss": loss])
         }
         var summaries: [DistillStageSummary] = []
@@ -243,7 +243,7 @@ public final class DistillRun {
 
     static func summaryLine(_ s: DistillStageSummary) -> String {
         let changes = zip(s.names, zip(s.first, s.last)).map { String(format: "%@ %.5g → %.5g", $0.0, $0.1.0, $0.1.1) }.joined(separator: ", ")
-        return String(format: "stage %d done: %d steps, %d tokens, %.1f s (%.0f tokens/s); %@; student validation loss %.4f nats/token",
+        return String(format: "stage %d done: %d steps, %d tokens, %.1f s (%.0f tokens/s); %@; student validation loss %.4f nats/byte",
                       s.stage, s.steps, s.tokens, s.seconds, Double(s.tokens) / max(s.seconds, 1e-9), changes, s.validationLoss)
     }
 
