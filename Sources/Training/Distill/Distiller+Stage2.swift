@@ -27,26 +27,7 @@ extension Distiller {
     /// The teacher's residual stream entering and leaving each student Mamba layer for
     /// `tokens` (each (B·T, d)).
     public func teacherBlockStates(tokens: [Int32]) throws -> [Int: (input: [Float], output: [Float])] {
-        guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
-        let wanted = Set(mambaLayers)
-        var inputs: [Int: [Float]] = [:], outputs: [Int: [Float]] = [:]
-        teacher.capture = { layer, point, values, _ in
-            guard wanted.contains(layer) else { return }
-            switch point {
-            case .blockInput: inputs[layer] = Array(values)
-            case .blockOutput: outputs[layer] = Array(values)
-            default: break
-            }
-        }
-        defer { teacher.capture = nil }
-        _ = teacher.logits(tokens: tokens, batch: batch, length: length)
-        if let failure = teacher.passFailure { throw failure }
-        var out: [Int: (input: [Float], output: [Float])] = [:]
-        for layer in mambaLayers {
-            guard let x = inputs[layer], let y = outputs[layer] else { throw DistillError.teacherLayerNotAttention(layer: layer) }
-            out[layer] = (x, y)
-        }
-        return out
+        try teacherCaptures(tokens: tokens, .blockInput, .blockOutput).mapValues { (input: $0.0, output: $0.1) }
     }
 
     /// Stage-2 loss of `layer`: the student's block `layer` run on the residual stream `input`

@@ -149,24 +149,27 @@ public final class Distiller {
     /// The teacher's mixer inputs (B·T, d) and attention probabilities (B, H, T, T) of `tokens`,
     /// by layer, for the student's Mamba layers.
     public func teacherTargets(tokens: [Int32]) throws -> [Int: (input: [Float], attention: [Float])] {
+        try teacherCaptures(tokens: tokens, .sequenceMixerInput, .attentionProbabilities).mapValues { (input: $0.0, attention: $0.1) }
+    }
+
+    /// What the teacher's pass over `tokens` reports at capture points `first` and `second`,
+    /// by layer, for each of the student's Mamba layers (a layer missing either is not an
+    /// attention layer the student can learn from).
+    func teacherCaptures(tokens: [Int32], _ first: CapturePoint, _ second: CapturePoint) throws -> [Int: ([Float], [Float])] {
         guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
         let wanted = Set(mambaLayers)
-        var inputs: [Int: [Float]] = [:], attention: [Int: [Float]] = [:]
+        var firsts: [Int: [Float]] = [:], seconds: [Int: [Float]] = [:]
         teacher.capture = { layer, point, values, _ in
             guard wanted.contains(layer) else { return }
-            switch point {
-            case .sequenceMixerInput: inputs[layer] = Array(values)
-            case .attentionProbabilities: attention[layer] = Array(values)
-            default: break
-            }
+            if point == first { firsts[layer] = Array(values) } else if point == second { seconds[layer] = Array(values) }
         }
         defer { teacher.capture = nil }
         _ = teacher.logits(tokens: tokens, batch: batch, length: length)
         if let failure = teacher.passFailure { throw failure }
-        var out: [Int: (input: [Float], attention: [Float])] = [:]
+        var out: [Int: ([Float], [Float])] = [:]
         for layer in mambaLayers {
-            guard let x = inputs[layer], let a = attention[layer] else { throw DistillError.teacherLayerNotAttention(layer: layer) }
-            out[layer] = (x, a)
+            guard let a = firsts[layer], let b = seconds[layer] else { throw DistillError.teacherLayerNotAttention(layer: layer) }
+            out[layer] = (a, b)
         }
         return out
     }
