@@ -11,10 +11,13 @@ public struct AdamW: Equatable, Sendable {
     }
 
     /// One update of `count` parameters at step `t` (1-based). `decay` turns weight decay on
-    /// for this range (matrices) or off (norm weights).
+    /// for this range (matrices) or off (norm weights). The gradient used is g · `gradientScale`
+    /// (gradient clipping's factor: the same floats as scaling g first, without a pass over it;
+    /// g itself is left as it is).
     public func update(parameters p: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
                        m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int,
-                       step t: Int, learningRate lr: Float, decay: Bool, threads: KernelThreads = .single) {
+                       step t: Int, learningRate lr: Float, decay: Bool, gradientScale scale: Float = 1,
+                       threads: KernelThreads = .single) {
         let correction1 = 1 - pow(Double(beta1), Double(t)), correction2 = 1 - pow(Double(beta2), Double(t))
         let stepSize = lr / Float(correction1)
         let rootCorrection2 = Float(correction2.squareRoot())
@@ -23,7 +26,7 @@ public struct AdamW: Equatable, Sendable {
         threads.forRanges(count, minimumChunk: 65_536) { range in
             var i = range.lowerBound
             while i + 8 <= range.upperBound {
-                let gi = VectorMath.load(g + i)
+                let gi = VectorMath.load(g + i) * scale
                 let mi = b1 * VectorMath.load(m + i) + (1 - b1) * gi
                 let vi = b2 * VectorMath.load(v + i) + (1 - b2) * gi * gi
                 VectorMath.store(mi, m + i)
@@ -32,7 +35,7 @@ public struct AdamW: Equatable, Sendable {
                 i += 8
             }
             for j in i..<range.upperBound {
-                let gj = g[j]
+                let gj = g[j] * scale
                 m[j] = b1 * m[j] + (1 - b1) * gj
                 v[j] = b2 * v[j] + (1 - b2) * gj * gj
                 p[j] = p[j] * shrink - stepSize * m[j] / (v[j].squareRoot() / rootCorrection2 + e)
@@ -43,14 +46,25 @@ public struct AdamW: Equatable, Sendable {
 
 /// Global-norm gradient clipping (as `torch.nn.utils.clip_grad_norm_`).
 public enum GradientClipping {
-    /// Σ g² of one buffer, accumulated in Float64.
+    /// Σ g² of one buffer: Float32 lanes over chunks of 4,096, each chunk's sum added in
+    /// Float64. Four independent 8-lane accumulators keep it at memory speed (a single scalar
+    /// sum waits on each addition: 1.3% of an MoE bench step for 10.6M gradients).
     public static func sumOfSquares(_ g: UnsafePointer<Float>, count: Int) -> Double {
         var total = 0.0
         var i = 0
         while i < count {
             let end = min(i + 4096, count)
-            var partial: Float = 0
-            for j in i..<end { partial += g[j] * g[j] }
+            var (a, b, c, d) = (VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes())
+            var j = i
+            while j + 32 <= end {
+                let (x0, x1) = (VectorMath.load(g + j), VectorMath.load(g + j + 8))
+                let (x2, x3) = (VectorMath.load(g + j + 16), VectorMath.load(g + j + 24))
+                a = a.addingProduct(x0, x0); b = b.addingProduct(x1, x1)
+                c = c.addingProduct(x2, x2); d = d.addingProduct(x3, x3)
+                j += 32
+            }
+            var partial = ((a + b) + (c + d)).sum()
+            while j < end { partial += g[j] * g[j]; j += 1 }
             total += Double(partial)
             i = end
         }

@@ -23,14 +23,16 @@ public final class Optimizer {
         exponentialAverageSquares = FloatBuffer(count: parameters.count)
     }
 
-    /// One update from the current gradients at `learningRate`.
-    public func step(learningRate: Float, threads: KernelThreads) {
+    /// One update at `learningRate` from the current gradients times `gradientScale` (the
+    /// clipping factor; the gradients themselves are not changed).
+    public func step(learningRate: Float, gradientScale: Float = 1, threads: KernelThreads) {
         stepsTaken += 1
         let p = parameters
         for e in p.entries {
             rule.update(parameters: p.values.pointer + e.offset, gradients: p.gradients.pointer + e.offset,
                         m: exponentialAverage.pointer + e.offset, v: exponentialAverageSquares.pointer + e.offset,
-                        count: e.count, step: stepsTaken, learningRate: learningRate, decay: e.decays, threads: threads)
+                        count: e.count, step: stepsTaken, learningRate: learningRate, decay: e.decays,
+                        gradientScale: gradientScale, threads: threads)
         }
     }
 

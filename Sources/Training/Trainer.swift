@@ -117,8 +117,7 @@ public final class Trainer {
         let p = model.parameters
         let norm = try GradientNorm.global(p, grid: grid)
         let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
-        if clip != 1 { for i in 0..<p.count { p.gradients.pointer[i] *= clip } }
-        optimizer.step(learningRate: schedule.rate(at: step), threads: model.threads)
+        optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
         step += 1
         samplesSeen += globalBatch
         lastGradientNorm = norm
