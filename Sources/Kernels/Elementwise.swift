@@ -120,28 +120,6 @@ public enum SwiGLU {
         }
     }
 
-    /// out (rows × width) = silu(gate) ⊙ up, where each row of `gateUp` (rows × 2·width) holds
-    /// the row's gate then its up values: the output of one product with the gate and up
-    /// weights stacked.
-    public static func forward(gateUp: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, rows: Int, width: Int,
-                               threads: KernelThreads = .single) {
-        threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(width, 1))) { range in
-            for r in range { forward(gate: gateUp + 2 * r * width, up: gateUp + (2 * r + 1) * width, out: out + r * width, count: width) }
-        }
-    }
-
-    /// dGateUp (rows × 2·width, overwritten; each row the gate's then the up's gradient) from
-    /// dOut, for `forward(gateUp:…)`.
-    public static func backward(gateUp: UnsafePointer<Float>, dOut: UnsafePointer<Float>, dGateUp: UnsafeMutablePointer<Float>,
-                                rows: Int, width: Int, threads: KernelThreads = .single) {
-        threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(width, 1))) { range in
-            for r in range {
-                backward(gate: gateUp + 2 * r * width, up: gateUp + (2 * r + 1) * width, dOut: dOut + r * width,
-                         dGate: dGateUp + 2 * r * width, dUp: dGateUp + (2 * r + 1) * width, count: width)
-            }
-        }
-    }
-
     /// dGate, dUp (overwritten) from dOut.
     public static func backward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
                                 dGate: UnsafeMutablePointer<Float>, dUp: UnsafeMutablePointer<Float>, count n: Int,
