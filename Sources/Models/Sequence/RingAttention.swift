@@ -24,9 +24,11 @@ import TensorCore
 /// Memory: a call holds only the unit it computes on and the one arriving, in at most two
 /// receive buffers of one unit's K and V (one with two ranks, whose first unit is read from the
 /// rank's own inputs; none with one rank): 2 × 2 × `rangeKeys` × Hkv × D floats each, at most
-/// 2 MiB with the default `rangeKeys` (K of a unit ≤ `unitKeyBytes`), whatever the sequence
-/// length. Besides: the MPI backend's copies of the sends in flight (one unit), the backward
-/// pass's rowsum D (B, Hq, T) and one slice of exchange scratch, and the flash workspaces.
+/// 2 MiB with the default `rangeKeys` (K of a unit ≤ `unitKeyBytes`, unless a single key tile
+/// passes it), whatever the sequence length. Besides: the MPI backend's copies of the sends in
+/// flight (one unit), the backward pass's rowsum D (B, Hq, T), one slice of exchange scratch and
+/// the flash workspaces (at N = 8192 over 2 ranks, H = Hkv = 8, D = 64: 5.6–7.2 MiB in all, the
+/// same at N = 16384, where one whole travelling K/V block was 16 MiB and growing with N).
 ///
 /// Backward: D = rowsum(dO ⊙ O) of the final output, then every unit travels again; the rows of
 /// dk and dv of this rank's own unit hold the dK/dV accumulated for the unit it computes on and
