@@ -146,6 +146,9 @@ public struct FlashAttention {
         let (s, acc, rowMax, rowSum) = (w.scores, w.accumulator, w.rowMax, w.rowSum)
         let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
         let li = logsumexp + (b * heads + h) * queryLength + rows.lowerBound
+        // Accumulating, a tile that sees none of these keys keeps its (o, L) as they are
+        // (what the merge below would write back; ring attention's key chunks skip most tiles).
+        if accumulate && causal && keyBounds.allSatisfy({ $0.min > queryBounds[i].max }) { return }
         if accumulate {
             for r in 0..<n {
                 rowMax[r] = li[r]

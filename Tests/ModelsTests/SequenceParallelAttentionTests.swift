@@ -13,14 +13,17 @@ import _TestSupport
         let ranks: Int
         var heads: Int { 2 * ranks }
         var kvHeads: Int { ranks }
-        /// 5 tokens per chunk: chunks do not line up with the kernel's tiles.
-        var length: Int { 2 * ranks * 5 }
+        /// The whole sequence: `tokens` per rank.
+        let length: Int
         let q: [Float], k: [Float], v: [Float], dO: [Float]
 
-        init(ranks: Int, seed: UInt64 = 7) {
+        /// `tokens` per rank; by default 10, two zigzag chunks of 5 tokens that do not line up
+        /// with the kernel's tiles.
+        init(ranks: Int, tokens: Int = 10, seed: UInt64 = 7) {
             self.ranks = ranks
+            length = ranks * tokens
             var rng = RNG(seed: seed)
-            let (B, T, D) = (batch, 2 * ranks * 5, headDim)
+            let (B, T, D) = (batch, ranks * tokens, headDim)
             func random(_ count: Int) -> [Float] { (0..<count).map { _ in Float(rng.nextNormal()) } }
             q = random(B * T * 2 * ranks * D); k = random(B * T * ranks * D); v = random(B * T * ranks * D)
             dO = random(B * T * 2 * ranks * D)
@@ -53,13 +56,51 @@ import _TestSupport
 
     @Test(arguments: [2, 3, 4])
     func ringMatchesOneRank(ranks: Int) throws {
-        let p = Problem(ranks: ranks)
+        try Self.checkRing(Problem(ranks: ranks), name: "ring, \(ranks) ranks") {
+            SequenceSharding.positions(length: $0.length, ranks: ranks, rank: $1)
+        }
+    }
+
+    /// Many units whose ranges do not divide the rank's keys (3 to 7 keys a range, the last
+    /// unit shorter, its back range sometimes empty), on zigzag shards and on contiguous shards
+    /// of odd length, B = 2, grouped-query heads: still one rank's results.
+    @Test(arguments: [(2, 14, 3), (3, 14, 4), (4, 10, 7), (2, 9, 3), (3, 7, 2), (2, 13, 5)])
+    func ringInSmallUnitsMatchesOneRank(ranks: Int, tokens: Int, rangeKeys: Int) throws {
+        let p = Problem(ranks: ranks, tokens: tokens, seed: 11)
+        let name = "ring, \(ranks) ranks of \(tokens) tokens, \(rangeKeys) keys a range"
+        if tokens % 2 == 0 {
+            try Self.checkRing(p, rangeKeys: rangeKeys, name: name + ", zigzag") {
+                SequenceSharding.positions(length: $0.length, ranks: ranks, rank: $1)
+            }
+        }
+        try Self.checkRing(p, rangeKeys: rangeKeys, name: name + ", contiguous") { _, rank in
+            Array((rank * tokens)..<((rank + 1) * tokens))
+        }
+    }
+
+    /// A unit's K fits `unitKeyBytes` in whole key tiles, at least one tile.
+    @Test func defaultRangesAreWholeKeyTilesWithinTheUnitBudget() {
+        let tile = FlashAttention.defaultKeyTile
+        #expect(RingAttention.defaultRangeKeys(kvHeads: 8, headDim: 64) == tile)      // 2 × 256 keys × 2 KiB = 1 MiB
+        #expect(RingAttention.defaultRangeKeys(kvHeads: 4, headDim: 64) == 2 * tile)
+        #expect(RingAttention.defaultRangeKeys(kvHeads: 6, headDim: 64) == tile)      // 2 tiles would be 1.5 MiB
+        #expect(RingAttention.defaultRangeKeys(kvHeads: 64, headDim: 128) == tile)    // one tile even past the budget
+        for (kvHeads, headDim) in [(8, 64), (4, 64), (3, 64), (1, 8), (2, 59)] {
+            let keys = RingAttention.defaultRangeKeys(kvHeads: kvHeads, headDim: headDim)
+            #expect(keys % tile == 0 && 2 * keys * kvHeads * headDim * 4 <= RingAttention.unitKeyBytes)
+        }
+    }
+
+    /// Ring attention on the problem's ranks, each at `positions(problem, rank)`, against one
+    /// rank's flash kernel: o, L, dq, dk, dv at each rank's positions.
+    static func checkRing(_ p: Problem, rangeKeys: Int? = nil, name: String,
+                          positions: @escaping @Sendable (Problem, Int) -> [Int]) throws {
         let expected = Self.reference(p)
-        let results = InProcessCommunicator.run(size: ranks) { comm -> [String] in
-            let positions = SequenceSharding.positions(length: p.length, ranks: ranks, rank: comm.rank)
+        let results = InProcessCommunicator.run(size: p.ranks) { comm -> [String] in
+            let positions = positions(p, comm.rank)
             let n = positions.count
             let ring = try RingAttention(batch: p.batch, length: n, heads: p.heads, kvHeads: p.kvHeads, headDim: p.headDim,
-                                         positions: positions, comm: comm)
+                                         positions: positions, comm: comm, rangeKeys: rangeKeys)
             let q = p.rows(p.q, heads: p.heads, at: positions), k = p.rows(p.k, heads: p.kvHeads, at: positions)
             let v = p.rows(p.v, heads: p.kvHeads, at: positions), dO = p.rows(p.dO, heads: p.heads, at: positions)
             var o = [Float](repeating: 0, count: q.count), l = [Float](repeating: 0, count: p.batch * p.heads * n)
@@ -76,7 +117,7 @@ import _TestSupport
         }
         for (rank, result) in results.enumerated() {
             let failures = try result.get()
-            #expect(failures.isEmpty, "ring, \(ranks) ranks, rank \(rank): \(failures)")
+            #expect(failures.isEmpty, "\(name), rank \(rank): \(failures)")
         }
     }
 

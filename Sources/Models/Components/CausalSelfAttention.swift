@@ -58,7 +58,7 @@ final class CausalSelfAttention: LayerComponent {
         do {
             switch spec.sequenceMode {
             case .ring:
-                if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.kernels.first?.queryPositions != c.positions {
+                if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.queryPositions != c.positions {
                     ring = try RingAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
                                              positions: c.positions, comm: comm)
                 }

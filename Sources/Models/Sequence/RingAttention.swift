@@ -4,19 +4,44 @@ import Kernels
 import TensorCore
 
 /// Ring attention over the sequence ranks of one group: each rank holds the queries, keys and
-/// values of its own positions; K/V blocks travel around the ring (rank r sends to r + 1 and
-/// receives from r − 1), and each rank computes its queries against every block it sees, masked
-/// by global positions, merging the partial (O, L) with `AttentionMerge`.
+/// values of its own positions; keys and values travel around the ring in small units (rank r
+/// sends to r + 1 and receives from r − 1), and each rank computes its queries against every
+/// unit it sees, masked by global positions, merging into (O, L) inside the flash kernel's
+/// online softmax (`accumulate`), so no partial output is stored.
 ///
-/// Backward: D = rowsum(dO ⊙ O) of the final output, then the K/V blocks travel again, each
-/// carrying the dK/dV accumulated for it so far; after P transfers a block and its gradients are
-/// back at their owner. Each step is one key block's share computed with the global L and D.
+/// Units: for each batch element, a rank's T keys are cut into units of two key ranges, one
+/// from the front and its mirror from the back: unit u holds keys [uK, (u+1)K) and
+/// [T − (u+1)K, T − uK), K = `rangeKeys`, each clipped at the middle (the last unit's ranges
+/// are shorter, and its back range may be empty). Each unit makes a whole trip around the ring
+/// before the next one starts (unit-outer, step-inner): at step s a rank computes its queries
+/// against unit u of rank r − s while that unit goes on to r + 1 and unit u of rank r − s − 1
+/// arrives. Why mirrored pairs: every rank's transfers wait for its neighbours once per unit
+/// and step, so each step's work should be equal on every rank; with zigzag shards (an early
+/// and a late chunk per rank, `SequenceSharding`) a front range and its mirrored back range
+/// carry the same causal work on every rank at every step, where one contiguous range would
+/// give some ranks twice the work of others at some steps (fwd+bwd at N = 8192 over 2 ranks:
+/// 1,906 ms with contiguous ranges of 512 keys against 1,606 ms mirrored).
+///
+/// Memory: a call holds only the unit it computes on and the one arriving, in at most two
+/// receive buffers of one unit's K and V (one with two ranks, whose first unit is read from the
+/// rank's own inputs; none with one rank): 2 × 2 × `rangeKeys` × Hkv × D floats each, at most
+/// 2 MiB with the default `rangeKeys` (K of a unit ≤ `unitKeyBytes`, unless a single key tile
+/// passes it), whatever the sequence length. Besides: the MPI backend's copies of the sends in
+/// flight (one unit), the backward pass's rowsum D (B, Hq, T), one slice of exchange scratch and
+/// the flash workspaces (at N = 8192 over 2 ranks, H = Hkv = 8, D = 64: 5.6–7.2 MiB in all, the
+/// same at N = 16384, where one whole travelling K/V block was 16 MiB and growing with N).
+///
+/// Backward: D = rowsum(dO ⊙ O) of the final output, then every unit travels again; the rows of
+/// dk and dv of this rank's own unit hold the dK/dV accumulated for the unit it computes on and
+/// are exchanged in place around the ring after each step (in slices, through a small buffer),
+/// so the gradients follow their unit and after P exchanges each rank's are home. Each step is
+/// one unit's share computed with the global L and D.
 ///
 /// Transfers alternate send/receive order by rank parity (even ranks send first, odd ranks
 /// receive first), so no rank waits on a peer that is itself waiting to send: deadlock-free on
 /// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on a
-/// transfer thread while the current block is computed (the communicator is used by that thread
-/// alone until it is waited for); in the backward pass a block's dK/dV follow it after its step.
+/// transfer thread while the current unit is computed (the communicator is used by that thread
+/// alone until it is waited for); in the backward pass a unit's dK/dV follow it after its step.
 ///
 /// Layouts as `FlashAttention`: q, o (B, T, Hq, D), k, v (B, T, Hkv, D) with T this rank's tokens.
 public final class RingAttention {
@@ -24,80 +49,158 @@ public final class RingAttention {
     public let comm: Communicator
     /// Positions of every rank of the group, by rank.
     public let positions: [[Int]]
-    /// This rank's queries against the keys of rank s, by s.
-    let kernels: [FlashAttention]
+    /// Keys of each of a unit's two ranges (fewer in the last unit).
+    public let rangeKeys: Int
+    /// The units' key ranges within a rank's T keys (the same on every rank): front and back,
+    /// the back one possibly empty.
+    let units: [Unit]
+    /// This rank's queries against the front and back keys of unit u of rank s, by s and u.
+    let kernels: [[(front: FlashAttention, back: FlashAttention?)]]
+
+    /// Bytes of K a unit holds by default (its V as many again).
+    public static let unitKeyBytes = 1 << 20
+
+    /// Keys per range by default: the whole key tiles of the flash kernel that let a unit's two
+    /// ranges of K fit `unitKeyBytes`, at least one tile.
+    public static func defaultRangeKeys(kvHeads: Int, headDim: Int, keyTile: Int = FlashAttention.defaultKeyTile) -> Int {
+        let tileBytes = keyTile * kvHeads * headDim * MemoryLayout<Float>.size
+        return max(1, unitKeyBytes / (2 * tileBytes)) * keyTile
+    }
 
     /// Collective over `comm`: every rank of the group passes its own positions, which are
-    /// exchanged once.
-    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, positions mine: [Int], comm: Communicator) throws {
+    /// exchanged once. `rangeKeys` (default `defaultRangeKeys`) must be the same on every rank.
+    public init(batch: Int, length: Int, heads: Int, kvHeads: Int, headDim: Int, positions mine: [Int], comm: Communicator,
+                rangeKeys: Int? = nil) throws {
+        let keys = rangeKeys ?? Self.defaultRangeKeys(kvHeads: kvHeads, headDim: headDim)
+        precondition(keys > 0, "RingAttention: a unit's ranges need at least one key, got \(keys)")
         self.batch = batch; self.length = length; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
         self.comm = comm
+        self.rangeKeys = keys
         let all = try comm.allGatherInts(mine.map(Int32.init), size: comm.size)
         positions = all
-        kernels = all.map {
-            FlashAttention(batch: batch, queryLength: length, keyLength: length, heads: heads, kvHeads: kvHeads, headDim: headDim,
-                           causal: true, queryPositions: mine, keyPositions: $0)
+        let units = Self.units(length: length, rangeKeys: keys)
+        self.units = units
+        func kernel(_ keyPositions: ArraySlice<Int>) -> FlashAttention {
+            FlashAttention(batch: 1, queryLength: length, keyLength: keyPositions.count, heads: heads, kvHeads: kvHeads,
+                           headDim: headDim, causal: true, queryPositions: mine, keyPositions: Array(keyPositions))
+        }
+        kernels = all.map { source in
+            units.map { unit in (front: kernel(source[unit.front]), back: unit.back.isEmpty ? nil : kernel(source[unit.back])) }
         }
     }
 
-    var kvCount: Int { batch * length * kvHeads * headDim }
-    var queryCount: Int { batch * length * heads * headDim }
+    /// One unit: a range of keys from the front of a rank's and its mirror from the back.
+    struct Unit {
+        let front: Range<Int>, back: Range<Int>
+    }
+
+    /// Unit u: keys [uK, (u+1)K) of the front half (the first ⌈T/2⌉ keys) and
+    /// [T − (u+1)K, T − uK) of the back half, each clipped to its half.
+    static func units(length: Int, rangeKeys: Int) -> [Unit] {
+        let middle = (length + 1) / 2
+        return stride(from: 0, to: middle, by: rangeKeys).map { start in
+            Unit(front: start..<min(start + rangeKeys, middle),
+                 back: max(length - start - rangeKeys, middle)..<max(length - start, middle))
+        }
+    }
+
+    /// This rank's own positions (its queries').
+    public var queryPositions: [Int] { positions[rank] }
     var rank: Int { comm.rank }
     var size: Int { comm.size }
+    /// Floats of one row of K or V, of one batch element's q or k, and of its L.
+    var kvRow: Int { kvHeads * headDim }
+    var queryFloats: Int { length * heads * headDim }
+    var keyFloats: Int { length * kvRow }
+    var statisticFloats: Int { heads * length }
+
+    /// Where unit u of batch element b lies in this rank's k and v (or dk and dv).
+    func own<P>(_ k: P, _ v: P, b: Int, _ unit: Unit, advanced: (P, Int) -> P) -> UnitRanges<P> {
+        let base = b * keyFloats
+        let front = base + unit.front.lowerBound * kvRow, back = base + unit.back.lowerBound * kvRow
+        return UnitRanges(kFront: advanced(k, front), kBack: advanced(k, back), vFront: advanced(v, front), vBack: advanced(v, back),
+                          frontCount: unit.front.count * kvRow, backCount: unit.back.count * kvRow)
+    }
 
     /// o and the global logsumexp L (B, Hq, T) of this rank's queries against every key.
-    /// The next K/V block is in flight (on a transfer thread) while the current one is computed;
-    /// each block after the first is merged into (o, L) inside the flash kernel's online softmax
-    /// (`accumulate`), so no partial output is stored.
+    /// The next unit of K/V is in flight (on a transfer thread) while the current one is
+    /// computed; the first call of each batch element writes (o, L) and every later one merges
+    /// into them.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
-        var blocks = TravellingBlocks(k: k, v: v, count: kvCount, ringSize: size)
-        for step in 0..<size {
-            let (kNow, vNow) = blocks.current
-            let transfer = step < size - 1
-                ? startTransfer(sending: [(kNow, kvCount), (vNow, kvCount)], receiving: blocks.receiving, tag: 0x5200 + step) : nil
-            let source = (rank - step + size) % size
-            kernels[source].forward(q: q, k: kNow, v: vNow, o: o, logsumexp: logsumexp, accumulate: step > 0, threads: threads)
-            if let transfer {
-                try transfer.wait()
-                blocks.advance()
+        var held = TravellingUnits(unit: units.first, kvRow: kvRow, ringSize: size)
+        for b in 0..<batch {
+            let (qb, ob, lb) = (q + b * queryFloats, o + b * queryFloats, logsumexp + b * statisticFloats)
+            for (u, unit) in units.enumerated() {
+                held.start(own(k, v, b: b, unit) { $0 + $1 })
+                for step in 0..<size {
+                    let now = held.current
+                    let transfer = step < size - 1
+                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces,
+                                        tag: Self.tag(0x4000, message: (b * units.count + u) * size + step)) : nil
+                    let pair = kernels[(rank - step + size) % size][u]
+                    pair.front.forward(q: qb, k: now.kFront, v: now.vFront, o: ob, logsumexp: lb, accumulate: u > 0 || step > 0,
+                                       threads: threads)
+                    pair.back?.forward(q: qb, k: now.kBack, v: now.vBack, o: ob, logsumexp: lb, accumulate: true, threads: threads)
+                    if let transfer {
+                        try transfer.wait()
+                        held.advance()
+                    }
+                }
             }
         }
     }
 
     /// dq (B, T, Hq, D), dk, dv (B, T, Hkv, D), overwritten, from dO and `forward`'s o and L.
-    /// The next K/V block travels while the current one is computed; dk and dv hold the
-    /// gradients accumulated for the block this rank holds, and after each step they are
-    /// exchanged in place around the ring (in slices, through a small buffer), so the gradients
-    /// follow their block and the last exchange brings this rank's own home.
+    /// The next unit of K/V travels while the current one is computed; the rows of dk and dv of
+    /// this rank's own unit hold the gradients accumulated for the unit this rank holds, and
+    /// after each step they are exchanged in place around the ring (in slices, through a small
+    /// buffer), so the gradients follow their unit and the last exchange brings this rank's home.
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                          threads: KernelThreads) throws {
-        let n = kvCount
-        let rowDot = FloatBuffer(count: batch * heads * length)
+        let rowDot = FloatBuffer(count: batch * statisticFloats)
         FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
                               threads: threads)
-        dq.update(repeating: 0, count: queryCount)
-        dk.update(repeating: 0, count: n)
-        dv.update(repeating: 0, count: n)
-        var blocks = TravellingBlocks(k: k, v: v, count: n, ringSize: size)
-        for step in 0..<size {
-            let (kNow, vNow) = blocks.current
-            let transfer = step < size - 1
-                ? startTransfer(sending: [(kNow, n), (vNow, n)], receiving: blocks.receiving, tag: 0x5300 + 2 * step) : nil
-            let source = (rank - step + size) % size
-            kernels[source].backward(q: q, k: kNow, v: vNow, logsumexp: logsumexp, rowDot: rowDot.pointer, dO: dO,
-                                     dq: dq, dk: dk, dv: dv, accumulate: true, threads: threads)
-            guard size > 1 else { break }
-            if let transfer {
-                try transfer.wait()
-                blocks.advance()
+        dq.update(repeating: 0, count: batch * queryFloats)
+        dk.update(repeating: 0, count: batch * keyFloats)
+        dv.update(repeating: 0, count: batch * keyFloats)
+        var held = TravellingUnits(unit: units.first, kvRow: kvRow, ringSize: size)
+        for b in 0..<batch {
+            let (qb, dOb, dqb) = (q + b * queryFloats, dO + b * queryFloats, dq + b * queryFloats)
+            let (lb, db) = (logsumexp + b * statisticFloats, UnsafePointer(rowDot.pointer + b * statisticFloats))
+            for (u, unit) in units.enumerated() {
+                held.start(own(k, v, b: b, unit) { $0 + $1 })
+                // The travelling dK/dV of the unit at hand, in this rank's own rows of the unit.
+                let gradients = own(dk, dv, b: b, unit) { $0 + $1 }
+                for step in 0..<size {
+                    let now = held.current
+                    let message = (b * units.count + u) * size + step
+                    let transfer = step < size - 1
+                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: Self.tag(0x5000, message: message)) : nil
+                    let pair = kernels[(rank - step + size) % size][u]
+                    pair.front.backward(q: qb, k: now.kFront, v: now.vFront, logsumexp: lb, rowDot: db, dO: dOb,
+                                        dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads)
+                    pair.back?.backward(q: qb, k: now.kBack, v: now.vBack, logsumexp: lb, rowDot: db, dO: dOb,
+                                        dq: dqb, dk: gradients.kBack, dv: gradients.vBack, accumulate: true, threads: threads)
+                    guard size > 1 else { continue }
+                    if let transfer {
+                        try transfer.wait()
+                        held.advance()
+                    }
+                    // This unit's gradients follow it (the last exchange brings every unit's home).
+                    try startExchange(inPlace: gradients.pieces, tag: Self.tag(0x6000, message: message)).wait()
+                }
             }
-            // This block's gradients follow it (the last exchange brings every block's home).
-            try startExchange(inPlace: [(dk, n), (dv, n)], tag: 0x5300 + 2 * step + 1).wait()
         }
     }
+
+    /// The tag of a call's message: `base` (forward K/V, backward K/V, backward dK/dV) plus the
+    /// message's index ((batch element, unit), step) modulo 4096, within the 32,767 MPI
+    /// guarantees. Messages of one pair of ranks with one tag arrive in order on every backend,
+    /// so the tags of a call with more messages, which wrap around, still match.
+    static func tag(_ base: Int, message: Int) -> Int { base + message % 0x1000 }
 
     /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the
     /// previous rank's into the `receiving` ranges. Even ranks send first and odd ranks receive
@@ -125,9 +228,9 @@ public final class RingAttention {
     /// transfer thread.
     private func startExchange(inPlace ranges: [(UnsafeMutablePointer<Float>, Int)], tag: Int) -> RingTransfer {
         let bytes = TransferBytes(out: [], into: ranges.map { UnsafeMutableRawBufferPointer(start: $0.0, count: $0.1 * 4) })
-        let slice = Self.exchangeSlice
+        let slice = min(Self.exchangeSlice, bytes.into.map(\.count).max() ?? 0)
         return onTransferThread { comm, next, previous, sendsFirst in
-            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: slice, alignment: 64)
+            let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: max(slice, 1), alignment: 64)
             defer { scratch.deallocate() }
             for range in bytes.into {
                 var offset = 0
@@ -149,8 +252,8 @@ public final class RingAttention {
         }
     }
 
-    /// Bytes per slice of an in-place exchange: large enough to keep the link busy, small
-    /// against a rank's gradients.
+    /// Bytes per slice of an in-place exchange, at most: large enough to keep the link busy,
+    /// small against a rank's gradients.
     static let exchangeSlice = 1 << 20
 
     /// Runs `body` (communicator, next rank, previous rank, whether this rank sends first) on
@@ -172,33 +275,52 @@ public final class RingAttention {
     }
 }
 
-/// The K/V block a rank computes on at each ring step, and where the next one lands: the
-/// rank's own k and v at step 0, then alternately two receive buffers of [K | V] (one when the
-/// ring has two ranks, none for one), which live for one call only, so layers share no
-/// persistent ring memory.
-private struct TravellingBlocks {
-    private let count: Int
+/// Where one unit's K and V lie: the front and back ranges of each (`frontCount` and
+/// `backCount` floats; an empty back range is left out of `pieces`).
+struct UnitRanges<P> {
+    let kFront: P, kBack: P, vFront: P, vBack: P
+    let frontCount: Int, backCount: Int
+
+    /// The non-empty ranges, in the order they travel: K front, K back, V front, V back.
+    var pieces: [(P, Int)] {
+        [(kFront, frontCount), (kBack, backCount), (vFront, frontCount), (vBack, backCount)].filter { $0.1 > 0 }
+    }
+}
+
+/// The unit a rank computes on at each ring step, and where the next one lands: the rank's own
+/// unit at step 0, then alternately two receive buffers of [K front | K back | V front | V back]
+/// sized for the largest unit (one when the ring has two ranks, none for one), which live for
+/// one call only, so layers share no persistent ring memory.
+private struct TravellingUnits {
     private var buffers: [FloatBuffer]
-    private var step = 0
-    private(set) var current: (UnsafePointer<Float>, UnsafePointer<Float>)
+    private var next = 0
+    private var held: UnitRanges<UnsafePointer<Float>>?
 
-    init(k: UnsafePointer<Float>, v: UnsafePointer<Float>, count: Int, ringSize: Int) {
-        self.count = count
-        buffers = (0..<min(2, ringSize - 1)).map { _ in FloatBuffer(count: 2 * count) }
-        current = (k, v)
+    /// `unit`: the largest (the first); nil when there are no keys.
+    init(unit: RingAttention.Unit?, kvRow: Int, ringSize: Int) {
+        let floats = 2 * ((unit?.front.count ?? 0) + (unit?.back.count ?? 0)) * kvRow
+        buffers = (0..<min(2, ringSize - 1)).map { _ in FloatBuffer(count: floats) }
     }
 
-    /// Where the block for the next step is received: K then V.
-    var receiving: [(UnsafeMutablePointer<Float>, Int)] {
-        let into = buffers[step % buffers.count].pointer
-        return [(into, count), (into + count, count)]
+    /// A new unit's trip begins at this rank's own copy of it.
+    mutating func start(_ own: UnitRanges<UnsafePointer<Float>>) { held = own }
+
+    /// The unit computed on now (`start` begins every trip).
+    var current: UnitRanges<UnsafePointer<Float>> { held! }
+
+    /// Where the current unit's successor on the ring is received (never the current unit).
+    var receiving: UnitRanges<UnsafeMutablePointer<Float>> {
+        let into = buffers[next].pointer, (front, back) = (current.frontCount, current.backCount)
+        return UnitRanges(kFront: into, kBack: into + front, vFront: into + front + back, vBack: into + 2 * front + back,
+                          frontCount: front, backCount: back)
     }
 
-    /// The received block becomes the current one.
+    /// The received unit becomes the current one.
     mutating func advance() {
-        let into = buffers[step % buffers.count].pointer
-        current = (UnsafePointer(into), UnsafePointer(into + count))
-        step += 1
+        let into = receiving
+        held = UnitRanges(kFront: UnsafePointer(into.kFront), kBack: UnsafePointer(into.kBack), vFront: UnsafePointer(into.vFront),
+                             vBack: UnsafePointer(into.vBack), frontCount: into.frontCount, backCount: into.backCount)
+        next = (next + 1) % buffers.count
     }
 }
 
