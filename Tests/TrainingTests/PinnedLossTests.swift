@@ -13,21 +13,23 @@ import _TestSupport
 /// first to 1e-5 and pinned when it was introduced.
 ///
 /// Re-pinned once since: the gradient norms (not the losses) moved in the 8th digit when
-/// `VectorMath.exp` became fused multiply-adds and the flash tiles became 128 × 256.
+/// `VectorMath.exp` became fused multiply-adds and the flash tiles became 128 × 256; and again
+/// (the norms only, in the 7th digit; the losses kept their bits) when the clipping norm's sum
+/// of squares moved from one serial Float32 sum per 4,096 gradients to four 8-lane sums.
 @Suite struct PinnedLossTests {
     static let losses: [Double] = [
         5.542783101399739, 5.5166810353597, 5.493261337280273, 5.432637532552083, 5.366668065388997,
         5.3011124928792315, 5.231283823649089, 5.207825660705566, 5.167113304138184, 5.154789924621582]
     static let gradientNorms: [Double] = [
-        0.8371468557421431, 0.9609782231626144, 0.8695339834336522, 1.0368986436506196, 0.9642710569112293,
-        1.064316704083779, 1.0831559701609217, 1.0997750206646444, 1.1168369813717858, 1.052738557711698]
+        0.8371476912262636, 0.9609785284417116, 0.8695348359965424, 1.036898625687001, 0.9642713563186949,
+        1.0643173201136698, 1.0831553648452574, 1.0997754677908387, 1.1168393596321755, 1.0527379596769488]
 
     /// The flash kernel's run: the same losses to the bit (the attention outputs differ by
     /// rounding only, below what moves a Float32 loss here), gradient norms from the 8th digit.
     static let flashLosses = losses
     static let flashGradientNorms: [Double] = [
-        0.8371468557421431, 0.9609782396379968, 0.8695339834336522, 1.0368986670033231, 0.9642710433895996,
-        1.0643167110841207, 1.083156018311017, 1.099775027439285, 1.1168370230664364, 1.0527386214076868]
+        0.8371476556264247, 0.9609785274725717, 0.8695348359965424, 1.0368986687996848, 0.9642713872252666,
+        1.0643173271140074, 1.0831553338916065, 1.0997754610162007, 1.116839354628828, 1.052738002140966]
 
     /// Ten steps of the tiny model with the given attention kernel: losses and gradient norms.
     func run(kernel: String) throws -> (losses: [Double], norms: [Double]) {
