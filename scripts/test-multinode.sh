@@ -54,7 +54,7 @@ check "two nodes: 1-rank reference run" "$TESSERA" train $tiny --set run.dir="$w
 # Equal in loss and gradient norm at every step (trains_like appends --set run.dir=...).
 check "two nodes: mpirun training equals one rank" trains_like "$work/one" "$work/mpi" "$work/on" a "$mpirun_across $TESSERA train $tiny"
 check "two nodes: TCP training equals one rank" trains_like "$work/one" "$work/tcp" launch_across train $tiny
-# One sequence over all 4 ranks (ring attention, zigzag chunks): K/V blocks cross the veth link
+# One sequence over all 4 ranks (ring attention, zigzag chunks): K/V units cross the veth link
 # between the nodes at every ring step.
 check "two nodes: mpirun ring attention 1×4 (sequence over both nodes) equals one rank" \
   trains_like "$work/one" "$work/ring-mpi" "$work/on" a "$mpirun_across $TESSERA train $tiny --set parallel.sequence=4"

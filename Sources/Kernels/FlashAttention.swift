@@ -21,10 +21,12 @@ import Foundation
 /// Results do not depend on the thread count: every tile is computed by the same calls in the
 /// same order whichever thread runs it (see `FlashAttention+Backward.swift` for the backward).
 public struct FlashAttention {
-    public let batch: Int, queryLength: Int, keyLength: Int, heads: Int, kvHeads: Int, headDim: Int
+    public let batch: Int, queryLength: Int, heads: Int, kvHeads: Int, headDim: Int
+    public private(set) var keyLength: Int
     public let causal: Bool
     /// Global position of each query (Tq) and key (Tk); used only when `causal`.
-    public let queryPositions: [Int], keyPositions: [Int]
+    public let queryPositions: [Int]
+    public private(set) var keyPositions: [Int]
     /// Rows of queries and columns of keys per tile.
     public let queryTile: Int, keyTile: Int
 
@@ -58,7 +60,19 @@ public struct FlashAttention {
     }
 
     /// Smallest and largest position in each tile.
-    let queryBounds: [(min: Int, max: Int)], keyBounds: [(min: Int, max: Int)]
+    let queryBounds: [(min: Int, max: Int)]
+    private(set) var keyBounds: [(min: Int, max: Int)]
+
+    /// The same queries against other keys (`positions`, in the layout's key order), sharing
+    /// the query positions and tile bounds instead of storing a copy: ring attention keeps one
+    /// kernel per key range of every rank.
+    public func withKeys(_ positions: [Int]) -> FlashAttention {
+        var other = self
+        other.keyLength = positions.count
+        other.keyPositions = positions
+        other.keyBounds = Self.bounds(positions, tile: keyTile)
+        return other
+    }
 
     static func bounds(_ positions: [Int], tile: Int) -> [(min: Int, max: Int)] {
         stride(from: 0, to: positions.count, by: tile).map { start in
@@ -115,7 +129,7 @@ public struct FlashAttention {
     /// o = softmax(q kᵀ / √D, masked) v and L (B, Hq, Tq), the logsumexp of each row's visible
     /// scores (−∞ for a row that sees no key, whose o is 0). With `accumulate`, o and L hold the
     /// result of other keys (a previous call with the same queries) and become the result of
-    /// those keys and these together (ring attention merges its blocks this way).
+    /// those keys and these together (ring attention merges its key units this way).
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
                         accumulate: Bool = false, threads: KernelThreads = .single) {

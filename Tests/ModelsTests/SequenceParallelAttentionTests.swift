@@ -1,7 +1,7 @@
 import Testing
 import Collectives
 import Kernels
-import Models
+@testable import Models
 import TensorCore
 import _TestSupport
 
@@ -54,17 +54,18 @@ import _TestSupport
         return (o, l, dq, dk, dv)
     }
 
-    @Test(arguments: [2, 3, 4])
+    @Test(arguments: [1, 2, 3, 4])
     func ringMatchesOneRank(ranks: Int) throws {
         try Self.checkRing(Problem(ranks: ranks), name: "ring, \(ranks) ranks") {
             SequenceSharding.positions(length: $0.length, ranks: ranks, rank: $1)
         }
     }
 
-    /// Many units whose ranges do not divide the rank's keys (3 to 7 keys a range, the last
-    /// unit shorter, its back range sometimes empty), on zigzag shards and on contiguous shards
-    /// of odd length, B = 2, grouped-query heads: still one rank's results.
-    @Test(arguments: [(2, 14, 3), (3, 14, 4), (4, 10, 7), (2, 9, 3), (3, 7, 2), (2, 13, 5)])
+    /// Many units whose ranges do not divide the rank's keys (2 to 7 keys a range, the last
+    /// unit shorter), on zigzag shards and on contiguous shards of odd length, B = 2,
+    /// grouped-query heads: still one rank's results. The last three leave the last unit's
+    /// back range empty (odd T, the range dividing (T − 1) / 2).
+    @Test(arguments: [(2, 14, 3), (3, 14, 4), (4, 10, 7), (2, 9, 3), (3, 7, 2), (2, 13, 5), (2, 9, 4), (3, 7, 3), (2, 13, 3)])
     func ringInSmallUnitsMatchesOneRank(ranks: Int, tokens: Int, rangeKeys: Int) throws {
         let p = Problem(ranks: ranks, tokens: tokens, seed: 11)
         let name = "ring, \(ranks) ranks of \(tokens) tokens, \(rangeKeys) keys a range"
@@ -78,8 +79,12 @@ import _TestSupport
         }
     }
 
-    /// A unit's K fits `unitKeyBytes` in whole key tiles, at least one tile.
+    /// A unit's K fits `unitKeyBytes` in whole key tiles, at least one tile; the last unit's
+    /// back range is empty exactly when T is odd and the range divides (T − 1) / 2.
     @Test func defaultRangesAreWholeKeyTilesWithinTheUnitBudget() {
+        #expect(RingAttention.units(length: 9, rangeKeys: 4).last!.back.isEmpty)
+        #expect(!RingAttention.units(length: 9, rangeKeys: 3).last!.back.isEmpty)
+        #expect(RingAttention.units(length: 10, rangeKeys: 5).map(\.back) == [5..<10])
         let tile = FlashAttention.defaultKeyTile
         #expect(RingAttention.defaultRangeKeys(kvHeads: 8, headDim: 64) == tile)      // 2 × 256 keys × 2 KiB = 1 MiB
         #expect(RingAttention.defaultRangeKeys(kvHeads: 4, headDim: 64) == 2 * tile)

@@ -18,15 +18,16 @@ import TensorCore
 /// arrives. Why mirrored pairs: every rank's transfers wait for its neighbours once per unit
 /// and step, so each step's work should be equal on every rank; with zigzag shards (an early
 /// and a late chunk per rank, `SequenceSharding`) a front range and its mirrored back range
-/// carry the same causal work on every rank at every step, where one contiguous range would
-/// give some ranks twice the work of others at some steps (fwd+bwd at N = 8192 over 2 ranks:
-/// 1,906 ms with contiguous ranges of 512 keys against 1,606 ms mirrored).
+/// carry the same causal work on every rank at every step, where with one contiguous range a
+/// rank would have, at some steps, half of its queries' work more than its neighbour (fwd+bwd
+/// at N = 8192 over 2 ranks: 1,906 ms with contiguous ranges of 512 keys against 1,606 ms
+/// mirrored).
 ///
 /// Memory: a call holds only the unit it computes on and the one arriving, in at most two
 /// receive buffers of one unit's K and V (one with two ranks, whose first unit is read from the
 /// rank's own inputs; none with one rank): 2 × 2 × `rangeKeys` × Hkv × D floats each, at most
-/// 2 MiB with the default `rangeKeys` (K of a unit ≤ `unitKeyBytes`, unless a single key tile
-/// passes it), whatever the sequence length. Besides: the MPI backend's copies of the sends in
+/// 2 MiB with the default `rangeKeys` when Hkv × D ≤ 512 (K of a unit ≤ `unitKeyBytes`; past
+/// that a range is one key tile, and K of a unit two tiles), whatever the sequence length. Besides: the MPI backend's copies of the sends in
 /// flight (one unit), the backward pass's rowsum D (B, Hq, T), one slice of exchange scratch and
 /// the flash workspaces (at N = 8192 over 2 ranks, H = Hkv = 8, D = 64: 5.6–7.2 MiB in all, the
 /// same at N = 16384, where one whole travelling K/V block was 16 MiB and growing with N).
@@ -80,10 +81,11 @@ public final class RingAttention {
         positions = all
         let units = Self.units(length: length, rangeKeys: keys)
         self.units = units
-        func kernel(_ keyPositions: ArraySlice<Int>) -> FlashAttention {
-            FlashAttention(batch: 1, queryLength: length, keyLength: keyPositions.count, heads: heads, kvHeads: kvHeads,
-                           headDim: headDim, causal: true, queryPositions: mine, keyPositions: Array(keyPositions))
-        }
+        // Every kernel shares this one's queries (their positions and tile bounds are stored
+        // once, not once per source and unit).
+        let queries = FlashAttention(batch: 1, queryLength: length, keyLength: 0, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                     causal: true, queryPositions: mine, keyPositions: [])
+        func kernel(_ keyPositions: ArraySlice<Int>) -> FlashAttention { queries.withKeys(Array(keyPositions)) }
         kernels = all.map { source in
             units.map { unit in (front: kernel(source[unit.front]), back: unit.back.isEmpty ? nil : kernel(source[unit.back])) }
         }
@@ -137,7 +139,7 @@ public final class RingAttention {
                     let now = held.current
                     let transfer = step < size - 1
                         ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces,
-                                        tag: Self.tag(0x4000, message: (b * units.count + u) * size + step)) : nil
+                                        tag: Self.tag(0x1000, message: (b * units.count + u) * size + step)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.forward(q: qb, k: now.kFront, v: now.vFront, o: ob, logsumexp: lb, accumulate: u > 0 || step > 0,
                                        threads: threads)
@@ -178,7 +180,7 @@ public final class RingAttention {
                     let now = held.current
                     let message = (b * units.count + u) * size + step
                     let transfer = step < size - 1
-                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: Self.tag(0x5000, message: message)) : nil
+                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: Self.tag(0x2000, message: message)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.backward(q: qb, k: now.kFront, v: now.vFront, logsumexp: lb, rowDot: db, dO: dOb,
                                         dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads)
@@ -190,7 +192,7 @@ public final class RingAttention {
                         held.advance()
                     }
                     // This unit's gradients follow it (the last exchange brings every unit's home).
-                    try startExchange(inPlace: gradients.pieces, tag: Self.tag(0x6000, message: message)).wait()
+                    try startExchange(inPlace: gradients.pieces, tag: Self.tag(0x3000, message: message)).wait()
                 }
             }
         }
@@ -199,7 +201,9 @@ public final class RingAttention {
     /// The tag of a call's message: `base` (forward K/V, backward K/V, backward dK/dV) plus the
     /// message's index ((batch element, unit), step) modulo 4096, within the 32,767 MPI
     /// guarantees. Messages of one pair of ranks with one tag arrive in order on every backend,
-    /// so the tags of a call with more messages, which wrap around, still match.
+    /// so the tags of a call with more messages, which wrap around, still match. The bases
+    /// (0x1000, 0x2000, 0x3000) leave 0x4000 and up to other point-to-point users (the expert
+    /// shard transfer's 0x5E01 and 0x5E02).
     static func tag(_ base: Int, message: Int) -> Int { base + message % 0x1000 }
 
     /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the

@@ -23,7 +23,8 @@ public enum SequenceSharding {
 
 /// How attention runs when the sequence is sharded (config key `parallel.sequence_mode`).
 public enum SequenceParallelMode: String, CaseIterable, Equatable, Sendable {
-    /// K/V blocks travel around the ring of sequence ranks; partial results merge.
+    /// K/V travel around the ring of sequence ranks in small units, merged into each rank's
+    /// output inside the flash kernel's online softmax.
     case ring
     /// All-to-all from sequence shards to head shards, attention over the whole sequence, and back.
     case ulysses

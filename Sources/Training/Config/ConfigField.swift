@@ -212,7 +212,7 @@ extension ConfigField {
         ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
         ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks (each holds 2 zigzag chunks of every sequence: data.seq_len a multiple of 2 × this)"),
         ConfigField("parallel.sequence_mode", .string(\.parallel.sequenceMode), .oneOf(SequenceParallelMode.allCases.map(\.rawValue)),
-                    numeric: false, "ring (K/V blocks travel the ring of sequence ranks) or ulysses (all-to-all to head shards; heads and kv_heads divisible by parallel.sequence)"),
+                    numeric: false, "ring (K/V travel the ring of sequence ranks in small units) or ulysses (all-to-all to head shards; heads and kv_heads divisible by parallel.sequence)"),
         ConfigField("parallel.expert", .int(\.parallel.expert), .atLeastOne, numeric: false, "ranks of a data group holding different experts (divides parallel.data and moe.experts)"),
         ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
