@@ -219,12 +219,31 @@ public struct FlashAttention {
         }
     }
 
-    /// Sets the scores of masked pairs (key position after the query position) to −∞.
+    /// Sets the scores of masked pairs (key position after the query position) to −∞. Where
+    /// the tile's key positions ascend (every layout but a caller's own order), a row's masked
+    /// keys are a suffix: found by bisection and filled, instead of a comparison per pair.
     func mask(_ s: UnsafeMutablePointer<Float>, ld: Int, rows: Range<Int>, columns: Range<Int>) {
+        let ascending = keysAscend(columns)
         for (r, i) in rows.enumerated() {
             let position = queryPositions[i], row = s + r * ld
-            for (c, j) in columns.enumerated() where keyPositions[j] > position { row[c] = -.infinity }
+            if ascending {
+                var (low, high) = (columns.lowerBound, columns.upperBound)   // first key after `position`
+                while low < high {
+                    let middle = (low + high) / 2
+                    if keyPositions[middle] > position { high = middle } else { low = middle + 1 }
+                }
+                (row + (low - columns.lowerBound)).update(repeating: -.infinity, count: columns.upperBound - low)
+            } else {
+                for (c, j) in columns.enumerated() where keyPositions[j] > position { row[c] = -.infinity }
+            }
         }
+    }
+
+    /// Whether the key positions of `columns` strictly ascend.
+    func keysAscend(_ columns: Range<Int>) -> Bool {
+        var j = columns.lowerBound + 1
+        while j < columns.upperBound, keyPositions[j - 1] < keyPositions[j] { j += 1 }
+        return j >= columns.upperBound
     }
 
     /// Per-thread scratch: a score tile, an output accumulator and two row statistics.

@@ -16,6 +16,15 @@ public enum VectorMath {
         var clamped = x
         clamped.replace(with: 88.7, where: x .> 88.7)
         clamped.replace(with: -87.3, where: x .< -87.3)
+        return expInRange(clamped)
+    }
+
+    /// exp(x) for −87.3 ≤ x ≤ 88.7, the same bits as `exp` there; other lanes (−∞ and NaN
+    /// included) get unspecified values, for callers that overwrite them anyway (the flash
+    /// tiles' exponentials, whose inputs are at most 0 and which zero every lane below −87.3),
+    /// saving `exp`'s two clamps.
+    @inline(__always)
+    public static func expInRange(_ clamped: Lanes) -> Lanes {
         // Round x·log2(e) to an integer n by adding 1.5·2²³: the sum's low mantissa bits are n.
         let magic = Lanes(repeating: 12_582_912)
         let shifted = magic.addingProduct(clamped, Lanes(repeating: 1.442_695_04))
