@@ -161,7 +161,7 @@ public struct FlashAttention {
         let oi = o + (b * queryLength + rows.lowerBound) * qStride + h * D
         let li = logsumexp + (b * heads + h) * queryLength + rows.lowerBound
         // Accumulating, a tile that sees none of these keys keeps its (o, L) as they are
-        // (what the merge below would write back; ring attention's key chunks skip most tiles).
+        // (what the merge below would write back; ring attention's key units skip most tiles).
         if accumulate && causal && keyBounds.allSatisfy({ $0.min > queryBounds[i].max }) { return }
         if accumulate {
             for r in 0..<n {
@@ -220,8 +220,9 @@ public struct FlashAttention {
     }
 
     /// Sets the scores of masked pairs (key position after the query position) to −∞. Where
-    /// the tile's key positions ascend (every layout but a caller's own order), a row's masked
-    /// keys are a suffix: found by bisection and filled, instead of a comparison per pair.
+    /// the tile's key positions ascend (contiguous and zigzag shards, ring units), a row's
+    /// masked keys are a suffix, found by bisection and filled; keys in any other order are
+    /// compared pair by pair.
     func mask(_ s: UnsafeMutablePointer<Float>, ld: Int, rows: Range<Int>, columns: Range<Int>) {
         let ascending = keysAscend(columns)
         for (r, i) in rows.enumerated() {
