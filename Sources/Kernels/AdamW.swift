@@ -46,25 +46,15 @@ public struct AdamW: Equatable, Sendable {
 
 /// Global-norm gradient clipping (as `torch.nn.utils.clip_grad_norm_`).
 public enum GradientClipping {
-    /// Σ g² of one buffer: Float32 lanes over chunks of 4,096, each chunk's sum added in
-    /// Float64. Four independent 8-lane accumulators keep it at memory speed (a single scalar
-    /// sum waits on each addition: 1.3% of an MoE bench step for 10.6M gradients).
+    /// Σ g² of one buffer: `VectorMath.dot` (Float32 lanes) over chunks of 4,096, each chunk's
+    /// sum added in Float64 (a single scalar sum waited on each addition: 1.3% of an MoE bench
+    /// step for 10.6M gradients).
     public static func sumOfSquares(_ g: UnsafePointer<Float>, count: Int) -> Double {
         var total = 0.0
         var i = 0
         while i < count {
             let end = min(i + 4096, count)
-            var (a, b, c, d) = (VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes())
-            var j = i
-            while j + 32 <= end {
-                let (x0, x1) = (VectorMath.load(g + j), VectorMath.load(g + j + 8))
-                let (x2, x3) = (VectorMath.load(g + j + 16), VectorMath.load(g + j + 24))
-                a = a.addingProduct(x0, x0); b = b.addingProduct(x1, x1)
-                c = c.addingProduct(x2, x2); d = d.addingProduct(x3, x3)
-                j += 32
-            }
-            var partial = ((a + b) + (c + d)).sum()
-            while j < end { partial += g[j] * g[j]; j += 1 }
+            let partial = VectorMath.dot(g + i, g + i, count: end - i)
             total += Double(partial)
             i = end
         }

@@ -29,7 +29,7 @@ public enum RMSNorm {
         threads.forRanges(rows, minimumChunk: max(1, 16_384 / max(dim, 1))) { range in
             for r in range {
                 let xr = x + r * dim, yr = y + r * dim
-                let s = 1 / (dot(xr, xr, count: dim) / Float(dim) + eps).squareRoot()
+                let s = 1 / (VectorMath.dot(xr, xr, count: dim) / Float(dim) + eps).squareRoot()
                 rstd[r] = s
                 for j in 0..<dim { yr[j] = xr[j] * s * weight[j] }
             }
@@ -58,38 +58,13 @@ public enum RMSNorm {
                 let xr = x + r * dim, gr = dy + r * dim, dxr = dx + r * dim
                 let s = rstd[r]
                 for j in 0..<dim { work[j] = gr[j] * weight[j] }
-                let c = dot(work, xr, count: dim) * s * s * s / Float(dim)   // Σ_j dy_j · w_j · x_j
+                let c = VectorMath.dot(work, xr, count: dim) * s * s * s / Float(dim)   // Σ_j dy_j · w_j · x_j
                 for j in 0..<dim {
                     let v = work[j] * s - xr[j] * c
                     dxr[j] = accumulate ? dxr[j] + v : v
                 }
             }
         }
-    }
-
-    /// Σ_j a_j · b_j in four 8-lane partial sums (a single scalar sum waits on every addition:
-    /// most of the norm's time), then the lanes in order: the same bits for a row wherever it
-    /// is computed.
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
-        var (p0, p1, p2, p3) = (VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes(), VectorMath.Lanes())
-        var j = 0
-        while j + 32 <= count {
-            p0 = p0.addingProduct(VectorMath.load(a + j), VectorMath.load(b + j))
-            p1 = p1.addingProduct(VectorMath.load(a + j + 8), VectorMath.load(b + j + 8))
-            p2 = p2.addingProduct(VectorMath.load(a + j + 16), VectorMath.load(b + j + 16))
-            p3 = p3.addingProduct(VectorMath.load(a + j + 24), VectorMath.load(b + j + 24))
-            j += 32
-        }
-        while j + 8 <= count {
-            p0 = p0.addingProduct(VectorMath.load(a + j), VectorMath.load(b + j))
-            j += 8
-        }
-        let lanes = (p0 + p1) + (p2 + p3)
-        var sum: Float = 0
-        for lane in 0..<8 { sum += lanes[lane] }
-        while j < count { sum += a[j] * b[j]; j += 1 }
-        return sum
     }
 }
 

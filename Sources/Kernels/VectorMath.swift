@@ -58,6 +58,31 @@ public enum VectorMath {
         }
     }
 
+    /// Σ_j a_j · b_j in four 8-lane partial sums, then the lanes in order (a single scalar sum
+    /// waits on every addition: it was most of RMSNorm's time and of the clipping norm's). The
+    /// same bits for the same inputs wherever they are computed.
+    @inline(__always)
+    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
+        var (p0, p1, p2, p3) = (Lanes(), Lanes(), Lanes(), Lanes())
+        var j = 0
+        while j + 32 <= count {
+            p0 = p0.addingProduct(load(a + j), load(b + j))
+            p1 = p1.addingProduct(load(a + j + 8), load(b + j + 8))
+            p2 = p2.addingProduct(load(a + j + 16), load(b + j + 16))
+            p3 = p3.addingProduct(load(a + j + 24), load(b + j + 24))
+            j += 32
+        }
+        while j + 8 <= count {
+            p0 = p0.addingProduct(load(a + j), load(b + j))
+            j += 8
+        }
+        let lanes = (p0 + p1) + (p2 + p3)
+        var sum: Float = 0
+        for lane in 0..<8 { sum += lanes[lane] }
+        while j < count { sum += a[j] * b[j]; j += 1 }
+        return sum
+    }
+
     @inline(__always)
     public static func load(_ p: UnsafePointer<Float>) -> Lanes { UnsafeRawPointer(p).loadUnaligned(as: Lanes.self) }
 
