@@ -93,7 +93,7 @@ extension FlashAttention {
             for row in rows {
                 let t = row % length, bh = row / length, b = bh / heads, h = bh % heads
                 let offset = ((b * length + t) * heads + h) * headDim
-                rowDot[row] = TileMath.dot(o + offset, dO + offset, count: headDim)
+                rowDot[row] = VectorMath.dot(o + offset, dO + offset, count: headDim)
             }
         }
     }

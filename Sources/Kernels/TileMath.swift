@@ -78,16 +78,4 @@ enum TileMath {
         while j < count { dP[j] = p[j] * (dP[j] - rowDot); j += 1 }
     }
 
-    /// Σ_d a[d] · b[d], in a fixed order.
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, count: Int) -> Float {
-        var sum = Lanes(repeating: 0), j = 0
-        while j + 8 <= count {
-            sum += VectorMath.load(a + j) * VectorMath.load(b + j)
-            j += 8
-        }
-        var result = sum.sum()
-        while j < count { result += a[j] * b[j]; j += 1 }
-        return result
-    }
 }
