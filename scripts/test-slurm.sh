@@ -120,3 +120,21 @@ mpirun_trains() {
   python3 -c 'import json,sys; s=[json.loads(l)["step"] for l in open(sys.argv[1]) if "\"loss\"" in l]; assert s and s[-1]==10, s' "$scratch/run/metrics.jsonl"
 }
 check "slurm: mpirun inside the allocation trains 2 ranks" mpirun_trains
+# Under srun --mpi=pmix each task switches its BLAS core in place before MPI_Init (a library
+# that fell back to Prescott, simulated): the job trains on 2 ranks on the best core.
+srun_switches_core() {
+  local out status best
+  best=$(env -u OPENBLAS_CORETYPE "$TESSERA" bench gemm --n 64 --runs 1 --warmup 0 2>/dev/null | sed -n 's/.*"blas_core":"\([^"]*\)".*/\1/p')
+  out=$(TESSERA_TEST_BLAS_FALLBACK=1 OPENBLAS_CORETYPE=Prescott sbatch_run srun train --config configs/tiny.yaml --progress lines \
+     --set train.steps=3 --set eval.every=0 --set eval.batches=1 --set model.d_model=32 --set model.layers=1 --set model.heads=2 \
+     --set model.kv_heads=2 --set model.ffn_hidden=32 --set data.seq_len=32 --set run.dir="$scratch/run-switch" 2>&1); status=$?
+  echo "$out"
+  [ "$status" -eq 0 ] || { echo "the job exited with status $status"; return 1; }
+  grep -qE '^training steps 0→3, .*, 2 ranks$' <<<"$out" || { echo "it did not train on 2 ranks"; return 1; }
+  [ "$best" = Prescott ] && return 0
+  grep -qE "^BLAS: OpenBLAS [0-9.]+, $best kernels \(chosen for .*; the library picked Prescott\)$" <<<"$out" \
+    || { echo "no line saying the ranks switched to $best"; return 1; }
+  grep -q "warning: ranks run different BLAS kernels" <<<"$out" && { echo "the ranks run different cores"; return 1; }
+  return 0
+}
+check "slurm: srun --mpi=pmix tasks switch a fallback BLAS core in place and train 2 ranks" srun_switches_core

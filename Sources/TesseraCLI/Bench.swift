@@ -80,12 +80,16 @@ enum BenchReport {
         var object: [String: Any] = ["bench": bench, "impl": impl, "threads": threads, "ranks": comm.size, "unit": unit,
                                      "min": round4(sorted.first ?? 0), "median": round4(sorted.isEmpty ? 0 : sorted[sorted.count / 2]),
                                      "max": round4(sorted.last ?? 0), "runs": values.count, "peak_rss_mib": round4(Double(rss))]
+        object.merge(machine) { $1 }
         object.merge(shape) { $1 }
         object.merge(extra) { $1 }
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
         fflush(stdout)
     }
+
+    /// What a figure cannot be compared without: the BLAS kernel family that ran and the CPU.
+    static var machine: [String: Any] { ["blas_core": BLASLibrary.coreName, "cpu": CPUInfo.current.modelName] }
 
     static func round4(_ x: Double) -> Double { (x * 10_000).rounded() / 10_000 }
 

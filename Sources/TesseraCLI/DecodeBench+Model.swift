@@ -53,6 +53,7 @@ extension DecodeBench {
                                      "student_fit_us": BenchReport.round4(crossover.student.intercept),
                                      "student_fit_us_per_position": (crossover.student.slope * 1e9).rounded() / 1e9]
         object["estimated_crossover_kv_len"] = crossover.estimated.map { $0 as Any } ?? NSNull()
+        object.merge(BenchReport.machine) { $1 }
         let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
         print(String(decoding: data, as: UTF8.self))
         fflush(stdout)

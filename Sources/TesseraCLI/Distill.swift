@@ -123,8 +123,10 @@ struct Distill: ParsableCommand {
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
         let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm,
                                  checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
+        let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
             run.output = { line in try? FileHandle.standardOutput.write(contentsOf: Data((line + "\n").utf8)) }
+            kernelLines.forEach { run.output?($0) }
         }
         StopSignals.install()
         run.stopRequested = { StopSignals.received }

@@ -1,16 +1,25 @@
 import ArgumentParser
 import Collectives
 import Foundation
+import Kernels
 
 /// `tessera selftest comm`: the communicator conformance suite on the backend this process was
 /// started with (like nccl-tests: run it on a new cluster before training).
 struct SelfTest: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "selftest",
-        abstract: "Check that the communication backend works on this job (conformance suite).")
+        abstract: "Check this machine: the communication backend (conformance suite) or the BLAS kernels (core, speed).",
+        discussion: """
+            comm: the communicator conformance suite on this job's backend (run it on a new cluster before training).
+            blas: the BLAS library, the kernel family (core) it runs and why, the CPU's vector features, and the measured \
+            GEMM peak, with a warning when the peak is far below what the CPU's vector width suggests.
+            """)
 
-    @Argument(help: "What to test: comm.")
+    @Argument(help: "What to test: comm or blas.")
     var what: String = "comm"
+
+    @Flag(help: "blas: print only the name of the core this process runs (for scripts), without measuring.")
+    var coreName = false
 
     @OptionGroup var world: WorldOptions
 
@@ -24,7 +33,11 @@ struct SelfTest: ParsableCommand {
     var hangRank: Int?
 
     func run() throws {
-        guard what == "comm" else { throw ValidationError("unknown selftest '\(what)'; available: comm") }
+        if what == "blas" {
+            if coreName { print(BLASLibrary.coreName); return }
+            return try BLASReport.run(threads: 1)
+        }
+        guard what == "comm" else { throw ValidationError("unknown selftest '\(what)'; available: comm, blas") }
         let comm = try world.makeWorld(defaultTimeout: 60)
         if dieRank != nil || hangRank != nil {
             var data = [Float](repeating: 1, count: 1 << 20)

@@ -19,6 +19,8 @@ struct Tessera: ParsableCommand {
         // A launcher that has gone away (mpirun after Ctrl-C) closes our output pipes: a write
         // must fail, not kill the process before it has written its checkpoint.
         signal(SIGPIPE, SIG_IGN)
+        // Before anything computes: may execute this program again with another OpenBLAS core.
+        do { try KernelSelection.apply() } catch { fail("\(error)") }
         let arguments = Array(CommandLine.arguments.dropFirst())
         if let mistyped = SubcommandSuggestion.problem(in: arguments, root: Tessera.self) {
             exit(withError: ValidationError(mistyped))

@@ -68,7 +68,11 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(config: config, world: comm,
                                   checkpointSink: try Self.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
-        if comm.rank == 0 { trainer.reporter = ProgressReporter(interactive: progress.interactive) }
+        let kernelLines = try KernelSelection.startLines(comm: comm)
+        if comm.rank == 0 {
+            trainer.reporter = ProgressReporter(interactive: progress.interactive)
+            kernelLines.forEach { trainer.reporter?.note($0) }
+        }
         StopSignals.install()
         trainer.stopRequested = { StopSignals.received }
         if comm.rank == 0 { trainer.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
@@ -118,6 +122,8 @@ struct Eval: ParsableCommand {
         rebalanced.parallel.data = 0   // however many ranks this evaluation runs on
         let resolved = try rebalanced.applying(overrides)
         let comm = try world.makeWorld(defaultTimeout: resolved.parallel.timeoutSeconds)
+        let kernelLines = try KernelSelection.startLines(comm: comm)
+        if comm.rank == 0 { kernelLines.forEach { print($0) } }
         guard resolved.train.globalBatch % comm.size == 0 else {
             throw TrainingError.batchDoesNotDivide(source: "\(checkpoint)/run.yaml", globalBatch: resolved.train.globalBatch, dataRanks: comm.size)
         }
