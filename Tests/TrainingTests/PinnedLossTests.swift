@@ -4,19 +4,19 @@ import Training
 import _TestSupport
 
 /// Pins a short run's numbers to what the code produced before the model reshape (commit
-/// 189ab09), so a change that moves numbers is seen. Equality is exact: the same kernels
-/// in the same order give the same bits. If a change moves these on purpose (a new kernel,
-/// another summation order), say so in its commit and re-pin.
+/// 189ab09), so a change that moves numbers is seen.
+///
+/// The pins hold within `tolerance` (relative), not bit for bit: every product goes through
+/// OpenBLAS, and another kernel family (another CPU, or `OPENBLAS_CORETYPE`) sums in another
+/// order. Measured: the SSE3 `Prescott` kernels move the gradient norms by up to 6e-8 relative
+/// from the AVX-512 ones (the losses kept their bits); scripts/test.sh runs this suite under two
+/// cores. What the pins are for, a change of the model, the data order or the optimizer, moves
+/// the losses by far more; a new summation order inside a kernel (7th to 8th digit) passes, and
+/// is checked by that kernel's own tests against its Float64 reference.
 ///
 /// The first pin is the materialised attention kernel's (`attention.kernel=naive`, the
 /// kernel of 189ab09); the second the flash kernel's (the default), checked to agree with the
 /// first to 1e-5 and pinned when it was introduced.
-///
-/// Re-pinned once since: the gradient norms (not the losses) moved in the 8th digit when
-/// `VectorMath.exp` became fused multiply-adds and the flash tiles became 128 × 256; and again
-/// (the norms only, in the 7th digit; the losses kept their bits) when the clipping norm's sum
-/// of squares moved from one serial Float32 sum per 4,096 gradients to four 8-lane sums, and
-/// RMSNorm's row sums did the same (`VectorMath.dot`; norms only, 7th digit).
 @Suite struct PinnedLossTests {
     static let losses: [Double] = [
         5.542783101399739, 5.5166810353597, 5.493261337280273, 5.432637532552083, 5.366668065388997,
@@ -25,8 +25,12 @@ import _TestSupport
         0.8371477090261826, 0.9609784974292364, 0.8695348702704099, 1.0368986670033231, 0.9642713292754437,
         1.0643173481150199, 1.0831553270130172, 1.0997755490864907, 1.1168393562966106, 1.0527380552209848]
 
-    /// The flash kernel's run: the same losses to the bit (the attention outputs differ by
-    /// rounding only, below what moves a Float32 loss here), gradient norms from the 8th digit.
+    /// Relative tolerance of the pins: a few hundred Float32 roundings of a loss or a norm,
+    /// far below what a change of the model or of the data order moves them by.
+    static let tolerance = 1e-6
+
+    /// The flash kernel's run: the same losses (the attention outputs differ by rounding only,
+    /// below what moves a Float32 loss here), gradient norms from the 8th digit.
     static let flashLosses = losses
     static let flashGradientNorms: [Double] = [
         0.8371477090261826, 0.9609784974292364, 0.8695348531334762, 1.0368986544287906, 0.9642713099588354,
@@ -49,14 +53,14 @@ import _TestSupport
 
     @Test func tenStepsOfASmallModelGiveThePinnedLossesAndGradientNorms() throws {
         let (losses, norms) = try run(kernel: "naive")
-        #expect(losses == Self.losses)
-        #expect(norms == Self.gradientNorms)
+        #expect(maxRelativeError(losses, Self.losses) < Self.tolerance, "losses \(losses)")
+        #expect(maxRelativeError(norms, Self.gradientNorms) < Self.tolerance, "gradient norms \(norms)")
     }
 
     @Test func withFlashAttentionTenStepsGiveTheirPinnedLossesWithin1e5OfNaive() throws {
         let (losses, norms) = try run(kernel: "flash")
         #expect(maxRelativeError(losses, Self.losses) < 1e-5 && maxRelativeError(norms, Self.gradientNorms) < 1e-5)
-        #expect(losses == Self.flashLosses)
-        #expect(norms == Self.flashGradientNorms)
+        #expect(maxRelativeError(losses, Self.flashLosses) < Self.tolerance, "losses \(losses)")
+        #expect(maxRelativeError(norms, Self.flashGradientNorms) < Self.tolerance, "gradient norms \(norms)")
     }
 }
