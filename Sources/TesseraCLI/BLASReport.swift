@@ -14,7 +14,7 @@ enum BLASReport {
     static func run(threads: Int) throws {
         let cpu = CPUInfo.current
         let n = 1024
-        let gflops = try measurePeak(n: n, threads: threads)
+        let gflops = try GemmBench.peak(n: n, threads: KernelThreads(threads))
         print("BLAS: \(KernelSelection.summary)")
         print("library: \(BLASLibrary.configuration); its cores for x86-64: \(BLASLibrary.shippedCores.joined(separator: " "))")
         print("threads: \(threads) per product (Tessera splits products itself; OpenBLAS's own threads: \(BLASLibrary.threads))")
@@ -32,24 +32,10 @@ enum BLASReport {
         } else {
             print(line)
         }
-        if let best = BLASCoreChoice.bestCore(features: cpu.features, isAMD: cpu.isAMD, libraryCores: BLASLibrary.shippedCores),
-           let running = BLASCore.named(BLASLibrary.coreName), running.level < best.level {
-            print("warning: the \(running.name) kernels do not use all of this CPU's vector unit (\(cpu.features.widest)); "
-                  + "this library's \(best.name) kernels do: unset OPENBLAS_CORETYPE or set it to \(best.name)")
+        if let best = KernelSelection.weakerThanBest {
+            print("warning: the \(BLASLibrary.coreName) kernels do not use all of this CPU's vector unit (\(cpu.features.widest)); "
+                  + "this library's \(best) kernels do: unset OPENBLAS_CORETYPE or set it to \(best)")
         }
-    }
-
-    /// Best of five n×n×n products after a warm-up, in GFLOP/s.
-    static func measurePeak(n: Int, threads: Int) throws -> Double {
-        let a = [Float](repeating: 0.5, count: n * n), b = [Float](repeating: 0.25, count: n * n)
-        var c = [Float](repeating: 0, count: n * n)
-        let seconds = try BenchReport.time(runs: 5, warmup: 1) {
-            a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
-                Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: ap.baseAddress!, lda: n,
-                            b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, threads: KernelThreads(threads))
-            } } }
-        }
-        return 2 * pow(Double(n), 3) / (seconds.min() ?? 1) / 1e9
     }
 
     /// Float32 lanes of the widest vector unit.

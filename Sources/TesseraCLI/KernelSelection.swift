@@ -144,6 +144,16 @@ enum KernelSelection {
         return "\(BLASLibrary.name), \(core) kernels (\(why))"
     }
 
+    /// The best core the library ships for this CPU when the running one is of a lower vector
+    /// level (a setting or a failed switch); nil when the best runs. A GEMM peak measured on
+    /// a weaker core is not this CPU's peak (docs/BENCHMARKS.md).
+    static var weakerThanBest: String? {
+        let cpu = CPUInfo.current
+        guard let best = BLASCoreChoice.bestCore(features: cpu.features, isAMD: cpu.isAMD, libraryCores: BLASLibrary.shippedCores),
+              let running = BLASCore.named(BLASLibrary.coreName), running.level < best.level else { return nil }
+        return best.name
+    }
+
     /// The BLAS line of a start (rank 0 prints it) and, when ranks run different cores, a
     /// warning naming them. Collective over `comm`.
     static func startLines(comm: Communicator) throws -> [String] {
