@@ -45,7 +45,7 @@ enum KernelSelection {
             let running = BLASLibrary.coreName
             if running.lowercased() == picked.lowercased() {   // came back after a failed check
                 try requireCorrectProducts(core: running, setBy: "the library's own choice")
-                let tried = BLASCoreChoice.bestCore(features: cpu.features, isAMD: cpu.isAMD, libraryCores: BLASLibrary.shippedCores)
+                let tried = bestCore
                 outcome = .wentBack(tried: tried?.name ?? "?", library: running)
                 warn("the \(tried?.name ?? "chosen") BLAS kernels failed the start-up check against the naive product; using the library's own \(running) kernels")
                 return
@@ -76,6 +76,11 @@ enum KernelSelection {
         let setBy: String
         if case .environment = choice { setBy = "set by \(coreVariable)" } else { setBy = "the library's own choice" }
         try requireCorrectProducts(core: BLASLibrary.coreName, setBy: setBy)
+    }
+
+    /// The best core the installed library ships for this CPU (what a switch goes to).
+    static var bestCore: BLASCore? {
+        BLASCoreChoice.bestCore(features: CPUInfo.current.features, isAMD: CPUInfo.current.isAMD, libraryCores: BLASLibrary.shippedCores)
     }
 
     static var isX86: Bool {
@@ -148,9 +153,7 @@ enum KernelSelection {
     /// level (a setting or a failed switch); nil when the best runs. A GEMM peak measured on
     /// a weaker core is not this CPU's peak (docs/BENCHMARKS.md).
     static var weakerThanBest: String? {
-        let cpu = CPUInfo.current
-        guard let best = BLASCoreChoice.bestCore(features: cpu.features, isAMD: cpu.isAMD, libraryCores: BLASLibrary.shippedCores),
-              let running = BLASCore.named(BLASLibrary.coreName), running.level < best.level else { return nil }
+        guard let best = bestCore, let running = BLASCore.named(BLASLibrary.coreName), running.level < best.level else { return nil }
         return best.name
     }
 
