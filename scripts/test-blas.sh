@@ -93,15 +93,36 @@ failed_check_goes_back() {
 }
 check "BLAS: a switched core that fails its start-up check goes back to the library's choice, said in one line" failed_check_goes_back
 
+# one_core_line OUTPUT: one start line (rank 0's) naming $best, and no warning that ranks differ.
+one_core_line() {
+  [ "$(grep -c '^BLAS: ' <<<"$1")" -eq 1 ] || { echo "not exactly one BLAS line (rank 0's)"; return 1; }
+  grep -q "warning: ranks run different BLAS kernels" <<<"$1" && { echo "ranks differ"; return 1; }
+  grep -q "^BLAS: OpenBLAS [0-9.]*, $best kernels" <<<"$1" || { echo "rank 0 does not run $best"; return 1; }
+}
+
 mpirun_ranks_agree() {
   local out
   out=$(env -u OPENBLAS_CORETYPE scripts/mpirun.sh 2 train "${small[@]}" --set run.dir="$work/mpi" 2>&1) || { echo "$out"; return 1; }
   echo "$out"
-  [ "$(grep -c '^BLAS: ' <<<"$out")" -eq 1 ] || { echo "not exactly one BLAS line (rank 0's)"; return 1; }
-  grep -q "warning: ranks run different BLAS kernels" <<<"$out" && { echo "ranks differ"; return 1; }
-  grep -q "^BLAS: OpenBLAS [0-9.]*, $best kernels" <<<"$out"
+  one_core_line "$out" || return 1
+  # Each rank switches itself before MPI_Init when the library fell back (simulated).
+  out=$(TESSERA_TEST_BLAS_FALLBACK=1 OPENBLAS_CORETYPE=Prescott scripts/mpirun.sh 2 train "${small[@]}" --set run.dir="$work/mpi-switch" 2>&1) \
+    || { echo "$out"; return 1; }
+  echo "$out"
+  one_core_line "$out" || return 1
+  [ "$best" = Prescott ] || grep -q "the library picked Prescott)$" <<<"$out" || { echo "the ranks did not switch"; return 1; }
 }
-check "BLAS: under mpirun -np 2 every rank runs the same core (one start line, no warning)" mpirun_ranks_agree
+check "BLAS: under mpirun -np 2 every rank runs the same core, also after switching from a fallback" mpirun_ranks_agree
+
+# Under tessera launch (which switches itself first; its ranks inherit OPENBLAS_CORETYPE or switch themselves) the ranks run the best core.
+launch_ranks_inherit() {
+  local out
+  out=$(TESSERA_TEST_BLAS_FALLBACK=1 OPENBLAS_CORETYPE=Prescott "$TESSERA" launch --nproc 2 -- train "${small[@]}" --set run.dir="$work/launch" 2>&1) \
+    || { echo "$out"; return 1; }
+  echo "$out"
+  one_core_line "$out"
+}
+check "BLAS: under tessera launch from a fallback both ranks run the best core" launch_ranks_inherit
 
 mixed_cluster_warned() {
   local out rest=(--set run.dir="$work/mixed") np=()
