@@ -16,7 +16,9 @@ struct SelfTest: ParsableCommand {
             """)
 
     @Argument(help: "What to test: comm or blas.")
-    var what: String = "comm"
+    var what: Target = .comm
+
+    enum Target: String, ExpressibleByArgument, CaseIterable { case comm, blas }
 
     @Flag(help: "blas: print only the name of the core this process runs (for scripts), without measuring.")
     var coreName = false
@@ -33,11 +35,10 @@ struct SelfTest: ParsableCommand {
     var hangRank: Int?
 
     func run() throws {
-        if what == "blas" {
+        if what == .blas {
             if coreName { print(BLASLibrary.coreName); return }
             return try BLASReport.run(threads: 1)
         }
-        guard what == "comm" else { throw ValidationError("unknown selftest '\(what)'; available: comm, blas") }
         let comm = try world.makeWorld(defaultTimeout: 60)
         if dieRank != nil || hangRank != nil {
             var data = [Float](repeating: 1, count: 1 << 20)
