@@ -7,6 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 2   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-ckfaults.XXXXXX)
 tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12

@@ -11,6 +11,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 4   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-ckpt-service.XXXXXX)
 TRIALS=${CKPT_KILL_TRIALS:-24}
 RANKS=3

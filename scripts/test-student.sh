@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 4   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-student.XXXXXX)
 tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=8 --set train.steps=10
