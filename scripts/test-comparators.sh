@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The suite's own judges (~2 s, no build needed): the comparators that decide "equals one rank"
+# The suite's own judges (~3 s, no build needed): the comparators that decide "equals one rank"
 # (compare_params.py, compare_losses.py, compare_distill.py) must call NaN a difference wherever
-# it appears, and lib.sh's bookkeeping must count a check that was aborted, a driver that died
-# and a driver that ran fewer checks than it plans as failures.
+# it appears; lib.sh's bookkeeping must count a check that was aborted, a driver that died and a
+# driver that ran fewer checks than it plans as failures; and set-up must fail when the build does.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}
 source scripts/lib.sh
-plan 7   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 9   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-comparators.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -85,6 +85,22 @@ check "test.sh bookkeeping: skip_rest counts every remaining planned check as sk
   out=\$(RESULTS='$work/results-rest' LOG_DIR='$work/logs' bash -c 'source scripts/lib.sh; plan 4; check ok true; skip_rest \"later ones\" \"no cluster\"; account x 0 0; summary' 2>&1)
   status=\$?; echo \"\$out\"
   [ \$status -eq 0 ] && grep -q '^SKIP later ones (3 checks): no cluster\$' <<<\"\$out\" && grep -q '^1 passed, 0 failed, 3 skipped (4 declared)\$' <<<\"\$out\""
+
+# scripts/setup.sh with a `swift` that fails its build while an older binary is still in .build
+# (a copy of the scripts, the corpus linked): set-up must fail, naming the build; with a `swift`
+# whose build succeeds it must pass.
+setup_with_swift() {
+  local status=$1 tree=$work/setup-$1
+  mkdir -p "$tree/.build/release" "$tree/bin" && cp -r scripts "$tree/" && ln -s "$PWD/data" "$tree/data" || return 1
+  printf '#!/bin/sh\necho "tessera.swift:1:1: error: stale on purpose"\nexit 0\n' >"$tree/.build/release/tessera"
+  printf '#!/bin/sh\necho "Compiling Tessera"\n[ %s -eq 0 ] || echo "x.swift:1:1: error: cannot find y in scope"\nexit %s\n' "$status" "$status" >"$tree/bin/swift"
+  chmod +x "$tree/.build/release/tessera" "$tree/bin/swift"
+  PATH="$tree/bin:$PATH" "$tree/scripts/setup.sh"
+}
+export -f setup_with_swift; export work
+check "setup.sh: a failed build fails set-up, though an older binary exists" expect_failure 60 \
+  "^setup: the release build failed \(swift build exited with status 1" bash -c 'setup_with_swift 1'
+check "setup.sh: a build that succeeds passes set-up" bash -c 'setup_with_swift 0 && echo "set-up passed"'
 
 if [ "$standalone" = yes ]; then
   account "$0" 0 0
