@@ -200,6 +200,39 @@ job_ranks() {
   done
 }
 
+# wait_for_exit PID SECONDS: waits for the background job PID (a child of this shell) and
+# returns its exit status; if it is still running after SECONDS, kills it and what runs below
+# it (SIGKILL), says so and returns 124.
+wait_for_exit() {
+  local pid=$1 deadline=$((SECONDS + $2)) below
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    below=$(pgrep -P "$pid"); below="$below $(for p in $below; do pgrep -P "$p"; done)"
+    echo "pid $pid was still running $2 s later: killed it and the processes below it"
+    kill -9 "$pid" $below 2>/dev/null; wait "$pid" 2>/dev/null
+    return 124
+  fi
+  wait "$pid"
+}
+
+# gone_within SECONDS PID...: every PID has exited within SECONDS (a zombie counts as gone);
+# names those still running.
+gone_within() {
+  local limit=$1 deadline p left; shift
+  deadline=$((SECONDS + limit))
+  while :; do
+    left=""
+    for p in "$@"; do
+      [ -e "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && left="$left $p"
+    done
+    [ -z "$left" ] && return 0
+    [ "$SECONDS" -ge "$deadline" ] && break
+    sleep 0.1
+  done
+  echo "still running $limit s later:$left ($(for p in $left; do tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-80; echo ';'; done))"
+  return 1
+}
+
 # wait_for_checkpoint_after ROOT STEP SECONDS: waits until ROOT holds a complete step-* newer than
 # STEP; fails after SECONDS.
 wait_for_checkpoint_after() {
