@@ -229,7 +229,8 @@ gone_within() {
     [ "$SECONDS" -ge "$deadline" ] && break
     sleep 0.1
   done
-  echo "still running $limit s later:$left ($(for p in $left; do tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-80; echo ';'; done))"
+  echo "still running $limit s later:$left"
+  ps -o pid=,stat=,args= -p "${left# }" 2>/dev/null | cut -c1-120 | sed 's/^/    /' 
   return 1
 }
 
