@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 74   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 77   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -304,6 +304,14 @@ check "train MoE capacity 1.0: mpirun 2 data-parallel ranks (expert 1) equal 1 r
   trains_like "$work/cap1" "$work/cap-dp2" mpi 2 train "${capacity[@]}" --set parallel.expert=1
 check "train MoE capacity 1.0: tessera launch data × expert 2×2 equals 1 rank" \
   trains_like "$work/cap1" "$work/cap-2x2" "$TESSERA" launch --nproc 4 -- train "${capacity[@]}" --set parallel.expert=2
+# MoE with sequence parallelism (ring attention over 2 ranks; then 2 data × 2 sequence ranks with
+# the experts over the data axis): the router sees each rank's slice of every sequence.
+moe_seq=("${moe[@]}" --set data.seq_len=48 --set model.kv_heads=2)
+check "train MoE: 1 rank, seq_len 48" "$TESSERA" train "${moe_seq[@]}" --set run.dir="$work/moe-seq1"
+check "train MoE: ring attention, tessera launch 1×2 equals 1 rank" \
+  trains_like "$work/moe-seq1" "$work/moe-ring1x2" "$TESSERA" launch --nproc 2 -- train "${moe_seq[@]}" --set parallel.sequence=2
+check "train MoE: data × sequence 2×2 with expert 2, tessera launch equals 1 rank" \
+  trains_like "$work/moe-seq1" "$work/moe-ring2x2" "$TESSERA" launch --nproc 4 -- train "${moe_seq[@]}" --set parallel.sequence=2 --set parallel.expert=2
 moe_stop_and_resume() {
   local dir=$work/moe-resume reference=$work/moe-mpi2
   mpi 2 train "${moe[@]}" --set parallel.expert=2 --set run.dir="$reference" || { echo "the uninterrupted run exited with status $?"; return 1; }
