@@ -14,12 +14,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. System packages: OpenMPI, OpenBLAS, pkg-config (SwiftPM finds both libraries through it),
-#    iproute2 (multi-node test) and pip (the corpus).
+#    iproute2 (multi-node test), pip (the corpus) and numpy (the export check).
 PACKAGES="libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2 python3-pip"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
+# numpy for the export check (scripts/check_hf.py's forward), unless python3 has one already.
+python3 -c 'import numpy' 2>/dev/null || missing="$missing python3-numpy"
 if [ -n "$missing" ]; then
   command -v apt-get >/dev/null || fail "apt-get not found; install these packages by hand:$missing"
   say "installing system packages:$missing"
