@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 77   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 78   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -339,6 +339,18 @@ PY
 }
 check "train MoE: a checkpoint of 2 expert shards holds every expert under Mixtral names" moe_checkpoint
 check "eval reads an MoE checkpoint written by 4 ranks" "$TESSERA" eval --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --batches 2
+# The Mixtral export: tessera export hf, then the numpy forward of Mixtral's equations gives
+# tessera eval's loss (check_hf.py; SKIP, naming it, without numpy).
+moe_export() {
+  "$TESSERA" export hf --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --output "$work/moe-hf" || { echo "export exited with status $?"; return 1; }
+  grep -q '"MixtralForCausalLM"' "$work/moe-hf/config.json" || { echo "config.json does not name MixtralForCausalLM"; return 1; }
+  python3 scripts/check_hf.py "$work/moe-hf" --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --tessera "$TESSERA" --numpy
+}
+if missing=$(python3 -c 'import numpy' 2>&1); then
+  check "export hf: an MoE checkpoint exports as Mixtral with tessera eval's loss (numpy forward)" moe_export
+else
+  skip "export hf: an MoE checkpoint exports as Mixtral with tessera eval's loss (numpy forward)" "python3 cannot import numpy ($(tail -n 1 <<<"$missing"))"
+fi
 moe_report() {
   "$TESSERA" report "$work/moe1" || return 1
   grep -q "layer 1 expert load" "$work/moe1/report.svg" || { echo "report.svg has no expert-load chart"; return 1; }
