@@ -11,11 +11,29 @@ The model runs in `transformers` (AutoModelForCausalLM.from_pretrained on the ex
 unchanged) when torch is installed, otherwise (or with --numpy) in a numpy implementation of
 the Llama / Mixtral forward pass written from the Hugging Face modeling code's equations.
 
-usage: check_hf.py EXPORT_DIR --checkpoint CKPT [--data DIR] [--batches K] [--numpy]
-       (needs safetensors and numpy; torch and transformers for the transformers check)"""
+usage: check_hf.py EXPORT_DIR --checkpoint CKPT [--data DIR] [--batches K] [--numpy | --transformers]
+       (needs numpy; torch and transformers for the transformers check)"""
 import argparse, glob, json, os, re, subprocess, sys
 import numpy as np
-from safetensors.numpy import load_file
+
+DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32}
+
+
+def load_file(path):
+    """{name: array} of a .safetensors file (8-byte little-endian header size, a JSON header,
+    then the raw little-endian data), so that the check needs numpy alone."""
+    with open(path, "rb") as f:
+        (size,) = np.frombuffer(f.read(8), dtype="<u8")
+        header = json.loads(f.read(int(size)))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] in DTYPES, f"{path}: {name} has dtype {info['dtype']}"
+        start, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[start:end], dtype=np.dtype(DTYPES[info["dtype"]]).newbyteorder("<")).reshape(info["shape"])
+    return out
 
 p = argparse.ArgumentParser()
 p.add_argument("export")
@@ -23,6 +41,7 @@ p.add_argument("--checkpoint", required=True, help="the Tessera checkpoint (or r
 p.add_argument("--data", help="token shards (default: data.dir of the checkpoint's run.yaml)")
 p.add_argument("--batches", type=int, default=2)
 p.add_argument("--numpy", action="store_true", help="use the numpy forward even when torch is installed")
+p.add_argument("--transformers", action="store_true", help="run transformers or fail: never fall back to the numpy forward")
 p.add_argument("--prompt", default="ROMEO:")
 p.add_argument("--tokens", type=int, default=40)
 p.add_argument("--tessera", default=".build/release/tessera")
@@ -135,7 +154,9 @@ try:
     engine = f"transformers {type(model).__name__}"
     with torch.no_grad():
         theirs = cross_entropy(model(torch.tensor(inputs)).logits.double().numpy())
-except ImportError:
+except ImportError as error:
+    if args.transformers:
+        sys.exit(f"--transformers: cannot import torch and transformers ({error}); install them or drop --transformers")
     model, engine = None, "numpy forward"
     theirs = cross_entropy(numpy_logits(inputs))
 print(f"loss on {args.batches * B} validation sequences of {T} tokens: {engine} {theirs:.6f}, tessera eval {ours:.4f}")

@@ -56,7 +56,8 @@ def main():
             if b is None:
                 sys.exit(f"stage {key[1]} step {key[2]}: {name} missing in {paths[1]}")
             difference = abs(a - b)
-            if (exact and a != b) or (not exact and difference > rtol * max(1.0, abs(a))):
+            # `not <=` so that NaN (in either file) differs; with --exact, NaN != NaN differs too.
+            if (exact and a != b) or (not exact and not difference <= rtol * max(1.0, abs(a))):
                 sys.exit(f"stage {key[1]} step {key[2]}: {name} {a!r} vs {b!r} (difference {difference:.3g})")
             worst = max(worst, difference / max(1.0, abs(a)))
     print(f"{len(reference)} records agree (largest relative difference {worst:.3g})")

@@ -48,10 +48,15 @@ def main(argv):
             sys.exit(f"{name}: {len(a)} values vs {len(b)}")
         for i, (x, y) in enumerate(zip(a, b)):
             error = abs(x - y) / max(1.0, abs(x))
-            if not error <= worst[0]:
+            if error != error:   # NaN (in either): the worst there is; no finite error may replace it
                 worst = (error, name, i)
+                break
+            if error > worst[0]:
+                worst = (error, name, i)
+        if worst[0] != worst[0]:
+            break
     error, name, index = worst
-    if error > rtol or error != error:
+    if not error <= rtol:   # NaN too
         sys.exit(f"parameters differ: {name}[{index}] {reference[name][index]} vs {other[name][index]} (error {error:.3g} > rtol {rtol})")
     print(f"{len(reference)} tensors agree (largest error {error:.3g}, rtol {rtol})")
 

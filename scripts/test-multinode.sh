@@ -6,9 +6,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 12   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 
 source scripts/lib-netns.sh
-if ! two_nodes_available; then skip "multi-node tests" "need root, ip (iproute2), unshare and network namespaces"; exit 0; fi
+if ! two_nodes_available; then skip_rest "multi-node tests" "need root, ip (iproute2), unshare and network namespaces"; exit 0; fi
 work=$(mktemp -d /tmp/tessera-multinode.XXXXXX)
 trap 'cleanup_two_nodes; rm -rf "$work"' EXIT
 make_two_nodes "$work" || { echo "FAIL two nodes: could not create the namespaces"; echo fail >>"$RESULTS"; exit 0; }

@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 78   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -22,6 +23,10 @@ check "launch: a killed rank stops the job, named by a survivor (payloads throug
   env TESSERA_TCP_SAME_HOST=socket "$TESSERA" launch --nproc 3 -- selftest comm --die-rank 1 --timeout 20
 check "launch: a killed rank stops the job, named by a survivor" expect_failure 15 "$lost_rank_1" \
   "$TESSERA" launch --nproc 3 -- selftest comm --die-rank 1 --timeout 20
+# The same in the all-to-all that exchanges MoE tokens between expert ranks.
+check "launch: a rank killed in an all-to-all is named by a survivor, with the operation" expect_failure 15 \
+  '^\[rank [02]\] tessera: rank [02]: error: rank 1 was lost during allToAll' \
+  "$TESSERA" launch --nproc 3 -- selftest comm --die-rank 1 --during alltoall --timeout 20
 # MPI cannot tell a survivor which rank died, and mpirun kills the survivors at once: mpirun names it.
 check "mpirun: a killed rank stops the job at once, named by mpirun" expect_failure 15 \
   "mpirun noticed that process rank 1 .* exited on signal 9" scripts/mpirun.sh 3 selftest comm --die-rank 1 --timeout 20
@@ -32,15 +37,24 @@ check "launch: a hung rank is named by a survivor at the 5 s deadline" expect_fa
 check "mpirun: a hung rank ends in a survivor's deadline error at 5 s" expect_failure_within 5 30 \
   '^tessera: rank [01]: error: allReduce.* did not complete within 5 s' scripts/mpirun.sh 3 selftest comm --hang-rank 2 --timeout 5
 
-# Ctrl-C reaches every rank: the launcher forwards SIGINT and exits non-zero, well before any deadline.
+# Ctrl-C reaches every rank: the launcher forwards SIGINT and exits non-zero, well before any
+# deadline, and its ranks (one of them hung) are gone with it, not left running.
 ctrl_c() {
   "$TESSERA" launch --nproc 2 -- selftest comm --hang-rank 1 --timeout 120 & local launcher=$!
-  sleep 3; kill -INT "$launcher"
-  local start=$SECONDS; wait "$launcher"; local status=$?
+  local ranks=() pid rank
+  for _ in $(seq 1 100); do
+    ranks=(); while read -r pid rank; do ranks+=("$pid"); done < <(job_ranks "$launcher")
+    [ ${#ranks[@]} -eq 2 ] && break; sleep 0.1
+  done
+  [ ${#ranks[@]} -eq 2 ] || { echo "found ${#ranks[@]} ranks below the launcher, expected 2"; kill -9 "$launcher"; return 1; }
+  echo "ranks: pids ${ranks[*]}"
+  sleep 2; kill -INT "$launcher"
+  local start=$SECONDS status; wait_for_exit "$launcher" 30; status=$?
   echo "launcher exited with $status after $((SECONDS - start)) s"
-  [ "$status" -ne 0 ] && [ $((SECONDS - start)) -lt 30 ]
+  [ "$status" -ne 0 ] && [ "$status" -ne 124 ] || { echo "expected a non-zero status within 30 s"; kill -9 "${ranks[@]}" 2>/dev/null; return 1; }
+  gone_within 2 "${ranks[@]}" || { echo "the launcher exited and left ranks running"; kill -9 "${ranks[@]}" 2>/dev/null; return 1; }
 }
-check "launch: Ctrl-C is forwarded to every rank" ctrl_c
+check "launch: Ctrl-C is forwarded to every rank, and no rank outlives the launcher" ctrl_c
 echo '{"nodes": [{"host": "10.0.0.1"}]}' >"$work/bad-hosts.json"
 check "launch: a malformed hostfile names the key" expect_failure 30 "bad-hosts.json: nodes\[0\].nproc must be" "$TESSERA" launch --hostfile "$work/bad-hosts.json" -- selftest comm
 check "tcp: a missing variable is named" expect_failure 30 "TESSERA_MASTER_PORT is not set" \
@@ -56,6 +70,10 @@ for n in 2 3 4; do
   check "train: mpirun $n ranks equal 1 rank for 20 steps" trains_like "$work/r1" "$work/mpi$n" mpi "$n" train "${tiny[@]}"
 done
 check "train: tessera launch 3 ranks equal 1 rank for 20 steps" trains_like "$work/r1" "$work/tcp3" "$TESSERA" launch --nproc 3 -- train "${tiny[@]}"
+# The release binary with two kernel threads gives one thread's numbers bit for bit; the naive
+# (materialised) attention kernel gives the flash kernel's within fp32 tolerance.
+check "train: train.threads=2 equals one thread (bitwise)" trains_like "$work/r1" "$work/threads2" --exact "$TESSERA" train "${tiny[@]}" --set train.threads=2
+check "train: attention.kernel=naive equals flash (1e-5)" trains_like "$work/r1" "$work/naive" "$TESSERA" train "${tiny[@]}" --set attention.kernel=naive
 check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-serial" mpi 2 train "${tiny[@]}" --set parallel.overlap=false
 # Sequence parallelism: data × sequence layouts, ring and Ulysses, equal 1 rank (seq_len 48 cuts
 # into 2 × 2 and 2 × 3 zigzag chunks; kv_heads 2 splits over 2 Ulysses ranks).
@@ -70,6 +88,12 @@ check "train: Ulysses, mpirun 1×2 equals 1 rank" trains_like "$work/seq1" "$wor
   mpi 2 train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
 check "train: Ulysses, tessera launch 1×2 equals 1 rank" trains_like "$work/seq1" "$work/ulysses1x2-tcp" \
   "$TESSERA" launch --nproc 2 -- train "${seq[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
+# Ulysses with two kv heads (and four query heads) per rank: a head-offset mistake hides when
+# each rank holds one.
+ulysses_heads=("${seq[@]}" --set model.heads=8 --set model.kv_heads=4)
+check "train: 1 rank, 8 heads and 4 kv heads" "$TESSERA" train "${ulysses_heads[@]}" --set run.dir="$work/heads1"
+check "train: Ulysses with 2 kv heads per rank, tessera launch 1×2 equals 1 rank" trains_like "$work/heads1" "$work/ulysses-heads" \
+  "$TESSERA" launch --nproc 2 -- train "${ulysses_heads[@]}" --set parallel.sequence=2 --set parallel.sequence_mode=ulysses
 same_parameters() { for run in "$@"; do
   python3 scripts/compare_params.py "$work/seq1/checkpoints/step-00000020" "$work/$run/checkpoints/step-00000020" || return 1; done; }
 check "train: sequence-parallel runs end with 1 rank's parameters" same_parameters ring1x2 ring1x3 ring2x2 ulysses1x2 ulysses1x2-tcp
@@ -157,7 +181,8 @@ interrupt_and_resume() {
   local run=(scripts/mpirun.sh 2); [ "$launcher" = tcp ] && run=("$TESSERA" launch --nproc 2 --)
   "${run[@]}" train "${long[@]}" --set run.dir="$dir" & local pid=$!
   for _ in $(seq 1 300); do [ -s "$dir/metrics.jsonl" ] && break; sleep 0.1; done   # training has started
-  sleep 0.5; kill -INT "$pid"; wait "$pid"; local status=$?; echo "interrupted run exited with $status"
+  sleep 0.5; kill -INT "$pid"; wait_for_exit "$pid" 60; local status=$?; echo "interrupted run exited with $status"
+  [ "$status" -ne 124 ] || { echo "the interrupted run did not stop within 60 s"; return 1; }
   # The launcher exits 130 for an interrupted job; mpirun exits 1 for any job it stopped.
   if [ "$launcher" = tcp ]; then [ "$status" -eq 130 ] || { echo "expected 130"; return 1; }
   else [ "$status" -ne 0 ] || { echo "expected a non-zero status"; return 1; }; fi
@@ -174,6 +199,31 @@ check "train: Ctrl-C under tessera launch checkpoints; resuming equals the unint
 check "train: an unknown key is one clear line" expect_failure 30 "unknown key 'train.global_bach'; did you mean 'train.global_batch'" "$TESSERA" train "${tiny[@]}" --set train.global_bach=8
 check "train: a batch that does not divide stops every rank" expect_failure 60 "train.global_batch = 10 does not divide over parallel.data = 3" scripts/mpirun.sh 3 train "${tiny[@]}" --set train.global_batch=10 --set run.dir="$work/bad"
 check "train: missing data says what to run" expect_failure 30 "/nonexistent does not exist; point to prepared data with --set data.dir=PATH" "$TESSERA" train "${tiny[@]}" --set data.dir=/nonexistent --set run.dir="$work/bad2"
+# Two runs started together on one new run.dir: exactly one trains, the other is refused with
+# a line naming the holder (or, if the first has finished, its checkpoint); then the same race
+# for a lock left by a killed run (a stale lock: one process takes it over, not both).
+race_for_run_dir() {
+  local dir=$work/race-$1 a b status_a status_b out
+  local run=("$TESSERA" train "${tiny[@]}" --set train.steps=300 --set train.log_every=100 --set run.dir="$dir")
+  if [ "$1" = stale ]; then
+    "${run[@]}" --set train.steps=100000 >"$dir.killed.log" 2>&1 & local killed=$!
+    for _ in $(seq 1 100); do [ -s "$dir/.tessera.lock" ] && break; sleep 0.1; done
+    kill -9 "$killed"; wait "$killed" 2>/dev/null
+    [ -s "$dir/.tessera.lock" ] || { echo "the killed run left no lock to take over"; return 1; }
+    rm -f "$dir/metrics.jsonl"
+  fi
+  "${run[@]}" >"$dir.a.log" 2>&1 & a=$!
+  "${run[@]}" >"$dir.b.log" 2>&1 & b=$!
+  wait_for_exit "$a" 60; status_a=$?; wait_for_exit "$b" 60; status_b=$?
+  echo "exit statuses $status_a and $status_b"; tail -n 2 "$dir.a.log" "$dir.b.log"
+  [ $((status_a == 0)) -ne $((status_b == 0)) ] || { echo "expected exactly one run to succeed"; return 1; }
+  out=$([ "$status_a" -ne 0 ] && cat "$dir.a.log" || cat "$dir.b.log")
+  grep -qE "is in use by another tessera run|already holds checkpoint" <<<"$out" || { echo "the refused run does not say why"; return 1; }
+  [ ! -e "$dir/.tessera.lock" ] || { echo "the lock outlived both runs"; return 1; }
+  python3 scripts/compare_losses.py "$dir/metrics.jsonl" "$dir/metrics.jsonl" >/dev/null || { echo "metrics.jsonl holds steps of both runs"; return 1; }
+}
+check "train: two runs racing for one run.dir: exactly one trains" race_for_run_dir new
+check "train: two runs racing to take over a killed run's stale lock: exactly one trains" race_for_run_dir stale
 check "train: an existing run is not overwritten" expect_failure 30 "already holds checkpoint" "$TESSERA" train "${tiny[@]}" --set run.dir="$work/r1"
 # eval over the 2 validation batches the run used gives the validation loss it logged last, so
 # it evaluated the trained weights (a fresh model gives about 5.5).
@@ -245,6 +295,23 @@ check "train MoE: mpirun data × expert 2×2 (4 ranks) equals 1 rank for 20 step
   trains_like "$work/moe1" "$work/moe-mpi4" mpi 4 train "${moe[@]}" --set parallel.expert=2
 check "train MoE: tessera launch --nproc 2, expert 2, equals 1 rank for 20 steps" \
   trains_like "$work/moe1" "$work/moe-tcp2" "$TESSERA" launch --nproc 2 -- train "${moe[@]}" --set parallel.expert=2
+# Capacity (tokens dropped) with data replicas: the capacity and the drops are the global
+# batch's, so pure data parallel (expert 1 on 2 ranks) and expert < data (2 expert groups of 2
+# on 4 ranks) give one rank's numbers over 20 steps.
+capacity=("${moe[@]}" --set moe.capacity_factor=1.0)
+check "train MoE capacity 1.0: 1 rank" "$TESSERA" train "${capacity[@]}" --set run.dir="$work/cap1"
+check "train MoE capacity 1.0: mpirun 2 data-parallel ranks (expert 1) equal 1 rank" \
+  trains_like "$work/cap1" "$work/cap-dp2" mpi 2 train "${capacity[@]}" --set parallel.expert=1
+check "train MoE capacity 1.0: tessera launch data × expert 2×2 equals 1 rank" \
+  trains_like "$work/cap1" "$work/cap-2x2" "$TESSERA" launch --nproc 4 -- train "${capacity[@]}" --set parallel.expert=2
+# MoE with sequence parallelism (ring attention over 2 ranks; then 2 data × 2 sequence ranks with
+# the experts over the data axis): the router sees each rank's slice of every sequence.
+moe_seq=("${moe[@]}" --set data.seq_len=48 --set model.kv_heads=2)
+check "train MoE: 1 rank, seq_len 48" "$TESSERA" train "${moe_seq[@]}" --set run.dir="$work/moe-seq1"
+check "train MoE: ring attention, tessera launch 1×2 equals 1 rank" \
+  trains_like "$work/moe-seq1" "$work/moe-ring1x2" "$TESSERA" launch --nproc 2 -- train "${moe_seq[@]}" --set parallel.sequence=2
+check "train MoE: data × sequence 2×2 with expert 2, tessera launch equals 1 rank" \
+  trains_like "$work/moe-seq1" "$work/moe-ring2x2" "$TESSERA" launch --nproc 4 -- train "${moe_seq[@]}" --set parallel.sequence=2 --set parallel.expert=2
 moe_stop_and_resume() {
   local dir=$work/moe-resume reference=$work/moe-mpi2
   mpi 2 train "${moe[@]}" --set parallel.expert=2 --set run.dir="$reference" || { echo "the uninterrupted run exited with status $?"; return 1; }
@@ -272,6 +339,18 @@ PY
 }
 check "train MoE: a checkpoint of 2 expert shards holds every expert under Mixtral names" moe_checkpoint
 check "eval reads an MoE checkpoint written by 4 ranks" "$TESSERA" eval --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --batches 2
+# The Mixtral export: tessera export hf, then the numpy forward of Mixtral's equations gives
+# tessera eval's loss (check_hf.py; SKIP, naming it, without numpy).
+moe_export() {
+  "$TESSERA" export hf --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --output "$work/moe-hf" || { echo "export exited with status $?"; return 1; }
+  grep -q '"MixtralForCausalLM"' "$work/moe-hf/config.json" || { echo "config.json does not name MixtralForCausalLM"; return 1; }
+  python3 scripts/check_hf.py "$work/moe-hf" --checkpoint "$work/moe-mpi4/checkpoints/step-00000020" --tessera "$TESSERA" --numpy
+}
+if missing=$(python3 -c 'import numpy' 2>&1); then
+  check "export hf: an MoE checkpoint exports as Mixtral with tessera eval's loss (numpy forward)" moe_export
+else
+  skip "export hf: an MoE checkpoint exports as Mixtral with tessera eval's loss (numpy forward)" "python3 cannot import numpy ($(tail -n 1 <<<"$missing"))"
+fi
 moe_report() {
   "$TESSERA" report "$work/moe1" || return 1
   grep -q "layer 1 expert load" "$work/moe1/report.svg" || { echo "report.svg has no expert-load chart"; return 1; }
@@ -323,6 +402,7 @@ check "bench: decode prints JSON lines, alone and under mpirun 2 (cache sharded)
 # The default run must learn: validation below 2.0 nats/byte (README states the figure).
 if [ "${TESSERA_SKIP_DEFAULT_RUN:-0}" = 1 ]; then
   skip "default run learns" "TESSERA_SKIP_DEFAULT_RUN=1"
+  skip "MoE run learns" "TESSERA_SKIP_DEFAULT_RUN=1"
 else
   default_run_learns() {
     mpi 2 train --config configs/tiny.yaml --progress lines --set run.dir="$work/default" || { echo "training exited with status $?"; return 1; }

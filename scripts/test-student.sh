@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+plan 4   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-student.XXXXXX)
 tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
       --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=8 --set train.steps=10
@@ -47,9 +48,19 @@ EOF
 check "student: all-Mamba trains; eval, generate (1 and 2 ranks), ckpt verify/show/list, resume on it" student mamba "mamba2 in all 2 layers"
 check "student: hybrid (attention in layer 1) trains; eval, generate (1 and 2 ranks), ckpt verify/show/list, resume on it" \
   student hybrid "mamba2 in layer 0; attention in layer 1" --set model.attention_layers=1
-check "student: export hf is refused in one line, nothing written" expect_failure 30 \
+# refused_and_nothing_written OUTPUT PATTERN COMMAND...: COMMAND fails in one line matching
+# PATTERN (expect_failure) and leaves no OUTPUT behind, not even an empty directory; an existing
+# parent keeps the files it had.
+refused_and_nothing_written() {
+  local output=$1 pattern=$2 before; shift 2
+  before=$(ls -A "$(dirname "$output")")
+  expect_failure 30 "$pattern" "$@" || return 1
+  [ ! -e "$output" ] || { echo "the refused command left $output:"; find "$output" | head -n 5; return 1; }
+  [ "$(ls -A "$(dirname "$output")")" = "$before" ] || { echo "the refused command changed $(dirname "$output")"; return 1; }
+}
+check "student: export hf is refused in one line, nothing written" refused_and_nothing_written "$work/mamba-hf" \
   "^tessera: error: cannot export .*: layers \[0, 1\] are Mamba-2 mixers, which transformers cannot load" \
-  bash -c "'$TESSERA' export hf --checkpoint '$work/mamba' --output '$work/mamba-hf'; s=\$?; [ ! -e '$work/mamba-hf' ] || echo 'an export directory was left'; exit \$s"
+  "$TESSERA" export hf --checkpoint "$work/mamba" --output "$work/mamba-hf"
 
 decode_bench() {
   local out

@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up, the Markdown links, unit tests (swift test), then the
-# multi-rank, multi-node and Slurm tests. Prints PASS/FAIL per check and ends with "N passed, N failed".
+# multi-rank, multi-node and Slurm tests. Prints PASS/FAIL/SKIP per check (a skip with its reason)
+# and ends with "N passed, M failed, K skipped (D declared)". Each driver declares how many checks
+# it runs (`plan N`); the suite fails when a check fails, when a check was aborted (it began and
+# printed neither PASS nor FAIL), when a driver exits non-zero or runs fewer checks than it plans,
+# and when fewer checks ran in all than the plans declare.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+scripts/setup.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 source scripts/lib.sh
 echo "==> logs in $LOG_DIR"
+own_from=$(wc -l <"$RESULTS")
+plan $([ "$(uname -m)" = x86_64 ] && echo 3 || echo 2)   # this script's own checks below; the drivers plan theirs
 
 check "docs: every relative Markdown link points to a file in the repository" python3 scripts/check_links.py
 # The unit tests link OpenBLAS in-process and do not re-execute themselves as tessera does to
@@ -17,22 +23,23 @@ core=${OPENBLAS_CORETYPE:-$("$TESSERA" selftest blas --core-name 2>/dev/null)}
 echo "==> unit tests on OpenBLAS's ${core:-own} kernels"
 check "swift test (unit tests)" env ${core:+OPENBLAS_CORETYPE=$core} swift test
 grep -E "Test run with|Executed" "$LOG_DIR/swift_test_(unit_tests).log" | tail -n 2
+swift_skips "$LOG_DIR/swift_test_(unit_tests).log"
 if [ "$(uname -m)" = x86_64 ]; then
   check "swift test: kernels, pinned losses and N-ranks-equal-one-rank suites on OpenBLAS's Prescott kernels" \
     env OPENBLAS_CORETYPE=Prescott swift test --skip-build \
     --filter "KernelsTests|PinnedLossTests|ReferenceDecoderTests|DataParallelExactnessTests|SequenceParallelExactnessTests|ExpertParallelTrainingTests|MoEGradientTests"
 fi
-scripts/test-blas.sh
-scripts/test-newuser.sh
-scripts/test-multirank.sh
-scripts/test-distill.sh
-scripts/test-soup.sh
-scripts/test-student.sh
-scripts/test-checkpoint-faults.sh
-scripts/test-ckpt-service.sh
-scripts/test-multinode.sh
-scripts/test-slurm.sh
+account scripts/test.sh "$own_from" 0
+run_driver scripts/test-comparators.sh
+run_driver scripts/test-blas.sh
+run_driver scripts/test-newuser.sh
+run_driver scripts/test-multirank.sh
+run_driver scripts/test-distill.sh
+run_driver scripts/test-soup.sh
+run_driver scripts/test-student.sh
+run_driver scripts/test-checkpoint-faults.sh
+run_driver scripts/test-ckpt-service.sh
+run_driver scripts/test-multinode.sh
+run_driver scripts/test-slurm.sh
 
-passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS"); skipped=$(grep -c '^skip$' "$RESULTS")
-echo "$passed passed, $failed failed, $skipped skipped"
-[ "$failed" -eq 0 ]
+summary

@@ -34,6 +34,11 @@ struct SelfTest: ParsableCommand {
     @Option(help: "For failure tests: this rank stops answering (sleeps) in the middle of an allreduce.")
     var hangRank: Int?
 
+    @Option(help: "For failure tests: the collective --die-rank and --hang-rank stop in: allreduce, or alltoall (the MoE token exchange).")
+    var during: StoppedCollective = .allreduce
+
+    enum StoppedCollective: String, ExpressibleByArgument, CaseIterable { case allreduce, alltoall }
+
     func run() throws {
         if what == .blas {
             if coreName { print(BLASLibrary.coreName); return }
@@ -45,7 +50,17 @@ struct SelfTest: ParsableCommand {
             try comm.allReduce(&data, op: .sum)
             if comm.rank == dieRank { kill(getpid(), SIGKILL) }
             if comm.rank == hangRank { sleep(3600) }
-            try comm.allReduce(&data, op: .sum)   // the survivors must throw here, naming dieRank
+            // The survivors must throw here, naming dieRank (or hangRank) and the operation.
+            switch during {
+            case .allreduce: try comm.allReduce(&data, op: .sum)
+            case .alltoall:
+                let block = data.count / comm.size * MemoryLayout<Float>.size
+                let counts = [Int](repeating: block, count: comm.size)
+                var output = [Float](repeating: 0, count: data.count)
+                try data.withUnsafeBytes { input in
+                    try output.withUnsafeMutableBytes { try comm.allToAll(input, sendCounts: counts, into: $0, receiveCounts: counts) }
+                }
+            }
             throw CommandLineError.selftestMissedAStoppedRank(rank: dieRank ?? hangRank!)
         }
         let outcomes = try CommunicatorConformance.run(comm, lengths: CommunicatorConformance.defaultLengths(large: large))

@@ -215,8 +215,8 @@ import _TestSupport
 
     /// A disk that fills during a save (writes go to /dev/full): one error naming the file in
     /// the checkpoint's directory, and the previous checkpoint intact and loadable.
-    @Test func aFullDiskLeavesThePreviousCheckpointIntact() throws {
-        guard FileManager.default.fileExists(atPath: "/dev/full") else { return }
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/full"), "no /dev/full on this machine to fill the disk with"))
+    func aFullDiskLeavesThePreviousCheckpointIntact() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let store = CheckpointStore(root: directory.url)

@@ -122,12 +122,17 @@ import _TestSupport
         }
         var lines: [String] = []
         let greedy = try ModelSoup.greedy([c.checkpoint, a.checkpoint, b.checkpoint], load: Self.loader([a, b, c]), loss: loss) { lines.append($0) }
-        #expect(greedy.loss <= greedy.ranked.map(\.loss).min()!)
+        // What greedy reports is what its outputs measure, computed here, not by greedy.
+        let measured = [c, a, b].enumerated().map { (index: $0.offset, checkpoint: $0.element.checkpoint, loss: loss($0.element.contents.model)) }
+            .sorted { ($0.loss, $0.index) < ($1.loss, $1.index) }
+        #expect(greedy.ranked.map(\.checkpoint) == measured.map(\.checkpoint) && greedy.ranked.map(\.loss) == measured.map(\.loss))
+        #expect(greedy.loss == loss(greedy.contents.model), "the reported loss is the returned soup's")
+        #expect(loss(greedy.contents.model) < measured[0].loss, "the soup beats its best ingredient")
         #expect(Set(greedy.kept) == [a.checkpoint, b.checkpoint], "c moves the mean away from a and b's")
+        #expect(greedy.contents.model == target, "the soup is the uniform soup of the kept two")
         #expect(greedy.loss < 1e-9)
         #expect(lines.contains { $0.hasPrefix("left out /ckpt/3") })
         #expect(lines.contains { $0.hasPrefix("kept") })
-        #expect(greedy.ranked.map(\.loss) == greedy.ranked.map(\.loss).sorted())
     }
 
     @Test func anExistingOutputIsRefused() throws {

@@ -48,6 +48,53 @@ func handshakeOverSocketPair(initiatorToken: String, acceptorToken: String)
     return (initiatorResult, acceptor.result, recorder.all)
 }
 
+/// Bytes a scripted peer hands to the handshake under test, and what that handshake sent.
+/// `reply` is called when the handshake asks for bytes beyond the script: it sees everything
+/// sent so far (an attacker's view of the wire) and returns what to answer.
+final class ScriptedPeer: @unchecked Sendable {
+    private var pending: [UInt8]
+    private(set) var sent: [UInt8] = []
+    private let reply: ([UInt8]) -> [UInt8]
+
+    init(script: [UInt8], reply: @escaping ([UInt8]) -> [UInt8] = { _ in [] }) {
+        pending = script; self.reply = reply
+    }
+
+    var transport: JobHandshake.Transport {
+        JobHandshake.Transport(send: { self.sent += $0 }, receive: { count in
+            if self.pending.count < count { self.pending += self.reply(self.sent) }
+            guard self.pending.count >= count else { throw CollectiveError.backend("the scripted peer has nothing more to say") }
+            defer { self.pending.removeFirst(count) }
+            return Array(self.pending.prefix(count))
+        })
+    }
+}
+
+/// An honest handshake over a socket pair, returning what the initiator sent (its greeting,
+/// then its verdict and proof), the bytes a recording attacker would replay.
+func recordedInitiatorMessages(token: String, initiator: String, acceptor: String) throws -> [UInt8] {
+    var fds: [Int32] = [0, 0]
+    precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+    let (left, right) = (fds[0], fds[1])
+    defer { close(left); close(right) }
+    let deadline = Date(timeIntervalSinceNow: 5)
+    let recorder = Recorder()
+    let plain = JobHandshake.Transport.socket(left, deadline: deadline)
+    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(CollectiveError.backend("not run")) }
+    let accepted = Box()
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        accepted.result = Result { try JobHandshake(token: token).accept(identity: acceptor, over: .socket(right, deadline: deadline)) }
+        done.signal()
+    }.start()
+    let peer = try JobHandshake(token: token).initiate(identity: initiator,
+                                                       over: JobHandshake.Transport(send: { recorder.add($0); try plain.send($0) }, receive: plain.receive))
+    done.wait()
+    let acceptedPeer = try accepted.result.get()
+    #expect(peer == acceptor && acceptedPeer == initiator, "the recorded handshake itself succeeded")
+    return recorder.all
+}
+
 @Suite struct JobHandshakeTests {
     static let token = "job-token-7f3c9a1e5b2d4c6e8a0b1d3f5e7c9a2b"
 
@@ -72,6 +119,34 @@ func handshakeOverSocketPair(initiatorToken: String, acceptorToken: String)
         #expect(throws: HandshakeError.wrongToken(peer: "acceptor A")) { try run.initiator.get() }
         #expect(throws: HandshakeError.peerRefusedOurProof(peer: "initiator I")) { try run.acceptor.get() }
         #expect(!contains(run.wire, Array(Self.token.utf8)) && !contains(run.wire, Array("intruder".utf8)))
+    }
+
+    /// A stranger without the token greets an acceptor, then hands the acceptor's own proof
+    /// back as its answer. Only the role label in the MAC tells the two proofs apart: without
+    /// it they are the same bytes, and the stranger would be let in.
+    @Test func theAcceptorsOwnProofReflectedBackIsRefused() throws {
+        let greeting = JobHandshake.magic + [JobHandshake.version] + JobHandshake.nonce() + JobHandshake.lengthPrefixed(Array("mirror".utf8))
+        let peer = ScriptedPeer(script: greeting) { sent in
+            // The acceptor sent magic, version, nonce, its identity and then its proof: the last 32 bytes.
+            [1] + Array(sent.suffix(JobHandshake.proofBytes))
+        }
+        #expect(throws: HandshakeError.wrongToken(peer: "mirror")) {
+            try JobHandshake(token: Self.token).accept(identity: "acceptor A", over: peer.transport)
+        }
+        #expect(peer.sent.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "acceptor A".utf8.count + JobHandshake.proofBytes,
+                "the acceptor sent its greeting and proof, so the stranger had a proof to reflect")
+    }
+
+    /// An eavesdropper records an initiator's messages to an acceptor and plays them, byte for
+    /// byte, to a new acceptor of the same job with the same identity. The new acceptor's fresh
+    /// nonce is what the recorded proof does not cover: without it in the MAC the replay passes.
+    @Test func aRecordedInitiatorReplayedToANewAcceptorIsRefused() throws {
+        let recorded = try recordedInitiatorMessages(token: Self.token, initiator: "initiator I", acceptor: "acceptor A")
+        #expect(recorded.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "initiator I".utf8.count + 1 + JobHandshake.proofBytes)
+        let replay = ScriptedPeer(script: recorded)
+        #expect(throws: HandshakeError.wrongToken(peer: "initiator I")) {
+            try JobHandshake(token: Self.token).accept(identity: "acceptor A", over: replay.transport)
+        }
     }
 
     @Test func anInitiatorThatFakesItsProofIsRefused() throws {

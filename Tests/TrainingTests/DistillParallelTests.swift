@@ -44,28 +44,48 @@ import _TestSupport
         return try results.map { try $0.get() }
     }
 
+    /// Tolerances: the parallel runs differ from one rank only in the order of the gradient
+    /// sums (the data axis's allreduce). Measured worst over 9 steps: losses 6.3e-9,
+    /// parameters 5.7e-7 (2 and 3 ranks, the hybrid; 2026-12-07); about 10x that is allowed.
+    static let (lossTolerance, parameterTolerance) = (1e-7, 5e-6)
+
+    /// Every rank reports rank 0's losses and holds rank 0's student bit for bit; rank 0's losses
+    /// at every step and every parameter of the student (not the optimizer moments or step
+    /// counters, `distill.*`) agree with one rank's within the tolerances.
+    static func expectMatch(_ parallel: [Seen], _ single: Seen, _ label: String) {
+        for (rank, seen) in parallel.enumerated() {
+            #expect(seen.losses == parallel[0].losses, "\(label): rank \(rank) reports rank 0's losses")
+            #expect(bits(seen.state) == bits(parallel[0].state), "\(label): rank \(rank) holds rank 0's student and moments")
+        }
+        var worstLoss = 0.0, worstParameter = (0.0, "")
+        for (a, b) in zip(parallel[0].losses, single.losses) { worstLoss = max(worstLoss, maxRelativeError(a, b)) }
+        var compared = 0
+        for (name, tensor) in single.state.entries where !name.hasPrefix("distill.") {
+            guard let other = parallel[0].state[name] else { Issue.record("\(label): \(name) missing"); continue }
+            let error = maxRelativeError(other.scalars, tensor.scalars)
+            if !(error <= worstParameter.0) { worstParameter = (error, name) }
+            compared += 1
+        }
+        #expect(parallel[0].losses.count == single.losses.count && compared > 10, "\(label): \(compared) parameters compared")
+        #expect(worstLoss < lossTolerance, "\(label): losses differ from one rank's by \(worstLoss) (relative)")
+        #expect(worstParameter.0 < parameterTolerance, "\(label): \(worstParameter.1) differs from one rank's by \(worstParameter.0) (relative)")
+    }
+
     @Test(arguments: [2, 3])
     func ranksMatchOneRankInEveryStage(ranks: Int) throws {
         let single = try Self.distill(ranks: 1)[0]
         let parallel = try Self.distill(ranks: ranks)
         #expect(single.losses.count == 9 && single.losses.allSatisfy { $0.allSatisfy { $0.isFinite && $0 > 0 } })
-        for (rank, seen) in parallel.enumerated() {
-            #expect(seen.losses == parallel[0].losses, "rank \(rank) reports rank 0's losses")
-            #expect(bits(seen.state) == bits(parallel[0].state), "rank \(rank) holds rank 0's student and moments")
-            for (step, (a, b)) in zip(seen.losses, single.losses).enumerated() {
-                #expect(maxRelativeError(a, b) < 1e-5, "ranks=\(ranks) step \(step): \(a) vs \(b)")
-            }
-            for (name, tensor) in single.state.entries where !name.hasPrefix("distill.") {
-                #expect(maxRelativeError(seen.state[name]!.scalars, tensor.scalars) < 1e-4, "ranks=\(ranks) \(name)")
-            }
-        }
+        Self.expectMatch(parallel, single, "\(ranks) ranks")
     }
 
+    /// A hybrid student (attention kept in layer 1): the same, its attention parameters included.
     @Test func aHybridMatchesToo() throws {
         let single = try Self.distill(ranks: 1, keep: "1")[0]
         let parallel = try Self.distill(ranks: 2, keep: "1")
         #expect(single.losses[0].count == 2)
-        for (a, b) in zip(parallel[1].losses, single.losses) { #expect(maxRelativeError(a, b) < 1e-5, "\(a) vs \(b)") }
+        #expect(single.state.entries.contains { $0.name.hasPrefix("model.layers.1.self_attn.") }, "layer 1 keeps its attention")
+        Self.expectMatch(parallel, single, "hybrid, 2 ranks")
     }
 
     @Test func restoringAnExportedStateContinuesBitForBit() throws {
