@@ -10,7 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}
 source scripts/lib.sh
-plan 6   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 7   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-blas.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 if [ "$(id -u)" -eq 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
