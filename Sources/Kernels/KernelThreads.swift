@@ -5,7 +5,8 @@ import Dispatch
 /// process-wide setting), so ranks that are threads of one process can use different counts.
 ///
 /// Work is split into contiguous chunks, and every element is computed by the same code
-/// whatever the split, so results do not depend on the count. OpenBLAS itself always runs one
+/// whatever the split, so results do not depend on the count (large products excepted on
+/// OpenBLAS cores whose kernels depend on a block's shape: `BLASLibrary.productsSplitExactly`). OpenBLAS itself always runs one
 /// thread per call: its own threading synchronises inside every call, which costs more than
 /// it gains on the mid-sized products of these models; `Matmul.gemm` splits large products
 /// into blocks instead.

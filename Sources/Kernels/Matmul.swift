@@ -11,7 +11,9 @@ public enum Matmul {
     /// With more than one of `threads`, a large product is cut into independent blocks of
     /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
     /// kernel threads: no synchronisation inside BLAS, and every element of C is still one dot
-    /// product over the whole k, computed by the same kernel.
+    /// product over the whole k. On most OpenBLAS cores that gives the bits of one thread; on
+    /// Haswell and Zen the kernels depend on the block's shape, so the last bits move with the
+    /// thread count (`BLASLibrary.productsSplitExactly`).
     @inline(__always)
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,

@@ -19,6 +19,9 @@ enum BLASReport {
         print("library: \(BLASLibrary.configuration); its cores for x86-64: \(BLASLibrary.shippedCores.joined(separator: " "))")
         print("threads: \(threads) per product (Tessera splits products itself; OpenBLAS's own threads: \(BLASLibrary.threads))")
         print("CPU: \(cpu.modelName) (\(cpu.vendor)); vector features: \(cpu.features)")
+        print(BLASLibrary.productsSplitExactly
+              ? "thread counts: large products split over threads give the bits of one thread"
+              : "thread counts: these kernels compute a product cut into blocks differently from the whole, so train.threads moves large products in the last bits (runs stay exact on any one thread count)")
         var line = String(format: "GEMM peak: %.1f GFLOP/s (n = %d, Float32, %d thread%@)", gflops, n, threads, threads == 1 ? "" : "s")
         if let ghz = clockGHz(), let lanes = lanes(cpu.features) {
             let perCycle = gflops / ghz / Double(threads)

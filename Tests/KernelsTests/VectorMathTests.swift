@@ -52,7 +52,21 @@ import _TestSupport
             return [y, rstd, dx, dw, h, dg, du, d, [Float(loss)], product, wide, p, m, v, o, dq, dk, dv]
         }
         let one = run(threads: 1), two = run(threads: 2)
-        #expect(one == two)
+        let names = ["rmsnorm y", "rstd", "rmsnorm dx", "rmsnorm dw", "swiglu h", "swiglu dgate", "swiglu dup", "cross-entropy dlogits",
+                     "loss", "product split by rows", "product split by columns", "adamw p", "adamw m", "adamw v",
+                     "attention o", "attention dq", "attention dk", "attention dv"]
+        // Large products are cut into blocks over the threads; only kernels whose results do not
+        // depend on a product's shape give the whole product's bits (BLASLibrary.productsSplitExactly:
+        // not OpenBLAS's Haswell and Zen kernels), so there the products agree within rounding.
+        let splitProducts: Set = ["product split by rows", "product split by columns"]
+        for (index, name) in names.enumerated() {
+            if splitProducts.contains(name) && !BLASLibrary.productsSplitExactly {
+                #expect(maxRelativeError(one[index], two[index]) < 1e-5, "\(name) on \(BLASLibrary.coreName)")
+                continue
+            }
+            let first = one[index].indices.first { one[index][$0].bitPattern != two[index][$0].bitPattern }
+            #expect(first == nil, "\(name): element \(first ?? 0) differs (\(one[index][first ?? 0]) vs \(two[index][first ?? 0]))")
+        }
         // The products above agree with the naive twin too (so both runs are right, not just equal).
         let x = Fixtures.randoms(1000 * 96, seed: 1), square = Fixtures.randoms(96 * 96, seed: 6)
         #expect(maxRelativeError(one[9], Reference.linear(x.doubles, square.doubles, rows: 1000, inFeatures: 96, outFeatures: 96)) < 1e-5)
