@@ -154,7 +154,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
     @Test func aClientWithTheWrongTokenIsRefusedAndTheServiceServesOthers() throws {
         let fixture = try ServiceFixture()
         do {
-            try fixture.sink(token: "not-the-job-token").deliver(part(step: 1, rank: 0, ranks: 1))
+            try fixture.sink(token: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c").deliver(part(step: 1, rank: 0, ranks: 1))
             Issue.record("the wrong token was accepted")
         } catch let error as CheckpointServiceError {
             guard case .authenticationFailed = error else { Issue.record("\(error)"); return }
@@ -374,14 +374,14 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(try ServiceAddress("10.0.0.5:29600") == ServiceAddress(host: "10.0.0.5", port: 29600))
         #expect(throws: CheckpointServiceError.self) { try CheckpointServer(root: URL(fileURLWithPath: "/tmp/x"), token: "").start() }
         let unreachable = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: try TCPJobSpec.freePort()),
-                                                    token: "t", cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
+                                                    token: String(repeating: "7a", count: 16), cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
         do { _ = try unreachable.latestStep(); Issue.record("reached nothing") } catch {
             #expect("\(error)".contains("checkpoint service at 127.0.0.1:") && "\(error)".contains("unreachable"), "\(error)")
         }
         // A service that accepts but never answers: the read times out, naming the address.
         let silent = try Socket.listen(host: "127.0.0.1", port: 0)
         defer { close(silent.fd) }
-        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: "t",
+        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: String(repeating: "7a", count: 16),
                                                 cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 1, ioTimeout: 0.5)
         let start = Date()
         do { _ = try waiting.latestStep(); Issue.record("a silent service answered") } catch {

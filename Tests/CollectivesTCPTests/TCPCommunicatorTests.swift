@@ -42,7 +42,7 @@ func freePort() -> UInt16 { try! TCPJobSpec.freePort() }
 
     @Test func theSameHostSettingIsReadAndCheckedFromTheEnvironment() throws {
         var env = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "1", "TESSERA_MASTER_ADDR": "127.0.0.1",
-                   "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+                   "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": String(repeating: "5e", count: 16)]
         #expect(try TCPJobSpec(environment: env).sameHostMemory)
         env["TESSERA_TCP_SAME_HOST"] = "socket"
         #expect(try !TCPJobSpec(environment: env).sameHostMemory)
@@ -75,7 +75,7 @@ func freePort() -> UInt16 { try! TCPJobSpec.freePort() }
 
     @Test func missingOrMalformedVariablesAreNamed() {
         let good = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "2", "TESSERA_MASTER_ADDR": "127.0.0.1",
-                    "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+                    "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": String(repeating: "5e", count: 16)]
         #expect((try? TCPJobSpec(environment: good)) != nil)
         for key in TCPJobSpec.variables {
             var env = good

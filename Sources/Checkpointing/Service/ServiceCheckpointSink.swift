@@ -26,6 +26,9 @@ public final class ServiceCheckpointSink: CheckpointSink {
     public init(address: ServiceAddress, token: String, cacheDirectory: URL, identity: String = "checkpoint client",
                 connectTimeout: Double = 10, ioTimeout: Double = 120) throws {
         guard !token.isEmpty else { throw CheckpointServiceError.missingToken(hint: "set TESSERA_JOB_TOKEN to the service's token") }
+        do { try JobToken.validate(token, source: "TESSERA_JOB_TOKEN") } catch {
+            throw CheckpointServiceError.weakToken(reason: "\(error)")
+        }
         self.address = address; self.token = token; self.cacheDirectory = cacheDirectory
         self.identity = identity; self.connectTimeout = connectTimeout; self.ioTimeout = ioTimeout
     }
@@ -163,7 +166,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
         let connection = ServiceConnection(fd: fd, address: "\(address)", timeout: ioTimeout)
         let server: String
         do {
-            server = try JobHandshake(token: token).initiate(identity: identity, over: connection.transport)
+            server = try JobHandshake(token: token).initiate(identity: identity, over: connection.transport(within: ioTimeout))
         } catch let error as HandshakeError {
             throw CheckpointServiceError.authenticationFailed(address: "\(address)", reason: "\(error)")
         }
