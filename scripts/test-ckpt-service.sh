@@ -39,7 +39,7 @@ steps = []
 for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     if name.startswith("."):
         continue   # assembly, manifests, deletions: invisible to readers by name
-    m = re.fullmatch(r"step-(\d{8})", name)
+    m = re.fullmatch(r"step-(\d{8,})", name)
     assert m, f"unexpected entry {name} in {root}"
     d = os.path.join(root, name)
     files = set(os.listdir(d))
@@ -119,9 +119,9 @@ kill_trials() {
 
 refusals() {
   local root=$work/root-refusals port; port=$(free_port)
-  export TESSERA_JOB_TOKEN=right-token
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
   start_service "$root" "$port" "$work/refusals.log" || return 1
-  local out; out=$(TESSERA_JOB_TOKEN=wrong-token "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 2>&1); local status=$?
+  local out; out=$(TESSERA_JOB_TOKEN=$("$TESSERA" token) "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 2>&1); local status=$?
   echo "$out"
   "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 --bytes 1000 || { kill -9 "$server"; return 1; }
   kill -9 "$server"; wait "$server" 2>/dev/null

@@ -30,6 +30,7 @@ scripts/test-soup.sh
 scripts/test-student.sh
 scripts/test-checkpoint-faults.sh
 scripts/test-ckpt-service.sh
+scripts/test-hostile-network.sh
 scripts/test-multinode.sh
 scripts/test-slurm.sh
 
