@@ -96,6 +96,37 @@ distill_outside_root() {
   [ "${a//configs/X}" = "${b//no-such-dir/X}" ] || { echo "the refusals differ beyond the path: they tell whether it exists"; return 1; }
 }
 
+# A 2-rank training run (2000 steps, a few seconds) streaming a checkpoint every 50 steps; the service is killed (SIGKILL, at a
+# random moment around saves, so sometimes mid-commit) and started again 12 s later: the ranks
+# retry, the run completes, and every step that was due is on the service and verifies.
+outage() {
+  local root=$work/root-outage dir=$work/run-outage log=$work/outage.log steps=2000 every=50 status missing=()
+  port=$(free_port)
+  local tiny=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
+              --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12
+              --set train.steps=$steps --set eval.every=0 --set eval.batches=1 --set checkpoint.every=$every
+              --set checkpoint.service=127.0.0.1:$port --set checkpoint.service_retry_seconds=60 --set run.dir="$dir")
+  "$TESSERA" ckpt serve --root "$root" --listen "127.0.0.1:$port" --keep 1000 2>>"$log" & server=$!
+  timeout -k 5 180 "$TESSERA" launch --nproc 2 -- train "${tiny[@]}" >"$work/outage-train.log" 2>&1 & local job=$!
+  wait_for_checkpoint_after "$root" 0 60 || { kill -9 "$job" "$server"; tail -n 5 "$work/outage-train.log"; return 1; }
+  sleep "0.$((RANDOM % 5))$((RANDOM % 10))"
+  kill -9 "$server"; wait "$server" 2>/dev/null
+  local killed_at; killed_at=$(ls "$root" | grep -c '^step-')
+  sleep 12   # longer than a connection attempt's 10 s, so the ranks' retries (not connect's) bridge it
+  "$TESSERA" ckpt serve --root "$root" --listen "127.0.0.1:$port" --keep 1000 2>>"$log" & server=$!
+  wait "$job"; status=$?
+  kill "$server"; wait "$server" 2>/dev/null
+  tail -n 4 "$work/outage-train.log"; grep -m 3 "not delivered" "$work/outage-train.log"
+  echo "killed the service with $killed_at steps committed; the run exited with status $status"
+  [ "$status" -eq 0 ] || { echo "the run did not survive the outage"; return 1; }
+  grep -q "not delivered" "$work/outage-train.log" || { echo "no rank retried: the kill missed the saves"; return 1; }
+  for ((s = every; s <= steps; s += every)); do
+    [ -f "$root/$(printf 'step-%08d' $s)/DONE" ] || missing+=("$s")
+  done
+  [ ${#missing[@]} -eq 0 ] || { echo "steps due but not on the service: ${missing[*]}"; return 1; }
+  "$TESSERA" ckpt verify "$root" >/dev/null
+}
+
 check "hostile: a part of 2^40 ranks is refused naming the field and the limit; the service serves" part_of_2_40_ranks
 check "hostile: a manifest of 2^40 ranks on disk is moved aside at start-up, named in one line; the service serves" manifest_of_2_40_ranks_on_disk
 check "hostile: step 2^32+5 round-trips under its own name (step-4294967301) beside step 500" step_beyond_32_bits
@@ -106,5 +137,6 @@ check "hostile: launch refuses a token under 128 bits, saying how to make one" e
 check "hostile: 300 strangers sending a byte a second under ulimit -n 256; an honest client is served within 2 s, the strangers dropped at the handshake deadline" \
   slow_strangers_and_an_honest_client
 check "hostile: 12 silent connections to the master port; a 2-rank launch completes" conformance silent_strangers_and_a_launch
+check "hostile: kill -9 of the service around saves, restarted 12 s later: the ranks retry, the run completes, every step due is delivered and verifies" outage
 check "hostile: a distill job's teacher outside --root is refused alike whether it exists or not" distill_outside_root
 rm -rf "$work"
