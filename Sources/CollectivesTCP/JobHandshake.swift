@@ -53,6 +53,11 @@ public struct JobHandshake {
     /// token (then it is told so and learns nothing), or the transport's error.
     @discardableResult
     public func initiate(identity: String, over transport: Transport) throws -> String {
+        try initiateSession(identity: identity, over: transport).peer
+    }
+
+    /// `initiate`, also returning the session keys both ends derive (`Session`).
+    public func initiateSession(identity: String, over transport: Transport) throws -> Session {
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)
         try transport.send(Self.magic + [Self.version] + mine + Self.lengthPrefixed(myIdentity))
@@ -63,12 +68,17 @@ public struct JobHandshake {
         let reply = try transport.receive(1 + Self.proofBytes)
         guard reply[0] == 1 else { throw HandshakeError.peerRefusedOurProof(peer: claimed) }
         guard isValid(Array(reply[1...]), role: .acceptor, transcript) else { throw HandshakeError.wrongToken(peer: claimed) }
-        return claimed
+        return session(peer: claimed, transcript)
     }
 
     /// The accepting side. Returns the initiator's identity once it has proved the token.
     @discardableResult
     public func accept(identity: String, over transport: Transport) throws -> String {
+        try acceptSession(identity: identity, over: transport).peer
+    }
+
+    /// `accept`, also returning the session keys both ends derive (`Session`).
+    public func acceptSession(identity: String, over transport: Transport) throws -> Session {
         let (theirs, theirIdentity) = try Self.readGreeting(transport)
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)
@@ -81,7 +91,25 @@ public struct JobHandshake {
             throw HandshakeError.wrongToken(peer: claimed)
         }
         try transport.send([1] + mac(role: .acceptor, transcript))
-        return claimed
+        return session(peer: claimed, transcript)
+    }
+
+    /// What a completed handshake leaves: the peer's (authenticated) identity and one key per
+    /// direction, HKDF-SHA256(token, salt: SHA-256 of the transcript, which holds both fresh
+    /// nonces and both identities), so every connection has its own keys and a key never
+    /// serves both directions.
+    public struct Session {
+        public let peer: String
+        public let initiatorToAcceptor: SymmetricKey
+        public let acceptorToInitiator: SymmetricKey
+    }
+
+    private func session(peer: String, _ transcript: [UInt8]) -> Session {
+        let salt = Array(SHA256.hash(data: transcript))
+        func derive(_ label: String) -> SymmetricKey {
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: salt, info: Array("tessera-seal-v1 \(label)".utf8), outputByteCount: 32)
+        }
+        return Session(peer: peer, initiatorToAcceptor: derive("initiator->acceptor"), acceptorToInitiator: derive("acceptor->initiator"))
     }
 
     private func mac(role: Role, _ transcript: [UInt8]) -> [UInt8] {

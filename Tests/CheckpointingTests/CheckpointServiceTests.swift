@@ -187,12 +187,12 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let header = PartHeader(step: 3, rank: 0, ranks: 1,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
-        var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
-        bytes[100] ^= 0x20   // one bit flipped in transit, after the CRC was computed
+        var bytes = try #require(connection.seal).seal(Frame(.fileData, Array(p.files[0].data.prefix(4096))).unsealed)
+        bytes[100] ^= 0x20   // one bit flipped in transit, after the frame was sealed
         try connection.write(bytes, while: "test")
         let reply = try connection.receive(while: "test")
         #expect(reply.type == .error)
-        #expect(String(decoding: reply.payload, as: UTF8.self).contains("CRC-32 mismatch"))
+        #expect(String(decoding: reply.payload, as: UTF8.self).contains("fails authentication"))
         #expect(!FileManager.default.fileExists(atPath: fixture.committed(3).path))
         let assembly = fixture.server.assemblyURL(3)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? []).isEmpty, "no half-received file stays")

@@ -119,11 +119,13 @@ public final class CheckpointServer: @unchecked Sendable {
             let connection = ServiceConnection(fd: fd, address: peer, timeout: ioTimeout)
             let seconds = min(ioTimeout, UnauthenticatedConnections.handshakeSeconds)
             handshaking.handshake(fd, peer: peer, name: "ckpt-conn-\(id)", log: log, { [token] in
-                try JobHandshake(token: token).accept(identity: Self.identity, over: connection.transport(within: seconds))
+                try JobHandshake(token: token).acceptSession(identity: Self.identity, over: connection.transport(within: seconds))
             }, done: { [self] result in
                 withExtendedLifetime(connection) {   // the fd stays open until `stop` can no longer see it
                     switch result {
-                    case .success(let client): serve(connection, client: client, id: id)
+                    case .success(let session):
+                        connection.seal = FrameSeal(session, initiator: false)   // every frame from here on is sealed
+                        serve(connection, client: session.peer, id: id)
                     case .failure(let error): log("refused a connection from \(peer): \(error)")
                     }
                     lock.lock(); connections[id] = nil; lock.unlock()

@@ -195,7 +195,9 @@ public final class ServiceCheckpointSink: CheckpointSink {
         let connection = ServiceConnection(fd: fd, address: "\(address)", timeout: ioTimeout)
         let server: String
         do {
-            server = try JobHandshake(token: token).initiate(identity: identity, over: connection.transport(within: ioTimeout))
+            let session = try JobHandshake(token: token).initiateSession(identity: identity, over: connection.transport(within: ioTimeout))
+            server = session.peer
+            connection.seal = FrameSeal(session, initiator: true)
         } catch let error as HandshakeError {
             throw CheckpointServiceError.authenticationFailed(address: "\(address)", reason: "\(error)")
         }
@@ -221,7 +223,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
 
     /// After a failed send: the refusal the service sent before it stopped reading, if any.
     private func refusal(on connection: ServiceConnection) -> Error? {
-        let quick = ServiceConnection(fd: dup(connection.fd), address: connection.address, timeout: 2)
+        let quick = connection.duplicate(timeout: 2)
         guard let frame = try? quick.receive(while: "reading the service's refusal"), frame.type == .error else { return nil }
         return CheckpointServiceError.rejected(address: "\(address)", reason: String(decoding: frame.payload, as: UTF8.self))
     }

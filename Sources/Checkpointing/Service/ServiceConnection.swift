@@ -41,10 +41,12 @@ public struct Frame: Sendable {
     public static let chunkBytes = 1 << 20
 
     public var bytes: [UInt8] {
-        var out = [type.rawValue] + Self.littleEndian(UInt32(payload.count))
-        out += payload
+        let out = unsealed
         return out + Self.littleEndian(CRC32.checksum(out))
     }
+
+    /// Type, length and payload: what a sealed connection encrypts (the AEAD tag replaces the CRC).
+    var unsealed: [UInt8] { [type.rawValue] + Self.littleEndian(UInt32(payload.count)) + payload }
 
     /// The payload length a frame's 5-byte head announces; over `maxPayload` is `badFrame`
     /// (checked before anything is allocated for it).
@@ -97,8 +99,18 @@ public final class ServiceConnection {
     public let address: String
     public let timeout: Double
 
+    /// Set once the handshake is done: from then on every frame is sealed (`FrameSeal`).
+    var seal: FrameSeal?
+
     public init(fd: Int32, address: String, timeout: Double) {
         self.fd = fd; self.address = address; self.timeout = timeout
+    }
+
+    /// The same socket (a duplicated descriptor) with another timeout, sharing the seal.
+    func duplicate(timeout: Double) -> ServiceConnection {
+        let copy = ServiceConnection(fd: dup(fd), address: address, timeout: timeout)
+        copy.seal = seal
+        return copy
     }
 
     deinit { Glibc.close(fd) }
@@ -114,7 +126,13 @@ public final class ServiceConnection {
     /// The end of a whole exchange, and its length for messages.
     struct Deadline { var end: Date; var seconds: Double }
 
-    public func send(_ frame: Frame, while doing: String) throws { try write(frame.bytes, while: doing) }
+    public func send(_ frame: Frame, while doing: String) throws {
+        if let seal {
+            try write(seal.seal(frame.unsealed), while: doing)
+        } else {
+            try write(frame.bytes, while: doing)
+        }
+    }
 
     public func send(_ type: FrameType, json value: some Encodable, while doing: String) throws {
         try send(Frame(type, Array(try JSONEncoder().encode(value))), while: doing)
@@ -122,10 +140,28 @@ public final class ServiceConnection {
 
     /// The next frame; a CRC mismatch, an unknown type or an oversized length is `badFrame`.
     public func receive(while doing: String) throws -> Frame {
+        if let seal { return try receiveSealed(seal, while: doing) }
         let head = try read(5, while: doing)
         let length = try Frame.payloadLength(head: head, address: address, while: doing)
         let payload = try read(length, while: doing)
         return try Frame.checked(head: head, payload: payload, crc: read(4, while: doing), address: address, while: doing)
+    }
+
+    /// The next sealed frame: its length bounded, then opened under the next nonce; one that
+    /// does not open ends the connection with `badFrame` naming the peer.
+    private func receiveSealed(_ seal: FrameSeal, while doing: String) throws -> Frame {
+        let length = Int(Frame.uint32(try read(4, while: doing)[...]))
+        guard (5 + FrameSeal.tagBytes...FrameSeal.maxSealedBytes).contains(length) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame of \(length) bytes, outside \(5 + FrameSeal.tagBytes)...\(FrameSeal.maxSealedBytes), while \(doing)")
+        }
+        guard let plain = seal.open(try read(length, while: doing)) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a frame that fails authentication while \(doing): tampered with, replayed, reordered, dropped or injected on the way; nothing of this connection is kept")
+        }
+        let payloadLength = Int(Frame.uint32(plain[1..<5]))
+        guard payloadLength == plain.count - 5, let type = FrameType(rawValue: plain[0]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame whose type \(plain[0]) or length \(payloadLength) is wrong while \(doing)")
+        }
+        return Frame(type, Array(plain[5...]))
     }
 
     /// Sends a one-line refusal, stops sending, and drains what the peer still sends (for at

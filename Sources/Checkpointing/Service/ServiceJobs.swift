@@ -110,7 +110,7 @@ extension ServiceCheckpointSink {
     public func submit(_ request: ServiceJobRequest, replyTimeout: Double) throws -> ServiceJobResult {
         let connection = try connect()
         try connection.send(.job, json: request, while: "submitting a \(request.kind) job")
-        let waiting = ServiceConnection(fd: dup(connection.fd), address: connection.address, timeout: replyTimeout)
+        let waiting = connection.duplicate(timeout: replyTimeout)
         return try reply(waiting, ServiceJobResult.self, while: "waiting for the \(request.kind) job to finish")
     }
 }
