@@ -2,7 +2,7 @@
 # The checkpoint service and the rendezvous on a hostile network (issue 20), through the
 # executable on 127.0.0.1: numbers over their limits refused and the service kept serving (a
 # part of 2^40 ranks; the same left on disk by an older build, moved aside at start-up), steps
-# beyond 32 bits under their own names, weak tokens refused, slow and silent strangers that
+# beyond 32 bits under their own names, tampered frames refused, weak tokens refused, slow and silent strangers that
 # delay neither an honest client nor a rendezvous. scripts/hostile_client.py plays the stranger.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,21 @@ part_of_2_40_ranks() {
   cat "$work/ranks.log"
   grep -q "ranks 1099511627776 is outside 1...65536" <<<"$out" || { echo "the refusal does not name the field and the limit"; return 1; }
   ! ls -A "$work/root-ranks" | grep -q '^\.step-00000003' || { echo "something of the refused part is on disk"; return 1; }
+}
+
+tampered_frames() {
+  local mode out
+  serve "$work/root-tamper" "$work/tamper.log" || return 1
+  for mode in flip replay inject; do
+    out=$(hostile tamper 127.0.0.1 "$port" "$mode" 2>&1)
+    echo "$mode: $out"
+    grep -q "reply 21 .*fails authentication" <<<"$out" || { kill "$server"; echo "$mode: no refusal naming the failed authentication"; return 1; }
+  done
+  "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --from 10 --steps 1 --ranks 1 --bytes 1000 || { kill "$server"; return 1; }
+  kill "$server"; wait "$server" 2>/dev/null
+  cat "$work/tamper.log"
+  [ "$(grep -c "at 127.0.0.1:[0-9]* failed: .*fails authentication" "$work/tamper.log")" -eq 3 ] || { echo "the log does not name the peer of each"; return 1; }
+  [ ! -e "$work/root-tamper/step-00000009" ] || { echo "a tampered part was committed"; return 1; }
 }
 
 manifest_of_2_40_ranks_on_disk() {
@@ -128,6 +143,7 @@ outage() {
 }
 
 check "hostile: a part of 2^40 ranks is refused naming the field and the limit; the service serves" part_of_2_40_ranks
+check "hostile: sealed frames: a flipped, replayed or injected frame ends the connection naming the peer, nothing committed" tampered_frames
 check "hostile: a manifest of 2^40 ranks on disk is moved aside at start-up, named in one line; the service serves" manifest_of_2_40_ranks_on_disk
 check "hostile: step 2^32+5 round-trips under its own name (step-4294967301) beside step 500" step_beyond_32_bits
 check "hostile: ckpt serve refuses a token under 128 bits, saying how to make one" expect_failure 10 "tessera token" \
