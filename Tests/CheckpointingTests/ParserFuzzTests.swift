@@ -50,8 +50,14 @@ import _TestSupport
         }
         let tensors = StateDict([("a", Tensor(shape: [2, 3], scalars: [1, 2, 3, 4, 5, 6])), ("b", Tensor(shape: [4], scalars: [7, 8, 9, 10]))])
         let file = Array(try SafeTensors.encode(tensors, metadata: ["step": "3"]))
-        for _ in 0..<5000 {   // safetensors files: the header's numbers, its length field, the data
-            let bytes = m.mutate(file)
+        let headerLength = (0..<8).reduce(0) { $0 | Int(file[$1]) << (8 * $1) }
+        let json = Array(file[8..<(8 + headerLength)]), data = Array(file[(8 + headerLength)...])
+        for _ in 0..<5000 {   // safetensors files: the header's numbers (its length kept right half the time), its length field, the data
+            var bytes = m.mutate(file)
+            if m.below(2) == 0 {
+                let mutated = m.below(2) == 0 ? m.replacingANumber(json) : m.mutate(json)
+                bytes = (0..<8).map { UInt8(truncatingIfNeeded: mutated.count >> (8 * $0)) } + mutated + data
+            }
             run("safetensors") {
                 let decoded = try SafeTensors.decode(Data(bytes), path: "fuzz")
                 let floats = decoded.tensors.entries.reduce(0) { $0 + $1.tensor.count }
