@@ -41,6 +41,18 @@ public final class UnauthenticatedConnections: @unchecked Sendable {
         return (nextTicket, evicted)
     }
 
+    /// Shuts the oldest pending connection down (accept failed for want of file descriptors:
+    /// a stranger's are freed first, never an authenticated client's); its peer, or nil when none.
+    @discardableResult
+    public func dropOldest() -> String? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !pending.isEmpty else { return nil }
+        let oldest = pending.removeFirst()
+        shutdown(oldest.fd, Int32(SHUT_RDWR))
+        return oldest.peer
+    }
+
     /// The handshake of `ticket` ended (either way). Call before closing its descriptor, so an
     /// eviction can never shut down a descriptor number that was reused.
     public func settle(_ ticket: Int) {

@@ -100,5 +100,6 @@ import Glibc
         var byte: UInt8 = 0
         #expect(recv(pairs[0][1], &byte, 1, Int32(MSG_DONTWAIT)) == 0, "the oldest was shut down")
         #expect(recv(pairs[3][1], &byte, 1, Int32(MSG_DONTWAIT)) < 0, "the newest is still open (nothing to read yet)")
+        #expect(gate.dropOldest() == "peer 1" && gate.count == 2, "out of descriptors: the oldest goes first")
     }
 }

@@ -107,7 +107,9 @@ public final class CheckpointServer: @unchecked Sendable {
             if done { return }
             let accepted: (fd: Int32, peer: String)?
             do { accepted = try Socket.accept(listener, deadline: Date(timeIntervalSinceNow: 0.2)) } catch {
-                log("accept failed: \(error); still serving")
+                // Out of file descriptors, most likely: a stranger's handshake gives its own up first.
+                let dropped = handshaking.dropOldest()
+                log("accept failed: \(error); \(dropped.map { "dropped the handshake of \($0)" } ?? "no handshake to drop"); still serving")
                 usleep(100_000); continue
             }
             guard let (fd, peer) = accepted else { continue }
