@@ -9,13 +9,13 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 work=$(mktemp -d /tmp/tessera-hostile.XXXXXX)
 export TESSERA_JOB_TOKEN=$("$TESSERA" token)
-hostile() { python3 scripts/hostile_client.py "$@"; }
+hostile=(python3 scripts/hostile_client.py)   # an array, not a function: $! of a background one is python itself
 sha=$(printf 'ab%.0s' $(seq 32))
 
 part_of_2_40_ranks() {
   local out
   serve "$work/root-ranks" "$work/ranks.log" || return 1
-  out=$(hostile part 127.0.0.1 "$port" "{\"step\": 3, \"rank\": 0, \"ranks\": 1099511627776, \"files\": []}" 2>&1)
+  out=$("${hostile[@]}" part 127.0.0.1 "$port" "{\"step\": 3, \"rank\": 0, \"ranks\": 1099511627776, \"files\": []}" 2>&1)
   echo "$out"
   "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 --ranks 1 --bytes 1000 || { kill "$server"; return 1; }
   kill "$server"; wait "$server" 2>/dev/null
@@ -28,7 +28,7 @@ tampered_frames() {
   local mode out
   serve "$work/root-tamper" "$work/tamper.log" || return 1
   for mode in flip replay inject; do
-    out=$(hostile tamper 127.0.0.1 "$port" "$mode" 2>&1)
+    out=$("${hostile[@]}" tamper 127.0.0.1 "$port" "$mode" 2>&1)
     echo "$mode: $out"
     grep -q "reply 21 .*fails authentication" <<<"$out" || { kill "$server"; echo "$mode: no refusal naming the failed authentication"; return 1; }
   done
@@ -70,7 +70,7 @@ slow_strangers_and_an_honest_client() {
   port=$(free_port)
   (ulimit -n 256; exec "$TESSERA" ckpt serve --root "$root" --listen "127.0.0.1:$port" --io-timeout 60) >>"$work/slow.log" 2>&1 &
   server=$!
-  hostile silent 127.0.0.1 "$port" 300 9 --trickle >"$work/strangers.out" 2>&1 &
+  "${hostile[@]}" silent 127.0.0.1 "$port" 300 9 --trickle >"$work/strangers.out" 2>&1 &
   local strangers=$!
   for _ in $(seq 1 100); do grep -q ready "$work/strangers.out" && break; sleep 0.1; done
   grep -q ready "$work/strangers.out" || { cat "$work/strangers.out"; kill "$server" "$strangers"; return 1; }
@@ -92,7 +92,7 @@ silent_strangers_and_a_rendezvous() {
   master=$(free_port)
   local env=(env TESSERA_WORLD_SIZE=2 TESSERA_MASTER_ADDR=127.0.0.1 TESSERA_MASTER_PORT="$master")
   timeout -k 5 90 "${env[@]}" TESSERA_RANK=0 "$TESSERA" selftest comm --backend tcp >"$work/rank0.out" 2>&1 & r0=$!
-  hostile silent 127.0.0.1 "$master" 12 40 >"$work/launch-strangers.out" 2>&1 & strangers=$!
+  "${hostile[@]}" silent 127.0.0.1 "$master" 12 40 >"$work/launch-strangers.out" 2>&1 & strangers=$!
   for _ in $(seq 1 100); do grep -q ready "$work/launch-strangers.out" && break; sleep 0.1; done
   grep -q ready "$work/launch-strangers.out" || { echo "the strangers never connected"; kill "$r0" "$strangers"; return 1; }
   start=$(now_ms)
