@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-/// One set of settings for every Swift target (docs/ARCHITECTURE.md: one `swiftSettings` shared by all).
+/// Swift settings: two named sets, below (docs/ARCHITECTURE.md).
 /// Language mode 5: the communication layer is synchronous by contract (it runs on dedicated
 /// threads, never on the concurrency pool), so strict Sendable checking buys little here.
 /// On x86-64, release builds target AVX2 + FMA (Haswell, 2013, and every later x86-64 server
@@ -13,7 +13,16 @@ let releaseCPU: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"], .when
 #else
 let releaseCPU: [SwiftSetting] = []
 #endif
+/// Two sets. `numericSettings` (release: `-Ounchecked`) only for the numeric modules, whose inner
+/// loops index buffers whose sizes they compute themselves. `settings` (release: `-O`, bounds and
+/// overflow checks kept) for every module that parses bytes from sockets or files (service,
+/// handshake, rendezvous, safetensors, token shards, configs) and for the tests: there a
+/// malformed count must trap or throw, never read or write out of bounds.
 let settings: [SwiftSetting] = [
+    .swiftLanguageMode(.v5),
+    .unsafeFlags(["-O", "-wmo"], .when(configuration: .release)),
+] + releaseCPU
+let numericSettings: [SwiftSetting] = [
     .swiftLanguageMode(.v5),
     .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
 ] + releaseCPU
@@ -35,12 +44,12 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .target(name: "CCPUID"),
-        .target(name: "TensorCore", swiftSettings: settings),
-        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID"], swiftSettings: settings),
+        .target(name: "TensorCore", swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID"], swiftSettings: numericSettings),
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "CollectivesTCP", dependencies: ["Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
-        .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: settings),
+        .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: numericSettings),
         .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", "CollectivesTCP", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Training", dependencies: ["Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(

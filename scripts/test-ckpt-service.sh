@@ -40,7 +40,7 @@ steps = []
 for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
     if name.startswith("."):
         continue   # assembly, manifests, deletions: invisible to readers by name
-    m = re.fullmatch(r"step-(\d{8})", name)
+    m = re.fullmatch(r"step-(\d{8,})", name)
     assert m, f"unexpected entry {name} in {root}"
     d = os.path.join(root, name)
     files = set(os.listdir(d))
@@ -122,9 +122,9 @@ kill_trials() {
 
 refusals() {
   local root=$work/root-refusals port; port=$(free_port)
-  export TESSERA_JOB_TOKEN=right-token
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
   start_service "$root" "$port" "$work/refusals.log" || return 1
-  local out; out=$(TESSERA_JOB_TOKEN=wrong-token "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 2>&1); local status=$?
+  local out; out=$(TESSERA_JOB_TOKEN=$("$TESSERA" token) "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 2>&1); local status=$?
   echo "$out"
   "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 --bytes 1000 || { kill -9 "$server"; return 1; }
   kill -9 "$server"; wait "$server" 2>/dev/null
@@ -135,8 +135,8 @@ refusals() {
 
 # A real training run (2 ranks, tessera launch, a checkpoint every step) streaming to the
 # service. Trials alternate: the service is killed with SIGKILL at a random moment around saves
-# (every rank then fails with one line naming the service: a part that is not acknowledged is
-# not retried, the run stops and is resumed) and restarted; or a training rank is killed (a
+# (every rank then fails with one line naming the service once checkpoint.service_retry_seconds,
+# 3 s here, have passed without it; the run stops and is resumed) and restarted; or a training rank is killed (a
 # survivor names it; the service keeps serving). After each, every checkpoint the service holds
 # verifies and loads, and the next trial resumes through the service (`--config F --resume DIR`)
 # from the newest. The chain of runs must log the uninterrupted run's losses step by step
@@ -153,7 +153,9 @@ training_kills() {
   port=$(free_port)
   "$TESSERA" launch --nproc 2 -- train "${tiny[@]}" --set checkpoint.every=0 --set run.dir="$reference" >"$reference.log" 2>&1 \
     || { echo "the uninterrupted run exited with status $?:"; tail -n 5 "$reference.log"; return 1; }
-  local run=("${tiny[@]}" --set checkpoint.every=1 --set checkpoint.keep=2 --set checkpoint.service=127.0.0.1:$port)
+  # A short retry: these trials check that a service that stays away fails the run with one line.
+  local run=("${tiny[@]}" --set checkpoint.every=1 --set checkpoint.keep=2 --set checkpoint.service=127.0.0.1:$port
+             --set checkpoint.service_retry_seconds=3)
   server=
   for trial in 1 2 3 4 5 final; do
     case $trial in 1|3|5) kind=service ;; 2|4) kind=rank ;; *) kind=none ;; esac

@@ -87,7 +87,7 @@ check "distill: Ctrl-C to tessera launch stops every rank with a checkpoint and 
 # Per-stage checkpoints through the checkpoint service, then evaluated from the service's directory.
 through_service() {
   local dir=$work/service-run root=$work/service-root status
-  export TESSERA_JOB_TOKEN=distill-service-$$
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
   serve "$root" "$work/service.log" --keep 3 || return 1
   mpi 2 "${distill[@]}" --set run.dir="$dir" --set checkpoint.service=127.0.0.1:$port --set distill.stage3_steps=0; status=$?
   [ "$status" -eq 0 ] || { kill $server; cat "$work/service.log"; echo "distill through the service exited with $status"; return 1; }
@@ -106,8 +106,8 @@ check "distill: per-stage checkpoints through tessera ckpt serve, evaluated" thr
 # written under ROOT/distills/NAME, verified and evaluated; the same name again is refused.
 service_job() {
   local root=$work/job-root out status
-  export TESSERA_JOB_TOKEN=distill-job-$$
-  serve "$root" "$work/job-service.log" || return 1
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
+  serve "$root" "$work/job-service.log" --allow-path "$work" --allow-path "$PWD/data" || return 1
   # A job refused for its config is named and leaves nothing behind, so the name stays free.
   out=$(timeout -k 5 60 "$TESSERA" distill --service 127.0.0.1:$port --teacher "$work/teacher" --config "$work/distill.yaml" \
     --output student --set distill.stage1_lr=0 2>&1); status=$?

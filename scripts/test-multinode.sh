@@ -27,7 +27,7 @@ check "two nodes: mpirun places 2 ranks on each node" placement
 check "two nodes: mpirun conformance suite, 4 ranks" conformance "$work/on" a "$mpirun_across $TESSERA selftest comm --large 100003"
 
 cat >"$work/hosts.json" <<JSON
-{"master_addr": "$SUBNET.1", "master_port": 29631, "token": "multinode-test-$$",
+{"master_addr": "$SUBNET.1", "master_port": 29631, "token": "$("$TESSERA" token)",
  "nodes": [{"host": "$SUBNET.1", "nproc": 2, "interface": "veth0"}, {"host": "$SUBNET.2", "nproc": 2, "interface": "veth0"}]}
 JSON
 # launch_across ARGS...: one `tessera launch` per node, both must succeed.

@@ -141,7 +141,7 @@ check "train: a checkpoint of 2 ranks resumes on 3 to the uninterrupted losses (
 # written under run.dir/checkpoints), then 1 rank resumes from what the service sends back.
 through_service() {
   local dir=$work/service-run root=$work/service-root port=$((29100 + RANDOM % 800)) out status server
-  export TESSERA_JOB_TOKEN=multirank-service-$$
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
   "$TESSERA" ckpt serve --root "$root" --listen 127.0.0.1:$port --keep 2 >"$work/service.log" 2>&1 &
   server=$!
   sleep 1

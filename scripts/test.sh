@@ -39,6 +39,7 @@ run_driver scripts/test-soup.sh
 run_driver scripts/test-student.sh
 run_driver scripts/test-checkpoint-faults.sh
 run_driver scripts/test-ckpt-service.sh
+run_driver scripts/test-hostile-network.sh
 run_driver scripts/test-multinode.sh
 run_driver scripts/test-slurm.sh
 

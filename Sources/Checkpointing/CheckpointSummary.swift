@@ -69,7 +69,7 @@ public struct CheckpointSummary: Sendable {
             if let step = CheckpointLayout.step(ofDirectory: name) {
                 return CheckpointSummary(url, step: step, complete: FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path))
             }
-            if name.hasPrefix(".step-"), name.hasSuffix(".partial"), let step = Int(name.dropFirst(6).dropLast(8)) {
+            if let step = CheckpointLayout.step(ofHidden: name, suffix: ".partial") {
                 return CheckpointSummary(url, step: step, complete: false)
             }
             return nil

@@ -5,6 +5,10 @@ import TensorCore
 /// tensor name to dtype, shape and byte range, then the raw little-endian data. Tessera writes
 /// and reads F32 tensors; files open unchanged in the `safetensors` Python package.
 public enum SafeTensors {
+    /// Largest JSON header read: 100 MB, the `safetensors` package's own limit.
+    public static let maxHeaderBytes = 100_000_000
+    /// Most dimensions of a tensor.
+    public static let maxRank = 16
     /// Encodes tensors (in dictionary order) with optional string metadata.
     public static func encode(_ tensors: StateDict, metadata: [String: String] = [:]) throws -> Data {
         var header: [String: Any] = [:]
@@ -32,9 +36,11 @@ public enum SafeTensors {
         func corrupt(_ reason: String) -> CheckpointError { .corrupt(path: path, reason: reason) }
         guard data.count >= 8 else { throw corrupt("\(data.count) bytes, shorter than the 8-byte header length") }
         let headerLength = data.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard headerLength <= UInt64(maxHeaderBytes) else { throw corrupt("header length \(headerLength) is over the \(maxHeaderBytes)-byte limit") }
         guard headerLength <= UInt64(data.count - 8) else { throw corrupt("header claims \(headerLength) bytes, file has \(data.count - 8) after the length") }
         let start = 8 + Int(headerLength)
-        guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<start)) as? [String: Any] else {
+        let base = data.startIndex
+        guard let header = try? JSONSerialization.jsonObject(with: data.subdata(in: (base + 8)..<(base + start))) as? [String: Any] else {
             throw corrupt("the JSON header does not parse")
         }
         let metadata = header["__metadata__"] as? [String: String] ?? [:]
@@ -46,8 +52,10 @@ public enum SafeTensors {
                 throw corrupt("tensor \(name) has no valid dtype, shape and data_offsets")
             }
             guard dtype == "F32" else { throw corrupt("tensor \(name) is \(dtype); Tessera reads F32 tensors") }
-            let count = shape.reduce(1, *)
-            guard offsets[0] >= 0, offsets[1] == offsets[0] + count * 4, offsets[1] <= dataLength else {
+            guard shape.count <= maxRank, let count = elementCount(shape, fittingIn: Int.max / 4) else {
+                throw corrupt("tensor \(name) has shape \(shape.prefix(maxRank + 1)): more than \(maxRank) dimensions, a negative one, or more than 2^61 elements")
+            }
+            guard offsets[0] >= 0, offsets[1] >= offsets[0], offsets[1] <= dataLength, offsets[1] - offsets[0] == count * 4 else {
                 throw corrupt("tensor \(name) needs bytes \(offsets[0])..<\(offsets[1]) for shape \(shape), the data section has \(dataLength)")
             }
             entries.append((name, shape, offsets[0], count))
@@ -63,6 +71,19 @@ public enum SafeTensors {
             dict[name] = Tensor(shape: shape, scalars: scalars)
         }
         return (dict, metadata)
+    }
+
+    /// The product of `shape`'s dimensions when none is negative and it is at most `limit`
+    /// (checked step by step, so no product overflows); nil otherwise.
+    static func elementCount(_ shape: [Int], fittingIn limit: Int) -> Int? {
+        var count = 1
+        for dimension in shape {
+            guard dimension >= 0 else { return nil }
+            let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
+            guard !overflow else { return nil }
+            count = product
+        }
+        return count <= limit ? count : nil
     }
 
     public static func read(_ url: URL) throws -> (tensors: StateDict, metadata: [String: String]) {

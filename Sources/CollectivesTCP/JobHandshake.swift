@@ -3,21 +3,25 @@ import Foundation
 
 /// Mutual proof of the job token over a fresh connection, without the token ever travelling:
 /// each side sends a fresh random nonce, and each proves it knows the token with
-/// HMAC-SHA256(token, label, role, both nonces, both identities). The initiator (the side that
-/// dialed) checks the acceptor's proof before it sends its own, so a stranger listening on the
-/// address learns nothing it could replay.
+/// HMAC-SHA256(token, label, role, both nonces, both identities). The acceptor (the side that
+/// listens, which anyone can reach) sends its proof only after the initiator's has verified,
+/// so a stranger who connects learns nothing about the token (no offline oracle). One side has
+/// to prove first: a stranger who gets a client to dial it sees the initiator's proof, which
+/// is why tokens must be strong (`JobToken.validate`: 128 bits); a fresh nonce on each side
+/// means no proof can be replayed.
 ///
 /// Wire format (all lengths little-endian):
 /// 1. initiator → acceptor: `TSHK`, version, nonce (32 bytes), identity length (UInt16), identity
-/// 2. acceptor → initiator: `TSHK`, version, nonce (32 bytes), identity length, identity, proof (32 bytes)
-/// 3. initiator → acceptor: verdict (1 = accepted, 0 = your proof was wrong), proof (32 bytes, zero when refusing)
+/// 2. acceptor → initiator: `TSHK`, version, nonce (32 bytes), identity length, identity
+/// 3. initiator → acceptor: proof (32 bytes)
+/// 4. acceptor → initiator: verdict (1 = accepted, 0 = your proof was wrong), proof (32 bytes, zero when refusing)
 ///
 /// Identities are free text ("rank 3 of 4 10.0.0.2 41234", "tessera checkpoint service") and
 /// are covered by both proofs, so what a peer claims about itself is authenticated too.
 /// Synchronous: run it on a dedicated thread, never on the concurrency pool.
 public struct JobHandshake {
     public static let magic: [UInt8] = Array("TSHK".utf8)
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     public static let nonceBytes = 32
     public static let proofBytes = 32
     /// Longest identity accepted; a stranger cannot make us allocate more.
@@ -49,33 +53,63 @@ public struct JobHandshake {
     /// token (then it is told so and learns nothing), or the transport's error.
     @discardableResult
     public func initiate(identity: String, over transport: Transport) throws -> String {
+        try initiateSession(identity: identity, over: transport).peer
+    }
+
+    /// `initiate`, also returning the session keys both ends derive (`Session`).
+    public func initiateSession(identity: String, over transport: Transport) throws -> Session {
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)
         try transport.send(Self.magic + [Self.version] + mine + Self.lengthPrefixed(myIdentity))
         let (theirs, theirIdentity) = try Self.readGreeting(transport)
-        let proof = try transport.receive(Self.proofBytes)
+        let claimed = String(decoding: theirIdentity, as: UTF8.self)
         let transcript = Self.transcript(initiatorNonce: mine, acceptorNonce: theirs, initiator: myIdentity, acceptor: theirIdentity)
-        guard isValid(proof, role: .acceptor, transcript) else {
-            try? transport.send([0] + [UInt8](repeating: 0, count: Self.proofBytes))
-            throw HandshakeError.wrongToken(peer: String(decoding: theirIdentity, as: UTF8.self))
-        }
-        try transport.send([1] + mac(role: .initiator, transcript))
-        return String(decoding: theirIdentity, as: UTF8.self)
+        try transport.send(mac(role: .initiator, transcript))
+        let reply = try transport.receive(1 + Self.proofBytes)
+        guard reply[0] == 1 else { throw HandshakeError.peerRefusedOurProof(peer: claimed) }
+        guard isValid(Array(reply[1...]), role: .acceptor, transcript) else { throw HandshakeError.wrongToken(peer: claimed) }
+        return session(peer: claimed, transcript)
     }
 
     /// The accepting side. Returns the initiator's identity once it has proved the token.
     @discardableResult
     public func accept(identity: String, over transport: Transport) throws -> String {
+        try acceptSession(identity: identity, over: transport).peer
+    }
+
+    /// `accept`, also returning the session keys both ends derive (`Session`).
+    public func acceptSession(identity: String, over transport: Transport) throws -> Session {
         let (theirs, theirIdentity) = try Self.readGreeting(transport)
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)
         let transcript = Self.transcript(initiatorNonce: theirs, acceptorNonce: mine, initiator: theirIdentity, acceptor: myIdentity)
-        try transport.send(Self.magic + [Self.version] + mine + Self.lengthPrefixed(myIdentity) + mac(role: .acceptor, transcript))
-        let reply = try transport.receive(1 + Self.proofBytes)
+        try transport.send(Self.magic + [Self.version] + mine + Self.lengthPrefixed(myIdentity))
+        let proof = try transport.receive(Self.proofBytes)
         let claimed = String(decoding: theirIdentity, as: UTF8.self)
-        guard reply[0] == 1 else { throw HandshakeError.peerRefusedOurProof(peer: claimed) }
-        guard isValid(Array(reply[1...]), role: .initiator, transcript) else { throw HandshakeError.wrongToken(peer: claimed) }
-        return claimed
+        guard isValid(proof, role: .initiator, transcript) else {
+            try? transport.send([0] + [UInt8](repeating: 0, count: Self.proofBytes))   // no proof of ours to a stranger
+            throw HandshakeError.wrongToken(peer: claimed)
+        }
+        try transport.send([1] + mac(role: .acceptor, transcript))
+        return session(peer: claimed, transcript)
+    }
+
+    /// What a completed handshake leaves: the peer's (authenticated) identity and one key per
+    /// direction, HKDF-SHA256(token, salt: SHA-256 of the transcript, which holds both fresh
+    /// nonces and both identities), so every connection has its own keys and a key never
+    /// serves both directions.
+    public struct Session {
+        public let peer: String
+        public let initiatorToAcceptor: SymmetricKey
+        public let acceptorToInitiator: SymmetricKey
+    }
+
+    private func session(peer: String, _ transcript: [UInt8]) -> Session {
+        let salt = Array(SHA256.hash(data: transcript))
+        func derive(_ label: String) -> SymmetricKey {
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: salt, info: Array("tessera-seal-v1 \(label)".utf8), outputByteCount: 32)
+        }
+        return Session(peer: peer, initiatorToAcceptor: derive("initiator->acceptor"), acceptorToInitiator: derive("acceptor->initiator"))
     }
 
     private func mac(role: Role, _ transcript: [UInt8]) -> [UInt8] {
@@ -87,7 +121,7 @@ public struct JobHandshake {
     }
 
     static func transcript(initiatorNonce: [UInt8], acceptorNonce: [UInt8], initiator: [UInt8], acceptor: [UInt8]) -> [UInt8] {
-        Array("|tessera-handshake-v1|".utf8) + initiatorNonce + acceptorNonce + lengthPrefixed(initiator) + lengthPrefixed(acceptor)
+        Array("|tessera-handshake-v2|".utf8) + initiatorNonce + acceptorNonce + lengthPrefixed(initiator) + lengthPrefixed(acceptor)
     }
 
     static func nonce() -> [UInt8] {

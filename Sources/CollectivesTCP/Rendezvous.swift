@@ -56,6 +56,9 @@ public struct TCPJobSpec: Equatable, Sendable {
         guard (1...65535).contains(port) else { throw CollectiveError.invalidArgument("TCP backend: TESSERA_MASTER_PORT=\(port) is not a port (1-65535)") }
         masterPort = UInt16(port)
         token = try value("TESSERA_JOB_TOKEN")
+        do { try JobToken.validate(token, source: "TESSERA_JOB_TOKEN") } catch {
+            throw CollectiveError.invalidArgument("TCP backend: \(error)")
+        }
         interface = env["TESSERA_SOCKET_IFNAME"].flatMap { $0.isEmpty ? nil : $0 }
         let sameHost = env[SameHostMemory.variable].flatMap { $0.isEmpty ? nil : $0 } ?? "memory"
         guard SameHostMemory.choices.contains(sameHost) else {
@@ -99,6 +102,10 @@ struct Hello: Equatable {
 /// addresses, then each pair of other ranks connects (the higher rank dials the lower).
 /// Connections that do not prove the job token (`JobHandshake`) are refused and logged, never joined.
 enum Rendezvous {
+    /// Bytes of one rank's line in the address table rank 0 sends (`HOST PORT`, the host taken
+    /// from the rank's handshake identity, itself at most `JobHandshake.maxIdentityBytes`); the
+    /// table is refused above `worldSize` times this.
+    static let maxTableLineBytes = JobHandshake.maxIdentityBytes + 8
     static func log(_ message: String) {
         try? FileHandle.standardError.write(contentsOf: Data("tessera: tcp: \(message)\n".utf8))
     }
@@ -149,11 +156,17 @@ enum Rendezvous {
             throw CollectiveError.backend("rank 0 at \(masterAddress) did not accept rank \(spec.rank) (a duplicate rank, a different world size, or not every rank started within \(Int(timeoutSeconds)) s)")
         }
         let length = Int(head[0]) | Int(head[1]) << 8 | Int(head[2]) << 16 | Int(head[3]) << 24
+        guard length <= spec.worldSize * maxTableLineBytes else {
+            throw CollectiveError.backend("rank 0 at \(masterAddress) sent an address table of \(length) bytes, over the \(maxTableLineBytes) bytes a rank's line may take")
+        }
         let table = String(decoding: try Socket.readExactly(master, length, deadline: deadline), as: UTF8.self)
-            .split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+            .split(separator: "\n", omittingEmptySubsequences: false).map { $0.split(separator: " ").map(String.init) }
+        guard table.count == spec.worldSize, table.dropFirst().allSatisfy({ $0.count == 2 && UInt16($0[1]) != nil }) else {
+            throw CollectiveError.backend("rank 0 at \(masterAddress) sent an address table that is not \(spec.worldSize) lines of HOST PORT")
+        }
         sockets[0] = master
         for peer in 1..<spec.rank {
-            let fd = try Socket.connect(host: table[peer][0], port: UInt16(table[peer][1])!, deadline: deadline, waitingFor: "rank \(peer)")
+            let fd = try Socket.connect(host: table[peer][0], port: UInt16(table[peer][1]) ?? 0, deadline: deadline, waitingFor: "rank \(peer)")
             do {
                 let identity = try handshake.initiate(identity: hello.identity, over: .socket(fd, deadline: deadline))
                 guard identity == Hello.acceptor(rank: peer, worldSize: spec.worldSize) else {
@@ -171,31 +184,70 @@ enum Rendezvous {
         return sockets
     }
 
-    /// Accepts until every rank in `expecting` has joined with a valid handshake; refuses and logs others.
+    /// Accepts until every rank in `expecting` has joined with a valid handshake; refuses and
+    /// logs others. Each connection's handshake runs on its own thread with a whole-exchange
+    /// deadline, at most `UnauthenticatedConnections.defaultCapacity` at once (the oldest
+    /// dropped first), so strangers that connect and stay silent delay no rank.
     static func acceptPeers(_ listener: Int32, _ spec: TCPJobSpec, expecting: Set<Int>, deadline: Date, timeoutSeconds: Double,
                             _ joined: (Hello, Int32) -> Void) throws {
         var missing = expecting
+        let gate = UnauthenticatedConnections()
+        let inbox = HandshakeInbox()
+        defer { inbox.finish() }
+        let identity = Hello.acceptor(rank: spec.rank, worldSize: spec.worldSize)
         while !missing.isEmpty {
-            guard let (fd, peer) = try Socket.accept(listener, deadline: deadline) else {
+            for (fd, peer, claimed) in inbox.take() {
+                guard let hello = Hello(identity: claimed) else {
+                    log("refused a connection from \(peer): '\(claimed)' knows the job token but is not a rank of this job")
+                    close(fd); continue
+                }
+                guard hello.worldSize == spec.worldSize, missing.contains(hello.rank) else {
+                    log("refused a connection from \(peer): rank \(hello.rank) of \(hello.worldSize) is not expected here (world size \(spec.worldSize), waiting for \(missing.sorted()))")
+                    close(fd); continue
+                }
+                missing.remove(hello.rank)
+                joined(hello, fd)
+            }
+            if missing.isEmpty { break }
+            guard Date() < deadline else {
                 throw CollectiveError.timeout(operation: "rendezvous on rank \(spec.rank)", waitingFor: missing.sorted(), seconds: timeoutSeconds)
             }
-            let claimed: String
-            do {
-                claimed = try JobHandshake(token: spec.token).accept(identity: Hello.acceptor(rank: spec.rank, worldSize: spec.worldSize), over: .socket(fd, deadline: min(deadline, Date(timeIntervalSinceNow: 5))))
-            } catch {
-                log("refused a connection from \(peer): \(error)")
-                close(fd); continue
-            }
-            guard let hello = Hello(identity: claimed) else {
-                log("refused a connection from \(peer): '\(claimed)' knows the job token but is not a rank of this job")
-                close(fd); continue
-            }
-            guard hello.worldSize == spec.worldSize, missing.contains(hello.rank) else {
-                log("refused a connection from \(peer): rank \(hello.rank) of \(hello.worldSize) is not expected here (world size \(spec.worldSize), waiting for \(missing.sorted()))")
-                close(fd); continue
-            }
-            missing.remove(hello.rank)
-            joined(hello, fd)
+            guard let (fd, peer) = try Socket.accept(listener, deadline: min(deadline, Date(timeIntervalSinceNow: 0.05))) else { continue }
+            let handshakeDeadline = min(deadline, Date(timeIntervalSinceNow: UnauthenticatedConnections.handshakeSeconds))
+            gate.handshake(fd, peer: peer, name: "tessera-rendezvous-handshake", log: log, {
+                try JobHandshake(token: spec.token).accept(identity: identity, over: .socket(fd, deadline: handshakeDeadline))
+            }, done: { result in
+                switch result {
+                case .success(let claimed): inbox.put(fd, peer: peer, claimed: claimed)
+                case .failure(let error): log("refused a connection from \(peer): \(error)"); close(fd)
+                }
+            })
         }
+    }
+}
+
+/// Connections whose handshakes succeeded, handed from their threads to the accepting loop;
+/// once the loop is done (`finish`), late ones and unclaimed ones are closed.
+final class HandshakeInbox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var ready: [(fd: Int32, peer: String, claimed: String)] = []
+    private var finished = false
+
+    func put(_ fd: Int32, peer: String, claimed: String) {
+        lock.lock(); defer { lock.unlock() }
+        if finished { close(fd) } else { ready.append((fd, peer, claimed)) }
+    }
+
+    func take() -> [(fd: Int32, peer: String, claimed: String)] {
+        lock.lock(); defer { lock.unlock() }
+        defer { ready = [] }
+        return ready
+    }
+
+    func finish() {
+        lock.lock(); defer { lock.unlock() }
+        finished = true
+        ready.forEach { close($0.fd) }
+        ready = []
     }
 }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Checkpointing
 import Collectives
+import CollectivesTCP
 import Foundation
 import Training
 
@@ -39,7 +40,7 @@ struct CheckpointBench: ParsableCommand {
         let bytes = try Self.bytes(of: committed)
 
         // Through the service: the same parts streamed over loopback TCP, committed by the service.
-        let token = "bench-\(getpid())"
+        let token = JobToken.generate()
         let server = CheckpointServer(root: base.appendingPathComponent("service-root"), token: token,
                                       retention: CheckpointRetention(keepLast: 1, keepBest: 0), log: { _ in })
         try server.start()

@@ -33,6 +33,9 @@ struct CheckpointServe: ParsableCommand {
     @Option(help: "Seconds without progress after which a client's connection is dropped.")
     var ioTimeout = 60.0
 
+    @Option(help: "A directory (besides --root) whose teachers, checkpoints and token data soup and distill jobs may read; repeat for more.")
+    var allowPath: [String] = []
+
     func validate() throws {
         guard keep >= 1 else { throw ValidationError("--keep \(keep) must be at least 1 (the newest checkpoint is always kept)") }
         guard keepBest >= 0 else { throw ValidationError("--keep-best \(keepBest) must be 0 or more") }
@@ -44,10 +47,11 @@ struct CheckpointServe: ParsableCommand {
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
                                       retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
+        let paths = ServicePaths(root: URL(fileURLWithPath: root), allowing: allowPath)
         server.jobRunner = { request, root, log in
             switch request.kind {
-            case "soup": return try Soup.serviceJob(request, root, log)
-            case "distill": return try Distill.serviceJob(request, root, log)
+            case "soup": return try Soup.serviceJob(paths: paths)(request, root, log)
+            case "distill": return try Distill.serviceJob(paths: paths)(request, root, log)
             default: throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup and distill jobs")
             }
         }

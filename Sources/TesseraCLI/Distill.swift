@@ -147,11 +147,12 @@ extension Distill {
     /// empty) and checkpoints written there directly. Everything is checked before the
     /// directory is made; a job that fails before its first checkpoint leaves nothing behind.
     /// Returns the newest student checkpoint; the log holds the run's progress lines.
-    static let serviceJob: ServiceJobRunner = { request, root, log in
+    /// A distillation job of the service; its teacher and token data only where `paths` allows.
+    static func serviceJob(paths: ServicePaths) -> ServiceJobRunner { { request, root, log in
         guard request.inputs.count == 1, let text = request.config else {
             throw ValidationError("a distill job names one teacher and carries its config")
         }
-        let teacherURL = try request.resolve(request.inputs[0], root: root)
+        let teacherURL = try request.resolve(request.inputs[0], root: root, paths: paths)
         let output = try request.outputDirectory(root: root)
         let fm = FileManager.default
         if let existing = try? fm.contentsOfDirectory(atPath: output.path), !existing.isEmpty {
@@ -163,6 +164,7 @@ extension Distill {
         config.run.dir = output.path
         config.checkpoint.service = ""   // the job writes beside the service's own checkpoints, not back through it
         config = try config.validated().resolvingPaths(against: fm.currentDirectoryPath)
+        config.data.dir = try paths.check(config.data.dir, what: "data.dir").path   // before anything tells whether it exists
         try fm.createDirectory(at: output, withIntermediateDirectories: true)
         let summaries: [DistillStageSummary]
         do {
@@ -184,5 +186,5 @@ extension Distill {
         let tokens = summaries.reduce(0) { $0 + $1.tokens }
         return ServiceJobResult(checkpoint: newest.path,
                                 log: ["distilled \(summaries.count) stage\(summaries.count == 1 ? "" : "s") on \(tokens) tokens into \(output.path)"])
-    }
+    } }
 }

@@ -79,19 +79,18 @@ struct Launch: ParsableCommand {
             guard let token = file.token ?? env["TESSERA_JOB_TOKEN"] else {
                 throw CommandLineError.missingJobToken(hostfile: hostfile)
             }
+            try JobToken.validate(token, source: file.token != nil ? "\(hostfile)'s token" : "TESSERA_JOB_TOKEN")
             return Plan(localRanks: file.nodes[nodeRank].nproc, firstRank: file.rankOffset(node: nodeRank),
                         worldSize: file.worldSize, masterAddress: masterAddr ?? file.masterAddress,
                         masterPort: masterPort ?? Int(file.masterPort), token: token, interface: file.nodes[nodeRank].interface)
         }
         let n = nproc ?? 1
         guard n >= 1 else { throw ValidationError("--nproc must be at least 1") }
+        if let token = env["TESSERA_JOB_TOKEN"] { try JobToken.validate(token, source: "TESSERA_JOB_TOKEN") }
         return Plan(localRanks: n, firstRank: 0, worldSize: n, masterAddress: masterAddr ?? "127.0.0.1",
                     masterPort: try masterPort ?? Int(TCPJobSpec.freePort()), token: env["TESSERA_JOB_TOKEN"] ?? Self.newToken(),
                     interface: env["TESSERA_SOCKET_IFNAME"])
     }
 
-    static func newToken() -> String {
-        var generator = SystemRandomNumberGenerator()
-        return (0..<4).map { _ in String(generator.next() as UInt64, radix: 16) }.joined()
-    }
+    static func newToken() -> String { JobToken.generate() }
 }

@@ -72,12 +72,14 @@ struct Soup: ParsableCommand {
 extension Soup {
     /// The checkpoint service's job runner: a soup of the service's checkpoints, written as
     /// the run directory `ROOT/soups/NAME` on the service's node.
-    static let serviceJob: ServiceJobRunner = { request, root, log in
+    /// A soup job of the service; its inputs and validation data only where `paths` allows.
+    static func serviceJob(paths: ServicePaths) -> ServiceJobRunner { { request, root, log in
         guard let method = SoupJob.Method(rawValue: request.method) else {
             throw ValidationError("unknown soup method '\(request.method)'; choose uniform, weighted or greedy")
         }
-        let job = SoupJob(method: method, inputs: try request.inputs.map { try request.resolve($0, root: root) }, weights: request.weights,
-                          validationData: request.validationData, validationBatches: request.validationBatches,
+        let job = SoupJob(method: method, inputs: try request.inputs.map { try request.resolve($0, root: root, paths: paths) }, weights: request.weights,
+                          validationData: try request.validationData.map { try paths.check($0, what: "the validation data").path },
+                          validationBatches: request.validationBatches,
                           output: try request.outputDirectory(root: root))
         let report = try job.run(log: log)
         var lines = report.ingredientLosses.map { ingredient, loss in
@@ -85,5 +87,5 @@ extension Soup {
         }
         if let loss = report.soupLoss { lines.append("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
         return ServiceJobResult(checkpoint: report.checkpoint.path, log: lines)
-    }
+    } }
 }

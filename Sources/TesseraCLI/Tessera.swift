@@ -11,7 +11,7 @@ struct Tessera: ParsableCommand {
         abstract: "Distributed training of transformer language models on CPU clusters.",
         version: TesseraVersion.string,
         subcommands: [Train.self, Distill.self, Launch.self, Eval.self, Generate.self, DataCommand.self, CheckpointCommand.self, Soup.self, Export.self,
-                      Report.self, Bench.self, SelfTest.self])
+                      Report.self, Bench.self, SelfTest.self, TokenCommand.self])
 
     /// Runs the command; a thrown error becomes one line on standard error and a non-zero exit
     /// (and, under MPI, stops the other ranks instead of leaving them to their deadline).

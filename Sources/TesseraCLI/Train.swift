@@ -91,7 +91,8 @@ struct Train: ParsableCommand {
         let token = ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? ""
         return try ServiceCheckpointSink(address: ServiceAddress(config.checkpoint.service), token: token,
                                          cacheDirectory: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoint-cache"),
-                                         identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds)
+                                         identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds,
+                                         retrySeconds: config.checkpoint.serviceRetrySeconds)
     }
 }
 

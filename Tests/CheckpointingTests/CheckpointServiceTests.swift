@@ -154,7 +154,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
     @Test func aClientWithTheWrongTokenIsRefusedAndTheServiceServesOthers() throws {
         let fixture = try ServiceFixture()
         do {
-            try fixture.sink(token: "not-the-job-token").deliver(part(step: 1, rank: 0, ranks: 1))
+            try fixture.sink(token: "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c").deliver(part(step: 1, rank: 0, ranks: 1))
             Issue.record("the wrong token was accepted")
         } catch let error as CheckpointServiceError {
             guard case .authenticationFailed = error else { Issue.record("\(error)"); return }
@@ -187,12 +187,12 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         let header = PartHeader(step: 3, rank: 0, ranks: 1,
                                 files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: CheckpointCommit.sha256($0.data)) })
         try connection.send(.putPart, json: header, while: "test")
-        var bytes = Frame(.fileData, Array(p.files[0].data.prefix(4096))).bytes
-        bytes[100] ^= 0x20   // one bit flipped in transit, after the CRC was computed
+        var bytes = try #require(connection.seal).seal(Frame(.fileData, Array(p.files[0].data.prefix(4096))).unsealed)
+        bytes[100] ^= 0x20   // one bit flipped in transit, after the frame was sealed
         try connection.write(bytes, while: "test")
         let reply = try connection.receive(while: "test")
         #expect(reply.type == .error)
-        #expect(String(decoding: reply.payload, as: UTF8.self).contains("CRC-32 mismatch"))
+        #expect(String(decoding: reply.payload, as: UTF8.self).contains("fails authentication"))
         #expect(!FileManager.default.fileExists(atPath: fixture.committed(3).path))
         let assembly = fixture.server.assemblyURL(3)
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? []).isEmpty, "no half-received file stays")
@@ -374,14 +374,14 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(try ServiceAddress("10.0.0.5:29600") == ServiceAddress(host: "10.0.0.5", port: 29600))
         #expect(throws: CheckpointServiceError.self) { try CheckpointServer(root: URL(fileURLWithPath: "/tmp/x"), token: "").start() }
         let unreachable = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: try TCPJobSpec.freePort()),
-                                                    token: "t", cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
+                                                    token: String(repeating: "7a", count: 16), cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
         do { _ = try unreachable.latestStep(); Issue.record("reached nothing") } catch {
             #expect("\(error)".contains("checkpoint service at 127.0.0.1:") && "\(error)".contains("unreachable"), "\(error)")
         }
         // A service that accepts but never answers: the read times out, naming the address.
         let silent = try Socket.listen(host: "127.0.0.1", port: 0)
         defer { close(silent.fd) }
-        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: "t",
+        let waiting = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: silent.port), token: String(repeating: "7a", count: 16),
                                                 cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 1, ioTimeout: 0.5)
         let start = Date()
         do { _ = try waiting.latestStep(); Issue.record("a silent service answered") } catch {

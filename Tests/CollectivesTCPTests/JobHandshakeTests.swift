@@ -116,8 +116,8 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
 
     @Test func aWrongTokenIsRefusedOnBothSides() throws {
         let run = handshakeOverSocketPair(initiatorToken: "intruder", acceptorToken: Self.token)
-        #expect(throws: HandshakeError.wrongToken(peer: "acceptor A")) { try run.initiator.get() }
-        #expect(throws: HandshakeError.peerRefusedOurProof(peer: "initiator I")) { try run.acceptor.get() }
+        #expect(throws: HandshakeError.peerRefusedOurProof(peer: "acceptor A")) { try run.initiator.get() }   // v2: the acceptor checks first
+        #expect(throws: HandshakeError.wrongToken(peer: "initiator I")) { try run.acceptor.get() }
         #expect(!contains(run.wire, Array(Self.token.utf8)) && !contains(run.wire, Array("intruder".utf8)))
     }
 
@@ -158,8 +158,8 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
         let deadline = Date(timeIntervalSinceNow: 5)
         let forger = Thread {
             try? Socket.writeAll(left, JobHandshake.magic + [JobHandshake.version] + [UInt8](repeating: 7, count: 32) + [4, 0] + Array("evil".utf8), deadline: deadline)
-            _ = try? Socket.readExactly(left, 4 + 1 + 32 + 2 + 1 + 32, deadline: deadline)
-            try? Socket.writeAll(left, [1] + [UInt8](repeating: 9, count: 32), deadline: deadline)
+            _ = try? Socket.readExactly(left, 4 + 1 + 32 + 2 + 1, deadline: deadline)   // v2: no proof before ours
+            try? Socket.writeAll(left, [UInt8](repeating: 9, count: 32), deadline: deadline)
         }
         forger.start()
         #expect(throws: HandshakeError.wrongToken(peer: "evil")) {

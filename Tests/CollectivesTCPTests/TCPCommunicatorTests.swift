@@ -63,7 +63,7 @@ let processVMReadvAllowed: Bool = {
 
     @Test func theSameHostSettingIsReadAndCheckedFromTheEnvironment() throws {
         var env = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "1", "TESSERA_MASTER_ADDR": "127.0.0.1",
-                   "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+                   "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": String(repeating: "5e", count: 16)]
         #expect(try TCPJobSpec(environment: env).sameHostMemory)
         env["TESSERA_TCP_SAME_HOST"] = "socket"
         #expect(try !TCPJobSpec(environment: env).sameHostMemory)
@@ -96,7 +96,7 @@ let processVMReadvAllowed: Bool = {
 
     @Test func missingOrMalformedVariablesAreNamed() {
         let good = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "2", "TESSERA_MASTER_ADDR": "127.0.0.1",
-                    "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "t"]
+                    "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": String(repeating: "5e", count: 16)]
         #expect((try? TCPJobSpec(environment: good)) != nil)
         for key in TCPJobSpec.variables {
             var env = good

@@ -266,7 +266,8 @@ import _TestSupport
         #expect(config.attention.kernel == "flash")
         // Written back with the keys added since (model.sequence_mixer, model.attention_layers,
         // model.ssm_chunk_size, attention.*, moe.*, parallel.sequence_mode,
-        // parallel.expert, checkpoint.keep_best, checkpoint.service, distill.*) at their defaults.
+        // parallel.expert, checkpoint.keep_best, checkpoint.service, checkpoint.service_retry_seconds,
+        // distill.*) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
@@ -274,7 +275,7 @@ import _TestSupport
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
             .replacingOccurrences(of: "  tie_embeddings: false\n", with: "  tie_embeddings: false\n" + mixer)
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
-            .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n")
+            .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n  service_retry_seconds: 180.0\n")
             + "distill:\n  keep_attention: \"\"\n  chunk_size: 64\n  stage1_steps: 100\n  stage1_lr: 0.001\n  stage2_steps: 100\n"
             + "  stage2_lr: 0.001\n  stage3_steps: 200\n  stage3_lr: 0.0003\n  temperature: 1.0\n  data_loss_weight: 0.0\n"
             + "  stage3_train: \"all\"\n"

@@ -10,11 +10,9 @@ extension CheckpointServer {
     /// they are renamed into the assembly, the part's manifest is written, and the client is told the part is durable
     /// (and whether it completed the step, which is then committed).
     func receivePart(_ frame: Frame, from connection: ServiceConnection, id: Int) throws {
-        guard let header = try? JSONDecoder().decode(PartHeader.self, from: Data(frame.payload)) else {
-            throw CheckpointServiceError.badFrame(address: connection.address, reason: "a part header that is not JSON")
-        }
-        try header.validate()
+        let header = try PartHeader.decode(frame.payload, from: "a part from \(connection.address)")
         let step = header.step, what = "step \(header.step) rank \(header.rank)"
+        try checkPathLengths(header, id: id)
         lock.lock()
         let committed = isComplete(step)
         if !committed, let newest = CheckpointStore(root: root).complete().last?.step, step < newest {
@@ -54,6 +52,25 @@ extension CheckpointServer {
             for url in incoming { try? FileManager.default.removeItem(at: url) }
             if isComplete(step) { rmdir(incomingURL(step).path) }
             throw error
+        }
+    }
+
+    /// Whether `parts` (by rank, each of `ranks` ranks) are every rank's: counted, never a set of
+    /// `0..<ranks` built from a number a peer sent.
+    static func isComplete(_ parts: [Int: PartHeader], ranks: Int) -> Bool {
+        parts.count == ranks && parts.allSatisfy { rank, part in part.ranks == ranks && (0..<ranks).contains(rank) }
+    }
+
+    /// Refuses a part whose files' paths under this root (while arriving, `ID-NAME`, and once
+    /// committed) would be longer than `ServiceLimits.maxPathBytes`: refused up front, not
+    /// acknowledged and then lost on disk.
+    func checkPathLengths(_ header: PartHeader, id: Int) throws {
+        for file in header.files {
+            let longest = max(incomingURL(header.step).appendingPathComponent("\(id)-\(file.name)").path.utf8.count,
+                              assemblyURL(header.step).appendingPathComponent(file.name).path.utf8.count)
+            guard longest <= ServiceLimits.maxPathBytes else {
+                throw CheckpointServiceError.invalidPart(reason: "step \(header.step) rank \(header.rank): the path of \(file.name) under \(root.path) would be \(longest) bytes, over the \(ServiceLimits.maxPathBytes)-byte limit; use a shorter --root or file name")
+            }
         }
     }
 
@@ -104,7 +121,7 @@ extension CheckpointServer {
         guard fm.fileExists(atPath: assemblyURL(step).path), fm.fileExists(atPath: manifestsURL(step).path) else {
             throw CheckpointServiceError.invalidPart(reason: "\(what): dropped while arriving, a newer step is complete")
         }
-        var parts = manifests(step)
+        var parts = try manifests(step)
         let names = Set(header.files.map(\.name))
         for (rank, other) in parts where rank != header.rank {
             guard other.ranks == header.ranks else {
@@ -128,16 +145,18 @@ extension CheckpointServer {
         parts[header.rank] = header
         let bytes = header.files.reduce(0) { $0 + $1.size }
         log("\(what): part durable (\(header.files.count) files, \(bytes) bytes); have ranks \(parts.keys.sorted()) of \(header.ranks)")
-        guard Set(parts.keys) == Set(0..<header.ranks) else { return PartReceipt(step: step, rank: header.rank, committed: false) }
+        guard Self.isComplete(parts, ranks: header.ranks) else { return PartReceipt(step: step, rank: header.rank, committed: false) }
         try commit(step, parts)
         return PartReceipt(step: step, rank: header.rank, committed: true)
     }
 
     /// A complete checkpoint's files, each announced, streamed in chunks and closed with its SHA-256.
     func sendCheckpoint(_ frame: Frame, to connection: ServiceConnection) throws {
-        guard let request = try? JSONDecoder().decode(GetRequest.self, from: Data(frame.payload)) else {
-            throw CheckpointServiceError.badFrame(address: connection.address, reason: "a get request that is not JSON")
+        guard frame.payload.count <= ServiceLimits.maxJSONBytes,
+              let request = try? JSONDecoder().decode(GetRequest.self, from: Data(frame.payload)) else {
+            throw CheckpointServiceError.badFrame(address: connection.address, reason: "a get request that is not JSON of one")
         }
+        try ServiceLimits.check("step", request.step, in: 0...CheckpointLayout.maxStep, "a get request from \(connection.address)")
         let directory = finalURL(request.step)
         guard isComplete(request.step) else {
             let have = CheckpointStore(root: root).complete().map { String($0.step) }

@@ -19,7 +19,9 @@ import Glibc
 ///
 /// Threads: one accept thread and one thread per connection (never the concurrency pool); the
 /// assembly and commit of steps are serialised by one lock. Clients must prove the job token
-/// (`JobHandshake`); others are refused and logged, and the service keeps serving.
+/// (`JobHandshake`) within `UnauthenticatedConnections.handshakeSeconds` for the whole
+/// exchange, at most `UnauthenticatedConnections.defaultCapacity` at once (the oldest is
+/// dropped first); others are refused and logged, and the service keeps serving.
 public final class CheckpointServer: @unchecked Sendable {
     public let root: URL
     public let retention: CheckpointRetention
@@ -38,6 +40,7 @@ public final class CheckpointServer: @unchecked Sendable {
     private var stopped = false
     private var connections: [Int: Int32] = [:]
     private var nextConnection = 0
+    private let handshaking = UnauthenticatedConnections()
     private let acceptLoopDone = DispatchSemaphore(value: 0)
     /// The bound port (after `start`).
     public private(set) var port: UInt16 = 0
@@ -58,6 +61,9 @@ public final class CheckpointServer: @unchecked Sendable {
     /// when the token is empty, the root cannot be used, or the address cannot be bound.
     public func start() throws {
         guard !token.isEmpty else { throw CheckpointServiceError.missingToken(hint: "set TESSERA_JOB_TOKEN or pass --token-file") }
+        do { try JobToken.validate(token, source: "the service's token") } catch {
+            throw CheckpointServiceError.weakToken(reason: "\(error)")
+        }
         do { try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true) } catch {
             throw CheckpointError.writeFailed(path: root.path, reason: error.localizedDescription)
         }
@@ -101,7 +107,9 @@ public final class CheckpointServer: @unchecked Sendable {
             if done { return }
             let accepted: (fd: Int32, peer: String)?
             do { accepted = try Socket.accept(listener, deadline: Date(timeIntervalSinceNow: 0.2)) } catch {
-                log("accept failed: \(error); still serving")
+                // Out of file descriptors, most likely: a stranger's handshake gives its own up first.
+                let dropped = handshaking.dropOldest()
+                log("accept failed: \(error); \(dropped.map { "dropped the handshake of \($0)" } ?? "no handshake to drop"); still serving")
                 usleep(100_000); continue
             }
             guard let (fd, peer) = accepted else { continue }
@@ -110,28 +118,27 @@ public final class CheckpointServer: @unchecked Sendable {
             nextConnection += 1
             connections[id] = fd
             lock.unlock()
-            let thread = Thread { [self] in
-                let connection = ServiceConnection(fd: fd, address: peer, timeout: ioTimeout)
+            let connection = ServiceConnection(fd: fd, address: peer, timeout: ioTimeout)
+            let seconds = min(ioTimeout, UnauthenticatedConnections.handshakeSeconds)
+            handshaking.handshake(fd, peer: peer, name: "ckpt-conn-\(id)", log: log, { [token] in
+                try JobHandshake(token: token).acceptSession(identity: Self.identity, over: connection.transport(within: seconds))
+            }, done: { [self] result in
                 withExtendedLifetime(connection) {   // the fd stays open until `stop` can no longer see it
-                    serve(connection, id: id)
+                    switch result {
+                    case .success(let session):
+                        connection.seal = FrameSeal(session, initiator: false)   // every frame from here on is sealed
+                        serve(connection, client: session.peer, id: id)
+                    case .failure(let error): log("refused a connection from \(peer): \(error)")
+                    }
                     lock.lock(); connections[id] = nil; lock.unlock()
                 }
-            }
-            thread.name = "ckpt-conn-\(id)"
-            thread.start()
+            })
         }
     }
 
-    /// One client: the handshake, then requests until it hangs up.
-    private func serve(_ connection: ServiceConnection, id: Int) {
+    /// One client that proved the token: requests until it hangs up.
+    private func serve(_ connection: ServiceConnection, client: String, id: Int) {
         let peer = connection.address
-        let client: String
-        do {
-            client = try JobHandshake(token: token).accept(identity: Self.identity, over: connection.transport)
-        } catch {
-            log("refused a connection from \(peer): \(error)")
-            return
-        }
         while true {
             let frame: Frame
             do { frame = try connection.receive(while: "waiting for a request") } catch CheckpointServiceError.connectionLost {
@@ -154,134 +161,6 @@ public final class CheckpointServer: @unchecked Sendable {
                 connection.refuse("\(error)")
                 return
             }
-        }
-    }
-
-    // MARK: Steps on disk
-
-    func finalURL(_ step: Int) -> URL { root.appendingPathComponent(CheckpointLayout.directoryName(step: step)) }
-    func assemblyURL(_ step: Int) -> URL { root.appendingPathComponent(CheckpointLayout.partialName(step: step)) }
-    func manifestsURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointLayout.directoryName(step: step)).parts") }
-    /// Where the files of parts still arriving are written (`ID-NAME`, ID the connection's), out
-    /// of the assembly, so a commit can never pick one up.
-    func incomingURL(_ step: Int) -> URL { root.appendingPathComponent(".\(CheckpointLayout.directoryName(step: step)).incoming") }
-
-    /// Complete checkpoints under the root, oldest first.
-    public func completeSteps() -> [StepInfo] {
-        CheckpointStore(root: root).complete().map { entry in
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: entry.url.path)) ?? []
-            let bytes = names.reduce(0) { sum, name in
-                sum + (((try? FileManager.default.attributesOfItem(atPath: entry.url.appendingPathComponent(name).path))?[.size] as? Int) ?? 0)
-            }
-            return StepInfo(step: entry.step, validationLoss: CheckpointStore.validationLoss(of: entry.url), bytes: bytes)
-        }
-    }
-
-    /// Steps with an assembly, manifest or incoming directory (`.step-N.partial`, `.step-N.parts`, `.step-N.incoming`).
-    func stepsInAssembly() -> Set<Int> {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
-        return Set(names.compactMap { name -> Int? in
-            guard name.hasPrefix(".step-") else { return nil }
-            let rest = name.dropFirst(".step-".count)
-            guard let dot = rest.firstIndex(of: "."), [".partial", ".parts", ".incoming"].contains(String(rest[dot...])) else { return nil }
-            return Int(rest[..<dot])
-        })
-    }
-
-    /// Acknowledged parts of `step`, by rank.
-    func manifests(_ step: Int) -> [Int: PartHeader] {
-        let dir = manifestsURL(step)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []
-        var result: [Int: PartHeader] = [:]
-        for name in names where name.hasPrefix("rank-") && name.hasSuffix(".json") {
-            if let data = FileManager.default.contents(atPath: dir.appendingPathComponent(name).path),
-               let header = try? JSONDecoder().decode(PartHeader.self, from: data) { result[header.rank] = header }
-        }
-        return result
-    }
-
-    func removeAssembly(_ step: Int) {
-        try? FileManager.default.removeItem(at: assemblyURL(step))
-        try? FileManager.default.removeItem(at: manifestsURL(step))
-        try? FileManager.default.removeItem(at: incomingURL(step))
-    }
-
-    /// Called with the lock held: what a previous run left. Steps at or below the newest
-    /// complete one are dropped; half-committed steps (`DONE` in the assembly) are finished if
-    /// they verify; steps whose parts all arrived are committed; parts still arriving when it
-    /// stopped (`.step-N.incoming`, files of no acknowledged part) are deleted; `.step-N.replaced`
-    /// (a replacement of step N, by whatever committed into this root, cut short) is deleted, or
-    /// restored when it is the only copy of step N (`CheckpointCommit.recoverReplaced`).
-    private func recover() throws {
-        let fm = FileManager.default
-        for name in (try? fm.contentsOfDirectory(atPath: root.path)) ?? [] where name.hasSuffix(".deleting") {
-            try? fm.removeItem(at: root.appendingPathComponent(name))
-        }
-        CheckpointCommit.recoverReplaced(root: root).forEach(log)
-        for step in stepsInAssembly().sorted() {
-            try? fm.removeItem(at: incomingURL(step))
-            let assembly = assemblyURL(step)
-            guard fm.fileExists(atPath: assembly.appendingPathComponent(CheckpointLayout.done).path) else { continue }
-            // `CheckpointCommit` writes DONE after checksums.json and before the rename.
-            if !fm.fileExists(atPath: finalURL(step).path), (try? CheckpointStore.verifyChecksums(assembly)) != nil {
-                try DurableFiles.rename(assembly, to: finalURL(step))
-                log("finished committing step \(step), interrupted by the previous run")
-            }
-            removeAssembly(step)
-        }
-        let newest = completeSteps().last?.step ?? -1
-        for step in stepsInAssembly().sorted() {
-            if step <= newest {
-                removeAssembly(step)
-                log("removed the unfinished step \(step): step \(newest) is complete")
-                continue
-            }
-            let parts = manifests(step)
-            let listed = Set(parts.values.flatMap { $0.files.map(\.name) })
-            let assembly = assemblyURL(step)
-            for name in (try? fm.contentsOfDirectory(atPath: assembly.path)) ?? [] where !listed.contains(name) {
-                try? fm.removeItem(at: assembly.appendingPathComponent(name))
-            }
-            if let ranks = parts.values.first?.ranks, Set(parts.keys) == Set(0..<ranks) {
-                do { try commit(step, parts) } catch let error as CheckpointServiceError {
-                    log("\(error)")   // a step that can never be committed was removed; the others go on
-                }
-            } else {
-                log("step \(step): parts of ranks \(parts.keys.sorted()) kept; waiting for the others")
-            }
-        }
-    }
-
-    /// Called with the lock held once every rank's part of `step` is durable: the acknowledged
-    /// files (and nothing else) committed by `CheckpointCommit`, older unfinished steps removed,
-    /// retention applied. Parts that do not make a checkpoint (rank 0's metadata missing, a file
-    /// the index names that no rank sent) can never be committed: the step is removed and the
-    /// error is `invalidPart` naming what is missing. A failed write throws and keeps the step.
-    func commit(_ step: Int, _ parts: [Int: PartHeader]) throws {
-        let listed = Set(parts.values.flatMap { $0.files.map(\.name) })
-        let assembly = assemblyURL(step)
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: assembly.path)) ?? [] where !listed.contains(name) {
-            try? FileManager.default.removeItem(at: assembly.appendingPathComponent(name))
-        }
-        let final: URL
-        do {
-            final = try CheckpointCommit.commit(partial: assembly, root: root, step: step)
-        } catch let error as CheckpointError {
-            if case .writeFailed = error { throw error }
-            removeAssembly(step)
-            throw CheckpointServiceError.invalidPart(reason: "step \(step) cannot be committed and was removed: \(error)")
-        }
-        try? FileManager.default.removeItem(at: manifestsURL(step))
-        // A redelivered part still arriving keeps the incoming directory (it removes it when it
-        // is acknowledged); a later commit or a restart clears what a dropped one left.
-        rmdir(incomingURL(step).path)
-        log("committed step \(step) (\(parts.count) part(s), \(listed.count) files) as \(final.path)")
-        for older in stepsInAssembly() where older < step {
-            removeAssembly(older)
-            log("removed the unfinished step \(older): step \(step) is complete")
-        }
-        for deleted in retention.apply(root: root) {
-            log("retention: deleted step \(CheckpointLayout.step(ofDirectory: deleted.lastPathComponent).map(String.init) ?? deleted.lastPathComponent)")
         }
     }
 }

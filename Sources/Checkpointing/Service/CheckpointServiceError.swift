@@ -3,6 +3,8 @@
 public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
     case invalidAddress(String)
     case missingToken(hint: String)
+    /// A job token too short or too plain to keep strangers out (`JobToken.validate`).
+    case weakToken(reason: String)
     case unreachable(address: String, reason: String)
     case authenticationFailed(address: String, reason: String)
     case timedOut(address: String, waitingFor: String, seconds: Double)
@@ -13,6 +15,19 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
     case rejected(address: String, reason: String)
     case corruptDownload(address: String, file: String, reason: String)
     case invalidPart(reason: String)
+    /// A part still not acknowledged after `seconds` of retries.
+    case notDelivered(address: String, step: Int, seconds: Double, lastError: String)
+    /// A job named a path outside the service's root and its `--allow-path` directories.
+    case pathNotAllowed(what: String, path: String)
+
+    /// Whether trying again may succeed: the service was out of reach, dropped the connection
+    /// or stalled (a restart, an outage); refusals and failed handshakes are final.
+    public var isTransient: Bool {
+        switch self {
+        case .unreachable, .connectionLost, .timedOut, .badFrame: return true
+        default: return false
+        }
+    }
 
     public var description: String {
         switch self {
@@ -20,6 +35,8 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
             return "'\(text)' is not a checkpoint service address; write HOST:PORT, e.g. 10.0.0.5:29600"
         case let .missingToken(hint):
             return "no job token for the checkpoint service: \(hint)"
+        case let .weakToken(reason):
+            return reason
         case let .unreachable(address, reason):
             return "checkpoint service at \(address) is unreachable: \(reason)"
         case let .authenticationFailed(address, reason):
@@ -34,6 +51,10 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
             return "checkpoint service at \(address) refused the request: \(reason)"
         case let .corruptDownload(address, file, reason):
             return "checkpoint service at \(address): downloaded \(file) is corrupt (\(reason)); nothing was kept, fetch it again"
+        case let .pathNotAllowed(what, path):
+            return "\(what) \(path) is not under the service's root or a directory it was started with --allow-path; jobs read only there"
+        case let .notDelivered(address, step, seconds, lastError):
+            return "checkpoint service at \(address): step \(step) was not delivered in \(String(format: "%g", seconds)) s of retries (last: \(lastError)); start the service again, or raise checkpoint.service_retry_seconds"
         case let .invalidPart(reason):
             return "checkpoint part refused: \(reason)"
         }

@@ -23,11 +23,26 @@ public final class ServiceCheckpointSink: CheckpointSink {
     public let identity: String
     private let token: String
 
+    /// Seconds `deliver` keeps retrying a part the service did not acknowledge (out of reach,
+    /// connection lost, timed out: a restart or an outage) before it throws `notDelivered`;
+    /// 0: the first failure throws. Refusals are never retried.
+    public let retrySeconds: Double
+    /// Where `deliver` says that it retries (default: standard error).
+    public var note: (String) -> Void = { try? FileHandle.standardError.write(contentsOf: Data("tessera: \($0)\n".utf8)) }
+    /// The first wait between attempts; each failure doubles it, up to `maxRetryWait`.
+    public static let firstRetryWait = 0.5
+    /// The longest wait between attempts: a restarted service is found within this.
+    public static let maxRetryWait = 10.0
+
     public init(address: ServiceAddress, token: String, cacheDirectory: URL, identity: String = "checkpoint client",
-                connectTimeout: Double = 10, ioTimeout: Double = 120) throws {
+                connectTimeout: Double = 10, ioTimeout: Double = 120, retrySeconds: Double = 0) throws {
         guard !token.isEmpty else { throw CheckpointServiceError.missingToken(hint: "set TESSERA_JOB_TOKEN to the service's token") }
+        do { try JobToken.validate(token, source: "TESSERA_JOB_TOKEN") } catch {
+            throw CheckpointServiceError.weakToken(reason: "\(error)")
+        }
         self.address = address; self.token = token; self.cacheDirectory = cacheDirectory
         self.identity = identity; self.connectTimeout = connectTimeout; self.ioTimeout = ioTimeout
+        self.retrySeconds = retrySeconds
     }
 
     /// Uploads the part; returns once the service has written and fsynced it (and, when it was
@@ -57,7 +72,24 @@ public final class ServiceCheckpointSink: CheckpointSink {
         return try reply(connection, PartReceipt.self, while: "waiting for the service to make \(what)'s part durable")
     }
 
-    public func deliver(_ part: CheckpointPart) throws { try upload(part) }
+    /// Uploads the part, retrying with backoff for `retrySeconds` while the service is out of
+    /// reach or drops the connection (a part is idempotent: a redelivery replaces or matches it).
+    public func deliver(_ part: CheckpointPart) throws {
+        let start = Date()
+        var wait = Self.firstRetryWait
+        while true {
+            do { try upload(part); return } catch let error as CheckpointServiceError where error.isTransient {
+                let left = retrySeconds - Date().timeIntervalSince(start)
+                guard left > 0 else {
+                    if retrySeconds == 0 { throw error }
+                    throw CheckpointServiceError.notDelivered(address: "\(address)", step: part.step, seconds: retrySeconds, lastError: "\(error)")
+                }
+                note("checkpoint of step \(part.step) rank \(part.rank) not delivered (\(error)); trying again in \(String(format: "%g", min(wait, left))) s, for at most \(Int(left.rounded(.up))) s more")
+                Thread.sleep(forTimeInterval: min(wait, left))
+                wait = min(wait * 2, Self.maxRetryWait)
+            }
+        }
+    }
 
     /// Complete checkpoints on the service, oldest first.
     public func list() throws -> [StepInfo] {
@@ -163,7 +195,9 @@ public final class ServiceCheckpointSink: CheckpointSink {
         let connection = ServiceConnection(fd: fd, address: "\(address)", timeout: ioTimeout)
         let server: String
         do {
-            server = try JobHandshake(token: token).initiate(identity: identity, over: connection.transport)
+            let session = try JobHandshake(token: token).initiateSession(identity: identity, over: connection.transport(within: ioTimeout))
+            server = session.peer
+            connection.seal = FrameSeal(session, initiator: true)
         } catch let error as HandshakeError {
             throw CheckpointServiceError.authenticationFailed(address: "\(address)", reason: "\(error)")
         }
@@ -189,7 +223,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
 
     /// After a failed send: the refusal the service sent before it stopped reading, if any.
     private func refusal(on connection: ServiceConnection) -> Error? {
-        let quick = ServiceConnection(fd: dup(connection.fd), address: connection.address, timeout: 2)
+        let quick = connection.duplicate(timeout: 2)
         guard let frame = try? quick.receive(while: "reading the service's refusal"), frame.type == .error else { return nil }
         return CheckpointServiceError.rejected(address: "\(address)", reason: String(decoding: frame.payload, as: UTF8.self))
     }

@@ -41,9 +41,46 @@ public struct Frame: Sendable {
     public static let chunkBytes = 1 << 20
 
     public var bytes: [UInt8] {
-        var out = [type.rawValue] + Self.littleEndian(UInt32(payload.count))
-        out += payload
+        let out = unsealed
         return out + Self.littleEndian(CRC32.checksum(out))
+    }
+
+    /// Type, length and payload: what a sealed connection encrypts (the AEAD tag replaces the CRC).
+    var unsealed: [UInt8] { [type.rawValue] + Self.littleEndian(UInt32(payload.count)) + payload }
+
+    /// The payload length a frame's 5-byte head announces; over `maxPayload` is `badFrame`
+    /// (checked before anything is allocated for it).
+    static func payloadLength(head: [UInt8], address: String, while doing: String) throws -> Int {
+        let length = Int(uint32(head[1...]))
+        guard length <= maxPayload else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "length \(length) over the \(maxPayload)-byte limit while \(doing)")
+        }
+        return length
+    }
+
+    /// The frame of `head` and `payload` once its 4 CRC bytes match and its type is known.
+    static func checked(head: [UInt8], payload: [UInt8], crc: [UInt8], address: String, while doing: String) throws -> Frame {
+        guard CRC32.checksum(head + payload) == uint32(crc[...]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "CRC-32 mismatch on a \(payload.count)-byte frame while \(doing)")
+        }
+        guard let type = FrameType(rawValue: head[0]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "unknown frame type \(head[0]) while \(doing)")
+        }
+        return Frame(type, payload)
+    }
+
+    /// The frame at the start of `bytes` and how many bytes it took, checked as `receive` checks
+    /// one from a socket (for tests, and anything holding frames in memory); too few bytes is `badFrame`.
+    public static func parse(_ bytes: [UInt8], address: String = "memory") throws -> (frame: Frame, length: Int) {
+        func need(_ count: Int) throws {
+            guard bytes.count >= count else { throw CheckpointServiceError.badFrame(address: address, reason: "\(bytes.count) bytes, a frame needs \(count)") }
+        }
+        try need(5)
+        let length = try payloadLength(head: Array(bytes[0..<5]), address: address, while: "parsing")
+        try need(5 + length + 4)
+        let frame = try checked(head: Array(bytes[0..<5]), payload: Array(bytes[5..<(5 + length)]),
+                                crc: Array(bytes[(5 + length)..<(9 + length)]), address: address, while: "parsing")
+        return (frame, 9 + length)
     }
 
     static func littleEndian(_ v: UInt32) -> [UInt8] { [UInt8(v & 0xff), UInt8(v >> 8 & 0xff), UInt8(v >> 16 & 0xff), UInt8(v >> 24)] }
@@ -62,19 +99,40 @@ public final class ServiceConnection {
     public let address: String
     public let timeout: Double
 
+    /// Set once the handshake is done: from then on every frame is sealed (`FrameSeal`).
+    var seal: FrameSeal?
+
     public init(fd: Int32, address: String, timeout: Double) {
         self.fd = fd; self.address = address; self.timeout = timeout
     }
 
-    deinit { Glibc.close(fd) }
-
-    /// The job-token handshake over this connection (each read/write bounded by `timeout`).
-    public var transport: JobHandshake.Transport {
-        JobHandshake.Transport(send: { [unowned self] in try self.write($0, while: "handshaking") },
-                               receive: { [unowned self] in try self.read($0, while: "handshaking") })
+    /// The same socket (a duplicated descriptor) with another timeout, sharing the seal.
+    func duplicate(timeout: Double) -> ServiceConnection {
+        let copy = ServiceConnection(fd: dup(fd), address: address, timeout: timeout)
+        copy.seal = seal
+        return copy
     }
 
-    public func send(_ frame: Frame, while doing: String) throws { try write(frame.bytes, while: doing) }
+    deinit { Glibc.close(fd) }
+
+    /// The job-token handshake over this connection: the whole exchange must end within
+    /// `seconds` from now (a peer sending a byte now and then gains nothing).
+    public func transport(within seconds: Double) -> JobHandshake.Transport {
+        let deadline = Deadline(end: Date(timeIntervalSinceNow: seconds), seconds: seconds)
+        return JobHandshake.Transport(send: { [unowned self] in try self.write($0, while: "handshaking", until: deadline) },
+                                      receive: { [unowned self] in try self.read($0, while: "handshaking", until: deadline) })
+    }
+
+    /// The end of a whole exchange, and its length for messages.
+    struct Deadline { var end: Date; var seconds: Double }
+
+    public func send(_ frame: Frame, while doing: String) throws {
+        if let seal {
+            try write(seal.seal(frame.unsealed), while: doing)
+        } else {
+            try write(frame.bytes, while: doing)
+        }
+    }
 
     public func send(_ type: FrameType, json value: some Encodable, while doing: String) throws {
         try send(Frame(type, Array(try JSONEncoder().encode(value))), while: doing)
@@ -82,20 +140,28 @@ public final class ServiceConnection {
 
     /// The next frame; a CRC mismatch, an unknown type or an oversized length is `badFrame`.
     public func receive(while doing: String) throws -> Frame {
+        if let seal { return try receiveSealed(seal, while: doing) }
         let head = try read(5, while: doing)
-        let length = Int(Frame.uint32(head[1...]))
-        guard length <= Frame.maxPayload else {
-            throw CheckpointServiceError.badFrame(address: address, reason: "length \(length) over the \(Frame.maxPayload)-byte limit while \(doing)")
-        }
+        let length = try Frame.payloadLength(head: head, address: address, while: doing)
         let payload = try read(length, while: doing)
-        let crc = Frame.uint32(try read(4, while: doing)[...])
-        guard CRC32.checksum(head + payload) == crc else {
-            throw CheckpointServiceError.badFrame(address: address, reason: "CRC-32 mismatch on a \(length)-byte frame while \(doing)")
+        return try Frame.checked(head: head, payload: payload, crc: read(4, while: doing), address: address, while: doing)
+    }
+
+    /// The next sealed frame: its length bounded, then opened under the next nonce; one that
+    /// does not open ends the connection with `badFrame` naming the peer.
+    private func receiveSealed(_ seal: FrameSeal, while doing: String) throws -> Frame {
+        let length = Int(Frame.uint32(try read(4, while: doing)[...]))
+        guard (5 + FrameSeal.tagBytes...FrameSeal.maxSealedBytes).contains(length) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame of \(length) bytes, outside \(5 + FrameSeal.tagBytes)...\(FrameSeal.maxSealedBytes), while \(doing)")
         }
-        guard let type = FrameType(rawValue: head[0]) else {
-            throw CheckpointServiceError.badFrame(address: address, reason: "unknown frame type \(head[0]) while \(doing)")
+        guard let plain = seal.open(try read(length, while: doing)) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a frame that fails authentication while \(doing): tampered with, replayed, reordered, dropped or injected on the way; nothing of this connection is kept")
         }
-        return Frame(type, payload)
+        let payloadLength = Int(Frame.uint32(plain[1..<5]))
+        guard payloadLength == plain.count - 5, let type = FrameType(rawValue: plain[0]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame whose type \(plain[0]) or length \(payloadLength) is wrong while \(doing)")
+        }
+        return Frame(type, Array(plain[5...]))
     }
 
     /// Sends a one-line refusal, stops sending, and drains what the peer still sends (for at
@@ -112,10 +178,10 @@ public final class ServiceConnection {
         }
     }
 
-    func write(_ bytes: [UInt8], while doing: String) throws {
+    func write(_ bytes: [UInt8], while doing: String, until deadline: Deadline? = nil) throws {
         var offset = 0
         while offset < bytes.count {
-            try wait(for: Int16(POLLOUT), while: doing)
+            try wait(for: Int16(POLLOUT), while: doing, until: deadline)
             let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
             if n < 0, errno == EINTR || errno == EAGAIN { continue }
             guard n > 0 else { throw CheckpointServiceError.connectionLost(address: address, reason: "\(Socket.errorText()) while \(doing)") }
@@ -123,11 +189,11 @@ public final class ServiceConnection {
         }
     }
 
-    func read(_ count: Int, while doing: String) throws -> [UInt8] {
+    func read(_ count: Int, while doing: String, until deadline: Deadline? = nil) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var offset = 0
         while offset < count {
-            try wait(for: Int16(POLLIN), while: doing)
+            try wait(for: Int16(POLLIN), while: doing, until: deadline)
             let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
             if n < 0, errno == EINTR || errno == EAGAIN { continue }
             guard n > 0 else {
@@ -138,12 +204,18 @@ public final class ServiceConnection {
         return bytes
     }
 
-    private func wait(for events: Int16, while doing: String) throws {
+    /// Waits for `events`, at most `timeout` seconds and never past `deadline`.
+    private func wait(for events: Int16, while doing: String, until deadline: Deadline? = nil) throws {
         var pfd = pollfd(fd: fd, events: events, revents: 0)
         while true {
-            let ready = poll(&pfd, 1, Int32(timeout * 1000))
+            let left = deadline.map { max(0, min(timeout, $0.end.timeIntervalSinceNow)) } ?? timeout
+            let ready = poll(&pfd, 1, Int32((left * 1000).rounded(.up)))
             if ready > 0 { return }
             if ready < 0, errno == EINTR { continue }
+            if ready == 0, let deadline, left < timeout {   // the whole exchange's deadline, not a quiet peer
+                if Date() < deadline.end { continue }
+                throw CheckpointServiceError.timedOut(address: address, waitingFor: doing, seconds: deadline.seconds)
+            }
             if ready == 0 { throw CheckpointServiceError.timedOut(address: address, waitingFor: doing, seconds: timeout) }
             throw CheckpointServiceError.connectionLost(address: address, reason: "poll: \(Socket.errorText())")
         }

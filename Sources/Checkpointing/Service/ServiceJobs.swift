@@ -48,11 +48,17 @@ public typealias ServiceJobRunner = @Sendable (_ request: ServiceJobRequest, _ r
 
 extension ServiceJobRequest {
     /// The checkpoint directory an input names on a service rooted at `root`: a complete step
-    /// it holds (`8`, `step-00000008`), or a path on its node (a checkpoint, or a run
-    /// directory: its newest complete checkpoint).
-    public func resolve(_ input: String, root: URL) throws -> URL {
+    /// it holds (`8`, `step-00000008`), or a path `paths` allows (a checkpoint, or a run
+    /// directory: its newest complete checkpoint; by default only under the root). A path
+    /// outside is refused before anything looks at it (`pathNotAllowed`).
+    public func resolve(_ input: String, root: URL, paths: ServicePaths? = nil) throws -> URL {
+        guard input.utf8.count <= ServiceLimits.maxPathBytes, !input.utf8.contains(0) else {
+            throw CheckpointServiceError.invalidPart(reason: "a job input of \(input.utf8.count) bytes (or with a NUL byte); the limit is \(ServiceLimits.maxPathBytes)")
+        }
         let step = Int(input) ?? CheckpointLayout.step(ofDirectory: input)
-        var url = step.map { root.appendingPathComponent(CheckpointLayout.directoryName(step: $0)) } ?? URL(fileURLWithPath: input)
+        if let step { try ServiceLimits.check("step", step, in: 0...CheckpointLayout.maxStep, "a job input") }
+        var url = try step.map { root.appendingPathComponent(CheckpointLayout.directoryName(step: $0)) }
+            ?? (paths ?? ServicePaths(root: root)).check(input, what: "the job input")
         if step == nil, !FileManager.default.fileExists(atPath: url.appendingPathComponent(CheckpointLayout.done).path),
            let newest = CheckpointStore(root: url.appendingPathComponent("checkpoints")).latest() {
             url = newest
@@ -104,7 +110,7 @@ extension ServiceCheckpointSink {
     public func submit(_ request: ServiceJobRequest, replyTimeout: Double) throws -> ServiceJobResult {
         let connection = try connect()
         try connection.send(.job, json: request, while: "submitting a \(request.kind) job")
-        let waiting = ServiceConnection(fd: dup(connection.fd), address: connection.address, timeout: replyTimeout)
+        let waiting = connection.duplicate(timeout: replyTimeout)
         return try reply(waiting, ServiceJobResult.self, while: "waiting for the \(request.kind) job to finish")
     }
 }

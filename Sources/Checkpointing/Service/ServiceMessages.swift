@@ -56,21 +56,27 @@ extension PartHeader {
     /// Names that are not files of a checkpoint: reserved by the commit, hidden, or paths.
     static let reserved: Set<String> = [CheckpointLayout.checksums, CheckpointLayout.done]
 
-    /// Refuses a header a service must not act on, naming what is wrong.
+    /// Refuses a header a service must not act on, naming the field and the limit it breaks:
+    /// step in `0...CheckpointLayout.maxStep`, ranks in `1...ServiceLimits.maxRanks`, rank below
+    /// ranks, at most `maxFilesPerPart` files, names `ServiceLimits.problem(withFileName:)`
+    /// accepts and none twice, sizes in `0...maxFileBytes`, SHA-256 as 64 lower-case hex digits.
     func validate() throws {
-        func bad(_ reason: String) -> CheckpointServiceError { .invalidPart(reason: "step \(step) rank \(rank): \(reason)") }
-        guard step >= 0, ranks >= 1, (0..<ranks).contains(rank) else {
-            throw bad("needs step >= 0 and 0 <= rank < ranks (ranks \(ranks))")
-        }
+        let what = "step \(step) rank \(rank)"
+        func bad(_ reason: String) -> CheckpointServiceError { .invalidPart(reason: "\(what): \(reason)") }
+        try ServiceLimits.check("step", step, in: 0...CheckpointLayout.maxStep, what)
+        try ServiceLimits.check("ranks", ranks, in: 1...ServiceLimits.maxRanks, what)
+        try ServiceLimits.check("rank", rank, in: 0...(ranks - 1), what)
+        try ServiceLimits.check("the number of files", files.count, in: 0...ServiceLimits.maxFilesPerPart, what)
         var seen = Set<String>()
         for file in files {
-            guard !file.name.isEmpty, !file.name.hasPrefix("."), !file.name.contains("/"), file.name.utf8.count <= 255,
-                  !Self.reserved.contains(file.name) else {
-                throw bad("file name '\(file.name)' is not allowed (no slashes, no leading dot, not \(Self.reserved.sorted().joined(separator: " or ")))")
+            if let problem = ServiceLimits.problem(withFileName: file.name) { throw bad(problem) }
+            guard !Self.reserved.contains(file.name) else {
+                throw bad("file name '\(file.name)' is reserved (\(Self.reserved.sorted().joined(separator: " and ")) are written by the commit)")
             }
             guard seen.insert(file.name).inserted else { throw bad("file \(file.name) is listed twice") }
-            guard file.size >= 0, file.sha256.count == 64, file.sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
-                throw bad("file \(file.name) has a bad size or SHA-256")
+            try ServiceLimits.check("size of \(file.name)", file.size, in: 0...ServiceLimits.maxFileBytes, what)
+            guard file.sha256.utf8.count == 64, file.sha256.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+                throw bad("file \(file.name) has a SHA-256 that is not 64 lower-case hex digits")
             }
         }
     }

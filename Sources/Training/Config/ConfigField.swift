@@ -209,6 +209,8 @@ extension ConfigField {
                     "checkpoints with the lowest validation loss kept besides the newest checkpoint.keep (validated at their step)"),
         ConfigField("checkpoint.service", .string(\.checkpoint.service), .hostPortOrEmpty, numeric: false,
                     "HOST:PORT of a checkpoint service (tessera ckpt serve) to stream checkpoints to; empty: ranks write run.dir/checkpoints"),
+        ConfigField("checkpoint.service_retry_seconds", .float(\.checkpoint.serviceRetrySeconds), .notNegative, numeric: false,
+                    "seconds a rank keeps retrying a checkpoint the service did not take (restarting, out of reach), training going on until its next save, before the run fails; 0: fail at once"),
         ConfigField("parallel.data", .int(\.parallel.data), .notNegative, numeric: false, "data-parallel ranks (0: world size / sequence)"),
         ConfigField("parallel.sequence", .int(\.parallel.sequence), .atLeastOne, numeric: false, "sequence-parallel ranks (each holds 2 zigzag chunks of every sequence: data.seq_len a multiple of 2 × this)"),
         ConfigField("parallel.sequence_mode", .string(\.parallel.sequenceMode), .oneOf(SequenceParallelMode.allCases.map(\.rawValue)),

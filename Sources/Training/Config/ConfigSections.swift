@@ -102,6 +102,9 @@ public struct CheckpointSection: Codable, Equatable, Sendable {
     public var keepBest = 0
     /// HOST:PORT of a checkpoint service (`tessera ckpt serve`); empty: write to run.dir/checkpoints.
     public var service = ""
+    /// Seconds a rank keeps retrying (with backoff) a part the service did not acknowledge, its
+    /// service restarting or out of reach, before the run fails (YAML key service_retry_seconds).
+    public var serviceRetrySeconds: Double = 180
     public init() {}
 }
 
