@@ -71,7 +71,7 @@ final class ScriptedPeer: @unchecked Sendable {
 }
 
 /// An honest handshake over a socket pair, returning what the initiator sent (its greeting,
-/// then its verdict and proof), the bytes a recording attacker would replay.
+/// then its proof), the bytes a recording attacker would replay.
 func recordedInitiatorMessages(token: String, initiator: String, acceptor: String) throws -> [UInt8] {
     var fds: [Int32] = [0, 0]
     precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
@@ -121,20 +121,36 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
         #expect(!contains(run.wire, Array(Self.token.utf8)) && !contains(run.wire, Array("intruder".utf8)))
     }
 
-    /// A stranger without the token greets an acceptor, then hands the acceptor's own proof
-    /// back as its answer. Only the role label in the MAC tells the two proofs apart: without
-    /// it they are the same bytes, and the stranger would be let in.
-    @Test func theAcceptorsOwnProofReflectedBackIsRefused() throws {
+    /// Handshake v2: the side that dials proves first, so the proof a stranger can get is the
+    /// initiator's. A stranger posing as an acceptor (a client dialed it) answers the
+    /// initiator's greeting with its own, then hands the initiator's proof back as its own with
+    /// "accepted". Only the role label in the MAC tells the two proofs apart: without it they
+    /// are the same bytes, and the client would take the stranger for the service.
+    @Test func theInitiatorsOwnProofReflectedBackIsRefused() throws {
         let greeting = JobHandshake.magic + [JobHandshake.version] + JobHandshake.nonce() + JobHandshake.lengthPrefixed(Array("mirror".utf8))
         let peer = ScriptedPeer(script: greeting) { sent in
-            // The acceptor sent magic, version, nonce, its identity and then its proof: the last 32 bytes.
+            // The initiator sent its greeting and then its proof: the last 32 bytes.
             [1] + Array(sent.suffix(JobHandshake.proofBytes))
         }
         #expect(throws: HandshakeError.wrongToken(peer: "mirror")) {
+            try JobHandshake(token: Self.token).initiate(identity: "initiator I", over: peer.transport)
+        }
+        #expect(peer.sent.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "initiator I".utf8.count + JobHandshake.proofBytes,
+                "the initiator sent its greeting and proof, so the stranger had a proof to reflect")
+    }
+
+    /// A stranger who connects to an acceptor gets no proof to work on (no offline oracle):
+    /// after the greetings the acceptor waits for the initiator's proof, and refuses a wrong
+    /// one having sent only its greeting and a zero verdict.
+    @Test func anAcceptorRevealsNoProofBeforeTheInitiatorHasProved() throws {
+        let greeting = JobHandshake.magic + [JobHandshake.version] + JobHandshake.nonce() + JobHandshake.lengthPrefixed(Array("stranger".utf8))
+        let peer = ScriptedPeer(script: greeting) { _ in [UInt8](repeating: 0x5A, count: JobHandshake.proofBytes) }
+        #expect(throws: HandshakeError.wrongToken(peer: "stranger")) {
             try JobHandshake(token: Self.token).accept(identity: "acceptor A", over: peer.transport)
         }
-        #expect(peer.sent.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "acceptor A".utf8.count + JobHandshake.proofBytes,
-                "the acceptor sent its greeting and proof, so the stranger had a proof to reflect")
+        let greetingBytes = JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "acceptor A".utf8.count
+        #expect(peer.sent.count <= greetingBytes + 1 + JobHandshake.proofBytes)
+        #expect(peer.sent.dropFirst(greetingBytes).allSatisfy { $0 == 0 }, "after its greeting the acceptor sent only a refusal")
     }
 
     /// An eavesdropper records an initiator's messages to an acceptor and plays them, byte for
@@ -142,7 +158,7 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
     /// nonce is what the recorded proof does not cover: without it in the MAC the replay passes.
     @Test func aRecordedInitiatorReplayedToANewAcceptorIsRefused() throws {
         let recorded = try recordedInitiatorMessages(token: Self.token, initiator: "initiator I", acceptor: "acceptor A")
-        #expect(recorded.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "initiator I".utf8.count + 1 + JobHandshake.proofBytes)
+        #expect(recorded.count == JobHandshake.magic.count + 1 + JobHandshake.nonceBytes + 2 + "initiator I".utf8.count + JobHandshake.proofBytes)
         let replay = ScriptedPeer(script: recorded)
         #expect(throws: HandshakeError.wrongToken(peer: "initiator I")) {
             try JobHandshake(token: Self.token).accept(identity: "acceptor A", over: replay.transport)
