@@ -35,11 +35,14 @@ struct Tessera: ParsableCommand {
             exit(withError: error)
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
+            // Under mpirun every rank exits 0 (a non-zero exit makes mpirun abort the job and
+            // print its failure box); elsewhere 130, the shell's status for an interrupt.
+            MPIRunAbort.finishing.store(true, ordering: .releasing)
             if ProcessEnvironment.worldRank ?? 0 == 0 {
                 let line = "tessera: \(stop); continue with: \(ResumeCommand.string(runDirectory: stop.runDirectory, command: stop.command))\n"
                 try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
             }
-            Foundation.exit(130)
+            Foundation.exit(stop.exitStatus(underMPI: MPICommunicator.launchedByMPI))
         } catch {
             fail("\(error)")
         }
