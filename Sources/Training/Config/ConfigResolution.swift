@@ -9,7 +9,7 @@ struct ConfigResolution {
     /// Starts from `base`, every value attributed to `origin`.
     init(_ base: RunConfig, origin: ConfigOrigin) {
         config = base
-        origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, origin) })
+        origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, base.overridden.contains($0.path) ? .override : origin) })
     }
 
     /// Sets `path` from text, checking that the key exists and the text has its type.
@@ -62,6 +62,7 @@ struct ConfigResolution {
             }
             resolved[keyPath: path] = list.description   // canonical text
         }
+        resolved.overridden = Set(origins.filter { $0.value == .override }.keys)
         let problems = resolved.modelConfig.problems
         if !problems.isEmpty { throw ConfigError.invalidModel(source: modelSource, problems: problems) }
         return resolved
