@@ -13,6 +13,9 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case benchNeedsSeveralRanks(bench: String)
     case selftestMissedAStoppedRank(rank: Int)
     case topKAboveVocabulary(topK: Int, vocabulary: Int)
+    case checkpointServiceUnusable(service: String, reason: String)
+    case noSuchCheckpoint(runDirectory: String, step: Int, available: [String])
+    case resumeThroughServiceNeedsConfig(runDirectory: String)
 
     var description: String {
         switch self {
@@ -39,6 +42,13 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "bench \(bench) measures traffic between ranks and this job has one; run it under `scripts/mpirun.sh 2 bench \(bench)` or `tessera launch --nproc 2 -- bench \(bench)`"
         case let .topKAboveVocabulary(topK, vocabulary):
             return "--top-k \(topK) is more than the \(vocabulary) tokens of this model's vocabulary (0 means all of them)"
+        case let .noSuchCheckpoint(runDirectory, step, available):
+            return "--resume \(runDirectory) --step \(step): no complete checkpoint of step \(step) under \(runDirectory)/checkpoints; "
+                + (available.isEmpty ? "it holds none" : "its complete checkpoints are of step\(available.count == 1 ? "" : "s") \(available.joined(separator: ", "))")
+        case let .resumeThroughServiceNeedsConfig(runDirectory):
+            return "--resume \(runDirectory) with checkpoint.service: the run's checkpoints (and its config) are on the service; pass the config it started with too: --config FILE --resume \(runDirectory) --set checkpoint.service=HOST:PORT"
+        case let .checkpointServiceUnusable(service, reason):
+            return "checkpoint.service = \(service), checked before the first step: \(reason)"
         case let .selftestMissedAStoppedRank(rank):
             return "rank \(rank) stopped but the allreduce completed without it"
         }
