@@ -394,6 +394,43 @@ moe_config_floats() {
 }
 check "an MoE checkpoint's config.json writes floats as floats and says a dense-between-MoE layout is not Mixtral-loadable" moe_config_floats
 
+# --- Small cuts ----------------------------------------------------------------------------------
+eval_once_under_mpirun() {
+  local dir=$work/short out
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  out=$(scripts/mpirun.sh 2 eval --checkpoint "$dir" --batches 2 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  [ "$(grep -c "using $dir/checkpoints/step-" <<<"$out")" -eq 1 ] || { echo "the 'using' line is not printed once"; return 1; }
+}
+check "eval under mpirun prints its 'using ...' line once" eval_once_under_mpirun
+check "model.attention_layers on an attention-only model is refused" expect_failure 10 \
+  "^tessera: error: --set: model.attention_layers = 1 only applies with model.sequence_mixer: mamba2" \
+  "$TESSERA" train "${small[@]}" --set model.attention_layers=1 --set run.dir="$work/attention-layers"
+verify_partial_only() {
+  mkdir -p "$work/partial-run/checkpoints/.step-00000017.partial"
+  expect_failure 10 "^tessera: error: $work/partial-run/checkpoints holds no complete checkpoint to verify; unfinished saves .*: .step-00000017.partial" \
+    "$TESSERA" ckpt verify "$work/partial-run" || return 1
+  ! "$TESSERA" ckpt verify "$work/partial-run" 2>&1 | grep -qF 'step-*' || { echo "a literal step-* glob"; return 1; }
+}
+check "ckpt verify on a run with only an unfinished save names it, not a step-* glob" verify_partial_only
+soup_val_data_missing() {
+  local dir=$work/short
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  expect_failure 20 "error: --val-data data/nope does not exist" \
+    "$TESSERA" soup --method greedy --inputs "$dir" "$dir" --val-data data/nope --output "$work/soup-nope" || return 1
+  ! "$TESSERA" soup --method greedy --inputs "$dir" "$dir" --val-data data/nope --output "$work/soup-nope" 2>&1 | grep -q -- "--set data.dir" \
+    || { echo "it suggests --set data.dir"; return 1; }
+}
+check "soup --val-data with a missing directory names --val-data" soup_val_data_missing
+check "data prepare refuses an output directory that holds files" expect_failure 10 \
+  "^tessera: error: --output $work/prepared already exists and is not empty" \
+  "$TESSERA" data prepare --input "$work/texts" --output "$work/prepared"
+check "train --resume RUN --set checkpoint.service=... without local checkpoints says to pass the config" expect_failure 10 \
+  "resume $work/elsewhere with checkpoint.service: the run's checkpoints \(and its config\) are on the service; pass the config it started with too" \
+  "$TESSERA" train --resume "$work/elsewhere" --set checkpoint.service=127.0.0.1:1
+
+check "launch: an unknown option names the nearest one" expect_failure 10 "unknown option '--nrpoc' for tessera launch; did you mean '--nproc'" "$TESSERA" launch --nrpoc 2 -- selftest comm
+
 if [ "$standalone" = yes ]; then
   passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
   echo "$passed passed, $failed failed"

@@ -16,6 +16,7 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case checkpointServiceUnusable(service: String, reason: String)
     case noSuchCheckpoint(runDirectory: String, step: Int, available: [String])
     case resumeThroughServiceNeedsConfig(runDirectory: String)
+    case nothingToVerify(root: String, note: String)
 
     var description: String {
         switch self {
@@ -47,6 +48,8 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
                 + (available.isEmpty ? "it holds none" : "its complete checkpoints are of step\(available.count == 1 ? "" : "s") \(available.joined(separator: ", "))")
         case let .resumeThroughServiceNeedsConfig(runDirectory):
             return "--resume \(runDirectory) with checkpoint.service: the run's checkpoints (and its config) are on the service; pass the config it started with too: --config FILE --resume \(runDirectory) --set checkpoint.service=HOST:PORT"
+        case let .nothingToVerify(root, note):
+            return "\(root) holds no complete checkpoint to verify\(note)"
         case let .checkpointServiceUnusable(service, reason):
             return "checkpoint.service = \(service), checked before the first step: \(reason)"
         case let .selftestMissedAStoppedRank(rank):

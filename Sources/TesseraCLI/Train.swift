@@ -128,7 +128,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         let (url, note) = try CheckpointArgument.resolve(checkpoint)
-        if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
+        if let note, ProcessEnvironment.worldRank ?? 0 == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
         let contents = try CheckpointStore.read(url)
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
         var rebalanced = saved
