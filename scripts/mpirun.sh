@@ -11,6 +11,13 @@
 # script) and this script forwards each signal as SIGUSR1, which mpirun passes on to every rank.
 # A second Ctrl-C (half a second or more after the first) stops the ranks at once.
 set -euo pipefail
+# A job started with & by a script has SIGINT ignored, and a shell cannot trap a signal ignored
+# on entry: start again with the default dispositions (same pid), so Ctrl-C and `kill -INT` reach
+# the trap below in every case (coreutils 8.31 or later; older ones skip this).
+if [ -z "${TESSERA_MPIRUN_SH_SIGNALS:-}" ] && env --default-signal=INT true 2>/dev/null; then
+  TESSERA_MPIRUN_SH_SIGNALS=1 exec env --default-signal=INT,TERM "$0" "$@"
+fi
+unset TESSERA_MPIRUN_SH_SIGNALS
 usage() { echo "usage: scripts/mpirun.sh NP tessera-arguments...   (e.g. scripts/mpirun.sh 2 train --config configs/tiny.yaml)" >&2; exit 2; }
 [ $# -ge 2 ] || usage
 [[ $1 =~ ^[1-9][0-9]*$ ]] || { echo "scripts/mpirun.sh: NP must be a positive number of ranks, got '$1'" >&2; usage; }
