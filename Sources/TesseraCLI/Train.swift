@@ -69,15 +69,18 @@ struct Train: ParsableCommand {
         // evaluated or resumed from any directory.
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        // Before the first line is printed: a write blocked on a stalled reader must already be
+        // interruptible by a stop request (the request then stops the run after its first step).
+        StopSignals.install()
         let trainer = try Trainer(config: config, world: comm,
                                   checkpointSink: try Self.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
             trainer.reporter = ProgressReporter(interactive: progress.interactive)
+            trainer.reporter?.stopRequested = { StopSignals.received }   // its first lines may meet a stalled reader
             kernelLines.forEach { trainer.reporter?.note($0) }
         }
-        StopSignals.install()
         trainer.stopRequested = { StopSignals.received }
         if comm.rank == 0 { trainer.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
         trainer.resumeStep = target?.step
