@@ -88,7 +88,7 @@ public final class Trainer {
         }
         let expert = config.parallel.expert
         if expert > 1 {
-            guard config.moe.experts > 0 else { throw TrainingError.expertParallelismWithoutExperts(source: config.origin(of: "parallel.expert", "moe.experts"), expert: expert) }
+            guard config.moe.experts > 0 else { throw TrainingError.expertParallelismWithoutExperts(source: config.origin(of: "parallel.expert"), expert: expert) }
             guard config.moe.experts % expert == 0 else {
                 throw TrainingError.expertsDoNotDivide(source: config.origin(of: "moe.experts", "parallel.expert"), experts: config.moe.experts, expert: expert)
             }
