@@ -431,6 +431,19 @@ check "train --resume RUN --set checkpoint.service=... without local checkpoints
 
 check "launch: an unknown option names the nearest one" expect_failure 10 "unknown option '--nrpoc' for tessera launch; did you mean '--nproc'" "$TESSERA" launch --nrpoc 2 -- selftest comm
 
+# --- The docs agree with the product ---------------------------------------------------------------
+check "every tessera command, subcommand, option, config and script the Markdown files name exists" \
+  python3 scripts/check_doc_names.py "$TESSERA"
+readme_parameters() {
+  local dir=$work/tiny-count count
+  "$TESSERA" train --config configs/tiny.yaml --set train.steps=1 --set train.global_batch=2 --set eval.batches=1 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  count=$("$TESSERA" ckpt show "$dir" 2>/dev/null | sed -n 's/^tensors ([0-9]*, \([0-9]*\) parameters).*/\1/p')
+  echo "ckpt show: $count parameters"
+  [ -n "$count" ] && grep -q "$(printf "%'d" "$count" 2>/dev/null || echo "$count")" README.md \
+    || grep -q "$(python3 -c "print(f'{$count:,}')")" README.md || { echo "README does not give tiny's $count parameters"; return 1; }
+}
+check "the README gives the default model's parameter count as ckpt show counts it" readme_parameters
+
 if [ "$standalone" = yes ]; then
   passed=$(grep -c '^pass$' "$RESULTS"); failed=$(grep -c '^fail$' "$RESULTS")
   echo "$passed passed, $failed failed"
