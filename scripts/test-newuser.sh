@@ -330,6 +330,18 @@ service_other_token() {
   local status=$?; kill "$server"; wait "$server" 2>/dev/null; return $status
 }
 check "launch: a checkpoint service with another job token fails before step 1 on every rank" service_other_token
+service_checkpoint_lines() {
+  local root=$work/svc-lines log=$work/svc-lines.log out status
+  export TESSERA_JOB_TOKEN=lines-token-$$
+  serve "$root" "$log" || return 1
+  out=$(scripts/mpirun.sh 2 train "${small[@]}" --set train.steps=4 --set checkpoint.every=2 --set checkpoint.service=127.0.0.1:$port \
+        --set run.dir="$work/svc-lines-run" 2>&1); status=$?
+  kill "$server"; wait "$server" 2>/dev/null; unset TESSERA_JOB_TOKEN
+  echo "$out" | grep -i checkpoint
+  [ "$status" -eq 0 ] || { echo "$out"; return 1; }
+  grep -q "checkpoint of step 4 committed on the checkpoint service at 127.0.0.1:$port" <<<"$out" || { echo "no line for the last checkpoint"; return 1; }
+}
+check "train through the checkpoint service prints its checkpoint lines" service_checkpoint_lines
 
 # --- Resuming from a chosen checkpoint -------------------------------------------------------------
 resume_chosen() {

@@ -70,7 +70,12 @@ extension Trainer {
     public func finishCheckpoints() throws -> URL? {
         try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
         try checkpoints.checkFailures()
-        return checkpoints.writer.takeCommitted().compactMap(\.url).last
+        let saved = checkpoints.writer.takeCommitted()
+        // Through the service every rank's part has now arrived: the steps are committed there.
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) committed on \(checkpointSink.location)")
+        }
+        return saved.compactMap(\.url).last
     }
 
     /// Writes a checkpoint of this step and waits until it is committed; returns its
@@ -81,8 +86,15 @@ extension Trainer {
         return try finishCheckpoints()
     }
 
-    /// Checkpoints committed since the last call (rank 0 knows their directories), without waiting.
-    func takeCommittedCheckpoints() -> [URL] { checkpoints.writer.takeCommitted().compactMap(\.url) }
+    /// Checkpoints committed since the last call (rank 0 knows their directories), without
+    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
+    func takeCommittedCheckpoints() -> [URL] {
+        let saved = checkpoints.writer.takeCommitted()
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) sent to \(checkpointSink.location)")
+        }
+        return saved.compactMap(\.url)
+    }
 
     /// On the way out of a failed run: gives the save in flight a few seconds to finish,
     /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
