@@ -443,6 +443,15 @@ check "train --resume RUN --set checkpoint.service=... without local checkpoints
 
 check "launch: an unknown option names the nearest one" expect_failure 10 "unknown option '--nrpoc' for tessera launch; did you mean '--nproc'" "$TESSERA" launch --nrpoc 2 -- selftest comm
 
+soup_negative_weight() {
+  local dir=$work/short
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  expect_failure 20 "^tessera: error: .*-0.5" "$TESSERA" soup --method weighted --inputs "$dir" "$dir" --weights -0.5 1.5 --output "$work/soup-negative" || return 1
+  ! "$TESSERA" soup --method weighted --inputs "$dir" "$dir" --weights -0.5 1.5 --output "$work/soup-negative" 2>&1 | grep -q "Missing value" \
+    || { echo "a negative weight is taken for a missing value"; return 1; }
+}
+check "soup --weights -0.5 1.5 names the negative weight" soup_negative_weight
+
 # --- The docs agree with the product ---------------------------------------------------------------
 check "every tessera command, subcommand, option, config and script the Markdown files name exists" \
   python3 scripts/check_doc_names.py "$TESSERA"

@@ -21,7 +21,7 @@ struct Tessera: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         // Before anything computes: may execute this program again with another OpenBLAS core.
         do { try KernelSelection.apply() } catch { fail("\(error)") }
-        let arguments = Array(CommandLine.arguments.dropFirst())
+        let arguments = negativeNumbersAttached(Array(CommandLine.arguments.dropFirst()), to: ["--weights"])
         if let mistyped = SubcommandSuggestion.problem(in: arguments, root: Tessera.self) {
             exit(withError: ValidationError(mistyped))
         }
@@ -46,6 +46,23 @@ struct Tessera: ParsableCommand {
         } catch {
             fail("\(error)")
         }
+    }
+
+    /// `--weights -0.5 1.5` as `--weights=-0.5 --weights=1.5`: the parser takes a word starting
+    /// with '-' for an option, so a list of numbers stopped at a negative one ("Missing value");
+    /// attached, each reaches the command, which says what is wrong with it.
+    static func negativeNumbersAttached(_ arguments: [String], to options: Set<String>) -> [String] {
+        var result: [String] = [], list: String?
+        for word in arguments {
+            if word == "--" { list = nil; result.append(word); continue }
+            if let option = list, Double(word) != nil {
+                result.append("\(option)=\(word)")
+                continue
+            }
+            list = options.contains(word) ? word : nil
+            if list == nil { result.append(word) }
+        }
+        return result
     }
 
     /// Errors of the argument parser itself (help and version requests among them): it prints
