@@ -452,6 +452,19 @@ soup_negative_weight() {
 }
 check "soup --weights -0.5 1.5 names the negative weight" soup_negative_weight
 
+serve_busy_port() {
+  local port out; port=$(free_port)
+  python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(15)' "$port" & local holder=$!
+  sleep 0.5
+  out=$(TESSERA_JOB_TOKEN=t expect_failure 10 "^tessera: error: --listen 127.0.0.1:$port: cannot listen there \(.*\); choose another --listen" \
+    "$TESSERA" ckpt serve --root "$work/busy-root" --listen 127.0.0.1:$port); local status=$?
+  kill "$holder"; wait "$holder" 2>/dev/null
+  echo "$out"
+  [ "$status" -eq 0 ] || return 1
+  ! grep -q "TESSERA_MASTER_PORT\|unreachable" <<<"$out" || { echo "it names TESSERA_MASTER_PORT or says unreachable"; return 1; }
+}
+check "ckpt serve on a busy port names --listen, not TESSERA_MASTER_PORT" serve_busy_port
+
 # --- The docs agree with the product ---------------------------------------------------------------
 check "every tessera command, subcommand, option, config and script the Markdown files name exists" \
   python3 scripts/check_doc_names.py "$TESSERA"

@@ -17,6 +17,7 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case noSuchCheckpoint(runDirectory: String, step: Int, available: [String])
     case resumeThroughServiceNeedsConfig(runDirectory: String)
     case nothingToVerify(root: String, note: String)
+    case serviceCannotListen(listen: String, cause: String)
 
     var description: String {
         switch self {
@@ -50,6 +51,8 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "--resume \(runDirectory) with checkpoint.service: the run's checkpoints (and its config) are on the service; pass the config it started with too: --config FILE --resume \(runDirectory) --set checkpoint.service=HOST:PORT"
         case let .nothingToVerify(root, note):
             return "\(root) holds no complete checkpoint to verify\(note)"
+        case let .serviceCannotListen(listen, cause):
+            return "--listen \(listen): cannot listen there (\(cause)); choose another --listen (a free port, on an address of this machine)"
         case let .checkpointServiceUnusable(service, reason):
             return "checkpoint.service = \(service), checked before the first step: \(reason)"
         case let .selftestMissedAStoppedRank(rank):
