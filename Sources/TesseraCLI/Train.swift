@@ -79,7 +79,7 @@ struct Train: ParsableCommand {
         if comm.rank == 0 {
             trainer.reporter = ProgressReporter(interactive: progress.interactive)
             trainer.reporter?.stopRequested = { StopSignals.received }   // its first lines may meet a stalled reader
-            kernelLines.forEach { trainer.reporter?.note($0) }
+            trainer.startLines = kernelLines   // printed once the run holds run.dir
         }
         trainer.stopRequested = { StopSignals.received }
         if comm.rank == 0 { trainer.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }

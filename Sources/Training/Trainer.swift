@@ -33,6 +33,9 @@ public final class Trainer {
     /// The checkpoint step `run(resume: true)` continues from (nil: the newest). Newer
     /// checkpoints of the run are moved aside first (`supersedeCheckpoints(after:)`).
     public var resumeStep: Int?
+    /// Lines rank 0's reporter prints once the run holds run.dir (the BLAS core's start line):
+    /// a run refused at the door says one line, the refusal.
+    public var startLines: [String] = []
 
     /// `checkpointSink`: where this rank delivers its checkpoint parts and rank 0 finds the
     /// checkpoint to resume (default: the directory `run.dir/checkpoints`).

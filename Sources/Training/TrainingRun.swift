@@ -60,6 +60,7 @@ extension Trainer {
         let end = min(total, stopAt ?? total)
         let lock = try holdRunDirectory()
         defer { lock?.release() }
+        startLines.forEach { reporter?.note($0) }
         // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
         if lock != nil { for line in (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
         reporter?.stopRequested = stopRequested
