@@ -373,6 +373,16 @@ moe_generates() {
   [ "$(cat "$work/moe-gen3.out")" = "$one" ] || { echo "3 ranks printed other bytes"; return 1; }
 }
 check "generate: an MoE checkpoint generates, the same bytes on 1, 2 (mpirun) and 3 (launch) ranks" moe_generates
+moe_student_generates() {
+  local teacher=$work/moe-gen
+  [ -d "$teacher/checkpoints" ] || "$TESSERA" train "${small[@]}" --set moe.experts=4 --set moe.top_k=2 --set moe.expert_hidden=32 \
+    --set train.steps=4 --set run.dir="$teacher" >/dev/null 2>&1 || return 1
+  "$TESSERA" distill --teacher "$teacher" --config configs/distill.yaml --set distill.stage1_steps=2 --set distill.stage2_steps=0 \
+    --set distill.stage3_steps=1 --set eval.batches=1 --set run.dir="$work/moe-student" >"$work/moe-student.out" 2>&1 \
+    || { tail -n 5 "$work/moe-student.out"; return 1; }
+  generates "$work/moe-student" "ROMEO:" 20
+}
+check "generate: a Mamba-2 student of an MoE teacher generates" moe_student_generates
 
 # --- Smaller things ---------------------------------------------------------------------------------
 distill_stop_at() {
