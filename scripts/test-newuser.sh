@@ -475,6 +475,17 @@ serve_busy_port() {
 }
 check "ckpt serve on a busy port names --listen, not TESSERA_MASTER_PORT" serve_busy_port
 
+decode_fits_not_negative() {
+  local out; out=$("$TESSERA" bench decode --model teacher student --kv-len 64 1024 --runs 1 2>&1) || { echo "$out"; return 1; }
+  python3 - "$out" <<'PY'
+import json, sys
+fits = {k: v for line in sys.argv[1].splitlines() if line.startswith("{") for k, v in json.loads(line).items() if "_fit_us" in k}
+print(fits)
+assert fits and all(v >= 0 for v in fits.values()), f"a negative fit: {fits}"
+PY
+}
+check "bench decode --model: the teacher's and student's fitted times are never negative" decode_fits_not_negative
+
 # --- The docs agree with the product ---------------------------------------------------------------
 check "every tessera command, subcommand, option, config and script the Markdown files name exists" \
   python3 scripts/check_doc_names.py "$TESSERA"
