@@ -36,7 +36,7 @@ enum MPIRunAbort {
     static func received(_ signalNumber: Int32, now: Int64) {
         guard underMpirun else { return }
         if signalNumber == SIGCONT {
-            _ = continuedAt.compareExchange(expected: 0, desired: now, ordering: .relaxed)
+            continuedAt.store(now, ordering: .relaxed)   // the latest: an earlier one may be a shell's fg
         } else if signalNumber == SIGTERM, killDueAt.load(ordering: .relaxed) == 0 {
             let continued = continuedAt.load(ordering: .relaxed)
             let interval = continued > 0 ? now - continued : Int64(configuredIntervalSeconds * 1e9)
