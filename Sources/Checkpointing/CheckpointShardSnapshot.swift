@@ -60,7 +60,7 @@ public enum CheckpointMetadata {
         return [
             CheckpointFile(name: CheckpointLayout.index, data: try JSONSerialization.data(withJSONObject: index, options: [.prettyPrinted, .sortedKeys])),
             CheckpointFile(name: CheckpointLayout.huggingFaceConfig,
-                           data: try JSONSerialization.data(withJSONObject: huggingFaceConfig, options: [.prettyPrinted, .sortedKeys])),
+                           data: Data((HuggingFaceExport.json(huggingFaceConfig) + "\n").utf8)),   // floats as floats
             CheckpointFile(name: CheckpointLayout.trainerState, data: try encoder.encode(state)),
             CheckpointFile(name: CheckpointLayout.runConfig, data: Data(runConfig.utf8)),
         ]

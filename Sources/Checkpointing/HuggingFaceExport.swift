@@ -107,8 +107,16 @@ public enum HuggingFaceExport {
 
     /// `config.json` text with every floating-point value written with a decimal point or
     /// exponent (`0.0`, not `0`): `transformers` checks the config's field types strictly.
+    /// Used for every config.json Tessera writes (checkpoints and exports).
     static func json(_ value: Any, indent: String = "") -> String {
         let inner = indent + "  "
+        if type(of: value) is NSNumber.Type, let n = value as? NSNumber {   // read back from a JSON file: keep its kind
+            switch String(cString: n.objCType) {
+            case "d", "f": return json(n.doubleValue, indent: indent)
+            case "c", "B": return n.boolValue ? "true" : "false"
+            default: return String(n.int64Value)
+            }
+        }
         switch value {
         case let v as Double: return v.isFinite ? "\(v)" : "null"
         case let v as Float: return json(Double(v), indent: indent)

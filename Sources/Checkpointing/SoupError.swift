@@ -8,6 +8,8 @@ public enum SoupError: Error, Equatable, CustomStringConvertible {
     /// A key of `file` (config.json, or the model section of run.yaml) that differs.
     case configMismatch(file: String, key: String, value: String, checkpoint: String, otherValue: String, otherCheckpoint: String)
     case noIngredients
+    /// `--val-data` names a directory that is not there.
+    case validationDataMissing(directory: String)
     case weightCount(weights: Int, inputs: Int)
     case negativeWeight(weight: Double, input: String)
     case weightsDoNotSumToOne(sum: Double)
@@ -39,6 +41,8 @@ public enum SoupError: Error, Equatable, CustomStringConvertible {
             return "--weights is only for --method weighted (this is --method \(method))"
         case let .outputNotEmpty(path):
             return "\(path) already exists and is not an empty directory; choose a new --output (nothing was written)"
+        case let .validationDataMissing(directory):
+            return "--val-data \(directory) does not exist; pass a directory of token shards (tessera data prepare writes them), or leave --val-data out to use the best input's data.dir"
         case let .notExportable(checkpoint, reason):
             return "cannot export \(checkpoint): \(reason)"
         }

@@ -104,7 +104,11 @@ public struct ModelConfig: Equatable, Sendable {
             config["mlp_bias"] = nil
             if let factor = moe.capacityFactor { config["capacity_factor"] = factor }
             let dense = blocks.indices.filter { !moeLayers.contains($0) }
-            if !dense.isEmpty { config["tessera_dense_layers"] = dense }
+            if !dense.isEmpty {
+                config["tessera_dense_layers"] = dense
+                config["tessera_note"] = "layers \(dense.map(String.init).joined(separator: ", ")) are dense (mlp.*), not mixtures of experts: "
+                    + "Mixtral has no such layers, so transformers cannot load this layout (tessera export hf refuses it)"
+            }
         }
         if !mambaLayers.isEmpty { config.merge(phiMambaSections) { _, phiMamba in phiMamba } }
         return config

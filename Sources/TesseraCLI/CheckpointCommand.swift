@@ -86,14 +86,22 @@ struct CheckpointCommand: ParsableCommand {
         func run() throws {
             let (root, single) = try CheckpointCommand.root(of: path)
             let targets = single.map { [$0] } ?? CheckpointStore(root: root).complete().map(\.url)
+            // Saves that never finished (a stopped or killed run): not checkpoints, but worth naming.
+            let names = single == nil ? ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []).sorted() : []
+            let unfinished = names.filter { name in
+                name.hasSuffix(".partial") || (CheckpointLayout.step(ofDirectory: name) != nil
+                    && !FileManager.default.fileExists(atPath: root.appendingPathComponent(name).appendingPathComponent(CheckpointLayout.done).path))
+            }
+            let unfinishedNote = unfinished.isEmpty ? "" : "; unfinished saves (not checkpoints; the next train or distill --resume removes them): " + unfinished.joined(separator: ", ")
             guard !targets.isEmpty else {
-                throw CheckpointError.missing(path: root.path + "/step-*", hint: "\(root.path) holds no complete checkpoint to verify")
+                throw CommandLineError.nothingToVerify(root: root.path, note: unfinishedNote)
             }
             for url in targets {
                 let contents = try CheckpointStore.read(url)
                 let files = try CheckpointStore.verifyChecksums(url).count
                 print("ok \(url.path): \(files) files match their SHA-256, \(contents.model.count) tensors and their moments whole")
             }
+            if !unfinished.isEmpty { print("note: \(root.path):" + unfinishedNote.dropFirst()) }
         }
     }
 }

@@ -55,7 +55,14 @@ struct CheckpointServe: ParsableCommand {
             default: throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup and distill jobs")
             }
         }
-        try server.start()
+        do {
+            try server.start()
+        } catch let CheckpointServiceError.unreachable(_, reason) where reason.contains("cannot listen") {
+            // The socket layer's hint is the training rendezvous's (TESSERA_MASTER_PORT): this is --listen.
+            let cause = reason.range(of: #"cannot listen on [^ ]+: ([^;)]+)"#, options: .regularExpression)
+                .map { String(reason[$0]).components(separatedBy: ": ").dropFirst().joined(separator: ": ") } ?? reason
+            throw CommandLineError.serviceCannotListen(listen: listen, cause: cause)
+        }
         server.wait()
     }
 

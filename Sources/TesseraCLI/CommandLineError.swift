@@ -13,6 +13,11 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case benchNeedsSeveralRanks(bench: String)
     case selftestMissedAStoppedRank(rank: Int)
     case topKAboveVocabulary(topK: Int, vocabulary: Int)
+    case checkpointServiceUnusable(service: String, reason: String)
+    case noSuchCheckpoint(runDirectory: String, step: Int, available: [String])
+    case resumeThroughServiceNeedsConfig(runDirectory: String)
+    case nothingToVerify(root: String, note: String)
+    case serviceCannotListen(listen: String, cause: String)
 
     var description: String {
         switch self {
@@ -39,6 +44,17 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "bench \(bench) measures traffic between ranks and this job has one; run it under `scripts/mpirun.sh 2 bench \(bench)` or `tessera launch --nproc 2 -- bench \(bench)`"
         case let .topKAboveVocabulary(topK, vocabulary):
             return "--top-k \(topK) is more than the \(vocabulary) tokens of this model's vocabulary (0 means all of them)"
+        case let .noSuchCheckpoint(runDirectory, step, available):
+            return "--resume \(runDirectory) --step \(step): no complete checkpoint of step \(step) under \(runDirectory)/checkpoints; "
+                + (available.isEmpty ? "it holds none" : "its complete checkpoints are of step\(available.count == 1 ? "" : "s") \(available.joined(separator: ", "))")
+        case let .resumeThroughServiceNeedsConfig(runDirectory):
+            return "--resume \(runDirectory) with checkpoint.service: the run's checkpoints (and its config) are on the service; pass the config it started with too: --config FILE --resume \(runDirectory) --set checkpoint.service=HOST:PORT"
+        case let .nothingToVerify(root, note):
+            return "\(root) holds no complete checkpoint to verify\(note)"
+        case let .serviceCannotListen(listen, cause):
+            return "--listen \(listen): cannot listen there (\(cause)); choose another --listen (a free port, on an address of this machine)"
+        case let .checkpointServiceUnusable(service, reason):
+            return "checkpoint.service = \(service), checked before the first step: \(reason)"
         case let .selftestMissedAStoppedRank(rank):
             return "rank \(rank) stopped but the allreduce completed without it"
         }

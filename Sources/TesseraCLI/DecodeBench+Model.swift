@@ -83,7 +83,9 @@ extension DecodeBench {
         }
     }
 
-    /// The least-squares line through (kv_len, µs) points.
+    /// The least-squares line through (kv_len, µs) points, with a slope and an intercept of at
+    /// least 0 (a step with an empty cache takes no negative time; noisy short lengths could
+    /// give one): when the free line's intercept is negative, the best line through the origin.
     static func line(_ points: [(Int, Double)]) -> Crossover.Line {
         let n = Double(points.count)
         guard n > 0 else { return .init(intercept: 0, slope: 0) }
@@ -91,7 +93,12 @@ extension DecodeBench {
         let sxx = points.reduce(0) { $0 + (Double($1.0) - meanX) * (Double($1.0) - meanX) }
         let sxy = points.reduce(0) { $0 + (Double($1.0) - meanX) * ($1.1 - meanY) }
         let slope = sxx > 0 ? sxy / sxx : 0
-        return .init(intercept: meanY - slope * meanX, slope: slope)
+        // Nor does a longer cache make a step faster: a falling line is noise, its best is flat.
+        guard slope >= 0 else { return .init(intercept: meanY, slope: 0) }
+        let intercept = meanY - slope * meanX
+        guard intercept < 0 else { return .init(intercept: intercept, slope: slope) }
+        let xx = points.reduce(0) { $0 + Double($1.0) * Double($1.0) }, xy = points.reduce(0) { $0 + Double($1.0) * $1.1 }
+        return .init(intercept: 0, slope: xx > 0 ? xy / xx : 0)
     }
 
     /// The crossover of per-token medians (µs) by context length.

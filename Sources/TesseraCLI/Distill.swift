@@ -121,6 +121,7 @@ struct Distill: ParsableCommand {
         }
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        StopSignals.install()   // before the first line is printed (Train.run says why)
         let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm,
                                  checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         let kernelLines = try KernelSelection.startLines(comm: comm)
@@ -128,7 +129,6 @@ struct Distill: ParsableCommand {
             run.output = { line in try? FileHandle.standardOutput.write(contentsOf: Data((line + "\n").utf8)) }
             kernelLines.forEach { run.output?($0) }
         }
-        StopSignals.install()
         run.stopRequested = { StopSignals.received }
         if comm.rank == 0 { run.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
         let summaries = try run.run(resume: resume != nil, stopAt: stopAt)

@@ -15,7 +15,8 @@ extension Launch {
         guard !launched.isEmpty else { throw ValidationError("nothing to launch: put the tessera command after --, e.g. tessera launch --nproc 2 -- train") }
         guard let first = command.first, first != "--" else { return }
         if first.hasPrefix("-") {
-            throw ValidationError("unknown option '\(first)' for tessera launch (see tessera launch --help); the tessera command to launch goes after --")
+            let suggestion = OptionSuggestion.nearest(to: first, in: Launch.self).map { "did you mean '\($0)'? " } ?? ""
+            throw ValidationError("unknown option '\(first)' for tessera launch; \(suggestion)(see tessera launch --help); the tessera command to launch goes after --")
         }
         // Everything before the command as typed, then `--`, then the command.
         let typed = Array(CommandLine.arguments.dropFirst())

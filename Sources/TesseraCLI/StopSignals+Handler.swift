@@ -14,6 +14,8 @@ extension StopSignals {
 
     static func handle(_ signalNumber: Int32) {
         let now = monotonicNanoseconds()
+        MPIRunAbort.received(signalNumber, now: now)
+        if signalNumber == SIGCONT { return }   // only mpirun's first sign of an abort (StopSignals+MPIRun.swift)
         let first = firstSignalAt.compareExchange(expected: 0, desired: now, ordering: .relaxed)
         if first.exchanged {   // the first request: stop after this step with a checkpoint
             stopSignalCount = 1
@@ -29,6 +31,8 @@ extension StopSignals {
     /// Readies the handler's state (lazily initialised statics must not first be touched in it).
     static func prepareHandler() {
         _ = firstSignalAt.load(ordering: .relaxed)
+        _ = MPIRunAbort.continuedAt.load(ordering: .relaxed); _ = MPIRunAbort.killDueAt.load(ordering: .relaxed)
+        _ = MPIRunAbort.intervalNanoseconds.load(ordering: .relaxed); _ = MPIRunAbort.underMpirun
         HardStop.prepare()
     }
 
@@ -36,9 +40,11 @@ extension StopSignals {
     /// the run directory's lock. Set as `Trainer.onRunEvent`.
     static func observe(runDirectory: String) -> (RunEvent) -> Void {
         HardStop.publish(HardStop.message(runDirectory: runDirectory, newest: nil, stopping: false))
+        runState.withLock { $0 = (runDirectory, nil) }
         return { event in
             switch event {
             case let .newestCheckpoint(url, stopping):
+                runState.withLock { $0 = (runDirectory, url?.path) }
                 HardStop.publish(HardStop.message(runDirectory: runDirectory, newest: url?.path, stopping: stopping))
             case let .holdingRunDirectory(lock):
                 HardStop.holdLock(path: lock.path, device: lock.device, inode: lock.inode)
@@ -46,7 +52,10 @@ extension StopSignals {
         }
     }
 
-    private static func monotonicNanoseconds() -> Int64 {
+    /// Rank 0's run directory and newest complete checkpoint (nil on other ranks).
+    static let runState = Mutex<(runDirectory: String, newest: String?)?>(nil)
+
+    static func monotonicNanoseconds() -> Int64 {
         var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &now)
         return max(1, Int64(now.tv_sec) * 1_000_000_000 + Int64(now.tv_nsec))

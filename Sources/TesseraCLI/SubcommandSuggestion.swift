@@ -29,3 +29,18 @@ enum SubcommandSuggestion {
         return nil
     }
 }
+
+/// The nearest real option of a command (`tessera launch --nrpoc 2` → '--nproc'), for the
+/// usage errors the argument parser does not make itself (launch's, whose command follows `--`).
+enum OptionSuggestion {
+    /// The option `command`'s help lists that is nearest to `word` (within a third of its length).
+    static func nearest(to word: String, in command: ParsableCommand.Type, root: ParsableCommand.Type = Tessera.self) -> String? {
+        let help = root.helpMessage(for: command)
+        let options = Set(help.split(whereSeparator: { !($0.isLetter || $0.isNumber || $0 == "-") })
+            .map(String.init).filter { $0.hasPrefix("--") && $0.count > 2 })
+        let name = String(word.prefix { $0 != "=" })
+        guard let nearest = NearestWord.nearest(to: name, among: options.sorted()),
+              NearestWord.editDistance(nearest, name) <= max(2, name.count / 3) else { return nil }
+        return nearest
+    }
+}

@@ -21,7 +21,7 @@ struct Tessera: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         // Before anything computes: may execute this program again with another OpenBLAS core.
         do { try KernelSelection.apply() } catch { fail("\(error)") }
-        let arguments = Array(CommandLine.arguments.dropFirst())
+        let arguments = negativeNumbersAttached(Array(CommandLine.arguments.dropFirst()), to: ["--weights"])
         if let mistyped = SubcommandSuggestion.problem(in: arguments, root: Tessera.self) {
             exit(withError: ValidationError(mistyped))
         }
@@ -35,14 +35,34 @@ struct Tessera: ParsableCommand {
             exit(withError: error)
         } catch let stop as TrainingInterrupted {
             // A requested stop, not a failure: every rank stops on its own, rank 0 says so.
+            // Under mpirun every rank exits 0 (a non-zero exit makes mpirun abort the job and
+            // print its failure box); elsewhere 130, the shell's status for an interrupt.
+            MPIRunAbort.finishing.store(true, ordering: .releasing)
             if ProcessEnvironment.worldRank ?? 0 == 0 {
                 let line = "tessera: \(stop); continue with: \(ResumeCommand.string(runDirectory: stop.runDirectory, command: stop.command))\n"
                 try? FileHandle.standardError.write(contentsOf: Data(line.utf8))
             }
-            Foundation.exit(130)
+            Foundation.exit(stop.exitStatus(underMPI: MPICommunicator.launchedByMPI))
         } catch {
             fail("\(error)")
         }
+    }
+
+    /// `--weights -0.5 1.5` as `--weights=-0.5 --weights=1.5`: the parser takes a word starting
+    /// with '-' for an option, so a list of numbers stopped at a negative one ("Missing value");
+    /// attached, each reaches the command, which says what is wrong with it.
+    static func negativeNumbersAttached(_ arguments: [String], to options: Set<String>) -> [String] {
+        var result: [String] = [], list: String?
+        for word in arguments {
+            if word == "--" { list = nil; result.append(word); continue }
+            if let option = list, Double(word) != nil {
+                result.append("\(option)=\(word)")
+                continue
+            }
+            list = options.contains(word) ? word : nil
+            if list == nil { result.append(word) }
+        }
+        return result
     }
 
     /// Errors of the argument parser itself (help and version requests among them): it prints

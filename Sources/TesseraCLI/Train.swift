@@ -17,8 +17,11 @@ struct Train: ParsableCommand {
     @Option(help: "Progress display: auto (a live bar on a terminal, plain lines otherwise; lines under mpirun, which gives ranks a terminal even when its own output is a file), bar, lines.")
     var progress: ProgressStyle = .auto
 
-    @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest complete checkpoint (its saved config, unless --config is given).", valueName: "RUN_DIR"))
+    @Option(help: ArgumentHelp("Continue the run in RUN_DIR from its newest complete checkpoint (its saved config, unless --config is given), or from the checkpoint directory RUN_DIR/checkpoints/step-NNNNNNNN.", valueName: "RUN_DIR"))
     var resume: String?
+
+    @Option(parsing: .unconditional, help: ArgumentHelp("With --resume RUN_DIR: continue from the checkpoint of this step instead of the newest (newer ones are moved to RUN_DIR/superseded-after-step-N).", valueName: "N"))
+    var step: Int?
 
     @Option(parsing: .unconditional, help: "Stop after this step, writing a checkpoint, as if interrupted (the schedule still spans train.steps); continue with --resume.")
     var stopAt: Int?
@@ -29,6 +32,8 @@ struct Train: ParsableCommand {
     func validate() throws {
         if let stopAt, stopAt < 1 { throw ValidationError("--stop-at \(stopAt) must be at least 1") }
         if initFrom != nil, resume != nil { throw ValidationError("--init-from starts a new run; --resume continues one: pass only one") }
+        if let step, resume == nil { throw ValidationError("--step \(step) chooses the checkpoint --resume continues from; pass --resume RUN_DIR too") }
+        if let step, step < 1 { throw ValidationError("--step \(step) must be the step of a checkpoint (1 or more)") }
     }
 
     /// What `tessera train` alone prints instead of starting a long run on built-in defaults.
@@ -45,15 +50,14 @@ struct Train: ParsableCommand {
             throw ExitCode(2)
         }
         var file = options.config
-        if let resume {
-            let store = CheckpointStore(root: URL(fileURLWithPath: resume).appendingPathComponent("checkpoints"))
-            if file == nil {
-                guard let latest = store.latest() else {
-                    throw CommandLineError.nothingToResume(runDirectory: resume, checkpoints: store.root.path)
-                }
-                file = latest.appendingPathComponent("run.yaml").path
+        let target = try resume.map { try ResumeTarget(argument: $0, step: step) }
+        if let target, file == nil {
+            if options.overrides.contains(where: { $0.hasPrefix("checkpoint.service=") }), target.checkpoints.latest() == nil {
+                throw CommandLineError.resumeThroughServiceNeedsConfig(runDirectory: target.runDirectory)
             }
+            file = try target.checkpoint().appendingPathComponent("run.yaml").path
         }
+        let resume = target?.runDirectory
         var configOptions = options
         configOptions.config = file
         var config = try configOptions.load()
@@ -65,17 +69,21 @@ struct Train: ParsableCommand {
         // evaluated or resumed from any directory.
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        // Before the first line is printed: a write blocked on a stalled reader must already be
+        // interruptible by a stop request (the request then stops the run after its first step).
+        StopSignals.install()
         let trainer = try Trainer(config: config, world: comm,
                                   checkpointSink: try Self.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
             trainer.reporter = ProgressReporter(interactive: progress.interactive)
-            kernelLines.forEach { trainer.reporter?.note($0) }
+            trainer.reporter?.stopRequested = { StopSignals.received }   // its first lines may meet a stalled reader
+            trainer.startLines = kernelLines   // printed once the run holds run.dir
         }
-        StopSignals.install()
         trainer.stopRequested = { StopSignals.received }
         if comm.rank == 0 { trainer.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
+        trainer.resumeStep = target?.step
         let summary = try trainer.run(resume: resume != nil, stopAt: stopAt)
         if summary.finalStep < config.train.steps {
             trainer.reporter?.note("stopped at step \(summary.finalStep) (--stop-at); continue with: \(ResumeCommand.string(runDirectory: config.run.dir))")
@@ -89,10 +97,18 @@ struct Train: ParsableCommand {
     static func checkpointSink(config: RunConfig, rank: Int, ranks: Int) throws -> CheckpointSink? {
         guard !config.checkpoint.service.isEmpty else { return nil }
         let token = ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? ""
-        return try ServiceCheckpointSink(address: ServiceAddress(config.checkpoint.service), token: token,
-                                         cacheDirectory: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoint-cache"),
-                                         identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds,
-                                         retrySeconds: config.checkpoint.serviceRetrySeconds)
+        do {
+            let sink = try ServiceCheckpointSink(address: ServiceAddress(config.checkpoint.service), token: token,
+                                                 cacheDirectory: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoint-cache"),
+                                                 identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds,
+                                                 retrySeconds: config.checkpoint.serviceRetrySeconds)
+            // Every rank uploads its part: each proves the token now (connect, handshake, one
+            // small request), so a missing service or token fails before step 1, not at the first save.
+            _ = try sink.list()
+            return sink
+        } catch {
+            throw CommandLineError.checkpointServiceUnusable(service: config.checkpoint.service, reason: "\(error)")
+        }
     }
 }
 
@@ -102,7 +118,7 @@ struct Eval: ParsableCommand {
     @Option(help: "A run directory (its newest complete checkpoint) or a checkpoint directory (runs/NAME/checkpoints/step-NNNNNNNN).")
     var checkpoint: String
 
-    @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: the whole validation split).")
+    @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: --set eval.batches=N when given, else the whole validation split).")
     var batches = 0
 
     func validate() throws {
@@ -116,7 +132,7 @@ struct Eval: ParsableCommand {
 
     func run() throws {
         let (url, note) = try CheckpointArgument.resolve(checkpoint)
-        if let note { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
+        if let note, ProcessEnvironment.worldRank ?? 0 == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
         let contents = try CheckpointStore.read(url)
         let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
         var rebalanced = saved
@@ -134,7 +150,8 @@ struct Eval: ParsableCommand {
         let model = try TransformerLM(config: resolved.modelConfig, seed: 0, grid: try ProcessGrid(world: comm, data: comm.size))
         model.threads = KernelThreads(resolved.train.threads)
         try model.parameters.load(contents.model, source: url.path)
-        let count = batches > 0 ? batches : data.validationBatchCount
+        // --batches, else eval.batches when --set gives it, else the whole split.
+        let count = batches > 0 ? batches : resolved.overridden.contains("eval.batches") ? resolved.eval.batches : data.validationBatchCount
         let loss = try Evaluator(model: model, data: data, comm: comm).validationLoss(batches: count)
         if comm.rank == 0 {
             print(String(format: "checkpoint %@ (step %d): validation loss %.4f nats/byte, %.4f bits/byte over %d sequences",
@@ -155,8 +172,10 @@ enum ProgressStyle: String, ExpressibleByArgument, CaseIterable {
     }
 }
 
-/// Ctrl-C and SIGTERM (a scheduler's preemption) ask the run to stop after the current step
-/// with a checkpoint; a second signal ends the process at once.
+/// Ctrl-C, SIGTERM (a scheduler's preemption) and SIGUSR1 (what `scripts/mpirun.sh` makes of
+/// Ctrl-C, and what mpirun forwards at once) ask the run to stop after the current step with a
+/// checkpoint; a second signal ends the process at once. Under mpirun, SIGCONT is noted too: it
+/// is how mpirun starts aborting a job (StopSignals+MPIRun.swift).
 enum StopSignals {
     static var received: Bool { stopSignalCount > 0 }
 
@@ -164,13 +183,14 @@ enum StopSignals {
     /// our output after Ctrl-C) returns EINTR, so the loop gets to its stop check.
     static func install() {
         prepareHandler()
-        for number in [SIGINT, SIGTERM] {
+        for number in [SIGINT, SIGTERM, SIGUSR1] + (MPIRunAbort.underMpirun ? [SIGCONT] : []) {
             var action = sigaction()
             action.__sigaction_handler.sa_handler = { StopSignals.handle($0) }   // StopSignals+Handler.swift
             sigemptyset(&action.sa_mask)
             action.sa_flags = 0
             sigaction(number, &action, nil)
         }
+        MPIRunAbort.startWatchdog()
     }
 }
 

@@ -70,7 +70,12 @@ extension Trainer {
     public func finishCheckpoints() throws -> URL? {
         try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
         try checkpoints.checkFailures()
-        return checkpoints.writer.takeCommitted().compactMap(\.url).last
+        let saved = checkpoints.writer.takeCommitted()
+        // Through the service every rank's part has now arrived: the steps are committed there.
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) committed on \(checkpointSink.location)")
+        }
+        return saved.compactMap(\.url).last
     }
 
     /// Writes a checkpoint of this step and waits until it is committed; returns its
@@ -81,8 +86,15 @@ extension Trainer {
         return try finishCheckpoints()
     }
 
-    /// Checkpoints committed since the last call (rank 0 knows their directories), without waiting.
-    func takeCommittedCheckpoints() -> [URL] { checkpoints.writer.takeCommitted().compactMap(\.url) }
+    /// Checkpoints committed since the last call (rank 0 knows their directories), without
+    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
+    func takeCommittedCheckpoints() -> [URL] {
+        let saved = checkpoints.writer.takeCommitted()
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) sent to \(checkpointSink.location)")
+        }
+        return saved.compactMap(\.url)
+    }
 
     /// On the way out of a failed run: gives the save in flight a few seconds to finish,
     /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
@@ -93,14 +105,17 @@ extension Trainer {
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when
     /// there is none.
     public func resumeFromLatest() throws -> Int? {
-        let loaded = try checkpoints.loadLatest { [self] url, contents in   // on rank 0's loading thread, while this one waits
+        var moved: String?
+        let loaded = try checkpoints.loadLatest(step: resumeStep) { [self] url, contents in   // on rank 0's loading thread, while this one waits
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
             if contents.state.configHash != config.numericHash {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
             }
             try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)
             try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
+            if let chosen = resumeStep { moved = try supersedeCheckpoints(after: chosen) }   // rank 0 holds run.dir
         }
+        if let moved { reporter?.note(moved) }
         guard loaded.found else { return nil }
         try checkpoints.broadcast([model.parameters.values] + optimizer.buffers)
         try experts.scatterFromReader(loaded.contents)
@@ -109,5 +124,33 @@ extension Trainer {
         (step, samplesSeen) = (received[0], received[1])
         optimizer.setStepsTaken(step)
         return step
+    }
+
+    /// Rank 0, holding run.dir, before resuming from `step` when newer checkpoints exist: moves
+    /// them (and a copy of metrics.jsonl, whose later records the resumed run drops) into
+    /// `run.dir/superseded-after-step-N` (a fresh name), so nothing is lost and the resumed run
+    /// writes its own. Returns the line saying so, nil when there was nothing newer. Through the
+    /// checkpoint service only the newest checkpoint can be continued.
+    func supersedeCheckpoints(after step: Int) throws -> String? {
+        let newer = store.complete().filter { $0.step > step }
+        if !(checkpoints.sink is DirectoryCheckpointSink) {
+            guard let newest = try checkpoints.sink.latestStep(), newest > step else { return nil }
+            throw TrainingError.resumeFailed(message: "--step \(step): the checkpoint service holds newer checkpoints (step \(newest)); through the service only the newest can be continued")
+        }
+        guard !newer.isEmpty else { return nil }
+        let fm = FileManager.default
+        var aside = runDirectory.appendingPathComponent("superseded-after-step-\(step)")
+        var n = 1
+        while fm.fileExists(atPath: aside.path) { n += 1; aside = runDirectory.appendingPathComponent("superseded-after-step-\(step)-\(n)") }
+        do {
+            try fm.createDirectory(at: aside, withIntermediateDirectories: true)
+            let metrics = runDirectory.appendingPathComponent("metrics.jsonl")
+            if fm.fileExists(atPath: metrics.path) { try fm.copyItem(at: metrics, to: aside.appendingPathComponent("metrics.jsonl")) }
+            for checkpoint in newer { try fm.moveItem(at: checkpoint.url, to: aside.appendingPathComponent(checkpoint.url.lastPathComponent)) }
+        } catch {
+            throw CheckpointError.writeFailed(path: aside.path, reason: error.localizedDescription)
+        }
+        let names = newer.map { $0.url.lastPathComponent }.joined(separator: ", ")
+        return "moved the newer checkpoint\(newer.count == 1 ? "" : "s") \(names) and a copy of metrics.jsonl to \(aside.path) (nothing deleted)"
     }
 }

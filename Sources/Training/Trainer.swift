@@ -30,6 +30,12 @@ public final class Trainer {
     public var stopRequested: (() -> Bool)?
     /// Told, on rank 0, what `run` holds and has written (RunEvent), on the training thread.
     public var onRunEvent: ((RunEvent) -> Void)?
+    /// The checkpoint step `run(resume: true)` continues from (nil: the newest). Newer
+    /// checkpoints of the run are moved aside first (`supersedeCheckpoints(after:)`).
+    public var resumeStep: Int?
+    /// Lines rank 0's reporter prints once the run holds run.dir (the BLAS core's start line):
+    /// a run refused at the door says one line, the refusal.
+    public var startLines: [String] = []
 
     /// `checkpointSink`: where this rank delivers its checkpoint parts and rank 0 finds the
     /// checkpoint to resume (default: the directory `run.dir/checkpoints`).
@@ -38,14 +44,14 @@ public final class Trainer {
         let layout = try Self.layout(config, worldSize: world.size)
         grid = try ProcessGrid(world: world, layout: layout)
         guard config.train.globalBatch % layout.data == 0 else {
-            throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: layout.data)
+            throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
                                 sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
         let model = try TransformerLM(config: config.modelConfig, seed: UInt64(config.train.seed), grid: grid)
         guard data.train.vocabSize <= model.config.vocabSize else {
-            throw TrainingError.vocabularyTooSmall(source: config.source, vocabSize: model.config.vocabSize,
+            throw TrainingError.vocabularyTooSmall(source: config.origin(of: "model.vocab_size", "data.dir"), vocabSize: model.config.vocabSize,
                                                    dataVocabulary: data.train.vocabSize, directory: config.data.dir)
         }
         model.threads = KernelThreads(config.train.threads)
@@ -70,24 +76,24 @@ public final class Trainer {
     static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
         if let problem = SequenceSharding.problem(length: config.data.seqLen, ranks: sequence) {
-            throw TrainingError.sequenceLengthDoesNotSplit(source: config.source, problem: problem)
+            throw TrainingError.sequenceLengthDoesNotSplit(source: config.origin(of: "data.seq_len", "parallel.sequence"), problem: problem)
         }
         if config.parallel.sequenceMode == SequenceParallelMode.ulysses.rawValue,
            let problem = UlyssesAttention.problem(heads: config.model.heads, kvHeads: config.model.kvHeads, ranks: sequence) {
-            throw TrainingError.headsDoNotSplit(source: config.source, problem: problem)
+            throw TrainingError.headsDoNotSplit(source: config.origin(of: "model.heads", "model.kv_heads", "parallel.sequence"), problem: problem)
         }
         var data = config.parallel.data
         if data == 0 {
             guard worldSize % sequence == 0 else {
-                throw TrainingError.sequenceDoesNotDivideWorld(source: config.source, sequence: sequence, worldSize: worldSize)
+                throw TrainingError.sequenceDoesNotDivideWorld(source: config.origin(of: "parallel.sequence"), sequence: sequence, worldSize: worldSize)
             }
             data = worldSize / sequence
         }
         let expert = config.parallel.expert
         if expert > 1 {
-            guard config.moe.experts > 0 else { throw TrainingError.expertParallelismWithoutExperts(source: config.source, expert: expert) }
+            guard config.moe.experts > 0 else { throw TrainingError.expertParallelismWithoutExperts(source: config.origin(of: "parallel.expert"), expert: expert) }
             guard config.moe.experts % expert == 0 else {
-                throw TrainingError.expertsDoNotDivide(source: config.source, experts: config.moe.experts, expert: expert)
+                throw TrainingError.expertsDoNotDivide(source: config.origin(of: "moe.experts", "parallel.expert"), experts: config.moe.experts, expert: expert)
             }
         }
         return GridLayout(data: data, sequence: sequence, expert: expert)

@@ -96,17 +96,17 @@ struct TrainingCheckpoints {
         if !failed.isEmpty { throw TrainingError.checkpointFailedOnOtherRanks(ranks: failed, step: nil) }
     }
 
-    /// The newest complete checkpoint's contents on rank 0 (nil elsewhere and when there is
-    /// none). `check` runs on rank 0 and may throw; any failure reaches every rank as the same
+    /// The newest complete checkpoint's contents (or those of step `chosen`) on rank 0 (nil
+    /// elsewhere and when there is none). `check` runs on rank 0 and may throw; any failure reaches every rank as the same
     /// error. Rank 0 fetches and reads on its own thread while every rank waits in short
     /// collective rounds (`onRankZero`), so a download or read longer than
     /// `parallel.timeout_seconds` trips no collective deadline.
-    func loadLatest(check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
+    func loadLatest(step chosen: Int? = nil, check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
         var failure: Error?
         var contents: CheckpointContents?
         let sink = self.sink
         let outcome = try onRankZero { () throws -> CheckpointContents? in
-            guard let step = try sink.latestStep() else { return nil }
+            guard let step = try chosen ?? sink.latestStep() else { return nil }
             let latest = try sink.fetch(step: step)
             let loaded = try CheckpointStore.read(latest)
             try check(latest, loaded)

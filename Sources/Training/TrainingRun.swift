@@ -1,20 +1,29 @@
 import Checkpointing
 import Foundation
 
-/// A run stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint.
+/// A run stopped on request (Ctrl-C, SIGTERM, or `--stop-at`) after writing a checkpoint.
 public struct TrainingInterrupted: Error, CustomStringConvertible {
     public var step: Int
     public var checkpoint: String?
     public var runDirectory: String
     /// The command that continues it (`train`, `distill`).
     public var command: String
+    /// Stopped at the step `--stop-at` named, not on a signal.
+    public var atStopStep: Bool
 
-    public init(step: Int, checkpoint: String?, runDirectory: String, command: String = "train") {
+    public init(step: Int, checkpoint: String?, runDirectory: String, command: String = "train", atStopStep: Bool = false) {
         self.step = step; self.checkpoint = checkpoint; self.runDirectory = runDirectory; self.command = command
+        self.atStopStep = atStopStep
     }
 
     public var description: String {
-        "stopped at step \(step) on request\(checkpoint.map { "; checkpoint \($0) written" } ?? "")"
+        "stopped at step \(step) \(atStopStep ? "(--stop-at)" : "on request")\(checkpoint.map { "; checkpoint \($0) written" } ?? "")"
+    }
+
+    /// The process's exit status: 0 for `--stop-at` and for every stop under MPI (a rank's
+    /// non-zero exit makes mpirun abort the job), else 130, the shell's status for an interrupt.
+    public func exitStatus(underMPI: Bool) -> Int32 {
+        atStopStep || underMPI ? 0 : 130
     }
 }
 
@@ -51,6 +60,7 @@ extension Trainer {
         let end = min(total, stopAt ?? total)
         let lock = try holdRunDirectory()
         defer { lock?.release() }
+        startLines.forEach { reporter?.note($0) }
         // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
         if lock != nil { for line in (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
         reporter?.stopRequested = stopRequested

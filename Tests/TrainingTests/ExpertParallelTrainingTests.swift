@@ -97,13 +97,13 @@ import _TestSupport
         let config = try RunConfig(file: nil, overrides: Self.moeOverrides(data: data, run: directory.file("run"), steps: 2, expert: 4, experts: 6))
         let results = InProcessCommunicator.run(size: 4) { comm in try Trainer(config: config, world: comm) }
         for result in results {
-            #expect(throws: TrainingError.expertsDoNotDivide(source: "defaults", experts: 6, expert: 4)) { try result.get() }
+            #expect(throws: TrainingError.expertsDoNotDivide(source: "--set", experts: 6, expert: 4)) { try result.get() }
         }
         #expect(TrainingError.expertsDoNotDivide(source: "x.yaml", experts: 6, expert: 4).description
             == "x.yaml: moe.experts = 6 is not divisible by parallel.expert = 4; choose parallel.expert dividing moe.experts")
         let dense = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("dense"), steps: 2) + ["parallel.expert=2"])
         for result in InProcessCommunicator.run(size: 2, { comm in try Trainer(config: dense, world: comm) }) {
-            #expect(throws: TrainingError.expertParallelismWithoutExperts(source: "defaults", expert: 2)) { try result.get() }
+            #expect(throws: TrainingError.expertParallelismWithoutExperts(source: "--set", expert: 2)) { try result.get() }
         }
     }
 }

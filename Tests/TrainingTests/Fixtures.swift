@@ -14,6 +14,7 @@ func makeCorpus(in directory: TemporaryDirectory, bytes: Int = 30_000) throws ->
     }
     try text.write(toFile: directory.file("corpus.txt"), atomically: true, encoding: .utf8)
     let output = directory.file("data")
+    try? FileManager.default.removeItem(atPath: output)   // a fresh corpus (prepare refuses a directory holding files)
     _ = try DataPreparation.prepare(inputs: [directory.file("corpus.txt")], output: output, valFraction: 0.1)
     return output
 }

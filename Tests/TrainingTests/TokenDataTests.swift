@@ -266,7 +266,7 @@ import _TestSupport
                                     .init(path: inputs + "/d.txt", reason: "is not valid UTF-8 at offset 3")])
         let taken = text.utf8.count + ("naïve café — " + text).utf8.count
         #expect(summary.trainTokens + summary.validationTokens == taken)
-        let kept = try DataPreparation.prepare(inputs: [inputs], output: directory.file("out"), valFraction: 0.1, keepBinary: true)
+        let kept = try DataPreparation.prepare(inputs: [inputs], output: directory.file("out-binary"), valFraction: 0.1, keepBinary: true)
         #expect(kept.files == 4 && kept.skipped.isEmpty && kept.trainTokens + kept.validationTokens == taken + 2 * text.utf8.count + 8 + 4)
         // Only binary inputs: the error names them and the flag.
         let only = Self.error { _ = try DataPreparation.prepare(inputs: [inputs + "/c.bin"], output: directory.file("none"), valFraction: 0.1) }

@@ -48,13 +48,13 @@ protocol IncrementalMixerState: AnyObject {
     var usedBytes: Int { get }
 }
 
-/// A channel mixer that acts on each row alone, so inference can run it on any rows (one
-/// token) without touching the training cache.
+/// A channel mixer that acts on each row alone (SwiGLU; a mixture of experts, dropless), so
+/// inference can run it on any rows (one token) without touching the training cache.
 protocol RowwiseChannelMixer: LayerComponent {
     /// out (rows, d) += mixer(x (rows, d)) with this component's weights in `parameters` (names
-    /// carrying `prefix`).
+    /// carrying `prefix`). Throws when an exchange between the context's ranks fails.
     func forwardRows(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, rows: Int,
-                     parameters: ParameterSet, prefix: String, context: DecodeContext)
+                     parameters: ParameterSet, prefix: String, context: DecodeContext) throws
 }
 
 /// Why an inference session refuses a call.

@@ -121,7 +121,7 @@ public final class InferenceSession {
                 try layer.mixer.decode(normed, addingTo: stream, context: c)
             }
             RMSNorm.forward(x: stream, weight: layer.postNorm, y: normed, rstd: rstd, rows: rows, dim: d, eps: layer.eps, threads: threads)
-            layer.channel.forwardRows(normed, addingTo: stream, rows: rows, parameters: model.parameters, prefix: layer.prefix, context: c)
+            try layer.channel.forwardRows(normed, addingTo: stream, rows: rows, parameters: model.parameters, prefix: layer.prefix, context: c)
         }
         let last = stream + (rows - 1) * d
         RMSNorm.forward(x: last, weight: finalNorm, y: normed, rstd: rstd, rows: 1, dim: d, eps: model.config.normEps, threads: threads)

@@ -9,7 +9,7 @@ struct ConfigResolution {
     /// Starts from `base`, every value attributed to `origin`.
     init(_ base: RunConfig, origin: ConfigOrigin) {
         config = base
-        origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, origin) })
+        origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, base.overridden.contains($0.path) ? .override : origin) })
     }
 
     /// Sets `path` from text, checking that the key exists and the text has its type.
@@ -62,6 +62,11 @@ struct ConfigResolution {
             }
             resolved[keyPath: path] = list.description   // canonical text
         }
+        if resolved.model.sequenceMixer != "mamba2", !resolved.model.attentionLayers.isEmpty {
+            throw ConfigError.invalidModel(source: (origins["model.attention_layers"] ?? .defaults).description, problems: [
+                "model.attention_layers = \(resolved.model.attentionLayers) only applies with model.sequence_mixer: mamba2 (the layers that keep attention in a hybrid); this model is all attention: remove it, or set model.sequence_mixer=mamba2"])
+        }
+        resolved.overridden = Set(origins.filter { $0.value == .override }.keys)
         let problems = resolved.modelConfig.problems
         if !problems.isEmpty { throw ConfigError.invalidModel(source: modelSource, problems: problems) }
         return resolved

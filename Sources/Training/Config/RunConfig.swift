@@ -10,6 +10,23 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var run = RunSection(), distill = DistillSection()
     /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
     public var source: String = "defaults"
+    /// The keys a `--set` override gave (for messages). Not encoded.
+    public var overridden: Set<String> = []
+
+    /// Equal values from the same source (where each was set does not count).
+    public static func == (a: RunConfig, b: RunConfig) -> Bool {
+        a.model == b.model && a.attention == b.attention && a.moe == b.moe && a.data == b.data && a.train == b.train
+            && a.eval == b.eval && a.checkpoint == b.checkpoint && a.parallel == b.parallel && a.run == b.run
+            && a.distill == b.distill && a.source == b.source
+    }
+
+    /// Where the values of `keys` came from, for a message about them: the source, "--set",
+    /// or "SOURCE with --set" when some came from each.
+    public func origin(of keys: String...) -> String {
+        let set = keys.filter(overridden.contains).count
+        if set == 0 { return source }
+        return set == keys.count ? "--set" : "\(source) with --set"
+    }
 
     enum CodingKeys: String, CodingKey {
         case model, attention, moe, data, train, eval, checkpoint, parallel, run, distill

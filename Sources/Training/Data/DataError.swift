@@ -41,6 +41,8 @@ public enum DataError: Error, Equatable, CustomStringConvertible {
     /// The usable inputs are too short to give both splits at least two tokens.
     case tooLittleText(bytes: Int, files: Int)
     case cannotWrite(directory: String, reason: String)
+    /// `data prepare` never writes into a directory that already holds files.
+    case outputExists(directory: String)
 
     public var description: String {
         switch self {
@@ -91,6 +93,8 @@ public enum DataError: Error, Equatable, CustomStringConvertible {
             return "the \(files) input file\(files == 1 ? "" : "s") hold\(files == 1 ? "s" : "") \(bytes) bytes, too little to split into train and val; add text"
         case let .cannotWrite(directory, reason):
             return "cannot write token shards to \(directory): \(reason); check that the directory is writable and the disk has room"
+        case let .outputExists(directory):
+            return "--output \(directory) already exists and is not empty; choose a new directory (or remove it to prepare it again)"
         }
     }
 

@@ -30,6 +30,9 @@ public enum DataPreparation {
     public static func prepare(inputs: [String], output: String, valFraction: Double, shardTokens: Int = 1 << 26,
                                keepBinary: Bool = false) throws -> Summary {
         guard valFraction > 0, valFraction < 1 else { throw DataError.valFractionOutOfRange(valFraction) }
+        if let existing = try? FileManager.default.contentsOfDirectory(atPath: output), !existing.isEmpty {
+            throw DataError.outputExists(directory: output)
+        }
         precondition(shardTokens > 0, "shardTokens must be positive")
         var files: [String] = []
         for input in inputs {

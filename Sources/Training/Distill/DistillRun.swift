@@ -74,7 +74,7 @@ public final class DistillRun {
             throw DistillRunError.notDataParallel(source: config.source, key: key, value: value)
         }
         guard config.train.globalBatch % world.size == 0 else {
-            throw TrainingError.batchDoesNotDivide(source: config.source, globalBatch: config.train.globalBatch, dataRanks: world.size)
+            throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: world.size)
         }
         let data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                     seed: config.train.seed, dataRank: world.rank, dataRanks: world.size)
@@ -207,7 +207,8 @@ public final class DistillRun {
                     try checkpoints.checkFailures()
                     let url = checkpoints.writer.takeCommitted().compactMap(\.url).last
                     if let url { note("checkpoint \(url.path)"); onRunEvent?(.newestCheckpoint(url, stopping: true)) }
-                    throw TrainingInterrupted(step: g, checkpoint: url?.path, runDirectory: runDirectory.path, command: "distill")
+                    throw TrainingInterrupted(step: g, checkpoint: url?.path, runDirectory: runDirectory.path, command: "distill",
+                                              atStopStep: !stopping)
                 }
                 intervalStart += Date().timeIntervalSince(pause)
             }

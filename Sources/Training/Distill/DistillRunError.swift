@@ -32,7 +32,7 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
         case let .notDataParallel(source, key, value):
             return "\(source): \(key) is \(value), but distillation is data parallel only (every rank holds teacher and student); set \(key) to 1"
         case let .alreadyFinished(checkpoint, step):
-            return "\(checkpoint) (step \(step)) already ends the last stage; nothing to resume (raise a stage's steps to go on)"
+            return "\(checkpoint) (step \(step)) already ends the last stage; nothing to resume: a distillation's stage steps are fixed when it starts, so it cannot be extended; train the student further with tessera train --config \(checkpoint)/run.yaml --init-from \(checkpoint) --set run.dir=NEW, or distill again into a new run.dir"
         }
     }
 }

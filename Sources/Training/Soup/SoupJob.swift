@@ -98,7 +98,12 @@ public struct SoupJob {
         let contents = try CheckpointStore.read(base)
         let config = try RunConfig(resolvedYAML: contents.runConfig, source: base.appendingPathComponent("run.yaml").path)
         let directory = validationData ?? config.data.dir
-        let validator = try SoupValidator(config: config, dataDirectory: directory, batches: validationBatches)
+        let validator: SoupValidator
+        do {
+            validator = try SoupValidator(config: config, dataDirectory: directory, batches: validationBatches)
+        } catch DataError.directoryMissing where validationData != nil {   // not --set data.dir: the option
+            throw SoupError.validationDataMissing(directory: directory)
+        }
         log("validation: \(validator.batches) batch(es) of \(validator.data.globalBatch) sequences from \(directory)")
         return validator
     }
