@@ -31,7 +31,7 @@ kill_a_rank_while_saving() {
     grep -qE "^\[rank $((1 - rank))\] tessera: rank $((1 - rank)): error: rank $rank was lost|^tessera launch: rank $rank was killed by signal 9" "$dir.log" \
       || { echo "trial $trial: no line names rank $rank, which was killed:"; tail -n 8 "$dir.log"; return 1; }
     "$TESSERA" ckpt verify "$dir" >"$dir.verify" 2>&1 || { echo "trial $trial: a complete checkpoint does not verify:"; cat "$dir.verify"; return 1; }
-    latest=$(grep -o 'step-[0-9]*' "$dir.verify" | tail -n 1); step=$((10#${latest#step-}))
+    latest=$(grep '^ok ' "$dir.verify" | grep -o 'step-[0-9]*' | tail -n 1); step=$((10#${latest#step-}))   # complete ones, not the note naming a .partial
     # One save at a time: a kill leaves at most one unfinished checkpoint directory.
     partials=$(ls -a "$dir/checkpoints" | grep -c '\.partial$')
     echo "trial $trial: killed rank $rank (pid $victim), the launcher exited $status; $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $latest; unfinished: $partials"
@@ -90,7 +90,7 @@ kill_an_expert_rank_while_saving() {
     [ "$trial" -eq 1 ] || grep -qE "^(\[rank 0\] )?resumed from step $step of $dir/checkpoints" "$dir.$trial.log" \
       || { echo "trial $trial: the run did not resume from step $step:"; head -n 5 "$dir.$trial.log"; return 1; }
     "$TESSERA" ckpt verify "$dir" >"$dir.verify" 2>&1 || { echo "trial $trial: a complete checkpoint does not verify:"; cat "$dir.verify"; return 1; }
-    newest=$(grep -o 'step-[0-9]*' "$dir.verify" | tail -n 1); step=$((10#${newest#step-}))
+    newest=$(grep '^ok ' "$dir.verify" | grep -o 'step-[0-9]*' | tail -n 1); step=$((10#${newest#step-}))
     echo "trial $trial (${launcher[0]##*/}): killed rank $rank (pid $pid), the job ended $(seconds "$elapsed") s later with status $status: $(grep -E "$named" "$dir.$trial.log" | head -n 1)"
     partials=$(ls -a "$dir/checkpoints" | grep -c '\.partial$')
     echo "  $(grep -c '^ok' "$dir.verify") complete checkpoints verify, newest $newest; unfinished: $partials"

@@ -318,14 +318,14 @@ check "mpirun: interrupted mpirun's SIGKILL comes too soon to save: the ranks sa
 # --- The checkpoint service, checked before step 1 ---------------------------------------------
 service_missing() {
   local port; port=$(free_port)
-  TESSERA_JOB_TOKEN=some-token expect_failure 30 "checkpoint.service = 127.0.0.1:$port, checked before the first step: checkpoint service at 127.0.0.1:$port is unreachable" \
+  TESSERA_JOB_TOKEN=$("$TESSERA" token) expect_failure 30 "checkpoint.service = 127.0.0.1:$port, checked before the first step: checkpoint service at 127.0.0.1:$port is unreachable" \
     "$TESSERA" train "${small[@]}" --set train.steps=100000 --set checkpoint.service=127.0.0.1:$port --set run.dir="$work/no-service" || return 1
   ! grep -q '"loss"' "$work/no-service/metrics.jsonl" 2>/dev/null || { echo "it trained first"; return 1; }
 }
 check "train: a checkpoint.service nobody listens on fails before step 1, naming it" service_missing
 service_other_token() {
   local root=$work/svc-root log=$work/svc.log
-  TESSERA_JOB_TOKEN=the-service-token serve "$root" "$log" || return 1
+  TESSERA_JOB_TOKEN=$("$TESSERA" token) serve "$root" "$log" || return 1
   (unset TESSERA_JOB_TOKEN; expect_failure 60 "checked before the first step: checkpoint service at 127.0.0.1:$port: handshake failed" \
     "$TESSERA" launch --nproc 2 -- train "${small[@]}" --set train.steps=100000 --set checkpoint.service=127.0.0.1:$port --set run.dir="$work/svc-run")
   local status=$?; kill "$server"; wait "$server" 2>/dev/null; return $status
@@ -333,7 +333,7 @@ service_other_token() {
 check "launch: a checkpoint service with another job token fails before step 1 on every rank" service_other_token
 service_checkpoint_lines() {
   local root=$work/svc-lines log=$work/svc-lines.log out status
-  export TESSERA_JOB_TOKEN=lines-token-$$
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
   serve "$root" "$log" || return 1
   out=$(scripts/mpirun.sh 2 train "${small[@]}" --set train.steps=4 --set checkpoint.every=2 --set checkpoint.service=127.0.0.1:$port \
         --set run.dir="$work/svc-lines-run" 2>&1); status=$?
@@ -368,9 +368,11 @@ moe_generates() {
     --set run.dir="$dir" >/dev/null 2>&1 || { echo "training the MoE model failed"; return 1; }
   generates "$dir" "ROMEO:" 30 || return 1
   one=$("$TESSERA" generate --checkpoint "$dir" --tokens 30 --temperature 0 2>/dev/null) || { echo "generate failed"; return 1; }
-  two=$(scripts/mpirun.sh 2 generate --checkpoint "$dir" --tokens 30 --temperature 0 2>/dev/null) || { echo "mpirun generate failed"; return 1; }
+  two=$(scripts/mpirun.sh 2 generate --checkpoint "$dir" --tokens 30 --temperature 0 2>"$work/moe-gen2.err") \
+    || { echo "mpirun generate failed:"; cat "$work/moe-gen2.err"; return 1; }
   [ "$one" = "$two" ] || { echo "2 ranks printed other bytes: '$two' vs '$one'"; return 1; }
-  "$TESSERA" launch --nproc 3 -- generate --checkpoint "$dir" --tokens 30 --temperature 0 >"$work/moe-gen3.out" 2>/dev/null || return 1
+  "$TESSERA" launch --nproc 3 -- generate --checkpoint "$dir" --tokens 30 --temperature 0 >"$work/moe-gen3.out" 2>"$work/moe-gen3.err" \
+    || { echo "launch --nproc 3 generate exited with status $?:"; cat "$work/moe-gen3.err"; return 1; }
   [ "$(cat "$work/moe-gen3.out")" = "$one" ] || { echo "3 ranks printed other bytes"; return 1; }
 }
 check "generate: an MoE checkpoint generates, the same bytes on 1, 2 (mpirun) and 3 (launch) ranks" moe_generates
@@ -467,7 +469,7 @@ serve_busy_port() {
   local port out; port=$(free_port)
   python3 -c 'import socket,sys,time; s=socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(); time.sleep(15)' "$port" & local holder=$!
   sleep 0.5
-  out=$(TESSERA_JOB_TOKEN=t expect_failure 10 "^tessera: error: --listen 127.0.0.1:$port: cannot listen there \(.*\); choose another --listen" \
+  out=$(TESSERA_JOB_TOKEN=$("$TESSERA" token) expect_failure 10 "^tessera: error: --listen 127.0.0.1:$port: cannot listen there \(.*\); choose another --listen" \
     "$TESSERA" ckpt serve --root "$work/busy-root" --listen 127.0.0.1:$port); local status=$?
   kill "$holder"; wait "$holder" 2>/dev/null
   echo "$out"
