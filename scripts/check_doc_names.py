@@ -10,7 +10,7 @@ key=value). `configs/NAME.yaml` and `scripts/NAME` must be files git tracks.
 Prints each unknown name as FILE:LINE: NAME (why) and exits 1 if there is any."""
 import re, subprocess, sys
 
-tessera = sys.argv[1]
+tessera = sys.argv[1] if len(sys.argv) > 1 else ".build/release/tessera"   # usage: check_doc_names.py [TESSERA] [FILE.md ...]
 root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True).stdout.strip()
 tracked = set(subprocess.run(["git", "-C", root, "ls-files"], capture_output=True, text=True, check=True).stdout.split())
 files = sys.argv[2:] or sorted(f for f in tracked if f.endswith(".md"))
