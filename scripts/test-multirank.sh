@@ -142,7 +142,8 @@ check "train: a checkpoint of 2 ranks resumes on 3 to the uninterrupted losses (
 through_service() {
   local dir=$work/service-run root=$work/service-root port=$((29100 + RANDOM % 800)) out status server
   export TESSERA_JOB_TOKEN=$("$TESSERA" token)
-  "$TESSERA" ckpt serve --root "$root" --listen 127.0.0.1:$port --keep 2 >"$work/service.log" 2>&1 &
+  # Jobs read only under --root and --allow-path (issue 20): the soup below validates on data/.
+  "$TESSERA" ckpt serve --root "$root" --listen 127.0.0.1:$port --keep 2 --allow-path "$PWD/data" >"$work/service.log" 2>&1 &
   server=$!
   sleep 1
   mpi 2 train "${tiny[@]}" --set run.dir="$dir" --set checkpoint.service=127.0.0.1:$port --stop-at 8
