@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}   # run alone (not from scripts/test.sh): print the totals at the end
 source scripts/lib.sh
-plan 56   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 57   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-newuser.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -386,6 +386,22 @@ moe_student_generates() {
   generates "$work/moe-student" "ROMEO:" 20
 }
 check "generate: a Mamba-2 student of an MoE teacher generates" moe_student_generates
+# A finished distillation: resuming it says it cannot be extended (not "raise a stage's steps",
+# which the resume rule then refused), and the command it advises trains the student further.
+distill_finished_advice() {
+  local out advised
+  [ -d "$work/moe-student/checkpoints" ] || { echo "needs the student distilled by the check before"; return 1; }
+  out=$(expect_failure 30 "cannot be extended; train the student further with tessera train --config .*/run.yaml --init-from" \
+        "$TESSERA" distill --resume "$work/moe-student") || { echo "$out"; return 1; }
+  echo "$out"
+  grep -qi "raise" <<<"$out" && { echo "it still advises raising a stage's steps"; return 1; }
+  advised=$(grep -o 'tessera train --config [^ ]*/run.yaml --init-from [^ ]*' <<<"$out" | head -n 1)
+  [ -n "$advised" ] || { echo "no train command in the advice"; return 1; }
+  # shellcheck disable=SC2086
+  "$TESSERA" ${advised#tessera } --set run.dir="$work/student-further" --set train.steps=2 --set eval.every=0 --set eval.batches=1 \
+    --progress lines || { echo "the advised command failed: $advised"; return 1; }
+}
+check "distill --resume of a finished run says it cannot be extended, and its advice trains the student further" distill_finished_advice
 
 # --- Smaller things ---------------------------------------------------------------------------------
 distill_stop_at() {
