@@ -59,7 +59,11 @@ enum MPIRunAbort {
                 usleep(20_000)
                 let due = killDueAt.load(ordering: .acquiring)
                 guard due > 0, !finishing.load(ordering: .acquiring) else { continue }
-                if StopSignals.monotonicNanoseconds() >= due - killMarginNanoseconds { giveUp() }
+                // The rank that reports (rank 0) gives up first: a rank that exits before it makes
+                // mpirun kill the job at once, and the line saying why would never be printed.
+                let reports = StopSignals.runState.withLock { $0 } != nil
+                let margin = reports ? killMarginNanoseconds : killMarginNanoseconds / 2
+                if StopSignals.monotonicNanoseconds() >= due - margin { giveUp() }
             }
         }
         thread.name = "tessera-mpirun-deadline"
