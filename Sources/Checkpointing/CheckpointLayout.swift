@@ -63,4 +63,8 @@ public enum CheckpointLayout {
     /// The marker a rank leaves in the partial directory once all its files are durable.
     public static func marker(rank: Int) -> String { ".rank-\(padded(rank, 5)).delivered" }
     public static func isMarker(_ name: String) -> Bool { name.hasPrefix(".rank-") && name.hasSuffix(".delivered") }
+    /// A SHA-256 as `checksums.json` records it: 64 lower-case hex digits.
+    public static func isSHA256(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
 }

@@ -28,13 +28,31 @@ public struct CheckpointShardSnapshot: Sendable {
     /// tensor), each tensor's global shape, offset and axis in the files' metadata, and the
     /// metadata files.
     public func part() throws -> CheckpointPart {
+        try Self.part(step: step, rank: rank, ranks: ranks, shards: shards, metadataFiles: metadataFiles,
+                      model: { try SafeTensors.encode(model, metadata: $0) }, optimizer: { try SafeTensors.encode(optimizer, metadata: $0) },
+                      isEmpty: model.isEmpty)
+    }
+
+    /// The same part encoded straight from the training buffers (`SafeTensors.Source`s, read
+    /// during the call): one copy of the state instead of a snapshot and then its encoding.
+    /// `optimizer` holds each model tensor's `NAME.exp_avg` and `NAME.exp_avg_sq`.
+    public static func part(step: Int, rank: Int, ranks: Int, model: [SafeTensors.Source], optimizer: [SafeTensors.Source],
+                            shards: [String: TensorShard], metadataFiles: [CheckpointFile] = []) throws -> CheckpointPart {
+        try part(step: step, rank: rank, ranks: ranks, shards: shards, metadataFiles: metadataFiles,
+                 model: { try SafeTensors.encode(model, metadata: $0) }, optimizer: { try SafeTensors.encode(optimizer, metadata: $0) },
+                 isEmpty: model.isEmpty)
+    }
+
+    private static func part(step: Int, rank: Int, ranks: Int, shards: [String: TensorShard], metadataFiles: [CheckpointFile],
+                             model: ([String: String]) throws -> Data, optimizer: ([String: String]) throws -> Data,
+                             isEmpty: Bool) throws -> CheckpointPart {
         var files: [CheckpointFile] = []
-        if !model.isEmpty {
-            let shardText = try Self.json(shards)
+        if !isEmpty {
+            let shardText = try json(shards)
             files.append(CheckpointFile(name: CheckpointLayout.modelFile(rank: rank, ranks: ranks),
-                                        data: try SafeTensors.encode(model, metadata: ["format": "pt", "shards": shardText])))
+                                        data: try model(["format": "pt", "shards": shardText])))
             files.append(CheckpointFile(name: CheckpointLayout.optimizerFile(rank: rank, ranks: ranks),
-                                        data: try SafeTensors.encode(optimizer, metadata: ["shards": shardText, "step": String(step)])))
+                                        data: try optimizer(["shards": shardText, "step": String(step)])))
         }
         return CheckpointPart(step: step, rank: rank, ranks: ranks, files: files + metadataFiles)
     }

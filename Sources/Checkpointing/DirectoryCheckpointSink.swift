@@ -30,14 +30,27 @@ public final class DirectoryCheckpointSink: CheckpointSink {
             guard !file.name.contains("/"), !file.name.hasPrefix("."), !file.name.isEmpty else {
                 throw CheckpointError.writeFailed(path: partial.appendingPathComponent(file.name).path, reason: "not a plain file name")
             }
-            try CheckpointCommit.writeDurably(file.data, to: partial.appendingPathComponent(file.name))
         }
-        let marker = try JSONSerialization.data(withJSONObject: ["rank": part.rank, "ranks": part.ranks, "files": part.files.map(\.name)])
+        // The bytes written are hashed in memory, on a second thread while this one writes and
+        // fsyncs them: the commit records these sums instead of reading the files back.
+        var sums: [String: String] = [:]
+        var writeError: Error?
+        DispatchQueue.concurrentPerform(iterations: 2) { half in
+            if half == 0 {
+                do {
+                    for file in part.files { try CheckpointCommit.writeDurably(file.data, to: partial.appendingPathComponent(file.name)) }
+                } catch { writeError = error }
+            } else {
+                sums = Dictionary(part.files.map { ($0.name, CheckpointCommit.sha256($0.data)) }, uniquingKeysWith: { first, _ in first })
+            }
+        }
+        if let writeError { throw writeError }
+        let marker = try JSONSerialization.data(withJSONObject: ["rank": part.rank, "ranks": part.ranks, "files": part.files.map(\.name), "sha256": sums])
         try CheckpointCommit.writeDurably(marker, to: partial.appendingPathComponent(CheckpointLayout.marker(rank: part.rank)))
         guard part.rank == 0 else { return }
         try waitForMarkers(in: partial, ranks: part.ranks)
-        try removeUndelivered(in: partial, ranks: part.ranks)
-        try CheckpointCommit.commit(partial: partial, root: root, step: part.step)
+        let delivered = try removeUndelivered(in: partial, ranks: part.ranks)
+        try CheckpointCommit.commit(partial: partial, root: root, step: part.step, knownSums: delivered)
         retention.apply(root: root)
     }
 
@@ -55,9 +68,12 @@ public final class DirectoryCheckpointSink: CheckpointSink {
     }
 
     /// Deletes files of `partial` no rank's marker lists (leftovers of an earlier attempt at
-    /// the same step), so only this save's files are committed.
-    func removeUndelivered(in partial: URL, ranks: Int) throws {
+    /// the same step), so only this save's files are committed. Returns the SHA-256s the
+    /// markers give for the delivered files.
+    @discardableResult
+    func removeUndelivered(in partial: URL, ranks: Int) throws -> [String: String] {
         var delivered = Set<String>()
+        var sums: [String: String] = [:]
         for rank in 0..<ranks {
             let url = partial.appendingPathComponent(CheckpointLayout.marker(rank: rank))
             guard let data = FileManager.default.contents(atPath: url.path),
@@ -65,11 +81,15 @@ public final class DirectoryCheckpointSink: CheckpointSink {
                 throw CheckpointError.corrupt(path: url.path, reason: "not a delivery marker")
             }
             delivered.formUnion(files)
+            for (name, sum) in marker["sha256"] as? [String: String] ?? [:] where files.contains(name) && CheckpointLayout.isSHA256(sum) {
+                sums[name] = sum
+            }
         }
         for name in (try? FileManager.default.contentsOfDirectory(atPath: partial.path)) ?? []
         where !CheckpointLayout.isMarker(name) && !delivered.contains(name) {
             try? FileManager.default.removeItem(at: partial.appendingPathComponent(name))
         }
+        return sums
     }
 
     public func latestStep() throws -> Int? { store.complete().last?.step }

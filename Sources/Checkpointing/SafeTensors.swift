@@ -9,24 +9,52 @@ public enum SafeTensors {
     public static let maxHeaderBytes = 100_000_000
     /// Most dimensions of a tensor.
     public static let maxRank = 16
+    /// One tensor to encode: its name, shape and the Float32 values it holds (read during the call).
+    public struct Source {
+        public var name: String
+        public var shape: [Int]
+        public var scalars: UnsafeBufferPointer<Float>
+        public init(name: String, shape: [Int], scalars: UnsafeBufferPointer<Float>) {
+            self.name = name; self.shape = shape; self.scalars = scalars
+        }
+    }
+
     /// Encodes tensors (in dictionary order) with optional string metadata.
     public static func encode(_ tensors: StateDict, metadata: [String: String] = [:]) throws -> Data {
+        let entries = tensors.entries
+        func encodeFrom(_ index: Int, _ sources: [Source]) throws -> Data {
+            guard index < entries.count else { return try encode(sources, metadata: metadata) }
+            return try entries[index].tensor.withUnsafeBufferPointer { scalars in
+                try encodeFrom(index + 1, sources + [Source(name: entries[index].name, shape: entries[index].tensor.shape, scalars: scalars)])
+            }
+        }
+        return try encodeFrom(0, [])
+    }
+
+    /// Encodes tensors (in the given order) straight from their buffers: the file's bytes are
+    /// allocated once and each tensor copied once, so a checkpoint costs one copy of the
+    /// training state, not two.
+    public static func encode(_ sources: [Source], metadata: [String: String] = [:]) throws -> Data {
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
-        for (name, tensor) in tensors.entries {
-            header[name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + tensor.count * 4]]
-            offset += tensor.count * 4
+        for source in sources {
+            precondition(source.scalars.count == source.shape.reduce(1, *), "SafeTensors.encode: \(source.name) holds \(source.scalars.count) values for shape \(source.shape)")
+            header[source.name] = ["dtype": "F32", "shape": source.shape, "data_offsets": [offset, offset + source.scalars.count * 4]]
+            offset += source.scalars.count * 4
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
         // Pad the header with spaces so the data starts 8-byte aligned.
         while json.count % 8 != 0 { json.append(0x20) }
-        var out = Data(capacity: 8 + json.count + offset)
-        var length = UInt64(json.count).littleEndian
-        withUnsafeBytes(of: &length) { out.append(contentsOf: $0) }
-        out.append(json)
-        for (_, tensor) in tensors.entries {
-            tensor.withUnsafeBufferPointer { out.append(UnsafeBufferPointer(start: $0.baseAddress, count: $0.count)) }
+        var out = Data(count: 8 + json.count + offset)
+        out.withUnsafeMutableBytes { (target: UnsafeMutableRawBufferPointer) in
+            target.storeBytes(of: UInt64(json.count).littleEndian, toByteOffset: 0, as: UInt64.self)
+            json.withUnsafeBytes { target.baseAddress!.advanced(by: 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+            var position = 8 + json.count
+            for source in sources where source.scalars.count > 0 {
+                (target.baseAddress! + position).copyMemory(from: source.scalars.baseAddress!, byteCount: source.scalars.count * 4)
+                position += source.scalars.count * 4
+            }
         }
         return out
     }

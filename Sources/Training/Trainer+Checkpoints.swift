@@ -14,20 +14,24 @@ extension Trainer {
         grid.replicas(ofShardsAlong: entry.placement.shardAxis).rank == 0
     }
 
-    /// This rank's share of a checkpoint of this step, copied out of the training buffers:
-    /// the tensors it owns and their moments; rank 0 adds the index (every rank's tensor names
+    /// This rank's part of the checkpoint of this step, encoded straight out of the training
+    /// buffers (one copy; the writer thread only writes or sends it): the tensors it owns and
+    /// their moments; rank 0 adds the index (every rank's tensor names
     /// are gathered, not their values), `config.json`, `trainer_state.json` and `run.yaml`.
     /// Every rank calls it (the names travel by all-gather).
-    func checkpointSnapshot(validationLoss: Double?) throws -> CheckpointShardSnapshot {
+    func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
         let p = model.parameters
         let owned = p.entries.filter(ownsInCheckpoints)
         let names = try grid.world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
         let placed = TrainingCheckpoints.shards(of: p)
-        var tensors: [(String, Tensor)] = [], moments: [(String, Tensor)] = [], shards: [String: TensorShard] = [:]
+        var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
+        func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
+            SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
+        }
         for e in owned {
-            tensors.append((e.name, Tensor(shape: e.shape, scalars: Array(p.values.buffer[e.range]))))
-            moments.append((e.name + ".exp_avg", Tensor(shape: e.shape, scalars: Array(optimizer.exponentialAverage.buffer[e.range]))))
-            moments.append((e.name + ".exp_avg_sq", Tensor(shape: e.shape, scalars: Array(optimizer.exponentialAverageSquares.buffer[e.range]))))
+            tensors.append(source(e.name, p.values, e))
+            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
+            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
             shards[e.name] = placed[e.name]
         }
         let world = grid.world
@@ -46,8 +50,8 @@ extension Trainer {
                                                     shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
                                                     state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
         }
-        return CheckpointShardSnapshot(step: step, rank: world.rank, ranks: world.size, model: StateDict(tensors), optimizer: StateDict(moments),
-                                       shards: shards, metadataFiles: metadata)
+        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
+                                                shards: shards, metadataFiles: metadata)
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in
@@ -61,7 +65,7 @@ extension Trainer {
             reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
         }
         try checkpoints.checkFailures()
-        checkpoints.submit(try checkpointSnapshot(validationLoss: validationLoss))
+        checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 
     /// Waits for the save in flight and reports any failure on every rank; returns, on rank 0,

@@ -42,15 +42,24 @@ struct TrainingCheckpoints {
         })
     }
 
-    /// Starts delivering `snapshot` on the writer thread. Rank 0's save reports the committed
-    /// directory when it is under the run's checkpoint directory (the directory sink).
+    /// Starts delivering `snapshot` on the writer thread (encoded there). Rank 0's save reports
+    /// the committed directory when it is under the run's checkpoint directory (the directory sink).
     func submit(_ snapshot: CheckpointShardSnapshot) {
+        submit(step: snapshot.step, rank: snapshot.rank) { try snapshot.part() }
+    }
+
+    /// Starts delivering `part` (already encoded) on the writer thread.
+    func submit(_ part: CheckpointPart) {
+        submit(step: part.step, rank: part.rank) { part }
+    }
+
+    private func submit(step: Int, rank: Int, _ part: @escaping () throws -> CheckpointPart) {
         let sink = self.sink
-        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: snapshot.step))
-        writer.submit(step: snapshot.step) {
-            try sink.deliver(snapshot.part())
+        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: step))
+        writer.submit(step: step) {
+            try sink.deliver(part())
             let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
-            return snapshot.rank == 0 && committed ? directory : nil
+            return rank == 0 && committed ? directory : nil
         }
     }
 

@@ -112,6 +112,44 @@ import _TestSupport
         return errors.values
     }
 
+    /// The commit records the SHA-256 of the bytes each rank wrote (hashed in memory, listed
+    /// in its marker), not of what the file holds when rank 0 commits: a shard damaged on disk
+    /// between delivery and commit fails `verifyChecksums` instead of being blessed. (Reading the
+    /// files back at commit, as before, recorded the damaged bytes' sum.)
+    @Test func aShardDamagedBeforeTheCommitFailsVerification() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let parts = Self.threeRankParts(Self.contents(step: 4))
+        let sink = DirectoryCheckpointSink(root: directory.url, timeoutSeconds: 20)
+        #expect(Self.deliverConcurrently([parts[1], parts[2]], to: sink).allSatisfy { $0 == nil })
+        let shard = directory.url.appendingPathComponent(".step-00000004.partial/model-00002-of-00003.safetensors")
+        var bytes = try Data(contentsOf: shard)
+        bytes[bytes.count - 1] ^= 0x40   // one bit of the last value
+        try bytes.write(to: shard)
+        try sink.deliver(parts[0].part())
+        let url = directory.url.appendingPathComponent("step-00000004")
+        #expect(try CheckpointStore.checksums(url)["model-00002-of-00003.safetensors"] == CheckpointCommit.sha256(try parts[1].part().files[0].data))
+        #expect(throws: CheckpointError.checksumMismatch(path: url.appendingPathComponent("model-00002-of-00003.safetensors").path)) {
+            try CheckpointStore.verifyChecksums(url)
+        }
+    }
+
+    /// Encoding straight from buffers (the training path) gives the bytes encoding tensors does.
+    @Test func encodingFromBuffersMatchesEncodingTensors() throws {
+        let dict = Self.contents(step: 1).optimizer
+        let entries = dict.entries
+        let fromTensors = try SafeTensors.encode(dict, metadata: ["step": "1"])
+        let values = entries.map(\.tensor.scalars)
+        let fromBuffers = try values[0].withUnsafeBufferPointer { a in try values[1].withUnsafeBufferPointer { b in
+            try values[2].withUnsafeBufferPointer { c in try values[3].withUnsafeBufferPointer { d in
+                try SafeTensors.encode(zip(entries, [a, b, c, d]).map { SafeTensors.Source(name: $0.0.name, shape: $0.0.tensor.shape, scalars: $0.1) },
+                                       metadata: ["step": "1"])
+            } }
+        } }
+        #expect(fromBuffers == fromTensors)
+        #expect(try SafeTensors.decode(fromBuffers, path: "buffers").tensors == dict)
+    }
+
     @Test func aRankThatNeverDeliversIsNamedAndNothingIsCommitted() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }

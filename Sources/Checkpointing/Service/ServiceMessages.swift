@@ -75,7 +75,7 @@ extension PartHeader {
             }
             guard seen.insert(file.name).inserted else { throw bad("file \(file.name) is listed twice") }
             try ServiceLimits.check("size of \(file.name)", file.size, in: 0...ServiceLimits.maxFileBytes, what)
-            guard file.sha256.utf8.count == 64, file.sha256.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) else {
+            guard CheckpointLayout.isSHA256(file.sha256) else {
                 throw bad("file \(file.name) has a SHA-256 that is not 64 lower-case hex digits")
             }
         }
