@@ -2,11 +2,11 @@
 # Model soups and Hugging Face export through the command line, on a tiny model (~30 s):
 # fine-tunes from one checkpoint (train --init-from), a greedy soup no worse than its best
 # ingredient, eval and resume of the soup, refusals (weights, existing output, incompatible
-# checkpoints), and an export whose files and names transformers expects.
+# checkpoints), and Llama and Mixtral exports whose logits equal Tessera's element by element.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 7   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 11   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-soup.XXXXXX)
 tiny=(--config configs/tiny.yaml --set model.d_model=32 --set model.layers=2 --set model.heads=4 --set model.kv_heads=2
       --set model.ffn_hidden=48 --set data.seq_len=32 --set eval.batches=2 --set train.log_every=10 --progress lines)
@@ -15,7 +15,8 @@ tiny=(--config configs/tiny.yaml --set model.d_model=32 --set model.layers=2 --s
 # `check` calls from its `if`, so each assertion carries its own `|| { ...; return 1; }`.
 soup_round_trip() {
   local seed best soup step status
-  "$TESSERA" train "${tiny[@]}" --set train.steps=20 --set run.dir="$work/base" || { echo "the base run exited with status $?"; return 1; }
+  # 600 steps (2 s): long enough that the model uses its context, which the export check needs.
+  "$TESSERA" train "${tiny[@]}" --set train.steps=600 --set run.dir="$work/base" || { echo "the base run exited with status $?"; return 1; }
   for seed in 1 2 3; do
     "$TESSERA" train "${tiny[@]}" --init-from "$work/base" --set train.seed=$seed --set train.steps=5 --set train.lr=1e-3 \
       --set train.warmup_steps=1 --set run.dir="$work/tune-$seed" || { echo "fine-tune $seed exited with status $?"; return 1; }
@@ -48,6 +49,19 @@ sys.exit(0 if abs(reported - float(sys.argv[2])) <= 5.1e-5 else f"soup.json repo
 check "soup: fine-tunes, greedy soup no worse than its best ingredient, eval/generate/resume of it" soup_round_trip
 check "soup: weights that do not sum to 1 are refused" expect_failure 30 '^tessera: error: the weights sum to 0\.8' \
   "$TESSERA" soup --method weighted --inputs "$work/tune-1" "$work/tune-2" --weights 0.5 0.3 --output "$work/weighted"
+# eval --logits (what the export check compares with) refuses, in one line and writing nothing:
+# more than its size limit, a path it cannot write, and a job of several ranks.
+logits_refused() {
+  expect_failure 30 '^tessera: error: --logits .*: 1600000 sequences × 32 positions × 256 tokens of float32 would be [0-9]+ MiB, over the 256 MiB limit; pass fewer --batches$' \
+    "$TESSERA" eval --checkpoint "$work/greedy" --batches 100000 --logits "$work/big.npy" || return 1
+  [ ! -e "$work/big.npy" ] || { echo "the refused --logits wrote $work/big.npy"; return 1; }
+  expect_failure 30 "^tessera: error: cannot write $work/no-such-directory/logits.npy: " \
+    "$TESSERA" eval --checkpoint "$work/greedy" --batches 1 --logits "$work/no-such-directory/logits.npy" || return 1
+  expect_failure 60 'error: --logits writes from one process and this job has 2 ranks; run tessera eval --logits alone' \
+    "$TESSERA" launch --nproc 2 -- eval --checkpoint "$work/greedy" --batches 1 --logits "$work/two.npy" || return 1
+  [ ! -e "$work/two.npy" ] || { echo "the refused --logits under launch wrote $work/two.npy"; return 1; }
+}
+check "eval --logits: too large, unwritable, and several ranks are refused in one line" logits_refused
 # snapshot DIR: every file under DIR with its size and checksum, to show a refusal changed nothing.
 snapshot() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 -r sha256sum); }
 refused_and_left_alone() {
@@ -63,24 +77,46 @@ check "soup: checkpoints of different models are refused, naming the first misma
   bash -c "'$TESSERA' train ${tiny[*]} --set model.d_model=16 --set train.steps=2 --set run.dir='$work/narrow' >/dev/null && \
            '$TESSERA' soup --method uniform --inputs '$work/tune-1' '$work/narrow' --output '$work/mixed'"
 
-# The export: its files and config always; its numbers in the numpy forward and in transformers
-# where python3 has what each needs, a SKIP naming what is missing otherwise (never a quieter check).
+# The exports, Llama (the soup) and Mixtral (an MoE model of 400 steps, one process): their files
+# and config always; their logits element by element against `tessera eval --logits`, with a
+# proof that attention matters to the model (scripts/check_hf.py), in the numpy forward and in
+# transformers where python3 has what each needs, a SKIP naming what is missing otherwise.
 export_files() {
   "$TESSERA" export hf --checkpoint "$work/greedy" --output "$work/hf" || { echo "export hf exited with status $?"; return 1; }
   ls "$work/hf/config.json" "$work/hf/model.safetensors.index.json" "$work/hf/model-00001-of-00001.safetensors" || return 1
   grep -q '"LlamaForCausalLM"' "$work/hf/config.json" || { echo "config.json does not name LlamaForCausalLM"; return 1; }
 }
 check "export hf: config.json, index and safetensors files, LlamaForCausalLM" export_files
+moe_export_files() {
+  "$TESSERA" train --config configs/moe.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2 \
+    --set model.kv_heads=1 --set model.ffn_hidden=64 --set moe.expert_hidden=32 --set moe.layers=all --set data.seq_len=32 \
+    --set train.global_batch=12 --set train.steps=400 --set train.log_every=100 --set eval.every=0 --set eval.batches=2 \
+    --set checkpoint.every=0 --set run.dir="$work/moe" || { echo "the MoE run exited with status $?"; return 1; }
+  "$TESSERA" export hf --checkpoint "$work/moe" --output "$work/moe-hf" || { echo "export hf exited with status $?"; return 1; }
+  grep -q '"MixtralForCausalLM"' "$work/moe-hf/config.json" || { echo "config.json does not name MixtralForCausalLM"; return 1; }
+}
+check "export hf: an MoE model of 400 steps exports as MixtralForCausalLM" moe_export_files
 if missing=$(python3 -c 'import numpy' 2>&1); then
-  check "export hf: names, shapes and loss as tessera eval (numpy forward)" \
+  check "export hf: Llama logits element by element as tessera eval --logits, attention matters (numpy forward)" \
     python3 scripts/check_hf.py "$work/hf" --checkpoint "$work/greedy" --tessera "$TESSERA" --numpy
+  check "export hf: Mixtral logits element by element as tessera eval --logits, attention matters (numpy forward)" \
+    python3 scripts/check_hf.py "$work/moe-hf" --checkpoint "$work/moe" --tessera "$TESSERA" --numpy
 else
-  skip "export hf: names, shapes and loss as tessera eval (numpy forward)" "python3 cannot import numpy ($(tail -n 1 <<<"$missing")); scripts/setup.sh installs python3-numpy"
+  for model in Llama Mixtral; do
+    skip "export hf: $model logits element by element as tessera eval --logits, attention matters (numpy forward)" \
+      "python3 cannot import numpy ($(tail -n 1 <<<"$missing")); scripts/setup.sh installs python3-numpy"
+  done
 fi
-if missing=$(python3 -c 'import safetensors, numpy, torch, transformers' 2>&1); then
-  check "export hf: transformers loads it; its loss and greedy text are tessera's" \
+# transformers needs torch (about 200 MB), which set-up does not install: a SKIP naming it.
+if missing=$(python3 -c 'import numpy, torch, transformers' 2>&1); then
+  check "export hf: transformers loads the Llama export; its logits and greedy text are tessera's" \
     python3 scripts/check_hf.py "$work/hf" --checkpoint "$work/greedy" --tessera "$TESSERA" --transformers
+  check "export hf: transformers loads the Mixtral export; its logits and greedy text are tessera's" \
+    python3 scripts/check_hf.py "$work/moe-hf" --checkpoint "$work/moe" --tessera "$TESSERA" --transformers
 else
-  skip "export hf: transformers loads it; its loss and greedy text are tessera's" "python3 cannot import torch and transformers ($(tail -n 1 <<<"$missing"))"
+  for model in Llama Mixtral; do
+    skip "export hf: transformers loads the $model export; its logits and greedy text are tessera's" \
+      "python3 cannot import torch and transformers ($(tail -n 1 <<<"$missing")); pip install torch transformers to run it"
+  done
 fi
 rm -rf "$work"

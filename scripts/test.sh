@@ -11,7 +11,7 @@ scripts/setup.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 source scripts/lib.sh
 echo "==> logs in $LOG_DIR"
 own_from=$(wc -l <"$RESULTS")
-plan $([ "$(uname -m)" = x86_64 ] && echo 3 || echo 2)   # this script's own checks below; the drivers plan theirs
+plan $([ "$(uname -m)" = x86_64 ] && echo 5 || echo 4)   # this script's own checks below; the drivers plan theirs
 
 check "docs: every relative Markdown link points to a file in the repository" python3 scripts/check_links.py
 # The unit tests link OpenBLAS in-process and do not re-execute themselves as tessera does to
@@ -29,6 +29,15 @@ if [ "$(uname -m)" = x86_64 ]; then
     env OPENBLAS_CORETYPE=Prescott swift test --skip-build \
     --filter "KernelsTests|PinnedLossTests|ReferenceDecoderTests|DataParallelExactnessTests|SequenceParallelExactnessTests|ExpertParallelTrainingTests|MoEGradientTests"
 fi
+# The release binary (-Ounchecked, AVX2 + FMA: code the debug unit tests never run) against the
+# references: every fast kernel against its naive Float64 twin on awkward sizes, on 1 and 2
+# kernel threads, and the pinned run's losses and gradient norms against PinnedRun's pins (the
+# values and tolerance PinnedLossTests uses). Under a second here, in the binary set-up built;
+# `swift test -c release` would compile every module again with testing enabled (the test
+# targets use @testable imports) and every test target optimised, besides the product.
+release_kernels() { conformance "$TESSERA" selftest kernels && conformance "$TESSERA" selftest kernels --threads 2; }
+check "release binary: fast kernels equal their naive twins on 1 and 2 threads (selftest kernels)" release_kernels
+check "release binary: the pinned run's losses and gradient norms (selftest pinned)" conformance "$TESSERA" selftest pinned
 account scripts/test.sh "$own_from" 0
 run_driver scripts/test-comparators.sh
 run_driver scripts/test-blas.sh

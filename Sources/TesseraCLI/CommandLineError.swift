@@ -18,6 +18,8 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case resumeThroughServiceNeedsConfig(runDirectory: String)
     case nothingToVerify(root: String, note: String)
     case serviceCannotListen(listen: String, cause: String)
+    case logitsNeedOneProcess(ranks: Int)
+    case logitsTooLarge(path: String, sequences: Int, length: Int, vocab: Int, mebibytes: Double, limit: Int)
 
     var description: String {
         switch self {
@@ -55,6 +57,11 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "--listen \(listen): cannot listen there (\(cause)); choose another --listen (a free port, on an address of this machine)"
         case let .checkpointServiceUnusable(service, reason):
             return "checkpoint.service = \(service), checked before the first step: \(reason)"
+        case let .logitsNeedOneProcess(ranks):
+            return "--logits writes from one process and this job has \(ranks) ranks; run tessera eval --logits alone (without mpirun or tessera launch)"
+        case let .logitsTooLarge(path, sequences, length, vocab, mebibytes, limit):
+            return "--logits \(path): \(sequences) sequences × \(length) positions × \(vocab) tokens of float32 would be "
+                + String(format: "%.0f", mebibytes) + " MiB, over the \(limit) MiB limit; pass fewer --batches"
         case let .selftestMissedAStoppedRank(rank):
             return "rank \(rank) stopped but the allreduce completed without it"
         }

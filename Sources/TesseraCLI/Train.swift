@@ -112,54 +112,6 @@ struct Train: ParsableCommand {
     }
 }
 
-struct Eval: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Validation loss and bits per byte of a checkpoint.")
-
-    @Option(help: "A run directory (its newest complete checkpoint) or a checkpoint directory (runs/NAME/checkpoints/step-NNNNNNNN).")
-    var checkpoint: String
-
-    @Option(parsing: .unconditional, help: "Validation batches of train.global_batch sequences (0: --set eval.batches=N when given, else the whole validation split).")
-    var batches = 0
-
-    func validate() throws {
-        if batches < 0 { throw ValidationError("--batches \(batches) must not be negative (0: the whole validation split)") }
-    }
-
-    @Option(name: .customLong("set"), help: ArgumentHelp("Override a config key, e.g. --set data.dir=... (repeatable).", valueName: "key=value"))
-    var overrides: [String] = []
-
-    @OptionGroup var world: WorldOptions
-
-    func run() throws {
-        let (url, note) = try CheckpointArgument.resolve(checkpoint)
-        if let note, ProcessEnvironment.worldRank ?? 0 == 0 { try? FileHandle.standardError.write(contentsOf: Data("tessera: \(note)\n".utf8)) }
-        let contents = try CheckpointStore.read(url)
-        let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
-        var rebalanced = saved
-        rebalanced.parallel.data = 0   // however many ranks this evaluation runs on
-        let resolved = try rebalanced.applying(overrides)
-        let comm = try world.makeWorld(defaultTimeout: resolved.parallel.timeoutSeconds)
-        let kernelLines = try KernelSelection.startLines(comm: comm)
-        if comm.rank == 0 { kernelLines.forEach { print($0) } }
-        guard resolved.train.globalBatch % comm.size == 0 else {
-            throw TrainingError.batchDoesNotDivide(source: "\(checkpoint)/run.yaml", globalBatch: resolved.train.globalBatch, dataRanks: comm.size)
-        }
-        let data = try TrainingData(directory: resolved.data.dir, length: resolved.data.seqLen, globalBatch: resolved.train.globalBatch,
-                                    seed: resolved.train.seed, dataRank: comm.rank, dataRanks: comm.size)
-        // Every rank holds the whole model; MoE layers still see the global batch (capacity, statistics).
-        let model = try TransformerLM(config: resolved.modelConfig, seed: 0, grid: try ProcessGrid(world: comm, data: comm.size))
-        model.threads = KernelThreads(resolved.train.threads)
-        try model.parameters.load(contents.model, source: url.path)
-        // --batches, else eval.batches when --set gives it, else the whole split.
-        let count = batches > 0 ? batches : resolved.overridden.contains("eval.batches") ? resolved.eval.batches : data.validationBatchCount
-        let loss = try Evaluator(model: model, data: data, comm: comm).validationLoss(batches: count)
-        if comm.rank == 0 {
-            print(String(format: "checkpoint %@ (step %d): validation loss %.4f nats/byte, %.4f bits/byte over %d sequences",
-                         url.path, contents.state.step, loss, loss / log(2), count * data.globalBatch))
-        }
-    }
-}
-
 enum ProgressStyle: String, ExpressibleByArgument, CaseIterable {
     case auto, bar, lines
 

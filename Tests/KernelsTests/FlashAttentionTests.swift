@@ -89,17 +89,10 @@ import _TestSupport
     }
 
     /// max |a − b| / max(1, |b|), where equal infinities (a logsumexp of −∞) agree and a NaN or
-    /// an infinity on one side only is an infinite error.
+    /// an infinity on one side only is an infinite error (`KernelSelfTest.error`).
     static func error<A: BinaryFloatingPoint, B: BinaryFloatingPoint>(_ a: [A], _ b: [B]) -> Double {
         precondition(a.count == b.count)
-        var worst = 0.0
-        for (x, y) in zip(a, b) {
-            let (x, y) = (Double(x), Double(y))
-            if x.isNaN || y.isNaN { return .infinity }
-            if x.isInfinite || y.isInfinite { if x != y { return .infinity }; continue }
-            worst = max(worst, abs(x - y) / max(1, abs(y)))
-        }
-        return worst
+        return KernelSelfTest.error(a, b)
     }
 
     // MARK: Flash against the naive twin

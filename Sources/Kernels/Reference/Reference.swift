@@ -80,6 +80,35 @@ public enum Reference {
         return T(total / Double(targets.count))
     }
 
+    /// ∂(scale · Σ_rows −log p(target))/∂logits (rows, vocab): (softmax − onehot) · scale, in Float64.
+    public static func crossEntropyGradient<T: BinaryFloatingPoint>(_ logits: [T], targets: [Int], vocab: Int, scale: Double) -> [T] {
+        var gradient = [T](repeating: 0, count: logits.count)
+        for (r, target) in targets.enumerated() {
+            let row = (0..<vocab).map { Double(logits[r * vocab + $0]) }
+            let maximum = row.max()!
+            let sum = row.map { exp($0 - maximum) }.reduce(0, +)
+            for j in 0..<vocab { gradient[r * vocab + j] = T((exp(row[j] - maximum) / sum - (j == target ? 1 : 0)) * scale) }
+        }
+        return gradient
+    }
+
+    /// `steps` AdamW updates (torch.optim.AdamW's formula, decoupled weight decay) from p, with
+    /// m = v = 0 and gradient `gradients[t − 1]` at step t; returns the parameters.
+    public static func adamW(_ p: [Double], gradients: [[Double]], lr: Double, beta1: Double, beta2: Double, eps: Double,
+                             weightDecay: Double) -> [Double] {
+        var p = p, m = [Double](repeating: 0, count: p.count), v = m
+        for (index, g) in gradients.enumerated() {
+            let t = Double(index + 1)
+            for i in p.indices {
+                p[i] *= 1 - lr * weightDecay
+                m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+                v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
+                p[i] -= lr * (m[i] / (1 - pow(beta1, t))) / ((v[i] / (1 - pow(beta2, t))).squareRoot() + eps)
+            }
+        }
+        return p
+    }
+
     /// Causal attention, q/o (B, T, Hq, D), k/v (B, T, Hkv, D), one scalar at a time.
     public static func attention<T: BinaryFloatingPoint>(q: [T], k: [T], v: [T], batch: Int, length: Int,
                                                         heads: Int, kvHeads: Int, headDim: Int) -> [T] {
