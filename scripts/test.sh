@@ -37,13 +37,17 @@ fi
 # targets use @testable imports) and every test target optimised, besides the product.
 # On x86-64 both run again on OpenBLAS's SSE3 Prescott kernels: their verdict must not depend on the core.
 prescott=$([ "$(uname -m)" = x86_64 ] && echo Prescott || true)
+on_prescott() {   # selftest ARGS on the Prescott kernels, which it must name
+  [ -z "$prescott" ] && return 0
+  local out
+  out=$(conformance env OPENBLAS_CORETYPE=Prescott "$TESSERA" selftest "$@") || { echo "$out"; return 1; }
+  echo "$out"
+  grep -q "(OpenBLAS's Prescott kernels)$" <<<"$out" || { echo "it did not run on OpenBLAS's Prescott kernels"; return 1; }
+}
 release_kernels() {
-  conformance "$TESSERA" selftest kernels && conformance "$TESSERA" selftest kernels --threads 2 &&
-    { [ -z "$prescott" ] || conformance env OPENBLAS_CORETYPE=Prescott "$TESSERA" selftest kernels --threads 2; }
+  conformance "$TESSERA" selftest kernels && conformance "$TESSERA" selftest kernels --threads 2 && on_prescott kernels --threads 2
 }
-release_pinned() {
-  conformance "$TESSERA" selftest pinned && { [ -z "$prescott" ] || conformance env OPENBLAS_CORETYPE=Prescott "$TESSERA" selftest pinned; }
-}
+release_pinned() { conformance "$TESSERA" selftest pinned && on_prescott pinned; }
 check "release binary: fast kernels equal their naive twins on 1 and 2 threads${prescott:+, and on Prescott} (selftest kernels)" release_kernels
 check "release binary: the pinned run's losses and gradient norms${prescott:+, also on Prescott} (selftest pinned)" release_pinned
 account scripts/test.sh "$own_from" 0
