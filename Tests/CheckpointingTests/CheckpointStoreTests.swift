@@ -325,6 +325,7 @@ import _TestSupport
         let removed = CheckpointRetention(keepLast: 1, keepBest: 2).apply(root: directory.url)
         #expect(store.complete().map(\.step) == [2, 3, 6])
         #expect(removed.map(\.lastPathComponent) == ["step-00000001", "step-00000004", "step-00000005"])
+        BackgroundDeletions.shared.waitForAll()   // the files are unlinked in the background
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory.path).sorted() == ["step-00000002", "step-00000003", "step-00000006"])
     }
 
