@@ -173,7 +173,7 @@ struct TrainBench: ParsableCommand {
         config.train.threads = threads
         config.train.steps = warmup + steps
         config = try config.validated()
-        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
         var seconds: [Double] = []
