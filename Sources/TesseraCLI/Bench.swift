@@ -266,10 +266,12 @@ struct CommBench: ParsableCommand {
     }
 
     /// For the socket backend, how rank 0's payloads move between ranks: `memory` (every peer is
-    /// on this host and read directly), `socket` (none is), or `mixed`.
+    /// on this host and read directly), `socket` (none is), or `mixed`; and `tcp_seal`, how many
+    /// of its connections are sealed (`parallel.tcp_seal`): `all`, `none` or `some`.
     func payloadPath(_ comm: Communicator) -> [String: Any] {
         guard let tcp = comm as? TCPCommunicator, comm.size > 1 else { return [:] }
-        let peers = tcp.sameHostPeers
-        return ["payload_path": peers == comm.size - 1 ? "memory" : peers == 0 ? "socket" : "mixed"]
+        let peers = tcp.sameHostPeers, sealed = tcp.sealedPeers
+        return ["payload_path": peers == comm.size - 1 ? "memory" : peers == 0 ? "socket" : "mixed",
+                "tcp_seal": sealed == comm.size - 1 ? "all" : sealed == 0 ? "none" : "some"]
     }
 }
