@@ -42,6 +42,9 @@ public final class TCPCommunicator: Communicator {
                                                     deadline: Date(timeIntervalSinceNow: timeoutSeconds))
         let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: links.sockets, timeoutSeconds: timeoutSeconds,
                            sameHost: sameHost, seals: links.seals)
+        if spec.seal != .off, spec.rank == 0, spec.worldSize > 1 {
+            Rendezvous.log("rank 0 seals \(links.seals.compactMap { $0 }.count) of its \(spec.worldSize - 1) connections (parallel.tcp_seal=\(spec.seal.rawValue))")
+        }
         return TCPCommunicator(mesh: mesh, members: Array(0..<spec.worldSize), id: 0)
     }
 
