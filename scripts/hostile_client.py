@@ -11,8 +11,15 @@
                                              hold N connections for SECS seconds (connecting until the
                                              port listens), sending nothing or one byte a second; prints
                                              "ready", then how many the other end closed
+  hostile_client.py proxy PORT TARGET_PORT MODE AFTER
+                                             a tampering proxy on the training mesh: accept one
+                                             connection on 127.0.0.1:PORT, relay it to TARGET_PORT,
+                                             and once AFTER bytes went from the dialing side, flip
+                                             one byte of that direction (MODE flip), insert 64
+                                             random bytes (inject) or drop the next 1000 (drop);
+                                             prints "tampered at N" when it did, "relayed N" at the end
 """
-import hashlib, hmac, json, os, socket, struct, sys, time
+import hashlib, hmac, json, os, select, socket, struct, sys, time
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 MAGIC, VERSION = b"TSHK", 2
@@ -117,9 +124,48 @@ def silent(host, port, n, seconds, trickle):
         time.sleep(1)
     print(f"closed by the other end: {len(closed)} of {n}", flush=True)
 
+def proxy(port, target, mode, after):
+    listener = socket.create_server(("127.0.0.1", port))
+    print("ready", flush=True)
+    client, _ = listener.accept()
+    deadline = time.time() + 20
+    while True:   # the rank behind the proxy may not listen yet
+        try:
+            server = socket.create_connection(("127.0.0.1", target), timeout=10)
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+    relayed, done, end = 0, False, time.time() + 120
+    while time.time() < end:
+        ready, _, _ = select.select([client, server], [], [], 1)
+        for s in ready:
+            data = s.recv(1 << 16)
+            if not data:
+                print(f"relayed {relayed}", flush=True)
+                return
+            if s is client:
+                if not done and relayed + len(data) > after:
+                    at = after - relayed
+                    if mode == "flip":
+                        data = data[:at] + bytes([data[at] ^ 1]) + data[at + 1:]
+                    elif mode == "inject":
+                        data = data[:at] + os.urandom(64) + data[at:]
+                    else:
+                        data = data[:at] + data[at + 1000:]
+                    done = True
+                    print(f"tampered at {after}", flush=True)
+                relayed += len(data)
+                server.sendall(data)
+            else:
+                client.sendall(data)
+
 if __name__ == "__main__":
     if sys.argv[1] == "part":
         part(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    elif sys.argv[1] == "proxy":
+        proxy(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
     elif sys.argv[1] == "tamper":
         tamper(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     else:

@@ -3,12 +3,13 @@
 # executable on 127.0.0.1: numbers over their limits refused and the service kept serving (a
 # part of 2^40 ranks; the same left on disk by an older build, moved aside at start-up), steps
 # beyond 32 bits under their own names, tampered frames refused, weak tokens refused, slow and silent strangers that
-# delay neither an honest client nor a rendezvous. scripts/hostile_client.py plays the stranger.
+# delay neither an honest client nor a rendezvous; the training mesh sealed (parallel.tcp_seal) gives
+# the numbers it gives in clear, and a tampering proxy on it ends the job naming the rank. scripts/hostile_client.py plays the stranger.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}
 source scripts/lib.sh
-plan 10   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 12   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-hostile.XXXXXX)
 export TESSERA_JOB_TOKEN=$("$TESSERA" token)
 hostile=(python3 scripts/hostile_client.py)   # an array, not a function: $! of a background one is python itself
@@ -149,6 +150,52 @@ outage() {
   "$TESSERA" ckpt verify "$root" >/dev/null
 }
 
+# A 2-rank launch with its payloads through the sockets (not same-host memory), sealed and in
+# clear: the losses of every step are bitwise equal, and the sealed run says it sealed.
+tiny_mesh=(--config configs/tiny.yaml --progress lines --set model.d_model=32 --set model.layers=2 --set model.heads=2
+           --set model.kv_heads=1 --set model.ffn_hidden=64 --set data.seq_len=32 --set train.global_batch=12 --set train.steps=30
+           --set train.log_every=1 --set eval.every=0 --set eval.batches=1 --set checkpoint.every=0)
+sealed_training_equals_clear() {
+  local seal
+  for seal in off on; do
+    TESSERA_TCP_SAME_HOST=socket timeout -k 5 120 "$TESSERA" launch --nproc 2 -- train "${tiny_mesh[@]}" \
+      --set parallel.tcp_seal=$seal --set run.dir="$work/mesh-$seal" >"$work/mesh-$seal.log" 2>&1 \
+      || { tail -n 5 "$work/mesh-$seal.log"; echo "the run with tcp_seal=$seal failed"; return 1; }
+  done
+  grep "connections (parallel.tcp_seal" "$work/mesh-on.log"
+  grep -q "rank 0 seals 1 of its 1 connections (parallel.tcp_seal=on)" "$work/mesh-on.log" || { echo "the sealed run did not seal"; return 1; }
+  ! grep -q "parallel.tcp_seal=" "$work/mesh-off.log" || { echo "the run in clear says it sealed"; return 1; }
+  python3 scripts/compare_losses.py "$work/mesh-off/metrics.jsonl" "$work/mesh-on/metrics.jsonl" --exact
+}
+
+# A proxy between rank 1 and rank 0 (the ranks started by hand, rank 1 pointed at the proxy)
+# flips a byte, injects 64 bytes or drops 1000 of rank 1's sealed traffic once 200 kB have gone
+# through: rank 0 ends the job naming rank 1 well before the 30 s deadline, not a hang.
+tampering_proxy_on_the_mesh() {
+  local mode master relay proxy r0 s0 s1 start elapsed
+  local env=(env TESSERA_WORLD_SIZE=2 TESSERA_MASTER_ADDR=127.0.0.1 TESSERA_TCP_SAME_HOST=socket)
+  local bench=(bench comm --backend tcp --tcp-seal on --timeout 30 --op allreduce --mib 1 --runs 50)
+  for mode in flip inject drop; do
+    master=$(free_port); relay=$(free_port)
+    "${hostile[@]}" proxy "$relay" "$master" "$mode" 200000 >"$work/proxy-$mode.out" 2>&1 & proxy=$!
+    for _ in $(seq 1 100); do grep -q ready "$work/proxy-$mode.out" && break; sleep 0.1; done
+    start=$(now_ms)
+    timeout -k 5 60 "${env[@]}" TESSERA_RANK=0 TESSERA_MASTER_PORT="$master" "$TESSERA" "${bench[@]}" >"$work/mesh0-$mode.out" 2>&1 & r0=$!
+    timeout -k 5 60 "${env[@]}" TESSERA_RANK=1 TESSERA_MASTER_PORT="$relay" "$TESSERA" "${bench[@]}" >"$work/mesh1-$mode.out" 2>&1; s1=$?
+    wait "$r0"; s0=$?
+    elapsed=$(( $(now_ms) - start ))
+    kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null
+    echo "$mode: $(head -n 1 "$work/proxy-$mode.out" | tr -d '\n'), $(grep tampered "$work/proxy-$mode.out"); ranks exited with $s0 and $s1 after $(seconds "$elapsed") s"
+    echo "  rank 0: $(grep -v '^{' "$work/mesh0-$mode.out" | tail -n 1)"
+    echo "  rank 1: $(grep -v '^{' "$work/mesh1-$mode.out" | tail -n 1)"
+    grep -q "tampered at" "$work/proxy-$mode.out" || { echo "$mode: the proxy never tampered"; return 1; }
+    [ "$s0" -ne 0 ] && [ "$s1" -ne 0 ] || { echo "$mode: a rank exited 0 over a tampered link"; return 1; }
+    grep -q "a sealed frame from rank 1 failed authentication during allReduce" "$work/mesh0-$mode.out" \
+      || { echo "$mode: rank 0 did not name rank 1's failed authentication"; return 1; }
+    [ "$elapsed" -lt 20000 ] || { echo "$mode: the ranks took $(seconds "$elapsed") s: a hang until the deadline, not a named error"; return 1; }
+  done
+}
+
 check "hostile: a part of 2^40 ranks is refused naming the field and the limit; the service serves" part_of_2_40_ranks
 check "hostile: sealed frames: a flipped, replayed or injected frame ends the connection naming the peer, nothing committed" tampered_frames
 check "hostile: a manifest of 2^40 ranks on disk is moved aside at start-up, named in one line; the service serves" manifest_of_2_40_ranks_on_disk
@@ -163,6 +210,10 @@ check "hostile: 12 silent connections queued on rank 0's master port before rank
   conformance silent_strangers_and_a_rendezvous
 check "hostile: kill -9 of the service around saves, restarted 12 s later: the ranks retry, the run completes, every step due is delivered and verifies" outage
 check "hostile: a distill job's teacher outside --root is refused alike whether it exists or not" distill_outside_root
+check "hostile: a 2-rank launch with parallel.tcp_seal=on (payloads through the sockets) gives bitwise the losses of the same run in clear" \
+  sealed_training_equals_clear
+check "hostile: a proxy flipping, injecting or dropping bytes of the sealed mesh ends the job naming rank 1 within seconds" \
+  tampering_proxy_on_the_mesh
 rm -rf "$work"
 
 if [ "$standalone" = yes ]; then

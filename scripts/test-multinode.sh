@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 12   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 13   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 
 source scripts/lib-netns.sh
 if ! two_nodes_available; then skip_rest "multi-node tests" "need root, ip (iproute2), unshare and network namespaces"; exit 0; fi
@@ -55,6 +55,16 @@ check "two nodes: 1-rank reference run" "$TESSERA" train $tiny --set run.dir="$w
 # Equal in loss and gradient norm at every step (trains_like appends --set run.dir=...).
 check "two nodes: mpirun training equals one rank" trains_like "$work/one" "$work/mpi" "$work/on" a "$mpirun_across $TESSERA train $tiny"
 check "two nodes: TCP training equals one rank" trains_like "$work/one" "$work/tcp" launch_across train $tiny
+# parallel.tcp_seal=auto seals what crosses the link (rank 0's connections to node b's two ranks),
+# not the connection within node a, and changes no number.
+sealed_across() {
+  launch_across train $tiny --set parallel.tcp_seal=auto "$@" 2>&1 | tee "$work/sealed.log"
+  local status=${PIPESTATUS[0]}
+  grep -q "rank 0 seals 2 of its 3 connections (parallel.tcp_seal=auto)" "$work/sealed.log" || { echo "rank 0 did not seal exactly its 2 connections across the link"; return 1; }
+  return "$status"
+}
+check "two nodes: TCP training with parallel.tcp_seal=auto (sealed across the link, not within a node) equals one rank" \
+  trains_like "$work/one" "$work/tcp-sealed" sealed_across
 # One sequence over all 4 ranks (ring attention, zigzag chunks): K/V units cross the veth link
 # between the nodes at every ring step.
 check "two nodes: mpirun ring attention 1×4 (sequence over both nodes) equals one rank" \

@@ -31,6 +31,9 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
     /// `operation` did not complete within the deadline; `waitingFor` lists the ranks that had
     /// not arrived (empty when the backend cannot tell, as with MPI).
     case timeout(operation: String, waitingFor: [Int], seconds: Double)
+    /// A sealed record from `rank` did not open (TCP backend, `parallel.tcp_seal`): tampered
+    /// with, replayed, reordered, dropped or injected on the network. The job cannot go on.
+    case tampered(rank: Int, operation: String)
     /// The arguments cannot work (sizes that do not match, a rank out of range).
     case invalidArgument(String)
     /// Start-up or transport failure with a backend-specific explanation.
@@ -45,6 +48,8 @@ public enum CollectiveError: Error, Equatable, CustomStringConvertible {
                 ? "some rank did not join (this backend cannot tell which)"
                 : "still waiting for rank\(waitingFor.count > 1 ? "s" : "") \(waitingFor.map(String.init).joined(separator: ", "))"
             return "\(operation) did not complete within \(Self.format(seconds)) s: \(who); raise --set parallel.timeout_seconds=N if that rank is only slow"
+        case let .tampered(rank, operation):
+            return "a sealed frame from rank \(rank) failed authentication during \(operation): it was tampered with, replayed, reordered, dropped or injected on the network (parallel.tcp_seal); the job stops"
         case let .invalidArgument(message):
             return message
         case let .backend(message):

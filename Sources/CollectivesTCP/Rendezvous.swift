@@ -18,6 +18,8 @@ public struct TCPJobSpec: Equatable, Sendable {
     /// Whether ranks on this host may read each other's payloads straight from memory
     /// (`TESSERA_TCP_SAME_HOST=memory`, the default) or must use the sockets (`socket`).
     public var sameHostMemory: Bool
+    /// Which mesh connections are sealed (`parallel.tcp_seal`); every rank must say the same.
+    public var seal: TCPSealMode
 
     /// A free port on `host` for a single-node job's rendezvous.
     public static func freePort(host: String = "127.0.0.1") throws -> UInt16 { try Socket.freePort(host: host) }
@@ -25,7 +27,7 @@ public struct TCPJobSpec: Equatable, Sendable {
     public static let variables = ["TESSERA_RANK", "TESSERA_WORLD_SIZE", "TESSERA_MASTER_ADDR", "TESSERA_MASTER_PORT", "TESSERA_JOB_TOKEN"]
 
     public init(rank: Int, worldSize: Int, masterAddress: String, masterPort: UInt16, token: String, interface: String? = nil,
-                sameHostMemory: Bool = true) {
+                sameHostMemory: Bool = true, seal: TCPSealMode = .default) {
         self.rank = rank
         self.worldSize = worldSize
         self.masterAddress = masterAddress
@@ -33,10 +35,13 @@ public struct TCPJobSpec: Equatable, Sendable {
         self.token = token
         self.interface = interface
         self.sameHostMemory = sameHostMemory
+        self.seal = seal
     }
 
-    /// Reads the TESSERA_* variables; a missing or malformed one is an error naming it.
-    public init(environment env: [String: String]) throws {
+    /// Reads the TESSERA_* variables; a missing or malformed one is an error naming it. The
+    /// seal mode is the caller's (a config key, not the environment).
+    public init(environment env: [String: String], seal: TCPSealMode = .default) throws {
+        self.seal = seal
         func value(_ key: String) throws -> String {
             guard let v = env[key], !v.isEmpty else {
                 throw CollectiveError.invalidArgument(
@@ -79,22 +84,54 @@ struct Hello: Equatable {
     var worldSize: Int
     var host: String
     var port: UInt16
+    /// The rank's `parallel.tcp_seal`, authenticated with the rest (no one on the path can turn it off).
+    var seal: TCPSealMode
 
-    var identity: String { "rank \(rank) of \(worldSize) at \(host) \(port)" }
+    var identity: String { "rank \(rank) of \(worldSize) at \(host) \(port) seal \(seal.rawValue)" }
 
     /// How the accepting rank names itself in the handshake.
-    static func acceptor(rank: Int, worldSize: Int) -> String { "rank \(rank) of \(worldSize)" }
+    static func acceptor(rank: Int, worldSize: Int, seal: TCPSealMode) -> String { "rank \(rank) of \(worldSize) seal \(seal.rawValue)" }
 
     /// Parses an identity; nil when it is not a rank's (a checkpoint client, say).
     init?(identity: String) {
         let parts = identity.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count == 7, parts[0] == "rank", parts[2] == "of", parts[4] == "at",
-              let rank = Int(parts[1]), let size = Int(parts[3]), let port = UInt16(parts[6]) else { return nil }
-        self.init(rank: rank, worldSize: size, host: parts[5], port: port)
+        guard parts.count == 9, parts[0] == "rank", parts[2] == "of", parts[4] == "at", parts[7] == "seal",
+              let rank = Int(parts[1]), let size = Int(parts[3]), let port = UInt16(parts[6]),
+              let seal = TCPSealMode(rawValue: parts[8]) else { return nil }
+        self.init(rank: rank, worldSize: size, host: parts[5], port: port, seal: seal)
     }
 
-    init(rank: Int, worldSize: Int, host: String, port: UInt16) {
-        self.rank = rank; self.worldSize = worldSize; self.host = host; self.port = port
+    init(rank: Int, worldSize: Int, host: String, port: UInt16, seal: TCPSealMode = .default) {
+        self.rank = rank; self.worldSize = worldSize; self.host = host; self.port = port; self.seal = seal
+    }
+
+    /// The error for a peer whose handshake identity shows another seal mode than ours.
+    static func sealMismatch(peer: Int, theirs: String, rank: Int, ours: TCPSealMode) -> CollectiveError {
+        .invalidArgument("rank \(peer) runs with parallel.tcp_seal=\(theirs) and rank \(rank) with \(ours.rawValue): every rank of a job must use the same (set it in the config every rank reads, or give each the same --tcp-seal)")
+    }
+
+    /// The seal mode an acceptor's identity (`acceptor(...)`) claims, if it is one.
+    static func acceptorSeal(_ identity: String) -> String? {
+        let parts = identity.split(separator: " ")
+        return parts.count == 6 && parts[4] == "seal" ? String(parts[5]) : nil
+    }
+}
+
+/// The mesh's connections once the rendezvous is done: a socket per world rank (-1 for this
+/// one) and, for the sealed ones, the connection's `SessionSeal`.
+struct MeshLinks {
+    var sockets: [Int32]
+    var seals: [SessionSeal?]
+
+    init(worldSize: Int) {
+        sockets = [Int32](repeating: -1, count: worldSize)
+        seals = [SessionSeal?](repeating: nil, count: worldSize)
+    }
+
+    /// Records the connection to `peer`, sealed when `mode` says so for this socket.
+    mutating func join(_ peer: Int, _ fd: Int32, _ session: JobHandshake.Session, initiator: Bool, mode: TCPSealMode) {
+        sockets[peer] = fd
+        seals[peer] = mode.seals(fd) ? SessionSeal(session, initiator: initiator) : nil
     }
 }
 
@@ -110,9 +147,9 @@ enum Rendezvous {
         try? FileHandle.standardError.write(contentsOf: Data("tessera: tcp: \(message)\n".utf8))
     }
 
-    static func connectAll(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> [Int32] {
-        var sockets = [Int32](repeating: -1, count: spec.worldSize)
-        guard spec.worldSize > 1 else { return sockets }
+    static func connectAll(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> MeshLinks {
+        var links = MeshLinks(worldSize: spec.worldSize)
+        guard spec.worldSize > 1 else { return links }
         let deadline = Date(timeIntervalSinceNow: timeoutSeconds)
         if spec.rank == 0 {
             let bindHost = try spec.interface.map(Socket.address(ofInterface:)) ?? spec.masterAddress
@@ -120,19 +157,19 @@ enum Rendezvous {
             defer { close(listener.fd) }
             var table = [String](repeating: "", count: spec.worldSize)
             table[0] = "\(bindHost) \(listener.port)"
-            var accepted: [Int: Int32] = [:]
-            try acceptPeers(listener.fd, spec, expecting: Set(1..<spec.worldSize), deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd in
-                accepted[hello.rank] = fd
+            var accepted: [Int: (fd: Int32, session: JobHandshake.Session)] = [:]
+            try acceptPeers(listener.fd, spec, expecting: Set(1..<spec.worldSize), deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd, session in
+                accepted[hello.rank] = (fd, session)
                 table[hello.rank] = "\(hello.host) \(hello.port)"
             }
             let tableBytes = Array(table.joined(separator: "\n").utf8)
             var length = UInt32(tableBytes.count).littleEndian
             let message = withUnsafeBytes(of: &length) { Array($0) } + tableBytes
-            for (rank, fd) in accepted {
-                try Socket.writeAll(fd, message, deadline: deadline)
-                sockets[rank] = fd
+            for (rank, link) in accepted {
+                try Socket.writeAll(link.fd, message, deadline: deadline)
+                links.join(rank, link.fd, link.session, initiator: false, mode: spec.seal)
             }
-            return sockets
+            return links
         }
 
         // Ranks above 0: report to rank 0 from the interface that reaches it (or the named one).
@@ -140,17 +177,10 @@ enum Rendezvous {
         let host = try spec.interface.map(Socket.address(ofInterface:)) ?? Socket.localAddress(master).host
         let listener = try Socket.listen(host: host, port: 0)
         defer { close(listener.fd) }
-        let hello = Hello(rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port)
-        let handshake = JobHandshake(token: spec.token)
+        let hello = Hello(rank: spec.rank, worldSize: spec.worldSize, host: host, port: listener.port, seal: spec.seal)
         let masterAddress = "\(spec.masterAddress):\(spec.masterPort)"
-        do {
-            let identity = try handshake.initiate(identity: hello.identity, over: .socket(master, deadline: deadline))
-            guard identity == Hello.acceptor(rank: 0, worldSize: spec.worldSize) else {
-                throw CollectiveError.backend("\(masterAddress) answered as '\(identity)', not as rank 0 of this job; check TESSERA_MASTER_ADDR and TESSERA_MASTER_PORT")
-            }
-        } catch let error as HandshakeError {
-            throw CollectiveError.backend("rank 0 at \(masterAddress) did not accept rank \(spec.rank): \(error)")
-        }
+        let masterSession = try handshake(master, spec, hello, peer: 0, address: masterAddress, deadline: deadline,
+                                          otherwise: "; check TESSERA_MASTER_ADDR and TESSERA_MASTER_PORT")
         let head: [UInt8]
         do { head = try Socket.readExactly(master, 4, deadline: deadline) } catch {
             throw CollectiveError.backend("rank 0 at \(masterAddress) did not accept rank \(spec.rank) (a duplicate rank, a different world size, or not every rank started within \(Int(timeoutSeconds)) s)")
@@ -164,24 +194,37 @@ enum Rendezvous {
         guard table.count == spec.worldSize, table.dropFirst().allSatisfy({ $0.count == 2 && UInt16($0[1]) != nil }) else {
             throw CollectiveError.backend("rank 0 at \(masterAddress) sent an address table that is not \(spec.worldSize) lines of HOST PORT")
         }
-        sockets[0] = master
+        links.join(0, master, masterSession, initiator: true, mode: spec.seal)
         for peer in 1..<spec.rank {
             let fd = try Socket.connect(host: table[peer][0], port: UInt16(table[peer][1]) ?? 0, deadline: deadline, waitingFor: "rank \(peer)")
-            do {
-                let identity = try handshake.initiate(identity: hello.identity, over: .socket(fd, deadline: deadline))
-                guard identity == Hello.acceptor(rank: peer, worldSize: spec.worldSize) else {
-                    throw CollectiveError.backend("\(table[peer][0]):\(table[peer][1]) answered as '\(identity)', not as rank \(peer) of this job")
-                }
-            } catch let error as HandshakeError {
-                throw CollectiveError.backend("rank \(peer) at \(table[peer][0]):\(table[peer][1]) did not accept rank \(spec.rank): \(error)")
-            }
-            sockets[peer] = fd
+            let session = try handshake(fd, spec, hello, peer: peer, address: "\(table[peer][0]):\(table[peer][1])", deadline: deadline, otherwise: "")
+            links.join(peer, fd, session, initiator: true, mode: spec.seal)
         }
         let higher = Set((spec.rank + 1)..<spec.worldSize)
         if !higher.isEmpty {
-            try acceptPeers(listener.fd, spec, expecting: higher, deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd in sockets[hello.rank] = fd }
+            try acceptPeers(listener.fd, spec, expecting: higher, deadline: deadline, timeoutSeconds: timeoutSeconds) { hello, fd, session in
+                links.join(hello.rank, fd, session, initiator: false, mode: spec.seal)
+            }
         }
-        return sockets
+        return links
+    }
+
+    /// The dialing side's handshake with rank `peer` at `address`: the session once the peer
+    /// has proved the token and named itself as that rank with our seal mode.
+    private static func handshake(_ fd: Int32, _ spec: TCPJobSpec, _ hello: Hello, peer: Int, address: String, deadline: Date,
+                                  otherwise hint: String) throws -> JobHandshake.Session {
+        do {
+            let session = try JobHandshake(token: spec.token).initiateSession(identity: hello.identity, over: .socket(fd, deadline: deadline))
+            if let theirs = Hello.acceptorSeal(session.peer), theirs != spec.seal.rawValue {
+                throw Hello.sealMismatch(peer: peer, theirs: theirs, rank: spec.rank, ours: spec.seal)
+            }
+            guard session.peer == Hello.acceptor(rank: peer, worldSize: spec.worldSize, seal: spec.seal) else {
+                throw CollectiveError.backend("\(address) answered as '\(session.peer)', not as rank \(peer) of this job\(hint)")
+            }
+            return session
+        } catch let error as HandshakeError {
+            throw CollectiveError.backend("rank \(peer) at \(address) did not accept rank \(spec.rank): \(error)")
+        }
     }
 
     /// Accepts until every rank in `expecting` has joined with a valid handshake; refuses and
@@ -189,14 +232,15 @@ enum Rendezvous {
     /// deadline, at most `UnauthenticatedConnections.defaultCapacity` at once (the oldest
     /// dropped first), so strangers that connect and stay silent delay no rank.
     static func acceptPeers(_ listener: Int32, _ spec: TCPJobSpec, expecting: Set<Int>, deadline: Date, timeoutSeconds: Double,
-                            _ joined: (Hello, Int32) -> Void) throws {
+                            _ joined: (Hello, Int32, JobHandshake.Session) -> Void) throws {
         var missing = expecting
         let gate = UnauthenticatedConnections()
         let inbox = HandshakeInbox()
         defer { inbox.finish() }
-        let identity = Hello.acceptor(rank: spec.rank, worldSize: spec.worldSize)
+        let identity = Hello.acceptor(rank: spec.rank, worldSize: spec.worldSize, seal: spec.seal)
         while !missing.isEmpty {
-            for (fd, peer, claimed) in inbox.take() {
+            for (fd, peer, session) in inbox.take() {
+                let claimed = session.peer
                 guard let hello = Hello(identity: claimed) else {
                     log("refused a connection from \(peer): '\(claimed)' knows the job token but is not a rank of this job")
                     close(fd); continue
@@ -205,8 +249,12 @@ enum Rendezvous {
                     log("refused a connection from \(peer): rank \(hello.rank) of \(hello.worldSize) is not expected here (world size \(spec.worldSize), waiting for \(missing.sorted()))")
                     close(fd); continue
                 }
+                guard hello.seal == spec.seal else {   // the dialing rank reports it (it learns our mode from our identity)
+                    log("refused rank \(hello.rank) from \(peer): \(Hello.sealMismatch(peer: hello.rank, theirs: hello.seal.rawValue, rank: spec.rank, ours: spec.seal))")
+                    close(fd); continue
+                }
                 missing.remove(hello.rank)
-                joined(hello, fd)
+                joined(hello, fd, session)
             }
             if missing.isEmpty { break }
             guard Date() < deadline else {
@@ -215,10 +263,10 @@ enum Rendezvous {
             guard let (fd, peer) = try Socket.accept(listener, deadline: min(deadline, Date(timeIntervalSinceNow: 0.05))) else { continue }
             let handshakeDeadline = min(deadline, Date(timeIntervalSinceNow: UnauthenticatedConnections.handshakeSeconds))
             gate.handshake(fd, peer: peer, name: "tessera-rendezvous-handshake", log: log, {
-                try JobHandshake(token: spec.token).accept(identity: identity, over: .socket(fd, deadline: handshakeDeadline))
+                try JobHandshake(token: spec.token).acceptSession(identity: identity, over: .socket(fd, deadline: handshakeDeadline))
             }, done: { result in
                 switch result {
-                case .success(let claimed): inbox.put(fd, peer: peer, claimed: claimed)
+                case .success(let session): inbox.put(fd, peer: peer, session: session)
                 case .failure(let error): log("refused a connection from \(peer): \(error)"); close(fd)
                 }
             })
@@ -230,15 +278,15 @@ enum Rendezvous {
 /// once the loop is done (`finish`), late ones and unclaimed ones are closed.
 final class HandshakeInbox: @unchecked Sendable {
     private let lock = NSLock()
-    private var ready: [(fd: Int32, peer: String, claimed: String)] = []
+    private var ready: [(fd: Int32, peer: String, session: JobHandshake.Session)] = []
     private var finished = false
 
-    func put(_ fd: Int32, peer: String, claimed: String) {
+    func put(_ fd: Int32, peer: String, session: JobHandshake.Session) {
         lock.lock(); defer { lock.unlock() }
-        if finished { close(fd) } else { ready.append((fd, peer, claimed)) }
+        if finished { close(fd) } else { ready.append((fd, peer, session)) }
     }
 
-    func take() -> [(fd: Int32, peer: String, claimed: String)] {
+    func take() -> [(fd: Int32, peer: String, session: JobHandshake.Session)] {
         lock.lock(); defer { lock.unlock() }
         defer { ready = [] }
         return ready

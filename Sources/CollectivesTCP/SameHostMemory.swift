@@ -103,7 +103,21 @@ enum SameHostMemory {
 
     /// Runs the two-round exchange over the freshly connected sockets (blocking, within `deadline`).
     /// `pid` is what this rank advertises (tests pass one that cannot be read).
-    static func negotiate(sockets: [Int32], worldRank: Int, enabled: Bool, deadline: Date, pid: Int32 = getpid()) throws -> Pairs {
+    /// On a sealed connection (`seals[peer]`) the messages are sealed records like the mesh's
+    /// (so no one on the path can make a rank read another process's memory).
+    static func negotiate(sockets: [Int32], seals: [SessionSeal?]? = nil, worldRank: Int, enabled: Bool, deadline: Date,
+                          pid: Int32 = getpid()) throws -> Pairs {
+        let seals = seals ?? [SessionSeal?](repeating: nil, count: sockets.count)
+        func transmit(_ peer: Int, _ bytes: [UInt8]) throws {
+            try Socket.writeAll(sockets[peer], seals[peer].map { try $0.seal(bytes) } ?? bytes, deadline: deadline)
+        }
+        func receive(_ peer: Int, _ count: Int) throws -> [UInt8] {
+            guard let seal = seals[peer] else { return try Socket.readExactly(sockets[peer], count, deadline: deadline) }
+            guard let plain = seal.open(try Socket.readExactly(sockets[peer], count + SessionSeal.tagBytes, deadline: deadline)) else {
+                throw CollectiveError.tampered(rank: peer, operation: "the same-host negotiation")
+            }
+            return plain
+        }
         let peers = sockets.indices.filter { sockets[$0] >= 0 }
         var pairs = Pairs(pids: [Int32?](repeating: nil, count: sockets.count), sendsByAddress: [Bool](repeating: false, count: sockets.count))
         guard !peers.isEmpty else { return pairs }
@@ -113,10 +127,10 @@ enum SameHostMemory {
         probe.pointee = UInt64.random(in: 1...UInt64.max)
         let host = hostIdentity()
         let offer = Offer(pid: enabled ? pid : 0, probeAddress: UInt64(UInt(bitPattern: probe)), probeValue: probe.pointee, host: host)
-        for peer in peers { try Socket.writeAll(sockets[peer], offer.bytes, deadline: deadline) }
+        for peer in peers { try transmit(peer, offer.bytes) }
         var refused: [String] = []
         for peer in peers {
-            let theirs = Offer(try Socket.readExactly(sockets[peer], Offer.size, deadline: deadline))
+            let theirs = Offer(try receive(peer, Offer.size))
             guard enabled, theirs.pid != 0, theirs.host == host else { continue }
             var word: UInt64 = 0
             let failure = withUnsafeMutableBytes(of: &word) { read(pid: theirs.pid, address: theirs.probeAddress, into: $0) }
@@ -126,8 +140,8 @@ enum SameHostMemory {
                 pairs.pids[peer] = theirs.pid
             }
         }
-        for peer in peers { try Socket.writeAll(sockets[peer], [pairs.pids[peer] == nil ? 0 : 1], deadline: deadline) }
-        for peer in peers { pairs.sendsByAddress[peer] = try Socket.readExactly(sockets[peer], 1, deadline: deadline) == [1] }
+        for peer in peers { try transmit(peer, [pairs.pids[peer] == nil ? 0 : 1]) }
+        for peer in peers { pairs.sendsByAddress[peer] = try receive(peer, 1) == [1] }
         if !refused.isEmpty {
             Rendezvous.log("rank \(worldRank) may not read the memory of same-host \(refused.joined(separator: ", ")); that traffic goes through sockets, which is slower")
         }

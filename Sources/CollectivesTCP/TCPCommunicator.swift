@@ -31,18 +31,25 @@ public final class TCPCommunicator: Communicator {
         rank = members.firstIndex(of: mesh.worldRank)!
     }
 
-    /// Joins the job described by the environment (see `TCPJobSpec`).
-    public static func world(environment: [String: String], timeoutSeconds: Double) throws -> TCPCommunicator {
-        try world(TCPJobSpec(environment: environment), timeoutSeconds: timeoutSeconds)
+    /// Joins the job described by the environment (see `TCPJobSpec`), sealing its connections as `seal` says.
+    public static func world(environment: [String: String], timeoutSeconds: Double, seal: TCPSealMode = .default) throws -> TCPCommunicator {
+        try world(TCPJobSpec(environment: environment, seal: seal), timeoutSeconds: timeoutSeconds)
     }
 
     public static func world(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> TCPCommunicator {
-        let sockets = try Rendezvous.connectAll(spec, timeoutSeconds: timeoutSeconds)
-        let sameHost = try SameHostMemory.negotiate(sockets: sockets, worldRank: spec.rank, enabled: spec.sameHostMemory,
+        let links = try Rendezvous.connectAll(spec, timeoutSeconds: timeoutSeconds)
+        let sameHost = try SameHostMemory.negotiate(sockets: links.sockets, seals: links.seals, worldRank: spec.rank, enabled: spec.sameHostMemory,
                                                     deadline: Date(timeIntervalSinceNow: timeoutSeconds))
-        let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: sockets, timeoutSeconds: timeoutSeconds, sameHost: sameHost)
+        let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: links.sockets, timeoutSeconds: timeoutSeconds,
+                           sameHost: sameHost, seals: links.seals)
+        if spec.seal != .off, spec.rank == 0, spec.worldSize > 1 {
+            Rendezvous.log("rank 0 seals \(links.seals.compactMap { $0 }.count) of its \(spec.worldSize - 1) connections (parallel.tcp_seal=\(spec.seal.rawValue))")
+        }
         return TCPCommunicator(mesh: mesh, members: Array(0..<spec.worldSize), id: 0)
     }
+
+    /// How many of this rank's connections are sealed (`parallel.tcp_seal`).
+    public var sealedPeers: Int { mesh.seals.compactMap { $0 }.count }
 
     /// How many ranks of the whole job this one reads payloads from directly (same host), not
     /// through a socket.

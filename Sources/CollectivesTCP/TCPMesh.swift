@@ -4,83 +4,6 @@ import Foundation
 import Glibc
 #endif
 
-/// How a frame's payload travels.
-enum FrameKind: UInt32 {
-    /// The payload follows the header on the socket.
-    case inline = 0
-    /// The payload stays in the sender's memory at `address`; the receiver copies it out
-    /// (`SameHostMemory`) and answers with an `.acknowledgement`.
-    case byAddress = 1
-    /// "Your oldest unacknowledged by-address frame has been read": no payload.
-    case acknowledgement = 2
-}
-
-/// One frame on the wire: a 32-byte header (tag, communicator id, kind, payload length,
-/// sender's address of a by-address payload), then the payload when it is inline.
-struct FrameHeader: Equatable {
-    static let size = 32
-    var tag: Int64
-    var communicator: UInt32
-    var kind: FrameKind = .inline
-    var length: UInt64
-    var address: UInt64 = 0
-
-    var bytes: [UInt8] {
-        var out = [UInt8](repeating: 0, count: Self.size)
-        out.withUnsafeMutableBytes {
-            $0.storeBytes(of: tag.littleEndian, toByteOffset: 0, as: Int64.self)
-            $0.storeBytes(of: communicator.littleEndian, toByteOffset: 8, as: UInt32.self)
-            $0.storeBytes(of: kind.rawValue.littleEndian, toByteOffset: 12, as: UInt32.self)
-            $0.storeBytes(of: length.littleEndian, toByteOffset: 16, as: UInt64.self)
-            $0.storeBytes(of: address.littleEndian, toByteOffset: 24, as: UInt64.self)
-        }
-        return out
-    }
-
-    init(tag: Int64, communicator: UInt32, kind: FrameKind = .inline, length: UInt64, address: UInt64 = 0) {
-        self.tag = tag
-        self.communicator = communicator
-        self.kind = kind
-        self.length = length
-        self.address = address
-    }
-
-    /// Nil when the kind is unknown (not a frame this version wrote).
-    init?(_ raw: UnsafeRawBufferPointer) {
-        guard let kind = FrameKind(rawValue: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 12, as: UInt32.self))) else { return nil }
-        tag = Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: Int64.self))
-        communicator = UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
-        self.kind = kind
-        length = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
-        address = UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
-    }
-}
-
-/// A send the mesh must complete: `payload` to `peer` (a world rank) as a frame with this
-/// (communicator, tag). The payload must stay valid and unchanged until `transfer` returns.
-struct OutgoingFrame {
-    var peer: Int
-    var communicator: UInt32
-    var tag: Int64
-    var payload: UnsafeRawBufferPointer
-}
-
-/// A receive the mesh must complete: the next frame from `peer` with this (communicator, tag),
-/// whose length must equal `destination.count`. With `combine`, the payload is folded into
-/// `destination` instead of copied over it: `combine(offset, bytes)` gets pieces in order, each
-/// a whole number of Float32s, with their byte offset into `destination`.
-struct ExpectedFrame {
-    var peer: Int
-    var communicator: UInt32
-    var tag: Int64
-    var destination: UnsafeMutableRawBufferPointer
-    var combine: ((Int, UnsafeRawBufferPointer) -> Void)? = nil
-
-    func deliver(_ payload: UnsafeRawBufferPointer) {
-        if let combine { combine(0, payload) } else if payload.count > 0 { destination.copyMemory(from: payload) }
-    }
-}
-
 /// The sockets between this process and every other rank, and the engine that moves frames.
 ///
 /// `transfer` progresses any set of sends and receives together with `poll`, and always drains
@@ -93,25 +16,34 @@ final class TCPMesh {
     let worldRank: Int
     let worldSize: Int
     let timeoutSeconds: Double
-    private var sockets: [Int32]          // indexed by world rank; -1 for self
-    private var readers: [FrameReader]
-    private var closed: [String?]         // why a peer's socket ended, if it did
-    private var closedOrder: [Int] = []   // peers in the order their sockets ended
-    private var stash: [Int: [(header: FrameHeader, payload: [UInt8])]] = [:]
+    var sockets: [Int32]          // indexed by world rank; -1 for self
+    var readers: [FrameReader]
+    var closed: [String?]         // why a peer's socket ended, if it did
+    var closedOrder: [Int] = []   // peers in the order their sockets ended
+    var stash: [Int: [(header: FrameHeader, payload: [UInt8])]] = [:]
     /// Same-host peers whose payloads this rank reads from their memory, and those that read ours.
     let sameHost: SameHostMemory.Pairs
     /// By-address frames sent to / acknowledged by each peer (a send completes when its
     /// acknowledgement arrives; acknowledgements come in the order the frames were sent).
     private var sentByAddress: [Int]
-    private var acknowledged: [Int]
+    var acknowledged: [Int]
     /// Acknowledgements owed to each peer, not yet written (its socket was full or mid-frame).
-    private var controlOut: [[UInt8]]
+    var controlOut: [[UInt8]]
     /// Whether a frame to each peer is partly written (nothing else may go until it is whole).
-    private var midFrame: [Bool]
+    var midFrame: [Bool]
     /// Payloads at least this large go by address to same-host peers; smaller ones are cheaper inline.
     static let byAddressMinimum = 64 << 10
+    /// The seal of each sealed connection (`parallel.tcp_seal`), nil for the others (TCPMesh+Sealed.swift).
+    let seals: [SessionSeal?]
+    /// Per sealed peer: the record being written (sealed when its turn came) and how much of it is out.
+    var sealedOut: [[UInt8]]
+    var sealedOutOffset: [Int]
 
-    init(worldRank: Int, worldSize: Int, sockets: [Int32], timeoutSeconds: Double, sameHost: SameHostMemory.Pairs? = nil) {
+    init(worldRank: Int, worldSize: Int, sockets: [Int32], timeoutSeconds: Double, sameHost: SameHostMemory.Pairs? = nil,
+         seals: [SessionSeal?]? = nil) {
+        self.seals = seals ?? [SessionSeal?](repeating: nil, count: worldSize)
+        sealedOut = [[UInt8]](repeating: [], count: worldSize)
+        sealedOutOffset = [Int](repeating: 0, count: worldSize)
         self.worldRank = worldRank
         self.worldSize = worldSize
         self.sockets = sockets
@@ -134,7 +66,7 @@ final class TCPMesh {
     /// Tag of the frame a rank sends its peers, best effort, when a transfer fails: it names the
     /// rank that caused it, so every survivor reports the same root cause.
     static let abortTag = Int64.min
-    private var abortReport: CollectiveError?
+    var abortReport: CollectiveError?
 
     /// Completes every send and receive, or throws naming the peer that failed or is late.
     func transfer(_ operation: String, sends: [OutgoingFrame], receives: [ExpectedFrame]) throws {
@@ -144,6 +76,7 @@ final class TCPMesh {
             switch error {
             case .peerLost(let rank, _, _): tellPeers(rank: rank, error: error)
             case .timeout(_, let waiting, _) where !waiting.isEmpty: tellPeers(rank: waiting[0], error: error)
+            case .tampered(let rank, _): tellPeers(rank: rank, error: error)
             default: break
             }
             throw error
@@ -152,7 +85,7 @@ final class TCPMesh {
 
     /// Tag of the notice a rank sends when its deadline passes: the ranks it waits for.
     static let waitingTag = Int64.min + 1
-    private var waitNotices: [Int: [Int]] = [:]
+    var waitNotices: [Int: [Int]] = [:]
 
     /// The rank to blame when this one's deadline passes: it announces whom it waits for,
     /// listens for a short grace period to the others' announcements, then follows the
@@ -160,9 +93,9 @@ final class TCPMesh {
     /// silent or gone, so every survivor names the hung rank, not its waiting neighbour.
     private func diagnoseTimeout(_ operation: String, waitingFor late: [Int]) -> CollectiveError {
         let payload = late.flatMap { withUnsafeBytes(of: Int64($0).littleEndian) { Array($0) } }
-        let frame = FrameHeader(tag: Self.waitingTag, communicator: 0, length: UInt64(payload.count)).bytes + payload
+        let header = FrameHeader(tag: Self.waitingTag, communicator: 0, length: UInt64(payload.count)).bytes
         for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
-            _ = frame.withUnsafeBytes { send(sockets[peer], $0.baseAddress!, frame.count, Int32(MSG_NOSIGNAL)) }
+            sendNotice(peer, header: header, payload: payload)
         }
         let grace = Date(timeIntervalSinceNow: min(5, max(1, timeoutSeconds * 0.2)))
         var pending: [Int] = [], claimed = Set<Int>()
@@ -200,14 +133,14 @@ final class TCPMesh {
         switch error {
         case let .peerLost(_, _, detail): what = detail
         case let .timeout(_, _, seconds): what = "silent for \(Int(seconds)) s"
+        case .tampered: what = "a sealed frame from it failed authentication (tampered with on the network)"
         default: what = "\(error)"
         }
         let text = Array("\(what), seen by rank \(worldRank)".utf8)
         let payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
         let header = FrameHeader(tag: Self.abortTag, communicator: 0, length: UInt64(payload.count)).bytes
         for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
-            let frame = header + payload
-            _ = frame.withUnsafeBytes { send(sockets[peer], $0.baseAddress!, frame.count, Int32(MSG_NOSIGNAL)) }
+            sendNotice(peer, header: header, payload: payload)
         }
     }
 
@@ -230,7 +163,7 @@ final class TCPMesh {
         var fds = [pollfd](repeating: pollfd(), count: worldSize)
 
         while !pendingReceives.isEmpty || sendState.contains(where: { !isDone($0) })
-                || (0..<worldSize).contains(where: { !controlOut[$0].isEmpty && closed[$0] == nil }) {
+                || (0..<worldSize).contains(where: { hasControlOut($0) && closed[$0] == nil }) {
             // Read from the peers this transfer expects; while our own sends are unfinished, from
             // every peer (a peer blocked sending to us must be drained, or we both wait forever).
             let sending = sendState.contains { !isDone($0) }
@@ -240,7 +173,7 @@ final class TCPMesh {
                     if sending || readers[peer].header != nil || pendingReceives.contains(where: { receives[$0].peer == peer }) {
                         events = Int16(POLLIN)
                     }
-                    if !controlOut[peer].isEmpty || sendState.contains(where: { $0.frame.peer == peer && !$0.written }) {
+                    if hasControlOut(peer) || sendState.contains(where: { $0.frame.peer == peer && !$0.written }) {
                         events |= Int16(POLLOUT)
                     }
                 }
@@ -272,7 +205,7 @@ final class TCPMesh {
 
     // MARK: Sending
 
-    private struct SendProgress {
+    struct SendProgress {
         var frame: OutgoingFrame
         var bytes: [UInt8]       // header, and for a by-address frame nothing more
         var payload: UnsafeRawBufferPointer
@@ -301,6 +234,7 @@ final class TCPMesh {
     }
 
     private func writeReady(_ peer: Int, _ states: inout [SendProgress], _ operation: String) throws {
+        if seals[peer] != nil { return try writeSealed(peer, &states, operation) }
         // Frames to one peer go strictly in order; acknowledgements go between frames.
         if !midFrame[peer] { guard try writeControl(peer, operation) else { return } }
         while let i = states.firstIndex(where: { $0.frame.peer == peer && !$0.written }) {
@@ -334,7 +268,7 @@ final class TCPMesh {
     /// Queues an acknowledgement of a by-address frame from `peer` and writes it if it can go now.
     private func acknowledge(_ peer: Int, _ operation: String) throws {
         controlOut[peer] += FrameHeader(tag: 0, communicator: 0, kind: .acknowledgement, length: 0).bytes
-        if !midFrame[peer] { _ = try writeControl(peer, operation) }
+        if !midFrame[peer] { _ = try seals[peer] != nil ? writeSealedControl(peer, operation) : writeControl(peer, operation) }
     }
 
     /// Writes the control frames queued for `peer`; false if its socket is full. Callers make
@@ -352,7 +286,7 @@ final class TCPMesh {
         return true
     }
 
-    private func sendFailed(_ peer: Int, _ operation: String) -> CollectiveError {
+    func sendFailed(_ peer: Int, _ operation: String) -> CollectiveError {
         if closed[peer] == nil { closedOrder.append(peer) }
         closed[peer] = "send failed: \(Socket.errorText())"
         return lost(peer, operation)
@@ -375,20 +309,21 @@ final class TCPMesh {
     }
 
     /// The first receive of this transfer, not yet being filled, that a frame with `header` from `peer` satisfies.
-    private func match(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: [Int], _ claimed: Set<Int>) -> Int? {
+    func match(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: [Int], _ claimed: Set<Int>) -> Int? {
         pending.first {
             !claimed.contains($0) && receives[$0].peer == peer
                 && receives[$0].communicator == header.communicator && receives[$0].tag == header.tag
         }
     }
 
-    private func checkLength(_ header: FrameHeader, _ expected: ExpectedFrame, from peer: Int, _ operation: String) throws {
+    func checkLength(_ header: FrameHeader, _ expected: ExpectedFrame, from peer: Int, _ operation: String) throws {
         guard expected.destination.count == Int(header.length) else {
             throw CollectiveError.invalidArgument("\(operation): rank \(peer) sent \(header.length) B, rank \(worldRank) expects \(expected.destination.count) B")
         }
     }
 
     private func readReady(_ peer: Int, receives: [ExpectedFrame], pending: inout [Int], claimed: inout Set<Int>, _ operation: String) throws {
+        if seals[peer] != nil { return try readSealedReady(peer, receives: receives, pending: &pending, claimed: &claimed, operation) }
         let reader = readers[peer]
         while true {
             if reader.header == nil {
@@ -398,33 +333,8 @@ final class TCPMesh {
                 if try !progressed(n, peer) { return }
                 reader.headerFilled += n
                 guard reader.headerFilled == FrameHeader.size else { continue }
-                guard let header = reader.headerBytes.withUnsafeBytes({ FrameHeader($0) }) else {
-                    throw CollectiveError.backend("\(operation): rank \(peer) sent a frame this rank cannot read (a different Tessera version?)")
-                }
-                switch header.kind {
-                case .acknowledgement:
-                    acknowledged[peer] += 1
-                    reader.reset()
-                    continue
-                case .byAddress:
-                    try readByAddress(header, from: peer, receives, &pending, claimed, operation)
-                    reader.reset()
-                    continue
-                case .inline:
-                    break
-                }
-                reader.header = header
-                reader.filled = 0
-                // Deliver straight into the waiting buffer when this frame is the one expected.
-                if let slot = match(header, from: peer, receives, pending, claimed) {
-                    try checkLength(header, receives[slot], from: peer, operation)
-                    reader.target = receives[slot]
-                    reader.targetSlot = slot
-                    claimed.insert(slot)
-                } else {
-                    reader.target = nil
-                    reader.spill = [UInt8](unsafeUninitializedCapacity: Int(header.length)) { _, initialised in initialised = Int(header.length) }
-                }
+                let header = try reader.headerBytes.withUnsafeBytes { try readHeader($0, from: peer, operation) }
+                guard try begin(header, from: peer, receives, &pending, &claimed, operation) else { reader.reset(); continue }
             }
             let header = reader.header!
             let remaining = Int(header.length) - reader.filled
@@ -452,28 +362,71 @@ final class TCPMesh {
                 reader.filled += n
                 if reader.filled < Int(header.length) { continue }
             }
-            // Frame complete.
-            if header.tag == Self.abortTag, reader.spill.count >= 8 {
-                let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
-                let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
-                abortReport = .peerLost(rank: root, operation: operation, detail: text)
-            } else if header.tag == Self.waitingTag {
-                waitNotices[peer] = reader.spill.withUnsafeBytes { raw in
-                    (0..<(raw.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
-                }
-            } else if let slot = reader.targetSlot {
-                pending.removeAll { $0 == slot }
-                claimed.remove(slot)
-            } else if let slot = match(header, from: peer, receives, pending, claimed) {
-                // A frame that began arriving during an earlier transfer, before it was expected.
-                try checkLength(header, receives[slot], from: peer, operation)
-                reader.spill.withUnsafeBytes { receives[slot].deliver($0) }
-                pending.removeAll { $0 == slot }
-            } else {
-                stash[peer, default: []].append((header, reader.spill))
-            }
-            reader.reset()
+            try complete(peer, receives, &pending, &claimed, operation)
         }
+    }
+
+    func readHeader(_ raw: UnsafeRawBufferPointer, from peer: Int, _ operation: String) throws -> FrameHeader {
+        guard let header = FrameHeader(raw) else {
+            throw CollectiveError.backend("\(operation): rank \(peer) sent a frame this rank cannot read (a different Tessera version?)")
+        }
+        return header
+    }
+
+    /// What a whole header starts. Acknowledgements and by-address frames are handled here
+    /// (false: nothing more of the frame to read). An inline frame gets where its payload
+    /// goes: straight into the receive that waits for it, else the spill.
+    func begin(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: inout [Int], _ claimed: inout Set<Int>,
+               _ operation: String) throws -> Bool {
+        let reader = readers[peer]
+        switch header.kind {
+        case .acknowledgement:
+            acknowledged[peer] += 1
+            return false
+        case .byAddress:
+            try readByAddress(header, from: peer, receives, &pending, claimed, operation)
+            return false
+        case .inline:
+            break
+        }
+        reader.header = header
+        reader.filled = 0
+        if let slot = match(header, from: peer, receives, pending, claimed) {
+            try checkLength(header, receives[slot], from: peer, operation)
+            reader.target = receives[slot]
+            reader.targetSlot = slot
+            claimed.insert(slot)
+        } else {
+            reader.target = nil
+            reader.spill = [UInt8](unsafeUninitializedCapacity: Int(header.length)) { _, initialised in initialised = Int(header.length) }
+        }
+        return true
+    }
+
+    /// A frame from `peer` has all its payload: it completes a receive, or is a notice, or waits in the stash.
+    func complete(_ peer: Int, _ receives: [ExpectedFrame], _ pending: inout [Int], _ claimed: inout Set<Int>, _ operation: String) throws {
+        let reader = readers[peer]
+        let header = reader.header!
+        if header.tag == Self.abortTag, reader.spill.count >= 8 {
+            let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
+            let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
+            abortReport = .peerLost(rank: root, operation: operation, detail: text)
+        } else if header.tag == Self.waitingTag {
+            waitNotices[peer] = reader.spill.withUnsafeBytes { raw in
+                (0..<(raw.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
+            }
+        } else if let slot = reader.targetSlot {
+            pending.removeAll { $0 == slot }
+            claimed.remove(slot)
+        } else if let slot = match(header, from: peer, receives, pending, claimed) {
+            // A frame that began arriving during an earlier transfer, before it was expected.
+            try checkLength(header, receives[slot], from: peer, operation)
+            reader.spill.withUnsafeBytes { receives[slot].deliver($0) }
+            pending.removeAll { $0 == slot }
+        } else {
+            stash[peer, default: []].append((header, reader.spill))
+        }
+        reader.reset()
     }
 
     /// A by-address frame: copied out of the sending process into the receive that waits for
@@ -481,7 +434,7 @@ final class TCPMesh {
     /// for yet stays in the stash as just its header and is read when its receive is posted
     /// (copying it early would cost a second copy, and a peer a step ahead would make this rank
     /// copy while it should be sending).
-    private func readByAddress(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: inout [Int],
+    func readByAddress(_ header: FrameHeader, from peer: Int, _ receives: [ExpectedFrame], _ pending: inout [Int],
                                _ claimed: Set<Int>, _ operation: String) throws {
         guard sameHost.pids[peer] != nil else {
             throw CollectiveError.backend("\(operation): rank \(peer) sent a payload by address, but rank \(worldRank) did not agree to read its memory")
@@ -526,7 +479,7 @@ final class TCPMesh {
 
     /// Interprets a recv() result: true if bytes arrived, false if the socket would block;
     /// records a closed peer (thrown later only if someone needs that peer).
-    private func progressed(_ n: Int, _ peer: Int) throws -> Bool {
+    func progressed(_ n: Int, _ peer: Int) throws -> Bool {
         if n > 0 { return true }
         if n < 0, errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR { return false }
         if closed[peer] == nil { closedOrder.append(peer) }
@@ -544,7 +497,7 @@ final class TCPMesh {
     /// The error for losing `peer`: the root cause another rank reported, if any; otherwise the
     /// peer that went first (when one rank dies its neighbours fail next, so the first loss seen
     /// here is the likelier cause).
-    private func lost(_ peer: Int, _ operation: String) -> CollectiveError {
+    func lost(_ peer: Int, _ operation: String) -> CollectiveError {
         if case let .peerLost(root, _, detail)? = abortReport {
             return .peerLost(rank: root, operation: operation, detail: detail)
         }
@@ -555,37 +508,3 @@ final class TCPMesh {
     }
 }
 
-/// Per-peer state of a frame being read.
-final class FrameReader {
-    var headerBytes = [UInt8](repeating: 0, count: FrameHeader.size)
-    var headerFilled = 0
-    var header: FrameHeader?
-    var filled = 0
-    var target: ExpectedFrame?
-    var targetSlot: Int?
-    var spill: [UInt8] = []
-    /// Where a payload that is combined (not copied) lands before it is folded in: small enough
-    /// to stay in cache. Allocated on first use.
-    private var segmentStorage: UnsafeMutableRawBufferPointer?
-    var segmentFilled = 0
-    static let segmentBytes = 512 << 10
-
-    var segment: UnsafeMutableRawBufferPointer {
-        if let segmentStorage { return segmentStorage }
-        let storage = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.segmentBytes, alignment: 64)
-        segmentStorage = storage
-        return storage
-    }
-
-    deinit { segmentStorage?.deallocate() }
-
-    func reset() {
-        headerFilled = 0
-        header = nil
-        filled = 0
-        target = nil
-        targetSlot = nil
-        spill = []
-        segmentFilled = 0
-    }
-}

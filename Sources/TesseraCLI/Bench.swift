@@ -173,7 +173,7 @@ struct TrainBench: ParsableCommand {
         config.train.threads = threads
         config.train.steps = warmup + steps
         config = try config.validated()
-        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
         var seconds: [Double] = []
@@ -266,10 +266,12 @@ struct CommBench: ParsableCommand {
     }
 
     /// For the socket backend, how rank 0's payloads move between ranks: `memory` (every peer is
-    /// on this host and read directly), `socket` (none is), or `mixed`.
+    /// on this host and read directly), `socket` (none is), or `mixed`; and `tcp_seal`, how many
+    /// of its connections are sealed (`parallel.tcp_seal`): `all`, `none` or `some`.
     func payloadPath(_ comm: Communicator) -> [String: Any] {
         guard let tcp = comm as? TCPCommunicator, comm.size > 1 else { return [:] }
-        let peers = tcp.sameHostPeers
-        return ["payload_path": peers == comm.size - 1 ? "memory" : peers == 0 ? "socket" : "mixed"]
+        let peers = tcp.sameHostPeers, sealed = tcp.sealedPeers
+        return ["payload_path": peers == comm.size - 1 ? "memory" : peers == 0 ? "socket" : "mixed",
+                "tcp_seal": sealed == comm.size - 1 ? "all" : sealed == 0 ? "none" : "some"]
     }
 }

@@ -7,8 +7,9 @@ import Training
 
 /// `tessera bench checkpoint`: how fast a checkpoint of a bench model is written, directly to a
 /// directory and through the checkpoint service (an in-process `CheckpointServer` on loopback),
-/// next to a plain copy of the same bytes on the same disk (read, write, fsync per file).
-/// One JSON line per path, in MB/s (10^6 bytes) of the committed checkpoint's files.
+/// next to a plain copy of the same bytes on the same disk (read, write, fsync per file), and
+/// the service channel's sealing of the same bytes alone (`seal`). One JSON line per path, in
+/// MB/s (10^6 bytes) of the committed checkpoint's files.
 struct CheckpointBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "checkpoint",
@@ -65,11 +66,15 @@ struct CheckpointBench: ParsableCommand {
             copySeconds.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
             try FileManager.default.removeItem(at: target)
         }
+        // Sealing alone: the service channel's seal and open of the same bytes (CheckpointBench+Seal.swift).
+        let sealSeconds = try Self.timeSealing(committed, runs: runs)
         let comm = SingleProcessCommunicator()
         let shape: [String: Any] = ["config": options.config ?? "configs/bench-dense.yaml", "checkpoint_mb": BenchReport.round4(bytes / 1e6)]
-        for (impl, seconds) in [("direct", directSeconds), ("service", serviceSeconds), ("copy", copySeconds)] {
+        let median = { (values: [Double]) in values.sorted()[values.count / 2] }
+        let unsealed = BenchReport.round4(bytes / 1e6 / max(1e-9, median(serviceSeconds) - median(sealSeconds)))
+        for (impl, seconds) in [("direct", directSeconds), ("service", serviceSeconds), ("copy", copySeconds), ("seal", sealSeconds)] {
             try BenchReport.emit("checkpoint", impl: impl, threads: 1, comm: comm, shape: shape, unit: "MB/s",
-                                 values: seconds.map { bytes / 1e6 / $0 })
+                                 values: seconds.map { bytes / 1e6 / $0 }, extra: impl == "service" ? ["unsealed_bound": unsealed] : [:])
         }
     }
 

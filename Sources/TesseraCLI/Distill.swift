@@ -120,7 +120,7 @@ struct Distill: ParsableCommand {
             config = try config.validated()
         }
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
-        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         StopSignals.install()   // before the first line is printed (Train.run says why)
         let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm,
                                  checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))

@@ -59,7 +59,7 @@ struct Generate: ParsableCommand {
         guard topK <= vocab else {
             throw CommandLineError.topKAboveVocabulary(topK: topK, vocabulary: vocab)
         }
-        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         let model = try TransformerLM(config: config.modelConfig, seed: 0)
         try model.parameters.load(contents.model, source: url.path)
         let session = try InferenceSession(model: model, communicator: comm.size > 1 ? comm : nil, threads: KernelThreads(threads))

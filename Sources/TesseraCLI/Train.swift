@@ -68,7 +68,7 @@ struct Train: ParsableCommand {
         // The saved config records where the data and run really are, so a checkpoint can be
         // evaluated or resumed from any directory.
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
-        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds)
+        let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         // Before the first line is printed: a write blocked on a stalled reader must already be
         // interruptible by a stop request (the request then stops the run after its first step).
         StopSignals.install()

@@ -44,9 +44,15 @@ struct WorldOptions: ParsableArguments {
     @Option(name: .customLong("timeout"), parsing: .unconditional, help: "Deadline in seconds for every blocking communication; overrides parallel.timeout_seconds.")
     var timeoutSeconds: Double?
 
+    @Option(name: .customLong("tcp-seal"), help: "TCP backend: seal connections (on, off, auto: those that leave the host); overrides parallel.tcp_seal.")
+    var tcpSeal: String?
+
     func validate() throws {
         if let timeoutSeconds, !(timeoutSeconds > 0) || !timeoutSeconds.isFinite {
             throw ValidationError("--timeout \(Self.text(timeoutSeconds)): must be more than 0 seconds")
+        }
+        if let tcpSeal, TCPSealMode(rawValue: tcpSeal) == nil {
+            throw ValidationError("--tcp-seal \(tcpSeal): must be one of \(TCPSealMode.allCases.map(\.rawValue).joined(separator: ", "))")
         }
     }
 
@@ -55,11 +61,15 @@ struct WorldOptions: ParsableArguments {
         value.isFinite && value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : String(value)
     }
 
-    func makeWorld(defaultTimeout: Double = 300) throws -> Communicator {
+    /// The world communicator; `seal` is the config's `parallel.tcp_seal` (the TCP backend's
+    /// default without a config), which `--tcp-seal` overrides.
+    func makeWorld(defaultTimeout: Double = 300, seal: String = TCPSealMode.default.rawValue) throws -> Communicator {
         let timeout = timeoutSeconds ?? defaultTimeout
         switch ProcessEnvironment.resolve(backend) {
         case .mpi: return try MPICommunicator.world(timeoutSeconds: timeout) { Tessera.fail("\($0)") }
-        case .tcp: return try TCPCommunicator.world(environment: ProcessEnvironment.environment, timeoutSeconds: timeout)
+        case .tcp:
+            let mode = try TCPSealMode(tcpSeal ?? seal, key: tcpSeal == nil ? "parallel.tcp_seal" : "--tcp-seal")
+            return try TCPCommunicator.world(environment: ProcessEnvironment.environment, timeoutSeconds: timeout, seal: mode)
         case .single, .auto: return SingleProcessCommunicator(timeoutSeconds: timeout)
         }
     }

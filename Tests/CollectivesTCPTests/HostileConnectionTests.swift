@@ -76,7 +76,7 @@ import Glibc
         }.start()
         let start = Date()
         var joined: [Int] = []
-        try Rendezvous.acceptPeers(listener.fd, spec0, expecting: [1], deadline: Date(timeIntervalSinceNow: 10), timeoutSeconds: 10) { hello, fd in
+        try Rendezvous.acceptPeers(listener.fd, spec0, expecting: [1], deadline: Date(timeIntervalSinceNow: 10), timeoutSeconds: 10) { hello, fd, _ in
             joined.append(hello.rank); close(fd)
         }
         #expect(joined == [1])

@@ -6,10 +6,11 @@ import _TestSupport
 
 /// Ranks as threads of this process, each joining through real loopback sockets.
 func runTCP<T>(size: Int, port: UInt16, token: @escaping (Int) -> String = { _ in "secret" }, timeout: Double = 30, sameHostMemory: Bool = true,
+               seal: @escaping (Int) -> TCPSealMode = { _ in .default },
                _ body: @escaping (TCPCommunicator) throws -> T) -> [Result<T, Error>] {
     InProcessCommunicator.run(size: size, timeoutSeconds: timeout + 30) { local in
         let spec = TCPJobSpec(rank: local.rank, worldSize: size, masterAddress: "127.0.0.1", masterPort: port, token: token(local.rank),
-                              sameHostMemory: sameHostMemory)
+                              sameHostMemory: sameHostMemory, seal: seal(local.rank))
         return try body(try TCPCommunicator.world(spec, timeoutSeconds: timeout))
     }
 }

@@ -118,6 +118,11 @@ public struct ParallelSection: Codable, Equatable, Sendable {
     public var bucketMB: Double = 4      // YAML key bucket_mb
     public var overlap = true
     public var timeoutSeconds: Double = 300
+    /// Which connections of the TCP backend (`tessera launch`) are sealed: on, off, or auto
+    /// (those that leave the host), YAML key tcp_seal. The choices and the default are
+    /// CollectivesTCP's `TCPSealMode`, which the executable checks this against.
+    public var tcpSeal = "off"
+    public static let tcpSealChoices = ["off", "on", "auto"]
     public init() {}
 }
 

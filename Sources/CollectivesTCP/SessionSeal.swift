@@ -1,0 +1,77 @@
+import Crypto
+import Foundation
+
+/// One end of a sealed connection, shared by the checkpoint service's frames (`FrameSeal`) and
+/// the training mesh's records (`TCPMesh`, `parallel.tcp_seal`): every record is encrypted and
+/// authenticated with ChaCha20-Poly1305 under the session key of its direction
+/// (`JobHandshake.Session`), with a nonce that counts that direction's records (0, 1, 2, ...).
+/// A record flipped, replayed, reordered, dropped or injected on the path fails to open.
+///
+/// A sealed record is the ciphertext (as long as the plaintext) and the 16-byte tag; framing
+/// (how long a record is) is the caller's. Thread-safe: a connection duplicated to read a
+/// refusal shares its seal and counters.
+public final class SessionSeal: @unchecked Sendable {
+    public static let tagBytes = 16
+
+    private let sendKey: SymmetricKey
+    private let receiveKey: SymmetricKey
+    private let lock = NSLock()
+    private var sent: UInt64 = 0
+    private var received: UInt64 = 0
+
+    /// The seal of one end: the initiator sends with the initiator→acceptor key, the acceptor with the other.
+    public init(_ session: JobHandshake.Session, initiator: Bool) {
+        sendKey = initiator ? session.initiatorToAcceptor : session.acceptorToInitiator
+        receiveKey = initiator ? session.acceptorToInitiator : session.initiatorToAcceptor
+    }
+
+    private func next(_ counter: inout UInt64) -> ChaChaPoly.Nonce {
+        lock.lock()
+        defer { lock.unlock() }
+        let nonce = Self.nonce(counter)
+        counter += 1
+        return nonce
+    }
+
+    /// Ciphertext and tag of `plaintext`, under the next send nonce.
+    public func seal(_ plaintext: UnsafeRawBufferPointer) throws -> [UInt8] {
+        let box = try ChaChaPoly.seal(plaintext, using: sendKey, nonce: next(&sent))
+        var out = [UInt8](repeating: 0, count: plaintext.count + Self.tagBytes)
+        out.withUnsafeMutableBytes { raw in
+            box.ciphertext.copyBytes(to: raw)
+            box.tag.copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: raw[plaintext.count...]))
+        }
+        return out
+    }
+
+    public func seal(_ plaintext: [UInt8]) throws -> [UInt8] {
+        try plaintext.withUnsafeBytes { try seal($0) }
+    }
+
+    /// Opens `sealed` (ciphertext and tag) under the next receive nonce into `destination`,
+    /// which holds exactly the plaintext; false when it does not open (tampered, replayed,
+    /// reordered, dropped before it, or not ours), and `destination` is then unchanged. The
+    /// counter moves on either way: after a failure the connection must end.
+    public func open(_ sealed: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer) -> Bool {
+        let nonce = next(&received)
+        guard sealed.count == destination.count + Self.tagBytes,
+              let box = try? ChaChaPoly.SealedBox(nonce: nonce, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[..<destination.count]),
+                                                  tag: UnsafeRawBufferPointer(rebasing: sealed[destination.count...])),
+              let plaintext = try? ChaChaPoly.open(box, using: receiveKey) else { return false }
+        if !destination.isEmpty { plaintext.copyBytes(to: destination) }
+        return true
+    }
+
+    /// The plaintext of `sealed`, or nil when it does not open (as `open(_:into:)`).
+    public func open(_ sealed: [UInt8]) -> [UInt8]? {
+        guard sealed.count >= Self.tagBytes else { _ = next(&received); return nil }
+        var plain = [UInt8](repeating: 0, count: sealed.count - Self.tagBytes)
+        let opened = sealed.withUnsafeBytes { s in plain.withUnsafeMutableBytes { open(s, into: $0) } }
+        return opened ? plain : nil
+    }
+
+    /// 12 bytes: four zero bytes, then the record counter (UInt64 LE).
+    static func nonce(_ counter: UInt64) -> ChaChaPoly.Nonce {
+        try! ChaChaPoly.Nonce(data: [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: counter >> (8 * UInt64($0))) })
+    }
+}
