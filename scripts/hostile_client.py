@@ -20,9 +20,9 @@
                                              prints "tampered at N" when it did, "relayed N" at the end
 """
 import hashlib, hmac, json, os, select, socket, struct, sys, time
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-MAGIC, VERSION = b"TSHK", 2
+MAGIC, VERSION = b"TSHK", 3
 
 def recv_exactly(s, n):
     data = b""
@@ -52,10 +52,10 @@ def hkdf(key, salt, info):
     return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
 
 class Seal:
-    """The sealed channel after the handshake (FrameSeal.swift): ChaCha20-Poly1305, counter nonces."""
+    """The sealed channel after the handshake (FrameSeal.swift): AES-256-GCM, counter nonces."""
     def __init__(self, token, salt):
-        self.send_key = ChaCha20Poly1305(hkdf(token, salt, b"tessera-seal-v1 initiator->acceptor"))
-        self.receive_key = ChaCha20Poly1305(hkdf(token, salt, b"tessera-seal-v1 acceptor->initiator"))
+        self.send_key = AESGCM(hkdf(token, salt, b"tessera-seal-v2 initiator->acceptor"))
+        self.receive_key = AESGCM(hkdf(token, salt, b"tessera-seal-v2 acceptor->initiator"))
         self.sent = self.received = 0
     def seal(self, kind, payload):
         box = self.send_key.encrypt(b"\0" * 4 + struct.pack("<Q", self.sent), bytes([kind]) + struct.pack("<I", len(payload)) + payload, None)

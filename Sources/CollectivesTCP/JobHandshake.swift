@@ -21,7 +21,7 @@ import Foundation
 /// Synchronous: run it on a dedicated thread, never on the concurrency pool.
 public struct JobHandshake {
     public static let magic: [UInt8] = Array("TSHK".utf8)
-    public static let version: UInt8 = 2
+    public static let version: UInt8 = 3   // 3: sealed records are AES-256-GCM (2: ChaCha20-Poly1305)
     public static let nonceBytes = 32
     public static let proofBytes = 32
     /// Longest identity accepted; a stranger cannot make us allocate more.
@@ -107,7 +107,7 @@ public struct JobHandshake {
     private func session(peer: String, _ transcript: [UInt8]) -> Session {
         let salt = Array(SHA256.hash(data: transcript))
         func derive(_ label: String) -> SymmetricKey {
-            HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: salt, info: Array("tessera-seal-v1 \(label)".utf8), outputByteCount: 32)
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: salt, info: Array("tessera-seal-v2 \(label)".utf8), outputByteCount: 32)
         }
         return Session(peer: peer, initiatorToAcceptor: derive("initiator->acceptor"), acceptorToInitiator: derive("acceptor->initiator"))
     }

@@ -3,9 +3,15 @@ import Foundation
 
 /// One end of a sealed connection, shared by the checkpoint service's frames (`FrameSeal`) and
 /// the training mesh's records (`TCPMesh`, `parallel.tcp_seal`): every record is encrypted and
-/// authenticated with ChaCha20-Poly1305 under the session key of its direction
+/// authenticated with AES-256-GCM under the session key of its direction
 /// (`JobHandshake.Session`), with a nonce that counts that direction's records (0, 1, 2, ...).
 /// A record flipped, replayed, reordered, dropped or injected on the path fails to open.
+///
+/// AES-256-GCM rather than ChaCha20-Poly1305: with AES-NI and carry-less multiply (every x86-64
+/// server CPU since 2010, and ARMv8's crypto extensions) BoringSSL seals at 15 GB/s and opens
+/// at 22 GB/s on one Zen 5 core, against 0.7 and 2.2-2.8 GB/s for ChaCha20-Poly1305, which made
+/// sealing cost 58-71% of a 16 MiB allreduce; a CPU without them still gets a constant-time
+/// software AES, only slower.
 ///
 /// A sealed record is the ciphertext (as long as the plaintext) and the 16-byte tag; framing
 /// (how long a record is) is the caller's. Thread-safe: a connection duplicated to read a
@@ -25,7 +31,7 @@ public final class SessionSeal: @unchecked Sendable {
         receiveKey = initiator ? session.acceptorToInitiator : session.initiatorToAcceptor
     }
 
-    private func next(_ counter: inout UInt64) -> ChaChaPoly.Nonce {
+    private func next(_ counter: inout UInt64) -> AES.GCM.Nonce {
         lock.lock()
         defer { lock.unlock() }
         let nonce = Self.nonce(counter)
@@ -35,7 +41,7 @@ public final class SessionSeal: @unchecked Sendable {
 
     /// Ciphertext and tag of `plaintext`, under the next send nonce.
     public func seal(_ plaintext: UnsafeRawBufferPointer) throws -> [UInt8] {
-        let box = try ChaChaPoly.seal(plaintext, using: sendKey, nonce: next(&sent))
+        let box = try AES.GCM.seal(plaintext, using: sendKey, nonce: next(&sent))
         var out = [UInt8](repeating: 0, count: plaintext.count + Self.tagBytes)
         out.withUnsafeMutableBytes { raw in
             box.ciphertext.copyBytes(to: raw)
@@ -55,9 +61,9 @@ public final class SessionSeal: @unchecked Sendable {
     public func open(_ sealed: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         let nonce = next(&received)
         guard sealed.count == destination.count + Self.tagBytes,
-              let box = try? ChaChaPoly.SealedBox(nonce: nonce, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[..<destination.count]),
+              let box = try? AES.GCM.SealedBox(nonce: nonce, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[..<destination.count]),
                                                   tag: UnsafeRawBufferPointer(rebasing: sealed[destination.count...])),
-              let plaintext = try? ChaChaPoly.open(box, using: receiveKey) else { return false }
+              let plaintext = try? AES.GCM.open(box, using: receiveKey) else { return false }
         if !destination.isEmpty { plaintext.copyBytes(to: destination) }
         return true
     }
@@ -71,7 +77,7 @@ public final class SessionSeal: @unchecked Sendable {
     }
 
     /// 12 bytes: four zero bytes, then the record counter (UInt64 LE).
-    static func nonce(_ counter: UInt64) -> ChaChaPoly.Nonce {
-        try! ChaChaPoly.Nonce(data: [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: counter >> (8 * UInt64($0))) })
+    static func nonce(_ counter: UInt64) -> AES.GCM.Nonce {
+        try! AES.GCM.Nonce(data: [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: counter >> (8 * UInt64($0))) })
     }
 }

@@ -42,8 +42,11 @@ public final class TCPCommunicator: Communicator {
                                                     deadline: Date(timeIntervalSinceNow: timeoutSeconds))
         let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: links.sockets, timeoutSeconds: timeoutSeconds,
                            sameHost: sameHost, seals: links.seals)
-        if spec.seal != .off, spec.rank == 0, spec.worldSize > 1 {
-            Rendezvous.log("rank 0 seals \(links.seals.compactMap { $0 }.count) of its \(spec.worldSize - 1) connections (parallel.tcp_seal=\(spec.seal.rawValue))")
+        // Said when something is sealed, or sealing was asked for (auto, the default, seals
+        // nothing on one host and says nothing there).
+        let sealed = links.seals.compactMap { $0 }.count
+        if spec.rank == 0, spec.worldSize > 1, spec.seal == .on || (spec.seal == .auto && sealed > 0) {
+            Rendezvous.log("rank 0 seals \(sealed) of its \(spec.worldSize - 1) connections (parallel.tcp_seal=\(spec.seal.rawValue))")
         }
         return TCPCommunicator(mesh: mesh, members: Array(0..<spec.worldSize), id: 0)
     }

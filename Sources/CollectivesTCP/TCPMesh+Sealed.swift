@@ -5,7 +5,7 @@ import Glibc
 #endif
 
 /// Sealed connections (`parallel.tcp_seal`): the same frames as in clear, cut into records,
-/// each ChaCha20-Poly1305 under the connection's per-direction key and the next counter nonce
+/// each AES-256-GCM under the connection's per-direction key and the next counter nonce
 /// (`SessionSeal`): a frame header is one record (32 + 16 bytes), its inline payload follows as
 /// records of `sealChunkBytes` (the last one shorter), an acknowledgement is one record. The
 /// header, once opened, says how long the payload's records are, so records carry no length of

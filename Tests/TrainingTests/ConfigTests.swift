@@ -130,10 +130,10 @@ import _TestSupport
         #expect(config.train.gradClip == 0 && config.train.beta1 == 0 && config.checkpoint.keep == 0)
     }
 
-    /// parallel.tcp_seal takes on, off or auto (default off, measured); anything else is one
+    /// parallel.tcp_seal takes on, off or auto (default auto, measured); anything else is one
     /// line naming the key, the value's origin and the choices.
     @Test func theTCPSealKeyTakesOnOffOrAutoAndRefusesOthersInOneLine() throws {
-        #expect(try RunConfig(file: nil).parallel.tcpSeal == "off")
+        #expect(try RunConfig(file: nil).parallel.tcpSeal == "auto")
         for mode in ["on", "off", "auto"] {
             #expect(try RunConfig(file: nil, overrides: ["parallel.tcp_seal=\(mode)"]).parallel.tcpSeal == mode)
         }
@@ -288,7 +288,7 @@ import _TestSupport
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")
             .replacingOccurrences(of: "  tie_embeddings: false\n", with: "  tie_embeddings: false\n" + mixer)
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
-            .replacingOccurrences(of: "  timeout_seconds: 300.0\n", with: "  timeout_seconds: 300.0\n  tcp_seal: \"off\"\n")
+            .replacingOccurrences(of: "  timeout_seconds: 300.0\n", with: "  timeout_seconds: 300.0\n  tcp_seal: \"auto\"\n")
             .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n  service_retry_seconds: 180.0\n")
             + "distill:\n  keep_attention: \"\"\n  chunk_size: 64\n  stage1_steps: 100\n  stage1_lr: 0.001\n  stage2_steps: 100\n"
             + "  stage2_lr: 0.001\n  stage3_steps: 200\n  stage3_lr: 0.0003\n  temperature: 1.0\n  data_loss_weight: 0.0\n"

@@ -2,7 +2,7 @@ import CollectivesTCP
 import Foundation
 
 /// The sealed channel of a service connection once the handshake is done: every frame (type,
-/// length, payload) is one record of the connection's `SessionSeal` (ChaCha20-Poly1305, per
+/// length, payload) is one record of the connection's `SessionSeal` (AES-256-GCM, per
 /// direction keys and counter nonces, the same code that seals the training mesh), so a frame
 /// flipped, replayed, reordered, dropped or injected on the path fails to open, and checkpoint
 /// bytes are unreadable on the wire.

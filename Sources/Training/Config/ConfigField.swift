@@ -220,7 +220,7 @@ extension ConfigField {
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("parallel.tcp_seal", .string(\.parallel.tcpSeal), .oneOf(ParallelSection.tcpSealChoices), numeric: false,
-                    "TCP backend: seal connections (ChaCha20-Poly1305): auto = those that leave the host, on = all, off = none"),
+                    "TCP backend: seal connections (AES-256-GCM): auto = those that leave the host, on = all, off = none"),
         ConfigField("run.dir", .string(\.run.dir), numeric: false, "metrics, checkpoints and reports of this run"),
         // Not numeric: `tessera distill` reads these; a training run's numbers do not depend on them.
         ConfigField("distill.keep_attention", .string(\.distill.keepAttention), .layerListOrEmpty, numeric: false,

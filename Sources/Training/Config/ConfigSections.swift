@@ -121,7 +121,7 @@ public struct ParallelSection: Codable, Equatable, Sendable {
     /// Which connections of the TCP backend (`tessera launch`) are sealed: on, off, or auto
     /// (those that leave the host), YAML key tcp_seal. The choices and the default are
     /// CollectivesTCP's `TCPSealMode`, which the executable checks this against.
-    public var tcpSeal = "off"
+    public var tcpSeal = "auto"
     public static let tcpSealChoices = ["off", "on", "auto"]
     public init() {}
 }
