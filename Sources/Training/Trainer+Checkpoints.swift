@@ -61,10 +61,7 @@ extension Trainer {
     /// goes on meanwhile. Every rank calls it. `validationLoss`: measured at this step, for
     /// best-K retention.
     public func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) }) {
-            reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
-        }
-        try checkpoints.checkFailures()
+        try checkpoints.prepareNext(step: step, reporter: reporter)
         checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 
@@ -72,14 +69,7 @@ extension Trainer {
     /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
     @discardableResult
     public func finishCheckpoints() throws -> URL? {
-        try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
-        try checkpoints.checkFailures()
-        let saved = checkpoints.writer.takeCommitted()
-        // Through the service every rank's part has now arrived: the steps are committed there.
-        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
-            reporter?.note("checkpoint of step \(step) committed on \(checkpointSink.location)")
-        }
-        return saved.compactMap(\.url).last
+        try checkpoints.finish(reporter: reporter)
     }
 
     /// Writes a checkpoint of this step and waits until it is committed; returns its
@@ -89,21 +79,6 @@ extension Trainer {
         try startCheckpoint(validationLoss: validationLoss)
         return try finishCheckpoints()
     }
-
-    /// Checkpoints committed since the last call (rank 0 knows their directories), without
-    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
-    func takeCommittedCheckpoints() -> [URL] {
-        let saved = checkpoints.writer.takeCommitted()
-        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
-            reporter?.note("checkpoint of step \(step) sent to \(checkpointSink.location)")
-        }
-        return saved.compactMap(\.url)
-    }
-
-    /// On the way out of a failed run: gives the save in flight a few seconds to finish,
-    /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
-    /// the sink's deadline). An unfinished save is never committed.
-    func abandonCheckpoints() { checkpoints.writer.waitForInFlight(limit: 10) }
 
     /// Loads the newest complete checkpoint (rank 0 reads whole tensors, everyone receives
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when

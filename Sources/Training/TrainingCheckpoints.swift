@@ -95,6 +95,38 @@ struct TrainingCheckpoints {
         return waitedFor.map { ($0, Date().timeIntervalSince(start)) }
     }
 
+    /// Before a save: waits until no rank has one in flight (rank 0's `reporter` says so) and
+    /// reports a failed previous save on every rank. Every rank calls it; `step` is the save's.
+    func prepareNext(step: Int, reporter: ProgressReporter?) throws {
+        if let waited = try waitForSavesOnEveryRank(note: { reporter?.note($0) }) {
+            reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
+        }
+        try checkFailures()
+    }
+
+    /// Waits for the save in flight and reports any failure on every rank; returns, on rank 0,
+    /// the newest checkpoint committed since the last look (nil elsewhere). Every rank calls it.
+    func finish(reporter: ProgressReporter?) throws -> URL? {
+        try waitForSavesOnEveryRank(note: { reporter?.note($0) })
+        try checkFailures()
+        // Through the service every rank's part has now arrived: the steps are committed there.
+        return committed(reporter: reporter, saying: "committed on").last
+    }
+
+    /// Checkpoints committed since the last look (rank 0 knows their directories), without
+    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
+    func takeCommitted(reporter: ProgressReporter?) -> [URL] {
+        committed(reporter: reporter, saying: "sent to")
+    }
+
+    private func committed(reporter: ProgressReporter?, saying verb: String) -> [URL] {
+        let saved = writer.takeCommitted()
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isWriter && !(sink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) \(verb) \(sink.location)")
+        }
+        return saved.compactMap(\.url)
+    }
+
     /// Every rank's writer failure, after each waited for its own save: a rank whose save
     /// failed throws its error, the others an error naming it. Every rank calls it.
     func checkFailures() throws {
