@@ -8,7 +8,7 @@ import Training
 import _TestSupport
 
 /// A distiller of `tinyTeacher(layers:moe:)` whose batches are `batches[0], batches[1], …` from
-/// `start` on (each batch × length tokens), on `communicator` when given.
+/// `start` on (each batch × length tokens), on `communicator` (its ranks the data axis) when given.
 func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settings: DistillSection = DistillSection(), batch: Int = 2, length: Int = 8,
                    batches: [[Int32]], start: Int = 0, threads: KernelThreads = .single,
                    communicator: Communicator? = nil) throws -> Distiller {
@@ -16,7 +16,7 @@ func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settin
     let student = try StudentBuilder.build(teacher: teacher, keepAttention: DistillLayerList(keep)!, chunkSize: 4, seed: 11)
     var next = start
     return try Distiller(teacher: teacher, student: student, settings: settings, batch: batch, length: length, threads: threads,
-                         communicator: communicator) {
+                         grid: try communicator.map { try ProcessGrid(world: $0, layout: GridLayout(data: $0.size)) }) {
         defer { next += 1 }
         return batches[next]
     }

@@ -10,8 +10,11 @@ import TensorCore
 /// - `distill.stage{k}.steps`: the stage's step counter, shape [1] (a Float32 integer, exact
 ///   below 2²⁴ steps).
 ///
-/// The teacher is not part of it (it never changes), nor is the batch source's position (the
-/// caller's data reader keeps its own). Restoring into a fresh distiller with the same teacher,
+/// This is the distiller's state in memory (tests, tools); a run's checkpoints do not carry
+/// it: they hold the student once, the current stage's moments as the optimizer file and the
+/// counters as integers (`DistillRun+Checkpoints.swift`). The teacher is not part of it (it
+/// never changes), nor is the batch source's position (the caller's data reader keeps its
+/// own). Restoring into a fresh distiller with the same teacher,
 /// student config and `distill.stage3_train`, then stepping on the same batches, gives the
 /// numbers of an uninterrupted run bit for bit.
 extension Distiller {
@@ -36,11 +39,11 @@ extension Distiller {
         var pairs = student.parameters.stateDict().entries.map { ($0.name, $0.tensor) }
         let counters = [stage1StepsTaken, stage2StepsTaken, stage3StepsTaken]
         for stage in 1...3 {
-            for name in parameters(ofStage: stage) {
-                let state = moments[stage - 1][name]!
-                let shape = student.parameters.entry(name).shape
-                pairs.append(("distill.stage\(stage).exp_avg.\(name)", Tensor(shape: shape, scalars: state.m.array)))
-                pairs.append(("distill.stage\(stage).exp_avg_sq.\(name)", Tensor(shape: shape, scalars: state.v.array)))
+            let optimizer = optimizers[stage - 1]
+            for e in optimizer.trained {
+                for (suffix, buffer) in [("exp_avg", optimizer.exponentialAverage), ("exp_avg_sq", optimizer.exponentialAverageSquares)] {
+                    pairs.append(("distill.stage\(stage).\(suffix).\(e.name)", Tensor(shape: e.shape, scalars: Array(buffer.buffer[e.range]))))
+                }
             }
             pairs.append(("distill.stage\(stage).steps", Tensor(shape: [1], scalars: [Float(counters[stage - 1])])))
         }
@@ -72,12 +75,13 @@ extension Distiller {
             state[entry.name]!.withUnsafeBufferPointer { p.value(entry.name).update(from: $0.baseAddress!, count: entry.count) }
         }
         for stage in 1...3 {
-            for name in parameters(ofStage: stage) {
-                let target = moments[stage - 1][name]!
-                state["distill.stage\(stage).exp_avg.\(name)"]!.withUnsafeBufferPointer { target.m.pointer.update(from: $0.baseAddress!, count: $0.count) }
-                state["distill.stage\(stage).exp_avg_sq.\(name)"]!.withUnsafeBufferPointer { target.v.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            let optimizer = optimizers[stage - 1]
+            for e in optimizer.trained {
+                for (suffix, buffer) in [("exp_avg", optimizer.exponentialAverage), ("exp_avg_sq", optimizer.exponentialAverageSquares)] {
+                    state["distill.stage\(stage).\(suffix).\(e.name)"]!.withUnsafeBufferPointer { (buffer.pointer + e.offset).update(from: $0.baseAddress!, count: e.count) }
+                }
             }
+            optimizer.setStepsTaken(counters[stage - 1])
         }
-        stage1StepsTaken = counters[0]; stage2StepsTaken = counters[1]; stage3StepsTaken = counters[2]
     }
 }
