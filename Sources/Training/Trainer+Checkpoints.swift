@@ -8,50 +8,17 @@ extension Trainer {
     /// Where this rank's checkpoint parts go.
     public var checkpointSink: CheckpointSink { checkpoints.sink }
 
-    /// Whether this rank writes `entry` into checkpoints: the lowest world rank among those
-    /// holding the same tensor (rank 0 for replicated tensors, expert replica 0 for experts).
-    func ownsInCheckpoints(_ entry: ParameterSet.Entry) -> Bool {
-        grid.replicas(ofShardsAlong: entry.placement.shardAxis).rank == 0
-    }
-
-    /// This rank's part of the checkpoint of this step, encoded straight out of the training
-    /// buffers (one copy; the writer thread only writes or sends it): the tensors it owns and
-    /// their moments; rank 0 adds the index (every rank's tensor names
-    /// are gathered, not their values), `config.json`, `trainer_state.json` and `run.yaml`.
-    /// Every rank calls it (the names travel by all-gather).
+    /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`); rank 0
+    /// adds `config.json`, `trainer_state.json` and `run.yaml`. Every rank calls it.
     func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
-        let p = model.parameters
-        let owned = p.entries.filter(ownsInCheckpoints)
-        let names = try grid.world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
-        let placed = TrainingCheckpoints.shards(of: p)
-        var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
-        func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
-            SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
-        }
-        for e in owned {
-            tensors.append(source(e.name, p.values, e))
-            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
-            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
-            shards[e.name] = placed[e.name]
-        }
-        let world = grid.world
-        var metadata: [CheckpointFile] = []
-        if world.rank == 0 {
-            var weightMap: [String: String] = [:]
-            for (rank, list) in names.enumerated() {
-                for name in String(decoding: list, as: UTF8.self).split(separator: "\n") {
-                    weightMap[String(name)] = CheckpointLayout.modelFile(rank: rank, ranks: world.size)
-                }
-            }
+        try TrainingCheckpoints.part(step: step, grid: grid, parameters: model.parameters, optimizer: optimizer) { [self] weightMap in
             let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen, tokensSeen: samplesSeen * data.length,
                                      configHash: config.numericHash, dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
                                      expertParallel: grid.size(of: .expert), validationLoss: validationLoss)
-            metadata = try CheckpointMetadata.files(weightMap: weightMap,
-                                                    shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
-                                                    state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
+            return try CheckpointMetadata.files(weightMap: weightMap,
+                                                shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
+                                                state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
         }
-        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
-                                                shards: shards, metadataFiles: metadata)
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in

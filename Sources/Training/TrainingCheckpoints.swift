@@ -42,24 +42,51 @@ struct TrainingCheckpoints {
         })
     }
 
-    /// Starts delivering `snapshot` on the writer thread (encoded there). Rank 0's save reports
+    /// This rank's part of the checkpoint of `step`, encoded straight out of the buffers (one
+    /// copy; the writer thread only writes or sends it): the tensors of `parameters` it owns (the
+    /// lowest world rank among those holding the same tensor: rank 0 for replicated ones, expert
+    /// replica 0 for experts) and their moments in `optimizer`; rank 0 adds the index (every
+    /// rank's tensor names are gathered, not their values) and the files `metadata` makes of
+    /// the weight map. Every rank calls it (the names travel by all-gather).
+    static func part(step: Int, grid: ProcessGrid, parameters p: ParameterSet, optimizer: Optimizer,
+                     metadata: (_ weightMap: [String: String]) throws -> [CheckpointFile]) throws -> CheckpointPart {
+        let owned = p.entries.filter { grid.replicas(ofShardsAlong: $0.placement.shardAxis).rank == 0 }
+        let world = grid.world
+        let names = try world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
+        let placed = shards(of: p)
+        var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
+        func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
+            SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
+        }
+        for e in owned {
+            tensors.append(source(e.name, p.values, e))
+            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
+            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
+            shards[e.name] = placed[e.name]
+        }
+        var files: [CheckpointFile] = []
+        if world.rank == 0 {
+            var weightMap: [String: String] = [:]
+            for (rank, list) in names.enumerated() {
+                for name in String(decoding: list, as: UTF8.self).split(separator: "\n") {
+                    weightMap[String(name)] = CheckpointLayout.modelFile(rank: rank, ranks: world.size)
+                }
+            }
+            files = try metadata(weightMap)
+        }
+        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
+                                                shards: shards, metadataFiles: files)
+    }
+
+    /// Starts delivering `part` (already encoded) on the writer thread. Rank 0's save reports
     /// the committed directory when it is under the run's checkpoint directory (the directory sink).
-    func submit(_ snapshot: CheckpointShardSnapshot) {
-        submit(step: snapshot.step, rank: snapshot.rank) { try snapshot.part() }
-    }
-
-    /// Starts delivering `part` (already encoded) on the writer thread.
     func submit(_ part: CheckpointPart) {
-        submit(step: part.step, rank: part.rank) { part }
-    }
-
-    private func submit(step: Int, rank: Int, _ part: @escaping () throws -> CheckpointPart) {
         let sink = self.sink
-        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: step))
-        writer.submit(step: step) {
-            try sink.deliver(part())
+        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: part.step))
+        writer.submit(step: part.step) {
+            try sink.deliver(part)
             let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
-            return rank == 0 && committed ? directory : nil
+            return part.rank == 0 && committed ? directory : nil
         }
     }
 

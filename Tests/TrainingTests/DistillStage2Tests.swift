@@ -22,6 +22,35 @@ func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settin
     }
 }
 
+extension Distiller {
+    /// The student, every stage's moments of the parameters it trains
+    /// (`distill.stage{k}.exp_avg.P`, `distill.stage{k}.exp_avg_sq.P`) and its step counter
+    /// (`distill.stage{k}.steps`): what an exact continuation needs, for comparisons.
+    func exportState() -> StateDict {
+        var pairs = student.parameters.stateDict().entries.map { ($0.name, $0.tensor) }
+        for (k, optimizer) in optimizers.enumerated() {
+            let moments = optimizer.stateDict()
+            for name in parameters(ofStage: k + 1) {
+                for suffix in ["exp_avg", "exp_avg_sq"] { pairs.append(("distill.stage\(k + 1).\(suffix).\(name)", moments[name + "." + suffix]!)) }
+            }
+            pairs.append(("distill.stage\(k + 1).steps", Tensor(shape: [1], scalars: [Float(optimizer.stepsTaken)])))
+        }
+        return StateDict(pairs)
+    }
+
+    /// Restores what `exportState` gave (the public loaders check names and shapes).
+    func restore(state: StateDict) throws {
+        try student.parameters.load(StateDict(state.entries.filter { !$0.name.hasPrefix("distill.") }.map { ($0.name, $0.tensor) }), source: "state")
+        for (k, optimizer) in optimizers.enumerated() {
+            let prefix = "distill.stage\(k + 1)."
+            let moments = student.parameters.entries.flatMap { e in
+                ["exp_avg", "exp_avg_sq"].map { (e.name + "." + $0, state[prefix + $0 + "." + e.name] ?? Tensor(zeros: e.shape)) }
+            }
+            try optimizer.load(StateDict(moments), stepsTaken: Int(state[prefix + "steps"]!.scalars[0]), source: "state")
+        }
+    }
+}
+
 /// `count` batches of `sequences` × `length` random tokens (vocabulary 32).
 func tokenBatches(_ count: Int, sequences: Int, length: Int, seed: UInt64 = 5) -> [[Int32]] {
     var rng = RNG(seed: seed)

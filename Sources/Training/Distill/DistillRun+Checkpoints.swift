@@ -3,34 +3,24 @@ import Foundation
 import TensorCore
 
 extension DistillRun {
-    /// This rank's part of the checkpoint of this step. Every rank holds the whole student;
-    /// rank 0 writes it once, as a normal checkpoint (its run.yaml the student's run config,
-    /// so eval, generate and ckpt read it), with the current stage's optimizer moments as the
-    /// optimizer file (zeros for the parameters the stage does not train) and
-    /// `distill_progress.json` (stage, step within it, data cursor: integers), which is all an
-    /// exact resume needs. The other ranks deliver empty parts.
-    func checkpointSnapshot(validationLoss: Double? = nil) throws -> CheckpointShardSnapshot {
-        let g = step
-        guard isReporter else {
-            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:])
+    /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`: the
+    /// student once, the current stage's moments as the optimizer file, zeros for what the
+    /// stage does not train). Rank 0 adds the student's run.yaml (so eval, generate and ckpt
+    /// read it) and `distill_progress.json` (stage, step within it, data cursor: integers),
+    /// which is all an exact resume needs. Every rank calls it.
+    func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
+        try TrainingCheckpoints.part(step: step, grid: grid, parameters: student.parameters, optimizer: distiller.optimizers[stage - 1]) { [self] weightMap in
+            let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: batches.samplesSeen,
+                                     tokensSeen: batches.samplesSeen * config.data.seqLen, configHash: studentConfig.numericHash,
+                                     dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize, expertParallel: grid.size(of: .expert),
+                                     validationLoss: validationLoss)
+            let progress = DistillProgress(teacher: teacherCheckpoint.path, stage: stage, stageStep: stageStep, step: step, samplesSeen: batches.samplesSeen)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return try CheckpointMetadata.files(weightMap: weightMap, shapes: Dictionary(uniqueKeysWithValues: student.parameters.entries.map { ($0.name, $0.shape) }),
+                                                state: state, runConfig: studentConfig.yaml, huggingFaceConfig: student.config.huggingFaceConfig)
+                + [CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress))]
         }
-        let model = student.parameters.stateDict()
-        let file = CheckpointLayout.modelFile(rank: 0, ranks: world.size)
-        let shards = TrainingCheckpoints.shards(of: student.parameters)
-        let trainerState = TrainerState(step: g, seed: UInt64(config.train.seed), samplesSeen: batches.samplesSeen,
-                                        tokensSeen: batches.samplesSeen * config.data.seqLen, configHash: studentConfig.numericHash,
-                                        dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize, expertParallel: grid.size(of: .expert),
-                                        validationLoss: validationLoss)
-        var metadata = try CheckpointMetadata.files(weightMap: Dictionary(uniqueKeysWithValues: model.names.map { ($0, file) }),
-                                                    shapes: Dictionary(uniqueKeysWithValues: model.entries.map { ($0.name, $0.tensor.shape) }),
-                                                    state: trainerState, runConfig: studentConfig.yaml,
-                                                    huggingFaceConfig: student.config.huggingFaceConfig)
-        let progress = DistillProgress(teacher: teacherCheckpoint.path, stage: stage, stageStep: stageStep, step: g, samplesSeen: batches.samplesSeen)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        metadata.append(CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress)))
-        return CheckpointShardSnapshot(step: g, rank: 0, ranks: world.size, model: model, optimizer: distiller.optimizers[stage - 1].stateDict(),
-                                       shards: shards, metadataFiles: metadata)
     }
 
     /// Loads the newest complete checkpoint of the run: rank 0 reads it (checksums checked),

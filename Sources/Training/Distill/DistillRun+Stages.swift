@@ -100,7 +100,7 @@ extension DistillRun: StepProgram {
     }
 
     func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
-        checkpoints.submit(try checkpointSnapshot(validationLoss: validationLoss ?? tally?.validatedNow))
+        checkpoints.submit(try checkpointPart(validationLoss: validationLoss ?? tally?.validatedNow))
     }
 
     /// The run config a student checkpoint carries: the teacher's with `model.sequence_mixer:

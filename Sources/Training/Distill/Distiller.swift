@@ -21,8 +21,8 @@ import TensorCore
 ///
 /// Stage 2 (`stage2Step`, Distiller+Stage2.swift) aligns each Mamba layer's block output with
 /// the teacher's; stage 3 (`stage3Step`, Distiller+Stage3.swift) distils the logits end to end.
-/// Each stage has its own AdamW moments and step counter; `exportState`/`restore`
-/// (Distiller+State.swift) carry all of them for an exact resume.
+/// Each stage has its own `Optimizer` (AdamW moments and step counter); a run's checkpoint
+/// carries the current stage's (DistillRun+Checkpoints.swift) for an exact resume.
 ///
 /// Parallel like training: with a `grid` of N data ranks, every rank passes its own `batch`
 /// sequences (its share of a global batch of N·batch); the trained parameters' gradients are
