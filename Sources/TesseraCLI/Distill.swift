@@ -126,8 +126,9 @@ struct Distill: ParsableCommand {
                                  checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
-            run.output = { line in try? FileHandle.standardOutput.write(contentsOf: Data((line + "\n").utf8)) }
-            kernelLines.forEach { run.output?($0) }
+            run.reporter = ProgressReporter(interactive: false)
+            run.reporter?.stopRequested = { StopSignals.received }   // its first lines may meet a stalled reader
+            kernelLines.forEach { run.reporter?.note($0) }
         }
         run.stopRequested = { StopSignals.received }
         if comm.rank == 0 { run.onRunEvent = StopSignals.observe(runDirectory: config.run.dir) }
@@ -171,7 +172,7 @@ extension Distill {
             try Data(text.utf8).write(to: output.appendingPathComponent("distill.yaml"))   // the config as sent, kept with the run
             let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
                                      world: SingleProcessCommunicator(), checkpointSink: nil)
-            run.output = log
+            run.reporter = ProgressReporter(collect: log)
             summaries = try run.run(resume: false, stopAt: nil)
         } catch {
             if let newest = CheckpointStore(root: output.appendingPathComponent("checkpoints")).latest() {

@@ -13,12 +13,17 @@ public final class Optimizer {
     /// First and second moments, laid out like `parameters.values`.
     let exponentialAverage: FloatBuffer
     let exponentialAverageSquares: FloatBuffer
+    /// The parameters `step` updates: all of them, or those a distillation stage trains.
+    let trained: [ParameterSet.Entry]
     /// Steps taken (AdamW's bias correction uses it).
     public private(set) var stepsTaken = 0
 
-    public init(rule: AdamW, parameters: ParameterSet) {
+    /// `training`: the names of the parameters to update (nil: all); the others keep their
+    /// values and zero moments.
+    public init(rule: AdamW, parameters: ParameterSet, training names: [String]? = nil) {
         self.rule = rule
         self.parameters = parameters
+        trained = names.map { $0.map(parameters.entry) } ?? parameters.entries
         exponentialAverage = FloatBuffer(count: parameters.count)
         exponentialAverageSquares = FloatBuffer(count: parameters.count)
     }
@@ -28,7 +33,7 @@ public final class Optimizer {
     public func step(learningRate: Float, gradientScale: Float = 1, threads: KernelThreads) {
         stepsTaken += 1
         let p = parameters
-        for e in p.entries {
+        for e in trained {
             rule.update(parameters: p.values.pointer + e.offset, gradients: p.gradients.pointer + e.offset,
                         m: exponentialAverage.pointer + e.offset, v: exponentialAverageSquares.pointer + e.offset,
                         count: e.count, step: stepsTaken, learningRate: learningRate, decay: e.decays,

@@ -8,6 +8,8 @@ import Glibc
 public final class ProgressReporter {
     let interactive: Bool
     let output: FileHandle
+    /// Where lines go instead of `output` (a service job's log).
+    let collect: ((String) -> Void)?
     var started = Date()
     var firstStep = 0
     var tokensPerStep = 0
@@ -20,9 +22,16 @@ public final class ProgressReporter {
     public init(output: FileHandle = .standardOutput, interactive: Bool? = nil) {
         self.output = output
         self.interactive = interactive ?? (isatty(output.fileDescriptor) != 0)
+        collect = nil
+    }
+
+    /// A reporter that hands each line (without its newline) to `collect`.
+    public init(collect: @escaping (String) -> Void) {
+        (output, interactive, self.collect) = (.standardOutput, false, collect)
     }
 
     func emit(_ text: String, newline: Bool = true) {
+        if let collect { collect(text); return }
         write((interactive && barShown ? "\r\u{1B}[2K" : "") + text + (newline ? "\n" : ""))
         barShown = !newline
     }

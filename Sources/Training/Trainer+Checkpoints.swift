@@ -8,50 +8,17 @@ extension Trainer {
     /// Where this rank's checkpoint parts go.
     public var checkpointSink: CheckpointSink { checkpoints.sink }
 
-    /// Whether this rank writes `entry` into checkpoints: the lowest world rank among those
-    /// holding the same tensor (rank 0 for replicated tensors, expert replica 0 for experts).
-    func ownsInCheckpoints(_ entry: ParameterSet.Entry) -> Bool {
-        grid.replicas(ofShardsAlong: entry.placement.shardAxis).rank == 0
-    }
-
-    /// This rank's part of the checkpoint of this step, encoded straight out of the training
-    /// buffers (one copy; the writer thread only writes or sends it): the tensors it owns and
-    /// their moments; rank 0 adds the index (every rank's tensor names
-    /// are gathered, not their values), `config.json`, `trainer_state.json` and `run.yaml`.
-    /// Every rank calls it (the names travel by all-gather).
+    /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`); rank 0
+    /// adds `config.json`, `trainer_state.json` and `run.yaml`. Every rank calls it.
     func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
-        let p = model.parameters
-        let owned = p.entries.filter(ownsInCheckpoints)
-        let names = try grid.world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
-        let placed = TrainingCheckpoints.shards(of: p)
-        var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
-        func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
-            SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
-        }
-        for e in owned {
-            tensors.append(source(e.name, p.values, e))
-            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
-            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
-            shards[e.name] = placed[e.name]
-        }
-        let world = grid.world
-        var metadata: [CheckpointFile] = []
-        if world.rank == 0 {
-            var weightMap: [String: String] = [:]
-            for (rank, list) in names.enumerated() {
-                for name in String(decoding: list, as: UTF8.self).split(separator: "\n") {
-                    weightMap[String(name)] = CheckpointLayout.modelFile(rank: rank, ranks: world.size)
-                }
-            }
+        try TrainingCheckpoints.part(step: step, grid: grid, parameters: model.parameters, optimizer: optimizer) { [self] weightMap in
             let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen, tokensSeen: samplesSeen * data.length,
                                      configHash: config.numericHash, dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
                                      expertParallel: grid.size(of: .expert), validationLoss: validationLoss)
-            metadata = try CheckpointMetadata.files(weightMap: weightMap,
-                                                    shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
-                                                    state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
+            return try CheckpointMetadata.files(weightMap: weightMap,
+                                                shapes: Dictionary(uniqueKeysWithValues: model.globalDeclarations.map { ($0.name, $0.shape) }),
+                                                state: state, runConfig: config.yaml, huggingFaceConfig: model.config.huggingFaceConfig)
         }
-        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
-                                                shards: shards, metadataFiles: metadata)
     }
 
     /// Starts the checkpoint of this step: waits for the previous save if it is still in
@@ -61,10 +28,7 @@ extension Trainer {
     /// goes on meanwhile. Every rank calls it. `validationLoss`: measured at this step, for
     /// best-K retention.
     public func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) }) {
-            reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
-        }
-        try checkpoints.checkFailures()
+        try checkpoints.prepareNext(step: step, reporter: reporter)
         checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 
@@ -72,14 +36,7 @@ extension Trainer {
     /// the newest checkpoint committed since the last call (nil elsewhere). Every rank calls it.
     @discardableResult
     public func finishCheckpoints() throws -> URL? {
-        try checkpoints.waitForSavesOnEveryRank(note: { [reporter] in reporter?.note($0) })
-        try checkpoints.checkFailures()
-        let saved = checkpoints.writer.takeCommitted()
-        // Through the service every rank's part has now arrived: the steps are committed there.
-        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
-            reporter?.note("checkpoint of step \(step) committed on \(checkpointSink.location)")
-        }
-        return saved.compactMap(\.url).last
+        try checkpoints.finish(reporter: reporter)
     }
 
     /// Writes a checkpoint of this step and waits until it is committed; returns its
@@ -89,21 +46,6 @@ extension Trainer {
         try startCheckpoint(validationLoss: validationLoss)
         return try finishCheckpoints()
     }
-
-    /// Checkpoints committed since the last call (rank 0 knows their directories), without
-    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
-    func takeCommittedCheckpoints() -> [URL] {
-        let saved = checkpoints.writer.takeCommitted()
-        for step in saved.filter({ $0.url == nil }).map(\.step) where isReporter && !(checkpointSink is DirectoryCheckpointSink) {
-            reporter?.note("checkpoint of step \(step) sent to \(checkpointSink.location)")
-        }
-        return saved.compactMap(\.url)
-    }
-
-    /// On the way out of a failed run: gives the save in flight a few seconds to finish,
-    /// without reporting (when a peer is gone, rank 0 would otherwise wait for its part until
-    /// the sink's deadline). An unfinished save is never committed.
-    func abandonCheckpoints() { checkpoints.writer.waitForInFlight(limit: 10) }
 
     /// Loads the newest complete checkpoint (rank 0 reads whole tensors, everyone receives
     /// what it holds), whatever layout wrote it. Returns the step resumed from, or nil when

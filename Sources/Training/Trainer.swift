@@ -36,6 +36,8 @@ public final class Trainer {
     /// Lines rank 0's reporter prints once the run holds run.dir (the BLAS core's start line):
     /// a run refused at the door says one line, the refusal.
     public var startLines: [String] = []
+    /// What `run` has gathered so far (TrainingRun.swift).
+    var progress = RunProgress()
 
     /// `checkpointSink`: where this rank delivers its checkpoint parts and rank 0 finds the
     /// checkpoint to resume (default: the directory `run.dir/checkpoints`).

@@ -42,24 +42,51 @@ struct TrainingCheckpoints {
         })
     }
 
-    /// Starts delivering `snapshot` on the writer thread (encoded there). Rank 0's save reports
+    /// This rank's part of the checkpoint of `step`, encoded straight out of the buffers (one
+    /// copy; the writer thread only writes or sends it): the tensors of `parameters` it owns (the
+    /// lowest world rank among those holding the same tensor: rank 0 for replicated ones, expert
+    /// replica 0 for experts) and their moments in `optimizer`; rank 0 adds the index (every
+    /// rank's tensor names are gathered, not their values) and the files `metadata` makes of
+    /// the weight map. Every rank calls it (the names travel by all-gather).
+    static func part(step: Int, grid: ProcessGrid, parameters p: ParameterSet, optimizer: Optimizer,
+                     metadata: (_ weightMap: [String: String]) throws -> [CheckpointFile]) throws -> CheckpointPart {
+        let owned = p.entries.filter { grid.replicas(ofShardsAlong: $0.placement.shardAxis).rank == 0 }
+        let world = grid.world
+        let names = try world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
+        let placed = shards(of: p)
+        var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
+        func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
+            SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
+        }
+        for e in owned {
+            tensors.append(source(e.name, p.values, e))
+            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
+            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
+            shards[e.name] = placed[e.name]
+        }
+        var files: [CheckpointFile] = []
+        if world.rank == 0 {
+            var weightMap: [String: String] = [:]
+            for (rank, list) in names.enumerated() {
+                for name in String(decoding: list, as: UTF8.self).split(separator: "\n") {
+                    weightMap[String(name)] = CheckpointLayout.modelFile(rank: rank, ranks: world.size)
+                }
+            }
+            files = try metadata(weightMap)
+        }
+        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
+                                                shards: shards, metadataFiles: files)
+    }
+
+    /// Starts delivering `part` (already encoded) on the writer thread. Rank 0's save reports
     /// the committed directory when it is under the run's checkpoint directory (the directory sink).
-    func submit(_ snapshot: CheckpointShardSnapshot) {
-        submit(step: snapshot.step, rank: snapshot.rank) { try snapshot.part() }
-    }
-
-    /// Starts delivering `part` (already encoded) on the writer thread.
     func submit(_ part: CheckpointPart) {
-        submit(step: part.step, rank: part.rank) { part }
-    }
-
-    private func submit(step: Int, rank: Int, _ part: @escaping () throws -> CheckpointPart) {
         let sink = self.sink
-        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: step))
-        writer.submit(step: step) {
-            try sink.deliver(part())
+        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: part.step))
+        writer.submit(step: part.step) {
+            try sink.deliver(part)
             let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
-            return rank == 0 && committed ? directory : nil
+            return part.rank == 0 && committed ? directory : nil
         }
     }
 
@@ -93,6 +120,38 @@ struct TrainingCheckpoints {
             }
         }
         return waitedFor.map { ($0, Date().timeIntervalSince(start)) }
+    }
+
+    /// Before a save: waits until no rank has one in flight (rank 0's `reporter` says so) and
+    /// reports a failed previous save on every rank. Every rank calls it; `step` is the save's.
+    func prepareNext(step: Int, reporter: ProgressReporter?) throws {
+        if let waited = try waitForSavesOnEveryRank(note: { reporter?.note($0) }) {
+            reporter?.note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
+        }
+        try checkFailures()
+    }
+
+    /// Waits for the save in flight and reports any failure on every rank; returns, on rank 0,
+    /// the newest checkpoint committed since the last look (nil elsewhere). Every rank calls it.
+    func finish(reporter: ProgressReporter?) throws -> URL? {
+        try waitForSavesOnEveryRank(note: { reporter?.note($0) })
+        try checkFailures()
+        // Through the service every rank's part has now arrived: the steps are committed there.
+        return committed(reporter: reporter, saying: "committed on").last
+    }
+
+    /// Checkpoints committed since the last look (rank 0 knows their directories), without
+    /// waiting. Through the service rank 0 only knows its own part arrived: it says so.
+    func takeCommitted(reporter: ProgressReporter?) -> [URL] {
+        committed(reporter: reporter, saying: "sent to")
+    }
+
+    private func committed(reporter: ProgressReporter?, saying verb: String) -> [URL] {
+        let saved = writer.takeCommitted()
+        for step in saved.filter({ $0.url == nil }).map(\.step) where isWriter && !(sink is DirectoryCheckpointSink) {
+            reporter?.note("checkpoint of step \(step) \(verb) \(sink.location)")
+        }
+        return saved.compactMap(\.url)
     }
 
     /// Every rank's writer failure, after each waited for its own save: a rank whose save

@@ -49,116 +49,79 @@ public struct RunSummary: Sendable {
     public var losses: [Double]
 }
 
-extension Trainer {
-    /// The whole run: optional resume, steps with progress, validation, metrics and checkpoints.
-    /// `resume`: continue from the newest checkpoint of run.dir; without it, a run.dir that
-    /// already holds checkpoints is refused rather than overwritten.
+extension Trainer: StepProgram {
+    /// The whole run: optional resume, steps with progress, validation, metrics and checkpoints
+    /// (`RunLoop`). `resume`: continue from the newest checkpoint of run.dir; without it, a
+    /// run.dir that already holds checkpoints is refused rather than overwritten.
     /// `stopAt`: stop after that step with a checkpoint, as an interrupted run would (the
     /// schedule still spans train.steps), to continue later with `resume`.
     public func run(resume: Bool, stopAt: Int? = nil) throws -> RunSummary {
-        let total = config.train.steps
-        let end = min(total, stopAt ?? total)
-        let lock = try holdRunDirectory()
-        defer { lock?.release() }
-        startLines.forEach { reporter?.note($0) }
-        // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
-        if lock != nil { for line in (checkpointSink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
-        reporter?.stopRequested = stopRequested
-        if resume {
-            let from = try resumeFromLatest()
-            let location = checkpointSink.location
-            if isReporter { reporter?.note(from.map { "resumed from step \($0) of \(location)" } ?? "no checkpoint in \(location) yet; starting from step 0") }
-            if let from, from >= total {
-                throw TrainingError.resumePastEnd(checkpoint: location, step: from, steps: total)
-            }
-        } else {
-            let existing = isReporter ? (store.latest()?.path ?? "") : ""
-            let message = String(decoding: try grid.world.broadcastBytes(Array(existing.utf8), root: 0), as: UTF8.self)
-            if !message.isEmpty { throw TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: message) }
-        }
-        if isReporter { onRunEvent?(.newestCheckpoint(store.latest(), stopping: false)) }
-        do {
-            return try runSteps(resume: resume, end: end)
-        } catch {
-            abandonCheckpoints()   // a save in flight finishes (or fails) before the run reports its error
-            throw error
-        }
-    }
-
-    /// The step loop of `run`, from `step` to `end`; checkpoints are saved asynchronously and
-    /// the last one is waited for before it returns.
-    private func runSteps(resume: Bool, end: Int) throws -> RunSummary {
-        let total = config.train.steps
-        let metrics = isReporter ? try MetricsLog(url: runDirectory.appendingPathComponent("metrics.jsonl"), append: resume, resumedAt: resume ? step : nil) : nil
-        reporter?.start(step: step, total: total, tokensPerStep: tokensPerStep, ranks: grid.world.size)
-
-        let start = Date()
-        var intervalStart = Date(), intervalSteps = 0
-        var losses: [Double] = []
-        var validation = Double.nan
-        var lastRate = 0.0
-        while step < end {
-            let rate = schedule.rate(at: step)
-            let loss = try trainStep()
-            losses.append(loss)
-            reportCommittedCheckpoints()
-            intervalSteps += 1
-            let logging = step % config.train.logEvery == 0 || step == end
-            if logging {
-                let seconds = Date().timeIntervalSince(intervalStart)
-                lastRate = Double(intervalSteps * tokensPerStep) / max(seconds, 1e-9)
-                var record: [String: Any] = ["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
-                                             "tokens_per_s": lastRate, "elapsed_s": Date().timeIntervalSince(start)]
-                for (name, value) in model.auxiliaryLosses { record[name] = value }
-                record.merge(routingRecord()) { $1 }
-                try metrics?.write(record)
-            }
-            // Checked before printing: once mpirun has been interrupted it stops reading the
-            // ranks' output, and a rank blocked writing a progress line would never checkpoint.
-            if let stopRequested, try grid.world.allReduce(stopRequested() ? 1 : 0, op: .max) > 0 {
-                // Every rank saw the request by now (max over ranks): stop at this same step.
-                try startCheckpoint()
-                let url = try finishCheckpoints()
-                if let url { onRunEvent?(.newestCheckpoint(url, stopping: true)) }
-                throw TrainingInterrupted(step: step, checkpoint: url?.path, runDirectory: runDirectory.path)
-            }
-            if logging {
-                reporter?.progress(step: step, total: total, loss: loss, learningRate: Double(rate), tokensPerSecond: lastRate)
-                intervalStart = Date(); intervalSteps = 0
-            }
-            let pauseStart = Date()   // validation and checkpoints are not training throughput
-            defer { intervalStart += Date().timeIntervalSince(pauseStart) }
-            let evalEvery = config.eval.every
-            var validatedNow: Double?
-            if (evalEvery > 0 && step % evalEvery == 0) || step == end {
-                validation = try validationLoss()
-                validatedNow = validation
-                reporter?.validation(step: step, loss: validation)
-                try metrics?.write(["step": step, "val_loss": validation, "val_bpb": validation / log(2)])
-            }
-            let checkpointEvery = config.checkpoint.every
-            if (checkpointEvery > 0 && step % checkpointEvery == 0) || step == end {
-                try startCheckpoint(validationLoss: validatedNow)   // written while training goes on
-            }
-        }
-        if let url = try finishCheckpoints() { reportCheckpoint(url) }
-        if validation.isNaN { validation = try validationLoss() }
-        let seconds = Date().timeIntervalSince(start)
-        let summary = RunSummary(steps: losses.count, finalStep: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: validation,
+        let loop = RunLoop(checkpoints: checkpoints, runDirectory: runDirectory, reporter: reporter, stopRequested: stopRequested,
+                           onRunEvent: onRunEvent)
+        try loop.run(self, resume: resume, end: min(config.train.steps, stopAt ?? config.train.steps), startLines: startLines)
+        if progress.validation.isNaN { progress.validation = try validationLoss() }
+        let seconds = Date().timeIntervalSince(loop.started), losses = progress.losses
+        let summary = RunSummary(steps: losses.count, finalStep: step, finalTrainLoss: losses.last ?? .nan, finalValidationLoss: progress.validation,
                                  seconds: seconds, tokensPerSecond: losses.isEmpty ? 0 : Double(losses.count * tokensPerStep) / seconds,
                                  losses: losses)
         reporter?.finish(summary)
         return summary
     }
 
-    /// Tells rank 0's observers about checkpoints the writer committed since the last look.
-    func reportCommittedCheckpoints() {
-        for url in takeCommittedCheckpoints() { reportCheckpoint(url) }
+    var command: String { "train" }
+
+    func runDirectoryInUse(checkpoint: String) -> Error {
+        TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: checkpoint)
     }
 
-    private func reportCheckpoint(_ url: URL) {
-        onRunEvent?(.newestCheckpoint(url, stopping: false))
-        reporter?.note("checkpoint \(url.path)")
+    func resume(loop: RunLoop) throws -> Int? {
+        let from = try resumeFromLatest()
+        let location = checkpointSink.location
+        reporter?.note(from.map { "resumed from step \($0) of \(location)" } ?? "no checkpoint in \(location) yet; starting from step 0")
+        if let from, from >= config.train.steps {
+            throw TrainingError.resumePastEnd(checkpoint: location, step: from, steps: config.train.steps)
+        }
+        return from
+    }
+
+    func begin(loop: RunLoop, metrics: MetricsLog?) throws {
+        progress = RunProgress()
+        reporter?.start(step: step, total: config.train.steps, tokensPerStep: tokensPerStep, ranks: grid.world.size)
+    }
+
+    func takeStep(loop: RunLoop, end: Int) throws -> [[String: Any]] {
+        let rate = schedule.rate(at: step)
+        let loss = try trainStep()
+        progress.losses.append(loss)
+        guard step % config.train.logEvery == 0 || step == end else { return [] }
+        progress.tokensPerSecond = loop.takeRate(tokensPerStep: tokensPerStep)
+        progress.learningRate = Double(rate)
+        var record: [String: Any] = ["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
+                                     "tokens_per_s": progress.tokensPerSecond, "elapsed_s": Date().timeIntervalSince(loop.started)]
+        for (name, value) in model.auxiliaryLosses { record[name] = value }
+        record.merge(routingRecord()) { $1 }
+        return [record]
+    }
+
+    func afterStep(loop: RunLoop, end: Int, metrics: MetricsLog?) throws -> (checkpoint: Bool, validationLoss: Double?) {
+        if step % config.train.logEvery == 0 || step == end {
+            reporter?.progress(step: step, total: config.train.steps, loss: progress.losses.last ?? .nan, learningRate: progress.learningRate,
+                               tokensPerSecond: progress.tokensPerSecond)
+        }
+        let evalEvery = config.eval.every
+        var validatedNow: Double?
+        if (evalEvery > 0 && step % evalEvery == 0) || step == end {
+            progress.validation = try validationLoss()
+            validatedNow = progress.validation
+            reporter?.validation(step: step, loss: progress.validation)
+            try metrics?.write(["step": step, "val_loss": progress.validation, "val_bpb": progress.validation / log(2)])
+        }
+        let every = config.checkpoint.every
+        return (every > 0 && step % every == 0, validatedNow)
+    }
+
+    func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
+        checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 
     /// The metrics of the last training step's mixture-of-experts layers: `aux_loss`, the sum of
@@ -178,26 +141,11 @@ extension Trainer {
         }
         return ["aux_loss": model.auxiliaryLosses.values.reduce(0, +), "moe": layers]
     }
+}
 
-    /// Rank 0 takes run.dir's lock (RunDirectoryLock) and tells every rank whether it could: a
-    /// refusal is the same error on every rank. Returns the lock on rank 0, nil elsewhere.
-    func holdRunDirectory() throws -> RunDirectoryLock? {
-        var lock: RunDirectoryLock?
-        var refusal: Error?
-        if isReporter {
-            do { lock = try RunDirectoryLock.acquire(runDirectory: runDirectory) } catch { refusal = error }
-        }
-        let message = String(decoding: try grid.world.broadcastBytes(Array((refusal.map { "\($0)" } ?? "").utf8), root: 0), as: UTF8.self)
-        // Every rank has the message before any exits (a launcher stops the others when one exits).
-        if !message.isEmpty { try grid.world.barrier() }
-        if let refusal { throw refusal }
-        if !message.isEmpty { throw TrainingError.runDirectoryUnavailable(message: message) }
-        if let lock {
-            if let stale = lock.tookOverFrom {
-                reporter?.note("took over \(lock.path) from \(stale.summary), which has ended")
-            }
-            onRunEvent?(.holdingRunDirectory(lock))
-        }
-        return lock
-    }
+/// What `Trainer.run` gathers over its steps for the summary and the progress lines.
+struct RunProgress {
+    var losses: [Double] = []
+    var validation = Double.nan
+    var learningRate = 0.0, tokensPerSecond = 0.0
 }

@@ -166,6 +166,10 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
         #expect(model.parameters.values.array == run.student.parameters.values.array)
         let progress = try JSONDecoder().decode(DistillProgress.self, from: try Data(contentsOf: try #require(store.latest()).appendingPathComponent(DistillProgress.fileName)))
         #expect(progress.stage == 3 && progress.stageStep == 3 && progress.step == 6 && progress.samplesSeen == 6 * 4)
+        // The student once (the model files), the stage's moments as the optimizer file, integer counters in the progress.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: try #require(store.latest()).path).filter { $0.hasPrefix("distill_state") }.isEmpty)
+        #expect(contents.optimizer.names.count == 2 * contents.model.names.count)
+        #expect(contents.optimizer["model.norm.weight.exp_avg"]?.scalars.contains { $0 != 0 } == true, "stage 3 trains the final norm")
         // The run is finished: resuming it says so; starting it again is refused.
         #expect(throws: DistillRunError.self) {
             _ = try DistillRun(config: config, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: SingleProcessCommunicator()).run(resume: true)

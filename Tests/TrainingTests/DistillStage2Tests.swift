@@ -8,7 +8,7 @@ import Training
 import _TestSupport
 
 /// A distiller of `tinyTeacher(layers:moe:)` whose batches are `batches[0], batches[1], …` from
-/// `start` on (each batch × length tokens), on `communicator` when given.
+/// `start` on (each batch × length tokens), on `communicator` (its ranks the data axis) when given.
 func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settings: DistillSection = DistillSection(), batch: Int = 2, length: Int = 8,
                    batches: [[Int32]], start: Int = 0, threads: KernelThreads = .single,
                    communicator: Communicator? = nil) throws -> Distiller {
@@ -16,9 +16,38 @@ func makeDistiller(layers: Int = 2, moe: Bool = false, keep: String = "", settin
     let student = try StudentBuilder.build(teacher: teacher, keepAttention: DistillLayerList(keep)!, chunkSize: 4, seed: 11)
     var next = start
     return try Distiller(teacher: teacher, student: student, settings: settings, batch: batch, length: length, threads: threads,
-                         communicator: communicator) {
+                         grid: try communicator.map { try ProcessGrid(world: $0, layout: GridLayout(data: $0.size)) }) {
         defer { next += 1 }
         return batches[next]
+    }
+}
+
+extension Distiller {
+    /// The student, every stage's moments of the parameters it trains
+    /// (`distill.stage{k}.exp_avg.P`, `distill.stage{k}.exp_avg_sq.P`) and its step counter
+    /// (`distill.stage{k}.steps`): what an exact continuation needs, for comparisons.
+    func exportState() -> StateDict {
+        var pairs = student.parameters.stateDict().entries.map { ($0.name, $0.tensor) }
+        for (k, optimizer) in optimizers.enumerated() {
+            let moments = optimizer.stateDict()
+            for name in parameters(ofStage: k + 1) {
+                for suffix in ["exp_avg", "exp_avg_sq"] { pairs.append(("distill.stage\(k + 1).\(suffix).\(name)", moments[name + "." + suffix]!)) }
+            }
+            pairs.append(("distill.stage\(k + 1).steps", Tensor(shape: [1], scalars: [Float(optimizer.stepsTaken)])))
+        }
+        return StateDict(pairs)
+    }
+
+    /// Restores what `exportState` gave (the public loaders check names and shapes).
+    func restore(state: StateDict) throws {
+        try student.parameters.load(StateDict(state.entries.filter { !$0.name.hasPrefix("distill.") }.map { ($0.name, $0.tensor) }), source: "state")
+        for (k, optimizer) in optimizers.enumerated() {
+            let prefix = "distill.stage\(k + 1)."
+            let moments = student.parameters.entries.flatMap { e in
+                ["exp_avg", "exp_avg_sq"].map { (e.name + "." + $0, state[prefix + $0 + "." + e.name] ?? Tensor(zeros: e.shape)) }
+            }
+            try optimizer.load(StateDict(moments), stepsTaken: Int(state[prefix + "steps"]!.scalars[0]), source: "state")
+        }
     }
 }
 

@@ -16,12 +16,6 @@ public enum DistillError: Error, Equatable, CustomStringConvertible {
     case shellMismatch(teacher: String, student: String)
     /// `step(stage:)` was asked for a stage other than 1, 2, 3.
     case noSuchStage(Int)
-    /// A distillation state (`Distiller.restore`) lacks a tensor, holds one with another
-    /// shape or value than this distiller needs, or holds one it does not know.
-    case missingStateTensor(name: String)
-    case stateTensorShape(name: String, expected: [Int], found: [Int])
-    case badStateValue(name: String, detail: String)
-    case unexpectedStateTensor(name: String)
 
     public var description: String {
         switch self {
@@ -41,14 +35,6 @@ public enum DistillError: Error, Equatable, CustomStringConvertible {
             return "the student (\(student)) is not built on the teacher's shell (\(teacher)); build it with StudentBuilder from this teacher"
         case let .noSuchStage(stage):
             return "distillation stage \(stage) does not exist; stages are 1 (matrix orientation), 2 (hidden-state alignment), 3 (knowledge distillation)"
-        case let .missingStateTensor(name):
-            return "distillation state: no tensor \(name); restore a state exported by a distiller with the same student and distill.stage3_train"
-        case let .stateTensorShape(name, expected, found):
-            return "distillation state: tensor \(name) has shape \(found), this distiller needs \(expected); restore a state of the same student"
-        case let .badStateValue(name, detail):
-            return "distillation state: tensor \(name) \(detail); restore a state written by Distiller.exportState"
-        case let .unexpectedStateTensor(name):
-            return "distillation state: tensor \(name) is not part of this distiller's state (another student or distill.stage3_train?); restore a state of the same setup"
         }
     }
 }

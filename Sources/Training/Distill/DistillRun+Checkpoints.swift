@@ -3,88 +3,57 @@ import Foundation
 import TensorCore
 
 extension DistillRun {
-    /// Starts the checkpoint of this step through the run's sink, as training does
-    /// (`TrainingCheckpoints`: one save in flight, written on the writer thread, a failure on
-    /// any rank reported on every rank). Every rank calls it. `validationLoss`: the student's,
-    /// measured at this step (a stage's end), for `checkpoint.keep_best`.
-    func startCheckpoint(validationLoss: Double? = nil) throws {
-        if let waited = checkpoints.writer.waitForInFlight() {
-            note(String(format: "checkpoint of step %d waited %.2f s for the checkpoint of step %d to finish", step, waited.seconds, waited.step))
+    /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`: the
+    /// student once, the current stage's moments as the optimizer file, zeros for what the
+    /// stage does not train). Rank 0 adds the student's run.yaml (so eval, generate and ckpt
+    /// read it) and `distill_progress.json` (stage, step within it, data cursor: integers),
+    /// which is all an exact resume needs. Every rank calls it.
+    func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
+        try TrainingCheckpoints.part(step: step, grid: grid, parameters: student.parameters, optimizer: distiller.optimizers[stage - 1]) { [self] weightMap in
+            let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: batches.samplesSeen,
+                                     tokensSeen: batches.samplesSeen * config.data.seqLen, configHash: studentConfig.numericHash,
+                                     dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize, expertParallel: grid.size(of: .expert),
+                                     validationLoss: validationLoss)
+            let progress = DistillProgress(teacher: teacherCheckpoint.path, stage: stage, stageStep: stageStep, step: step, samplesSeen: batches.samplesSeen)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+            return try CheckpointMetadata.files(weightMap: weightMap, shapes: Dictionary(uniqueKeysWithValues: student.parameters.entries.map { ($0.name, $0.shape) }),
+                                                state: state, runConfig: studentConfig.yaml, huggingFaceConfig: student.config.huggingFaceConfig)
+                + [CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress))]
         }
-        try checkpoints.checkFailures()
-        checkpoints.submit(try checkpointSnapshot(validationLoss: validationLoss))
     }
 
-    /// This rank's part of the checkpoint of this step. Every rank holds the whole student;
-    /// rank 0 writes it, as a normal checkpoint (its run.yaml the student's run config, so
-    /// eval, generate and ckpt read it), plus `distill_progress.json` and the distiller's state
-    /// (`distill_state.safetensors`: student, moments, counters) for an exact resume. The
-    /// optimizer file a checkpoint needs holds the moments of the student's parameters that
-    /// the distiller has (the current stage's), zeros for the others. The other ranks deliver
-    /// empty parts.
-    func checkpointSnapshot(validationLoss: Double? = nil) throws -> CheckpointShardSnapshot {
-        let g = step
-        guard isReporter else {
-            return CheckpointShardSnapshot(step: g, rank: world.rank, ranks: world.size, model: StateDict(), optimizer: StateDict(), shards: [:])
-        }
-        let model = student.parameters.stateDict()
-        let state = exportDistillerState()
-        var moments: [(String, Tensor)] = [], shards: [String: TensorShard] = [:], weightMap: [String: String] = [:]
-        let file = CheckpointLayout.modelFile(rank: 0, ranks: world.size)
-        for (name, tensor) in model.entries {
-            for suffix in [".exp_avg", ".exp_avg_sq"] {
-                let moment = momentName(name, suffix: suffix).flatMap { state[$0] }
-                moments.append((name + suffix, moment?.shape == tensor.shape ? moment! : Tensor(zeros: tensor.shape)))
-            }
-            shards[name] = TensorShard(globalShape: tensor.shape, offset: tensor.shape.map { _ in 0 }, axis: nil)
-            weightMap[name] = file
-        }
-        let trainerState = TrainerState(step: g, seed: UInt64(config.train.seed), samplesSeen: batches.samplesSeen,
-                                        tokensSeen: batches.samplesSeen * config.data.seqLen, configHash: studentConfig.numericHash,
-                                        dataParallel: world.size, sequenceParallel: 1, expertParallel: 1, validationLoss: validationLoss)
-        var metadata = try CheckpointMetadata.files(weightMap: weightMap, shapes: Dictionary(uniqueKeysWithValues: model.entries.map { ($0.name, $0.tensor.shape) }),
-                                                    state: trainerState, runConfig: studentConfig.yaml,
-                                                    huggingFaceConfig: student.config.huggingFaceConfig)
-        let progress = DistillProgress(teacher: teacherCheckpoint.path, stage: stage, stageStep: stageStep, step: g, samplesSeen: batches.samplesSeen)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        metadata.append(CheckpointFile(name: DistillProgress.fileName, data: try encoder.encode(progress)))
-        metadata.append(CheckpointFile(name: DistillProgress.stateFileName, data: try SafeTensors.encode(state, metadata: ["format": "tessera-distill"])))
-        return CheckpointShardSnapshot(step: g, rank: 0, ranks: world.size, model: model, optimizer: StateDict(moments), shards: shards,
-                                       metadataFiles: metadata)
-    }
-
-    /// Loads the newest complete checkpoint of the run: rank 0 reads it (checksums checked)
-    /// and checks that it is a distillation of this config; every rank receives the
-    /// distiller's state and the progress. Returns its step, or nil when there is none.
+    /// Loads the newest complete checkpoint of the run: rank 0 reads it (checksums checked),
+    /// checks that it is a distillation of this config and loads the student and the stage's
+    /// moments; every rank receives them and the progress. A checkpoint written before the
+    /// run loop was shared (with `distill_state.safetensors`) reads the same way: its
+    /// optimizer file holds the same moments. Returns its step, or nil when there is none.
     func resumeFromLatest() throws -> Int? {
-        var progressBytes: [UInt8] = [], stateBytes: [UInt8] = []
+        var progressBytes: [UInt8] = []
         let now = studentConfig
-        let loaded = try checkpoints.loadLatest { url, contents in
-            let fm = FileManager.default
+        let loaded = try checkpoints.loadLatest { [self] url, contents in
             let progressURL = url.appendingPathComponent(DistillProgress.fileName)
-            guard let progress = fm.contents(atPath: progressURL.path) else {
+            guard let data = FileManager.default.contents(atPath: progressURL.path) else {
                 throw DistillRunError.notADistillCheckpoint(path: url.path, reason: "it has no \(DistillProgress.fileName)")
             }
-            guard (try? JSONDecoder().decode(DistillProgress.self, from: progress)) != nil else {
+            guard let progress = try? JSONDecoder().decode(DistillProgress.self, from: data), (1...3).contains(progress.stage) else {
                 throw CheckpointError.corrupt(path: progressURL.path, reason: "not a distillation progress record")
-            }
-            guard let state = fm.contents(atPath: url.appendingPathComponent(DistillProgress.stateFileName).path) else {
-                throw DistillRunError.notADistillCheckpoint(path: url.path, reason: "it has no \(DistillProgress.stateFileName)")
             }
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.appendingPathComponent("run.yaml").path)
             if let change = DistillRunConfig.numericDifference(saved: saved, now: now) {
                 throw DistillRunError.configChanged(checkpoint: url.path, key: change.key, saved: change.saved, now: change.now)
             }
-            progressBytes = Array(progress)
-            stateBytes = Array(state)
+            try student.parameters.load(contents.model, source: url.path)
+            try distiller.optimizers[progress.stage - 1].load(contents.optimizer, stepsTaken: progress.stageStep, source: url.path)
+            progressBytes = Array(data)
         }
         guard loaded.found else { return nil }
-        let progressData = Data(try world.broadcastBytes(progressBytes, root: 0))
-        let stateData = Data(try world.broadcastBytes(stateBytes, root: 0))
-        let progress = try JSONDecoder().decode(DistillProgress.self, from: progressData)
-        let source = checkpointLocation + "/" + CheckpointLayout.directoryName(step: progress.step) + "/" + DistillProgress.stateFileName
-        try restoreDistillerState(try SafeTensors.decode(stateData, path: source).tensors, source: source)
+        let progress = try JSONDecoder().decode(DistillProgress.self, from: Data(try world.broadcastBytes(progressBytes, root: 0)))
+        let optimizers = distiller.optimizers
+        try checkpoints.broadcast([student.parameters.values] + optimizers[progress.stage - 1].buffers)
+        for (k, optimizer) in optimizers.enumerated() {   // a stage's steps are all taken before the next starts
+            optimizer.setStepsTaken(k + 1 < progress.stage ? steps(ofStage: k + 1) : k + 1 == progress.stage ? progress.stageStep : 0)
+        }
         batches.samplesSeen = progress.samplesSeen
         (stage, stageStep) = (progress.stage, progress.stageStep)
         let end = globalStep(stage: 3, stageStep: steps(ofStage: 3))

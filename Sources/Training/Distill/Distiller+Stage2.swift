@@ -71,10 +71,8 @@ extension Distiller {
         let losses = mambaLayers.map { layer in
             stage2Loss(layer: layer, input: states[layer]!.input, target: states[layer]!.output, accumulateGradients: true)
         }
-        try averageGradients(stage2Parameters)
         let averaged = try averageOverRanks(losses)
-        stage2StepsTaken += 1
-        applyUpdate(stage: 2, rule: stage2Rule, learningRate: settings.stage2Lr, step: stage2StepsTaken)
+        try update(stage: 2, learningRate: settings.stage2Lr)
         return averaged
     }
 }

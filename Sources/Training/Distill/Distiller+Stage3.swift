@@ -134,10 +134,8 @@ extension Distiller {
         let tokens = try nextBatch()
         student.parameters.zeroGradients()
         let local = try stage3Loss(tokens: tokens, accumulateGradients: true)
-        try averageGradients(stage3Parameters)
         let averaged = try averageOverRanks([local.kd, local.data, local.total])
-        stage3StepsTaken += 1
-        applyUpdate(stage: 3, rule: stage3Rule, learningRate: settings.stage3Lr, step: stage3StepsTaken)
+        try update(stage: 3, learningRate: settings.stage3Lr)
         return Stage3Losses(kd: averaged[0], data: averaged[1], total: averaged[2])
     }
 }

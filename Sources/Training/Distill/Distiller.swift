@@ -21,14 +21,15 @@ import TensorCore
 ///
 /// Stage 2 (`stage2Step`, Distiller+Stage2.swift) aligns each Mamba layer's block output with
 /// the teacher's; stage 3 (`stage3Step`, Distiller+Stage3.swift) distils the logits end to end.
-/// Each stage has its own AdamW moments and step counter; `exportState`/`restore`
-/// (Distiller+State.swift) carry all of them for an exact resume.
+/// Each stage has its own `Optimizer` (AdamW moments and step counter); a run's checkpoint
+/// carries the current stage's (DistillRun+Checkpoints.swift) for an exact resume.
 ///
-/// Data parallel: with a `communicator` of N ranks, every rank passes its own `batch`
+/// Parallel like training: with a `grid` of N data ranks, every rank passes its own `batch`
 /// sequences (its share of a global batch of N·batch); the trained parameters' gradients are
-/// averaged over the ranks before each AdamW step and the reported losses are averaged too, so
-/// every rank holds the same student and N ranks compute what one rank would on the global
-/// batch (to Float32 summation order). Every rank must call the same steps in the same order.
+/// summed by `GradientReducer` (over the ranks their placement names) and scaled by 1/N in
+/// each stage's `Optimizer` step, and the reported losses are averaged too, so every rank holds
+/// the same student and N ranks compute what one rank would on the global batch (to Float32
+/// summation order). Every rank must call the same steps in the same order.
 public final class Distiller {
     public let teacher: TransformerLM
     public let student: TransformerLM
@@ -36,8 +37,8 @@ public final class Distiller {
     /// Sequences per step and tokens per sequence (this rank's share).
     public let batch: Int, length: Int
     public let threads: KernelThreads
-    /// The data-parallel group (nil: one rank).
-    public let communicator: Communicator?
+    /// The ranks and their axes (one rank when none was given).
+    public let grid: ProcessGrid
     /// The student's Mamba layers (stages 1 and 2 train these).
     public let mambaLayers: [Int]
     /// The parameters stage 1 updates, by name (per Mamba layer: in_proj, conv1d weight and bias, D).
@@ -47,18 +48,20 @@ public final class Distiller {
     /// The parameters stage 3 updates: every student parameter (`distill.stage3_train = all`)
     /// or the mixers' (`mixers`), in the student's declaration order.
     public let stage3Parameters: [String]
-    /// AdamW of each stage (no weight decay by default).
-    public let stage1Rule: AdamW, stage2Rule: AdamW, stage3Rule: AdamW
-    public internal(set) var stage1StepsTaken = 0, stage2StepsTaken = 0, stage3StepsTaken = 0
+    /// The optimizer of stage k at index k − 1 (AdamW, no weight decay by default): its own
+    /// moments and step counter, updating only the stage's parameters.
+    public let optimizers: [Optimizer]
+    public var stage1StepsTaken: Int { optimizers[0].stepsTaken }
+    public var stage2StepsTaken: Int { optimizers[1].stepsTaken }
+    public var stage3StepsTaken: Int { optimizers[2].stepsTaken }
+    let reducer: GradientReducer
     let nextBatch: () throws -> [Int32]
-    /// AdamW moments of stage k at index k − 1, by parameter name (zero until its first step).
-    let moments: [[String: (m: FloatBuffer, v: FloatBuffer)]]
 
     /// `nextBatch` gives `batch × length` token ids per call (this rank's inputs to the
     /// teacher). The teacher must have attention in every layer where the student has a
     /// Mamba mixer, and the same vocabulary.
     public init(teacher: TransformerLM, student: TransformerLM, settings: DistillSection, batch: Int, length: Int,
-                threads: KernelThreads = .single, communicator: Communicator? = nil,
+                threads: KernelThreads = .single, grid: ProcessGrid? = nil, bucketBytes: Int = 4 << 20,
                 stage1Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
                 stage2Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
                 stage3Rule: AdamW = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0),
@@ -75,8 +78,8 @@ public final class Distiller {
                                              student: "\(student.config.layers) layers, d_model \(student.config.dModel), vocab \(student.config.vocabSize)")
         }
         self.teacher = teacher; self.student = student; self.settings = settings
-        self.batch = batch; self.length = length; self.threads = threads; self.communicator = communicator
-        self.stage1Rule = stage1Rule; self.stage2Rule = stage2Rule; self.stage3Rule = stage3Rule
+        self.batch = batch; self.length = length; self.threads = threads
+        self.grid = try grid ?? ProcessGrid(world: SingleProcessCommunicator(), layout: GridLayout(data: 1))
         self.nextBatch = nextBatch
         mambaLayers = layers
         stage1Parameters = layers.flatMap { layer in
@@ -88,10 +91,10 @@ public final class Distiller {
         case .all: stage3Parameters = student.parameters.entries.map(\.name)
         case .mixers: stage3Parameters = mixerNames
         }
-        let p = student.parameters
-        moments = [stage1Parameters, stage2Parameters, stage3Parameters].map { names in
-            Dictionary(uniqueKeysWithValues: names.map { ($0, (m: FloatBuffer(count: p.entry($0).count), v: FloatBuffer(count: p.entry($0).count))) })
+        optimizers = zip([stage1Rule, stage2Rule, stage3Rule], [stage1Parameters, stage2Parameters, stage3Parameters]).map {
+            Optimizer(rule: $0, parameters: student.parameters, training: $1)
         }
+        reducer = GradientReducer(parameters: student.parameters, grid: self.grid, bucketBytes: bucketBytes, overlap: false)
         teacher.threads = threads
         student.threads = threads
     }
@@ -101,29 +104,10 @@ public final class Distiller {
         [stage1Parameters, stage2Parameters, stage3Parameters][stage - 1]
     }
 
-    /// Averages the gradients of `names` over the ranks (nothing on one rank). Adjacent
-    /// parameters go in one all-reduce.
-    func averageGradients(_ names: [String]) throws {
-        guard let comm = communicator, comm.size > 1 else { return }
-        let p = student.parameters
-        var ranges = names.map { p.entry($0).range }.sorted { $0.lowerBound < $1.lowerBound }
-        var merged: [Range<Int>] = []
-        while !ranges.isEmpty {
-            let next = ranges.removeFirst()
-            if let last = merged.last, last.upperBound == next.lowerBound {
-                merged[merged.count - 1] = last.lowerBound..<next.upperBound
-            } else {
-                merged.append(next)
-            }
-        }
-        for range in merged {
-            try comm.allReduce(UnsafeMutableBufferPointer(start: p.gradients.pointer + range.lowerBound, count: range.count), op: .average)
-        }
-    }
-
-    /// The mean over ranks of each value (Float64, the same bits on every rank).
+    /// The mean over the data ranks of each value (Float64, the same bits on every rank).
     func averageOverRanks(_ values: [Double]) throws -> [Double] {
-        guard let comm = communicator, comm.size > 1 else { return values }
+        let comm = grid.world
+        guard comm.size > 1 else { return values }
         let bytes = values.count * 8
         var gathered = [Double](repeating: 0, count: values.count * comm.size)
         try values.withUnsafeBytes { input in
@@ -134,16 +118,14 @@ public final class Distiller {
         }
     }
 
-    /// One AdamW step of `stage`'s parameters with its moments, at its learning rate and step
-    /// count (already incremented).
-    func applyUpdate(stage: Int, rule: AdamW, learningRate: Double, step: Int) {
-        let p = student.parameters
-        for name in parameters(ofStage: stage) {
-            let entry = p.entry(name)
-            let state = moments[stage - 1][name]!
-            rule.update(parameters: p.value(name), gradients: p.gradient(name), m: state.m.pointer, v: state.v.pointer,
-                        count: entry.count, step: step, learningRate: Float(learningRate), decay: entry.decays, threads: threads)
-        }
+    /// Sums the gradients of `stage`'s parameters over the ranks (`GradientReducer`), then one
+    /// AdamW step of them at `learningRate` on the mean (the sum times 1/N, as an averaging
+    /// all-reduce computes it).
+    func update(stage: Int, learningRate: Double) throws {
+        let optimizer = optimizers[stage - 1]
+        for entry in optimizer.trained.sorted(by: { $0.offset > $1.offset }) { reducer.ready(entry.range) }
+        try reducer.finish()
+        optimizer.step(learningRate: Float(learningRate), gradientScale: 1 / Float(grid.dataSize), threads: threads)
     }
 
     /// The teacher's mixer inputs (B·T, d) and attention probabilities (B, H, T, T) of `tokens`,
@@ -215,10 +197,8 @@ public final class Distiller {
         let losses = mambaLayers.map { layer in
             stage1Loss(layer: layer, input: targets[layer]!.input, target: targets[layer]!.attention, accumulateGradients: true)
         }
-        try averageGradients(stage1Parameters)
         let averaged = try averageOverRanks(losses)
-        stage1StepsTaken += 1
-        applyUpdate(stage: 1, rule: stage1Rule, learningRate: settings.stage1Lr, step: stage1StepsTaken)
+        try update(stage: 1, learningRate: settings.stage1Lr)
         return averaged
     }
 
