@@ -10,7 +10,7 @@ import _TestSupport
 @Suite struct SequenceMixerConfigTests {
     @Test func mamba2ReplacesAttentionExceptTheKeptLayers() throws {
         let base = try RunConfig(file: nil, overrides: ["model.layers=3", "model.d_model=32", "model.heads=4", "model.kv_heads=2"])
-        #expect(base.modelConfig.blocks.allSatisfy { if case .attention = $0.sequenceMixer { return true } else { return false } })
+        #expect(base.modelConfig.blocks.allSatisfy { $0.sequenceMixer.kind == .attention })
         let hybrid = try base.applying(["model.sequence_mixer=mamba2", "model.attention_layers= 1 ", "model.ssm_chunk_size=16"])
         #expect(hybrid.model.attentionLayers == "1", "canonical text")
         let blocks = hybrid.modelConfig.blocks
