@@ -13,7 +13,7 @@ import TensorCore
 public enum HuggingFaceExport {
     /// Every tensor the Hugging Face model of `config` (a `config.json`) loads, with its shape,
     /// in Hugging Face's order. Throws `notExportable` when Hugging Face has no such model (a
-    /// model with Mamba-2 layers, or a Mixtral with dense layers).
+    /// model with layers other than attention, or a Mixtral with dense layers).
     public static func expectedTensors(config: [String: Any], checkpoint: String) throws -> [(name: String, shape: [Int])] {
         func int(_ key: String) throws -> Int {
             guard let value = config[key] as? Int else {
@@ -22,8 +22,9 @@ public enum HuggingFaceExport {
             return value
         }
         if let mixers = config["mixer_types"] as? [String], mixers.contains(where: { $0 != "llama_attention" }) {
-            let mamba = mixers.indices.filter { mixers[$0] != "llama_attention" }
-            throw SoupError.notExportable(checkpoint: checkpoint, reason: "layers \(mamba) are Mamba-2 mixers, which transformers cannot load; the checkpoint's config.json already describes the model Phi-Mamba-style and its safetensors use Phi-Mamba's tensor names")
+            let layers = mixers.indices.filter { mixers[$0] != "llama_attention" }
+            let kinds = layers.map { mixers[$0] }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+            throw SoupError.notExportable(checkpoint: checkpoint, reason: "layers \(layers) are \(kinds.joined(separator: ", ")) mixers, which transformers cannot load; the checkpoint's config.json already describes the model Phi-Mamba-style (mixer_types, a Block section per run of layers)")
         }
         if let dense = config["tessera_dense_layers"] as? [Int], !dense.isEmpty {
             throw SoupError.notExportable(checkpoint: checkpoint, reason: "layers \(dense) are dense but Mixtral makes every layer a mixture of experts; train with moe.layers: all to export")

@@ -1,8 +1,8 @@
 /// What one decoder block is made of: `x += sequenceMixer(rmsnorm(x)); x += channelMixer(rmsnorm(x))`.
 ///
 /// A model is a list of these, so layers may differ (a Mamba-2 mixer in some layers, an MoE
-/// feed-forward in others). Adding a kind is one case here and one component file; the
-/// factory in `DecoderBlock` turns a spec into its component.
+/// feed-forward in others). A kind is one file (its settings, its `SequenceMixerKind` or
+/// `ChannelMixerKind` row and its component) plus one registration (`MixerKind.swift`).
 public struct BlockSpec: Equatable, Sendable {
     public var sequenceMixer: SequenceMixerSpec
     public var channelMixer: ChannelMixerSpec
@@ -13,12 +13,21 @@ public struct BlockSpec: Equatable, Sendable {
     }
 }
 
-/// Mixes information across positions.
-public enum SequenceMixerSpec: Equatable, Sendable {
+/// Mixes information across positions: one layer's settings of some `SequenceMixerKind`.
+public struct SequenceMixerSpec: Equatable, Sendable {
+    public var settings: any SequenceMixerSettings
+
+    public init(_ settings: any SequenceMixerSettings) { self.settings = settings }
+
+    public var kind: SequenceMixerKind { settings.kind }
     /// Causal grouped-query self-attention with rotary positions.
-    case attention(AttentionSpec)
+    public static func attention(_ spec: AttentionSpec) -> Self { Self(spec) }
     /// Phi-Mamba's discrete Mamba-2 mixer (a selective state space, linear in the length).
-    case mamba2(Mamba2Spec)
+    public static func mamba2(_ spec: Mamba2Spec) -> Self { Self(spec) }
+    /// The attention's settings when this is attention (a teacher's sizes, Llama's config.json).
+    public var attention: AttentionSpec? { settings as? AttentionSpec }
+
+    public static func == (a: Self, b: Self) -> Bool { a.settings.isEqual(to: b.settings) }
 }
 
 /// The discrete Mamba-2 mixer of Phi-Mamba (`modules/mixers/discrete_mamba2.py`, with
@@ -85,10 +94,28 @@ public enum AttentionKernel: String, CaseIterable, Equatable, Sendable {
     case naive
 }
 
-/// Transforms each position on its own.
-public enum ChannelMixerSpec: Equatable, Sendable {
+/// Transforms each position on its own: one layer's settings of some `ChannelMixerKind`.
+public struct ChannelMixerSpec: Equatable, Sendable {
+    public var settings: any ChannelMixerSettings
+
+    public init(_ settings: any ChannelMixerSettings) { self.settings = settings }
+
+    public var kind: ChannelMixerKind { settings.kind }
     /// `down(silu(gate(x)) ⊙ up(x))` with the given hidden width.
-    case swiGLU(hidden: Int)
+    public static func swiGLU(hidden: Int) -> Self { Self(SwiGLUSpec(hidden: hidden)) }
     /// A mixture of SwiGLU experts with a top-k router (Mixtral's `block_sparse_moe`).
-    case moe(MoESpec)
+    public static func moe(_ spec: MoESpec) -> Self { Self(spec) }
+    /// The mixture's settings when this is a mixture of experts (Mixtral's config.json, expert sharding).
+    public var moe: MoESpec? { settings as? MoESpec }
+    /// The hidden width when this is a dense SwiGLU (Llama's `intermediate_size`).
+    public var swiGLUHidden: Int? { (settings as? SwiGLUSpec)?.hidden }
+
+    public static func == (a: Self, b: Self) -> Bool { a.settings.isEqual(to: b.settings) }
+}
+
+/// A dense SwiGLU feed-forward (Llama's `mlp`).
+public struct SwiGLUSpec: Equatable, Sendable {
+    public var hidden: Int
+
+    public init(hidden: Int) { self.hidden = hidden }
 }

@@ -27,18 +27,8 @@ public final class DecoderBlock {
         self.spec = spec
         self.dModel = dModel
         self.eps = eps
-        switch spec.sequenceMixer {
-        case .attention(let attention):
-            sequenceMixer = CausalSelfAttention(spec: attention, dModel: dModel, residualStd: residualStd)
-        case .mamba2(let mamba):
-            sequenceMixer = Mamba2Mixer(spec: mamba, dModel: dModel, residualStd: residualStd)
-        }
-        switch spec.channelMixer {
-        case .swiGLU(let hidden):
-            channelMixer = SwiGLUFeedForward(dModel: dModel, hidden: hidden, residualStd: residualStd)
-        case .moe(let moe):
-            channelMixer = MixtureOfExperts(spec: moe, dModel: dModel, residualStd: residualStd, sharding: sharding)
-        }
+        sequenceMixer = spec.sequenceMixer.settings.makeComponent(dModel: dModel, residualStd: residualStd)
+        channelMixer = spec.channelMixer.settings.makeComponent(dModel: dModel, residualStd: residualStd, sharding: sharding)
     }
 
     var prefix: String { "model.layers.\(layer)." }

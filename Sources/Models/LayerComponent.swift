@@ -26,21 +26,41 @@ public protocol LayerComponent: AnyObject {
     var matmulFlopsPerToken: Double { get }
     /// Forward FLOPs per token that grow with the sequence (attention scores and values).
     func sequenceFlopsPerToken(length: Int) -> Double
+    /// Capabilities (nil, false or 0 unless the component has them): this sequence mixer as one
+    /// that runs incrementally (generation), this channel mixer as one that runs on any rows,
+    /// whether its backward pass communicates (expert parallel: gradient reduction must then
+    /// not overlap it), and the seconds it spent exchanging tokens between ranks.
+    var incremental: IncrementalSequenceMixer? { get }
+    var rowwise: RowwiseChannelMixer? { get }
+    var backwardCommunicates: Bool { get }
+    var exchangeSeconds: Double { get }
 }
 
 extension LayerComponent {
     public func sequenceFlopsPerToken(length: Int) -> Double { 0 }
     public var globalDeclarations: [ParameterDeclaration] { declarations }
+    public var incremental: IncrementalSequenceMixer? { nil }
+    public var rowwise: RowwiseChannelMixer? { nil }
+    public var backwardCommunicates: Bool { false }
+    public var exchangeSeconds: Double { 0 }
+}
+
+extension IncrementalSequenceMixer {
+    public var incremental: IncrementalSequenceMixer? { self }
+}
+
+extension RowwiseChannelMixer {
+    public var rowwise: RowwiseChannelMixer? { self }
 }
 
 /// Resolved pointers of one parameter's values and gradient (the parameter set's buffers have
 /// stable addresses and outlive the components bound to them).
-struct BoundParameter {
-    private(set) var value: UnsafeMutablePointer<Float>!
-    private(set) var gradient: UnsafeMutablePointer<Float>!
+public struct BoundParameter {
+    public private(set) var value: UnsafeMutablePointer<Float>!
+    public private(set) var gradient: UnsafeMutablePointer<Float>!
 
-    init() {}
-    init(_ parameters: ParameterSet, _ name: String) {
+    public init() {}
+    public init(_ parameters: ParameterSet, _ name: String) {
         let offset = parameters.entry(name).offset
         value = parameters.values.pointer + offset
         gradient = parameters.gradients.pointer + offset
@@ -50,14 +70,16 @@ struct BoundParameter {
 /// Float32 buffers of a component's forward cache, reallocated when the row count or a width
 /// changes (a width may depend on the sequence length, as the materialised attention
 /// probabilities' does).
-struct ActivationCache {
+public struct ActivationCache {
     private(set) var rows = -1
     private var widths: [Int] = []
     private var buffers: [FloatBuffer] = []
 
     /// Ensures one buffer per width (each `rows × width` floats); returns true when reallocated.
+    public init() {}
+
     @discardableResult
-    mutating func ensure(rows: Int, widths: [Int]) -> Bool {
+    public mutating func ensure(rows: Int, widths: [Int]) -> Bool {
         guard rows != self.rows || widths != self.widths else { return false }
         buffers = widths.map { FloatBuffer(count: rows * $0) }
         self.rows = rows
@@ -65,5 +87,5 @@ struct ActivationCache {
         return true
     }
 
-    subscript(_ i: Int) -> UnsafeMutablePointer<Float> { buffers[i].pointer }
+    public subscript(_ i: Int) -> UnsafeMutablePointer<Float> { buffers[i].pointer }
 }

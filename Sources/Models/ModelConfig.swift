@@ -37,20 +37,7 @@ public struct ModelConfig: Equatable, Sendable {
         }
         for (layer, block) in blocks.enumerated() {
             let at = blocks.count > 1 && blocks.contains(where: { $0 != block }) ? " (layer \(layer))" : ""
-            switch block.sequenceMixer {
-            case .attention(let a):
-                if a.heads < 1 { out.append("model.heads = \(a.heads) must be at least 1\(at)") }
-                if a.kvHeads < 1 { out.append("model.kv_heads = \(a.kvHeads) must be at least 1\(at)") }
-                if a.heads > 0, dModel % a.heads != 0 { out.append("model.d_model = \(dModel) is not divisible by model.heads = \(a.heads)\(at)") }
-                if a.kvHeads > 0, a.heads % a.kvHeads != 0 { out.append("model.heads = \(a.heads) is not divisible by model.kv_heads = \(a.kvHeads)\(at)") }
-                if a.heads > 0, dModel % a.heads == 0, a.headDim % 2 != 0 { out.append("head dimension d_model / heads = \(a.headDim) must be even for RoPE\(at)") }
-            case .mamba2(let m):
-                out += m.problems(at: at)
-            }
-            switch block.channelMixer {
-            case .swiGLU(let hidden): if hidden < 1 { out.append("model.ffn_hidden = \(hidden) must be at least 1\(at)") }
-            case .moe(let moe): out += moe.problems.map { $0 + at }
-            }
+            out += block.sequenceMixer.settings.problems(dModel: dModel, at: at) + block.channelMixer.settings.problems(at: at)
             if !out.isEmpty, !at.isEmpty { break }
         }
         var seen = Set<String>()
@@ -58,22 +45,19 @@ public struct ModelConfig: Equatable, Sendable {
     }
 
     /// The mixture-of-experts spec of the first MoE layer (nil: a dense model).
-    public var moe: MoESpec? {
-        for block in blocks { if case .moe(let spec) = block.channelMixer { return spec } }
-        return nil
-    }
+    public var moe: MoESpec? { blocks.lazy.compactMap(\.channelMixer.moe).first }
 
     /// Layers whose feed-forward is a mixture of experts.
     public var moeLayers: [Int] {
-        blocks.indices.filter { if case .moe = blocks[$0].channelMixer { return true } else { return false } }
+        blocks.indices.filter { blocks[$0].channelMixer.kind == .moe }
     }
 
     /// `config.json` of the equivalent Hugging Face model: `LlamaForCausalLM`, or
     /// `MixtralForCausalLM` when a layer is a mixture of experts (sizes of the first block of
     /// each kind: both have one size per model). Mixtral makes every layer sparse; a model with
     /// dense layers lists them under `tessera_dense_layers` (Hugging Face cannot load those).
-    /// A model with Mamba-2 layers (a student, or a hybrid) adds the Phi-Mamba description of
-    /// every layer (`phiMambaSections`) and names itself Phi-Mamba's `LMHeadModel`; attention
+    /// A model with layers of another sequence mixer (a Mamba-2 student, or a hybrid) adds the
+    /// Phi-Mamba description of every layer (`phiMambaSections`) and names itself Phi-Mamba's `LMHeadModel`; attention
     /// sizes are then those of its first attention layer, if any.
     public var huggingFaceConfig: [String: Any] {
         var config: [String: Any] = [
@@ -81,15 +65,13 @@ public struct ModelConfig: Equatable, Sendable {
             "num_hidden_layers": layers, "hidden_act": "silu", "max_position_embeddings": maxSequenceLength,
             "rms_norm_eps": Double(normEps), "tie_word_embeddings": tieEmbeddings, "attention_bias": false, "mlp_bias": false,
             "torch_dtype": "float32", "bos_token_id": NSNull(), "eos_token_id": NSNull()]
-        if let a = blocks.lazy.compactMap({ block -> AttentionSpec? in
-            if case .attention(let a) = block.sequenceMixer { return a } else { return nil }
-        }).first {
+        if let a = blocks.lazy.compactMap(\.sequenceMixer.attention).first {
             config["num_attention_heads"] = a.heads
             config["num_key_value_heads"] = a.kvHeads
             config["head_dim"] = a.headDim
             config["rope_theta"] = Double(a.ropeTheta)
         }
-        if case .swiGLU(let hidden)? = blocks.first?.channelMixer { config["intermediate_size"] = hidden }
+        if let hidden = blocks.first?.channelMixer.swiGLUHidden { config["intermediate_size"] = hidden }
         if let moe {
             config["architectures"] = ["MixtralForCausalLM"]
             config["model_type"] = "mixtral"
@@ -110,7 +92,7 @@ public struct ModelConfig: Equatable, Sendable {
                     + "Mixtral has no such layers, so transformers cannot load this layout (tessera export hf refuses it)"
             }
         }
-        if !mambaLayers.isEmpty { config.merge(phiMambaSections) { _, phiMamba in phiMamba } }
+        if attentionLayers.count < layers { config.merge(phiMambaSections) { _, phiMamba in phiMamba } }
         return config
     }
 }

@@ -21,7 +21,7 @@ public final class TransformerLM {
     public let blocks: [DecoderBlock]
     /// Seconds spent so far in the expert axis's all-to-all exchanges, over every MoE layer.
     public var expertExchangeSeconds: Double {
-        blocks.reduce(0) { $0 + (($1.channelMixer as? MixtureOfExperts)?.exchangeSeconds ?? 0) }
+        blocks.reduce(0) { $0 + $1.channelMixer.exchangeSeconds }
     }
     /// Kernel threads of this model's passes.
     public var threads: KernelThreads = .single
@@ -44,12 +44,11 @@ public final class TransformerLM {
     public init(config: ModelConfig, seed: UInt64, grid: ProcessGrid? = nil) throws {
         guard config.problems.isEmpty else { throw ModelError.invalidConfig(config.problems) }
         let sharding = grid.map { ExpertSharding(index: $0.index(along: .expert), count: $0.size(of: .expert)) } ?? .whole
-        for case .moe(let moe) in config.blocks.map(\.channelMixer) where moe.experts % sharding.count != 0 {
+        for moe in config.blocks.compactMap(\.channelMixer.moe) where moe.experts % sharding.count != 0 {
             throw ModelError.expertsDoNotDivide(experts: moe.experts, expertRanks: sharding.count)
         }
-        if let grid, grid.sequenceSize > 1,
-           let layer = config.blocks.firstIndex(where: { if case .mamba2 = $0.sequenceMixer { return true } else { return false } }) {
-            throw ModelError.sequenceParallelUnsupported(layer: layer, kind: "mamba2")
+        if let grid, grid.sequenceSize > 1, let layer = config.blocks.firstIndex(where: { !$0.sequenceMixer.kind.shardsSequence }) {
+            throw ModelError.sequenceParallelUnsupported(layer: layer, kind: config.blocks[layer].sequenceMixer.kind.name)
         }
         self.config = config
         self.grid = grid
@@ -103,6 +102,6 @@ public final class TransformerLM {
     /// Whether the backward pass itself communicates (expert-parallel layers): gradient
     /// reduction must then not run beside it on another thread.
     public var backwardCommunicates: Bool {
-        sharding.count > 1 && config.blocks.contains { if case .moe = $0.channelMixer { return true } else { return false } }
+        blocks.contains { $0.sequenceMixer.backwardCommunicates || $0.channelMixer.backwardCommunicates }
     }
 }

@@ -154,7 +154,7 @@ struct ReferenceDecoder {
     /// The reference of a model: its current parameters and its config's scalars.
     init(model: TransformerLM) throws {
         let c = model.config
-        guard case .attention(let a)? = c.blocks.first?.sequenceMixer else { throw Problem.badScalars("the first block has no attention") }
+        guard let a = c.blocks.first?.sequenceMixer.attention else { throw Problem.badScalars("the first block has no attention") }
         try self.init(model.parameters.stateDict(), heads: a.heads, kvHeads: a.kvHeads, ropeTheta: Double(a.ropeTheta),
                       normEps: Double(c.normEps), tieEmbeddings: c.tieEmbeddings, moe: c.moe)
     }

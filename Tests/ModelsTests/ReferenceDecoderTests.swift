@@ -115,7 +115,7 @@ import _TestSupport
         var config = config
         config.blocks = config.blocks.map { block in
             var block = block
-            if case .attention(var attention) = block.sequenceMixer {
+            if var attention = block.sequenceMixer.attention {
                 attention.kernel = kernel
                 block.sequenceMixer = .attention(attention)
             }

@@ -305,8 +305,7 @@ import _TestSupport
             AttentionSpec(heads: 4, kvHeads: 4, headDim: 64, ropeTheta: 10_000, kernel: .flash)) })
         let naive = try RunConfig(file: nil, overrides: ["attention.kernel=naive"])
         #expect(naive.modelConfig.blocks.allSatisfy {
-            if case .attention(let a) = $0.sequenceMixer { return a.kernel == .naive }
-            return false
+            $0.sequenceMixer.attention?.kernel == .naive
         })
         #expect(naive.numericHash == RunConfig().numericHash, "a run may resume with the other kernel")
         let loaded = try RunConfig(resolvedYAML: naive.yaml, source: "run.yaml")

@@ -217,3 +217,31 @@ final class CausalSelfAttention: LayerComponent {
     /// Scores and values, causal (half of T×T on average).
     func sequenceFlopsPerToken(length: Int) -> Double { 2.0 * 2 * Double(spec.heads * spec.headDim) * Double(length) / 2 }
 }
+
+extension SequenceMixerKind {
+    /// Llama attention: runs on a sharded sequence (ring or Ulysses), loads in `transformers`.
+    public static let attention = SequenceMixerKind(name: "attention", coreName: "llama_attention", shardsSequence: true) { $0.attention }
+}
+
+extension AttentionSpec: SequenceMixerSettings {
+    public var kind: SequenceMixerKind { .attention }
+
+    public func makeComponent(dModel: Int, residualStd: Double) -> LayerComponent {
+        CausalSelfAttention(spec: self, dModel: dModel, residualStd: residualStd)
+    }
+
+    public func problems(dModel: Int, at: String) -> [String] {
+        var out: [String] = []
+        if heads < 1 { out.append("model.heads = \(heads) must be at least 1\(at)") }
+        if kvHeads < 1 { out.append("model.kv_heads = \(kvHeads) must be at least 1\(at)") }
+        if heads > 0, dModel % heads != 0 { out.append("model.d_model = \(dModel) is not divisible by model.heads = \(heads)\(at)") }
+        if kvHeads > 0, heads % kvHeads != 0 { out.append("model.heads = \(heads) is not divisible by model.kv_heads = \(kvHeads)\(at)") }
+        if heads > 0, dModel % heads == 0, headDim % 2 != 0 { out.append("head dimension d_model / heads = \(headDim) must be even for RoPE\(at)") }
+        return out
+    }
+
+    public func phiMambaCoreInput(model: ModelConfig) -> [String: Any] {
+        ["num_attention_heads": heads, "num_key_value_heads": kvHeads, "head_dim": headDim, "rope_theta": Double(ropeTheta),
+         "attention_bias": false, "hidden_size": model.dModel, "max_position_embeddings": model.maxSequenceLength]
+    }
+}

@@ -7,7 +7,7 @@ import TensorCore
 /// not depend on the context length, and every rank of a session holds all of it (nothing is
 /// exchanged).
 extension Mamba2Mixer: IncrementalSequenceMixer {
-    func makeIncrementalState(parameters: ParameterSet, prefix: String, plan: KVShardPlan) -> IncrementalMixerState {
+    public func makeIncrementalState(parameters: ParameterSet, prefix: String, plan: KVShardPlan) -> IncrementalMixerState {
         Mamba2DecodeState(shape: shape, values: Mamba2Values(parameters, prefix: prefix))
     }
 }

@@ -82,7 +82,7 @@ public final class Mamba2Mixer: LayerComponent {
     /// A sharded sequence would need the state passed between ranks: refused for now.
     private func refusesSequenceParallel(_ c: PassContext, layer: Int) -> Bool {
         guard let grid = c.grid, grid.sequenceSize > 1 else { return false }
-        c.fail(ModelError.sequenceParallelUnsupported(layer: layer, kind: "mamba2"))
+        c.fail(ModelError.sequenceParallelUnsupported(layer: layer, kind: spec.kind.name))
         return true
     }
 
@@ -196,5 +196,32 @@ public final class Mamba2Mixer: LayerComponent {
         let (H, P, N) = (Double(spec.heads), Double(spec.headDim), Double(spec.stateSize))
         let chunk = Double(min(spec.chunkSize, max(length, 1)))
         return H * (2 * chunk / 2 * (N + P) + 2 * 2 * N * P)
+    }
+}
+
+extension SequenceMixerKind {
+    /// Phi-Mamba's discrete Mamba-2: its state is not passed between sequence ranks (refused).
+    public static let mamba2 = SequenceMixerKind(name: "mamba2", coreName: "discrete_mamba2", shardsSequence: false) { keys in
+        Mamba2Spec(heads: keys.attention.heads, headDim: keys.attention.headDim, chunkSize: keys.chunkSize)
+    }
+}
+
+extension Mamba2Spec: SequenceMixerSettings {
+    public var kind: SequenceMixerKind { .mamba2 }
+
+    public func makeComponent(dModel: Int, residualStd: Double) -> LayerComponent {
+        Mamba2Mixer(spec: self, dModel: dModel, residualStd: residualStd)
+    }
+
+    public func problems(dModel: Int, at: String) -> [String] { problems(at: at) }
+
+    public func phiMambaCoreInput(model: ModelConfig) -> [String: Any] {
+        let inner = heads * headDim
+        var core: [String: Any] = [
+            "d_state": stateSize, "n_v_heads": heads, "n_qk_heads": heads, "d_conv": convWidth, "conv_bias": true,
+            "chunk_size": chunkSize, "activation": "identity", "bias": false, "d_inner": inner, "headdim": headDim]
+        // Phi-Mamba derives d_inner = expand · d_model; say expand only when that holds.
+        if model.dModel > 0, inner % model.dModel == 0 { core["expand"] = inner / model.dModel }
+        return core
     }
 }

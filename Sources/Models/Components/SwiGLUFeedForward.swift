@@ -57,3 +57,19 @@ final class SwiGLUFeedForward: LayerComponent {
 
     var matmulFlopsPerToken: Double { 2.0 * Double(dModel) * Double(3 * hidden) }
 }
+
+extension ChannelMixerKind {
+    public static let swiGLU = ChannelMixerKind(name: "swiglu")
+}
+
+extension SwiGLUSpec: ChannelMixerSettings {
+    public var kind: ChannelMixerKind { .swiGLU }
+
+    public func makeComponent(dModel: Int, residualStd: Double, sharding: ExpertSharding) -> LayerComponent {
+        SwiGLUFeedForward(dModel: dModel, hidden: hidden, residualStd: residualStd)
+    }
+
+    public func problems(at: String) -> [String] { hidden < 1 ? ["model.ffn_hidden = \(hidden) must be at least 1\(at)"] : [] }
+
+    public var phiMambaMLP: [String: Any] { ["intermediate_size": hidden, "hidden_act": "silu"] }
+}

@@ -23,14 +23,14 @@ public final class DecodeContext {
 /// A sequence mixer that can also run incrementally: a prompt, then one token at a time,
 /// against state it keeps between calls (attention: its KV cache). Beside, not instead of,
 /// the training passes of `LayerComponent`, whose caches it never touches.
-protocol IncrementalSequenceMixer: LayerComponent {
+public protocol IncrementalSequenceMixer: LayerComponent {
     /// Fresh state (an empty cache) using this component's weights in `parameters`, where its
     /// names carry `prefix`.
     func makeIncrementalState(parameters: ParameterSet, prefix: String, plan: KVShardPlan) -> IncrementalMixerState
 }
 
 /// One layer's incremental state.
-protocol IncrementalMixerState: AnyObject {
+public protocol IncrementalMixerState: AnyObject {
     /// out (P, d) += mixer(x (P, d)) for the prompt's positions 0..<P (the state is empty).
     func prefill(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, count: Int, context: DecodeContext) throws
     /// out (1, d) += mixer(x (1, d)) for one token at `context.position`, after every earlier one.
@@ -50,7 +50,7 @@ protocol IncrementalMixerState: AnyObject {
 
 /// A channel mixer that acts on each row alone (SwiGLU; a mixture of experts, dropless), so
 /// inference can run it on any rows (one token) without touching the training cache.
-protocol RowwiseChannelMixer: LayerComponent {
+public protocol RowwiseChannelMixer: LayerComponent {
     /// out (rows, d) += mixer(x (rows, d)) with this component's weights in `parameters` (names
     /// carrying `prefix`). Throws when an exchange between the context's ranks fails.
     func forwardRows(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, rows: Int,
@@ -70,7 +70,7 @@ public enum InferenceError: Error, Equatable, CustomStringConvertible {
         case .emptyPrompt: return "the prompt has no tokens; prefill needs at least one"
         case let .tokenOutOfRange(token, vocab): return "token \(token) is outside the vocabulary 0..<\(vocab)"
         case let .alreadyStarted(positions): return "prefill needs an empty session, this one holds \(positions) positions; start a new session"
-        case let .unsupportedLayer(layer, kind): return "layer \(layer): its \(kind) cannot run incrementally (no KV cache for it yet)"
+        case let .unsupportedLayer(layer, kind): return "layer \(layer): its \(kind) cannot run incrementally (it declares no incremental form)"
         case let .invalidShardPlan(message): return "KV cache sharding: \(message)"
         }
     }

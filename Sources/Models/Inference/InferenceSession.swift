@@ -42,11 +42,11 @@ public final class InferenceSession {
         context = DecodeContext(threads: threads ?? model.threads, communicator: communicator, plan: plan)
         let parameters = model.parameters
         layers = try model.blocks.map { block in
-            guard let sequence = block.sequenceMixer as? IncrementalSequenceMixer else {
-                throw InferenceError.unsupportedLayer(layer: block.layer, kind: "sequence mixer \(type(of: block.sequenceMixer))")
+            guard let sequence = block.sequenceMixer.incremental else {
+                throw InferenceError.unsupportedLayer(layer: block.layer, kind: "sequence mixer \(block.spec.sequenceMixer.kind)")
             }
-            guard let channel = block.channelMixer as? RowwiseChannelMixer else {
-                throw InferenceError.unsupportedLayer(layer: block.layer, kind: "channel mixer \(type(of: block.channelMixer))")
+            guard let channel = block.channelMixer.rowwise else {
+                throw InferenceError.unsupportedLayer(layer: block.layer, kind: "channel mixer \(block.spec.channelMixer.kind)")
             }
             return Layer(index: block.layer, mixer: sequence.makeIncrementalState(parameters: parameters, prefix: block.prefix, plan: plan),
                          channel: channel, prefix: block.prefix,

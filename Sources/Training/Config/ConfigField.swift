@@ -25,6 +25,8 @@ public enum ConfigRule: Equatable, Sendable {
     case unitInterval
     /// A string that must be one of these (exactly).
     case oneOf([String])
+    /// The name of a sequence mixer kind in the table when validated (`SequenceMixerKind.all`).
+    case sequenceMixerKind
     /// A string naming layers: "all" or "every N" (MoELayerSelection).
     case layerSelection
     /// HOST:PORT (a port in 1...65535), or the empty string for none.
@@ -42,6 +44,7 @@ public enum ConfigRule: Equatable, Sendable {
         case .positive: return "must be positive"
         case .unitInterval: return "must be in [0, 1)"
         case .oneOf(let choices): return "must be one of " + choices.joined(separator: ", ")
+        case .sequenceMixerKind: return ConfigRule.oneOf(SequenceMixerKind.all.map(\.name)).requirement
         case .layerSelection: return "must be all, or every N with N ≥ 1 (e.g. every 2: layers 2, 4, ... counting from 1)"
         case .hostPortOrEmpty: return "must be HOST:PORT with a port in 1...65535, or empty"
         case .layerListOrEmpty: return "must be layer indices from 0, comma-separated (e.g. 0,2), each below model.layers, or empty"
@@ -50,7 +53,7 @@ public enum ConfigRule: Equatable, Sendable {
 
     func admits(_ value: Double) -> Bool {
         switch self {
-        case .any, .oneOf: return true
+        case .any, .oneOf, .sequenceMixerKind: return true
         case .atLeastOne: return value >= 1
         case .notNegative: return value >= 0
         case .positive: return value > 0
@@ -62,6 +65,7 @@ public enum ConfigRule: Equatable, Sendable {
     func admits(_ text: String) -> Bool {
         switch self {
         case .oneOf(let choices): return choices.contains(text)
+        case .sequenceMixerKind: return SequenceMixerKind.named(text) != nil
         case .hostPortOrEmpty:
             guard !text.isEmpty else { return true }
             guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]) else { return false }
@@ -169,10 +173,10 @@ extension ConfigField {
         ConfigField("model.norm_eps", .float(\.model.normEps), .notNegative, numeric: true, "RMSNorm epsilon"),
         ConfigField("model.tie_embeddings", .bool(\.model.tieEmbeddings), numeric: true, "share the embedding and LM head weights"),
         // Number-changing only for a Mamba model (`numericFields`), so attention runs keep their hash.
-        ConfigField("model.sequence_mixer", .string(\.model.sequenceMixer), .oneOf(["attention", "mamba2"]), numeric: true,
-                    "attention, or mamba2 (Phi-Mamba's discrete Mamba-2 mixer in every layer but model.attention_layers)"),
+        ConfigField("model.sequence_mixer", .string(\.model.sequenceMixer), .sequenceMixerKind, numeric: true,
+                    "attention, or mamba2 (Phi-Mamba's discrete Mamba-2 mixer) or a registered kind in every layer but model.attention_layers"),
         ConfigField("model.attention_layers", .string(\.model.attentionLayers), .layerListOrEmpty, numeric: true,
-                    "with sequence_mixer mamba2: layers (from 0, e.g. 1 or 0,2) that keep attention, a hybrid (empty: none)"),
+                    "with a sequence_mixer other than attention: layers (from 0, e.g. 1 or 0,2) that keep attention, a hybrid (empty: none)"),
         // Not numeric: every chunk computes the same scan (to Float32 rounding).
         ConfigField("model.ssm_chunk_size", .int(\.model.ssmChunkSize), .atLeastOne, numeric: false, "chunk of the Mamba-2 layers' training scan"),
         // Not numeric: both kernels compute the same attention (to Float32 rounding), so a run may

@@ -1,3 +1,5 @@
+import Models
+
 /// A run config being resolved: defaults, then a YAML file, then `--set` overrides, each
 /// value remembering where it came from so that a bad value is reported at its origin.
 /// Only `validated()` turns it into a `RunConfig` callers see.
@@ -62,7 +64,7 @@ struct ConfigResolution {
             }
             resolved[keyPath: path] = list.description   // canonical text
         }
-        if resolved.model.sequenceMixer != "mamba2", !resolved.model.attentionLayers.isEmpty {
+        if resolved.model.sequenceMixer == SequenceMixerKind.attention.name, !resolved.model.attentionLayers.isEmpty {
             throw ConfigError.invalidModel(source: (origins["model.attention_layers"] ?? .defaults).description, problems: [
                 "model.attention_layers = \(resolved.model.attentionLayers) only applies with model.sequence_mixer: mamba2 (the layers that keep attention in a hybrid); this model is all attention: remove it, or set model.sequence_mixer=mamba2"])
         }

@@ -69,8 +69,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public func validated() throws -> RunConfig { try applying([]) }
 
     /// The model these keys describe: Llama blocks whose feed-forward is a mixture of experts
-    /// in the layers `moe.layers` selects when `moe.experts > 0`, and whose attention is a
-    /// Mamba-2 mixer in every layer but `model.attention_layers` when `model.sequence_mixer` is mamba2.
+    /// in the layers `moe.layers` selects when `moe.experts > 0`, and whose attention is the
+    /// kind `model.sequence_mixer` names (`SequenceMixerKind`) in every layer but `model.attention_layers`.
     public var modelConfig: ModelConfig {
         var config = ModelConfig(vocabSize: model.vocabSize, dModel: model.dModel, layers: model.layers, heads: model.heads,
                                  kvHeads: model.kvHeads, ffnHidden: model.ffnHidden, ropeTheta: Float(model.ropeTheta),
@@ -80,12 +80,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let spec = moeSpec, let selection = MoELayerSelection(moe.layers) {
             for layer in config.blocks.indices where selection.contains(layer) { config.blocks[layer].channelMixer = .moe(spec) }
         }
-        if model.sequenceMixer == "mamba2" {
+        if let kind = SequenceMixerKind.named(model.sequenceMixer), kind != .attention {
             let kept = Set(DistillLayerList(model.attentionLayers)?.layers ?? [])
             for layer in config.blocks.indices where !kept.contains(layer) {
-                guard case .attention(let attention) = config.blocks[layer].sequenceMixer else { continue }
-                config.blocks[layer].sequenceMixer = .mamba2(Mamba2Spec(heads: attention.heads, headDim: attention.headDim,
-                                                                        chunkSize: model.ssmChunkSize))
+                guard let attention = config.blocks[layer].sequenceMixer.attention else { continue }
+                config.blocks[layer].sequenceMixer = SequenceMixerSpec(kind.settings(SequenceMixerKeys(attention: attention, chunkSize: model.ssmChunkSize)))
             }
         }
         return config

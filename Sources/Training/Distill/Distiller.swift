@@ -68,7 +68,7 @@ public final class Distiller {
                 nextBatch: @escaping () throws -> [Int32]) throws {
         let layers = StudentBuilder.mambaLayers(student.config)
         for layer in layers {
-            guard layer < teacher.config.layers, case .attention = teacher.config.blocks[layer].sequenceMixer else {
+            guard layer < teacher.config.layers, teacher.config.blocks[layer].sequenceMixer.kind == .attention else {
                 throw DistillError.teacherLayerNotAttention(layer: layer)
             }
         }

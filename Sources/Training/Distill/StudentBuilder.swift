@@ -14,7 +14,7 @@ public enum StudentBuilder {
         }
         var student = teacher
         for layer in teacher.blocks.indices where !keepAttention.layers.contains(layer) {
-            guard case .attention(let attention) = teacher.blocks[layer].sequenceMixer else {
+            guard let attention = teacher.blocks[layer].sequenceMixer.attention else {
                 throw DistillError.teacherLayerNotAttention(layer: layer)
             }
             student.blocks[layer].sequenceMixer = .mamba2(Mamba2Spec(heads: attention.heads, headDim: attention.headDim,
@@ -39,7 +39,7 @@ public enum StudentBuilder {
         }
         _ = try studentConfig(teacher: teacher.modelConfig, keepAttention: keep, chunkSize: settings.chunkSize)
         var student = teacher
-        student.model.sequenceMixer = "mamba2"
+        student.model.sequenceMixer = SequenceMixerKind.mamba2.name
         student.model.attentionLayers = keep.description
         student.model.ssmChunkSize = settings.chunkSize
         student.distill = settings
@@ -84,6 +84,6 @@ public enum StudentBuilder {
 
     /// The layers whose sequence mixer is Mamba-2.
     public static func mambaLayers(_ config: ModelConfig) -> [Int] {
-        config.blocks.indices.filter { if case .mamba2 = config.blocks[$0].sequenceMixer { return true } else { return false } }
+        config.mambaLayers
     }
 }

@@ -12,7 +12,7 @@ import TensorCore
 /// slot has one writer and zeros elsewhere, so the sum is exact, and every rank adds them in
 /// choice order: every rank gets the bits one rank gets.
 extension MixtureOfExperts: RowwiseChannelMixer {
-    func forwardRows(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, rows n: Int,
+    public func forwardRows(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, rows n: Int,
                      parameters: ParameterSet, prefix: String, context c: DecodeContext) throws {
         precondition(sharding == .whole, "MixtureOfExperts.forwardRows: inference holds every expert (built without a grid)")
         let (d, E, k, F) = (dModel, spec.experts, spec.topK, spec.expertHidden)

@@ -31,6 +31,7 @@ public final class MixtureOfExperts: LayerComponent {
     private let dispatcher: TokenDispatcher
     /// Seconds this layer has spent in all-to-all exchanges along the expert axis so far.
     public var exchangeSeconds: Double { dispatcher.exchangeSeconds }
+    public var backwardCommunicates: Bool { sharding.count > 1 }
     private let experts: SwiGLUExperts
     private var plan: RoutingPlan?
     private var input: UnsafePointer<Float>?
@@ -186,5 +187,23 @@ public final class MixtureOfExperts: LayerComponent {
     /// The router's product and the k experts each token runs (dropless).
     public var matmulFlopsPerToken: Double {
         2.0 * Double(dModel * spec.experts) + Double(spec.topK) * experts.matmulFlopsPerPair
+    }
+}
+
+extension ChannelMixerKind {
+    public static let moe = ChannelMixerKind(name: "moe")
+}
+
+extension MoESpec: ChannelMixerSettings {
+    public var kind: ChannelMixerKind { .moe }
+
+    public func makeComponent(dModel: Int, residualStd: Double, sharding: ExpertSharding) -> LayerComponent {
+        MixtureOfExperts(spec: self, dModel: dModel, residualStd: residualStd, sharding: sharding)
+    }
+
+    public func problems(at: String) -> [String] { problems.map { $0 + at } }
+
+    public var phiMambaMLP: [String: Any] {
+        ["intermediate_size": expertHidden, "hidden_act": "silu", "num_local_experts": experts, "num_experts_per_tok": topK]
     }
 }
