@@ -23,7 +23,9 @@ public enum HuggingFaceExport {
         }
         if let mixers = config["mixer_types"] as? [String], mixers.contains(where: { $0 != "llama_attention" }) {
             let layers = mixers.indices.filter { mixers[$0] != "llama_attention" }
-            let kinds = layers.map { mixers[$0] }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+            // Phi-Mamba's name for Tessera's Mamba-2 mixer reads as the mixer users configured.
+            let kinds = layers.map { mixers[$0] == "discrete_mamba2" ? "Mamba-2" : mixers[$0] }
+                .reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
             throw SoupError.notExportable(checkpoint: checkpoint, reason: "layers \(layers) are \(kinds.joined(separator: ", ")) mixers, which transformers cannot load; the checkpoint's config.json already describes the model Phi-Mamba-style (mixer_types, a Block section per run of layers)")
         }
         if let dense = config["tessera_dense_layers"] as? [Int], !dense.isEmpty {

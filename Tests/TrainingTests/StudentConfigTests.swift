@@ -107,7 +107,7 @@ import _TestSupport
             Issue.record("a student was exported")
         } catch let error as SoupError {
             let mamba = config.mambaLayers.map(String.init).joined(separator: ", ")
-            #expect(error.description == "cannot export ckpt: layers [\(mamba)] are discrete_mamba2 mixers, which transformers cannot load; the checkpoint's config.json already describes the model Phi-Mamba-style (mixer_types, a Block section per run of layers)")
+            #expect(error.description == "cannot export ckpt: layers [\(mamba)] are Mamba-2 mixers, which transformers cannot load; the checkpoint's config.json already describes the model Phi-Mamba-style (mixer_types, a Block section per run of layers)")
             #expect(!error.description.contains("\n"))
         }
         #expect(!FileManager.default.fileExists(atPath: output.path))

@@ -10,7 +10,7 @@ extension CheckpointServer {
     /// they are renamed into the assembly, the part's manifest is written, and the client is told the part is durable
     /// (and whether it completed the step, which is then committed).
     func receivePart(_ frame: Frame, from connection: ServiceConnection, id: Int) throws {
-        let header = try PartHeader.decode(frame.payload, from: "a part from \(connection.address)")
+        var header = try PartHeader.decode(frame.payload, from: "a part from \(connection.address)", sumsFollow: true)
         let step = header.step, what = "step \(header.step) rank \(header.rank)"
         try checkPathLengths(header, id: id)
         lock.lock()
@@ -33,8 +33,8 @@ extension CheckpointServer {
 
         let incoming = header.files.map { incomingURL(step).appendingPathComponent("\(id)-\($0.name)") }
         do {
-            for (file, url) in zip(header.files, incoming) {
-                try receiveFile(file, into: committed ? nil : url, step: step, from: connection, what: what)
+            for (index, url) in incoming.enumerated() {
+                header.files[index].sha256 = try receiveFile(header.files[index], into: committed ? nil : url, step: step, from: connection, what: what)
             }
             let end = try connection.receive(while: "waiting for the end of \(what)'s part")
             guard end.type == .partEnd else {
@@ -79,8 +79,10 @@ extension CheckpointServer {
     }
 
     /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them; so
-    /// too when `step` was committed meanwhile and its incoming directory is gone).
-    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws {
+    /// too when `step` was committed meanwhile and its incoming directory is gone), and, when
+    /// the header left its SHA-256 empty, the `fileEnd` frame giving it. Returns the SHA-256,
+    /// which the bytes matched.
+    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws -> String {
         var fd: Int32?
         do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
         var hasher = SHA256()
@@ -102,9 +104,20 @@ extension CheckpointServer {
         }
         if let fd, let url { try DurableFiles.finish(fd, url) }
         let actual = CheckpointCommit.hex(hasher.finalize())
-        guard actual == file.sha256 else {
-            throw CheckpointServiceError.invalidPart(reason: "\(what): the bytes of \(file.name) have SHA-256 \(actual), not the announced \(file.sha256)")
+        var announced = file.sha256
+        if announced.isEmpty {   // sent after the bytes, which the client hashed as it sent them
+            let end = try connection.receive(while: "waiting for the SHA-256 of \(file.name) of \(what)")
+            guard end.type == .fileEnd, end.payload.count <= ServiceLimits.maxJSONBytes,
+                  let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)), CheckpointLayout.isSHA256(sum.sha256) else {
+                throw CheckpointServiceError.badFrame(address: connection.address,
+                                                      reason: "a \(end.type) frame where the SHA-256 of \(file.name) of \(what) should come")
+            }
+            announced = sum.sha256
         }
+        guard actual == announced else {
+            throw CheckpointServiceError.invalidPart(reason: "\(what): the bytes of \(file.name) have SHA-256 \(actual), not the announced \(announced)")
+        }
+        return actual
     }
 
     /// With the lock held: makes the received part durable and commits the step when it was the last.

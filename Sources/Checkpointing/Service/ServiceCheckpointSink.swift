@@ -49,26 +49,26 @@ public final class ServiceCheckpointSink: CheckpointSink {
     /// the last part of its step, committed the step). The receipt says which.
     @discardableResult
     public func upload(_ part: CheckpointPart) throws -> PartReceipt {
-        // The files' SHA-256s, hashed on as many threads as there are files (the header needs them first).
-        var sums = [String](repeating: "", count: part.files.count)
-        sums.withUnsafeMutableBufferPointer { sums in
-            DispatchQueue.concurrentPerform(iterations: part.files.count) { sums[$0] = CheckpointCommit.sha256(part.files[$0].data) }
-        }
+        // Each file's SHA-256 follows its bytes (a `fileEnd` frame), hashed as they are sent:
+        // no pass over the part before the first byte goes out.
         let header = PartHeader(step: part.step, rank: part.rank, ranks: part.ranks,
-                                files: zip(part.files, sums).map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: $1) })
-        try header.validate()
+                                files: part.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: "") })
+        try header.validate(sumsFollow: true)
         let connection = try connect()
         let what = "step \(part.step) rank \(part.rank)"
         do {
             try connection.send(.putPart, json: header, while: "sending \(what)'s part")
             for file in part.files {
+                var hasher = SHA256()
                 var offset = 0
                 while offset < file.data.count {
                     let end = min(file.data.count, offset + Frame.chunkBytes)
-                    try connection.send(Frame(.fileData, Array(file.data[file.data.startIndex + offset ..< file.data.startIndex + end])),
-                                        while: "sending \(file.name) of \(what)")
+                    let chunk = Array(file.data[file.data.startIndex + offset ..< file.data.startIndex + end])
+                    hasher.update(data: chunk)
+                    try connection.send(Frame(.fileData, chunk), while: "sending \(file.name) of \(what)")
                     offset = end
                 }
+                try connection.send(.fileEnd, json: FileEnd(sha256: CheckpointCommit.hex(hasher.finalize())), while: "sending \(file.name) of \(what)")
             }
             try connection.send(Frame(.partEnd), while: "ending \(what)'s part")
         } catch {
