@@ -38,6 +38,7 @@ struct CheckpointBench: ParsableCommand {
         config.run.dir = base.appendingPathComponent("direct").path
         let direct = try Trainer(config: config.validated(), world: SingleProcessCommunicator())
         let (directSeconds, committed) = try timeSaves(direct)
+        BackgroundDeletions.shared.waitForAll()   // retention's unlinking must not overlap the next path's timing
         let bytes = try Self.bytes(of: committed)
 
         // Through the service: the same parts streamed over loopback TCP, committed by the service.
@@ -51,6 +52,7 @@ struct CheckpointBench: ParsableCommand {
                                              cacheDirectory: base.appendingPathComponent("cache"), identity: "bench")
         let viaService = try Trainer(config: config.validated(), world: SingleProcessCommunicator(), checkpointSink: sink)
         let (serviceSeconds, _) = try timeSaves(viaService)
+        BackgroundDeletions.shared.waitForAll()
 
         // A plain copy of the committed files.
         var copySeconds: [Double] = []

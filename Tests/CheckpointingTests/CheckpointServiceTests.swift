@@ -215,6 +215,37 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(try sink.upload(p).committed)
     }
 
+    /// The client's upload sends each file's SHA-256 after its bytes (`fileEnd`): a sum that
+    /// does not match the bytes, or a missing `fileEnd`, is refused naming the file, and
+    /// nothing is committed; the honest upload then commits.
+    @Test func aSumSentAfterTheBytesIsCheckedAndAMissingOneRefused() throws {
+        let fixture = try ServiceFixture()
+        let sink = try fixture.sink()
+        let p = part(step: 5, rank: 0, ranks: 1)
+        let header = PartHeader(step: 5, rank: 0, ranks: 1, files: p.files.map { PartFileEntry(name: $0.name, size: $0.data.count, sha256: "") })
+        func stream(_ sum: (Data) -> String?) throws -> String {
+            let connection = try sink.connect()
+            try connection.send(.putPart, json: header, while: "test")
+            for f in p.files {
+                for start in stride(from: 0, to: f.data.count, by: Frame.chunkBytes) {
+                    try connection.send(Frame(.fileData, Array(f.data[start..<min(f.data.count, start + Frame.chunkBytes)])), while: "test")
+                }
+                guard let text = sum(f.data) else { break }
+                try connection.send(.fileEnd, json: FileEnd(sha256: text), while: "test")
+            }
+            try connection.send(Frame(.partEnd), while: "test")
+            let reply = try connection.receive(while: "test")
+            return reply.type == .error ? String(decoding: reply.payload, as: UTF8.self) : "accepted"
+        }
+        let wrong = try stream { CheckpointCommit.sha256($0 + Data([1])) }
+        #expect(wrong.contains("not the announced") && wrong.contains(p.files[0].name), "\(wrong)")
+        let missing = try stream { _ in nil }
+        #expect(missing.contains("where the SHA-256 of \(p.files[0].name)"), "\(missing)")
+        #expect(!FileManager.default.fileExists(atPath: fixture.committed(5).path))
+        #expect(try stream { CheckpointCommit.sha256($0) } == "accepted")
+        #expect(try CheckpointStore.verifyChecksums(fixture.committed(5)) == Set(p.files.map(\.name)), "the sums recorded are the streamed ones")
+    }
+
     @Test func fetchReturnsTheCommittedFilesIdentically() throws {
         let fixture = try ServiceFixture()
         _ = try deliverConcurrently((0..<2).map { part(step: 7, rank: $0, ranks: 2, loss: 1.25) }, fixture).map { try $0.get() }

@@ -7,7 +7,8 @@ import Glibc
 /// Kinds of frames of the checkpoint service protocol.
 public enum FrameType: UInt8, Sendable {
     /// client → service: a part's header (JSON `PartHeader`); then `fileData` frames, file after
-    /// file in the header's order, then `partEnd`.
+    /// file in the header's order (a file whose SHA-256 the header left empty is followed by a
+    /// `fileEnd` frame giving it), then `partEnd`.
     case putPart = 1
     case fileData = 2
     case partEnd = 3

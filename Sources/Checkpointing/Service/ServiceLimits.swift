@@ -41,15 +41,16 @@ public enum ServiceLimits {
 
 extension PartHeader {
     /// A header from JSON a peer or a manifest file supplies: at most `maxJSONBytes`, decoded,
-    /// then `validate()`d. `source` names where it came from, for the error.
-    static func decode(_ bytes: some Collection<UInt8>, from source: String) throws -> PartHeader {
+    /// then `validate()`d. `source` names where it came from, for the error. `sumsFollow`: an
+    /// upload's header, whose files may leave their SHA-256 to their `fileEnd` frames.
+    static func decode(_ bytes: some Collection<UInt8>, from source: String, sumsFollow: Bool = false) throws -> PartHeader {
         guard bytes.count <= ServiceLimits.maxJSONBytes else {
             throw CheckpointServiceError.invalidPart(reason: "\(source): a part header of \(bytes.count) bytes is over the \(ServiceLimits.maxJSONBytes)-byte limit")
         }
         guard let header = try? JSONDecoder().decode(PartHeader.self, from: Data(bytes)) else {
             throw CheckpointServiceError.invalidPart(reason: "\(source): a part header that is not JSON of one")
         }
-        try header.validate()
+        try header.validate(sumsFollow: sumsFollow)
         return header
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 
-/// A file of a part as announced before its bytes: name, size and SHA-256 (lower-case hex).
+/// A file of a part as announced before its bytes: name, size and SHA-256 (lower-case hex;
+/// empty in an upload that sends each file's SHA-256 after its bytes, in a `fileEnd` frame).
 public struct PartFileEntry: Codable, Equatable, Sendable {
     public var name: String
     public var size: Int
@@ -59,8 +60,9 @@ extension PartHeader {
     /// Refuses a header a service must not act on, naming the field and the limit it breaks:
     /// step in `0...CheckpointLayout.maxStep`, ranks in `1...ServiceLimits.maxRanks`, rank below
     /// ranks, at most `maxFilesPerPart` files, names `ServiceLimits.problem(withFileName:)`
-    /// accepts and none twice, sizes in `0...maxFileBytes`, SHA-256 as 64 lower-case hex digits.
-    func validate() throws {
+    /// accepts and none twice, sizes in `0...maxFileBytes`, SHA-256 as 64 lower-case hex digits
+    /// (or, in an upload's header with `sumsFollow`, empty: the file's `fileEnd` frame gives it).
+    func validate(sumsFollow: Bool = false) throws {
         let what = "step \(step) rank \(rank)"
         func bad(_ reason: String) -> CheckpointServiceError { .invalidPart(reason: "\(what): \(reason)") }
         try ServiceLimits.check("step", step, in: 0...CheckpointLayout.maxStep, what)
@@ -75,7 +77,7 @@ extension PartHeader {
             }
             guard seen.insert(file.name).inserted else { throw bad("file \(file.name) is listed twice") }
             try ServiceLimits.check("size of \(file.name)", file.size, in: 0...ServiceLimits.maxFileBytes, what)
-            guard CheckpointLayout.isSHA256(file.sha256) else {
+            guard CheckpointLayout.isSHA256(file.sha256) || (sumsFollow && file.sha256.isEmpty) else {
                 throw bad("file \(file.name) has a SHA-256 that is not 64 lower-case hex digits")
             }
         }
