@@ -1,5 +1,7 @@
 import Collectives
 import Foundation
+import Models
+import Testing
 import TensorCore
 import Training
 import _TestSupport
@@ -41,4 +43,19 @@ func trainInProcess(_ config: RunConfig, ranks: Int, steps: Int, saveCheckpoint:
         return seen
     }
     return try results.map { try $0.get() }
+}
+
+/// Greedy generation with `model`'s incremental decoding from `prompt`, `steps` tokens: every
+/// step's logits equal recomputing the whole sequence (same argmax, relative error < 1e-4).
+func expectIncrementalDecodingMatchesFullForward(_ model: TransformerLM, prompt: String = "the king", steps: Int) throws {
+    let session = try InferenceSession(model: model)
+    var context: [Int32] = Array(prompt.utf8).map(Int32.init)
+    var logits = try session.prefill(tokens: context)
+    for _ in 0..<steps {
+        let full = Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(model.config.vocabSize))
+        #expect(TokenSampler.argmax(logits) == TokenSampler.argmax(full))
+        #expect(maxRelativeError(logits, full) < 1e-4)
+        context.append(Int32(TokenSampler.argmax(full)))
+        logits = try session.decode(token: context.last!)
+    }
 }

@@ -41,15 +41,6 @@ import _TestSupport
                                                                                              : "mamba2 in layer 0; attention in layer 1"))
 
         // Greedy generation from the loaded checkpoint equals recomputing the whole sequence.
-        let session = try InferenceSession(model: model)
-        var context: [Int32] = Array("the king".utf8).map(Int32.init)
-        var logits = try session.prefill(tokens: context)
-        for _ in 0..<30 {
-            let full = Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(256))
-            #expect(TokenSampler.argmax(logits) == TokenSampler.argmax(full))
-            #expect(maxRelativeError(logits, full) < 1e-4)
-            context.append(Int32(TokenSampler.argmax(full)))
-            logits = try session.decode(token: context.last!)
-        }
+        try expectIncrementalDecodingMatchesFullForward(model, steps: 30)
     }
 }

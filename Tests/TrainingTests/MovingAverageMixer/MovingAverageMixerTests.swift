@@ -109,15 +109,6 @@ import _TestSupport
         try model.parameters.load(contents.model, source: url.path)
 
         // Incremental decoding equals the full forward pass.
-        let session = try InferenceSession(model: model)
-        var context: [Int32] = Array("the king".utf8).map(Int32.init)
-        var logits = try session.prefill(tokens: context)
-        for _ in 0..<12 {
-            let full = Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(256))
-            #expect(TokenSampler.argmax(logits) == TokenSampler.argmax(full))
-            #expect(maxRelativeError(logits, full) < 1e-4)
-            context.append(Int32(TokenSampler.argmax(full)))
-            logits = try session.decode(token: context.last!)
-        }
+        try expectIncrementalDecodingMatchesFullForward(model, steps: 12)
     }
 }
