@@ -49,6 +49,15 @@ import Glibc
         for strong in [JobToken.generate(), "0123456789abcdef0123456789abcdef", "0123456789ABCDEF0123456789ABCDEF"] {
             #expect(throws: Never.self) { try JobToken.validate(strong, source: "test") }
         }
+        // Random 32-hex-digit tokens (`openssl rand -hex 16`) always pass, runs of equal digits
+        // and all: the former rule (a third equal character in a row adds nothing) refused
+        // about one in nine, which made test-ckpt-service's random token fail a suite run.
+        var generator = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let random = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255, using: &generator)) }.joined()
+            #expect(throws: Never.self) { try JobToken.validate(random, source: "test") }
+        }
+        #expect(throws: Never.self) { try JobToken.validate("aaa3456789abcdef0123456789abcdef", source: "test") }
         let fresh = JobToken.generate()
         #expect(fresh.count == 64 && fresh.allSatisfy(\.isHexDigit) && fresh != JobToken.generate())
         var env = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "1", "TESSERA_MASTER_ADDR": "127.0.0.1", "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "hunter2"]
