@@ -22,26 +22,33 @@ public enum SafeTensors {
     /// Encodes tensors (in dictionary order) with optional string metadata.
     public static func encode(_ tensors: StateDict, metadata: [String: String] = [:]) throws -> Data {
         let entries = tensors.entries
-        func encodeFrom(_ index: Int, _ sources: [Source]) throws -> Data {
-            guard index < entries.count else { return try encode(sources, metadata: metadata) }
-            return try entries[index].tensor.withUnsafeBufferPointer { scalars in
-                try encodeFrom(index + 1, sources + [Source(name: entries[index].name, shape: entries[index].tensor.shape, scalars: scalars)])
-            }
+        return try encode(entries.map { ($0.name, $0.tensor.shape, $0.tensor.count) }, metadata: metadata) { index, target in
+            entries[index].tensor.withUnsafeBufferPointer { target.copyMemory(from: $0.baseAddress!, byteCount: $0.count * 4) }
         }
-        return try encodeFrom(0, [])
     }
 
     /// Encodes tensors (in the given order) straight from their buffers: the file's bytes are
     /// allocated once and each tensor copied once, so a checkpoint costs one copy of the
     /// training state, not two.
     public static func encode(_ sources: [Source], metadata: [String: String] = [:]) throws -> Data {
+        for source in sources {
+            precondition(source.scalars.count == source.shape.reduce(1, *), "SafeTensors.encode: \(source.name) holds \(source.scalars.count) values for shape \(source.shape)")
+        }
+        return try encode(sources.map { ($0.name, $0.shape, $0.scalars.count) }, metadata: metadata) { index, target in
+            target.copyMemory(from: sources[index].scalars.baseAddress!, byteCount: sources[index].scalars.count * 4)
+        }
+    }
+
+    /// The header for `tensors` (name, shape, element count, in file order), then each tensor's
+    /// bytes, which `copy(i, destination)` writes for tensor i (never called for an empty one).
+    private static func encode(_ tensors: [(name: String, shape: [Int], count: Int)], metadata: [String: String],
+                               copy: (Int, UnsafeMutableRawPointer) -> Void) throws -> Data {
         var header: [String: Any] = [:]
         if !metadata.isEmpty { header["__metadata__"] = metadata }
         var offset = 0
-        for source in sources {
-            precondition(source.scalars.count == source.shape.reduce(1, *), "SafeTensors.encode: \(source.name) holds \(source.scalars.count) values for shape \(source.shape)")
-            header[source.name] = ["dtype": "F32", "shape": source.shape, "data_offsets": [offset, offset + source.scalars.count * 4]]
-            offset += source.scalars.count * 4
+        for tensor in tensors {
+            header[tensor.name] = ["dtype": "F32", "shape": tensor.shape, "data_offsets": [offset, offset + tensor.count * 4]]
+            offset += tensor.count * 4
         }
         var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
         // Pad the header with spaces so the data starts 8-byte aligned.
@@ -52,9 +59,9 @@ public enum SafeTensors {
         target.storeBytes(of: UInt64(json.count).littleEndian, toByteOffset: 0, as: UInt64.self)
         json.withUnsafeBytes { (target + 8).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         var position = 8 + json.count
-        for source in sources where source.scalars.count > 0 {
-            (target + position).copyMemory(from: source.scalars.baseAddress!, byteCount: source.scalars.count * 4)
-            position += source.scalars.count * 4
+        for (index, tensor) in tensors.enumerated() where tensor.count > 0 {
+            copy(index, target + position)
+            position += tensor.count * 4
         }
         return Data(bytesNoCopy: target, count: total, deallocator: .free)
     }
