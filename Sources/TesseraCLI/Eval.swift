@@ -5,6 +5,7 @@ import Foundation
 import Kernels
 import Models
 import Training
+import TrainingConfig
 
 /// `tessera eval`: the validation loss of a checkpoint, data parallel over this job's ranks;
 /// with `--logits`, also the logits of the sequences it evaluated, as a NumPy file (to compare

@@ -3,6 +3,7 @@ import Collectives
 import Foundation
 import Models
 import TensorCore
+import TrainingConfig
 
 extension Trainer {
     /// Where this rank's checkpoint parts go.

@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Data- and sequence-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
 /// way through a training step"); `run` (TrainingRun.swift) is the loop around it.

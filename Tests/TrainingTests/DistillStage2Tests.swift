@@ -5,6 +5,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A distiller of `tinyTeacher(layers:moe:)` whose batches are `batches[0], batches[1], …` from

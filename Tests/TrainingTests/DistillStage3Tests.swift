@@ -4,6 +4,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Stage 3 (end-to-end knowledge distillation) on one rank.

@@ -4,6 +4,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 
 /// A tiny teacher: 2 or 3 layers, GQA attention, dense or MoE feed-forward, random init.
 func tinyTeacher(layers: Int = 2, moe: Bool = false, seed: UInt64 = 7) throws -> TransformerLM {

@@ -4,6 +4,7 @@ import Models
 import Testing
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A small corpus with learnable structure, prepared as shards (the pinned run's: `PinnedRun`).

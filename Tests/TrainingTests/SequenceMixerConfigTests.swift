@@ -3,6 +3,7 @@ import Testing
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// `model.sequence_mixer`, `model.attention_layers`, `model.ssm_chunk_size`: a Mamba-2 or hybrid

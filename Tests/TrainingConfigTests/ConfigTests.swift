@@ -1,7 +1,7 @@
 import Testing
 import Models
 import Foundation
-import Training
+import TrainingConfig
 import _TestSupport
 
 /// The typed run config: parsing with origins, ranges, canonical values, the numeric hash,

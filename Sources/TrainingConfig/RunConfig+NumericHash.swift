@@ -24,6 +24,12 @@ extension RunConfig {
         return String(h, radix: 16)
     }
 
+    /// The keys that define the model (model.*, and moe.* when moe.experts > 0, as in the
+    /// config hash) with their canonical values: what soup ingredients must share.
+    public var modelSection: [String: String] {
+        Dictionary(uniqueKeysWithValues: numericFields.filter { ["model", "moe"].contains($0.section) }.map { ($0.path, $0.text(in: self)) })
+    }
+
     /// Differences in the number-changing keys, as "key: other's value → this value".
     public func numericDifferences(from other: RunConfig) -> [String] {
         let mine = Set(numericFields.map(\.path)), theirs = Set(other.numericFields.map(\.path))

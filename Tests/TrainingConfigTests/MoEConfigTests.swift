@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import Models
-import Training
+import TrainingConfig
 import _TestSupport
 
 /// The `moe` section and `parallel.expert`: values, layer selection, ranges and messages.
