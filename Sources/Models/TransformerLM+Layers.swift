@@ -10,7 +10,7 @@ extension TransformerLM {
     /// needs; blocks keep their caches apart, so several layers can run forward before their
     /// backward calls, but any whole-model pass in between invalidates them.
     /// With `capture` set, the block reports its capture points as in a full pass.
-    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int) -> [Float] {
+    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int) throws -> [Float] {
         let d = config.dModel
         precondition(blocks.indices.contains(layer), "blockForward: no layer \(layer)")
         precondition(input.count == batch * length * d, "blockForward: \(input.count) values for (\(batch)·\(length), \(d))")
@@ -20,7 +20,7 @@ extension TransformerLM {
         c.capture = capture
         c.ready = nil
         input.withUnsafeBufferPointer { s.streams[layer].pointer.update(from: $0.baseAddress!, count: input.count) }
-        blocks[layer].forward(s.streams[layer].pointer, output: s.streams[layer + 1].pointer, context: c)
+        try blocks[layer].forward(s.streams[layer].pointer, output: s.streams[layer + 1].pointer, context: c)
         return Array(UnsafeBufferPointer(start: s.streams[layer + 1].pointer, count: input.count))
     }
 
@@ -29,14 +29,14 @@ extension TransformerLM {
     /// some steps only those) to `parameters.gradients` and returns ∂L/∂input. Auxiliary
     /// losses (mixture-of-experts balance and z-loss) add no gradient here: L is the caller's.
     @discardableResult
-    public func blockBackward(layer: Int, outputGradient: [Float]) -> [Float] {
+    public func blockBackward(layer: Int, outputGradient: [Float]) throws -> [Float] {
         guard let s = state else { preconditionFailure("blockBackward before blockForward") }
         let c = s.context, count = c.rows * config.dModel
         precondition(outputGradient.count == count, "blockBackward: \(outputGradient.count) values for (\(c.rows), \(config.dModel))")
         c.gradientScale = 0
         c.ready = nil
         outputGradient.withUnsafeBufferPointer { s.dResidual.pointer.update(from: $0.baseAddress!, count: count) }
-        blocks[layer].backward(s.dResidual.pointer, context: c)
+        try blocks[layer].backward(s.dResidual.pointer, context: c)
         return Array(UnsafeBufferPointer(start: s.dResidual.pointer, count: count))
     }
 
@@ -46,10 +46,10 @@ extension TransformerLM {
     /// Auxiliary losses (mixture-of-experts) add no gradient: L is the whole objective.
     @discardableResult
     public func lossAndGradients(tokens: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
-                                 loss: (_ logitsInGradientsOut: UnsafeMutablePointer<Float>) throws -> Double) rethrows -> Double {
-        let s = forward(tokens: tokens, batch: batch, length: length, positions: positions)
+                                 loss: (_ logitsInGradientsOut: UnsafeMutablePointer<Float>) throws -> Double) throws -> Double {
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
         let total = try loss(s.logits.pointer)
-        backward(from: s, gradientScale: 0, ready: nil)
+        try backward(from: s, gradientScale: 0, ready: nil)
         return total
     }
 }

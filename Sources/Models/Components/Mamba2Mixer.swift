@@ -80,14 +80,13 @@ public final class Mamba2Mixer: LayerComponent {
     }
 
     /// A sharded sequence would need the state passed between ranks: refused for now.
-    private func refusesSequenceParallel(_ c: PassContext, layer: Int) -> Bool {
-        guard let grid = c.grid, grid.sequenceSize > 1 else { return false }
-        c.fail(ModelError.sequenceParallelUnsupported(layer: layer, kind: spec.kind.name))
-        return true
+    private func refuseSequenceParallel(_ c: PassContext, layer: Int) throws {
+        guard let grid = c.grid, grid.sequenceSize > 1 else { return }
+        throw ModelError.sequenceParallelUnsupported(layer: layer, kind: spec.kind.name)
     }
 
-    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        if refusesSequenceParallel(c, layer: layer) { return }
+    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
+        try refuseSequenceParallel(c, layer: layer)
         let scan = scanner(c)
         let s = shape
         cache.ensure(rows: c.rows, widths: [s.projectionWidth, s.convChannels, s.inner, s.inner, s.inner])
@@ -106,10 +105,6 @@ public final class Mamba2Mixer: LayerComponent {
     }
 
     public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        if c.grid.map({ $0.sequenceSize > 1 }) ?? false {   // the forward pass refused: nothing to compute
-            dx.update(repeating: 0, count: c.rows * dModel)
-            return
-        }
         guard let x = input, let scan, scan.batch == c.batch, scan.length == c.length else {
             preconditionFailure("Mamba2Mixer.backward before forward")
         }

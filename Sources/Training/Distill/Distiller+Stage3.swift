@@ -100,21 +100,20 @@ extension Distiller {
     /// (`stage3Step` updates only `stage3Parameters`).
     public func stage3Loss(tokens: [Int32], accumulateGradients: Bool = false) throws -> Stage3Losses {
         guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
-        let teacherLogits = teacher.logits(tokens: tokens, batch: batch, length: length)
-        if let failure = teacher.passFailure { throw failure }
+        let teacherLogits = try teacher.logits(tokens: tokens, batch: batch, length: length)
         let vocab = student.config.vocabSize
         let (tau, weight) = (settings.temperature, settings.dataLossWeight)
         var losses = Stage3Losses(kd: 0, data: 0, total: 0)
         if accumulateGradients {
-            teacherLogits.withUnsafeBufferPointer { y in
-                _ = student.lossAndGradients(tokens: tokens, batch: batch, length: length) { logits in
+            try teacherLogits.withUnsafeBufferPointer { y in
+                _ = try student.lossAndGradients(tokens: tokens, batch: batch, length: length) { logits in
                     losses = Self.stage3Objective(student: logits, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
                                                   vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: logits, threads: threads)
                     return losses.total
                 }
             }
         } else {
-            let logits = student.logits(tokens: tokens, batch: batch, length: length)
+            let logits = try student.logits(tokens: tokens, batch: batch, length: length)
             logits.withUnsafeBufferPointer { z in
                 teacherLogits.withUnsafeBufferPointer { y in
                     losses = Self.stage3Objective(student: z.baseAddress!, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
@@ -122,7 +121,6 @@ extension Distiller {
                 }
             }
         }
-        if let failure = student.passFailure { throw failure }
         return losses
     }
 

@@ -147,8 +147,7 @@ public final class Distiller {
             if point == first { firsts[layer] = Array(values) } else if point == second { seconds[layer] = Array(values) }
         }
         defer { teacher.capture = nil }
-        _ = teacher.logits(tokens: tokens, batch: batch, length: length)
-        if let failure = teacher.passFailure { throw failure }
+        _ = try teacher.logits(tokens: tokens, batch: batch, length: length)
         var out: [Int: ([Float], [Float])] = [:]
         for layer in mambaLayers {
             guard let a = firsts[layer], let b = seconds[layer] else { throw DistillError.teacherLayerNotAttention(layer: layer) }
