@@ -139,7 +139,7 @@ public final class RingAttention {
                     let now = held.current
                     let transfer = step < size - 1
                         ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces,
-                                        tag: Self.tag(0x1000, message: (b * units.count + u) * size + step)) : nil
+                                        tag: MessageTag.ringForward.tag((b * units.count + u) * size + step)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.forward(q: qb, k: now.kFront, v: now.vFront, o: ob, logsumexp: lb, accumulate: u > 0 || step > 0,
                                        threads: threads)
@@ -180,7 +180,7 @@ public final class RingAttention {
                     let now = held.current
                     let message = (b * units.count + u) * size + step
                     let transfer = step < size - 1
-                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: Self.tag(0x2000, message: message)) : nil
+                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: MessageTag.ringBackward.tag(message)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.backward(q: qb, k: now.kFront, v: now.vFront, logsumexp: lb, rowDot: db, dO: dOb,
                                         dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads)
@@ -192,19 +192,11 @@ public final class RingAttention {
                         held.advance()
                     }
                     // This unit's gradients follow it (the last exchange brings every unit's home).
-                    try startExchange(inPlace: gradients.pieces, tag: Self.tag(0x3000, message: message)).wait()
+                    try startExchange(inPlace: gradients.pieces, tag: MessageTag.ringGradients.tag(message)).wait()
                 }
             }
         }
     }
-
-    /// The tag of a call's message: `base` (forward K/V, backward K/V, backward dK/dV) plus the
-    /// message's index ((batch element, unit), step) modulo 4096, within the 32,767 MPI
-    /// guarantees. Messages of one pair of ranks with one tag arrive in order on every backend,
-    /// so the tags of a call with more messages, which wrap around, still match. The bases
-    /// (0x1000, 0x2000, 0x3000) leave 0x4000 and up to other point-to-point users (the expert
-    /// shard transfer's 0x5E01 and 0x5E02).
-    static func tag(_ base: Int, message: Int) -> Int { base + message % 0x1000 }
 
     /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the
     /// previous rank's into the `receiving` ranges. Even ranks send first and odd ranks receive
