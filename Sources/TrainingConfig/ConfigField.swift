@@ -160,8 +160,8 @@ public struct ConfigField {
 }
 
 extension ConfigField {
-    /// Every key, in the order of sections and keys that `yaml`, `--help-config` and the
-    /// numeric hash use. Changing the order or the `numeric` set changes `numericHash`.
+    /// Every key, in the order of sections and keys that `yaml` and `--help-config` use (the
+    /// numeric hash sorts them by key: only changing the `numeric` set changes it).
     public static let all: [ConfigField] = [
         ConfigField("model.vocab_size", .int(\.model.vocabSize), .atLeastOne, numeric: true, "vocabulary size (256: bytes)"),
         ConfigField("model.d_model", .int(\.model.dModel), .atLeastOne, numeric: true, "width of the residual stream"),

@@ -14,12 +14,34 @@ extension RunConfig {
         }
     }
 
-    /// FNV-1a (64-bit, hex) over "key=value;" of the numeric keys in table order, with values
-    /// in canonical text; checkpoints record it. The same value as before the typed sections.
+    /// The form `numericHash` takes now. Version 1 (unprefixed hex) hashed the keys in the
+    /// field table's order, so reordering the table changed it; version 2 sorts them.
+    public static let numericHashVersion = 2
+
+    /// "v2:" and FNV-1a (64-bit, hex) over "key=value;" of the numeric keys sorted by key, with
+    /// values in canonical text; checkpoints record it. Independent of the field table's order.
     public var numericHash: String {
+        Self.numericHash(of: Dictionary(uniqueKeysWithValues: numericFields.map { ($0.path, $0.text(in: self)) }))
+    }
+
+    /// The version-2 hash of numeric keys and their canonical values.
+    public static func numericHash(of values: [String: String]) -> String {
+        "v\(numericHashVersion):" + fnv1a(values.keys.sorted().map { "\($0)=\(values[$0]!);" })
+    }
+
+    /// Whether a checkpoint's recorded hash is this config's: the current form, or version 1
+    /// (table order, no prefix) that checkpoints written before the version recorded.
+    public func matchesNumericHash(_ recorded: String) -> Bool {
+        recorded == numericHash || recorded == numericHashVersion1
+    }
+
+    /// The version-1 form: the numeric keys in table order, no prefix.
+    public var numericHashVersion1: String { Self.fnv1a(numericFields.map { "\($0.path)=\($0.text(in: self));" }) }
+
+    private static func fnv1a(_ parts: [String]) -> String {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
-        for field in numericFields {
-            for byte in "\(field.path)=\(field.text(in: self));".utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
+        for part in parts {
+            for byte in part.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
         }
         return String(h, radix: 16)
     }
