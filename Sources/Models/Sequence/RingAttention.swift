@@ -40,8 +40,8 @@ import TensorCore
 ///
 /// Transfers alternate send/receive order by rank parity (even ranks send first, odd ranks
 /// receive first), so no rank waits on a peer that is itself waiting to send: deadlock-free on
-/// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on a
-/// transfer thread while the current unit is computed (the communicator is used by that thread
+/// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on the
+/// ring's transfer thread while the current unit is computed (the communicator is used by that thread
 /// alone until it is waited for); in the backward pass a unit's dK/dV follow it after its step.
 ///
 /// Layouts as `FlashAttention`: q, o (B, T, Hq, D), k, v (B, T, Hkv, D) with T this rank's tokens.
@@ -57,6 +57,8 @@ public final class RingAttention {
     let units: [Unit]
     /// This rank's queries against the front and back keys of unit u of rank s, by s and u.
     let kernels: [[(front: FlashAttention, back: FlashAttention?)]]
+    /// Where the transfers run: one thread for the ring's life, started by the first transfer.
+    private var transfers: TransferThread?
 
     /// Bytes of K a unit holds by default (its V as many again).
     public static let unitKeyBytes = 1 << 20
@@ -90,6 +92,8 @@ public final class RingAttention {
             units.map { unit in (front: kernel(source[unit.front]), back: unit.back.isEmpty ? nil : kernel(source[unit.back])) }
         }
     }
+
+    deinit { transfers?.stop() }
 
     /// One unit: a range of keys from the front of a rank's and its mirror from the back.
     struct Unit {
@@ -198,7 +202,7 @@ public final class RingAttention {
         }
     }
 
-    /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the
+    /// One ring transfer on the transfer thread: the `sending` ranges, in order, to the next rank; the
     /// previous rank's into the `receiving` ranges. Even ranks send first and odd ranks receive
     /// first, so the ring cannot deadlock even where a send waits for its receiver. Only this
     /// thread uses the communicator until `wait` returns.
@@ -253,21 +257,11 @@ public final class RingAttention {
     static let exchangeSlice = 1 << 20
 
     /// Runs `body` (communicator, next rank, previous rank, whether this rank sends first) on
-    /// a new thread; its error is rethrown by `wait`.
+    /// the ring's transfer thread; its error is rethrown by `wait`.
     private func onTransferThread(_ body: @escaping @Sendable (Communicator, Int, Int, Bool) throws -> Void) -> RingTransfer {
-        let transfer = RingTransfer()
         let (comm, rank, size) = (UncheckedCommunicator(comm), self.rank, self.size)
-        let thread = Thread {
-            do {
-                try body(comm.value, (rank + 1) % size, (rank - 1 + size) % size, rank % 2 == 0)
-            } catch {
-                transfer.error = error
-            }
-            transfer.done.signal()
-        }
-        thread.stackSize = 1 << 20
-        thread.start()
-        return transfer
+        if transfers == nil { transfers = TransferThread(name: "ring attention transfers") }
+        return transfers!.start { try body(comm.value, (rank + 1) % size, (rank - 1 + size) % size, rank % 2 == 0) }
     }
 }
 
@@ -331,17 +325,6 @@ private struct TransferBytes: @unchecked Sendable {
 private struct UncheckedCommunicator: @unchecked Sendable {
     let value: Communicator
     init(_ value: Communicator) { self.value = value }
-}
-
-/// A transfer in flight; `wait` returns once it is complete and rethrows its failure.
-final class RingTransfer: @unchecked Sendable {
-    let done = DispatchSemaphore(value: 0)
-    var error: Error?
-
-    func wait() throws {
-        done.wait()
-        if let error { throw error }
-    }
 }
 
 extension Communicator {
