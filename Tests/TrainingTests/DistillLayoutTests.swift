@@ -26,18 +26,9 @@ import _TestSupport
         return config
     }
 
-    static func settings() -> DistillSection {
-        var s = DistillSection()
-        s.stage1Lr = 1e-2; s.stage2Lr = 1e-2; s.stage3Lr = 3e-3
-        s.temperature = 2; s.dataLossWeight = 0.5
-        return s
-    }
-
-    /// What one rank saw: each step's losses and its student (the parameters it holds).
-    struct Seen {
-        var losses: [[Double]] = []
-        var state: StateDict = StateDict()
-    }
+    /// The settings and what one rank saw (each step's losses, the student it holds) as the data-parallel tests.
+    typealias Seen = DistillParallelTests.Seen
+    static func settings() -> DistillSection { DistillParallelTests.settings() }
 
     /// The steps `plan` (stages) on the in-process ranks of `layout`; `cut`: the run is
     /// restored from its exported state into a fresh distiller after that many steps.
