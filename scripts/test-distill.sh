@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 21   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 22   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-distill.XXXXXX)
 
 # A tiny teacher on the default corpus (configs/tiny.yaml's data), trained briefly.
@@ -73,6 +73,18 @@ check "distill: stopped mid-stage 2 and resumed on 2 ranks equals the uninterrup
 check "distill: mpirun 2 sequence ranks (parallel.sequence=2, ring) equal 1 rank in every stage (1e-5)" \
   distills_like "$work/d1" "$work/seq2" mpi 2 "${distill[@]}" --set parallel.sequence=2
 
+# stop_and_resume_like REFERENCE_DIR RUN_DIR DISTILL_ARGS...: on 2 ranks, stopped at step 8 (stage 2,
+# step 2 of 6), resumed with --resume RUN_DIR alone: the records of REFERENCE_DIR bit for bit.
+stop_and_resume_like() {
+  local reference=$1 dir=$2 status; shift 2
+  mpi 2 "$@" --set run.dir="$dir" --stop-at 8; status=$?
+  [ "$status" -eq 0 ] || { echo "the run stopped at step 8 exited with $status"; return 1; }
+  mpi 2 distill --resume "$dir" || return 1
+  python3 scripts/compare_distill.py "$reference/metrics.jsonl" "$dir/metrics.jsonl" --exact
+}
+check "distill: sequence-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
+  stop_and_resume_like "$work/seq2" "$work/seq2-resumed" "${distill[@]}" --set parallel.sequence=2
+
 # An MoE teacher (4 experts, top 2) with its experts over 2 ranks (parallel.expert=2): equals one
 # rank, and a run stopped mid-stage 2 and resumed (rank 0 reads, the experts are handed out)
 # logs the uninterrupted run's records bit for bit.
@@ -84,14 +96,8 @@ expert_layout() {
   distills_like "$work/moe1" "$work/moe2" mpi 2 "${moe_distill[@]}" --set parallel.expert=2
 }
 check "distill: an MoE teacher on mpirun 2 expert ranks (parallel.expert=2) equals 1 rank in every stage (1e-5)" expert_layout
-expert_resume() {
-  local dir=$work/moe-resumed status
-  mpi 2 "${moe_distill[@]}" --set parallel.expert=2 --set run.dir="$dir" --stop-at 8; status=$?
-  [ "$status" -eq 0 ] || { echo "the expert-parallel run stopped at step 8 exited with $status"; return 1; }
-  mpi 2 distill --resume "$dir" || return 1
-  python3 scripts/compare_distill.py "$work/moe2/metrics.jsonl" "$dir/metrics.jsonl" --exact
-}
-check "distill: expert-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" expert_resume
+check "distill: expert-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
+  stop_and_resume_like "$work/moe2" "$work/moe-resumed" "${moe_distill[@]}" --set parallel.expert=2
 check "distill: a layout that does not fit the world is named" expect_failure 30 "parallel.sequence" \
   "$TESSERA" "${distill[@]}" --set parallel.sequence=2 --set run.dir="$work/never"
 
