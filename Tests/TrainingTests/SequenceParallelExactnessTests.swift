@@ -150,13 +150,15 @@ import _TestSupport
 
     /// A peer that stops taking part mid-run: the sequence-parallel pass records the collective's
     /// failure and the trainer throws it (the process is not ended from inside the library).
-    @Test(arguments: ["ring", "ulysses"])
+    /// `mamba2`: a model of Mamba-2 layers only, whose first exchange is the mixer's gather.
+    @Test(arguments: ["ring", "ulysses", "mamba2"])
     func aLostSequencePeerIsThrownByTheTrainer(mode: String) throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let corpus = try makeCorpus(in: directory)
+        let mixer = mode == "mamba2" ? ["model.sequence_mixer=mamba2", "model.ssm_chunk_size=4"] : ["parallel.sequence_mode=\(mode)"]
         let config = try RunConfig(file: nil, overrides: Self.overrides(data: corpus, run: directory.file("run"))
-            + ["parallel.sequence=2", "parallel.sequence_mode=\(mode)"])
+            + ["parallel.sequence=2"] + mixer)
         let results = InProcessCommunicator.run(size: 2, timeoutSeconds: 2) { comm -> Double in
             let trainer = try Trainer(config: config, world: comm)
             guard comm.rank == 0 else { return 0 }   // rank 1 never takes a step
