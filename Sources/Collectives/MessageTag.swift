@@ -12,8 +12,7 @@ public enum MessageTag: Int, CaseIterable, Sendable {
     /// Ring attention, backward: a unit's dK/dV following it around the ring.
     case ringGradients = 0x3000
     /// Expert-shard transfer of a checkpoint (rank 0 ↔ expert ranks): tensor names, then values.
-    case expertShardNames = 0x5E01
-    case expertShardValues = 0x5E02
+    case expertShardNames = 0x5E01, expertShardValues = 0x5E02
     /// TCP backend: collective traffic (user tags are non-negative).
     case tcpCollective = -1
     /// TCP backend: the best-effort notice a rank sends when a transfer fails, naming its cause.
@@ -26,7 +25,6 @@ public enum MessageTag: Int, CaseIterable, Sendable {
 
     /// Whether the kind spans a block of `blockSize` tags (one per message number).
     public var isBlock: Bool { [.ringForward, .ringBackward, .ringGradients].contains(self) }
-
     /// The tags this kind may use.
     public var tags: ClosedRange<Int> { rawValue...(isBlock ? rawValue + Self.blockSize - 1 : rawValue) }
 

@@ -40,9 +40,7 @@ extension RunConfig {
 
     private static func fnv1a(_ parts: [String]) -> String {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
-        for part in parts {
-            for byte in part.utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
-        }
+        for byte in parts.joined().utf8 { h = (h ^ UInt64(byte)) &* 0x100_0000_01B3 }
         return String(h, radix: 16)
     }
 

@@ -67,7 +67,7 @@ import _TestSupport
         try x.withUnsafeBufferPointer { xp in
             try mixer.forward(xp.baseAddress!, addingTo: &out, layer: 0, context: context)
             p.zeroGradients()
-            mixer.backward(probe, dx: &dx, layer: 0, context: context)
+            try mixer.backward(probe, dx: &dx, layer: 0, context: context)
         }
         let values = p.values.array.doubles
         let reference = Reference.mamba2Mixer(Self.shape, dModel: d, convWidth: 4, input: x.doubles, weights: Self.weights(values, p))

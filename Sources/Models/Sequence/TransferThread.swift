@@ -1,52 +1,39 @@
 import Foundation
 
-/// One dedicated thread that runs a ring's transfers in order, for the ring's whole life: a
-/// transfer blocks on the communicator, so it never runs on the Swift concurrency pool, and a
-/// ring making thousands of transfers a step does not start a thread for each. The thread ends
-/// when its owner calls `stop` (after the queued transfers).
+/// One dedicated thread that runs a ring's transfers in order for the ring's whole life (not a
+/// new thread per transfer, and never the Swift concurrency pool: a transfer blocks on the
+/// communicator). It ends once its owner calls `stop` and the queue is empty.
 final class TransferThread: @unchecked Sendable {
     private let condition = NSCondition()
-    private var queued: [() -> Void] = []
-    private var stopping = false
+    private var queued: [() -> Void] = [], stopping = false
 
     init(name: String) {
-        let thread = Thread { [self] in run() }   // holds the queue until `stop`
-        thread.name = name
-        thread.stackSize = 1 << 20
+        let thread = Thread { [self] in   // holds the queue until `stop`
+            while let body = next() { body() }
+        }
+        (thread.name, thread.stackSize) = (name, 1 << 20)
         thread.start()
     }
 
-    /// Runs `body` on the thread, after what is queued before it; `wait` on the result returns
-    /// once it has run and rethrows its error.
+    /// Runs `body` after what is queued before it; `wait` on the result rethrows its error.
     func start(_ body: @escaping () throws -> Void) -> RingTransfer {
         let transfer = RingTransfer()
-        condition.lock()
-        queued.append {
-            do { try body() } catch { transfer.error = error }
-            transfer.done.signal()
+        locked {
+            queued.append { do { try body() } catch { transfer.error = error }; transfer.done.signal() }
         }
-        condition.signal()
-        condition.unlock()
         return transfer
     }
 
-    /// Lets the thread end once the queue is empty.
-    func stop() {
-        condition.lock()
-        stopping = true
-        condition.signal()
-        condition.unlock()
-    }
+    func stop() { locked { stopping = true } }
 
-    private func run() {
-        while true {
-            condition.lock()
-            while queued.isEmpty && !stopping { condition.wait() }
-            if queued.isEmpty { condition.unlock(); return }
-            let body = queued.removeFirst()
-            condition.unlock()
-            body()
-        }
+    private func locked(_ change: () -> Void) { condition.lock(); change(); condition.signal(); condition.unlock() }
+
+    /// The next queued body, waiting for one; nil once stopped with nothing queued.
+    private func next() -> (() -> Void)? {
+        condition.lock()
+        defer { condition.unlock() }
+        while queued.isEmpty && !stopping { condition.wait() }
+        return queued.isEmpty ? nil : queued.removeFirst()
     }
 }
 
