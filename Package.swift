@@ -51,11 +51,13 @@ let package = Package(
         .target(name: "CollectivesTCP", dependencies: ["Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: numericSettings),
         .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", "CollectivesTCP", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
-        .target(name: "Training", dependencies: ["Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
+        .target(name: "TrainingConfig", dependencies: ["Models", "Yams"], swiftSettings: settings),
+        .target(name: "TokenData", dependencies: ["TensorCore"], swiftSettings: settings),
+        .target(name: "Training", dependencies: ["TrainingConfig", "TokenData", "Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(
             name: "TesseraCLI",
             dependencies: [
-                "Training", "CollectivesMPI", "CollectivesTCP", "Checkpointing", "Collectives", "Kernels", "Models", "TensorCore",
+                "Training", "TrainingConfig", "TokenData", "CollectivesMPI", "CollectivesTCP", "Checkpointing", "Collectives", "Kernels", "Models", "TensorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings),
@@ -68,6 +70,8 @@ let package = Package(
         .testTarget(name: "CollectivesTCPTests", dependencies: ["CollectivesTCP", "Collectives", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "Collectives", "TensorCore", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CheckpointingTests", dependencies: ["Checkpointing", "CollectivesTCP", "TensorCore", "_TestSupport"], swiftSettings: settings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TrainingConfigTests", dependencies: ["TrainingConfig", "Models", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TokenDataTests", dependencies: ["TokenData", "TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "TrainingConfig", "TokenData", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
     ]
 )

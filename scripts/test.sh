@@ -11,9 +11,10 @@ scripts/setup.sh || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
 source scripts/lib.sh
 echo "==> logs in $LOG_DIR"
 own_from=$(wc -l <"$RESULTS")
-plan $([ "$(uname -m)" = x86_64 ] && echo 5 || echo 4)   # this script's own checks below; the drivers plan theirs
+plan $([ "$(uname -m)" = x86_64 ] && echo 6 || echo 5)   # this script's own checks below; the drivers plan theirs
 
 check "docs: every relative Markdown link points to a file in the repository" python3 scripts/check_links.py
+check "docs: the module graph in docs/ARCHITECTURE.md is the one Package.swift gives" python3 scripts/check_architecture.py --check
 # The unit tests link OpenBLAS in-process and do not re-execute themselves as tessera does to
 # pick its core (scripts/test-blas.sh checks that): run them on the core tessera chooses for
 # this machine (on a CPU the library does not know, its SSE3 fallback is 4x slower), unless

@@ -22,7 +22,7 @@ public final class TCPCommunicator: Communicator {
     private let id: UInt32
     private var splits: UInt32 = 0
     /// Tag of collective traffic (user tags are non-negative).
-    private static let collectiveTag: Int64 = -1
+    private static let collectiveTag = Int64(MessageTag.tcpCollective.rawValue)
 
     init(mesh: TCPMesh, members: [Int], id: UInt32) {
         self.mesh = mesh

@@ -65,7 +65,7 @@ final class TCPMesh {
 
     /// Tag of the frame a rank sends its peers, best effort, when a transfer fails: it names the
     /// rank that caused it, so every survivor reports the same root cause.
-    static let abortTag = Int64.min
+    static let abortTag = Int64(MessageTag.tcpAbort.rawValue)
     var abortReport: CollectiveError?
 
     /// Completes every send and receive, or throws naming the peer that failed or is late.
@@ -84,7 +84,7 @@ final class TCPMesh {
     }
 
     /// Tag of the notice a rank sends when its deadline passes: the ranks it waits for.
-    static let waitingTag = Int64.min + 1
+    static let waitingTag = Int64(MessageTag.tcpWaiting.rawValue)
     var waitNotices: [Int: [Int]] = [:]
 
     /// The rank to blame when this one's deadline passes: it announces whom it waits for,

@@ -2,8 +2,8 @@ import Foundation
 
 /// Causal scaled-dot-product attention with grouped-query heads, on BLAS.
 ///
-/// Materialises the probabilities (B, Hq, T, T) for the backward pass: this is the exact,
-/// simple attention the model uses until the tiled flash kernel arrives; it skips the masked
+/// Materialises the probabilities (B, Hq, T, T) for the backward pass: the exact, simple
+/// attention the tiled flash kernel is tested against (`attention.kernel: naive`); it skips the masked
 /// upper triangle by working in row blocks, so it does about half the flops of a full T×T.
 ///
 /// Layouts: q, o are (B, T, Hq, D); k, v are (B, T, Hkv, D); Hq is a multiple of Hkv.

@@ -59,7 +59,7 @@ public final class DecoderBlock {
     }
 
     /// out (B·T, d) = block(x (B·T, d)); `x` must stay unchanged until `backward`.
-    func forward(_ x: UnsafePointer<Float>, output out: UnsafeMutablePointer<Float>, context c: PassContext) {
+    func forward(_ x: UnsafePointer<Float>, output out: UnsafeMutablePointer<Float>, context c: PassContext) throws {
         let (n, d) = (c.rows, dModel)
         cache.ensure(rows: n, widths: [d, d, d, 1, 1])
         let (norm1, middle, norm2, rstd1, rstd2) = (cache[0], cache[1], cache[2], cache[3], cache[4])
@@ -70,29 +70,29 @@ public final class DecoderBlock {
             capture(layer, .sequenceMixerInput, UnsafeBufferPointer(start: norm1, count: n * d), [n, d])
             let mixed = c.scratch.buffer("block.capture", count: n * d)
             mixed.update(repeating: 0, count: n * d)
-            sequenceMixer.forward(norm1, addingTo: mixed, layer: layer, context: c)
+            try sequenceMixer.forward(norm1, addingTo: mixed, layer: layer, context: c)
             capture(layer, .sequenceMixerOutput, UnsafeBufferPointer(start: mixed, count: n * d), [n, d])
             for i in 0..<(n * d) { middle[i] = x[i] + mixed[i] }
         } else {
             middle.update(from: x, count: n * d)
-            sequenceMixer.forward(norm1, addingTo: middle, layer: layer, context: c)
+            try sequenceMixer.forward(norm1, addingTo: middle, layer: layer, context: c)
         }
         RMSNorm.forward(x: middle, weight: postNorm.value, y: norm2, rstd: rstd2, rows: n, dim: d, eps: eps, threads: c.threads)
         out.update(from: middle, count: n * d)
-        channelMixer.forward(norm2, addingTo: out, layer: layer, context: c)
+        try channelMixer.forward(norm2, addingTo: out, layer: layer, context: c)
         c.capture?(layer, .blockOutput, UnsafeBufferPointer(start: out, count: n * d), [n, d])
     }
 
     /// dResidual (B·T, d): ∂L/∂out in, ∂L/∂x out (the residual path carries it through).
-    func backward(_ dResidual: UnsafeMutablePointer<Float>, context c: PassContext) {
+    func backward(_ dResidual: UnsafeMutablePointer<Float>, context c: PassContext) throws {
         guard let x = input else { preconditionFailure("DecoderBlock.backward before forward") }
         let (n, d) = (c.rows, dModel)
         let (middle, rstd1, rstd2) = (cache[1], cache[3], cache[4])
         let dNorm = c.scratch.buffer("block.dNorm", count: n * d)
-        channelMixer.backward(dResidual, dx: dNorm, layer: layer, context: c)
+        try channelMixer.backward(dResidual, dx: dNorm, layer: layer, context: c)
         RMSNorm.backward(x: middle, weight: postNorm.value, rstd: rstd2, dy: dNorm, dx: dResidual, dWeight: postNorm.gradient,
                          rows: n, dim: d, accumulate: true, threads: c.threads)
-        sequenceMixer.backward(dResidual, dx: dNorm, layer: layer, context: c)
+        try sequenceMixer.backward(dResidual, dx: dNorm, layer: layer, context: c)
         RMSNorm.backward(x: x, weight: inputNorm.value, rstd: rstd1, dy: dNorm, dx: dResidual, dWeight: inputNorm.gradient,
                          rows: n, dim: d, accumulate: true, threads: c.threads)
         c.ready?(parameterRange)

@@ -7,7 +7,8 @@ import TensorCore
 /// owns the cache its backward pass needs, and implements both passes on (B·T, d) row-major
 /// activations. Forward adds its output into the residual stream; backward turns the gradient
 /// of the residual stream into the gradient of its input and adds its parameter gradients.
-/// A backward call must follow the forward call of the same pass.
+/// A backward call must follow the forward call of the same pass. A component that
+/// communicates throws its failed collective (a lost or hung rank): the pass ends there.
 public protocol LayerComponent: AnyObject {
     /// Parameters under names relative to the block (e.g. `self_attn.q_proj.weight`): the ones
     /// this rank holds.
@@ -19,9 +20,9 @@ public protocol LayerComponent: AnyObject {
     /// Resolves the component's parameters in `parameters`, where its names carry `prefix`.
     func bind(to parameters: ParameterSet, prefix: String)
     /// out (B·T, d) += component(x (B·T, d)). `x` must stay unchanged until `backward`.
-    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context: PassContext)
+    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context: PassContext) throws
     /// dx (B·T, d) = ∂L/∂x (overwritten) from dOut = ∂L/∂out; parameter gradients are added.
-    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context: PassContext)
+    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context: PassContext) throws
     /// Forward FLOPs per token of the matrix products (2 per multiply-add).
     var matmulFlopsPerToken: Double { get }
     /// Forward FLOPs per token that grow with the sequence (attention scores and values).

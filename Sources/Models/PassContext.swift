@@ -33,19 +33,10 @@ public final class PassContext {
     public internal(set) var capture: CaptureHook?
     /// What each mixture-of-experts layer's routing did in the last forward pass, by layer.
     public internal(set) var routing: [Int: RoutingSummary] = [:]
-    /// The first collective that failed in this pass (a lost or hung rank). Components skip
-    /// their communication once it is set, so the pass ends at once; the model's caller
-    /// rethrows it (`TransformerLM.passFailure`).
-    public private(set) var failure: Error?
-
-    /// Records a failed collective (the first one is kept).
-    public func fail(_ error: Error) { if failure == nil { failure = error } }
-
-    /// Clears what the previous pass left (losses, routing, failure).
+    /// Clears what the previous pass left (losses, routing).
     func resetPass() {
         auxiliaryLosses.reset()
         routing.removeAll(keepingCapacity: true)
-        failure = nil
     }
 
     public var rows: Int { batch * length }

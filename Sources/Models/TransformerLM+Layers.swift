@@ -12,7 +12,7 @@ extension TransformerLM {
     /// With `capture` set, the block reports its capture points as in a full pass.
     /// `positions`: the global position of each of the `length` tokens (default 0..<length;
     /// a sharded sequence's rows on a grid with a sequence axis).
-    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int, positions: [Int]? = nil) -> [Float] {
+    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int, positions: [Int]? = nil) throws -> [Float] {
         let d = config.dModel
         precondition(blocks.indices.contains(layer), "blockForward: no layer \(layer)")
         precondition(input.count == batch * length * d, "blockForward: \(input.count) values for (\(batch)·\(length), \(d))")
@@ -22,7 +22,7 @@ extension TransformerLM {
         c.capture = capture
         c.ready = nil
         input.withUnsafeBufferPointer { s.streams[layer].pointer.update(from: $0.baseAddress!, count: input.count) }
-        blocks[layer].forward(s.streams[layer].pointer, output: s.streams[layer + 1].pointer, context: c)
+        try blocks[layer].forward(s.streams[layer].pointer, output: s.streams[layer + 1].pointer, context: c)
         return Array(UnsafeBufferPointer(start: s.streams[layer + 1].pointer, count: input.count))
     }
 
@@ -31,14 +31,14 @@ extension TransformerLM {
     /// some steps only those) to `parameters.gradients` and returns ∂L/∂input. Auxiliary
     /// losses (mixture-of-experts balance and z-loss) add no gradient here: L is the caller's.
     @discardableResult
-    public func blockBackward(layer: Int, outputGradient: [Float]) -> [Float] {
+    public func blockBackward(layer: Int, outputGradient: [Float]) throws -> [Float] {
         guard let s = state else { preconditionFailure("blockBackward before blockForward") }
         let c = s.context, count = c.rows * config.dModel
         precondition(outputGradient.count == count, "blockBackward: \(outputGradient.count) values for (\(c.rows), \(config.dModel))")
         c.gradientScale = 0
         c.ready = nil
         outputGradient.withUnsafeBufferPointer { s.dResidual.pointer.update(from: $0.baseAddress!, count: count) }
-        blocks[layer].backward(s.dResidual.pointer, context: c)
+        try blocks[layer].backward(s.dResidual.pointer, context: c)
         return Array(UnsafeBufferPointer(start: s.dResidual.pointer, count: count))
     }
 
@@ -48,10 +48,10 @@ extension TransformerLM {
     /// Auxiliary losses (mixture-of-experts) add no gradient: L is the whole objective.
     @discardableResult
     public func lossAndGradients(tokens: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
-                                 loss: (_ logitsInGradientsOut: UnsafeMutablePointer<Float>) throws -> Double) rethrows -> Double {
-        let s = forward(tokens: tokens, batch: batch, length: length, positions: positions)
+                                 loss: (_ logitsInGradientsOut: UnsafeMutablePointer<Float>) throws -> Double) throws -> Double {
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
         let total = try loss(s.logits.pointer)
-        backward(from: s, gradientScale: 0, ready: nil)
+        try backward(from: s, gradientScale: 0, ready: nil)
         return total
     }
 
@@ -60,15 +60,15 @@ extension TransformerLM {
     /// 0..<length, computed on this rank alone whatever the grid (distillation's targets when
     /// the model's passes shard the sequence). Empty when the layer's mixer reports none (not
     /// attention). The layer's caches then belong to this call until its next pass.
-    public func attentionProbabilities(layer: Int, input: [Float], batch: Int, length: Int) -> [Float] {
+    public func attentionProbabilities(layer: Int, input: [Float], batch: Int, length: Int) throws -> [Float] {
         precondition(input.count == batch * length * config.dModel, "attentionProbabilities: input must be (batch·length, d)")
         let context = PassContext(batch: batch, length: length, threads: threads)
         var probabilities: [Float] = []
         context.capture = { _, point, values, _ in if point == .attentionProbabilities { probabilities = Array(values) } }
         var discarded = [Float](repeating: 0, count: input.count)
-        input.withUnsafeBufferPointer { x in
-            discarded.withUnsafeMutableBufferPointer {
-                blocks[layer].sequenceMixer.forward(x.baseAddress!, addingTo: $0.baseAddress!, layer: layer, context: context)
+        try input.withUnsafeBufferPointer { x in
+            try discarded.withUnsafeMutableBufferPointer {
+                try blocks[layer].sequenceMixer.forward(x.baseAddress!, addingTo: $0.baseAddress!, layer: layer, context: context)
             }
         }
         return probabilities

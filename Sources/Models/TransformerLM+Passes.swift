@@ -40,7 +40,7 @@ extension TransformerLM {
     /// Runs the forward pass on tokens (batch, length) and leaves logits (batch·length, V) in
     /// the pass state.
     @discardableResult
-    func forward(tokens: [Int32], batch: Int, length: Int, positions: [Int]?) -> PassState {
+    func forward(tokens: [Int32], batch: Int, length: Int, positions: [Int]?) throws -> PassState {
         precondition(tokens.count == batch * length, "forward: \(tokens.count) tokens for batch \(batch) × length \(length)")
         let s = passState(batch: batch, length: length, positions: positions)
         let c = s.context, n = c.rows, d = config.dModel
@@ -50,7 +50,7 @@ extension TransformerLM {
         tokens.withUnsafeBufferPointer { s.tokenIDs.update(from: $0.baseAddress!, count: n) }
         Embedding.forward(tokens: s.tokenIDs, count: n, table: embed.value, dim: d, out: s.streams[0].pointer)
         for (l, block) in blocks.enumerated() {
-            block.forward(s.streams[l].pointer, output: s.streams[l + 1].pointer, context: c)
+            try block.forward(s.streams[l].pointer, output: s.streams[l + 1].pointer, context: c)
         }
         let last = s.streams[blocks.count].pointer
         RMSNorm.forward(x: last, weight: finalNorm.value, y: s.finalNorm.pointer, rstd: s.finalRstd.pointer,
@@ -61,8 +61,8 @@ extension TransformerLM {
     }
 
     /// Σ over tokens of −log p(target): the forward pass only (evaluation).
-    public func lossSum(tokens: [Int32], targets: [Int32], batch: Int, length: Int, positions: [Int]? = nil) -> Double {
-        let s = forward(tokens: tokens, batch: batch, length: length, positions: positions)
+    public func lossSum(tokens: [Int32], targets: [Int32], batch: Int, length: Int, positions: [Int]? = nil) throws -> Double {
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
         return targets.withUnsafeBufferPointer {
             SoftmaxCrossEntropy.forwardBackward(logits: s.logits.pointer, targets: $0.baseAddress!, rows: batch * length,
                                                 vocab: config.vocabSize, dLogits: nil, gradientScale: 0, threads: s.context.threads)
@@ -70,8 +70,8 @@ extension TransformerLM {
     }
 
     /// Logits (batch·length, V) of the forward pass.
-    public func logits(tokens: [Int32], batch: Int, length: Int, positions: [Int]? = nil) -> [Float] {
-        forward(tokens: tokens, batch: batch, length: length, positions: positions).logits.array
+    public func logits(tokens: [Int32], batch: Int, length: Int, positions: [Int]? = nil) throws -> [Float] {
+        try forward(tokens: tokens, batch: batch, length: length, positions: positions).logits.array
     }
 
     /// Forward and backward: adds ∂(gradientScale · Σ loss)/∂θ to `parameters.gradients` and
@@ -81,20 +81,20 @@ extension TransformerLM {
     /// `positions`: the global position of each of the `length` tokens (default 0..<length).
     @discardableResult
     public func lossAndGradients(tokens: [Int32], targets: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
-                                 gradientScale: Float, ready: ((Range<Int>) -> Void)? = nil) -> Double {
-        let s = forward(tokens: tokens, batch: batch, length: length, positions: positions)
+                                 gradientScale: Float, ready: ((Range<Int>) -> Void)? = nil) throws -> Double {
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
         let c = s.context, n = c.rows
         c.gradientScale = gradientScale
         let total = targets.withUnsafeBufferPointer {
             SoftmaxCrossEntropy.forwardBackward(logits: s.logits.pointer, targets: $0.baseAddress!, rows: n, vocab: config.vocabSize,
                                                 dLogits: s.logits.pointer, gradientScale: gradientScale, threads: c.threads)
         }
-        backward(from: s, gradientScale: gradientScale, ready: ready)
+        try backward(from: s, gradientScale: gradientScale, ready: ready)
         return total
     }
 
     /// The backward pass from ∂L/∂logits (left in `s.logits`) to every parameter gradient.
-    func backward(from s: PassState, gradientScale: Float, ready: ((Range<Int>) -> Void)?) {
+    func backward(from s: PassState, gradientScale: Float, ready: ((Range<Int>) -> Void)?) throws {
         let c = s.context, n = c.rows, d = config.dModel
         c.gradientScale = gradientScale
         c.ready = ready
@@ -108,7 +108,7 @@ extension TransformerLM {
                          dy: dNorm, dx: s.dResidual.pointer, dWeight: finalNorm.gradient, rows: n, dim: d,
                          threads: c.threads)
         ready?(parameters.entry("model.norm.weight").range)
-        for block in blocks.reversed() { block.backward(s.dResidual.pointer, context: c) }
+        for block in blocks.reversed() { try block.backward(s.dResidual.pointer, context: c) }
         Embedding.backward(tokens: s.tokenIDs, count: n, dOut: s.dResidual.pointer, dim: d, dTable: embed.gradient)
         ready?(parameters.entry("model.embed_tokens.weight").range)
     }

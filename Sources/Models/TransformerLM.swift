@@ -95,10 +95,6 @@ public final class TransformerLM {
     /// What each mixture-of-experts layer's routing did in the last forward pass, by layer.
     public var routing: [Int: RoutingSummary] { state?.context.routing ?? [:] }
 
-    /// The collective that failed during the last pass (its results are then meaningless);
-    /// callers of the passes throw it.
-    public var passFailure: Error? { state?.context.failure }
-
     /// Whether the backward pass itself communicates (expert-parallel layers): gradient
     /// reduction must then not run beside it on another thread.
     public var backwardCommunicates: Bool {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Training
+import TrainingConfig
 
 /// `--config FILE` and `--set key=value`, shared by every command that reads a run config.
 struct ConfigOptions: ParsableArguments {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import TokenData
 import Training
 
 struct DataCommand: ParsableCommand {

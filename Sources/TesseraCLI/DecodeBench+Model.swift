@@ -4,6 +4,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 
 /// `tessera bench decode --model teacher student`: the time of one generated token (a whole
 /// `InferenceSession.decode` step: embeddings, every layer, the head, the greedy pick) at each

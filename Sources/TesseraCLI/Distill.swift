@@ -3,6 +3,7 @@ import Checkpointing
 import Collectives
 import Foundation
 import Training
+import TrainingConfig
 
 struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(

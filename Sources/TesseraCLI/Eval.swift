@@ -5,6 +5,7 @@ import Foundation
 import Kernels
 import Models
 import Training
+import TrainingConfig
 
 /// `tessera eval`: the validation loss of a checkpoint, data parallel over this job's ranks;
 /// with `--logits`, also the logits of the sequences it evaluated, as a NumPy file (to compare
@@ -88,8 +89,7 @@ struct Eval: ParsableCommand {
         values.reserveCapacity(sequences * data.length * vocab)
         for b in 0..<batches {
             let batch = data.validationBatch(b)
-            values += model.logits(tokens: batch.tokens, batch: data.localBatch, length: data.localLength, positions: data.positions)
-            if let failure = model.passFailure { throw failure }
+            values += try model.logits(tokens: batch.tokens, batch: data.localBatch, length: data.localLength, positions: data.positions)
         }
         try NumpyArrayFile.write(values, shape: [sequences, data.length, vocab], to: URL(fileURLWithPath: path))
         print("wrote the logits of \(sequences) sequences × \(data.length) positions × \(vocab) tokens to \(path)")

@@ -2,6 +2,7 @@ import ArgumentParser
 import Checkpointing
 import Foundation
 import Training
+import TrainingConfig
 
 /// `tessera export`: checkpoints in other tools' formats.
 struct Export: ParsableCommand {

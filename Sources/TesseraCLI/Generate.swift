@@ -5,6 +5,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 
 /// `tessera generate`: the prompt through the model once (prefill), then one token at a time
 /// against a KV cache (`InferenceSession`); Mamba-2 layers (a student) keep their recurrent

@@ -1,4 +1,5 @@
 import Foundation
+import TokenData
 
 /// The resident memory of this process, from /proc/self/statm (Linux), and the high-water mark
 /// of one piece of work measured by sampling it.

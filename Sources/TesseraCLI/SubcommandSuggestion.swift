@@ -1,5 +1,6 @@
 import ArgumentParser
 import Training
+import TrainingConfig
 
 /// Catches a mistyped subcommand before the argument parser does: it would report the next
 /// option as unknown (`tessera data prep --input f` → "Unknown option '--input'") or say

@@ -5,6 +5,7 @@ import Foundation
 import Kernels
 import Models
 import Training
+import TrainingConfig
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(

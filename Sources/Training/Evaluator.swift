@@ -20,9 +20,8 @@ public struct Evaluator {
         var total = 0.0
         for b in 0..<batches {
             let batch = data.validationBatch(b)
-            total += model.lossSum(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
+            total += try model.lossSum(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
                                    positions: data.positions)
-            if let failure = model.passFailure { throw failure }
         }
         let global = try comm.allReduce(Float(total), op: .sum)
         return Double(global) / Double(batches * data.tokensPerStep)

@@ -18,7 +18,7 @@ struct ExpertShardTransfer {
     /// Global shape of every parameter, by name.
     let shapes: [String: [Int]]
 
-    static let namesTag = 0x5E01, valuesTag = 0x5E02
+    static let namesTag = MessageTag.expertShardNames.tag(), valuesTag = MessageTag.expertShardValues.tag()
 
     init(grid: ProcessGrid, parameters: ParameterSet, optimizer: Optimizer, global: [ParameterDeclaration]) {
         self.grid = grid

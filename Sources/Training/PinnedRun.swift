@@ -2,6 +2,8 @@ import Collectives
 import Foundation
 import Kernels
 import TensorCore
+import TokenData
+import TrainingConfig
 
 /// A short run whose losses and gradient norms are pinned: ten steps of a tiny model on a small
 /// seeded corpus, with the materialised (`naive`) and the flash attention kernel. The pins are

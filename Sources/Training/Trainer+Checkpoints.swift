@@ -3,6 +3,7 @@ import Collectives
 import Foundation
 import Models
 import TensorCore
+import TrainingConfig
 
 extension Trainer {
     /// Where this rank's checkpoint parts go.
@@ -54,7 +55,7 @@ extension Trainer {
         var moved: String?
         let loaded = try checkpoints.loadLatest(step: resumeStep) { [self] url, contents in   // on rank 0's loading thread, while this one waits
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
-            if contents.state.configHash != config.numericHash {
+            if !config.matchesNumericHash(contents.state.configHash) {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
             }
             try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)

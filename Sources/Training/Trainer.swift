@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Data- and sequence-parallel training of the decoder: one optimizer step at a time (docs/ARCHITECTURE.md, "The data's
 /// way through a training step"); `run` (TrainingRun.swift) is the loop around it.
@@ -115,10 +116,9 @@ public final class Trainer {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
         model.parameters.zeroGradients()
         let reducer = self.reducer
-        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
-                                             positions: data.positions,
-                                             gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
-        if let failure = model.passFailure { throw failure }
+        let lossSum = try model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
+                                                 positions: data.positions,
+                                                 gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 

@@ -3,6 +3,7 @@ import Collectives
 import Foundation
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Saving and resuming a run's checkpoints.
 ///

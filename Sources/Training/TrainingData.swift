@@ -1,6 +1,7 @@
 import Collectives
 import Foundation
 import Models
+import TokenData
 
 /// The batches of a run: which samples each step takes (the sampler over the train split),
 /// this rank's share of them, and the fixed validation batches.

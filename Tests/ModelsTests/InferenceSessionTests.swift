@@ -25,9 +25,9 @@ import _TestSupport
     }
 
     /// Logits of the last position of a full forward pass over `context`.
-    static func lastLogits(_ model: TransformerLM, _ context: [Int32]) -> [Float] {
+    static func lastLogits(_ model: TransformerLM, _ context: [Int32]) throws -> [Float] {
         let vocab = model.config.vocabSize
-        return Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(vocab))
+        return Array(try model.logits(tokens: context, batch: 1, length: context.count).suffix(vocab))
     }
 
     struct Plan: Sendable, CustomTestStringConvertible {
@@ -45,7 +45,7 @@ import _TestSupport
         for tied in [false, true] {
             let model = try Self.model(vocab: 64, tied: tied)
             let tokens = Self.tokens(40, vocab: 64)
-            let full = model.logits(tokens: tokens, batch: 1, length: tokens.count)
+            let full = try model.logits(tokens: tokens, batch: 1, length: tokens.count)
             for promptLength in [1, 17] {
                 let session = try InferenceSession(model: model, blockSize: plan.blockSize, lanes: plan.lanes)
                 var got = try session.prefill(tokens: Array(tokens.prefix(promptLength)))
@@ -68,7 +68,7 @@ import _TestSupport
         var context = prompt
         var withoutCache: [Int32] = []
         for _ in 0..<200 {
-            let next = Int32(TokenSampler.argmax(Self.lastLogits(model, context)))
+            let next = Int32(TokenSampler.argmax(try Self.lastLogits(model, context)))
             withoutCache.append(next)
             context.append(next)
         }

@@ -57,17 +57,17 @@ import _TestSupport
 
     /// Forward against the Float64 reference; dx and every parameter gradient against central
     /// differences of it (chunk 3 over length 7: a ragged last chunk).
-    @Test func forwardAndGradientsMatchTheFloat64Reference() {
+    @Test func forwardAndGradientsMatchTheFloat64Reference() throws {
         let (mixer, p) = Self.mixer(seed: 3)
         let (n, d) = (Self.B * Self.T, Self.dModel)
         let x = Fixtures.randoms(n * d, seed: 4)
         let probe = Fixtures.randoms(n * d, seed: 5)
         let context = PassContext(batch: Self.B, length: Self.T, threads: KernelThreads(2))
         var out = [Float](repeating: 0, count: n * d), dx = [Float](repeating: .nan, count: n * d)
-        x.withUnsafeBufferPointer { xp in
-            mixer.forward(xp.baseAddress!, addingTo: &out, layer: 0, context: context)
+        try x.withUnsafeBufferPointer { xp in
+            try mixer.forward(xp.baseAddress!, addingTo: &out, layer: 0, context: context)
             p.zeroGradients()
-            mixer.backward(probe, dx: &dx, layer: 0, context: context)
+            try mixer.backward(probe, dx: &dx, layer: 0, context: context)
         }
         let values = p.values.array.doubles
         let reference = Reference.mamba2Mixer(Self.shape, dModel: d, convWidth: 4, input: x.doubles, weights: Self.weights(values, p))
@@ -158,7 +158,7 @@ import _TestSupport
         var logits = try session.prefill(tokens: Array(tokens[0..<prompt]))
         let bytes = session.cacheBytes
         for length in prompt...tokens.count {
-            let full = model.logits(tokens: Array(tokens[0..<length]), batch: 1, length: length)
+            let full = try model.logits(tokens: Array(tokens[0..<length]), batch: 1, length: length)
             let last = Array(full[((length - 1) * 13)...])
             #expect(GradientCheck.relativeError(logits, last.doubles) < 1e-4, "position \(length - 1)")
             if length < tokens.count { logits = try session.decode(token: tokens[length]) }
@@ -186,7 +186,7 @@ import _TestSupport
         var losses: [Double] = []
         for step in 1...25 {
             p.zeroGradients()
-            let loss = model.lossAndGradients(tokens: data.tokens, targets: data.targets, batch: batch, length: length,
+            let loss = try model.lossAndGradients(tokens: data.tokens, targets: data.targets, batch: batch, length: length,
                                               gradientScale: 1 / Float(batch * length)) / Double(batch * length)
             losses.append(loss)
             for e in p.entries {
@@ -206,7 +206,7 @@ import _TestSupport
             let model = try Self.model([Self.mamba, Self.mamba])
             model.threads = KernelThreads(threads)
             model.parameters.zeroGradients()
-            let loss = model.lossAndGradients(tokens: data.tokens, targets: data.targets, batch: 3, length: 13, gradientScale: 1)
+            let loss = try model.lossAndGradients(tokens: data.tokens, targets: data.targets, batch: 3, length: 13, gradientScale: 1)
             results.append((loss, model.parameters.gradients.array))
         }
         #expect(results[0].0 == results[1].0)
@@ -221,7 +221,7 @@ import _TestSupport
         let data = TransformerLMTests.batch(seed: 6, batch: batch, length: length, vocab: 13)
         var seen: [String: [Float]] = [:]
         model.capture = { layer, point, values, _ in seen["\(layer).\(point)"] = Array(values) }
-        _ = model.lossSum(tokens: data.tokens, targets: data.targets, batch: batch, length: length)
+        _ = try model.lossSum(tokens: data.tokens, targets: data.targets, batch: batch, length: length)
         model.capture = nil
         #expect(seen["0.mixingMatrix"]?.count == batch * 2 * length * length)
         #expect(seen["1.attentionProbabilities"] != nil && seen["1.mixingMatrix"] == nil)

@@ -21,7 +21,7 @@ import _TestSupport
         let model = try ReferenceDecoderTests.model(Self.configs[configIndex], seed: 13)
         let vocab = model.config.vocabSize
         let tokens = InferenceSessionTests.tokens(24, vocab: vocab, seed: 3)
-        let full = model.logits(tokens: tokens, batch: 1, length: tokens.count)
+        let full = try model.logits(tokens: tokens, batch: 1, length: tokens.count)
         for promptLength in [1, 9] {
             let session = try InferenceSession(model: model)
             var got = try session.prefill(tokens: Array(tokens.prefix(promptLength)))

@@ -25,12 +25,12 @@ import _TestSupport
     func positionsReachTheRotaryEmbedding(kernel: AttentionKernel) throws {
         let model = try Self.model(kernel)
         let (B, T) = (Self.B, Self.T)
-        let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
-        let shifted = model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 + 37 })
-        let spread = model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 * 3 })
+        let plain = try model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        let shifted = try model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 + 37 })
+        let spread = try model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: (0..<T).map { $0 * 3 })
         #expect(maxRelativeError(shifted, plain) < 1e-4)
         #expect(maxRelativeError(spread, plain) > 1e-2, "positions 0, 3, 6, ... are not positions 0, 1, 2, ...")
-        #expect(model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: Array(0..<T)) == plain)
+        #expect(try model.logits(tokens: Self.data.tokens, batch: B, length: T, positions: Array(0..<T)) == plain)
     }
 
     /// With the flash kernel the probabilities are computed for the hook alone.
@@ -38,14 +38,14 @@ import _TestSupport
     func theCaptureHookSeesEachLayersInputsOutputsAndAttention(kernel: AttentionKernel) throws {
         let model = try Self.model(kernel)
         let (B, T, d) = (Self.B, Self.T, Self.config.dModel)
-        let plain = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        let plain = try model.logits(tokens: Self.data.tokens, batch: B, length: T)
         var seen: [String: (values: [Float], shape: [Int])] = [:]
         var calls = 0
         model.capture = { layer, point, values, shape in
             seen["\(layer).\(point.rawValue)"] = (Array(values), shape)
             calls += 1
         }
-        let captured = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        let captured = try model.logits(tokens: Self.data.tokens, batch: B, length: T)
         #expect(captured == plain, "capturing does not change the numbers")
         for layer in 0..<2 {
             for point in ["blockInput", "sequenceMixerInput", "sequenceMixerOutput", "blockOutput"] {
@@ -66,7 +66,7 @@ import _TestSupport
         #expect(input.count == mixed.count && zip(input, mixed).contains { $1 != 0 })
         #expect(calls == 10, "5 points × 2 layers per pass")
         model.capture = nil
-        _ = model.logits(tokens: Self.data.tokens, batch: B, length: T)
+        _ = try model.logits(tokens: Self.data.tokens, batch: B, length: T)
         #expect(calls == 10, "nothing is captured once the hook is removed")
     }
 
@@ -83,8 +83,8 @@ import _TestSupport
             model.capture = { layer, point, values, shape in
                 if point == .attentionProbabilities { seen[layer] = Array(values); #expect(shape == [B, 2, T, T]) }
             }
-            _ = model.logits(tokens: tokens, batch: B, length: T)
-            _ = model.logits(tokens: tokens, batch: B, length: T)   // reused scratch
+            _ = try model.logits(tokens: tokens, batch: B, length: T)
+            _ = try model.logits(tokens: tokens, batch: B, length: T)   // reused scratch
             return seen
         }
         let flash = try capture(.flash), naive = try capture(.naive)

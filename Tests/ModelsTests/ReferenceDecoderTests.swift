@@ -131,7 +131,7 @@ import _TestSupport
         let (tokens, targets) = Self.data(c.config)
         let (B, T) = (Self.B, Self.T)
 
-        let got = model.logits(tokens: tokens, batch: B, length: T)
+        let got = try model.logits(tokens: tokens, batch: B, length: T)
         let want = reference.logits(tokens: tokens, batch: B, length: T)
         #expect(got.count == want.count)
         var largest = 1.0, worst = 0.0
@@ -144,9 +144,9 @@ import _TestSupport
 
         let wantLoss = reference.loss(tokens: tokens, targets: targets, batch: B, length: T)
         // The model reports cross-entropy; its MoE layers' weighted auxiliary losses complete the objective.
-        let evaluated = model.lossSum(tokens: tokens, targets: targets, batch: B, length: T) / Double(B * T)
+        let evaluated = try model.lossSum(tokens: tokens, targets: targets, batch: B, length: T) / Double(B * T)
             + model.auxiliaryLosses.values.reduce(0, +)
-        let trained = model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1) / Double(B * T)
+        let trained = try model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1) / Double(B * T)
             + model.auxiliaryLosses.values.reduce(0, +)
         #expect(maxRelativeError([evaluated, trained], [wantLoss, wantLoss]) <= 1e-5,
                 "\(c.label): mean loss \(evaluated) (lossSum), \(trained) (lossAndGradients), reference \(wantLoss)")
@@ -166,7 +166,7 @@ import _TestSupport
         let (tokens, targets) = Self.data(c.config)
         let (B, T) = (Self.B, Self.T)
         model.parameters.zeroGradients()
-        model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1 / Float(B * T))
+        try model.lossAndGradients(tokens: tokens, targets: targets, batch: B, length: T, gradientScale: 1 / Float(B * T))
         let analytic = model.parameters.gradients.array
         var reference = try ReferenceDecoder(model: model)
         let h = 1e-6

@@ -51,7 +51,7 @@ import _TestSupport
         var worst = 0.0
         for _ in 0..<100 {
             cached.append(Int32(TokenSampler.argmax(logits)))
-            let full = Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(256))
+            let full = Array(try model.logits(tokens: context, batch: 1, length: context.count).suffix(256))
             worst = max(worst, maxRelativeError(logits, full))
             recomputed.append(Int32(TokenSampler.argmax(full)))
             context.append(recomputed.last!)

@@ -1,7 +1,9 @@
 import Testing
 import Collectives
 import Foundation
+import TokenData
 import Training
+import TrainingConfig
 import _TestSupport
 
 @Suite struct ConfigAndDataErrorTests {

@@ -1,6 +1,7 @@
 import Testing
 import Collectives
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// The project's main correctness property: N data-parallel ranks give the numbers one rank

@@ -5,6 +5,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Distillation on sequence- and expert-parallel layouts against one rank: every stage's

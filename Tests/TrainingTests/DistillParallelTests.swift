@@ -5,6 +5,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Data-parallel distillation (N ranks = one rank on the global batch, every stage) and exact

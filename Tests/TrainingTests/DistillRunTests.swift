@@ -4,6 +4,7 @@ import Collectives
 import Foundation
 import Models
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A teacher trained a few steps on the test corpus and saved: its checkpoint and contents.

@@ -4,6 +4,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Stage 3 (end-to-end knowledge distillation) on one rank.
@@ -28,7 +29,7 @@ import _TestSupport
         let losses = try d.stage3Loss(tokens: batches[0])
         #expect(losses.kd == 0)
         // The data loss is the teacher's own next-token cross-entropy inside each sequence.
-        let logits = d.teacher.logits(tokens: batches[0], batch: 2, length: 8)
+        let logits = try d.teacher.logits(tokens: batches[0], batch: 2, length: 8)
         var sum = 0.0
         for b in 0..<2 {
             for t in 0..<7 {

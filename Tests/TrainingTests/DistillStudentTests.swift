@@ -4,6 +4,7 @@ import Kernels
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 
 /// A tiny teacher: 2 or 3 layers, GQA attention, dense or MoE feed-forward, random init.
 func tinyTeacher(layers: Int = 2, moe: Bool = false, seed: UInt64 = 7) throws -> TransformerLM {
@@ -58,7 +59,7 @@ func randomTokens(_ count: Int, vocab: Int, rng: inout RNG) -> [Int32] {
         #expect(!student.parameters.contains("model.layers.0.self_attn.q_proj.weight"))
         // The student runs.
         var rng = RNG(seed: 3)
-        let loss = student.lossSum(tokens: randomTokens(16, vocab: 32, rng: &rng), targets: randomTokens(16, vocab: 32, rng: &rng), batch: 1, length: 16)
+        let loss = try student.lossSum(tokens: randomTokens(16, vocab: 32, rng: &rng), targets: randomTokens(16, vocab: 32, rng: &rng), batch: 1, length: 16)
         #expect(loss.isFinite && loss > 0)
     }
 

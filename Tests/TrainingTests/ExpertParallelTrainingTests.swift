@@ -4,6 +4,7 @@ import Checkpointing
 import Collectives
 import Models
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Whole MoE training runs: expert-parallel layouts give one rank's numbers step by step

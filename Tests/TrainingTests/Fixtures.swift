@@ -4,6 +4,7 @@ import Models
 import Testing
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A small corpus with learnable structure, prepared as shards (the pinned run's: `PinnedRun`).
@@ -52,7 +53,7 @@ func expectIncrementalDecodingMatchesFullForward(_ model: TransformerLM, prompt:
     var context: [Int32] = Array(prompt.utf8).map(Int32.init)
     var logits = try session.prefill(tokens: context)
     for _ in 0..<steps {
-        let full = Array(model.logits(tokens: context, batch: 1, length: context.count).suffix(model.config.vocabSize))
+        let full = Array(try model.logits(tokens: context, batch: 1, length: context.count).suffix(model.config.vocabSize))
         #expect(TokenSampler.argmax(logits) == TokenSampler.argmax(full))
         #expect(maxRelativeError(logits, full) < 1e-4)
         context.append(Int32(TokenSampler.argmax(full)))

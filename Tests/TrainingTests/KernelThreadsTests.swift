@@ -1,6 +1,7 @@
 import Testing
 import Collectives
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// The kernel thread count travels with each model, so ranks that are threads of one process

@@ -1,7 +1,9 @@
 import Testing
+import Checkpointing
 import Collectives
 import Foundation
 import Training
+import TrainingConfig
 import _TestSupport
 
 @Suite struct ResumeTests {
@@ -84,6 +86,33 @@ import _TestSupport
         let resumed = try training("run"), reference = try training("reference")
         #expect(resumed.compactMap { $0["step"] as? Int } == Array(1...8))
         #expect(resumed.compactMap { $0["loss"] as? Double } == reference.compactMap { $0["loss"] as? Double })
+    }
+
+    /// Checkpoints written before the hash had a version record the version-1 form: they resume;
+    /// a version-1 hash of other numbers is still refused.
+    @Test func aCheckpointWithTheVersion1HashResumes() throws {
+        let (directory, config) = try Self.finishedRun(steps: 2)
+        defer { directory.remove() }
+        #expect(config.numericHash.hasPrefix("v2:") && !config.numericHashVersion1.contains(":"))
+        let checkpoint = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints/" + CheckpointLayout.directoryName(step: 2))
+        func record(_ hash: String) throws {
+            let state = checkpoint.appendingPathComponent("trainer_state.json"), sums = checkpoint.appendingPathComponent("checksums.json")
+            var fields = try #require(JSONSerialization.jsonObject(with: Data(contentsOf: state)) as? [String: Any])
+            fields["configHash"] = hash
+            let written = try JSONSerialization.data(withJSONObject: fields)
+            try written.write(to: state)
+            var manifest = try #require(JSONSerialization.jsonObject(with: Data(contentsOf: sums)) as? [String: Any])
+            var files = try #require(manifest["files"] as? [String: String])
+            files["trainer_state.json"] = CheckpointCommit.sha256(written)
+            manifest["files"] = files
+            try JSONSerialization.data(withJSONObject: manifest).write(to: sums)
+        }
+        try record(try config.applying(["train.lr=1e-2"]).numericHashVersion1)
+        let longer = try config.applying(["train.steps=3"])
+        let error = #expect(throws: TrainingError.self) { try Trainer(config: longer, world: SingleProcessCommunicator()).run(resume: true) }
+        guard case .configChanged? = error else { Issue.record("\(String(describing: error))"); return }
+        try record(config.numericHashVersion1)
+        #expect(try Trainer(config: longer, world: SingleProcessCommunicator()).run(resume: true).losses.count == 1)
     }
 
     /// A run of `steps` steps trained to its end in a fresh directory (remove it when done).

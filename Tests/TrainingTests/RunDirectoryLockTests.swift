@@ -2,6 +2,7 @@ import Testing
 import Collectives
 import Foundation
 import Training
+import TrainingConfig
 import _TestSupport
 
 @Suite struct RunDirectoryLockTests {

@@ -1,6 +1,7 @@
 import Testing
 import Collectives
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Sequence parallelism keeps the main correctness property: data × sequence layouts (ring and

@@ -4,6 +4,7 @@ import Checkpointing
 import Collectives
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Sharded checkpoints of whole runs: each rank writes what it owns exactly once, a checkpoint

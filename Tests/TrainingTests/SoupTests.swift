@@ -5,6 +5,7 @@ import Foundation
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 @Suite struct SoupTests {

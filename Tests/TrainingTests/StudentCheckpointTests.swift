@@ -5,6 +5,7 @@ import Collectives
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A run trained with `model.sequence_mixer: mamba2` (all-Mamba, or a hybrid) writes a

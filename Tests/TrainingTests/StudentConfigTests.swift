@@ -4,6 +4,7 @@ import Checkpointing
 import Models
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// A student's checkpoint `config.json`: Phi-Mamba's `LMHeadModel` layout describing every

@@ -53,31 +53,27 @@ final class CausalSelfAttention: LayerComponent {
         return grid.communicator(for: .sequence)
     }
 
-    private func prepareSequenceParallel(_ c: PassContext, _ comm: Communicator) {
+    private func prepareSequenceParallel(_ c: PassContext, _ comm: Communicator) throws {
         let (B, T) = (c.batch, c.length)
-        do {
-            switch spec.sequenceMode {
-            case .ring:
-                if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.queryPositions != c.positions {
-                    ring = try RingAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
-                                             positions: c.positions, comm: comm)
-                }
-            case .ulysses:
-                if ulysses?.batch != B || ulysses?.length != T || ulysses?.comm !== comm || ulysses?.positions[comm.rank] != c.positions {
-                    ulysses = try UlyssesAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
-                                                   positions: c.positions, comm: comm)
-                }
+        switch spec.sequenceMode {
+        case .ring:
+            if ring?.batch != B || ring?.length != T || ring?.comm !== comm || ring?.queryPositions != c.positions {
+                ring = try RingAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
+                                         positions: c.positions, comm: comm)
             }
-        } catch {
-            c.fail(error)   // the pass is abandoned; the caller throws it (TransformerLM.passFailure)
+        case .ulysses:
+            if ulysses?.batch != B || ulysses?.length != T || ulysses?.comm !== comm || ulysses?.positions[comm.rank] != c.positions {
+                ulysses = try UlyssesAttention(batch: B, length: T, heads: spec.heads, kvHeads: spec.kvHeads, headDim: spec.headDim,
+                                               positions: c.positions, comm: comm)
+            }
         }
     }
 
-    private func prepare(_ context: PassContext) {
+    private func prepare(_ context: PassContext) throws {
         let (B, T) = (context.batch, context.length)
         if let comm = sequenceGroup(context) {
             cache.ensure(rows: B * T, widths: [queryWidth, kvWidth, kvWidth, queryWidth, spec.heads])
-            prepareSequenceParallel(context, comm)
+            try prepareSequenceParallel(context, comm)
             if rope?.positions != context.positions {
                 let tables = RoPE.tables(positions: context.positions, headDim: spec.headDim, theta: spec.ropeTheta)
                 rope = (context.positions, tables.cos, tables.sin)
@@ -108,8 +104,8 @@ final class CausalSelfAttention: LayerComponent {
         return naive!
     }
 
-    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        prepare(c)
+    func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
+        try prepare(c)
         let (n, d, threads) = (c.rows, dModel, c.threads)
         let (qs, ks, vs, attended, saved) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         input = x
@@ -120,15 +116,9 @@ final class CausalSelfAttention: LayerComponent {
         rotate(ks, heads: spec.kvHeads, context: c, inverse: false)
         if sequenceGroup(c) != nil {
             // Sequence-parallel: no capture hook (a rank does not hold whole rows of probabilities).
-            do {
-                guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
-                switch spec.sequenceMode {
-                case .ring: try ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
-                case .ulysses: try ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
-                }
-            } catch {
-                c.fail(error)
-                attended.update(repeating: 0, count: n * queryWidth)
+            switch spec.sequenceMode {
+            case .ring: try ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
+            case .ulysses: try ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
             }
         } else {
         switch spec.kernel {
@@ -159,12 +149,8 @@ final class CausalSelfAttention: LayerComponent {
                     b: o.value, ldb: queryWidth, beta: 1, c: out, ldc: d, threads: threads)
     }
 
-    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
+    func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
         let sequenceParallel = sequenceGroup(c) != nil
-        if sequenceParallel, c.failure != nil {   // the pass is abandoned: nothing to compute
-            dx.update(repeating: 0, count: c.rows * dModel)
-            return
-        }
         guard let x = input, sequenceParallel ? (ring != nil || ulysses != nil) : spec.kernel == .flash ? flash != nil : naive != nil else {
             preconditionFailure("CausalSelfAttention.backward before forward")
         }
@@ -177,15 +163,9 @@ final class CausalSelfAttention: LayerComponent {
         Matmul.linearBackward(x: attended, weight: o.value, dy: dOut, dx: dAttended, dWeight: o.gradient,
                               rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads)
         if sequenceParallel {
-            do {
-                guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
-                switch spec.sequenceMode {
-                case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
-                case .ulysses: try ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
-                }
-            } catch {
-                c.fail(error)
-                for buffer in [(dq, n * queryWidth), (dk, n * kvWidth), (dv, n * kvWidth)] { buffer.0.update(repeating: 0, count: buffer.1) }
+            switch spec.sequenceMode {
+            case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+            case .ulysses: try ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
             }
         } else {
         switch spec.kernel {

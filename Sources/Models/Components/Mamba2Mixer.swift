@@ -88,7 +88,6 @@ public final class Mamba2Mixer: LayerComponent {
         guard let grid = c.grid, grid.sequenceSize > 1 else { return nil }
         let comm = grid.communicator(for: .sequence)
         if let gather, gather.batch == c.batch, gather.length == c.length, gather.comm === comm, gather.mine == c.positions { return gather }
-        guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
         let fresh = try SequenceGather(batch: c.batch, length: c.length, positions: c.positions, comm: comm)
         gather = fresh
         return fresh
@@ -96,10 +95,8 @@ public final class Mamba2Mixer: LayerComponent {
 
     /// With the sequence sharded, the mixer runs over the whole sequences on every sequence
     /// rank (`SequenceGather`: exact, P times the work) and adds its own rows to `out`.
-    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        let sharded: SequenceGather?
-        do { sharded = try sequenceGather(c) } catch { c.fail(error); return }
-        guard let g = sharded else {
+    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
+        guard let g = try sequenceGather(c) else {
             forwardWhole(x, addingTo: out, batch: c.batch, length: c.length, threads: c.threads)
             if let capture = c.capture {
                 let count = c.batch * spec.heads * c.length * c.length
@@ -112,13 +109,7 @@ public final class Mamba2Mixer: LayerComponent {
         // Sharded: no mixing-matrix capture (a rank holds its own rows only).
         let count = c.batch * g.total * dModel
         if wholeInput.count != count { (wholeInput, wholeOutput) = (FloatBuffer(count: count), FloatBuffer(count: count)) }
-        do {
-            guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
-            try g.gather(x, width: dModel, into: wholeInput.pointer)
-        } catch {
-            c.fail(error)
-            return
-        }
+        try g.gather(x, width: dModel, into: wholeInput.pointer)
         wholeOutput.pointer.update(repeating: 0, count: count)
         forwardWhole(wholeInput.pointer, addingTo: wholeOutput.pointer, batch: c.batch, length: g.total, threads: c.threads)
         g.addOwnRows(wholeOutput.pointer, width: dModel, to: out)
@@ -137,26 +128,18 @@ public final class Mamba2Mixer: LayerComponent {
                   finalStates: nil, threads: threads)
     }
 
-    public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
+    public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
         guard let grid = c.grid, grid.sequenceSize > 1 else {
             backwardWhole(dOut, dx: dx, batch: c.batch, length: c.length, context: c)
             return
         }
-        guard c.failure == nil, let g = gather else {   // the pass is abandoned: nothing to compute
-            dx.update(repeating: 0, count: c.rows * dModel)
-            return
-        }
+        guard let g = gather else { preconditionFailure("Mamba2Mixer.backward before forward") }
         let count = c.batch * g.total * dModel
         let wholeGradient = c.scratch.buffer("mamba.wholeGradient", count: count)
         let wholeDx = c.scratch.buffer("mamba.wholeDx", count: count)
         g.placeOwnRows(dOut, width: dModel, into: wholeGradient)
         backwardWhole(wholeGradient, dx: wholeDx, batch: c.batch, length: g.total, context: c)
-        do {
-            try g.reduceScatter(wholeDx, width: dModel, into: dx)
-        } catch {
-            c.fail(error)
-            dx.update(repeating: 0, count: c.rows * dModel)
-        }
+        try g.reduceScatter(wholeDx, width: dModel, into: dx)
     }
 
     /// Backward of `forwardWhole` over whole sequences: dx (B·T, d) overwritten, parameter gradients added.

@@ -40,8 +40,8 @@ import TensorCore
 ///
 /// Transfers alternate send/receive order by rank parity (even ranks send first, odd ranks
 /// receive first), so no rank waits on a peer that is itself waiting to send: deadlock-free on
-/// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on a
-/// transfer thread while the current unit is computed (the communicator is used by that thread
+/// every backend, including ones whose send waits for the receiver. Each K/V transfer runs on the
+/// ring's transfer thread while the current unit is computed (the communicator is used by that thread
 /// alone until it is waited for); in the backward pass a unit's dK/dV follow it after its step.
 ///
 /// Layouts as `FlashAttention`: q, o (B, T, Hq, D), k, v (B, T, Hkv, D) with T this rank's tokens.
@@ -57,6 +57,8 @@ public final class RingAttention {
     let units: [Unit]
     /// This rank's queries against the front and back keys of unit u of rank s, by s and u.
     let kernels: [[(front: FlashAttention, back: FlashAttention?)]]
+    /// Where the transfers run: one thread for the ring's life, started by the first transfer.
+    private var transfers: TransferThread?
 
     /// Bytes of K a unit holds by default (its V as many again).
     public static let unitKeyBytes = 1 << 20
@@ -90,6 +92,8 @@ public final class RingAttention {
             units.map { unit in (front: kernel(source[unit.front]), back: unit.back.isEmpty ? nil : kernel(source[unit.back])) }
         }
     }
+
+    deinit { transfers?.stop() }
 
     /// One unit: a range of keys from the front of a rank's and its mirror from the back.
     struct Unit {
@@ -139,7 +143,7 @@ public final class RingAttention {
                     let now = held.current
                     let transfer = step < size - 1
                         ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces,
-                                        tag: Self.tag(0x1000, message: (b * units.count + u) * size + step)) : nil
+                                        tag: MessageTag.ringForward.tag((b * units.count + u) * size + step)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.forward(q: qb, k: now.kFront, v: now.vFront, o: ob, logsumexp: lb, accumulate: u > 0 || step > 0,
                                        threads: threads)
@@ -180,7 +184,7 @@ public final class RingAttention {
                     let now = held.current
                     let message = (b * units.count + u) * size + step
                     let transfer = step < size - 1
-                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: Self.tag(0x2000, message: message)) : nil
+                        ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: MessageTag.ringBackward.tag(message)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.backward(q: qb, k: now.kFront, v: now.vFront, logsumexp: lb, rowDot: db, dO: dOb,
                                         dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads)
@@ -192,21 +196,13 @@ public final class RingAttention {
                         held.advance()
                     }
                     // This unit's gradients follow it (the last exchange brings every unit's home).
-                    try startExchange(inPlace: gradients.pieces, tag: Self.tag(0x3000, message: message)).wait()
+                    try startExchange(inPlace: gradients.pieces, tag: MessageTag.ringGradients.tag(message)).wait()
                 }
             }
         }
     }
 
-    /// The tag of a call's message: `base` (forward K/V, backward K/V, backward dK/dV) plus the
-    /// message's index ((batch element, unit), step) modulo 4096, within the 32,767 MPI
-    /// guarantees. Messages of one pair of ranks with one tag arrive in order on every backend,
-    /// so the tags of a call with more messages, which wrap around, still match. The bases
-    /// (0x1000, 0x2000, 0x3000) leave 0x4000 and up to other point-to-point users (the expert
-    /// shard transfer's 0x5E01 and 0x5E02).
-    static func tag(_ base: Int, message: Int) -> Int { base + message % 0x1000 }
-
-    /// One ring transfer on its own thread: the `sending` ranges, in order, to the next rank; the
+    /// One ring transfer on the transfer thread: the `sending` ranges, in order, to the next rank; the
     /// previous rank's into the `receiving` ranges. Even ranks send first and odd ranks receive
     /// first, so the ring cannot deadlock even where a send waits for its receiver. Only this
     /// thread uses the communicator until `wait` returns.
@@ -261,21 +257,11 @@ public final class RingAttention {
     static let exchangeSlice = 1 << 20
 
     /// Runs `body` (communicator, next rank, previous rank, whether this rank sends first) on
-    /// a new thread; its error is rethrown by `wait`.
+    /// the ring's transfer thread; its error is rethrown by `wait`.
     private func onTransferThread(_ body: @escaping @Sendable (Communicator, Int, Int, Bool) throws -> Void) -> RingTransfer {
-        let transfer = RingTransfer()
         let (comm, rank, size) = (UncheckedCommunicator(comm), self.rank, self.size)
-        let thread = Thread {
-            do {
-                try body(comm.value, (rank + 1) % size, (rank - 1 + size) % size, rank % 2 == 0)
-            } catch {
-                transfer.error = error
-            }
-            transfer.done.signal()
-        }
-        thread.stackSize = 1 << 20
-        thread.start()
-        return transfer
+        if transfers == nil { transfers = TransferThread(name: "ring attention transfers") }
+        return transfers!.start { try body(comm.value, (rank + 1) % size, (rank - 1 + size) % size, rank % 2 == 0) }
     }
 }
 
@@ -339,17 +325,6 @@ private struct TransferBytes: @unchecked Sendable {
 private struct UncheckedCommunicator: @unchecked Sendable {
     let value: Communicator
     init(_ value: Communicator) { self.value = value }
-}
-
-/// A transfer in flight; `wait` returns once it is complete and rethrows its failure.
-final class RingTransfer: @unchecked Sendable {
-    let done = DispatchSemaphore(value: 0)
-    var error: Error?
-
-    func wait() throws {
-        done.wait()
-        if let error { throw error }
-    }
 }
 
 extension Communicator {

@@ -1,6 +1,7 @@
 import Checkpointing
 import Foundation
 import TensorCore
+import TrainingConfig
 
 extension DistillRun {
     /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`: the

@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// The figures of the stage an invocation is running, for its summary.
 struct StageTally {

@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Where a distillation is: the stage of the last step taken and how many steps of it are
 /// done. Saved with every distillation checkpoint (`distill_progress.json`).

@@ -1,4 +1,5 @@
 import Foundation
+import TrainingConfig
 import Yams
 
 /// The config of a distillation run: the teacher's model, the distill config file's

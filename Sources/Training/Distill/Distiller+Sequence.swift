@@ -53,7 +53,7 @@ extension Distiller {
         var out: [Int: (input: [Float], attention: [Float])] = [:]
         for layer in mambaLayers {
             let whole = try wholeSequences(inputs[layer]!.0, width: teacher.config.dModel)
-            let attention = teacher.attentionProbabilities(layer: layer, input: whole, batch: batch, length: length)
+            let attention = try teacher.attentionProbabilities(layer: layer, input: whole, batch: batch, length: length)
             guard !attention.isEmpty else { throw DistillError.teacherLayerNotAttention(layer: layer) }
             out[layer] = (whole, attention)
         }

@@ -35,11 +35,11 @@ extension Distiller {
     /// `accumulateGradients`, adds its gradient to the block's parameter gradients (all of
     /// them; `stage2Step` updates only the mixer's). With the sequence sharded, `input` and
     /// `target` are this rank's rows (B·localLength, d) and the loss their share of the sum.
-    public func stage2Loss(layer: Int, input: [Float], target: [Float], accumulateGradients: Bool = false) -> Double {
+    public func stage2Loss(layer: Int, input: [Float], target: [Float], accumulateGradients: Bool = false) throws -> Double {
         precondition(student.blocks[layer].mamba2Mixer != nil, "layer \(layer) of the student is not Mamba-2")
         let d = student.config.dModel, tokens = batch * localLength
         precondition(input.count == tokens * d && target.count == tokens * d, "stage2Loss: input and target must be (B·T, d)")
-        var gradient = student.blockForward(layer: layer, input: input, batch: batch, length: localLength, positions: positions)
+        var gradient = try student.blockForward(layer: layer, input: input, batch: batch, length: localLength, positions: positions)
         let scale = 1 / Double(batch * length)
         var loss = 0.0
         gradient.withUnsafeMutableBufferPointer { out in
@@ -57,7 +57,7 @@ extension Distiller {
                 }
             }
         }
-        if accumulateGradients { student.blockBackward(layer: layer, outputGradient: gradient) }
+        if accumulateGradients { try student.blockBackward(layer: layer, outputGradient: gradient) }
         return loss * scale
     }
 
@@ -69,8 +69,8 @@ extension Distiller {
         let tokens = try nextBatch()
         let states = try teacherBlockStates(tokens: tokens)
         student.parameters.zeroGradients()
-        let losses = mambaLayers.map { layer in
-            stage2Loss(layer: layer, input: states[layer]!.input, target: states[layer]!.output, accumulateGradients: true)
+        let losses = try mambaLayers.map { layer in
+            try stage2Loss(layer: layer, input: states[layer]!.input, target: states[layer]!.output, accumulateGradients: true)
         }
         let averaged = try averageOverRanks(losses)
         try update(stage: 2, learningRate: settings.stage2Lr)

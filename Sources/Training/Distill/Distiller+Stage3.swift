@@ -106,21 +106,20 @@ extension Distiller {
     public func stage3Loss(tokens: [Int32], accumulateGradients: Bool = false) throws -> Stage3Losses {
         guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
         let mine = local(tokens), held = grid.sequenceSize > 1 ? positions : nil
-        let teacherLogits = teacher.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
-        if let failure = teacher.passFailure { throw failure }
+        let teacherLogits = try teacher.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
         let vocab = student.config.vocabSize
         let (tau, weight) = (settings.temperature, settings.dataLossWeight)
         var losses = Stage3Losses(kd: 0, data: 0, total: 0)
         if accumulateGradients {
-            teacherLogits.withUnsafeBufferPointer { y in
-                _ = student.lossAndGradients(tokens: mine, batch: batch, length: localLength, positions: positions) { logits in
+            try teacherLogits.withUnsafeBufferPointer { y in
+                _ = try student.lossAndGradients(tokens: mine, batch: batch, length: localLength, positions: positions) { logits in
                     losses = Self.stage3Objective(student: logits, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
                                                   positions: held, vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: logits, threads: threads)
                     return losses.total
                 }
             }
         } else {
-            let logits = student.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
+            let logits = try student.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
             logits.withUnsafeBufferPointer { z in
                 teacherLogits.withUnsafeBufferPointer { y in
                     losses = Self.stage3Objective(student: z.baseAddress!, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
@@ -128,7 +127,6 @@ extension Distiller {
                 }
             }
         }
-        if let failure = student.passFailure { throw failure }
         return losses
     }
 

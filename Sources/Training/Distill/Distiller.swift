@@ -2,6 +2,7 @@ import Collectives
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// MOHAWK distillation of a transformer teacher into a Mamba-2 (or hybrid) student.
 ///
@@ -167,8 +168,7 @@ public final class Distiller {
             if point == first { firsts[layer] = Array(values) } else if point == second { seconds[layer] = Array(values) }
         }
         defer { teacher.capture = nil }
-        _ = teacher.logits(tokens: local(tokens), batch: batch, length: localLength, positions: positions)
-        if let failure = teacher.passFailure { throw failure }
+        _ = try teacher.logits(tokens: local(tokens), batch: batch, length: localLength, positions: positions)
         if second == nil { for layer in firsts.keys { seconds[layer] = [] } }
         var out: [Int: ([Float], [Float])] = [:]
         for layer in mambaLayers {

@@ -1,6 +1,7 @@
 import Collectives
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Builds a MOHAWK student from a transformer teacher: the teacher's shell (embeddings, norms,
 /// feed-forward — dense or mixture of experts — and LM head) with every attention layer

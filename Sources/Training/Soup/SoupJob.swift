@@ -1,6 +1,8 @@
 import Checkpointing
 import Foundation
 import TensorCore
+import TokenData
+import TrainingConfig
 
 /// One `tessera soup`: read the ingredients through `CheckpointStore.read` (whatever layout
 /// wrote them), average them (`ModelSoup`), and write the soup as the only checkpoint of a new
@@ -121,13 +123,5 @@ public struct SoupJob {
         } catch {
             throw CheckpointError.writeFailed(path: url.path, reason: error.localizedDescription)
         }
-    }
-}
-
-extension RunConfig {
-    /// The keys that define the model (model.*, and moe.* when moe.experts > 0, as in the
-    /// config hash) with their canonical values: what soup ingredients must share.
-    public var modelSection: [String: String] {
-        Dictionary(uniqueKeysWithValues: numericFields.filter { ["model", "moe"].contains($0.section) }.map { ($0.path, $0.text(in: self)) })
     }
 }

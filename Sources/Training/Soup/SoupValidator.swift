@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import TrainingConfig
 
 /// Validation loss of candidate parameters for a soup: one model of the ingredients' config,
 /// evaluated on one process over fixed validation batches, as `tessera eval` does.

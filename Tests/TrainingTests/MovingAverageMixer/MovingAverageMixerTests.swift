@@ -5,6 +5,7 @@ import Models
 import Testing
 import TensorCore
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// The proof that a sequence mixer plugs in through the table: `MovingAverageMixer` (its own

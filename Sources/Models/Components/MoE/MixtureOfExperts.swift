@@ -79,53 +79,47 @@ public final class MixtureOfExperts: LayerComponent {
         return (grid.world.size > 1 ? grid.world : nil, expertRanks > 1 ? grid.communicator(for: .expert) : nil)
     }
 
-    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
+    public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
         let (n, d, E, k) = (c.rows, dModel, spec.experts, spec.topK)
         let comms = communicators(c)
         input = x
         plan = nil
-        guard c.failure == nil else { return }   // a collective already failed: the pass is abandoned
         let scores = logits.ensure(n * E)
         Matmul.linearForward(x: x, weight: gate.value, y: scores, rows: n, inFeatures: d, outFeatures: E, threads: c.threads)
         router.route(logits: scores, rows: n)
-        do {
-            let plan = try RoutingPlan.make(router: router, spec: spec, comm: comms.batch)
-            try dispatcher.plan(choices: router.choices, admitted: plan.admitted, comm: comms.expert)
-            let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
-            let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
-            let rows = c.scratch.buffer("moe.rows", count: sent * d)
-            let order = dispatcher.order
-            c.threads.forRanges(order.count, minimumChunk: Self.rowsPerChunk) { range in
-                for i in range { (rows + i * d).update(from: x + (order[i] / k) * d, count: d) }
-            }
-            let (xs, ys, back) = (expertInput.ensure(received * d), expertOutput.ensure(received * d), returned.ensure(sent * d))
-            try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: comms.expert)
-            experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads)
-            try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: comms.expert)
-            slot = [Int](repeating: -1, count: n * k)
-            for (i, pair) in dispatcher.order.enumerated() { slot[pair] = i }
-            let (slot, gates) = (self.slot, router.gates)
-            c.threads.forRanges(n, minimumChunk: Self.rowsPerChunk) { tokens in
-                for t in tokens {
-                    for j in 0..<k where slot[t * k + j] >= 0 {
-                        let (g, y, o) = (gates[t * k + j], back + slot[t * k + j] * d, out + t * d)
-                        for i in 0..<d { o[i] += g * y[i] }
-                    }
+        let plan = try RoutingPlan.make(router: router, spec: spec, comm: comms.batch)
+        try dispatcher.plan(choices: router.choices, admitted: plan.admitted, comm: comms.expert)
+        let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
+        let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
+        let rows = c.scratch.buffer("moe.rows", count: sent * d)
+        let order = dispatcher.order
+        c.threads.forRanges(order.count, minimumChunk: Self.rowsPerChunk) { range in
+            for i in range { (rows + i * d).update(from: x + (order[i] / k) * d, count: d) }
+        }
+        let (xs, ys, back) = (expertInput.ensure(received * d), expertOutput.ensure(received * d), returned.ensure(sent * d))
+        try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: comms.expert)
+        experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads)
+        try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: comms.expert)
+        slot = [Int](repeating: -1, count: n * k)
+        for (i, pair) in dispatcher.order.enumerated() { slot[pair] = i }
+        let (slot, gates) = (self.slot, router.gates)
+        c.threads.forRanges(n, minimumChunk: Self.rowsPerChunk) { tokens in
+            for t in tokens {
+                for j in 0..<k where slot[t * k + j] >= 0 {
+                    let (g, y, o) = (gates[t * k + j], back + slot[t * k + j] * d, out + t * d)
+                    for i in 0..<d { o[i] += g * y[i] }
                 }
             }
-            c.auxiliaryLosses.add("moe_aux", layer: layer, value: spec.auxLossCoefficient * plan.summary.balance)
-            c.auxiliaryLosses.add("moe_z", layer: layer, value: spec.zLossCoefficient * plan.summary.zLoss)
-            c.routing[layer] = plan.summary
-            self.plan = plan
-        } catch {
-            c.fail(error)
         }
+        c.auxiliaryLosses.add("moe_aux", layer: layer, value: spec.auxLossCoefficient * plan.summary.balance)
+        c.auxiliaryLosses.add("moe_z", layer: layer, value: spec.zLossCoefficient * plan.summary.zLoss)
+        c.routing[layer] = plan.summary
+        self.plan = plan
     }
 
-    public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        guard let x = input else { preconditionFailure("MixtureOfExperts.backward before forward") }
+    public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
+        guard let x = input, let plan else { preconditionFailure("MixtureOfExperts.backward before forward") }
         let (n, d, E, k, F) = (c.rows, dModel, spec.experts, spec.topK, spec.expertHidden)
-        guard let plan, c.failure == nil else { dx.update(repeating: 0, count: n * d); return }
         let comms = communicators(c)
         let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
         let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
@@ -148,15 +142,9 @@ public final class MixtureOfExperts: LayerComponent {
                 }
             }
         }
-        do {
-            try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: comms.expert)
-            experts.backward(dExpertOutput, dx: dExpertInput, work: work, threads: c.threads)
-            try dispatcher.combine(dExpertInput, width: d, into: dRows, staging: staging, comm: comms.expert)
-        } catch {
-            c.fail(error)
-            dx.update(repeating: 0, count: n * d)
-            return
-        }
+        try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: comms.expert)
+        experts.backward(dExpertOutput, dx: dExpertInput, work: work, threads: c.threads)
+        try dispatcher.combine(dExpertInput, width: d, into: dRows, staging: staging, comm: comms.expert)
         // Router: gates, the balance loss through P (∂(N·aux·E·Σ f·P)/∂p_te = aux·E·f_e) and the z-loss.
         let scale = Double(c.gradientScale)
         let dProbability = plan.routedFraction.map { Float(scale * spec.auxLossCoefficient * Double(E) * $0) }

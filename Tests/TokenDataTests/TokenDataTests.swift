@@ -1,7 +1,7 @@
 import Testing
 import Foundation
 import TensorCore
-import Training
+import TokenData
 import _TestSupport
 
 /// Samplers in both modes: the materialised Fisher–Yates permutation (small corpora) and the

@@ -1,7 +1,7 @@
 import Testing
 import Models
 import Foundation
-import Training
+import TrainingConfig
 import _TestSupport
 
 /// The typed run config: parsing with origins, ranges, canonical values, the numeric hash,
@@ -191,11 +191,25 @@ import _TestSupport
         #expect(try RunConfig(file: file).numericHash == a.numericHash)
     }
 
-    /// Checkpoints record the hash; it must not change with the rewrite (computed with the
-    /// string-keyed RunConfig at 189ab09).
+    /// Checkpoints record the hash. Version 1 (computed with the string-keyed RunConfig at
+    /// 189ab09) is what older checkpoints hold: they must still match.
     @Test func theNumericHashIsPinned() throws {
-        #expect(try RunConfig(file: nil).numericHash == "78a82af90da7ff11")
-        #expect(try RunConfig(resolvedYAML: Self.oldTinyRunYAML, source: "run.yaml").numericHash == "c540f807af5cbc4b")
+        let tiny = try RunConfig(file: nil), old = try RunConfig(resolvedYAML: Self.oldTinyRunYAML, source: "run.yaml")
+        #expect(tiny.numericHash == "v2:7c5d945efd1ac909")
+        #expect(tiny.numericHashVersion1 == "78a82af90da7ff11" && tiny.matchesNumericHash("78a82af90da7ff11"))
+        #expect(old.numericHashVersion1 == "c540f807af5cbc4b" && old.matchesNumericHash("c540f807af5cbc4b"))
+        #expect(!tiny.matchesNumericHash("c540f807af5cbc4b") && !old.matchesNumericHash(tiny.numericHash))
+    }
+
+    /// Version 2 hashes the keys sorted: the order they are listed in does not matter.
+    @Test func theNumericHashDoesNotDependOnTheOrderOfTheKeys() throws {
+        let pairs = [("train.lr", "0.003"), ("model.layers", "4"), ("data.seq_len", "256")]
+        let forward = RunConfig.numericHash(of: Dictionary(uniqueKeysWithValues: pairs))
+        var reversed: [String: String] = [:]
+        for (key, value) in pairs.reversed() { reversed[key] = value }
+        #expect(forward == RunConfig.numericHash(of: reversed) && forward.hasPrefix("v\(RunConfig.numericHashVersion):"))
+        #expect(forward != RunConfig.numericHash(of: ["train.lr": "0.003", "model.layers": "4", "data.seq_len": "128"]))
+        #expect(forward != RunConfig.numericHash(of: ["train.lr": "0.003", "model.layers": "4"]))
     }
 
     @Test func theNumericHashIgnoresStepsLoggingThreadsAndEverythingOutsideModelDataTrain() throws {

@@ -3,13 +3,13 @@ import Models
 /// A run config being resolved: defaults, then a YAML file, then `--set` overrides, each
 /// value remembering where it came from so that a bad value is reported at its origin.
 /// Only `validated()` turns it into a `RunConfig` callers see.
-struct ConfigResolution {
+public struct ConfigResolution {
     var config: RunConfig
     /// Field path → origin of its current value.
     private(set) var origins: [String: ConfigOrigin]
 
     /// Starts from `base`, every value attributed to `origin`.
-    init(_ base: RunConfig, origin: ConfigOrigin) {
+    public init(_ base: RunConfig, origin: ConfigOrigin) {
         config = base
         origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, base.overridden.contains($0.path) ? .override : origin) })
     }
@@ -28,7 +28,7 @@ struct ConfigResolution {
     }
 
     /// Applies `key=value` overrides (`--set`).
-    mutating func apply(overrides: [String]) throws {
+    public mutating func apply(overrides: [String]) throws {
         for override in overrides {
             guard let equals = override.firstIndex(of: "=") else { throw ConfigError.malformedOverride(override) }
             let key = override[..<equals].trimmingCharacters(in: .whitespaces)
@@ -40,7 +40,7 @@ struct ConfigResolution {
     }
 
     /// The config, once every value is in its range and the model keys make a buildable model.
-    func validated() throws -> RunConfig {
+    public func validated() throws -> RunConfig {
         for field in ConfigField.all {
             let admitted = field.number(in: config).map(field.rule.admits) ?? field.rule.admits(field.text(in: config))
             if !admitted {

@@ -1,6 +1,6 @@
 import Testing
 import Foundation
-import Training
+import TokenData
 import _TestSupport
 
 /// Bounded fuzzing of token shard files (issue 20): headers and bodies mutated from a fixed

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import Models
-import Training
+import TrainingConfig
 import _TestSupport
 
 /// The `moe` section and `parallel.expert`: values, layer selection, ranges and messages.
@@ -42,7 +42,7 @@ import _TestSupport
 
     @Test func denseConfigsKeepTheirHashAndMoEKeysCountOnlyWithExperts() throws {
         let dense = try RunConfig(file: nil)
-        #expect(dense.numericHash == "78a82af90da7ff11")
+        #expect(dense.matchesNumericHash("78a82af90da7ff11"), "its checkpoints from before MoE still resume")
         #expect(try dense.applying(["moe.top_k=1"]).numericHash == dense.numericHash)
         let moe = try dense.applying(["moe.experts=4"])
         #expect(moe.numericHash != dense.numericHash)

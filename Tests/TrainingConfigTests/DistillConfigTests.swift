@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import Training
+import TrainingConfig
 import _TestSupport
 
 /// The `distill` section: defaults, parsing (file and --set), the layer list, bad values named.
