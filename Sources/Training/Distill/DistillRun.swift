@@ -65,8 +65,8 @@ public final class DistillRun {
     var summaries: [DistillStageSummary] = []
 
     /// `teacherCheckpoint`'s contents are read on every rank (each needs the whole teacher), so
-    /// the checkpoint must be readable on every node. `checkpointSink`: nil for the directory
-    /// `run.dir/checkpoints`.
+    /// the checkpoint must be readable on every node. `checkpointSink`: nil for the one the
+    /// config names (`CheckpointSinks.make`).
     public init(config: RunConfig, teacherCheckpoint: URL, teacher contents: CheckpointContents, world: Communicator,
                 checkpointSink: CheckpointSink? = nil) throws {
         self.config = config
@@ -95,7 +95,7 @@ public final class DistillRun {
         self.teacher = teacher
         batches = DistillBatches(data: data)
         distiller = try Self.makeDistiller(teacher: teacher, student: student, config: config, batches: batches, grid: grid)
-        checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
+        checkpoints = try TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
 
     public var isReporter: Bool { world.rank == 0 }
