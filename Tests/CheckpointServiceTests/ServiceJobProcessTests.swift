@@ -56,12 +56,17 @@ import _TestSupport
             #expect("\(error)".contains("ran past the service's --job-timeout of 1 s and was stopped"), "\(error)")
         }
         #expect(Date().timeIntervalSince(start) < 8)
+        // Stopping the service drops the client's connection and ends the job's process.
         let stopping = try fixture("sleep 30")
         let sink = try stopping.sink()
         Thread { Thread.sleep(forTimeInterval: 1); stopping.server.stop() }.start()
-        do { _ = try sink.submit(Self.request, replyTimeout: 20); Issue.record("a job outlived the service") } catch {
-            #expect("\(error)".contains("was killed by signal 15"), "\(error)")
-        }
+        #expect(throws: CheckpointServiceError.self) { try sink.submit(Self.request, replyTimeout: 20) }
+        #expect(stopping.log.contains("runs as process "))
+        let line = try #require(stopping.log.all.first { $0.contains("runs as process ") })
+        let pid = try #require(Int32(line.components(separatedBy: "runs as process ")[1].prefix { $0.isNumber }))
+        let end = Date(timeIntervalSinceNow: 5)
+        while kill(pid, 0) == 0, Date() < end { Thread.sleep(forTimeInterval: 0.05) }
+        #expect(kill(pid, 0) != 0, "the job's process \(pid) outlived the service")
         #expect(Date().timeIntervalSince(start) < 15)
     }
 
@@ -94,7 +99,7 @@ import _TestSupport
         for (service, token, expected) in [
             ("10.0.0.5", token, "checkpoint.service = 10.0.0.5: '10.0.0.5' is not a checkpoint service address; write HOST:PORT"),
             ("10.0.0.5:29600", "", "checkpoint.service = 10.0.0.5:29600: no job token for the checkpoint service"),
-            ("10.0.0.5:29600", "hunter2", "checkpoint.service = 10.0.0.5:29600: TESSERA_JOB_TOKEN"),
+            ("10.0.0.5:29600", "hunter2", "checkpoint.service = 10.0.0.5:29600: the job token in TESSERA_JOB_TOKEN has at most"),
         ] {
             do { _ = try CheckpointSinks.make(CheckpointSinkOptions(directory: root, service: service, token: token)); Issue.record("built \(service)") } catch {
                 #expect("\(error)".hasPrefix(expected) && !"\(error)".contains("\n"), "\(error)")
