@@ -49,9 +49,9 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "Networking", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
-        .target(name: "CollectivesTCP", dependencies: ["Collectives", "Networking", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
+        .target(name: "CollectivesTCP", dependencies: ["Collectives", "Networking"], swiftSettings: settings),
         .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: numericSettings),
-        .target(name: "Checkpointing", dependencies: ["TensorCore", "Collectives", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
+        .target(name: "Checkpointing", dependencies: ["TensorCore", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "CheckpointService", dependencies: ["Checkpointing", "Networking", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "Training", dependencies: ["Models", "Checkpointing", "CheckpointService", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(
