@@ -2,6 +2,7 @@ import Testing
 import Collectives
 @testable import CollectivesTCP
 import Foundation
+import _TestSupport
 import Networking
 #if canImport(Glibc)
 import Glibc
@@ -74,17 +75,4 @@ import Glibc
         #expect(!contains(sent, Array(Self.token.utf8)))
         #expect(contains(sent, Array("rank 1 of 2".utf8)))
     }
-}
-
-/// Everything one side of a connection wrote, for checking what travelled.
-final class Recorder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
-    func add(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
-    var all: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
-}
-
-func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
-    return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
 }

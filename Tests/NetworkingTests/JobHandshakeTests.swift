@@ -1,22 +1,10 @@
 import Testing
 @testable import Networking
 import Foundation
+import _TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Everything one side of a connection wrote, for checking what travelled.
-final class Recorder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
-    func add(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
-    var all: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
-}
-
-func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
-    return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
-}
 
 /// Runs the two ends of a handshake over a socket pair, each on its own thread, recording every
 /// byte each end sends.
