@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # MOHAWK distillation through the command line (tessera distill): 2 ranks equal 1 rank in every
-# stage (mpirun and tessera launch), an interrupted run resumes exactly, a stage's checkpoint
+# stage (mpirun and tessera launch; data, sequence and expert layouts), an interrupted run resumes exactly, a stage's checkpoint
 # through `tessera ckpt serve`, clear errors, and a small end-to-end distillation of a teacher
 # trained on the default corpus. Tiny models: a few minutes on 2 cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 17   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 22   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-distill.XXXXXX)
 
 # A tiny teacher on the default corpus (configs/tiny.yaml's data), trained briefly.
@@ -67,6 +67,39 @@ stop_and_resume() {
   python3 scripts/compare_distill.py "$work/d1/metrics.jsonl" "$dir/metrics.jsonl" --rtol 1e-6
 }
 check "distill: stopped mid-stage 2 and resumed on 2 ranks equals the uninterrupted run (1e-6)" stop_and_resume
+
+# The sequence sharded over 2 ranks (ring attention in the teacher, the student's Mamba-2 layers
+# gathering the sequence): every stage's records equal one rank's.
+check "distill: mpirun 2 sequence ranks (parallel.sequence=2, ring) equal 1 rank in every stage (1e-5)" \
+  distills_like "$work/d1" "$work/seq2" mpi 2 "${distill[@]}" --set parallel.sequence=2
+
+# stop_and_resume_like REFERENCE_DIR RUN_DIR DISTILL_ARGS...: on 2 ranks, stopped at step 8 (stage 2,
+# step 2 of 6), resumed with --resume RUN_DIR alone: the records of REFERENCE_DIR bit for bit.
+stop_and_resume_like() {
+  local reference=$1 dir=$2 status; shift 2
+  mpi 2 "$@" --set run.dir="$dir" --stop-at 8; status=$?
+  [ "$status" -eq 0 ] || { echo "the run stopped at step 8 exited with $status"; return 1; }
+  mpi 2 distill --resume "$dir" || return 1
+  python3 scripts/compare_distill.py "$reference/metrics.jsonl" "$dir/metrics.jsonl" --exact
+}
+check "distill: sequence-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
+  stop_and_resume_like "$work/seq2" "$work/seq2-resumed" "${distill[@]}" --set parallel.sequence=2
+
+# An MoE teacher (4 experts, top 2) with its experts over 2 ranks (parallel.expert=2): equals one
+# rank, and a run stopped mid-stage 2 and resumed (rank 0 reads, the experts are handed out)
+# logs the uninterrupted run's records bit for bit.
+moe_distill=(distill --teacher "$work/moe-teacher" --config "$work/distill.yaml")
+expert_layout() {
+  "$TESSERA" train "${teacher[@]}" --set moe.experts=4 --set moe.top_k=2 --set moe.expert_hidden=32 \
+    --set train.steps=10 --set run.dir="$work/moe-teacher" >"$work/moe-teacher.log" 2>&1 || { cat "$work/moe-teacher.log"; return 1; }
+  "$TESSERA" "${moe_distill[@]}" --set run.dir="$work/moe1" >"$work/moe1.log" 2>&1 || { cat "$work/moe1.log"; return 1; }
+  distills_like "$work/moe1" "$work/moe2" mpi 2 "${moe_distill[@]}" --set parallel.expert=2
+}
+check "distill: an MoE teacher on mpirun 2 expert ranks (parallel.expert=2) equals 1 rank in every stage (1e-5)" expert_layout
+check "distill: expert-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
+  stop_and_resume_like "$work/moe2" "$work/moe-resumed" "${moe_distill[@]}" --set parallel.expert=2
+check "distill: a layout that does not fit the world is named" expect_failure 30 "parallel.sequence" \
+  "$TESSERA" "${distill[@]}" --set parallel.sequence=2 --set run.dir="$work/never"
 
 # Ctrl-C to `tessera launch` mid-stage: every rank stops at the same step with a checkpoint and
 # rank 0 prints the command that continues the distillation.

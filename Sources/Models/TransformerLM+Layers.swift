@@ -10,11 +10,13 @@ extension TransformerLM {
     /// needs; blocks keep their caches apart, so several layers can run forward before their
     /// backward calls, but any whole-model pass in between invalidates them.
     /// With `capture` set, the block reports its capture points as in a full pass.
-    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int) -> [Float] {
+    /// `positions`: the global position of each of the `length` tokens (default 0..<length;
+    /// a sharded sequence's rows on a grid with a sequence axis).
+    public func blockForward(layer: Int, input: [Float], batch: Int, length: Int, positions: [Int]? = nil) -> [Float] {
         let d = config.dModel
         precondition(blocks.indices.contains(layer), "blockForward: no layer \(layer)")
         precondition(input.count == batch * length * d, "blockForward: \(input.count) values for (\(batch)·\(length), \(d))")
-        let s = passState(batch: batch, length: length, positions: nil)
+        let s = passState(batch: batch, length: length, positions: positions)
         let c = s.context
         c.resetPass()
         c.capture = capture
@@ -51,5 +53,24 @@ extension TransformerLM {
         let total = try loss(s.logits.pointer)
         backward(from: s, gradientScale: 0, ready: nil)
         return total
+    }
+
+    /// The attention probabilities (batch, H, length, length) of layer `layer`'s sequence mixer
+    /// for its normalised input `input` (batch·length, d): whole sequences at positions
+    /// 0..<length, computed on this rank alone whatever the grid (distillation's targets when
+    /// the model's passes shard the sequence). Empty when the layer's mixer reports none (not
+    /// attention). The layer's caches then belong to this call until its next pass.
+    public func attentionProbabilities(layer: Int, input: [Float], batch: Int, length: Int) -> [Float] {
+        precondition(input.count == batch * length * config.dModel, "attentionProbabilities: input must be (batch·length, d)")
+        let context = PassContext(batch: batch, length: length, threads: threads)
+        var probabilities: [Float] = []
+        context.capture = { _, point, values, _ in if point == .attentionProbabilities { probabilities = Array(values) } }
+        var discarded = [Float](repeating: 0, count: input.count)
+        input.withUnsafeBufferPointer { x in
+            discarded.withUnsafeMutableBufferPointer {
+                blocks[layer].sequenceMixer.forward(x.baseAddress!, addingTo: $0.baseAddress!, layer: layer, context: context)
+            }
+        }
+        return probabilities
     }
 }

@@ -7,7 +7,7 @@ import Training
 
 struct Distill: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Distill a transformer checkpoint into a Mamba-2 (or hybrid) student with MOHAWK's three stages (data parallel over every rank).",
+        abstract: "Distill a transformer checkpoint into a Mamba-2 (or hybrid) student with MOHAWK's three stages, on the parallel layouts training runs on.",
         discussion: """
             The teacher is a training checkpoint (a run directory or runs/NAME/checkpoints/step-N); its run.yaml gives the \
             model. The distill config gives everything else: the distill section (per-stage steps and learning rates, \
@@ -19,9 +19,15 @@ struct Distill: ParsableCommand {
             is skipped. Each stage ends with a checkpoint of the student (checkpoint.every adds some within a stage); eval, \
             generate and ckpt read it. metrics.jsonl holds every stage's losses per layer; `tessera report RUN_DIR` draws them.
 
+            Layouts as in training: parallel.data, parallel.sequence (the teacher's attention ring or Ulysses by \
+            parallel.sequence_mode; the student's Mamba-2 layers gather the whole sequence on every sequence rank, exact at \
+            parallel.sequence times their work) and parallel.expert (an MoE teacher; teacher and student hold their experts' \
+            shard). Every layout gives one rank's losses and student within 1e-5.
+
             Examples (runs/tiny: the default run, `tessera train --config configs/tiny.yaml`):
               tessera distill --teacher runs/tiny --config configs/distill.yaml
               scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml
+              scripts/mpirun.sh 2 distill --teacher runs/tiny --config configs/distill.yaml --set parallel.sequence=2
               tessera launch --nproc 2 -- distill --teacher runs/tiny --config configs/distill.yaml
               tessera distill --resume runs/distill
               tessera distill --service HOST:PORT --teacher 400 --config configs/distill.yaml --output tiny-student

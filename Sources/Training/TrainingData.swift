@@ -48,8 +48,13 @@ public final class TrainingData {
 
     /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`.
     public func trainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
+        restricted(wholeTrainBatch(samplesSeen: samplesSeen))
+    }
+
+    /// This rank's sequences of that step, whole (every position).
+    public func wholeTrainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
         let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks)
-        return restricted(train.batch(samples: samples, length: length))
+        return train.batch(samples: samples, length: length)
     }
 
     /// The tokens and targets of a batch at this rank's positions.

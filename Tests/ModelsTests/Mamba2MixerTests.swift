@@ -234,24 +234,6 @@ import _TestSupport
         #expect(model.blocks[1].mamba2Mixer == nil)
     }
 
-    /// A sharded sequence would need the scan's state passed between ranks: refused by name.
-    @Test func sequenceParallelLayoutsAreRefused() throws {
-        let results = InProcessCommunicator.run(size: 2) { comm -> String in
-            let grid = try ProcessGrid(world: comm, layout: GridLayout(data: 1, sequence: 2))
-            do {
-                let model = try TransformerLM(config: Self.model([Self.attention, Self.mamba]).config, seed: 1, grid: grid)
-                return "built \(model.blocks.count) layers"
-            } catch let error as ModelError {
-                return error.description
-            }
-        }
-        for result in results {
-            let message = try result.get()
-            #expect(message == ModelError.sequenceParallelUnsupported(layer: 1, kind: "mamba2").description)
-            #expect(message.contains("parallel.sequence = 1"))
-        }
-    }
-
     @Test func invalidSizesAreNamed() {
         let config = ModelConfig(vocabSize: 5, dModel: 4, blocks: [BlockSpec(sequenceMixer: .mamba2(Mamba2Spec(heads: 0, headDim: 2, chunkSize: 0)),
                                                                              channelMixer: .swiGLU(hidden: 4))])

@@ -7,8 +7,8 @@ import Training
 import _TestSupport
 
 /// A teacher trained a few steps on the test corpus and saved: its checkpoint and contents.
-private func makeTeacher(_ directory: TemporaryDirectory, data: String) throws -> (url: URL, contents: CheckpointContents, config: RunConfig) {
-    let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("teacher"), steps: 8, batch: 4))
+private func makeTeacher(_ directory: TemporaryDirectory, data: String, extra: [String] = []) throws -> (url: URL, contents: CheckpointContents, config: RunConfig) {
+    let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("teacher"), steps: 8, batch: 4) + extra)
     let trainer = try Trainer(config: config, world: SingleProcessCommunicator())
     for _ in 0..<8 { try trainer.trainStep() }
     let url = try #require(try trainer.saveCheckpoint())
@@ -132,16 +132,85 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
         }
     }
 
-    @Test func sequenceAndExpertParallelismAreRefused() throws {
+    /// `tessera distill`'s run on a sequence layout (2 ranks, ring attention, the Mamba-2
+    /// layers gathering the sequence) and an expert layout (an MoE teacher, data 2 × expert 2):
+    /// every logged loss and validation within 1e-5 of one rank's, the final student checkpoint
+    /// too, and a run stopped in the middle of stage 2 and resumed from its checkpoint (the
+    /// experts handed out again) logs the uninterrupted run's records and writes its student
+    /// bit for bit.
+    @Test(arguments: [(["parallel.sequence=2"], false), (["parallel.expert=2"], true)])
+    func sequenceAndExpertLayoutsEqualOneRankAndResumeExactly(layout: [String], moe: Bool) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let experts = ["moe.experts=4", "moe.top_k=2", "moe.expert_hidden=12", "moe.aux_loss=0.05", "moe.z_loss=0.01"]
+        let teacher = try makeTeacher(directory, data: data, extra: moe ? experts : [])
+        let file = try distillFile(directory)
+        func config(_ run: String, _ extra: [String]) throws -> RunConfig {
+            try DistillRunConfig.compose(teacher: teacher.config, file: file, overrides: extra + ["run.dir=\(directory.file(run))"])
+        }
+        let one = try config("one", []), straight = try config("straight", layout), stopped = try config("stopped", layout)
+        _ = try DistillRun(config: one, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: SingleProcessCommunicator()).run(resume: false)
+        let results = InProcessCommunicator.run(size: 2, timeoutSeconds: 120) { comm -> Int in
+            _ = try DistillRun(config: straight, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: comm).run(resume: false)
+            do {
+                _ = try DistillRun(config: stopped, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: comm).run(resume: false, stopAt: 5)
+                Issue.record("the run did not stop at step 5")
+            } catch is TrainingInterrupted {}
+            let resumed = try DistillRun(config: stopped, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: comm)
+            _ = try resumed.run(resume: true)
+            return resumed.step
+        }
+        for result in results { #expect(try result.get() == 9) }
+        let reference = try records(directory.file("one")), parallel = try records(directory.file("straight"))
+        #expect(reference.count == 12 && Set(reference.keys) == Set(parallel.keys))
+        #expect(try records(directory.file("stopped")) == parallel, "\(layout): the resumed run's records")
+        for (key, values) in reference {
+            for (name, value) in values {
+                let other = try #require(parallel[key]?[name])
+                #expect(abs(value - other) <= 1e-5 * max(1, abs(value)), "\(layout) \(key) \(name): \(value) vs one rank's \(other)")
+            }
+        }
+        func student(_ run: String) throws -> CheckpointContents {
+            try CheckpointStore.read(try #require(CheckpointStore(root: URL(fileURLWithPath: directory.file(run + "/checkpoints"))).latest()))
+        }
+        let (single, many, again) = (try student("one"), try student("straight"), try student("stopped"))
+        #expect(many.model.names.sorted() == single.model.names.sorted() && many.state.step == 9)
+        for name in single.model.names {
+            #expect(maxRelativeError(many.model[name]!.scalars, single.model[name]!.scalars) < 1e-5, "\(layout): \(name)")
+            #expect(again.model[name]!.scalars.map(\.bitPattern) == many.model[name]!.scalars.map(\.bitPattern), "\(layout): resumed \(name)")
+        }
+    }
+
+    /// Sequence and expert layouts run (DistillLayoutTests, and the layouts below); what
+    /// cannot run is refused before anything computes, in one line naming the key.
+    @Test func layoutsThatCannotRunAreRefusedByKey() throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let data = try makeCorpus(in: directory)
         let teacher = try makeTeacher(directory, data: data)
         let file = try distillFile(directory)
-        let config = try DistillRunConfig.compose(teacher: teacher.config, file: file, overrides: ["parallel.sequence=2", "run.dir=\(directory.file("run"))"])
-        #expect(throws: DistillRunError.notDataParallel(source: file, key: "parallel.sequence", value: 2)) {
-            _ = try DistillRun(config: config, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: SingleProcessCommunicator())
+        let cases: [([String], Int, String)] = [
+            (["parallel.sequence=2"], 1, "parallel.sequence"),                         // 2 sequence ranks on 1
+            (["parallel.sequence=3"], 3, "data.seq_len"),                              // 16 tokens do not split into 6 chunks
+            (["parallel.sequence=2", "parallel.sequence_mode=ulysses"], 2, "model.kv_heads"),   // 1 kv head over 2 ranks
+            (["parallel.expert=2"], 2, "parallel.expert")]                             // a dense teacher has no experts
+        for (overrides, ranks, key) in cases {
+            let config = try DistillRunConfig.compose(teacher: teacher.config, file: file, overrides: overrides + ["run.dir=\(directory.file("run"))"])
+            let results = InProcessCommunicator.run(size: ranks) { comm -> String in
+                do {
+                    _ = try DistillRun(config: config, teacherCheckpoint: teacher.url, teacher: teacher.contents, world: comm)
+                    return "accepted"
+                } catch let error as TrainingError {
+                    return error.description
+                }
+            }
+            for result in results {
+                let message = try result.get()
+                #expect(message.contains(key) && !message.contains("\n"), "\(overrides): \(message)")
+            }
         }
+        #expect(!FileManager.default.fileExists(atPath: directory.file("run")), "nothing written")
     }
 
     /// Each stage ends with a normal checkpoint: readable by CheckpointStore, its run.yaml the

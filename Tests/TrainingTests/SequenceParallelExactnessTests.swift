@@ -13,8 +13,8 @@ import _TestSupport
         tinyOverrides(data: data, run: run, steps: steps) + ["data.seq_len=24", "model.kv_heads=2"]
     }
 
-    static func train(data dataRanks: Int, sequence: Int, mode: String, corpus: String, run: String) throws -> [RankRun] {
-        let config = try RunConfig(file: nil, overrides: overrides(data: corpus, run: run)
+    static func train(data dataRanks: Int, sequence: Int, mode: String, corpus: String, run: String, extra: [String] = []) throws -> [RankRun] {
+        let config = try RunConfig(file: nil, overrides: overrides(data: corpus, run: run) + extra
             + ["parallel.data=\(dataRanks)", "parallel.sequence=\(sequence)", "parallel.sequence_mode=\(mode)"])
         return try trainInProcess(config, ranks: dataRanks * sequence, steps: steps)
     }
@@ -26,8 +26,26 @@ import _TestSupport
         let corpus = try makeCorpus(in: directory)
         let single = try Self.train(data: 1, sequence: 1, mode: "ring", corpus: corpus, run: directory.file("run1"))[0]
         let parallel = try Self.train(data: data, sequence: sequence, mode: mode, corpus: corpus, run: directory.file("runN"))
+        Self.expectMatch(parallel, single, layout: "\(data) × \(sequence) \(mode)")
+    }
+
+    /// A hybrid model (layer 0 Mamba-2, whose mixer gathers the sharded sequence; layer 1
+    /// attention) gives one rank's numbers too.
+    @Test(arguments: [(1, 3, "ring"), (2, 2, "ulysses")])
+    func aMambaHybridMatchesOneRank(data: Int, sequence: Int, mode: String) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let hybrid = ["model.sequence_mixer=mamba2", "model.attention_layers=1", "model.ssm_chunk_size=4"]
+        let single = try Self.train(data: 1, sequence: 1, mode: "ring", corpus: corpus, run: directory.file("run1"), extra: hybrid)[0]
+        let parallel = try Self.train(data: data, sequence: sequence, mode: mode, corpus: corpus, run: directory.file("runN"), extra: hybrid)
+        Self.expectMatch(parallel, single, layout: "hybrid \(data) × \(sequence) \(mode)")
+    }
+
+    /// Every rank reports rank 0's losses and holds its parameters; losses, gradient norms and
+    /// parameters within 1e-5 of one rank's, which learned.
+    static func expectMatch(_ parallel: [RankRun], _ single: RankRun, layout: String) {
         #expect(single.losses.last! < single.losses.first! - 0.3, "the tiny model should learn: \(single.losses)")
-        let layout = "\(data) × \(sequence) \(mode)"
         for (rank, seen) in parallel.enumerated() {
             #expect(seen.losses == parallel[0].losses, "\(layout): rank \(rank) reports the losses rank 0 reports")
             #expect(seen.parameters == parallel[0].parameters, "\(layout): rank \(rank)'s parameters differ from rank 0's")
@@ -132,13 +150,15 @@ import _TestSupport
 
     /// A peer that stops taking part mid-run: the sequence-parallel pass records the collective's
     /// failure and the trainer throws it (the process is not ended from inside the library).
-    @Test(arguments: ["ring", "ulysses"])
+    /// `mamba2`: a model of Mamba-2 layers only, whose first exchange is the mixer's gather.
+    @Test(arguments: ["ring", "ulysses", "mamba2"])
     func aLostSequencePeerIsThrownByTheTrainer(mode: String) throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let corpus = try makeCorpus(in: directory)
+        let mixer = mode == "mamba2" ? ["model.sequence_mixer=mamba2", "model.ssm_chunk_size=4"] : ["parallel.sequence_mode=\(mode)"]
         let config = try RunConfig(file: nil, overrides: Self.overrides(data: corpus, run: directory.file("run"))
-            + ["parallel.sequence=2", "parallel.sequence_mode=\(mode)"])
+            + ["parallel.sequence=2"] + mixer)
         let results = InProcessCommunicator.run(size: 2, timeoutSeconds: 2) { comm -> Double in
             let trainer = try Trainer(config: config, world: comm)
             guard comm.rank == 0 else { return 0 }   // rank 1 never takes a step

@@ -21,7 +21,8 @@ import TensorCore
 ///
 /// Activations (B·T rows): `projected` (B·T, 2HP + 2HN + H), `convolved` (B·T, HP + 2HN),
 /// `gatePre` = z + z_bias, `y` and `gated` (B·T, HP), and the scan's chunk states.
-/// The sequence must not be sharded (a pass whose grid has a sequence axis fails).
+/// With the sequence sharded (`parallel.sequence`), every sequence rank runs the mixer over the
+/// whole sequences (`SequenceGather`): exact, at P times the mixer's work and activations.
 public final class Mamba2Mixer: LayerComponent {
     public let spec: Mamba2Spec
     public let dModel: Int
@@ -36,6 +37,9 @@ public final class Mamba2Mixer: LayerComponent {
     /// What `mixingMatrix` keeps for `mixingMatrixBackward`: projected and convolved.
     private var matrixCache = ActivationCache()
     private var matrixInput: UnsafePointer<Float>?
+    /// With the sequence sharded: the gather over the sequence group and the whole sequences' input and output.
+    private var gather: SequenceGather?
+    private var wholeInput = FloatBuffer(count: 0), wholeOutput = FloatBuffer(count: 0)
 
     /// The z_bias b with silu(b) = b · sigmoid(b) = 1, so the gate starts open at 1.
     public static let unitGateBias: Float = 1.2784645
@@ -72,48 +76,96 @@ public final class Mamba2Mixer: LayerComponent {
                      skip: skip.value, outProj: outProj.value)
     }
 
-    private func scanner(_ c: PassContext) -> SSDScan {
-        if let scan, scan.batch == c.batch, scan.length == c.length { return scan }
-        let fresh = shape.scan(batch: c.batch, length: c.length)
+    private func scanner(batch: Int, length: Int) -> SSDScan {
+        if let scan, scan.batch == batch, scan.length == length { return scan }
+        let fresh = shape.scan(batch: batch, length: length)
         scan = fresh
         return fresh
     }
 
-    /// A sharded sequence would need the state passed between ranks: refused for now.
-    private func refusesSequenceParallel(_ c: PassContext, layer: Int) -> Bool {
-        guard let grid = c.grid, grid.sequenceSize > 1 else { return false }
-        c.fail(ModelError.sequenceParallelUnsupported(layer: layer, kind: spec.kind.name))
-        return true
+    /// The grid's sequence group when it shards the sequence, with the gather over it.
+    private func sequenceGather(_ c: PassContext) throws -> SequenceGather? {
+        guard let grid = c.grid, grid.sequenceSize > 1 else { return nil }
+        let comm = grid.communicator(for: .sequence)
+        if let gather, gather.batch == c.batch, gather.length == c.length, gather.comm === comm, gather.mine == c.positions { return gather }
+        guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
+        let fresh = try SequenceGather(batch: c.batch, length: c.length, positions: c.positions, comm: comm)
+        gather = fresh
+        return fresh
     }
 
+    /// With the sequence sharded, the mixer runs over the whole sequences on every sequence
+    /// rank (`SequenceGather`: exact, P times the work) and adds its own rows to `out`.
     public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        if refusesSequenceParallel(c, layer: layer) { return }
-        let scan = scanner(c)
+        let sharded: SequenceGather?
+        do { sharded = try sequenceGather(c) } catch { c.fail(error); return }
+        guard let g = sharded else {
+            forwardWhole(x, addingTo: out, batch: c.batch, length: c.length, threads: c.threads)
+            if let capture = c.capture {
+                let count = c.batch * spec.heads * c.length * c.length
+                let matrix = c.scratch.buffer("mamba.capture.matrix", count: count)
+                shape.mixingMatrix(scan: scan!, projected: cache[0], convolved: cache[1], skip: skip.value, matrix: matrix, threads: c.threads)
+                capture(layer, .mixingMatrix, UnsafeBufferPointer(start: matrix, count: count), [c.batch, spec.heads, c.length, c.length])
+            }
+            return
+        }
+        // Sharded: no mixing-matrix capture (a rank holds its own rows only).
+        let count = c.batch * g.total * dModel
+        if wholeInput.count != count { (wholeInput, wholeOutput) = (FloatBuffer(count: count), FloatBuffer(count: count)) }
+        do {
+            guard c.failure == nil else { throw CollectiveError.backend("an earlier collective of this pass failed") }
+            try g.gather(x, width: dModel, into: wholeInput.pointer)
+        } catch {
+            c.fail(error)
+            return
+        }
+        wholeOutput.pointer.update(repeating: 0, count: count)
+        forwardWhole(wholeInput.pointer, addingTo: wholeOutput.pointer, batch: c.batch, length: g.total, threads: c.threads)
+        g.addOwnRows(wholeOutput.pointer, width: dModel, to: out)
+    }
+
+    /// out (B·T, d) += mixer(x) over whole sequences of `length` tokens; keeps what `backwardWhole` needs.
+    private func forwardWhole(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, batch: Int, length: Int,
+                              threads: KernelThreads) {
+        let scan = scanner(batch: batch, length: length)
         let s = shape
-        cache.ensure(rows: c.rows, widths: [s.projectionWidth, s.convChannels, s.inner, s.inner, s.inner])
+        cache.ensure(rows: batch * length, widths: [s.projectionWidth, s.convChannels, s.inner, s.inner, s.inner])
         if chunkStates.count != scan.chunkStateCount { chunkStates = FloatBuffer(count: scan.chunkStateCount) }
         input = x
         let buffers = Mamba2Buffers(projected: cache[0], convolved: cache[1], gatePre: cache[2], y: cache[3], gated: cache[4])
         s.forward(x, addingTo: out, values: values, scan: scan, buffers: buffers, chunkStates: chunkStates.pointer,
-                  finalStates: nil, threads: c.threads)
-        if let capture = c.capture {
-            let count = c.batch * spec.heads * c.length * c.length
-            let matrix = c.scratch.buffer("mamba.capture.matrix", count: count)
-            s.mixingMatrix(scan: scan, projected: buffers.projected, convolved: buffers.convolved, skip: skip.value,
-                           matrix: matrix, threads: c.threads)
-            capture(layer, .mixingMatrix, UnsafeBufferPointer(start: matrix, count: count), [c.batch, spec.heads, c.length, c.length])
-        }
+                  finalStates: nil, threads: threads)
     }
 
     public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
-        if c.grid.map({ $0.sequenceSize > 1 }) ?? false {   // the forward pass refused: nothing to compute
+        guard let grid = c.grid, grid.sequenceSize > 1 else {
+            backwardWhole(dOut, dx: dx, batch: c.batch, length: c.length, context: c)
+            return
+        }
+        guard c.failure == nil, let g = gather else {   // the pass is abandoned: nothing to compute
             dx.update(repeating: 0, count: c.rows * dModel)
             return
         }
-        guard let x = input, let scan, scan.batch == c.batch, scan.length == c.length else {
+        let count = c.batch * g.total * dModel
+        let wholeGradient = c.scratch.buffer("mamba.wholeGradient", count: count)
+        let wholeDx = c.scratch.buffer("mamba.wholeDx", count: count)
+        g.placeOwnRows(dOut, width: dModel, into: wholeGradient)
+        backwardWhole(wholeGradient, dx: wholeDx, batch: c.batch, length: g.total, context: c)
+        do {
+            try g.reduceScatter(wholeDx, width: dModel, into: dx)
+        } catch {
+            c.fail(error)
+            dx.update(repeating: 0, count: c.rows * dModel)
+        }
+    }
+
+    /// Backward of `forwardWhole` over whole sequences: dx (B·T, d) overwritten, parameter gradients added.
+    private func backwardWhole(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, batch: Int, length: Int,
+                               context c: PassContext) {
+        guard let x = input, let scan, scan.batch == batch, scan.length == length else {
             preconditionFailure("Mamba2Mixer.backward before forward")
         }
-        let (s, n, threads) = (shape, c.rows, c.threads)
+        let (s, n, threads) = (shape, batch * length, c.threads)
         let (projected, convolved, gatePre, y, gated) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         let dGated = c.scratch.buffer("mamba.dGated", count: n * s.inner)
         let dGatePre = c.scratch.buffer("mamba.dGatePre", count: n * s.inner)
@@ -135,7 +187,7 @@ public final class Mamba2Mixer: LayerComponent {
                                      dy: StridedRows(dConvolved, stride: s.convChannels),
                                      dx: MutableStridedRows(dProjected, stride: s.projectionWidth),
                                      dWeight: convWeight.gradient, dBias: convBias.gradient,
-                                     batch: c.batch, length: c.length, channels: s.convChannels, width: spec.convWidth, threads: threads)
+                                     batch: batch, length: length, channels: s.convChannels, width: spec.convWidth, threads: threads)
         Matmul.linearBackward(x: x, weight: inProj.value, dy: dProjected, dx: dx, dWeight: inProj.gradient,
                               rows: n, inFeatures: dModel, outFeatures: s.projectionWidth, threads: threads)
     }
@@ -200,8 +252,8 @@ public final class Mamba2Mixer: LayerComponent {
 }
 
 extension SequenceMixerKind {
-    /// Phi-Mamba's discrete Mamba-2: its state is not passed between sequence ranks (refused).
-    public static let mamba2 = SequenceMixerKind(name: "mamba2", coreName: "discrete_mamba2", shardsSequence: false) { keys in
+    /// Phi-Mamba's discrete Mamba-2: runs on a sharded sequence by gathering it (`SequenceGather`).
+    public static let mamba2 = SequenceMixerKind(name: "mamba2", coreName: "discrete_mamba2", shardsSequence: true) { keys in
         Mamba2Spec(heads: keys.attention.heads, headDim: keys.attention.headDim, chunkSize: keys.chunkSize)
     }
 }

@@ -16,6 +16,8 @@ public enum DistillError: Error, Equatable, CustomStringConvertible {
     case shellMismatch(teacher: String, student: String)
     /// `step(stage:)` was asked for a stage other than 1, 2, 3.
     case noSuchStage(Int)
+    /// The sequence does not split over the grid's sequence ranks.
+    case sequenceDoesNotSplit(problem: String)
 
     public var description: String {
         switch self {
@@ -33,6 +35,8 @@ public enum DistillError: Error, Equatable, CustomStringConvertible {
             return "distillation batch: \(tokens) tokens given for batch \(batch) × length \(length) = \(batch * length); give exactly batch × length tokens"
         case let .shellMismatch(teacher, student):
             return "the student (\(student)) is not built on the teacher's shell (\(teacher)); build it with StudentBuilder from this teacher"
+        case let .sequenceDoesNotSplit(problem):
+            return problem
         case let .noSuchStage(stage):
             return "distillation stage \(stage) does not exist; stages are 1 (matrix orientation), 2 (hidden-state alignment), 3 (knowledge distillation)"
         }

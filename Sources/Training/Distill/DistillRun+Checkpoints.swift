@@ -43,14 +43,17 @@ extension DistillRun {
             if let change = DistillRunConfig.numericDifference(saved: saved, now: now) {
                 throw DistillRunError.configChanged(checkpoint: url.path, key: change.key, saved: change.saved, now: change.now)
             }
-            try student.parameters.load(contents.model, source: url.path)
-            try distiller.optimizers[progress.stage - 1].load(contents.optimizer, stepsTaken: progress.stageStep, source: url.path)
+            let global = student.globalDeclarations
+            try student.parameters.load(contents.model, source: url.path, global: global)
+            try distiller.optimizers[progress.stage - 1].load(contents.optimizer, stepsTaken: progress.stageStep, source: url.path, global: global)
             progressBytes = Array(data)
         }
         guard loaded.found else { return nil }
         let progress = try JSONDecoder().decode(DistillProgress.self, from: Data(try world.broadcastBytes(progressBytes, root: 0)))
         let optimizers = distiller.optimizers
         try checkpoints.broadcast([student.parameters.values] + optimizers[progress.stage - 1].buffers)
+        try ExpertShardTransfer(grid: grid, parameters: student.parameters, optimizer: optimizers[progress.stage - 1],
+                                global: student.globalDeclarations).scatterFromReader(loaded.contents)
         for (k, optimizer) in optimizers.enumerated() {   // a stage's steps are all taken before the next starts
             optimizer.setStepsTaken(k + 1 < progress.stage ? steps(ofStage: k + 1) : k + 1 == progress.stage ? progress.stageStep : 0)
         }

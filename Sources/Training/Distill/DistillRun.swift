@@ -64,8 +64,11 @@ public final class DistillRun {
     var tally: StageTally?
     var summaries: [DistillStageSummary] = []
 
-    /// `teacherCheckpoint`'s contents are read on every rank (each needs the whole teacher), so
-    /// the checkpoint must be readable on every node. `checkpointSink`: nil for the one the
+    /// `teacherCheckpoint`'s contents are read on every rank (each loads the teacher, or its
+    /// experts' shard), so the checkpoint must be readable on every node. Any layout training
+    /// accepts: `parallel.data`, `parallel.sequence` (ring or Ulysses attention; Mamba-2 layers
+    /// gather the sequence) and `parallel.expert` (an MoE teacher; teacher and student hold
+    /// their experts' shard). `checkpointSink`: nil for the one the
     /// config names (`CheckpointSinks.make`).
     public init(config: RunConfig, teacherCheckpoint: URL, teacher contents: CheckpointContents, world: Communicator,
                 checkpointSink: CheckpointSink? = nil) throws {
@@ -73,25 +76,24 @@ public final class DistillRun {
         self.world = world
         self.teacherCheckpoint = teacherCheckpoint
         studentConfig = try Self.studentRunConfig(config)
-        for (key, value) in [("parallel.sequence", config.parallel.sequence), ("parallel.expert", config.parallel.expert)] where value != 1 {
-            throw DistillRunError.notDataParallel(source: config.source, key: key, value: value)
-        }
         let layout = try Trainer.layout(config, worldSize: world.size)
         grid = try ProcessGrid(world: world, layout: layout)
         guard config.train.globalBatch % layout.data == 0 else {
             throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
         let data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
-                                    seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data)
-        let teacher = try TransformerLM(config: config.modelConfig, seed: 0)
-        try teacher.parameters.load(contents.model, source: teacherCheckpoint.path)
+                                    seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
+                                    sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
+        let teacher = try TransformerLM(config: config.modelConfig, seed: 0, grid: grid)
+        try teacher.parameters.load(contents.model, source: teacherCheckpoint.path, global: teacher.globalDeclarations)
         guard data.train.vocabSize <= teacher.config.vocabSize else {
             throw TrainingError.vocabularyTooSmall(source: teacherCheckpoint.appendingPathComponent("run.yaml").path, vocabSize: teacher.config.vocabSize,
                                                    dataVocabulary: data.train.vocabSize, directory: config.data.dir)
         }
         let keep = DistillLayerList(config.distill.keepAttention) ?? DistillLayerList(layers: [])
         student = try StudentBuilder.build(teacher: teacher.config, teacherWeights: contents.model, keepAttention: keep,
-                                           chunkSize: config.distill.chunkSize, seed: UInt64(config.train.seed), source: teacherCheckpoint.path)
+                                           chunkSize: config.distill.chunkSize, seed: UInt64(config.train.seed), source: teacherCheckpoint.path,
+                                           grid: grid)
         self.teacher = teacher
         batches = DistillBatches(data: data)
         distiller = try Self.makeDistiller(teacher: teacher, student: student, config: config, batches: batches, grid: grid)

@@ -12,8 +12,6 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
     case notADistillCheckpoint(path: String, reason: String)
     /// A resumed run's config differs from the checkpoint's in a key that changes the numbers.
     case configChanged(checkpoint: String, key: String, saved: String, now: String)
-    /// The config asks for sequence or expert parallelism; distillation is data parallel only.
-    case notDataParallel(source: String, key: String, value: Int)
     /// Nothing left to do: the checkpoint is at or past the last step of the last stage.
     case alreadyFinished(checkpoint: String, step: Int)
 
@@ -29,8 +27,6 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
             return "\(path): not a distillation checkpoint (\(reason)); resume a run directory that tessera distill wrote"
         case let .configChanged(checkpoint, key, saved, now):
             return "\(key) is \(now) but \(checkpoint) was distilled with \(saved); resume with the same value (or start a new run.dir)"
-        case let .notDataParallel(source, key, value):
-            return "\(source): \(key) is \(value), but distillation is data parallel only (every rank holds teacher and student); set \(key) to 1"
         case let .alreadyFinished(checkpoint, step):
             return "\(checkpoint) (step \(step)) already ends the last stage; nothing to resume: a distillation's stage steps are fixed when it starts, so it cannot be extended; train the student further with tessera train --config \(checkpoint)/run.yaml --init-from \(checkpoint) --set run.dir=NEW, or distill again into a new run.dir"
         }

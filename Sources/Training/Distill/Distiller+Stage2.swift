@@ -25,7 +25,7 @@ import TensorCore
 /// its bits. Mixture-of-experts auxiliary losses take no part.
 extension Distiller {
     /// The teacher's residual stream entering and leaving each student Mamba layer for
-    /// `tokens` (each (B·T, d)).
+    /// `tokens` (each (B·T, d); this rank's rows with the sequence sharded).
     public func teacherBlockStates(tokens: [Int32]) throws -> [Int: (input: [Float], output: [Float])] {
         try teacherCaptures(tokens: tokens, .blockInput, .blockOutput).mapValues { (input: $0.0, output: $0.1) }
     }
@@ -33,13 +33,14 @@ extension Distiller {
     /// Stage-2 loss of `layer`: the student's block `layer` run on the residual stream `input`
     /// (B·T, d), against `target` (B·T, d): (1/(B·T)) Σ_t ‖out_t − target_t‖₂. With
     /// `accumulateGradients`, adds its gradient to the block's parameter gradients (all of
-    /// them; `stage2Step` updates only the mixer's).
+    /// them; `stage2Step` updates only the mixer's). With the sequence sharded, `input` and
+    /// `target` are this rank's rows (B·localLength, d) and the loss their share of the sum.
     public func stage2Loss(layer: Int, input: [Float], target: [Float], accumulateGradients: Bool = false) -> Double {
         precondition(student.blocks[layer].mamba2Mixer != nil, "layer \(layer) of the student is not Mamba-2")
-        let d = student.config.dModel, tokens = batch * length
+        let d = student.config.dModel, tokens = batch * localLength
         precondition(input.count == tokens * d && target.count == tokens * d, "stage2Loss: input and target must be (B·T, d)")
-        var gradient = student.blockForward(layer: layer, input: input, batch: batch, length: length)
-        let scale = 1 / Double(tokens)
+        var gradient = student.blockForward(layer: layer, input: input, batch: batch, length: localLength, positions: positions)
+        let scale = 1 / Double(batch * length)
         var loss = 0.0
         gradient.withUnsafeMutableBufferPointer { out in
             target.withUnsafeBufferPointer { h in

@@ -41,11 +41,16 @@ extension Distiller {
     /// on `tokens` (B × T). With `gradient` (may alias `student`), writes ∂total/∂(student
     /// logits) there. Each row is computed on its own and the sums run in row order, so the
     /// result does not depend on the thread count.
+    /// `positions`: the logits' rows are these positions of each sequence (nil: all of them,
+    /// in order), `tokens` still the whole sequences; the losses are then those rows' share
+    /// of the whole sums (normalised by B·T and B·(T−1)).
     public static func stage3Objective(student: UnsafePointer<Float>, teacher: UnsafePointer<Float>, tokens: [Int32],
-                                       batch: Int, length: Int, vocab: Int, temperature: Double, dataLossWeight: Double,
-                                       gradient: UnsafeMutablePointer<Float>?, threads: KernelThreads = .single) -> Stage3Losses {
-        let rows = batch * length, tau = temperature
-        let kdScale = 1 / Double(rows)
+                                       batch: Int, length: Int, positions: [Int]? = nil, vocab: Int, temperature: Double,
+                                       dataLossWeight: Double, gradient: UnsafeMutablePointer<Float>?,
+                                       threads: KernelThreads = .single) -> Stage3Losses {
+        let held = positions ?? Array(0..<length)
+        let rows = batch * held.count, tau = temperature
+        let kdScale = 1 / Double(batch * length)
         let dataRows = batch * (length - 1)
         let dataScale = dataRows > 0 ? 1 / Double(dataRows) : 0
         var kdPerRow = [Double](repeating: 0, count: rows), dataPerRow = [Double](repeating: 0, count: rows)
@@ -62,7 +67,7 @@ extension Distiller {
                         var kl = 0.0
                         for v in 0..<vocab { kl += exp(logP[v]) * (logP[v] - logQ[v]) }
                         kdOut[r] = kl
-                        let (t, b) = (r % length, r / length)
+                        let (t, b) = (held[r % held.count], r / held.count)
                         let hasTarget = t < length - 1
                         var target = -1
                         if hasTarget {
@@ -100,25 +105,26 @@ extension Distiller {
     /// (`stage3Step` updates only `stage3Parameters`).
     public func stage3Loss(tokens: [Int32], accumulateGradients: Bool = false) throws -> Stage3Losses {
         guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
-        let teacherLogits = teacher.logits(tokens: tokens, batch: batch, length: length)
+        let mine = local(tokens), held = grid.sequenceSize > 1 ? positions : nil
+        let teacherLogits = teacher.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
         if let failure = teacher.passFailure { throw failure }
         let vocab = student.config.vocabSize
         let (tau, weight) = (settings.temperature, settings.dataLossWeight)
         var losses = Stage3Losses(kd: 0, data: 0, total: 0)
         if accumulateGradients {
             teacherLogits.withUnsafeBufferPointer { y in
-                _ = student.lossAndGradients(tokens: tokens, batch: batch, length: length) { logits in
+                _ = student.lossAndGradients(tokens: mine, batch: batch, length: localLength, positions: positions) { logits in
                     losses = Self.stage3Objective(student: logits, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
-                                                  vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: logits, threads: threads)
+                                                  positions: held, vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: logits, threads: threads)
                     return losses.total
                 }
             }
         } else {
-            let logits = student.logits(tokens: tokens, batch: batch, length: length)
+            let logits = student.logits(tokens: mine, batch: batch, length: localLength, positions: positions)
             logits.withUnsafeBufferPointer { z in
                 teacherLogits.withUnsafeBufferPointer { y in
                     losses = Self.stage3Objective(student: z.baseAddress!, teacher: y.baseAddress!, tokens: tokens, batch: batch, length: length,
-                                                  vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: nil, threads: threads)
+                                                  positions: held, vocab: vocab, temperature: tau, dataLossWeight: weight, gradient: nil, threads: threads)
                 }
             }
         }

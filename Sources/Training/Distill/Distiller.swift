@@ -30,12 +30,23 @@ import TensorCore
 /// each stage's `Optimizer` step, and the reported losses are averaged too, so every rank holds
 /// the same student and N ranks compute what one rank would on the global batch (to Float32
 /// summation order). Every rank must call the same steps in the same order.
+///
+/// With S sequence ranks (the grid's sequence axis), `nextBatch` still gives whole sequences;
+/// each rank runs teacher and student on its zigzag positions (`SequenceSharding`; attention
+/// ring or Ulysses, Mamba-2 through `SequenceGather`) and each loss is the rank's share of the
+/// whole sum (its query rows in stage 1, its tokens in stages 2 and 3), summed over the
+/// sequence ranks with the gradients (Distiller+Sequence.swift). With expert ranks, teacher
+/// and student hold their experts' shard (models built on `grid`), exchanged in every pass.
 public final class Distiller {
     public let teacher: TransformerLM
     public let student: TransformerLM
     public let settings: DistillSection
-    /// Sequences per step and tokens per sequence (this rank's share).
+    /// Sequences per step (this rank's share) and tokens per sequence (the whole sequence).
     public let batch: Int, length: Int
+    /// The global positions of this rank's tokens in each sequence (all of them without a
+    /// sequence axis), and their count.
+    public let positions: [Int]
+    public var localLength: Int { positions.count }
     public let threads: KernelThreads
     /// The ranks and their axes (one rank when none was given).
     public let grid: ProcessGrid
@@ -80,6 +91,10 @@ public final class Distiller {
         self.teacher = teacher; self.student = student; self.settings = settings
         self.batch = batch; self.length = length; self.threads = threads
         self.grid = try grid ?? ProcessGrid(world: SingleProcessCommunicator(), layout: GridLayout(data: 1))
+        if let problem = SequenceSharding.problem(length: length, ranks: self.grid.sequenceSize) {
+            throw DistillError.sequenceDoesNotSplit(problem: problem)
+        }
+        positions = SequenceSharding.positions(length: length, ranks: self.grid.sequenceSize, rank: self.grid.sequenceIndex)
         self.nextBatch = nextBatch
         mambaLayers = layers
         stage1Parameters = layers.flatMap { layer in
@@ -104,7 +119,9 @@ public final class Distiller {
         [stage1Parameters, stage2Parameters, stage3Parameters][stage - 1]
     }
 
-    /// The mean over the data ranks of each value (Float64, the same bits on every rank).
+    /// Each value summed over the sequence ranks (each holds its share of a sum) and averaged
+    /// over the data ranks: the sum over every rank, in rank order, over N (Float64, the same
+    /// bits on every rank).
     func averageOverRanks(_ values: [Double]) throws -> [Double] {
         let comm = grid.world
         guard comm.size > 1 else { return values }
@@ -114,7 +131,7 @@ public final class Distiller {
             try gathered.withUnsafeMutableBytes { try comm.allGather(input, counts: [Int](repeating: bytes, count: comm.size), into: $0) }
         }
         return values.indices.map { i in
-            (0..<comm.size).reduce(0.0) { $0 + gathered[$1 * values.count + i] } / Double(comm.size)
+            (0..<comm.size).reduce(0.0) { $0 + gathered[$1 * values.count + i] } / Double(grid.dataSize)
         }
     }
 
@@ -130,14 +147,18 @@ public final class Distiller {
 
     /// The teacher's mixer inputs (B·T, d) and attention probabilities (B, H, T, T) of `tokens`,
     /// by layer, for the student's Mamba layers.
+    /// With the sequence sharded, both are of the whole sequences: the inputs gathered from the
+    /// sequence ranks and the probabilities computed from them (`wholeSequenceTargets`).
     public func teacherTargets(tokens: [Int32]) throws -> [Int: (input: [Float], attention: [Float])] {
-        try teacherCaptures(tokens: tokens, .sequenceMixerInput, .attentionProbabilities).mapValues { (input: $0.0, attention: $0.1) }
+        if grid.sequenceSize > 1 { return try wholeSequenceTargets(tokens: tokens) }
+        return try teacherCaptures(tokens: tokens, .sequenceMixerInput, .attentionProbabilities).mapValues { (input: $0.0, attention: $0.1) }
     }
 
-    /// What the teacher's pass over `tokens` reports at capture points `first` and `second`,
-    /// by layer, for each of the student's Mamba layers (a layer missing either is not an
+    /// What the teacher's pass over this rank's positions of `tokens` (B × T) reports at
+    /// capture points `first` and `second` (nil: only `first`, the second left empty), by
+    /// layer, for each of the student's Mamba layers (a layer missing either is not an
     /// attention layer the student can learn from).
-    func teacherCaptures(tokens: [Int32], _ first: CapturePoint, _ second: CapturePoint) throws -> [Int: ([Float], [Float])] {
+    func teacherCaptures(tokens: [Int32], _ first: CapturePoint, _ second: CapturePoint?) throws -> [Int: ([Float], [Float])] {
         guard tokens.count == batch * length else { throw DistillError.badBatch(tokens: tokens.count, batch: batch, length: length) }
         let wanted = Set(mambaLayers)
         var firsts: [Int: [Float]] = [:], seconds: [Int: [Float]] = [:]
@@ -146,8 +167,9 @@ public final class Distiller {
             if point == first { firsts[layer] = Array(values) } else if point == second { seconds[layer] = Array(values) }
         }
         defer { teacher.capture = nil }
-        _ = teacher.logits(tokens: tokens, batch: batch, length: length)
+        _ = teacher.logits(tokens: local(tokens), batch: batch, length: localLength, positions: positions)
         if let failure = teacher.passFailure { throw failure }
+        if second == nil { for layer in firsts.keys { seconds[layer] = [] } }
         var out: [Int: ([Float], [Float])] = [:]
         for layer in mambaLayers {
             guard let a = firsts[layer], let b = seconds[layer] else { throw DistillError.teacherLayerNotAttention(layer: layer) }
@@ -158,8 +180,9 @@ public final class Distiller {
 
     /// Stage-1 loss of `layer` for the mixer input `input` (B·T, d) against `target`
     /// (B, H, T, T): (1/(B·H)) Σ ‖M − target‖²_F. With `accumulateGradients`, adds its
-    /// gradient to the student's M-shaping parameters.
-    public func stage1Loss(layer: Int, input: [Float], target: [Float], accumulateGradients: Bool = false) -> Double {
+    /// gradient to the student's M-shaping parameters. `rows`: the query rows (positions) whose
+    /// terms count (nil: all; a sequence rank's own, whose shares sum to the whole).
+    public func stage1Loss(layer: Int, input: [Float], target: [Float], rows: [Int]? = nil, accumulateGradients: Bool = false) -> Double {
         guard let mixer = student.blocks[layer].mamba2Mixer else { preconditionFailure("layer \(layer) of the student is not Mamba-2") }
         let heads = mixer.spec.heads, count = batch * heads * length * length
         precondition(input.count == batch * length * student.config.dModel && target.count == count,
@@ -170,12 +193,20 @@ public final class Distiller {
         input.withUnsafeBufferPointer { x in
             mixer.mixingMatrix(x.baseAddress!, matrix: matrix.pointer, includeSkip: true, context: context)
             let scale = 1 / Double(batch * heads)
+            let counted = rows.map { Set($0) }
             target.withUnsafeBufferPointer { a in
                 let m = matrix.pointer
-                for i in 0..<count {
-                    let difference = m[i] - a[i]
-                    loss += Double(difference) * Double(difference)
-                    m[i] = Float(2 * scale) * difference   // dM, in place
+                for row in 0..<(count / length) {   // (b, h, l) in order; row l of M is query position l
+                    let range = (row * length)..<((row + 1) * length)
+                    guard counted?.contains(row % length) ?? true else {
+                        (m + range.lowerBound).update(repeating: 0, count: length)
+                        continue
+                    }
+                    for i in range {
+                        let difference = m[i] - a[i]
+                        loss += Double(difference) * Double(difference)
+                        m[i] = Float(2 * scale) * difference   // dM, in place
+                    }
                 }
             }
             loss *= scale
@@ -194,8 +225,9 @@ public final class Distiller {
         let tokens = try nextBatch()
         let targets = try teacherTargets(tokens: tokens)
         student.parameters.zeroGradients()
+        let rows = grid.sequenceSize > 1 ? positions : nil
         let losses = mambaLayers.map { layer in
-            stage1Loss(layer: layer, input: targets[layer]!.input, target: targets[layer]!.attention, accumulateGradients: true)
+            stage1Loss(layer: layer, input: targets[layer]!.input, target: targets[layer]!.attention, rows: rows, accumulateGradients: true)
         }
         let averaged = try averageOverRanks(losses)
         try update(stage: 1, learningRate: settings.stage1Lr)

@@ -1,3 +1,4 @@
+import Collectives
 import Models
 import TensorCore
 
@@ -50,11 +51,12 @@ public enum StudentBuilder {
     /// Hugging Face name, e.g. `CheckpointContents.model`): built from `studentConfig` with
     /// initial values from `seed`, then every parameter the teacher has under the same name
     /// (everything but the Mamba mixers) overwritten with the teacher's values. `source` names
-    /// the weights in errors.
+    /// the weights in errors. On `grid`, the student holds this rank's experts (as a model
+    /// built on it does) and its initial values do not depend on the layout.
     public static func build(teacher: ModelConfig, teacherWeights: StateDict, keepAttention: DistillLayerList,
-                             chunkSize: Int, seed: UInt64, source: String) throws -> TransformerLM {
+                             chunkSize: Int, seed: UInt64, source: String, grid: ProcessGrid? = nil) throws -> TransformerLM {
         let config = try studentConfig(teacher: teacher, keepAttention: keepAttention, chunkSize: chunkSize)
-        let student = try TransformerLM(config: config, seed: seed)
+        let student = try TransformerLM(config: config, seed: seed, grid: grid)
         let parameters = student.parameters
         for entry in parameters.entries {
             let isMixer = isMambaMixerParameter(entry.name, config: config)
