@@ -7,11 +7,12 @@
 # the restarted service must report the newest of them and carry on, and a final clean run must
 # commit and serve back identical files. Also: a wrong token is refused with the address named,
 # and the service refuses to start without a token. Then a real 2-rank training run streaming to
-# the service, with the service or a rank killed around saves (training_kills).
+# the service, with the service or a rank killed around saves (training_kills), and jobs whose
+# processes crash (crashed_jobs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 4   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 5   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-ckpt-service.XXXXXX)
 TRIALS=${CKPT_KILL_TRIALS:-24}
 RANKS=3
@@ -38,8 +39,8 @@ synthetic = {f"{kind}-{r + 1:05d}-of-{ranks:05d}.safetensors" for r in range(ran
 synthetic |= {"model.safetensors.index.json", "config.json", "trainer_state.json", "run.yaml", "checksums.json", "DONE"}
 steps = []
 for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-    if name.startswith("."):
-        continue   # assembly, manifests, deletions: invisible to readers by name
+    if name.startswith(".") or name in ("jobs", "soups", "distills"):
+        continue   # assembly, manifests, deletions: invisible to readers by name; jobs' logs and outputs
     m = re.fullmatch(r"step-(\d{8,})", name)
     assert m, f"unexpected entry {name} in {root}"
     d = os.path.join(root, name)
@@ -215,6 +216,33 @@ check "ckpt serve: kill -9 of the service or a client during uploads, $TRIALS tr
 check "ckpt serve: a wrong token is refused and logged, the right one is served" refusals
 check "ckpt serve: training streams to it; SIGKILL of the service (3 trials) or of a rank (2) around saves: one clear line, no hang, every checkpoint verifies, resumes through the service log the uninterrupted losses (bitwise)" \
   training_kills
+# Jobs run as child processes (`tessera ckpt job`): one made to crash through the test-only hook
+# TESSERA_TEST_JOB_CRASH (a Swift trap, then SIGKILL) is reported to its client in one line naming
+# the signal and its log under ROOT/jobs/, and the service serves uploads and further jobs.
+crashed_jobs() {
+  local crash root port out status log
+  export TESSERA_JOB_TOKEN=$("$TESSERA" token)
+  for crash in trap kill; do
+    root=$work/root-crash-$crash; port=$(free_port)
+    TESSERA_TEST_JOB_CRASH=$crash start_service "$root" "$port" "$work/crash-$crash.log" || return 1
+    for attempt in 1 2; do
+      out=$(timeout -k 5 60 "$TESSERA" soup --service "127.0.0.1:$port" --method uniform --inputs 1 2 --output s 2>&1); status=$?
+      echo "$out"
+      [ "$status" -ne 0 ] && [ "$(wc -l <<<"$out")" -eq 1 ] \
+        && grep -qE "the soup job \(process [0-9]+\) was killed by signal [0-9]+ \(.+\); its output: $root/jobs/job-[0-9-]+\.log; the service goes on serving" <<<"$out" \
+        || { kill -9 "$server"; echo "$crash, attempt $attempt: the crash was not reported in one line with its signal and log (status $status)"; return 1; }
+      log=$(grep -oE "$root/jobs/job-[0-9-]+\.log" <<<"$out")
+      [ -f "$log" ] || { kill -9 "$server"; echo "no job log at $log"; return 1; }
+      "$TESSERA" ckpt upload-test --service "127.0.0.1:$port" --steps 1 --from "$attempt" --bytes 1000 \
+        || { kill -9 "$server"; echo "$crash: the service did not serve an upload after the crash"; return 1; }
+    done
+    [ "$crash" != trap ] || grep -q "TESSERA_TEST_JOB_CRASH=trap" "$log" || { kill -9 "$server"; echo "the trap's message is not in $log"; return 1; }
+    kill "$server"; wait "$server" 2>/dev/null
+    cat "$work/crash-$crash.log"
+    [ "$(verify_root "$root" 2)" = 2 ] || { echo "the uploads after the crashes are not both on the service"; return 1; }
+  done
+}
+check "ckpt serve: a job whose process crashes (a trap, SIGKILL) is reported failed in one line with its signal and log; the service serves on" crashed_jobs
 check "ckpt serve: refuses to start without a job token" expect_failure 10 "no job token for the checkpoint service" \
   env -u TESSERA_JOB_TOKEN "$TESSERA" ckpt serve --root "$work/no-token" --listen 127.0.0.1:0
 rm -rf "$work"

@@ -318,7 +318,7 @@ check "mpirun: interrupted mpirun's SIGKILL comes too soon to save: the ranks sa
 # --- The checkpoint service, checked before step 1 ---------------------------------------------
 service_missing() {
   local port; port=$(free_port)
-  TESSERA_JOB_TOKEN=$("$TESSERA" token) expect_failure 30 "checkpoint.service = 127.0.0.1:$port, checked before the first step: checkpoint service at 127.0.0.1:$port is unreachable" \
+  TESSERA_JOB_TOKEN=$("$TESSERA" token) expect_failure 30 "checkpoints to the checkpoint service at 127.0.0.1:$port, checked before the first step: checkpoint service at 127.0.0.1:$port is unreachable" \
     "$TESSERA" train "${small[@]}" --set train.steps=100000 --set checkpoint.service=127.0.0.1:$port --set run.dir="$work/no-service" || return 1
   ! grep -q '"loss"' "$work/no-service/metrics.jsonl" 2>/dev/null || { echo "it trained first"; return 1; }
 }

@@ -29,13 +29,40 @@ public struct CheckpointPart: Sendable, Equatable {
     }
 }
 
+/// What a delivery achieved: this rank's part of `step` is durable at the sink, and, when
+/// `committed`, the step is committed (complete, at `location`; `directory` when that is a
+/// directory of this machine). Callers use the receipt, never the disk, to learn of commits.
+public struct CheckpointReceipt: Sendable, Equatable {
+    public var step: Int
+    public var committed: Bool
+    /// Where the checkpoint is, for messages ("the checkpoint service at HOST:PORT", a path).
+    public var location: String
+    /// The committed checkpoint's local directory; nil when not committed or not local.
+    public var directory: URL?
+
+    public init(step: Int, committed: Bool, location: String, directory: URL? = nil) {
+        self.step = step; self.committed = committed; self.location = location; self.directory = directory
+    }
+}
+
 /// Where ranks hand their checkpoint parts: a directory (shared by the ranks) or the checkpoint
-/// service over TCP. Both destinations produce identical files.
+/// service over TCP. Both destinations produce identical files. Built from the run's config
+/// (or a command's options) by one factory, `CheckpointSinks.make` (CheckpointService).
 public protocol CheckpointSink: AnyObject {
+    /// Where this sink's checkpoints live, for messages ("resumed from step 8 of ...").
+    var location: String { get }
+    /// The local directory its complete checkpoints are in; nil when they are elsewhere (the
+    /// service: only its newest can be continued, and a download is a cache).
+    var directory: URL? { get }
+    /// Makes the destination ready before the run's first save, proving it usable. Every rank
+    /// calls it once; `owner` is the one process holding the run directory (it alone clears what
+    /// a stopped run left). Returns lines saying what it did.
+    func prepare(owner: Bool) throws -> [String]
     /// Delivers this rank's part; returns once it is durable at the destination (written and
-    /// fsynced, or acknowledged by the service). Called from the rank's checkpoint writer
-    /// thread, never from the training thread.
-    func deliver(_ part: CheckpointPart) throws
+    /// fsynced, or acknowledged by the service), with whether that committed the step. Called
+    /// from the rank's checkpoint writer thread, never from the training thread.
+    @discardableResult
+    func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt
     /// The newest complete checkpoint's step, or nil when there is none.
     func latestStep() throws -> Int?
     /// A local directory holding the complete checkpoint of `step` (the service path downloads

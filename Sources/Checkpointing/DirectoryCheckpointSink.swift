@@ -20,8 +20,16 @@ public final class DirectoryCheckpointSink: CheckpointSink {
     }
 
     public var store: CheckpointStore { CheckpointStore(root: root) }
+    public var location: String { root.path }
+    public var directory: URL? { root }
 
-    public func deliver(_ part: CheckpointPart) throws {
+    /// On the owner: clears what a stopped run left (`removeUnfinished`).
+    public func prepare(owner: Bool) throws -> [String] { owner ? removeUnfinished() : [] }
+
+    /// Rank 0's receipt is the committed step (it commits once every rank's marker is in);
+    /// another rank's says its part is durable.
+    @discardableResult
+    public func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt {
         let partial = root.appendingPathComponent(CheckpointLayout.partialName(step: part.step))
         do { try FileManager.default.createDirectory(at: partial, withIntermediateDirectories: true) } catch {
             throw CheckpointError.writeFailed(path: partial.path, reason: error.localizedDescription)
@@ -47,11 +55,12 @@ public final class DirectoryCheckpointSink: CheckpointSink {
         if let writeError { throw writeError }
         let marker = try JSONSerialization.data(withJSONObject: ["rank": part.rank, "ranks": part.ranks, "files": part.files.map(\.name), "sha256": sums])
         try CheckpointCommit.writeDurably(marker, to: partial.appendingPathComponent(CheckpointLayout.marker(rank: part.rank)))
-        guard part.rank == 0 else { return }
+        guard part.rank == 0 else { return CheckpointReceipt(step: part.step, committed: false, location: location) }
         try waitForMarkers(in: partial, ranks: part.ranks)
         let delivered = try removeUndelivered(in: partial, ranks: part.ranks)
-        try CheckpointCommit.commit(partial: partial, root: root, step: part.step, knownSums: delivered)
+        let final = try CheckpointCommit.commit(partial: partial, root: root, step: part.step, knownSums: delivered)
         retention.apply(root: root)
+        return CheckpointReceipt(step: part.step, committed: true, location: location, directory: final)
     }
 
     /// Waits until every rank's marker is in `partial`; the error names the ranks missing.

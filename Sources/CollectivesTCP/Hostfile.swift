@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Networking
 
 /// The socket launcher's JSON hostfile: one entry per node, the master address and port, and
 /// optionally the job token shared by every node's launcher.
@@ -62,5 +63,12 @@ public struct Hostfile: Equatable, Sendable {
             masterPort = 29500
         }
         token = root["token"] as? String
+    }
+}
+
+extension Hostfile {
+    /// Indices of the nodes whose host is this machine.
+    public func nodes(on machine: LocalAddresses) -> [Int] {
+        nodes.indices.filter { machine.contains(nodes[$0].host) }
     }
 }

@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,7 +23,7 @@ public struct TCPJobSpec: Equatable, Sendable {
     public var seal: TCPSealMode
 
     /// A free port on `host` for a single-node job's rendezvous.
-    public static func freePort(host: String = "127.0.0.1") throws -> UInt16 { try Socket.freePort(host: host) }
+    public static func freePort(host: String = "127.0.0.1") throws -> UInt16 { try Rendezvous.collective { try Socket.freePort(host: host) } }
 
     public static let variables = ["TESSERA_RANK", "TESSERA_WORLD_SIZE", "TESSERA_MASTER_ADDR", "TESSERA_MASTER_PORT", "TESSERA_JOB_TOKEN"]
 
@@ -145,6 +146,15 @@ enum Rendezvous {
     static let maxTableLineBytes = JobHandshake.maxIdentityBytes + 8
     static func log(_ message: String) {
         try? FileHandle.standardError.write(contentsOf: Data("tessera: tcp: \(message)\n".utf8))
+    }
+
+    /// `body`'s socket failures as the collectives' errors; a port that cannot be bound says
+    /// which setting chooses it.
+    static func collective<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as NetworkError {
+            if case .cannotListen = error { throw CollectiveError.backend("\(error); choose another TESSERA_MASTER_PORT or interface") }
+            throw CollectiveError.backend("\(error)")
+        }
     }
 
     static func connectAll(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> MeshLinks {

@@ -36,10 +36,13 @@ public final class TCPCommunicator: Communicator {
         try world(TCPJobSpec(environment: environment, seal: seal), timeoutSeconds: timeoutSeconds)
     }
 
+    /// Socket failures (`NetworkError`) while joining are reported as `CollectiveError.backend`.
     public static func world(_ spec: TCPJobSpec, timeoutSeconds: Double) throws -> TCPCommunicator {
-        let links = try Rendezvous.connectAll(spec, timeoutSeconds: timeoutSeconds)
-        let sameHost = try SameHostMemory.negotiate(sockets: links.sockets, seals: links.seals, worldRank: spec.rank, enabled: spec.sameHostMemory,
-                                                    deadline: Date(timeIntervalSinceNow: timeoutSeconds))
+        let (links, sameHost) = try Rendezvous.collective {
+            let links = try Rendezvous.connectAll(spec, timeoutSeconds: timeoutSeconds)
+            return (links, try SameHostMemory.negotiate(sockets: links.sockets, seals: links.seals, worldRank: spec.rank, enabled: spec.sameHostMemory,
+                                                        deadline: Date(timeIntervalSinceNow: timeoutSeconds)))
+        }
         let mesh = TCPMesh(worldRank: spec.rank, worldSize: spec.worldSize, sockets: links.sockets, timeoutSeconds: timeoutSeconds,
                            sameHost: sameHost, seals: links.seals)
         // Said when something is sealed, or sealing was asked for (auto, the default, seals

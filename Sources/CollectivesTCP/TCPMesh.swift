@@ -1,5 +1,6 @@
 import Collectives
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,7 +1,8 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
-import CollectivesTCP
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif

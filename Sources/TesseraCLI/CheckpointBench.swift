@@ -1,8 +1,9 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Collectives
-import CollectivesTCP
 import Foundation
+import Networking
 import Training
 
 /// `tessera bench checkpoint`: how fast a checkpoint of a bench model is written, directly to a
@@ -48,9 +49,10 @@ struct CheckpointBench: ParsableCommand {
         try server.start()
         defer { server.stop() }
         config.run.dir = base.appendingPathComponent("service").path
-        let sink = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: server.port), token: token,
-                                             cacheDirectory: base.appendingPathComponent("cache"), identity: "bench")
-        let viaService = try Trainer(config: config.validated(), world: SingleProcessCommunicator(), checkpointSink: sink)
+        config.checkpoint.service = "127.0.0.1:\(server.port)"
+        var sinkOptions = CheckpointSinkOptions(config: config, identity: "bench")
+        sinkOptions.token = token
+        let viaService = try Trainer(config: config.validated(), world: SingleProcessCommunicator(), checkpointSink: CheckpointSinks.make(sinkOptions))
         let (serviceSeconds, _) = try timeSaves(viaService)
         BackgroundDeletions.shared.waitForAll()
 

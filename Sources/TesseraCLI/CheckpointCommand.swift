@@ -5,7 +5,7 @@ import Foundation
 /// `tessera ckpt list|show|verify`: what a run's checkpoints hold, and whether they are whole.
 struct CheckpointCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "ckpt", abstract: "List, inspect and verify checkpoints; run the checkpoint service.",
-                                                    subcommands: [List.self, Show.self, Verify.self, CheckpointServe.self, CheckpointUploadTest.self])
+                                                    subcommands: [List.self, Show.self, Verify.self, CheckpointServe.self, CheckpointUploadTest.self, CheckpointJob.self])
 
     /// The checkpoints `path` stands for: one checkpoint directory, or every one under a run
     /// directory (its `checkpoints/`) or a directory of checkpoints.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Foundation
 
@@ -12,7 +13,9 @@ struct CheckpointServe: ParsableCommand {
         discussion: """
             Clients prove the job token (TESSERA_JOB_TOKEN, or --token-file) with a challenge-response; \
             the token never travels. A step is committed under ROOT/step-NNNNNNNN once every rank's part \
-            arrived and verified (checksums.json, DONE last). Runs until killed; a restart carries on.
+            arrived and verified (checksums.json, DONE last). Soup and distill jobs (tessera soup/distill \
+            --service) each run as a child process, their output kept in ROOT/jobs/; a job that crashes is \
+            reported to its client and the service goes on. Runs until killed; a restart carries on.
             """)
 
     @Option(help: "Directory holding the checkpoints (created if missing).")
@@ -36,10 +39,14 @@ struct CheckpointServe: ParsableCommand {
     @Option(help: "A directory (besides --root) whose teachers, checkpoints and token data soup and distill jobs may read; repeat for more.")
     var allowPath: [String] = []
 
+    @Option(help: ArgumentHelp("Seconds a soup or distill job may run before it is stopped. Each job runs as a child process; its output is kept in ROOT/jobs/.", valueName: "SECONDS"))
+    var jobTimeout = 24 * 3600.0
+
     func validate() throws {
         guard keep >= 1 else { throw ValidationError("--keep \(keep) must be at least 1 (the newest checkpoint is always kept)") }
         guard keepBest >= 0 else { throw ValidationError("--keep-best \(keepBest) must be 0 or more") }
         guard ioTimeout > 0 else { throw ValidationError("--io-timeout \(ioTimeout) must be positive") }
+        guard jobTimeout > 0 else { throw ValidationError("--job-timeout \(jobTimeout) must be positive") }
     }
 
     func run() throws {
@@ -47,14 +54,12 @@ struct CheckpointServe: ParsableCommand {
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
                                       retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
-        let paths = ServicePaths(root: URL(fileURLWithPath: root), allowing: allowPath)
-        server.jobRunner = { request, root, log in
-            switch request.kind {
-            case "soup": return try Soup.serviceJob(paths: paths)(request, root, log)
-            case "distill": return try Distill.serviceJob(paths: paths)(request, root, log)
-            default: throw ValidationError("unknown job kind '\(request.kind)'; the service runs soup and distill jobs")
-            }
-        }
+        // Each job is this executable's `ckpt job` in a child process, confined like the service.
+        let executable = FileManager.default.fileExists(atPath: "/proc/self/exe")
+            ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path : Bundle.main.executablePath ?? CommandLine.arguments[0]
+        let root = URL(fileURLWithPath: root).standardizedFileURL.path
+        server.jobs = ServiceJobProcesses(command: [executable, "ckpt", "job", "--root", root] + allowPath.flatMap { ["--allow-path", $0] },
+                                          timeoutSeconds: jobTimeout)
         do {
             try server.start()
         } catch let CheckpointServiceError.unreachable(_, reason) where reason.contains("cannot listen") {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Foundation
 
@@ -44,7 +45,9 @@ struct CheckpointUploadTest: ParsableCommand {
         let address = try ServiceAddress(service)
         let token = try CheckpointServe.jobToken(file: nil)
         func sink(_ rank: Int) throws -> ServiceCheckpointSink {
-            try ServiceCheckpointSink(address: address, token: token, cacheDirectory: URL(fileURLWithPath: cache), identity: "upload-test rank \(rank)")
+            var options = CheckpointSinkOptions.client(of: "\(address)", identity: "upload-test rank \(rank)", timeoutSeconds: 120)
+            (options.token, options.cacheDirectory) = (token, URL(fileURLWithPath: cache))
+            return try CheckpointSinks.service(options)
         }
         for step in from..<(from + steps) {
             final class Outcome: @unchecked Sendable { var receipts: [Result<PartReceipt, Error>?] = [] }

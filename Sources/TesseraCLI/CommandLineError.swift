@@ -13,7 +13,6 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
     case benchNeedsSeveralRanks(bench: String)
     case selftestMissedAStoppedRank(rank: Int)
     case topKAboveVocabulary(topK: Int, vocabulary: Int)
-    case checkpointServiceUnusable(service: String, reason: String)
     case noSuchCheckpoint(runDirectory: String, step: Int, available: [String])
     case resumeThroughServiceNeedsConfig(runDirectory: String)
     case nothingToVerify(root: String, note: String)
@@ -55,8 +54,6 @@ enum CommandLineError: Error, Equatable, CustomStringConvertible {
             return "\(root) holds no complete checkpoint to verify\(note)"
         case let .serviceCannotListen(listen, cause):
             return "--listen \(listen): cannot listen there (\(cause)); choose another --listen (a free port, on an address of this machine)"
-        case let .checkpointServiceUnusable(service, reason):
-            return "checkpoint.service = \(service), checked before the first step: \(reason)"
         case let .logitsNeedOneProcess(ranks):
             return "--logits writes from one process and this job has \(ranks) ranks; run tessera eval --logits alone (without mpirun or tessera launch)"
         case let .logitsTooLarge(path, sequences, length, vocab, mebibytes, limit):

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Collectives
 import Foundation
@@ -81,9 +82,7 @@ struct Distill: ParsableCommand {
     func run() throws {
         if let service, let teacher, let output, let file = config {
             guard let text = FileManager.default.contents(atPath: file) else { throw ConfigError.unreadableFile(path: file) }
-            let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
-                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "distill client",
-                                                 ioTimeout: 60)
+            let sink = try CheckpointSinks.service(.client(of: service, identity: "distill client"))
             let request = ServiceJobRequest(kind: "distill", method: "mohawk", inputs: [teacher], output: output,
                                             config: String(decoding: text, as: UTF8.self), overrides: overrides)
             let result: ServiceJobResult
@@ -129,8 +128,7 @@ struct Distill: ParsableCommand {
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         StopSignals.install()   // before the first line is printed (Train.run says why)
-        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm,
-                                 checkpointSink: try Train.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
+        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm)
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
             run.reporter = ProgressReporter(interactive: false)
@@ -149,8 +147,7 @@ struct Distill: ParsableCommand {
 
 extension Distill {
     /// The checkpoint service's job runner for distillations: on the service's node, on one
-    /// rank, inside the service process (a crash of the job takes the service down with it;
-    /// run big distillations with `tessera distill` instead), the teacher a checkpoint the
+    /// rank, in the job's own process (`tessera ckpt job`), the teacher a checkpoint the
     /// service holds, the client's config with its run directory `ROOT/distills/NAME` (new or
     /// empty) and checkpoints written there directly. Everything is checked before the
     /// directory is made; a job that fails before its first checkpoint leaves nothing behind.

@@ -1,5 +1,6 @@
 import CollectivesTCP
 import Foundation
+import Networking
 
 extension Launch {
     /// Refuses a hostfile none of whose nodes is this machine: its launcher could only wait for

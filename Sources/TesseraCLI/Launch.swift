@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import CollectivesTCP
 import Foundation
+import Networking
 
 /// `tessera launch`: starts local ranks on the TCP backend (torchrun's role).
 struct Launch: ParsableCommand {

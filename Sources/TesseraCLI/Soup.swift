@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Foundation
 import Training
@@ -44,8 +45,7 @@ struct Soup: ParsableCommand {
 
     func run() throws {
         if let service {
-            let sink = try ServiceCheckpointSink(address: ServiceAddress(service), token: ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? "",
-                                                 cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), identity: "soup client", ioTimeout: 60)
+            let sink = try CheckpointSinks.service(.client(of: service, identity: "soup client"))
             let result = try sink.submit(ServiceJobRequest(method: method.rawValue, inputs: inputs, weights: weights, validationData: valData,
                                                            validationBatches: batches, output: output), replyTimeout: 3600)
             for line in result.log { print(line) }

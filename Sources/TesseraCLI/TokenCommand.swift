@@ -1,5 +1,5 @@
 import ArgumentParser
-import CollectivesTCP
+import Networking
 
 /// `tessera token`: prints a fresh job token (32 random bytes in hex) for `TESSERA_JOB_TOKEN`,
 /// a hostfile's `token`, or `ckpt serve --token-file`.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CheckpointService
 import Checkpointing
 import Collectives
 import Foundation
@@ -73,8 +74,7 @@ struct Train: ParsableCommand {
         // Before the first line is printed: a write blocked on a stalled reader must already be
         // interruptible by a stop request (the request then stops the run after its first step).
         StopSignals.install()
-        let trainer = try Trainer(config: config, world: comm,
-                                  checkpointSink: try Self.checkpointSink(config: config, rank: comm.rank, ranks: comm.size))
+        let trainer = try Trainer(config: config, world: comm)   // the checkpoint sink the config names
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
@@ -88,27 +88,6 @@ struct Train: ParsableCommand {
         let summary = try trainer.run(resume: resume != nil, stopAt: stopAt)
         if summary.finalStep < config.train.steps {
             trainer.reporter?.note("stopped at step \(summary.finalStep) (--stop-at); continue with: \(ResumeCommand.string(runDirectory: config.run.dir))")
-        }
-    }
-
-    /// The checkpoint service client when `checkpoint.service` names one (nil: the directory
-    /// `run.dir/checkpoints`). It proves the job token (`TESSERA_JOB_TOKEN`, which `tessera
-    /// launch` sets and `mpirun -x` passes on) to the service; a resumed rank 0 downloads the
-    /// checkpoint into `run.dir/checkpoint-cache`, so no node needs a shared disk.
-    static func checkpointSink(config: RunConfig, rank: Int, ranks: Int) throws -> CheckpointSink? {
-        guard !config.checkpoint.service.isEmpty else { return nil }
-        let token = ProcessInfo.processInfo.environment["TESSERA_JOB_TOKEN"] ?? ""
-        do {
-            let sink = try ServiceCheckpointSink(address: ServiceAddress(config.checkpoint.service), token: token,
-                                                 cacheDirectory: URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoint-cache"),
-                                                 identity: "rank \(rank) of \(ranks)", ioTimeout: config.parallel.timeoutSeconds,
-                                                 retrySeconds: config.checkpoint.serviceRetrySeconds)
-            // Every rank uploads its part: each proves the token now (connect, handshake, one
-            // small request), so a missing service or token fails before step 1, not at the first save.
-            _ = try sink.list()
-            return sink
-        } catch {
-            throw CommandLineError.checkpointServiceUnusable(service: config.checkpoint.service, reason: "\(error)")
         }
     }
 }

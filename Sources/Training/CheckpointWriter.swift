@@ -1,3 +1,4 @@
+import Checkpointing
 import Foundation
 
 /// Runs a rank's checkpoint saves on a dedicated thread, one at a time, while training goes on.
@@ -10,7 +11,7 @@ final class CheckpointWriter: @unchecked Sendable {
     private var inFlightStep: Int?
     private var submittedStep: Int?
     private var failure: (step: Int, error: Error)?
-    private var committed: [(step: Int, url: URL?)] = []
+    private var committed: [CheckpointReceipt] = []
 
     /// Blocks until no save is in flight; returns the step of the one it waited for and the
     /// seconds it waited (nil when none was in flight).
@@ -45,9 +46,9 @@ final class CheckpointWriter: @unchecked Sendable {
         return submittedStep
     }
 
-    /// Starts `job` (the save of `step`; it returns the committed directory when it knows it)
-    /// on a new thread. Call after `waitForInFlight()`.
-    func submit(step: Int, _ job: @escaping () throws -> URL?) {
+    /// Starts `job` (the save of `step`; it returns the sink's receipt) on a new thread. Call
+    /// after `waitForInFlight()`.
+    func submit(step: Int, _ job: @escaping () throws -> CheckpointReceipt) {
         condition.lock()
         precondition(inFlightStep == nil, "CheckpointWriter: a save is already in flight")
         inFlightStep = step
@@ -57,7 +58,7 @@ final class CheckpointWriter: @unchecked Sendable {
             let outcome = Result { try job() }
             condition.lock()
             switch outcome {
-            case .success(let url): committed.append((step, url))
+            case .success(let receipt): committed.append(receipt)
             case .failure(let error): failure = (step, error)
             }
             inFlightStep = nil
@@ -76,8 +77,8 @@ final class CheckpointWriter: @unchecked Sendable {
         return failure
     }
 
-    /// Saves finished since the last call, oldest first.
-    func takeCommitted() -> [(step: Int, url: URL?)] {
+    /// Receipts of the saves finished since the last call, oldest first.
+    func takeCommitted() -> [CheckpointReceipt] {
         condition.lock()
         defer { condition.unlock() }
         defer { committed = [] }

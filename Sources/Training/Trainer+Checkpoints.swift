@@ -80,7 +80,7 @@ extension Trainer {
     /// checkpoint service only the newest checkpoint can be continued.
     func supersedeCheckpoints(after step: Int) throws -> String? {
         let newer = store.complete().filter { $0.step > step }
-        if !(checkpoints.sink is DirectoryCheckpointSink) {
+        if checkpoints.sink.directory == nil {
             guard let newest = try checkpoints.sink.latestStep(), newest > step else { return nil }
             throw TrainingError.resumeFailed(message: "--step \(step): the checkpoint service holds newer checkpoints (step \(newest)); through the service only the newest can be continued")
         }

@@ -41,7 +41,7 @@ public final class Trainer {
     var progress = RunProgress()
 
     /// `checkpointSink`: where this rank delivers its checkpoint parts and rank 0 finds the
-    /// checkpoint to resume (default: the directory `run.dir/checkpoints`).
+    /// checkpoint to resume (default: the one the config names, `CheckpointSinks.make`).
     public init(config: RunConfig, world: Communicator, checkpointSink: CheckpointSink? = nil) throws {
         self.config = config
         let layout = try Self.layout(config, worldSize: world.size)
@@ -70,7 +70,7 @@ public final class Trainer {
         reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
                                   overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
-        checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
+        checkpoints = try TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
 
     /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest),

@@ -1,3 +1,4 @@
+import CheckpointService
 import Checkpointing
 import Collectives
 import Foundation
@@ -21,14 +22,10 @@ struct TrainingCheckpoints {
     var isWriter: Bool { world.rank == 0 }
 
     /// The checkpoints of the run `config` describes: its `run.dir/checkpoints`, written through
-    /// `sink` (the checkpoint service) or, without one, directly with the config's retention
-    /// and collective deadline.
-    init(config: RunConfig, world: Communicator, sink: CheckpointSink?) {
-        let root = URL(fileURLWithPath: config.run.dir).appendingPathComponent("checkpoints")
-        let retention = CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest)
-        self.init(store: CheckpointStore(root: root),
-                  sink: sink ?? DirectoryCheckpointSink(root: root, timeoutSeconds: config.parallel.timeoutSeconds, retention: retention),
-                  world: world)
+    /// `sink`, or without one through the sink the config names (`CheckpointSinks.make`).
+    init(config: RunConfig, world: Communicator, sink: CheckpointSink?) throws {
+        let options = CheckpointSinkOptions(config: config, identity: "rank \(world.rank) of \(world.size)")
+        self.init(store: CheckpointStore(root: options.directory), sink: try sink ?? CheckpointSinks.make(options), world: world)
     }
 
     init(store: CheckpointStore, sink: CheckpointSink, world: Communicator) {
@@ -79,16 +76,24 @@ struct TrainingCheckpoints {
                                                 shards: shards, metadataFiles: files)
     }
 
-    /// Starts delivering `part` (already encoded) on the writer thread. Rank 0's save reports
-    /// the committed directory when it is under the run's checkpoint directory (the directory sink).
+    /// Starts delivering `part` (already encoded) on the writer thread; its receipt says
+    /// whether the step is committed, and where.
     func submit(_ part: CheckpointPart) {
         let sink = self.sink
-        let directory = store.root.appendingPathComponent(CheckpointLayout.directoryName(step: part.step))
-        writer.submit(step: part.step) {
-            try sink.deliver(part)
-            let committed = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointLayout.done).path)
-            return part.rank == 0 && committed ? directory : nil
+        writer.submit(step: part.step) { try sink.deliver(part) }
+    }
+
+    /// Readies the sink on every rank (`CheckpointSink.prepare`; `owner`: this rank holds the
+    /// run directory) before anyone saves; a failure on any rank stops every rank.
+    func prepare(owner: Bool, reporter: ProgressReporter?) throws {
+        var failure: Error?
+        do { try sink.prepare(owner: owner).forEach { reporter?.note($0) } } catch {
+            failure = TrainingError.checkpointSinkUnusable(location: sink.location, reason: "\(error)")
         }
+        let flags = try world.allGather(Int64(failure == nil ? 0 : 1))
+        if let failure { throw failure }
+        let failed = flags.enumerated().filter { $0.element != 0 }.map(\.offset)
+        if !failed.isEmpty { throw TrainingError.checkpointFailedOnOtherRanks(ranks: failed, step: nil) }
     }
 
     /// Waits until no rank has a save in flight; returns the step of the save waited for and
@@ -148,11 +153,11 @@ struct TrainingCheckpoints {
     }
 
     private func committed(reporter: ProgressReporter?, saying verb: String) -> [URL] {
-        let saved = writer.takeCommitted()
-        for step in saved.filter({ $0.url == nil }).map(\.step) where isWriter && !(sink is DirectoryCheckpointSink) {
-            reporter?.note("checkpoint of step \(step) \(verb) \(sink.location)")
+        let receipts = writer.takeCommitted()
+        for receipt in receipts where isWriter && receipt.directory == nil {
+            reporter?.note("checkpoint of step \(receipt.step) \(verb) \(receipt.location)")
         }
-        return saved.compactMap(\.url)
+        return receipts.filter(\.committed).compactMap(\.directory)
     }
 
     /// Every rank's writer failure, after each waited for its own save: a rank whose save
@@ -247,5 +252,19 @@ final class RankZeroJob<T>: @unchecked Sendable {
     func wait(seconds: Double) -> Bool {
         if !finished { finished = done.wait(timeout: .now() + seconds) == .success }
         return finished
+    }
+}
+
+extension CheckpointSinkOptions {
+    /// The sink of the run `config` describes: `checkpoint.service` (the token from
+    /// TESSERA_JOB_TOKEN, downloads into `run.dir/checkpoint-cache`), else `run.dir/checkpoints`
+    /// with the config's retention and collective deadline.
+    public init(config: RunConfig, identity: String) {
+        let run = URL(fileURLWithPath: config.run.dir)
+        self.init(directory: run.appendingPathComponent("checkpoints"), service: config.checkpoint.service,
+                  cacheDirectory: run.appendingPathComponent("checkpoint-cache"), identity: identity,
+                  timeoutSeconds: config.parallel.timeoutSeconds,
+                  retention: CheckpointRetention(keepLast: config.checkpoint.keep, keepBest: config.checkpoint.keepBest),
+                  retrySeconds: config.checkpoint.serviceRetrySeconds)
     }
 }

@@ -25,6 +25,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case runDirectoryUnavailable(message: String)
     /// The asynchronous checkpoint save of other ranks failed (each says why in its own error).
     case checkpointFailedOnOtherRanks(ranks: [Int], step: Int?)
+    /// The checkpoint sink could not be made ready (`CheckpointSink.prepare`) before step 1.
+    case checkpointSinkUnusable(location: String, reason: String)
 
     public var description: String {
         switch self {
@@ -48,6 +50,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "run.dir \(runDirectory) already holds checkpoint \(checkpoint); pass --resume to continue it, or --set run.dir=NEW to start over"
         case let .resumeFailed(message), let .runDirectoryUnavailable(message):
             return message
+        case let .checkpointSinkUnusable(location, reason):
+            return "checkpoints to \(location), checked before the first step: \(reason)"
         case let .checkpointFailedOnOtherRanks(ranks, step):
             let list = ranks.map(String.init).joined(separator: ", ")
             return "the checkpoint\(step.map { " of step \($0)" } ?? "") failed on rank\(ranks.count == 1 ? "" : "s") \(list) (see \(ranks.count == 1 ? "its" : "their") error); the run stops, the previous checkpoint is intact"

@@ -1,7 +1,8 @@
-import Testing
 import Collectives
 @testable import CollectivesTCP
 import Foundation
+import Networking
+import Testing
 import _TestSupport
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import CheckpointService
 import Checkpointing
 import Collectives
 import TensorCore
@@ -87,7 +88,10 @@ import _TestSupport
         let inner: DirectoryCheckpointSink
         let gate = DispatchSemaphore(value: 0)
         init(root: URL) { inner = DirectoryCheckpointSink(root: root) }
-        func deliver(_ part: CheckpointPart) throws { gate.wait(); try inner.deliver(part) }
+        var location: String { inner.location }
+        var directory: URL? { inner.directory }
+        func prepare(owner: Bool) throws -> [String] { try inner.prepare(owner: owner) }
+        func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt { gate.wait(); return try inner.deliver(part) }
         func latestStep() throws -> Int? { try inner.latestStep() }
         func fetch(step: Int) throws -> URL { try inner.fetch(step: step) }
     }
@@ -120,11 +124,53 @@ import _TestSupport
         #expect(log.contains("checkpoint of step 2 waited"), "\(log)")
     }
 
+    /// Rank 0 learns of a commit from the sink's receipt, not by looking on disk: a sink that
+    /// commits outside run.dir/checkpoints is reported where it says.
+    @Test func theCommittedCheckpointIsTheOneTheReceiptNames() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4))
+        let elsewhere = DirectoryCheckpointSink(root: directory.url.appendingPathComponent("elsewhere"))
+        let trainer = try Trainer(config: config, world: SingleProcessCommunicator(), checkpointSink: elsewhere)
+        try trainer.trainStep()
+        #expect(try trainer.saveCheckpoint()?.path == elsewhere.root.appendingPathComponent("step-00000001").path)
+        #expect(!FileManager.default.fileExists(atPath: directory.file("run/checkpoints")))
+    }
+
+    /// The run's sink comes from its config through the one factory (`CheckpointSinks`).
+    @Test func theRunsSinkIsBuiltFromItsConfig() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("run"), steps: 4)
+                                   + ["checkpoint.service=10.0.0.5:29600", "checkpoint.keep=2", "checkpoint.service_retry_seconds=7"])
+        var options = CheckpointSinkOptions(config: config, identity: "rank 0 of 1")
+        #expect(options.directory.path == directory.file("run/checkpoints") && options.cacheDirectory.path == directory.file("run/checkpoint-cache"))
+        #expect(options.service == "10.0.0.5:29600" && options.retrySeconds == 7 && options.retention.keepLast == 2)
+        options.token = String(repeating: "4d", count: 16)
+        #expect(try CheckpointSinks.make(options).location == "the checkpoint service at 10.0.0.5:29600")
+        options.token = ""
+        #expect(throws: CheckpointServiceError.unusable(setting: "checkpoint.service", value: "10.0.0.5:29600",
+                                                        reason: "no job token for the checkpoint service: set TESSERA_JOB_TOKEN to the service's token")) {
+            try CheckpointSinks.make(options)
+        }
+        var local = config
+        local.checkpoint.service = ""
+        let sink = try Trainer(config: local, world: SingleProcessCommunicator()).checkpointSink
+        #expect((sink as? DirectoryCheckpointSink)?.retention == CheckpointRetention(keepLast: 2, keepBest: config.checkpoint.keepBest))
+    }
+
     /// Takes `seconds` to deliver each part (a slow disk, or a service far away), then accepts it.
     final class SlowSink: CheckpointSink {
         let seconds: Double
         init(seconds: Double) { self.seconds = seconds }
-        func deliver(_ part: CheckpointPart) throws { Thread.sleep(forTimeInterval: seconds) }
+        let location = "a slow sink", directory: URL? = nil
+        func prepare(owner: Bool) throws -> [String] { [] }
+        func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt {
+            Thread.sleep(forTimeInterval: seconds)
+            return CheckpointReceipt(step: part.step, committed: part.rank == 0, location: location)
+        }
         func latestStep() throws -> Int? { nil }
         func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
     }
@@ -165,7 +211,10 @@ import _TestSupport
         let inner: DirectoryCheckpointSink
         let seconds: Double
         init(root: URL, seconds: Double) { inner = DirectoryCheckpointSink(root: root); self.seconds = seconds }
-        func deliver(_ part: CheckpointPart) throws { try inner.deliver(part) }
+        var location: String { inner.location }
+        var directory: URL? { inner.directory }
+        func prepare(owner: Bool) throws -> [String] { try inner.prepare(owner: owner) }
+        func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt { try inner.deliver(part) }
         func latestStep() throws -> Int? { try inner.latestStep() }
         func fetch(step: Int) throws -> URL { Thread.sleep(forTimeInterval: seconds); return try inner.fetch(step: step) }
     }
@@ -190,13 +239,17 @@ import _TestSupport
 
     /// Records parts and never fails.
     final class AcceptingSink: CheckpointSink {
-        func deliver(_ part: CheckpointPart) throws {}
+        let location = "a sink that keeps nothing", directory: URL? = nil
+        func prepare(owner: Bool) throws -> [String] { [] }
+        func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt { CheckpointReceipt(step: part.step, committed: false, location: location) }
         func latestStep() throws -> Int? { nil }
         func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
     }
 
     final class FailingSink: CheckpointSink {
-        func deliver(_ part: CheckpointPart) throws { throw CheckpointError.writeFailed(path: "/full/disk/step-\(part.step)", reason: "No space left on device") }
+        let location = "a full disk", directory: URL? = nil
+        func prepare(owner: Bool) throws -> [String] { [] }
+        func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt { throw CheckpointError.writeFailed(path: "/full/disk/step-\(part.step)", reason: "No space left on device") }
         func latestStep() throws -> Int? { nil }
         func fetch(step: Int) throws -> URL { throw CheckpointError.missing(path: "step \(step)", hint: "none kept") }
     }

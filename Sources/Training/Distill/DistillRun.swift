@@ -69,8 +69,8 @@ public final class DistillRun {
     /// experts' shard), so the checkpoint must be readable on every node. Any layout training
     /// accepts: `parallel.data`, `parallel.sequence` (ring or Ulysses attention; Mamba-2 layers
     /// gather the sequence) and `parallel.expert` (an MoE teacher; teacher and student hold
-    /// their experts' shard). `checkpointSink`: nil for the directory
-    /// `run.dir/checkpoints`.
+    /// their experts' shard). `checkpointSink`: nil for the one the
+    /// config names (`CheckpointSinks.make`).
     public init(config: RunConfig, teacherCheckpoint: URL, teacher contents: CheckpointContents, world: Communicator,
                 checkpointSink: CheckpointSink? = nil) throws {
         self.config = config
@@ -98,7 +98,7 @@ public final class DistillRun {
         self.teacher = teacher
         batches = DistillBatches(data: data)
         distiller = try Self.makeDistiller(teacher: teacher, student: student, config: config, batches: batches, grid: grid)
-        checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
+        checkpoints = try TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
 
     public var isReporter: Bool { world.rank == 0 }

@@ -58,8 +58,8 @@ final class RunLoop {
         let lock = try holdRunDirectory()
         defer { lock?.release() }
         startLines.forEach { reporter?.note($0) }
-        // Partial checkpoints a stopped run left behind; no rank saves before the collectives below.
-        if lock != nil { for line in (checkpoints.sink as? DirectoryCheckpointSink)?.removeUnfinished() ?? [] { reporter?.note(line) } }
+        // The sink made ready (the owner clears what a stopped run left); no rank saves before the collectives below.
+        try checkpoints.prepare(owner: lock != nil, reporter: reporter)
         reporter?.stopRequested = stopRequested
         var resumedAt: Int?
         if resume {

@@ -1,6 +1,5 @@
 import Testing
-import Collectives
-@testable import CollectivesTCP
+@testable import Networking
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -60,36 +59,6 @@ import Glibc
         #expect(throws: Never.self) { try JobToken.validate("aaa3456789abcdef0123456789abcdef", source: "test") }
         let fresh = JobToken.generate()
         #expect(fresh.count == 64 && fresh.allSatisfy(\.isHexDigit) && fresh != JobToken.generate())
-        var env = ["TESSERA_RANK": "0", "TESSERA_WORLD_SIZE": "1", "TESSERA_MASTER_ADDR": "127.0.0.1", "TESSERA_MASTER_PORT": "29500", "TESSERA_JOB_TOKEN": "hunter2"]
-        #expect(throws: CollectiveError.self) { try TCPJobSpec(environment: env) }
-        env["TESSERA_JOB_TOKEN"] = fresh
-        #expect(throws: Never.self) { try TCPJobSpec(environment: env) }
-    }
-
-    /// Issue 20, finding 4: twelve silent connections, handled one at a time with 5 s each,
-    /// made a rendezvous of 30 s fail. Handshakes now run side by side: rank 1 joins at once.
-    @Test func silentConnectionsToTheMasterPortDelayNoRank() throws {
-        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
-        defer { close(listener.fd) }
-        let silent = try (0..<12).map { _ in
-            try Socket.connect(host: "127.0.0.1", port: listener.port, deadline: Date(timeIntervalSinceNow: 2), waitingFor: "test")
-        }
-        defer { silent.forEach { close($0) } }
-        let spec0 = TCPJobSpec(rank: 0, worldSize: 2, masterAddress: "127.0.0.1", masterPort: listener.port, token: Self.token)
-        Thread {
-            guard let fd = try? Socket.connect(host: "127.0.0.1", port: listener.port, deadline: Date(timeIntervalSinceNow: 2), waitingFor: "test") else { return }
-            let hello = Hello(rank: 1, worldSize: 2, host: "127.0.0.1", port: 1)
-            _ = try? JobHandshake(token: Self.token).initiate(identity: hello.identity, over: .socket(fd, deadline: Date(timeIntervalSinceNow: 5)))
-            Thread.sleep(forTimeInterval: 3)
-            close(fd)
-        }.start()
-        let start = Date()
-        var joined: [Int] = []
-        try Rendezvous.acceptPeers(listener.fd, spec0, expecting: [1], deadline: Date(timeIntervalSinceNow: 10), timeoutSeconds: 10) { hello, fd, _ in
-            joined.append(hello.rank); close(fd)
-        }
-        #expect(joined == [1])
-        #expect(Date().timeIntervalSince(start) < 2, "rank 1 waited \(Date().timeIntervalSince(start)) s behind silent strangers")
     }
 
     /// At most `capacity` handshakes at once: the oldest is shut down first, the newest kept.

@@ -1,7 +1,8 @@
-import Testing
-@testable import Checkpointing
-import CollectivesTCP
+@testable import CheckpointService
+import Checkpointing
 import Foundation
+import Networking
+import Testing
 import _TestSupport
 #if canImport(Glibc)
 import Glibc

@@ -77,10 +77,3 @@ public struct LocalAddresses: Sendable {
         address.split(separator: "%", maxSplits: 1).first.map(String.init) ?? address
     }
 }
-
-extension Hostfile {
-    /// Indices of the nodes whose host is this machine.
-    public func nodes(on machine: LocalAddresses) -> [Int] {
-        nodes.indices.filter { machine.contains(nodes[$0].host) }
-    }
-}

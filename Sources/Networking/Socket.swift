@@ -1,33 +1,31 @@
-import Collectives
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Thin, throwing wrappers over POSIX sockets (IPv4 stream sockets only). Public for the
-/// checkpoint service, which listens, accepts and dials the same way; errors are
-/// `CollectiveError.backend` naming the address.
+/// Thin, throwing wrappers over POSIX sockets (IPv4 stream sockets only), shared by the TCP
+/// collectives and the checkpoint service; errors are `NetworkError` naming the address.
 public enum Socket {
     public static func errorText(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
 
     /// Resolves a host name or dotted address to an IPv4 address.
-    static func resolve(_ host: String, port: UInt16) throws -> sockaddr_in {
+    public static func resolve(_ host: String, port: UInt16) throws -> sockaddr_in {
         var hints = addrinfo()
         hints.ai_family = AF_INET
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
         let status = getaddrinfo(host, String(port), &hints, &result)
         guard status == 0, let first = result else {
-            throw CollectiveError.backend("cannot resolve host '\(host)': \(String(cString: gai_strerror(status)))")
+            throw NetworkError.unresolvable(host: host, reason: String(cString: gai_strerror(status)))
         }
         defer { freeaddrinfo(result) }
         return first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee }
     }
 
     /// The IPv4 address of a named network interface (`eth0`, `veth-a`).
-    static func address(ofInterface name: String) throws -> String {
+    public static func address(ofInterface name: String) throws -> String {
         var list: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&list) == 0 else { throw CollectiveError.backend("getifaddrs failed: \(errorText())") }
+        guard getifaddrs(&list) == 0 else { throw NetworkError.system(call: "getifaddrs", reason: errorText()) }
         defer { freeifaddrs(list) }
         var names: [String] = []
         var cursor = list
@@ -42,10 +40,10 @@ public enum Socket {
             }
             cursor = entry.pointee.ifa_next
         }
-        throw CollectiveError.backend("network interface '\(name)' has no IPv4 address here; interfaces with one: \(Set(names).sorted().joined(separator: ", "))")
+        throw NetworkError.noInterfaceAddress(name: name, available: Set(names).sorted())
     }
 
-    static func describe(_ address: sockaddr_in) -> (host: String, port: UInt16) {
+    public static func describe(_ address: sockaddr_in) -> (host: String, port: UInt16) {
         var addr = address.sin_addr
         var buffer = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
         inet_ntop(AF_INET, &addr, &buffer, socklen_t(INET_ADDRSTRLEN))
@@ -54,7 +52,7 @@ public enum Socket {
 
     static func newStream() throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw CollectiveError.backend("socket() failed: \(errorText())") }
+        guard fd >= 0 else { throw NetworkError.system(call: "socket()", reason: errorText()) }
         return fd
     }
 
@@ -70,14 +68,14 @@ public enum Socket {
         guard bound == 0 else {
             let text = errorText()
             close(fd)
-            throw CollectiveError.backend("cannot listen on \(host):\(port): \(text); choose another TESSERA_MASTER_PORT or interface")
+            throw NetworkError.cannotListen(address: "\(host):\(port)", reason: text)
         }
-        guard Glibc.listen(fd, 128) == 0 else { close(fd); throw CollectiveError.backend("listen() failed: \(errorText())") }
+        guard Glibc.listen(fd, 128) == 0 else { close(fd); throw NetworkError.system(call: "listen()", reason: errorText()) }
         return (fd, localAddress(fd).port)
     }
 
     /// A port on `host` that nothing listens on right now (the kernel picks it).
-    static func freePort(host: String) throws -> UInt16 {
+    public static func freePort(host: String) throws -> UInt16 {
         let (fd, port) = try listen(host: host, port: 0)
         close(fd)
         return port
@@ -105,7 +103,7 @@ public enum Socket {
             lastError = errorText()
             close(fd)
             if Date() > deadline {
-                throw CollectiveError.backend("could not reach \(waitingFor) at \(host):\(port) (\(lastError)); is it running, and is the address right?")
+                throw NetworkError.unreachable(what: waitingFor, address: "\(host):\(port)", reason: lastError)
             }
             usleep(50_000)
         }
@@ -119,14 +117,14 @@ public enum Socket {
         if ready == 0 { return nil }
         guard ready > 0 else {
             if errno == EINTR { return try accept(listener, deadline: deadline) }
-            throw CollectiveError.backend("poll() on listener failed: \(errorText())")
+            throw NetworkError.system(call: "poll() on listener", reason: errorText())
         }
         var address = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let fd = withUnsafeMutablePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(listener, $0, &length) }
         }
-        guard fd >= 0 else { throw CollectiveError.backend("accept() failed: \(errorText())") }
+        guard fd >= 0 else { throw NetworkError.system(call: "accept()", reason: errorText()) }
         tune(fd)
         let peer = describe(address)
         return (fd, "\(peer.host):\(peer.port)")
@@ -145,36 +143,36 @@ public enum Socket {
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    static func setNonBlocking(_ fd: Int32) {
+    public static func setNonBlocking(_ fd: Int32) {
         let flags = fcntl(fd, F_GETFL, 0)
         _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
 
     /// Blocking write of all bytes with a deadline (used during the handshake only).
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: Date) throws {
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8], deadline: Date) throws {
         var offset = 0
         while offset < bytes.count {
             var pfd = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
             guard poll(&pfd, 1, max(0, Int32(deadline.timeIntervalSinceNow * 1000))) > 0 else {
-                throw CollectiveError.backend("handshake write timed out")
+                throw NetworkError.timedOut(doing: "handshake write")
             }
             let n = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
-            guard n > 0 else { throw CollectiveError.backend("handshake write failed: \(errorText())") }
+            guard n > 0 else { throw NetworkError.system(call: "handshake write", reason: errorText()) }
             offset += n
         }
     }
 
     /// Blocking read of exactly `count` bytes with a deadline (handshake only).
-    static func readExactly(_ fd: Int32, _ count: Int, deadline: Date) throws -> [UInt8] {
+    public static func readExactly(_ fd: Int32, _ count: Int, deadline: Date) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
         var offset = 0
         while offset < count {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, max(0, Int32(deadline.timeIntervalSinceNow * 1000))) > 0 else {
-                throw CollectiveError.backend("handshake read timed out")
+                throw NetworkError.timedOut(doing: "handshake read")
             }
             let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
-            guard n > 0 else { throw CollectiveError.backend("connection closed during handshake") }
+            guard n > 0 else { throw NetworkError.closed(doing: "handshake") }
             offset += n
         }
         return bytes

@@ -1,8 +1,10 @@
-import Testing
-@testable import Checkpointing
-import CollectivesTCP
+@testable import CheckpointService
+import Checkpointing
 import Foundation
+import Networking
 import TensorCore
+import Testing
+import _CheckpointTestSupport
 import _TestSupport
 #if canImport(Glibc)
 import Glibc
@@ -404,7 +406,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(throws: CheckpointServiceError.invalidAddress("h:99999")) { try ServiceAddress("h:99999") }
         #expect(try ServiceAddress("10.0.0.5:29600") == ServiceAddress(host: "10.0.0.5", port: 29600))
         #expect(throws: CheckpointServiceError.self) { try CheckpointServer(root: URL(fileURLWithPath: "/tmp/x"), token: "").start() }
-        let unreachable = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: try TCPJobSpec.freePort()),
+        let unreachable = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: try Socket.freePort(host: "127.0.0.1")),
                                                     token: String(repeating: "7a", count: 16), cacheDirectory: URL(fileURLWithPath: "/tmp"), connectTimeout: 0.3)
         do { _ = try unreachable.latestStep(); Issue.record("reached nothing") } catch {
             #expect("\(error)".contains("checkpoint service at 127.0.0.1:") && "\(error)".contains("unreachable"), "\(error)")
@@ -428,7 +430,7 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
     @Test func theDirectorySinkAndTheServiceWriteIdenticalCheckpoints() throws {
         let fixture = try ServiceFixture()
         let synthetic = (0..<3).map { part(step: 12, rank: $0, ranks: 3, bytes: 50_000, loss: 0.75) }
-        let split = try CheckpointStoreTests.threeRankParts(CheckpointStoreTests.contents(step: 4, validationLoss: 1.5)).map { try $0.part() }
+        let split = try CheckpointFixtures.threeRankParts(CheckpointFixtures.contents(step: 4, validationLoss: 1.5)).map { try $0.part() }
         #expect(split[2].files.isEmpty)
         let direct = DirectoryCheckpointSink(root: fixture.directory.url.appendingPathComponent("direct"), timeoutSeconds: 20)
         for parts in [split, synthetic] {

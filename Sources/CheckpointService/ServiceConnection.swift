@@ -1,5 +1,5 @@
-import CollectivesTCP
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif

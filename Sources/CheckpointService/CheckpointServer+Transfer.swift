@@ -1,3 +1,4 @@
+import Checkpointing
 import Crypto
 import Foundation
 #if canImport(Glibc)

@@ -19,6 +19,8 @@ public enum ServiceLimits {
     public static let maxJSONBytes = 1 << 20
     /// Bytes of a free-text field a peer supplies (a job's inputs, output name, config).
     public static let maxTextBytes = 1 << 20
+    /// Bytes of a job's result file (its checkpoint path and log lines, `ServiceJobProcesses`).
+    public static let maxJobResultBytes = 1 << 24
 
     /// `value` within `range`, or `invalidPart` naming `field` and the limit.
     static func check(_ field: String, _ value: Int, in range: ClosedRange<Int>, _ context: String) throws {

@@ -1,7 +1,8 @@
-import Testing
-@testable import Checkpointing
+@testable import CheckpointService
+import Checkpointing
 import Foundation
 import TensorCore
+import Testing
 import _TestSupport
 
 /// Bounded fuzzing of the parsers that read what a peer or a file supplies (issue 20): mutated

@@ -1,5 +1,6 @@
-import CollectivesTCP
+import Checkpointing
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -25,8 +26,9 @@ import Glibc
 public final class CheckpointServer: @unchecked Sendable {
     public let root: URL
     public let retention: CheckpointRetention
-    /// Runs the jobs clients submit (`tessera soup --service`); nil: jobs are refused. Set before `start()`.
-    public var jobRunner: ServiceJobRunner?
+    /// Runs the jobs clients submit (`tessera soup --service`), each in a child process; nil:
+    /// jobs are refused. Set before `start()`.
+    public var jobs: ServiceJobProcesses?
     /// Seconds without progress after which a connection is dropped.
     public let ioTimeout: Double
     public static let identity = "tessera checkpoint service"
@@ -82,9 +84,10 @@ public final class CheckpointServer: @unchecked Sendable {
         log("serving \(root.path) on \(host):\(port) (keep last \(retention.keepLast), best \(retention.keepBest))")
     }
 
-    /// Stops accepting, drops open connections (their parts are not acknowledged), and waits
-    /// for the accept thread.
+    /// Stops accepting, drops open connections (their parts are not acknowledged), terminates
+    /// running jobs' processes, and waits for the accept thread.
     public func stop() {
+        jobs?.stopAll()
         lock.lock()
         guard !stopped, listener >= 0 else { lock.unlock(); return }
         stopped = true

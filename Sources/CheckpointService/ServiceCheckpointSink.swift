@@ -1,7 +1,7 @@
-import Collectives
-import CollectivesTCP
+import Checkpointing
 import Crypto
 import Foundation
+import Networking
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -79,11 +79,12 @@ public final class ServiceCheckpointSink: CheckpointSink {
 
     /// Uploads the part, retrying with backoff for `retrySeconds` while the service is out of
     /// reach or drops the connection (a part is idempotent: a redelivery replaces or matches it).
-    public func deliver(_ part: CheckpointPart) throws {
+    @discardableResult
+    public func deliver(_ part: CheckpointPart) throws -> CheckpointReceipt {
         let start = Date()
         var wait = Self.firstRetryWait
         while true {
-            do { try upload(part); return } catch let error as CheckpointServiceError where error.isTransient {
+            do { return CheckpointReceipt(step: part.step, committed: try upload(part).committed, location: location) } catch let error as CheckpointServiceError where error.isTransient {
                 let left = retrySeconds - Date().timeIntervalSince(start)
                 guard left > 0 else {
                     if retrySeconds == 0 { throw error }
@@ -194,7 +195,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
         do {
             fd = try Socket.connect(host: address.host, port: address.port, deadline: Date(timeIntervalSinceNow: connectTimeout),
                                     waitingFor: "the checkpoint service")
-        } catch let error as CollectiveError {
+        } catch let error as NetworkError {
             throw CheckpointServiceError.unreachable(address: "\(address)", reason: "\(error)")
         }
         let connection = ServiceConnection(fd: fd, address: "\(address)", timeout: ioTimeout)

@@ -1,3 +1,4 @@
+import Checkpointing
 import Foundation
 
 /// A job a client submits to the checkpoint service, run on the service's node against the
@@ -42,8 +43,9 @@ public struct ServiceJobResult: Codable, Equatable, Sendable {
     public init(checkpoint: String, log: [String]) { self.checkpoint = checkpoint; self.log = log }
 }
 
-/// Runs a job on the service's node: given the request, the service's root and a log line
-/// sink. The executable provides it (soups need the evaluator, which lives above this module).
+/// Runs a job, in the child process the service started for it (`ServiceJobProcesses`): given
+/// the request, the service's root and a log line sink. The executable provides it (soups and
+/// distillations need training, which lives above this module).
 public typealias ServiceJobRunner = @Sendable (_ request: ServiceJobRequest, _ root: URL, _ log: @escaping (String) -> Void) throws -> ServiceJobResult
 
 extension ServiceJobRequest {
@@ -80,27 +82,24 @@ extension ServiceJobRequest {
 }
 
 extension CheckpointServer {
-    /// Runs a submitted job on this connection's thread with `jobRunner` and answers with its
-    /// result; a service started without a runner refuses jobs.
+    /// Runs a submitted job in a child process (`jobs`), waiting on this connection's thread,
+    /// and answers with its result; a failed or crashed job is refused with one line and the
+    /// service goes on. A service started without `jobs` refuses jobs.
     func runJob(_ frame: Frame, on connection: ServiceConnection, client: String) throws {
         guard let request = try? JSONDecoder().decode(ServiceJobRequest.self, from: Data(frame.payload)) else {
             throw CheckpointServiceError.badFrame(address: connection.address, reason: "a job request that is not JSON")
         }
-        guard let runner = jobRunner else {
+        guard let jobs else {
             throw CheckpointServiceError.rejected(address: connection.address, reason: "this service runs no jobs")
         }
+        guard ["soup", "distill"].contains(request.kind) else {
+            throw CheckpointServiceError.jobFailed(reason: "unknown job kind '\(request.kind.prefix(64))'; the service runs soup and distill jobs")
+        }
         log("job from '\(client)': \(request.kind) \(request.method) of \(request.inputs.joined(separator: ", ")) → \(request.outputFolder)/\(request.output)")
-        let lines = JobLog()
-        let result = try runner(request, root) { line in lines.append(line) }
+        let result = try jobs.run(request, root: root, log: log)
         log("job done: \(result.checkpoint)")
-        try connection.send(.ok, json: ServiceJobResult(checkpoint: result.checkpoint, log: lines.lines + result.log), while: "answering a job")
+        try connection.send(.ok, json: result, while: "answering a job")
     }
-}
-
-/// Lines a job logs, collected for its reply (the job runs on one thread).
-final class JobLog: @unchecked Sendable {
-    private(set) var lines: [String] = []
-    func append(_ line: String) { lines.append(line) }
 }
 
 extension ServiceCheckpointSink {

@@ -1,23 +1,10 @@
 import Testing
-import Collectives
-@testable import CollectivesTCP
+@testable import Networking
 import Foundation
+import _TestSupport
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Everything one side of a connection wrote, for checking what travelled.
-final class Recorder: @unchecked Sendable {
-    private let lock = NSLock()
-    private var bytes: [UInt8] = []
-    func add(_ more: [UInt8]) { lock.lock(); bytes += more; lock.unlock() }
-    var all: [UInt8] { lock.lock(); defer { lock.unlock() }; return bytes }
-}
-
-func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
-    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
-    return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
-}
 
 /// Runs the two ends of a handshake over a socket pair, each on its own thread, recording every
 /// byte each end sends.
@@ -33,7 +20,7 @@ func handshakeOverSocketPair(initiatorToken: String, acceptorToken: String)
         let plain = JobHandshake.Transport.socket(fd, deadline: deadline)
         return JobHandshake.Transport(send: { recorder.add($0); try plain.send($0) }, receive: plain.receive)
     }
-    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(CollectiveError.backend("not run")) }
+    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(NetworkError.closed(doing: "a handshake not run")) }
     let acceptor = Box()
     let done = DispatchSemaphore(value: 0)
     let thread = Thread {
@@ -63,7 +50,7 @@ final class ScriptedPeer: @unchecked Sendable {
     var transport: JobHandshake.Transport {
         JobHandshake.Transport(send: { self.sent += $0 }, receive: { count in
             if self.pending.count < count { self.pending += self.reply(self.sent) }
-            guard self.pending.count >= count else { throw CollectiveError.backend("the scripted peer has nothing more to say") }
+            guard self.pending.count >= count else { throw NetworkError.closed(doing: "a script whose peer has nothing more to say") }
             defer { self.pending.removeFirst(count) }
             return Array(self.pending.prefix(count))
         })
@@ -80,7 +67,7 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
     let deadline = Date(timeIntervalSinceNow: 5)
     let recorder = Recorder()
     let plain = JobHandshake.Transport.socket(left, deadline: deadline)
-    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(CollectiveError.backend("not run")) }
+    final class Box: @unchecked Sendable { var result: Result<String, Error> = .failure(NetworkError.closed(doing: "a handshake not run")) }
     let accepted = Box()
     let done = DispatchSemaphore(value: 0)
     Thread {
@@ -196,34 +183,5 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
             guard case .notAHandshake = error else { Issue.record("\(error)"); return }
             #expect("\(error)".contains("not a Tessera handshake"))
         }
-    }
-
-    /// What a rank sends to whoever listens at the master address: a stranger that does not
-    /// know the token sees the rank's greeting and nothing else, never the token.
-    @Test func aRankSendsItsTokenToNobodyAtTheMasterAddress() throws {
-        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
-        defer { close(listener.fd) }
-        let recorder = Recorder()
-        let stranger = Thread {
-            guard let (fd, _) = try? Socket.accept(listener.fd, deadline: Date(timeIntervalSinceNow: 10)) else { return }
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let end = Date(timeIntervalSinceNow: 1.5)
-            while Date() < end, poll(&pfd, 1, 100) >= 0 {
-                if pfd.revents != 0 {
-                    let n = recv(fd, &buffer, buffer.count, 0)
-                    if n <= 0 { break }
-                    recorder.add(Array(buffer[0..<n]))
-                }
-            }
-            close(fd)
-        }
-        stranger.start()
-        let spec = TCPJobSpec(rank: 1, worldSize: 2, masterAddress: "127.0.0.1", masterPort: listener.port, token: Self.token)
-        #expect(throws: CollectiveError.self) { try TCPCommunicator.world(spec, timeoutSeconds: 3) }
-        let sent = recorder.all
-        #expect(Array(sent.prefix(4)) == JobHandshake.magic, "\(sent.prefix(16))")
-        #expect(!contains(sent, Array(Self.token.utf8)))
-        #expect(contains(sent, Array("rank 1 of 2".utf8)))
     }
 }

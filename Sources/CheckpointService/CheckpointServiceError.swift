@@ -19,6 +19,10 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
     case notDelivered(address: String, step: Int, seconds: Double, lastError: String)
     /// A job named a path outside the service's root and its `--allow-path` directories.
     case pathNotAllowed(what: String, path: String)
+    /// A sink that cannot be built from `setting` (`CheckpointSinks`).
+    case unusable(setting: String, value: String, reason: String)
+    /// A job failed: its own error, or how its process ended (`ServiceJobProcesses`).
+    case jobFailed(reason: String)
 
     /// Whether trying again may succeed: the service was out of reach, dropped the connection
     /// or stalled (a restart, an outage); refusals and failed handshakes are final.
@@ -55,6 +59,10 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
             return "\(what) \(path) is not under the service's root or a directory it was started with --allow-path; jobs read only there"
         case let .notDelivered(address, step, seconds, lastError):
             return "checkpoint service at \(address): step \(step) was not delivered in \(String(format: "%g", seconds)) s of retries (last: \(lastError)); start the service again, or raise checkpoint.service_retry_seconds"
+        case let .jobFailed(reason):
+            return reason
+        case let .unusable(setting, value, reason):
+            return "\(setting) = \(value): \(reason)"
         case let .invalidPart(reason):
             return "checkpoint part refused: \(reason)"
         }

@@ -1,5 +1,5 @@
-import CollectivesTCP
 import Foundation
+import Networking
 
 /// The sealed channel of a service connection once the handshake is done: every frame (type,
 /// length, payload) is one record of the connection's `SessionSeal` (AES-256-GCM, per

@@ -1,3 +1,4 @@
+import Checkpointing
 import Foundation
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,8 @@
-import Testing
-@testable import Checkpointing
-import CollectivesTCP
+@testable import CheckpointService
+import Checkpointing
 import Foundation
+import Networking
+import Testing
 import _TestSupport
 
 /// Uploads that survive an outage of the service (issue 20): a part not acknowledged is
@@ -33,7 +34,7 @@ import _TestSupport
     }
 
     @Test func aServiceThatStaysAwayFailsTheDeliveryNamingTheStepAndTheService() throws {
-        let port = try TCPJobSpec.freePort()
+        let port = try Socket.freePort(host: "127.0.0.1")
         let sink = try ServiceCheckpointSink(address: ServiceAddress(host: "127.0.0.1", port: port), token: ServiceFixture.token,
                                              cacheDirectory: URL(fileURLWithPath: NSTemporaryDirectory()), connectTimeout: 0.2, retrySeconds: 2)
         sink.note = { _ in }

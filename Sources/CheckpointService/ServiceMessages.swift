@@ -1,3 +1,4 @@
+import Checkpointing
 import Foundation
 
 /// A file of a part as announced before its bytes: name, size and SHA-256 (lower-case hex;

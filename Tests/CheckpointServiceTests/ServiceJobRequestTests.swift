@@ -1,6 +1,7 @@
-import Testing
-@testable import Checkpointing
+@testable import CheckpointService
+import Checkpointing
 import Foundation
+import Testing
 import _TestSupport
 
 /// Job requests to the checkpoint service: the wire form, outputs per kind, inputs resolved.
