@@ -10,7 +10,7 @@ import TrainingConfig
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train a model (data parallel over every rank this job started).",
+        abstract: "Train a model on every rank this job started (data, sequence and expert parallel, as parallel.* says).",
         discussion: "Run alone, under `mpirun -np N`, under `srun --mpi=pmix`, or under `tessera launch --nproc N --`.")
 
     @OptionGroup var options: ConfigOptions
