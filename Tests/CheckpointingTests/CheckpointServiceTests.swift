@@ -244,6 +244,11 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(!FileManager.default.fileExists(atPath: fixture.committed(5).path))
         #expect(try stream { CheckpointCommit.sha256($0) } == "accepted")
         #expect(try CheckpointStore.verifyChecksums(fixture.committed(5)) == Set(p.files.map(\.name)), "the sums recorded are the streamed ones")
+        // upload() leaves each sum to the service (an empty fileEnd): it records the SHA-256 of what arrived.
+        let q = part(step: 6, rank: 0, ranks: 1)
+        #expect(try sink.upload(q).committed)
+        let recorded = try CheckpointStore.checksums(fixture.committed(6))
+        #expect(recorded == Dictionary(uniqueKeysWithValues: q.files.map { ($0.name, CheckpointCommit.sha256($0.data)) }), "\(recorded)")
     }
 
     @Test func fetchReturnsTheCommittedFilesIdentically() throws {

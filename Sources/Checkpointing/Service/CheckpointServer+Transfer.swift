@@ -80,39 +80,50 @@ extension CheckpointServer {
 
     /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them; so
     /// too when `step` was committed meanwhile and its incoming directory is gone), and, when
-    /// the header left its SHA-256 empty, the `fileEnd` frame giving it. Returns the SHA-256,
-    /// which the bytes matched.
+    /// the header left its SHA-256 empty, the `fileEnd` frame giving it (or leaving it to us,
+    /// empty: the sealed channel authenticated every byte). Returns the SHA-256 of the bytes
+    /// that arrived, computed on a second thread while this one reads, opens and writes (and starts the
+    /// disk writing every `DurableFiles.writebackBytes`, so the closing fsync waits for little); a sum
+    /// the client announced must match it.
     private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws -> String {
         var fd: Int32?
         do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
-        var hasher = SHA256()
-        var remaining = file.size
+        let hasher = StreamHasher()
+        var remaining = file.size, flushed = 0
         do {
             while remaining > 0 {
-                let frame = try connection.receive(while: "receiving \(file.name) of \(what) (\(remaining) bytes to go)")
-                guard frame.type == .fileData, !frame.payload.isEmpty, frame.payload.count <= remaining else {
+                let (type, payload) = try connection.receiveRecord(while: "receiving \(file.name) of \(what) (\(remaining) bytes to go)")
+                guard type == .fileData, !payload.isEmpty, payload.count <= remaining else {
                     throw CheckpointServiceError.badFrame(address: connection.address,
-                                                          reason: "a \(frame.type) frame of \(frame.payload.count) bytes where \(remaining) bytes of \(file.name) of \(what) should come")
+                                                          reason: "a \(type) frame of \(payload.count) bytes where \(remaining) bytes of \(file.name) of \(what) should come")
                 }
-                hasher.update(data: frame.payload)
-                if let fd, let url { try frame.payload.withUnsafeBytes { try DurableFiles.write(fd, $0, to: url) } }
-                remaining -= frame.payload.count
+                hasher.add(payload)
+                if let fd, let url {
+                    try payload.withUnsafeBytes { try DurableFiles.write(fd, $0, to: url) }
+                    let written = file.size - remaining + payload.count
+                    if written - flushed >= DurableFiles.writebackBytes || payload.count == remaining {
+                        DurableFiles.startWriteback(fd, offset: flushed, count: written - flushed)
+                        flushed = written
+                    }
+                }
+                remaining -= payload.count
             }
         } catch {
+            _ = hasher.finish()
             if let fd { close(fd) }
             throw error
         }
+        let actual = hasher.finish()
         if let fd, let url { try DurableFiles.finish(fd, url) }
-        let actual = CheckpointCommit.hex(hasher.finalize())
         var announced = file.sha256
-        if announced.isEmpty {   // sent after the bytes, which the client hashed as it sent them
+        if announced.isEmpty {   // sent after the bytes, or left to us
             let end = try connection.receive(while: "waiting for the SHA-256 of \(file.name) of \(what)")
             guard end.type == .fileEnd, end.payload.count <= ServiceLimits.maxJSONBytes,
-                  let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)), CheckpointLayout.isSHA256(sum.sha256) else {
+                  let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)), sum.sha256.isEmpty || CheckpointLayout.isSHA256(sum.sha256) else {
                 throw CheckpointServiceError.badFrame(address: connection.address,
                                                       reason: "a \(end.type) frame where the SHA-256 of \(file.name) of \(what) should come")
             }
-            announced = sum.sha256
+            announced = sum.sha256.isEmpty ? actual : sum.sha256
         }
         guard actual == announced else {
             throw CheckpointServiceError.invalidPart(reason: "\(what): the bytes of \(file.name) have SHA-256 \(actual), not the announced \(announced)")
@@ -186,10 +197,63 @@ extension CheckpointServer {
             var hasher = SHA256()
             while let chunk = try handle.read(upToCount: Frame.chunkBytes), !chunk.isEmpty {
                 hasher.update(data: chunk)
-                try connection.send(Frame(.fileData, Array(chunk)), while: "sending \(name) of step \(request.step)")
+                try chunk.withUnsafeBytes { try connection.send(.fileData, $0, while: "sending \(name) of step \(request.step)") }
             }
             try connection.send(.fileEnd, json: FileEnd(sha256: CheckpointCommit.hex(hasher.finalize())), while: "sending \(name) of step \(request.step)")
         }
         try connection.send(.ok, json: GetRequest(step: request.step), while: "ending step \(request.step)")
+    }
+}
+
+/// The SHA-256 of a stream of chunks, computed on a thread of its own while the caller goes on
+/// reading and writing; at most `depth` chunks wait for it (memory bounded at `depth` frames).
+final class StreamHasher: @unchecked Sendable {
+    static let depth = 4
+    private let condition = NSCondition()
+    private var waiting: [Data] = []
+    private var ended = false
+    private var digest: String?
+
+    init() {
+        let thread = Thread { [self] in run() }
+        thread.name = "sha256"
+        thread.start()
+    }
+
+    /// Hands `chunk` to the hashing thread; waits while `depth` chunks are already waiting.
+    func add(_ chunk: Data) {
+        condition.lock()
+        defer { condition.unlock() }
+        while waiting.count >= Self.depth { condition.wait() }
+        waiting.append(chunk)
+        condition.broadcast()
+    }
+
+    /// The hex SHA-256 of every chunk added, once they are all hashed; the thread then ends.
+    func finish() -> String {
+        condition.lock()
+        defer { condition.unlock() }
+        ended = true
+        condition.broadcast()
+        while digest == nil { condition.wait() }
+        return digest!
+    }
+
+    private func run() {
+        var hasher = SHA256()
+        while true {
+            condition.lock()
+            while waiting.isEmpty, !ended { condition.wait() }
+            guard !waiting.isEmpty else {
+                digest = CheckpointCommit.hex(hasher.finalize())
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let chunk = waiting.removeFirst()
+            condition.broadcast()
+            condition.unlock()
+            hasher.update(data: chunk)
+        }
     }
 }
