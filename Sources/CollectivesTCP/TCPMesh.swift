@@ -366,12 +366,27 @@ final class TCPMesh {
         }
     }
 
+    /// A whole header from `peer`, its length bounded before anything uses it: a notice's by
+    /// `maxNoticeBytes`, any other frame's by this host's memory (a receive of it must fit here;
+    /// a frame a receive waits for is then held to that receive's size by `checkLength`). In
+    /// clear mode the header is not authenticated, so this is what stands between a forged or
+    /// corrupt length and an allocation of that size.
     func readHeader(_ raw: UnsafeRawBufferPointer, from peer: Int, _ operation: String) throws -> FrameHeader {
         guard let header = FrameHeader(raw) else {
             throw CollectiveError.backend("\(operation): rank \(peer) sent a frame this rank cannot read (a different Tessera version?)")
         }
+        let notice = header.tag == Self.abortTag || header.tag == Self.waitingTag
+        let limit = notice ? UInt64(Self.maxNoticeBytes) : Self.maxFrameBytes
+        guard header.length <= limit else {
+            throw CollectiveError.backend("\(operation): rank \(peer) sent a frame header announcing \(header.length) B, over the \(limit)-byte limit of \(notice ? "a notice" : "a frame (this host's memory)"); a corrupt or forged header, refused before allocating")
+        }
         return header
     }
+
+    /// The largest abort or waiting notice (a rank and a line of text; a rank per peer).
+    static let maxNoticeBytes = 64 << 10
+    /// The largest frame a rank accepts: its receive must fit in this host's memory.
+    static let maxFrameBytes = min(ProcessInfo.processInfo.physicalMemory, UInt64(Int.max))
 
     /// What a whole header starts. Acknowledgements and by-address frames are handled here
     /// (false: nothing more of the frame to read). An inline frame gets where its payload

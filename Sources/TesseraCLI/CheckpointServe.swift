@@ -33,6 +33,9 @@ struct CheckpointServe: ParsableCommand {
     @Option(help: "Seconds without progress after which a client's connection is dropped.")
     var ioTimeout = 60.0
 
+    @Option(help: "Clients that proved the token served at once; one more is refused (\"busy\") and a training rank retries it.")
+    var maxClients = CheckpointServer.defaultMaxClients
+
     @Option(help: "A directory (besides --root) whose teachers, checkpoints and token data soup and distill jobs may read; repeat for more.")
     var allowPath: [String] = []
 
@@ -40,13 +43,15 @@ struct CheckpointServe: ParsableCommand {
         guard keep >= 1 else { throw ValidationError("--keep \(keep) must be at least 1 (the newest checkpoint is always kept)") }
         guard keepBest >= 0 else { throw ValidationError("--keep-best \(keepBest) must be 0 or more") }
         guard ioTimeout > 0 else { throw ValidationError("--io-timeout \(ioTimeout) must be positive") }
+        guard maxClients >= 1 else { throw ValidationError("--max-clients \(maxClients) must be at least 1") }
     }
 
     func run() throws {
         let address = try ServiceAddress(listen)
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
-                                      retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
+                                      retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout,
+                                      maxClients: maxClients)
         let paths = ServicePaths(root: URL(fileURLWithPath: root), allowing: allowPath)
         server.jobRunner = { request, root, log in
             switch request.kind {

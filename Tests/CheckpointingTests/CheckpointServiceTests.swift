@@ -33,10 +33,10 @@ final class ServiceFixture {
     var server: CheckpointServer
     var root: URL { directory.url.appendingPathComponent("root") }
 
-    init(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0)) throws {
+    init(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0), maxClients: Int = CheckpointServer.defaultMaxClients) throws {
         let log = self.log
         server = CheckpointServer(root: directory.url.appendingPathComponent("root"), token: Self.token, retention: retention,
-                                  ioTimeout: 5, log: { log.add($0) })
+                                  ioTimeout: 5, maxClients: maxClients, log: { log.add($0) })
         try server.start()
     }
 

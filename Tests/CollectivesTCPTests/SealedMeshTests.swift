@@ -168,6 +168,29 @@ import Glibc
         }
         #expect(try TCPSealMode("auto", key: "k") == .auto)
     }
+
+    /// Clear mode: a header whose length is over its limit (forged or corrupt; clear headers are
+    /// not authenticated) is refused in one line naming the rank, before anything of that size
+    /// is allocated (a 2^62-byte spill used to be attempted).
+    @Test func anOversizedClearHeaderIsRefusedNamingTheRank() throws {
+        for (tag, length) in [(Int64(-1), UInt64(1) << 62), (TCPMesh.abortTag, UInt64(1) << 20)] {
+            var fds: [Int32] = [0, 0]
+            precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+            defer { close(fds[1]) }
+            let mesh = TCPMesh(worldRank: 0, worldSize: 2, sockets: [-1, fds[0]], timeoutSeconds: 5)
+            try Socket.writeAll(fds[1], FrameHeader(tag: tag, communicator: 0, length: length).bytes, deadline: Date(timeIntervalSinceNow: 5))
+            var destination = [UInt8](repeating: 0, count: 16)
+            do {
+                try destination.withUnsafeMutableBytes {   // waits for another tag: the header's frame would be spilled
+                    try mesh.transfer("test", sends: [], receives: [ExpectedFrame(peer: 1, communicator: 0, tag: -2, destination: $0)])
+                }
+                Issue.record("accepted a header announcing \(length) B")
+            } catch {
+                let text = "\(error)"
+                #expect(text.contains("rank 1 sent a frame header announcing \(length) B") && !text.contains("\n"), "\(text)")
+            }
+        }
+    }
 }
 
 /// A small deterministic generator (splitmix64) for the test's values.
