@@ -114,6 +114,7 @@ final class TCPMesh {
         if case let .peerLost(root, _, _)? = abortReport {
             return .timeout(operation: operation, waitingFor: [root], seconds: timeoutSeconds)
         }
+        if case let .tampered(root, _)? = abortReport { return .tampered(rank: root, operation: operation) }
         // Follow each chain to its end: a rank that announced nothing (silent) or is gone.
         var blamed = Set<Int>()
         for start in late {
@@ -127,19 +128,27 @@ final class TCPMesh {
         return .timeout(operation: operation, waitingFor: blamed.sorted(), seconds: timeoutSeconds)
     }
 
+    /// How an abort notice about a tampered frame starts: its readers then report `.tampered`
+    /// naming the same rank, not that it was lost.
+    static let tamperedNotice = "a sealed frame from it failed authentication (tampered with on the network)"
+
     private func tellPeers(rank: Int, error: CollectiveError) {
         guard abortReport == nil else { return }   // only the first detector tells
         let what: String
         switch error {
         case let .peerLost(_, _, detail): what = detail
         case let .timeout(_, _, seconds): what = "silent for \(Int(seconds)) s"
-        case .tampered: what = "a sealed frame from it failed authentication (tampered with on the network)"
+        case .tampered: what = Self.tamperedNotice
         default: what = "\(error)"
         }
         let text = Array("\(what), seen by rank \(worldRank)".utf8)
         let payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
         let header = FrameHeader(tag: Self.abortTag, communicator: 0, length: UInt64(payload.count)).bytes
-        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
+        // The rank whose frame failed authentication is told too: its socket is still open
+        // (only its records stopped being read), and without the notice it would only see this
+        // rank go and report it lost.
+        let tamperedPeer: Int? = if case .tampered = error { rank } else { nil }
+        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && (closed[peer] == nil || peer == tamperedPeer) {
             sendNotice(peer, header: header, payload: payload)
         }
     }
@@ -193,11 +202,13 @@ final class TCPMesh {
             }
             for peer in 0..<worldSize where fds[peer].revents != 0 {
                 let revents = fds[peer].revents
-                if revents & Int16(POLLOUT) != 0 {
-                    try writeReady(peer, &sendState, operation)
-                }
+                // Reading first: a peer that stopped may have sent why (an abort notice) before
+                // its socket closed, and a failed send must not hide that.
                 if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                     try readReady(peer, receives: receives, pending: &pendingReceives, claimed: &claimed, operation)
+                }
+                if revents & Int16(POLLOUT) != 0 {
+                    try writeReady(peer, &sendState, operation)
                 }
             }
         }
@@ -425,7 +436,8 @@ final class TCPMesh {
         if header.tag == Self.abortTag, reader.spill.count >= 8 {
             let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
             let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
-            abortReport = .peerLost(rank: root, operation: operation, detail: text)
+            abortReport = text.hasPrefix(Self.tamperedNotice) ? .tampered(rank: root, operation: operation)
+                : .peerLost(rank: root, operation: operation, detail: text)
         } else if header.tag == Self.waitingTag {
             waitNotices[peer] = reader.spill.withUnsafeBytes { raw in
                 (0..<(raw.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
@@ -513,8 +525,10 @@ final class TCPMesh {
     /// peer that went first (when one rank dies its neighbours fail next, so the first loss seen
     /// here is the likelier cause).
     func lost(_ peer: Int, _ operation: String) -> CollectiveError {
-        if case let .peerLost(root, _, detail)? = abortReport {
-            return .peerLost(rank: root, operation: operation, detail: detail)
+        switch abortReport {
+        case let .peerLost(root, _, detail)?: return .peerLost(rank: root, operation: operation, detail: detail)
+        case let .tampered(root, _)?: return .tampered(rank: root, operation: operation)
+        default: break
         }
         let first = closedOrder.first ?? peer
         let why = closed[first] ?? "connection closed"
