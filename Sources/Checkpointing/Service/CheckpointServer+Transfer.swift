@@ -32,14 +32,20 @@ extension CheckpointServer {
         lock.unlock()
 
         let incoming = header.files.map { incomingURL(step).appendingPathComponent("\(id)-\($0.name)") }
+        // Files written but not yet fsynced: their fsyncs wait for the part's end (at most
+        // `unsyncedFiles` open at once), so one file's disk writing overlaps the next's arrival.
+        var unsynced: [(fd: Int32, url: URL)] = []
+        defer { for file in unsynced { close(file.fd) } }
         do {
             for (index, url) in incoming.enumerated() {
-                header.files[index].sha256 = try receiveFile(header.files[index], into: committed ? nil : url, step: step, from: connection, what: what)
+                header.files[index].sha256 = try receiveFile(header.files[index], into: committed ? nil : url, step: step, from: connection,
+                                                             what: what, unsynced: &unsynced)
             }
             let end = try connection.receive(while: "waiting for the end of \(what)'s part")
             guard end.type == .partEnd else {
                 throw CheckpointServiceError.badFrame(address: connection.address, reason: "a \(end.type) frame where \(what)'s part should end")
             }
+            while !unsynced.isEmpty { let file = unsynced.removeFirst(); try DurableFiles.finish(file.fd, file.url) }
             lock.lock()
             defer { lock.unlock() }
             let receipt = try acknowledge(header, incoming: incoming)
@@ -83,9 +89,11 @@ extension CheckpointServer {
     /// the header left its SHA-256 empty, the `fileEnd` frame giving it (or leaving it to us,
     /// empty: the sealed channel authenticated every byte). Returns the SHA-256 of the bytes
     /// that arrived, computed on a second thread while this one reads, opens and writes (and starts the
-    /// disk writing every `DurableFiles.writebackBytes`, so the closing fsync waits for little); a sum
+    /// disk writing every `DurableFiles.writebackBytes`); the file, written, joins `unsynced`,
+    /// whose fsyncs `receivePart` does at the part's end (they then wait for little); a sum
     /// the client announced must match it.
-    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws -> String {
+    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String,
+                             unsynced: inout [(fd: Int32, url: URL)]) throws -> String {
         var fd: Int32?
         do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
         let hasher = StreamHasher()
@@ -114,7 +122,10 @@ extension CheckpointServer {
             throw error
         }
         let actual = hasher.finish()
-        if let fd, let url { try DurableFiles.finish(fd, url) }
+        if let fd, let url {
+            unsynced.append((fd, url))
+            if unsynced.count > Self.unsyncedFiles { let oldest = unsynced.removeFirst(); try DurableFiles.finish(oldest.fd, oldest.url) }
+        }
         var announced = file.sha256
         if announced.isEmpty {   // sent after the bytes, or left to us
             let end = try connection.receive(while: "waiting for the SHA-256 of \(file.name) of \(what)")
@@ -130,6 +141,9 @@ extension CheckpointServer {
         }
         return actual
     }
+
+    /// Files of one part written and not yet fsynced, at most (descriptors held per connection).
+    static let unsyncedFiles = 8
 
     /// With the lock held: makes the received part durable and commits the step when it was the last.
     private func acknowledge(_ header: PartHeader, incoming: [URL]) throws -> PartReceipt {
