@@ -148,8 +148,31 @@ final class TCPMesh {
         // (only its records stopped being read), and without the notice it would only see this
         // rank go and report it lost.
         let tamperedPeer: Int? = if case .tampered = error { rank } else { nil }
-        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && (closed[peer] == nil || peer == tamperedPeer) {
-            sendNotice(peer, header: header, payload: payload)
+        let told = (0..<worldSize).filter { $0 != worldRank && sockets[$0] >= 0 && (closed[$0] == nil || $0 == tamperedPeer) }
+        for peer in told { sendNotice(peer, header: header, payload: payload) }
+        linger(told)
+    }
+
+    /// Seconds a rank that sent an abort notice waits for its peers to close.
+    static let lingerSeconds = 0.5
+
+    /// After an abort notice: ends writing to `peers` (the notice, then end of stream) and reads
+    /// what they still send until each closes or `lingerSeconds` pass, so that this rank's exit
+    /// does not reset the connections while data of theirs is unread: a reset can discard the
+    /// notice on its way (at a proxy, say) before the peer reads it.
+    private func linger(_ peers: [Int]) {
+        for peer in peers { shutdown(sockets[peer], Int32(SHUT_WR)) }
+        var open = peers
+        var sink = [UInt8](repeating: 0, count: 64 << 10)
+        let end = Date(timeIntervalSinceNow: Self.lingerSeconds)
+        while !open.isEmpty, Date() < end {
+            var fds = open.map { pollfd(fd: sockets[$0], events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), 50) < 0, errno != EINTR { return }
+            open = open.indices.filter { i in
+                guard fds[i].revents != 0 else { return true }
+                let n = recv(fds[i].fd, &sink, sink.count, 0)
+                return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))
+            }.map { open[$0] }
         }
     }
 
