@@ -170,7 +170,8 @@ sealed_training_equals_clear() {
 
 # A proxy between rank 1 and rank 0 (the ranks started by hand, rank 1 pointed at the proxy)
 # flips a byte, injects 64 bytes or drops 1000 of rank 1's sealed traffic once 200 kB have gone
-# through: rank 0 ends the job naming rank 1 well before the 30 s deadline, not a hang.
+# through: rank 0 ends the job naming rank 1 well before the 30 s deadline, not a hang, and
+# rank 1, told by rank 0's abort notice, names the same tampering rather than a lost rank.
 tampering_proxy_on_the_mesh() {
   local mode master relay proxy r0 s0 s1 start elapsed
   local env=(env TESSERA_WORLD_SIZE=2 TESSERA_MASTER_ADDR=127.0.0.1 TESSERA_TCP_SAME_HOST=socket)
@@ -192,6 +193,8 @@ tampering_proxy_on_the_mesh() {
     [ "$s0" -ne 0 ] && [ "$s1" -ne 0 ] || { echo "$mode: a rank exited 0 over a tampered link"; return 1; }
     grep -q "a sealed frame from rank 1 failed authentication during allReduce" "$work/mesh0-$mode.out" \
       || { echo "$mode: rank 0 did not name rank 1's failed authentication"; return 1; }
+    grep -q "a sealed frame from rank 1 failed authentication during allReduce" "$work/mesh1-$mode.out" \
+      || { echo "$mode: rank 1 did not name the tampering (rank 0's abort notice names it)"; return 1; }
     [ "$elapsed" -lt 20000 ] || { echo "$mode: the ranks took $(seconds "$elapsed") s: a hang until the deadline, not a named error"; return 1; }
   done
 }

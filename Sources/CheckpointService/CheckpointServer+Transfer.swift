@@ -33,14 +33,20 @@ extension CheckpointServer {
         lock.unlock()
 
         let incoming = header.files.map { incomingURL(step).appendingPathComponent("\(id)-\($0.name)") }
+        // Files written but not yet fsynced: their fsyncs wait for the part's end (at most
+        // `unsyncedFiles` open at once), so one file's disk writing overlaps the next's arrival.
+        var unsynced: [(fd: Int32, url: URL)] = []
+        defer { for file in unsynced { close(file.fd) } }
         do {
             for (index, url) in incoming.enumerated() {
-                header.files[index].sha256 = try receiveFile(header.files[index], into: committed ? nil : url, step: step, from: connection, what: what)
+                header.files[index].sha256 = try receiveFile(header.files[index], into: committed ? nil : url, step: step, from: connection,
+                                                             what: what, unsynced: &unsynced)
             }
             let end = try connection.receive(while: "waiting for the end of \(what)'s part")
             guard end.type == .partEnd else {
                 throw CheckpointServiceError.badFrame(address: connection.address, reason: "a \(end.type) frame where \(what)'s part should end")
             }
+            while !unsynced.isEmpty { let file = unsynced.removeFirst(); try DurableFiles.finish(file.fd, file.url) }
             lock.lock()
             defer { lock.unlock() }
             let receipt = try acknowledge(header, incoming: incoming)
@@ -81,45 +87,64 @@ extension CheckpointServer {
 
     /// Reads one file's `fileData` frames, writing them to `url` (nil: only checking them; so
     /// too when `step` was committed meanwhile and its incoming directory is gone), and, when
-    /// the header left its SHA-256 empty, the `fileEnd` frame giving it. Returns the SHA-256,
-    /// which the bytes matched.
-    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String) throws -> String {
+    /// the header left its SHA-256 empty, the `fileEnd` frame giving it (or leaving it to us,
+    /// empty: the sealed channel authenticated every byte). Returns the SHA-256 of the bytes
+    /// that arrived, computed on a second thread while this one reads, opens and writes (and starts the
+    /// disk writing every `DurableFiles.writebackBytes`); the file, written, joins `unsynced`,
+    /// whose fsyncs `receivePart` does at the part's end (they then wait for little); a sum
+    /// the client announced must match it.
+    private func receiveFile(_ file: PartFileEntry, into url: URL?, step: Int, from connection: ServiceConnection, what: String,
+                             unsynced: inout [(fd: Int32, url: URL)]) throws -> String {
         var fd: Int32?
         do { fd = try url.map(DurableFiles.create) } catch where isComplete(step) { fd = nil }
-        var hasher = SHA256()
-        var remaining = file.size
+        let hasher = StreamHasher()
+        var remaining = file.size, flushed = 0
         do {
             while remaining > 0 {
-                let frame = try connection.receive(while: "receiving \(file.name) of \(what) (\(remaining) bytes to go)")
-                guard frame.type == .fileData, !frame.payload.isEmpty, frame.payload.count <= remaining else {
+                let (type, payload) = try connection.receiveRecord(while: "receiving \(file.name) of \(what) (\(remaining) bytes to go)")
+                guard type == .fileData, !payload.isEmpty, payload.count <= remaining else {
                     throw CheckpointServiceError.badFrame(address: connection.address,
-                                                          reason: "a \(frame.type) frame of \(frame.payload.count) bytes where \(remaining) bytes of \(file.name) of \(what) should come")
+                                                          reason: "a \(type) frame of \(payload.count) bytes where \(remaining) bytes of \(file.name) of \(what) should come")
                 }
-                hasher.update(data: frame.payload)
-                if let fd, let url { try frame.payload.withUnsafeBytes { try DurableFiles.write(fd, $0, to: url) } }
-                remaining -= frame.payload.count
+                hasher.add(payload)
+                if let fd, let url {
+                    try payload.withUnsafeBytes { try DurableFiles.write(fd, $0, to: url) }
+                    let written = file.size - remaining + payload.count
+                    if written - flushed >= DurableFiles.writebackBytes || payload.count == remaining {
+                        DurableFiles.startWriteback(fd, offset: flushed, count: written - flushed)
+                        flushed = written
+                    }
+                }
+                remaining -= payload.count
             }
         } catch {
+            _ = hasher.finish()
             if let fd { close(fd) }
             throw error
         }
-        if let fd, let url { try DurableFiles.finish(fd, url) }
-        let actual = CheckpointCommit.hex(hasher.finalize())
+        let actual = hasher.finish()
+        if let fd, let url {
+            unsynced.append((fd, url))
+            if unsynced.count > Self.unsyncedFiles { let oldest = unsynced.removeFirst(); try DurableFiles.finish(oldest.fd, oldest.url) }
+        }
         var announced = file.sha256
-        if announced.isEmpty {   // sent after the bytes, which the client hashed as it sent them
+        if announced.isEmpty {   // sent after the bytes, or left to us
             let end = try connection.receive(while: "waiting for the SHA-256 of \(file.name) of \(what)")
             guard end.type == .fileEnd, end.payload.count <= ServiceLimits.maxJSONBytes,
-                  let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)), CheckpointLayout.isSHA256(sum.sha256) else {
+                  let sum = try? JSONDecoder().decode(FileEnd.self, from: Data(end.payload)), sum.sha256.isEmpty || CheckpointLayout.isSHA256(sum.sha256) else {
                 throw CheckpointServiceError.badFrame(address: connection.address,
                                                       reason: "a \(end.type) frame where the SHA-256 of \(file.name) of \(what) should come")
             }
-            announced = sum.sha256
+            announced = sum.sha256.isEmpty ? actual : sum.sha256
         }
         guard actual == announced else {
             throw CheckpointServiceError.invalidPart(reason: "\(what): the bytes of \(file.name) have SHA-256 \(actual), not the announced \(announced)")
         }
         return actual
     }
+
+    /// Files of one part written and not yet fsynced, at most (descriptors held per connection).
+    static let unsyncedFiles = 8
 
     /// With the lock held: makes the received part durable and commits the step when it was the last.
     private func acknowledge(_ header: PartHeader, incoming: [URL]) throws -> PartReceipt {
@@ -187,10 +212,63 @@ extension CheckpointServer {
             var hasher = SHA256()
             while let chunk = try handle.read(upToCount: Frame.chunkBytes), !chunk.isEmpty {
                 hasher.update(data: chunk)
-                try connection.send(Frame(.fileData, Array(chunk)), while: "sending \(name) of step \(request.step)")
+                try chunk.withUnsafeBytes { try connection.send(.fileData, $0, while: "sending \(name) of step \(request.step)") }
             }
             try connection.send(.fileEnd, json: FileEnd(sha256: CheckpointCommit.hex(hasher.finalize())), while: "sending \(name) of step \(request.step)")
         }
         try connection.send(.ok, json: GetRequest(step: request.step), while: "ending step \(request.step)")
+    }
+}
+
+/// The SHA-256 of a stream of chunks, computed on a thread of its own while the caller goes on
+/// reading and writing; at most `depth` chunks wait for it (memory bounded at `depth` frames).
+final class StreamHasher: @unchecked Sendable {
+    static let depth = 4
+    private let condition = NSCondition()
+    private var waiting: [Data] = []
+    private var ended = false
+    private var digest: String?
+
+    init() {
+        let thread = Thread { [self] in run() }
+        thread.name = "sha256"
+        thread.start()
+    }
+
+    /// Hands `chunk` to the hashing thread; waits while `depth` chunks are already waiting.
+    func add(_ chunk: Data) {
+        condition.lock()
+        defer { condition.unlock() }
+        while waiting.count >= Self.depth { condition.wait() }
+        waiting.append(chunk)
+        condition.broadcast()
+    }
+
+    /// The hex SHA-256 of every chunk added, once they are all hashed; the thread then ends.
+    func finish() -> String {
+        condition.lock()
+        defer { condition.unlock() }
+        ended = true
+        condition.broadcast()
+        while digest == nil { condition.wait() }
+        return digest!
+    }
+
+    private func run() {
+        var hasher = SHA256()
+        while true {
+            condition.lock()
+            while waiting.isEmpty, !ended { condition.wait() }
+            guard !waiting.isEmpty else {
+                digest = CheckpointCommit.hex(hasher.finalize())
+                condition.broadcast()
+                condition.unlock()
+                return
+            }
+            let chunk = waiting.removeFirst()
+            condition.broadcast()
+            condition.unlock()
+            hasher.update(data: chunk)
+        }
     }
 }

@@ -22,7 +22,9 @@ import Glibc
 /// assembly and commit of steps are serialised by one lock. Clients must prove the job token
 /// (`JobHandshake`) within `UnauthenticatedConnections.handshakeSeconds` for the whole
 /// exchange, at most `UnauthenticatedConnections.defaultCapacity` at once (the oldest is
-/// dropped first); others are refused and logged, and the service keeps serving.
+/// dropped first); others are refused and logged, and the service keeps serving. At most
+/// `maxClients` clients that proved the token are served at once; one more is refused in one
+/// line (`busyRefusal`), which a client's `deliver` treats as transient and retries.
 public final class CheckpointServer: @unchecked Sendable {
     public let root: URL
     public let retention: CheckpointRetention
@@ -32,6 +34,16 @@ public final class CheckpointServer: @unchecked Sendable {
     /// Seconds without progress after which a connection is dropped.
     public let ioTimeout: Double
     public static let identity = "tessera checkpoint service"
+    /// Clients that proved the token served at once (`ckpt serve --max-clients`).
+    public let maxClients: Int
+    /// The default: far above a job's ranks saving at once plus a few `ckpt` commands, far below
+    /// the threads and descriptors a host gives a process.
+    public static let defaultMaxClients = 64
+    /// How a refusal for being busy starts (a client retries it).
+    public static let busyPrefix = "busy: "
+    static func busyRefusal(_ maxClients: Int) -> String {
+        "\(busyPrefix)\(maxClients) authenticated clients are being served, the most this service takes at once (ckpt serve --max-clients); try again shortly"
+    }
 
     let token: String
     let host: String
@@ -41,6 +53,7 @@ public final class CheckpointServer: @unchecked Sendable {
     private var listener: Int32 = -1
     private var stopped = false
     private var connections: [Int: Int32] = [:]
+    private var serving = 0
     private var nextConnection = 0
     private let handshaking = UnauthenticatedConnections()
     private let acceptLoopDone = DispatchSemaphore(value: 0)
@@ -50,9 +63,10 @@ public final class CheckpointServer: @unchecked Sendable {
     /// A service over `root`, listening on `host:port` (0: any free port) once started.
     /// `log` receives one line per event (refusals, received parts, commits, deletions).
     public init(root: URL, token: String, host: String = "127.0.0.1", port: UInt16 = 0, retention: CheckpointRetention = CheckpointRetention(),
-                ioTimeout: Double = 60, log: @escaping @Sendable (String) -> Void = CheckpointServer.standardErrorLog) {
+                ioTimeout: Double = 60, maxClients: Int = CheckpointServer.defaultMaxClients,
+                log: @escaping @Sendable (String) -> Void = CheckpointServer.standardErrorLog) {
         self.root = root; self.token = token; self.host = host; self.requestedPort = port
-        self.retention = retention; self.ioTimeout = ioTimeout; self.log = log
+        self.retention = retention; self.ioTimeout = ioTimeout; self.maxClients = max(1, maxClients); self.log = log
     }
 
     public static let standardErrorLog: @Sendable (String) -> Void = { line in
@@ -130,7 +144,17 @@ public final class CheckpointServer: @unchecked Sendable {
                     switch result {
                     case .success(let session):
                         connection.seal = FrameSeal(session, initiator: false)   // every frame from here on is sealed
+                        lock.lock()
+                        let admitted = serving < maxClients
+                        if admitted { serving += 1 }
+                        lock.unlock()
+                        guard admitted else {
+                            log("refused '\(session.peer)' from \(peer): \(maxClients) authenticated clients are being served (--max-clients)")
+                            connection.refuse(Self.busyRefusal(maxClients))
+                            break
+                        }
                         serve(connection, client: session.peer, id: id)
+                        lock.lock(); serving -= 1; lock.unlock()
                     case .failure(let error): log("refused a connection from \(peer): \(error)")
                     }
                     lock.lock(); connections[id] = nil; lock.unlock()

@@ -25,10 +25,12 @@ public enum CheckpointServiceError: Error, Equatable, CustomStringConvertible {
     case jobFailed(reason: String)
 
     /// Whether trying again may succeed: the service was out of reach, dropped the connection
-    /// or stalled (a restart, an outage); refusals and failed handshakes are final.
+    /// or stalled (a restart, an outage), or was busy serving its most clients at once; other
+    /// refusals and failed handshakes are final.
     public var isTransient: Bool {
         switch self {
         case .unreachable, .connectionLost, .timedOut, .badFrame: return true
+        case let .rejected(_, reason): return reason.hasPrefix(CheckpointServer.busyPrefix)
         default: return false
         }
     }

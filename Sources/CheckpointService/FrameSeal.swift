@@ -26,8 +26,17 @@ final class FrameSeal: @unchecked Sendable {
         Frame.littleEndian(UInt32(plaintext.count + Self.tagBytes)) + (try channel.seal(plaintext))
     }
 
+    /// The sealed length prefix and the record (ciphertext and tag, the sealed box's own bytes)
+    /// for `plaintext`, under the next send nonce: sent one after the other, with no copy.
+    func sealRecord(_ plaintext: UnsafeRawBufferPointer) throws -> (prefix: [UInt8], record: Data) {
+        (Frame.littleEndian(UInt32(plaintext.count + Self.tagBytes)), try channel.sealRecord(plaintext))
+    }
+
     /// The plaintext of `sealed` (ciphertext and tag) under the next receive nonce; nil when it
     /// does not open (tampered, replayed, reordered, dropped before it, or not ours). The
     /// counter moves on either way: after a failure the connection must end.
     func open(_ sealed: [UInt8]) -> [UInt8]? { channel.open(sealed) }
+
+    /// As `open`, the plaintext in the buffer the cipher wrote it to (no copy).
+    func openRecord(_ sealed: UnsafeRawBufferPointer) -> Data? { channel.openRecord(sealed) }
 }

@@ -102,6 +102,9 @@ public final class ServiceConnection {
 
     /// Set once the handshake is done: from then on every frame is sealed (`FrameSeal`).
     var seal: FrameSeal?
+    /// Buffers reused by every sealed frame sent and received (as large as the largest frame so far).
+    private var outgoing: [UInt8] = []
+    private var incoming: [UInt8] = []
 
     public init(fd: Int32, address: String, timeout: Double) {
         self.fd = fd; self.address = address; self.timeout = timeout
@@ -128,11 +131,24 @@ public final class ServiceConnection {
     struct Deadline { var end: Date; var seconds: Double }
 
     public func send(_ frame: Frame, while doing: String) throws {
-        if let seal {
-            try write(seal.seal(frame.unsealed), while: doing)
-        } else {
-            try write(frame.bytes, while: doing)
+        try frame.payload.withUnsafeBytes { try send(frame.type, $0, while: doing) }
+    }
+
+    /// Sends a frame of `type` carrying `payload`. Sealed: the payload is copied once, behind
+    /// the frame's head, into a buffer this connection reuses, and the sealed box's bytes are
+    /// sent as the cipher wrote them.
+    func send(_ type: FrameType, _ payload: UnsafeRawBufferPointer, while doing: String) throws {
+        guard let seal else { return try write(Frame(type, Array(payload)).bytes, while: doing) }
+        let length = 5 + payload.count
+        if outgoing.count < length { outgoing = [UInt8](repeating: 0, count: length) }
+        let (prefix, record) = try outgoing.withUnsafeMutableBytes { buffer in
+            buffer[0] = type.rawValue
+            buffer.storeBytes(of: UInt32(payload.count).littleEndian, toByteOffset: 1, as: UInt32.self)
+            if !payload.isEmpty { UnsafeMutableRawBufferPointer(rebasing: buffer[5..<length]).copyMemory(from: payload) }
+            return try seal.sealRecord(UnsafeRawBufferPointer(rebasing: buffer[..<length]))
         }
+        try prefix.withUnsafeBytes { try write($0, while: doing, more: true) }
+        try record.withUnsafeBytes { try write($0, while: doing) }
     }
 
     public func send(_ type: FrameType, json value: some Encodable, while doing: String) throws {
@@ -141,28 +157,43 @@ public final class ServiceConnection {
 
     /// The next frame; a CRC mismatch, an unknown type or an oversized length is `badFrame`.
     public func receive(while doing: String) throws -> Frame {
-        if let seal { return try receiveSealed(seal, while: doing) }
+        if seal != nil {
+            let (type, payload) = try receiveRecord(while: doing)
+            return Frame(type, Array(payload))
+        }
         let head = try read(5, while: doing)
         let length = try Frame.payloadLength(head: head, address: address, while: doing)
         let payload = try read(length, while: doing)
         return try Frame.checked(head: head, payload: payload, crc: read(4, while: doing), address: address, while: doing)
     }
 
-    /// The next sealed frame: its length bounded, then opened under the next nonce; one that
-    /// does not open ends the connection with `badFrame` naming the peer.
-    private func receiveSealed(_ seal: FrameSeal, while doing: String) throws -> Frame {
+    /// The next frame's type and payload, the payload in the buffer the cipher opened it into
+    /// (no copy; for file bytes). Sealed: its length bounded, then read into a buffer this
+    /// connection reuses and opened under the next nonce; one that does not open ends the
+    /// connection with `badFrame` naming the peer.
+    func receiveRecord(while doing: String) throws -> (type: FrameType, payload: Data) {
+        guard let seal else {
+            let frame = try receive(while: doing)
+            return (frame.type, Data(frame.payload))
+        }
         let length = Int(Frame.uint32(try read(4, while: doing)[...]))
         guard (5 + FrameSeal.tagBytes...FrameSeal.maxSealedBytes).contains(length) else {
             throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame of \(length) bytes, outside \(5 + FrameSeal.tagBytes)...\(FrameSeal.maxSealedBytes), while \(doing)")
         }
-        guard let plain = seal.open(try read(length, while: doing)) else {
+        if incoming.count < length { incoming = [UInt8](repeating: 0, count: length) }
+        let opened = try incoming.withUnsafeMutableBytes { buffer in
+            try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<length]), while: doing)
+            return seal.openRecord(UnsafeRawBufferPointer(rebasing: buffer[..<length]))
+        }
+        guard let plain = opened else {
             throw CheckpointServiceError.badFrame(address: address, reason: "a frame that fails authentication while \(doing): tampered with, replayed, reordered, dropped or injected on the way; nothing of this connection is kept")
         }
-        let payloadLength = Int(Frame.uint32(plain[1..<5]))
-        guard payloadLength == plain.count - 5, let type = FrameType(rawValue: plain[0]) else {
-            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame whose type \(plain[0]) or length \(payloadLength) is wrong while \(doing)")
+        let head = [UInt8](plain.prefix(5))
+        let payloadLength = Int(Frame.uint32(head[1..<5]))
+        guard payloadLength == plain.count - 5, let type = FrameType(rawValue: head[0]) else {
+            throw CheckpointServiceError.badFrame(address: address, reason: "a sealed frame whose type \(head[0]) or length \(payloadLength) is wrong while \(doing)")
         }
-        return Frame(type, Array(plain[5...]))
+        return (type, plain.dropFirst(5))
     }
 
     /// Sends a one-line refusal, stops sending, and drains what the peer still sends (for at
@@ -180,10 +211,16 @@ public final class ServiceConnection {
     }
 
     func write(_ bytes: [UInt8], while doing: String, until deadline: Deadline? = nil) throws {
+        try bytes.withUnsafeBytes { try write($0, while: doing, until: deadline) }
+    }
+
+    /// Sends all of `bytes`; `more`: more follows at once (`MSG_MORE`, so a short prefix does
+    /// not leave as a packet of its own).
+    func write(_ bytes: UnsafeRawBufferPointer, while doing: String, until deadline: Deadline? = nil, more: Bool = false) throws {
         var offset = 0
         while offset < bytes.count {
             try wait(for: Int16(POLLOUT), while: doing, until: deadline)
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0))
             if n < 0, errno == EINTR || errno == EAGAIN { continue }
             guard n > 0 else { throw CheckpointServiceError.connectionLost(address: address, reason: "\(Socket.errorText()) while \(doing)") }
             offset += n
@@ -192,17 +229,22 @@ public final class ServiceConnection {
 
     func read(_ count: Int, while doing: String, until deadline: Deadline? = nil) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
+        try bytes.withUnsafeMutableBytes { try read(into: $0, while: doing, until: deadline) }
+        return bytes
+    }
+
+    /// Fills `buffer` from the socket.
+    func read(into buffer: UnsafeMutableRawBufferPointer, while doing: String, until deadline: Deadline? = nil) throws {
         var offset = 0
-        while offset < count {
+        while offset < buffer.count {
             try wait(for: Int16(POLLIN), while: doing, until: deadline)
-            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
+            let n = recv(fd, buffer.baseAddress! + offset, buffer.count - offset, 0)
             if n < 0, errno == EINTR || errno == EAGAIN { continue }
             guard n > 0 else {
                 throw CheckpointServiceError.connectionLost(address: address, reason: n == 0 ? "closed by the other end while \(doing)" : "\(Socket.errorText()) while \(doing)")
             }
             offset += n
         }
-        return bytes
     }
 
     /// Waits for `events`, at most `timeout` seconds and never past `deadline`.

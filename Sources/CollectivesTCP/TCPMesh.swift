@@ -115,6 +115,7 @@ final class TCPMesh {
         if case let .peerLost(root, _, _)? = abortReport {
             return .timeout(operation: operation, waitingFor: [root], seconds: timeoutSeconds)
         }
+        if case let .tampered(root, _)? = abortReport { return .tampered(rank: root, operation: operation) }
         // Follow each chain to its end: a rank that announced nothing (silent) or is gone.
         var blamed = Set<Int>()
         for start in late {
@@ -128,20 +129,51 @@ final class TCPMesh {
         return .timeout(operation: operation, waitingFor: blamed.sorted(), seconds: timeoutSeconds)
     }
 
+    /// How an abort notice about a tampered frame starts: its readers then report `.tampered`
+    /// naming the same rank, not that it was lost.
+    static let tamperedNotice = "a sealed frame from it failed authentication (tampered with on the network)"
+
     private func tellPeers(rank: Int, error: CollectiveError) {
         guard abortReport == nil else { return }   // only the first detector tells
         let what: String
         switch error {
         case let .peerLost(_, _, detail): what = detail
         case let .timeout(_, _, seconds): what = "silent for \(Int(seconds)) s"
-        case .tampered: what = "a sealed frame from it failed authentication (tampered with on the network)"
+        case .tampered: what = Self.tamperedNotice
         default: what = "\(error)"
         }
         let text = Array("\(what), seen by rank \(worldRank)".utf8)
         let payload = withUnsafeBytes(of: Int64(rank).littleEndian) { Array($0) } + text
         let header = FrameHeader(tag: Self.abortTag, communicator: 0, length: UInt64(payload.count)).bytes
-        for peer in 0..<worldSize where peer != worldRank && sockets[peer] >= 0 && closed[peer] == nil {
-            sendNotice(peer, header: header, payload: payload)
+        // The rank whose frame failed authentication is told too: its socket is still open
+        // (only its records stopped being read), and without the notice it would only see this
+        // rank go and report it lost.
+        let tamperedPeer: Int? = if case .tampered = error { rank } else { nil }
+        let told = (0..<worldSize).filter { $0 != worldRank && sockets[$0] >= 0 && (closed[$0] == nil || $0 == tamperedPeer) }
+        for peer in told { sendNotice(peer, header: header, payload: payload) }
+        linger(told)
+    }
+
+    /// Seconds a rank that sent an abort notice waits for its peers to close.
+    static let lingerSeconds = 0.5
+
+    /// After an abort notice: ends writing to `peers` (the notice, then end of stream) and reads
+    /// what they still send until each closes or `lingerSeconds` pass, so that this rank's exit
+    /// does not reset the connections while data of theirs is unread: a reset can discard the
+    /// notice on its way (at a proxy, say) before the peer reads it.
+    private func linger(_ peers: [Int]) {
+        for peer in peers { shutdown(sockets[peer], Int32(SHUT_WR)) }
+        var open = peers
+        var sink = [UInt8](repeating: 0, count: 64 << 10)
+        let end = Date(timeIntervalSinceNow: Self.lingerSeconds)
+        while !open.isEmpty, Date() < end {
+            var fds = open.map { pollfd(fd: sockets[$0], events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), 50) < 0, errno != EINTR { return }
+            open = open.indices.filter { i in
+                guard fds[i].revents != 0 else { return true }
+                let n = recv(fds[i].fd, &sink, sink.count, 0)
+                return n > 0 || (n < 0 && (errno == EAGAIN || errno == EINTR))
+            }.map { open[$0] }
         }
     }
 
@@ -194,11 +226,13 @@ final class TCPMesh {
             }
             for peer in 0..<worldSize where fds[peer].revents != 0 {
                 let revents = fds[peer].revents
-                if revents & Int16(POLLOUT) != 0 {
-                    try writeReady(peer, &sendState, operation)
-                }
+                // Reading first: a peer that stopped may have sent why (an abort notice) before
+                // its socket closed, and a failed send must not hide that.
                 if revents & Int16(POLLIN | POLLHUP | POLLERR) != 0 {
                     try readReady(peer, receives: receives, pending: &pendingReceives, claimed: &claimed, operation)
+                }
+                if revents & Int16(POLLOUT) != 0 {
+                    try writeReady(peer, &sendState, operation)
                 }
             }
         }
@@ -367,12 +401,27 @@ final class TCPMesh {
         }
     }
 
+    /// A whole header from `peer`, its length bounded before anything uses it: a notice's by
+    /// `maxNoticeBytes`, any other frame's by this host's memory (a receive of it must fit here;
+    /// a frame a receive waits for is then held to that receive's size by `checkLength`). In
+    /// clear mode the header is not authenticated, so this is what stands between a forged or
+    /// corrupt length and an allocation of that size.
     func readHeader(_ raw: UnsafeRawBufferPointer, from peer: Int, _ operation: String) throws -> FrameHeader {
         guard let header = FrameHeader(raw) else {
             throw CollectiveError.backend("\(operation): rank \(peer) sent a frame this rank cannot read (a different Tessera version?)")
         }
+        let notice = header.tag == Self.abortTag || header.tag == Self.waitingTag
+        let limit = notice ? UInt64(Self.maxNoticeBytes) : Self.maxFrameBytes
+        guard header.length <= limit else {
+            throw CollectiveError.backend("\(operation): rank \(peer) sent a frame header announcing \(header.length) B, over the \(limit)-byte limit of \(notice ? "a notice" : "a frame (this host's memory)"); a corrupt or forged header, refused before allocating")
+        }
         return header
     }
+
+    /// The largest abort or waiting notice (a rank and a line of text; a rank per peer).
+    static let maxNoticeBytes = 64 << 10
+    /// The largest frame a rank accepts: its receive must fit in this host's memory.
+    static let maxFrameBytes = min(ProcessInfo.processInfo.physicalMemory, UInt64(Int.max))
 
     /// What a whole header starts. Acknowledgements and by-address frames are handled here
     /// (false: nothing more of the frame to read). An inline frame gets where its payload
@@ -411,7 +460,8 @@ final class TCPMesh {
         if header.tag == Self.abortTag, reader.spill.count >= 8 {
             let root = Int(Int64(littleEndian: reader.spill.withUnsafeBytes { $0.loadUnaligned(as: Int64.self) }))
             let text = String(decoding: reader.spill.dropFirst(8), as: UTF8.self)
-            abortReport = .peerLost(rank: root, operation: operation, detail: text)
+            abortReport = text.hasPrefix(Self.tamperedNotice) ? .tampered(rank: root, operation: operation)
+                : .peerLost(rank: root, operation: operation, detail: text)
         } else if header.tag == Self.waitingTag {
             waitNotices[peer] = reader.spill.withUnsafeBytes { raw in
                 (0..<(raw.count / 8)).map { Int(Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self))) }
@@ -499,8 +549,10 @@ final class TCPMesh {
     /// peer that went first (when one rank dies its neighbours fail next, so the first loss seen
     /// here is the likelier cause).
     func lost(_ peer: Int, _ operation: String) -> CollectiveError {
-        if case let .peerLost(root, _, detail)? = abortReport {
-            return .peerLost(rank: root, operation: operation, detail: detail)
+        switch abortReport {
+        case let .peerLost(root, _, detail)?: return .peerLost(rank: root, operation: operation, detail: detail)
+        case let .tampered(root, _)?: return .tampered(rank: root, operation: operation)
+        default: break
         }
         let first = closedOrder.first ?? peer
         let why = closed[first] ?? "connection closed"

@@ -18,6 +18,8 @@ import Foundation
 /// refusal shares its seal and counters.
 public final class SessionSeal: @unchecked Sendable {
     public static let tagBytes = 16
+    /// The nonce's length: 4 zero bytes and the 8-byte record counter.
+    static let nonceBytes = 12
 
     private let sendKey: SymmetricKey
     private let receiveKey: SymmetricKey
@@ -39,19 +41,30 @@ public final class SessionSeal: @unchecked Sendable {
         return nonce
     }
 
+    /// Ciphertext and tag of `plaintext`, under the next send nonce: a slice of the sealed box's
+    /// own storage (no copy; send it as it is).
+    public func sealRecord(_ plaintext: UnsafeRawBufferPointer) throws -> Data {
+        let box = try AES.GCM.seal(plaintext, using: sendKey, nonce: next(&sent))
+        return box.combined.map { $0.dropFirst(Self.nonceBytes) } ?? box.ciphertext + box.tag   // combined: always, with a 12-byte nonce
+    }
+
     /// Ciphertext and tag of `plaintext`, under the next send nonce.
     public func seal(_ plaintext: UnsafeRawBufferPointer) throws -> [UInt8] {
-        let box = try AES.GCM.seal(plaintext, using: sendKey, nonce: next(&sent))
-        var out = [UInt8](repeating: 0, count: plaintext.count + Self.tagBytes)
-        out.withUnsafeMutableBytes { raw in
-            box.ciphertext.copyBytes(to: raw)
-            box.tag.copyBytes(to: UnsafeMutableRawBufferPointer(rebasing: raw[plaintext.count...]))
-        }
-        return out
+        Array(try sealRecord(plaintext))
     }
 
     public func seal(_ plaintext: [UInt8]) throws -> [UInt8] {
         try plaintext.withUnsafeBytes { try seal($0) }
+    }
+
+    /// The plaintext of `sealed` (ciphertext and tag) under the next receive nonce, in the
+    /// buffer the cipher wrote it to (no copy); nil when it does not open (as `open(_:into:)`).
+    public func openRecord(_ sealed: UnsafeRawBufferPointer) -> Data? {
+        let nonce = next(&received)
+        guard sealed.count >= Self.tagBytes,
+              let box = try? AES.GCM.SealedBox(nonce: nonce, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[..<(sealed.count - Self.tagBytes)]),
+                                                  tag: UnsafeRawBufferPointer(rebasing: sealed[(sealed.count - Self.tagBytes)...])) else { return nil }
+        return try? AES.GCM.open(box, using: receiveKey)
     }
 
     /// Opens `sealed` (ciphertext and tag) under the next receive nonce into `destination`,
@@ -59,21 +72,15 @@ public final class SessionSeal: @unchecked Sendable {
     /// reordered, dropped before it, or not ours), and `destination` is then unchanged. The
     /// counter moves on either way: after a failure the connection must end.
     public func open(_ sealed: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer) -> Bool {
-        let nonce = next(&received)
-        guard sealed.count == destination.count + Self.tagBytes,
-              let box = try? AES.GCM.SealedBox(nonce: nonce, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[..<destination.count]),
-                                                  tag: UnsafeRawBufferPointer(rebasing: sealed[destination.count...])),
-              let plaintext = try? AES.GCM.open(box, using: receiveKey) else { return false }
+        guard sealed.count == destination.count + Self.tagBytes else { _ = next(&received); return false }
+        guard let plaintext = openRecord(sealed) else { return false }
         if !destination.isEmpty { plaintext.copyBytes(to: destination) }
         return true
     }
 
     /// The plaintext of `sealed`, or nil when it does not open (as `open(_:into:)`).
     public func open(_ sealed: [UInt8]) -> [UInt8]? {
-        guard sealed.count >= Self.tagBytes else { _ = next(&received); return nil }
-        var plain = [UInt8](repeating: 0, count: sealed.count - Self.tagBytes)
-        let opened = sealed.withUnsafeBytes { s in plain.withUnsafeMutableBytes { open(s, into: $0) } }
-        return opened ? plain : nil
+        sealed.withUnsafeBytes { openRecord($0) }.map { Array($0) }
     }
 
     /// 12 bytes: four zero bytes, then the record counter (UInt64 LE).

@@ -36,6 +36,9 @@ struct CheckpointServe: ParsableCommand {
     @Option(help: "Seconds without progress after which a client's connection is dropped.")
     var ioTimeout = 60.0
 
+    @Option(help: "Clients that proved the token served at once; one more is refused (\"busy\") and a training rank retries it.")
+    var maxClients = CheckpointServer.defaultMaxClients
+
     @Option(help: "A directory (besides --root) whose teachers, checkpoints and token data soup and distill jobs may read; repeat for more.")
     var allowPath: [String] = []
 
@@ -47,13 +50,15 @@ struct CheckpointServe: ParsableCommand {
         guard keepBest >= 0 else { throw ValidationError("--keep-best \(keepBest) must be 0 or more") }
         guard ioTimeout > 0 else { throw ValidationError("--io-timeout \(ioTimeout) must be positive") }
         guard jobTimeout > 0 else { throw ValidationError("--job-timeout \(jobTimeout) must be positive") }
+        guard maxClients >= 1 else { throw ValidationError("--max-clients \(maxClients) must be at least 1") }
     }
 
     func run() throws {
         let address = try ServiceAddress(listen)
         let token = try Self.jobToken(file: tokenFile)
         let server = CheckpointServer(root: URL(fileURLWithPath: root), token: token, host: address.host, port: address.port,
-                                      retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout)
+                                      retention: CheckpointRetention(keepLast: keep, keepBest: keepBest), ioTimeout: ioTimeout,
+                                      maxClients: maxClients)
         // Each job is this executable's `ckpt job` in a child process, confined like the service.
         let executable = FileManager.default.fileExists(atPath: "/proc/self/exe")
             ? URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path : Bundle.main.executablePath ?? CommandLine.arguments[0]

@@ -35,10 +35,10 @@ final class ServiceFixture {
     var server: CheckpointServer
     var root: URL { directory.url.appendingPathComponent("root") }
 
-    init(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0)) throws {
+    init(retention: CheckpointRetention = CheckpointRetention(keepLast: 10, keepBest: 0), maxClients: Int = CheckpointServer.defaultMaxClients) throws {
         let log = self.log
         server = CheckpointServer(root: directory.url.appendingPathComponent("root"), token: Self.token, retention: retention,
-                                  ioTimeout: 5, log: { log.add($0) })
+                                  ioTimeout: 5, maxClients: maxClients, log: { log.add($0) })
         try server.start()
     }
 
@@ -246,6 +246,11 @@ func deliverConcurrently(_ parts: [CheckpointPart], _ fixture: ServiceFixture) -
         #expect(!FileManager.default.fileExists(atPath: fixture.committed(5).path))
         #expect(try stream { CheckpointCommit.sha256($0) } == "accepted")
         #expect(try CheckpointStore.verifyChecksums(fixture.committed(5)) == Set(p.files.map(\.name)), "the sums recorded are the streamed ones")
+        // upload() leaves each sum to the service (an empty fileEnd): it records the SHA-256 of what arrived.
+        let q = part(step: 6, rank: 0, ranks: 1)
+        #expect(try sink.upload(q).committed)
+        let recorded = try CheckpointStore.checksums(fixture.committed(6))
+        #expect(recorded == Dictionary(uniqueKeysWithValues: q.files.map { ($0.name, CheckpointCommit.sha256($0.data)) }), "\(recorded)")
     }
 
     @Test func fetchReturnsTheCommittedFilesIdentically() throws {

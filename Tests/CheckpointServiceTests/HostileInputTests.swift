@@ -124,4 +124,29 @@ import Glibc
         let aside = try FileManager.default.contentsOfDirectory(atPath: root.appendingPathComponent(".rejected").path)
         #expect(aside.count == 3, "\(aside)")
     }
+    /// Authenticated connections are capped: over `maxClients`, one more client that proved the
+    /// token is refused in one line it may retry (`deliver` does), and is served once a slot frees.
+    @Test func aClientOverTheCapIsRefusedInOneLineAndServedOnceOneLeaves() throws {
+        let fixture = try ServiceFixture(maxClients: 1)
+        let sink = try fixture.sink()
+        var holding: ServiceConnection? = try sink.connect()
+        try holding!.send(Frame(.list), while: "test")   // answered: it holds the one slot now
+        #expect(try sink.reply(holding!, [StepInfo].self, while: "test") == [])
+        do {
+            _ = try sink.list()
+            Issue.record("served a second client with --max-clients 1")
+        } catch let error as CheckpointServiceError {
+            #expect("\(error)".contains("busy: 1 authenticated clients are being served") && !"\(error)".contains("\n"), "\(error)")
+            #expect(error.isTransient, "a busy service is retried")
+        }
+        #expect(fixture.log.contains("--max-clients"))
+        holding = nil   // hangs up: its slot frees once the service sees it
+        let deadline = Date(timeIntervalSinceNow: 5)
+        var served: [StepInfo]?
+        while served == nil, Date() < deadline {
+            served = try? sink.list()
+            if served == nil { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        #expect(served == [], "not served after the other client left")
+    }
 }

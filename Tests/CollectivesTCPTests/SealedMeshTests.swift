@@ -169,6 +169,64 @@ import Glibc
         }
         #expect(try TCPSealMode("auto", key: "k") == .auto)
     }
+
+    /// Every rank names the tampering, not only the one that saw it: rank 0 tells the others
+    /// (its abort notice, a sealed record like any other), and rank 1, reading that notice
+    /// before rank 0's socket closes, reports the tampered frame from rank 1, not "rank 1 was
+    /// lost" or "rank 0 was lost".
+    @Test func theRankAcrossATamperedLinkAlsoNamesTheTampering() throws {
+        var link: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &link) == 0)
+        defer { close(link[1]) }
+        let (hand, mine) = try Self.seals()
+        let rank0 = TCPMesh(worldRank: 0, worldSize: 2, sockets: [-1, link[0]], timeoutSeconds: 5, seals: [nil, mine])
+        var records = try Self.records(hand, payload: [UInt8](repeating: 7, count: 1000))
+        records[1][10] ^= 1   // on the way from rank 1
+        try Socket.writeAll(link[1], records.flatMap { $0 }, deadline: Date(timeIntervalSinceNow: 5))
+        var into = [UInt8](repeating: 0, count: 1000)
+        #expect(throws: CollectiveError.tampered(rank: 1, operation: "test")) {
+            try into.withUnsafeMutableBytes { try rank0.transfer("test", sends: [], receives: [ExpectedFrame(peer: 1, communicator: 0, tag: -1, destination: $0)]) }
+        }
+        var notice: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while case let n = recv(link[1], &buffer, buffer.count, Int32(MSG_DONTWAIT)), n > 0 { notice += buffer[..<n] }
+        #expect(!notice.isEmpty, "rank 0 told rank 1 nothing")
+        // Rank 1 reads what rank 0 sent, then rank 0's socket closes (its process has exited).
+        var pair: [Int32] = [0, 0]
+        precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &pair) == 0)
+        try Socket.writeAll(pair[1], notice, deadline: Date(timeIntervalSinceNow: 5))
+        close(pair[1])
+        let rank1 = TCPMesh(worldRank: 1, worldSize: 2, sockets: [pair[0], -1], timeoutSeconds: 5, seals: [hand, nil])
+        do {
+            try into.withUnsafeMutableBytes { try rank1.transfer("test", sends: [], receives: [ExpectedFrame(peer: 0, communicator: 0, tag: -1, destination: $0)]) }
+            Issue.record("rank 1 completed a receive from rank 0, which had stopped")
+        } catch {
+            #expect(error as? CollectiveError == .tampered(rank: 1, operation: "test"), "\(error)")
+            #expect("\(error)".contains("a sealed frame from rank 1 failed authentication"), "\(error)")
+        }
+    }
+
+    /// Clear mode: a header whose length is over its limit (forged or corrupt; clear headers are
+    /// not authenticated) is refused in one line naming the rank, before anything of that size
+    /// is allocated (a 2^62-byte spill used to be attempted).
+    @Test func anOversizedClearHeaderIsRefusedNamingTheRank() throws {
+        for (tag, length) in [(Int64(-1), UInt64(1) << 62), (TCPMesh.abortTag, UInt64(1) << 20)] {
+            var fds: [Int32] = [0, 0]
+            precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
+            defer { close(fds[1]) }
+            let mesh = TCPMesh(worldRank: 0, worldSize: 2, sockets: [-1, fds[0]], timeoutSeconds: 5)
+            try Socket.writeAll(fds[1], FrameHeader(tag: tag, communicator: 0, length: length).bytes, deadline: Date(timeIntervalSinceNow: 5))
+            var destination = [UInt8](repeating: 0, count: 16)
+            do {
+                try destination.withUnsafeMutableBytes {   // waits for another tag: the header's frame would be spilled
+                    try mesh.transfer("test", sends: [], receives: [ExpectedFrame(peer: 1, communicator: 0, tag: -2, destination: $0)])
+                }
+                Issue.record("accepted a header announcing \(length) B")
+            } catch {
+                let text = "\(error)"
+                #expect(text.contains("rank 1 sent a frame header announcing \(length) B") && !text.contains("\n"), "\(text)")
+            }
+        }
+    }
 }
 
 /// A small deterministic generator (splitmix64) for the test's values.
