@@ -56,10 +56,11 @@ let package = Package(
         .target(name: "TrainingConfig", dependencies: ["Models", "Yams"], swiftSettings: settings),
         .target(name: "TokenData", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "Training", dependencies: ["TrainingConfig", "TokenData", "Models", "Checkpointing", "CheckpointService", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
+        .target(name: "Distillation", dependencies: ["Training", "TrainingConfig", "TokenData", "Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .executableTarget(
             name: "TesseraCLI",
             dependencies: [
-                "Training", "TrainingConfig", "TokenData", "CollectivesMPI", "CollectivesTCP", "Networking", "Checkpointing", "CheckpointService", "Collectives", "Kernels", "Models", "TensorCore",
+                "Training", "Distillation", "TrainingConfig", "TokenData", "CollectivesMPI", "CollectivesTCP", "Networking", "Checkpointing", "CheckpointService", "Collectives", "Kernels", "Models", "TensorCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings),
@@ -78,6 +79,6 @@ let package = Package(
         .testTarget(name: "CheckpointServiceTests", dependencies: ["CheckpointService", "Checkpointing", "Networking", "TensorCore", "_TestSupport", "_CheckpointTestSupport"], swiftSettings: settings),
         .testTarget(name: "TrainingConfigTests", dependencies: ["TrainingConfig", "Models", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "TokenDataTests", dependencies: ["TokenData", "TensorCore", "_TestSupport"], swiftSettings: settings),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "TrainingConfig", "TokenData", "CheckpointService", "Checkpointing", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Distillation", "TrainingConfig", "TokenData", "CheckpointService", "Checkpointing", "Collectives", "Kernels", "Models", "TensorCore", "_TestSupport"], swiftSettings: settings),
     ]
 )

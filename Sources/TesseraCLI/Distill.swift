@@ -1,7 +1,8 @@
 import ArgumentParser
-import CheckpointService
 import Checkpointing
+import CheckpointService
 import Collectives
+import Distillation
 import Foundation
 import Training
 import TrainingConfig

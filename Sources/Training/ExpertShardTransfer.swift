@@ -11,7 +11,7 @@ import TensorCore
 /// the other replicas hold the same values. Resuming, each asks rank 0 for its experts by name,
 /// then hands them to its replicas with a broadcast over `replicas(ofShardsAlong: .expert)`.
 /// Nothing moves when the expert axis has one rank.
-struct ExpertShardTransfer {
+public struct ExpertShardTransfer {
     let grid: ProcessGrid
     let parameters: ParameterSet
     let optimizer: Optimizer
@@ -20,7 +20,7 @@ struct ExpertShardTransfer {
 
     static let namesTag = MessageTag.expertShardNames.tag(), valuesTag = MessageTag.expertShardValues.tag()
 
-    init(grid: ProcessGrid, parameters: ParameterSet, optimizer: Optimizer, global: [ParameterDeclaration]) {
+    public init(grid: ProcessGrid, parameters: ParameterSet, optimizer: Optimizer, global: [ParameterDeclaration]) {
         self.grid = grid
         self.parameters = parameters
         self.optimizer = optimizer
@@ -33,7 +33,7 @@ struct ExpertShardTransfer {
 
     /// After rank 0 loaded its own parameters and moments from `contents` and the world
     /// received rank 0's buffers: gives every rank its own experts. `contents` on rank 0 only.
-    func scatterFromReader(_ contents: CheckpointContents?) throws {
+    public func scatterFromReader(_ contents: CheckpointContents?) throws {
         guard active else { return }
         let replicas = grid.replicas(ofShardsAlong: .expert)
         let mine = sharded

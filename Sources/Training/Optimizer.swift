@@ -14,7 +14,7 @@ public final class Optimizer {
     let exponentialAverage: FloatBuffer
     let exponentialAverageSquares: FloatBuffer
     /// The parameters `step` updates: all of them, or those a distillation stage trains.
-    let trained: [ParameterSet.Entry]
+    public let trained: [ParameterSet.Entry]
     /// Steps taken (AdamW's bias correction uses it).
     public private(set) var stepsTaken = 0
 
@@ -74,8 +74,8 @@ public final class Optimizer {
     }
 
     /// Both moment buffers, for broadcasting a loaded state to other ranks.
-    var buffers: [FloatBuffer] { [exponentialAverage, exponentialAverageSquares] }
+    public var buffers: [FloatBuffer] { [exponentialAverage, exponentialAverageSquares] }
 
     /// Sets the step count after the moments arrived by broadcast.
-    func setStepsTaken(_ steps: Int) { stepsTaken = steps }
+    public func setStepsTaken(_ steps: Int) { stepsTaken = steps }
 }

@@ -76,7 +76,7 @@ public final class Trainer {
     /// The grid layout the config asks for on `worldSize` ranks (`parallel.data = 0`: the rest),
     /// with `parallel.expert` ranks of each data group holding different experts. Checked before
     /// any rank computes, the same on every rank.
-    static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
+    public static func layout(_ config: RunConfig, worldSize: Int) throws -> GridLayout {
         let sequence = config.parallel.sequence
         if let problem = SequenceSharding.problem(length: config.data.seqLen, ranks: sequence) {
             throw TrainingError.sequenceLengthDoesNotSplit(source: config.origin(of: "data.seq_len", "parallel.sequence"), problem: problem)

@@ -12,18 +12,18 @@ import TrainingConfig
 /// (`CheckpointWriter`), at most one save in flight. Resuming: rank 0 reads the newest complete
 /// checkpoint as whole tensors (fetched from `sink`) and the others receive what they hold by
 /// broadcast, so other nodes need no shared disk and any layout can resume any checkpoint.
-struct TrainingCheckpoints {
+public struct TrainingCheckpoints {
     /// The run's checkpoint directory (the directory sink's root).
-    let store: CheckpointStore
-    let sink: CheckpointSink
-    let world: Communicator
+    public let store: CheckpointStore
+    public let sink: CheckpointSink
+    public let world: Communicator
     let writer = CheckpointWriter()
 
     var isWriter: Bool { world.rank == 0 }
 
     /// The checkpoints of the run `config` describes: its `run.dir/checkpoints`, written through
     /// `sink`, or without one through the sink the config names (`CheckpointSinks.make`).
-    init(config: RunConfig, world: Communicator, sink: CheckpointSink?) throws {
+    public init(config: RunConfig, world: Communicator, sink: CheckpointSink?) throws {
         let options = CheckpointSinkOptions(config: config, identity: "rank \(world.rank) of \(world.size)")
         self.init(store: CheckpointStore(root: options.directory), sink: try sink ?? CheckpointSinks.make(options), world: world)
     }
@@ -46,7 +46,7 @@ struct TrainingCheckpoints {
     /// replica 0 for experts) and their moments in `optimizer`; rank 0 adds the index (every
     /// rank's tensor names are gathered, not their values) and the files `metadata` makes of
     /// the weight map. Every rank calls it (the names travel by all-gather).
-    static func part(step: Int, grid: ProcessGrid, parameters p: ParameterSet, optimizer: Optimizer,
+    public static func part(step: Int, grid: ProcessGrid, parameters p: ParameterSet, optimizer: Optimizer,
                      metadata: (_ weightMap: [String: String]) throws -> [CheckpointFile]) throws -> CheckpointPart {
         let owned = p.entries.filter { grid.replicas(ofShardsAlong: $0.placement.shardAxis).rank == 0 }
         let world = grid.world
@@ -78,7 +78,7 @@ struct TrainingCheckpoints {
 
     /// Starts delivering `part` (already encoded) on the writer thread; its receipt says
     /// whether the step is committed, and where.
-    func submit(_ part: CheckpointPart) {
+    public func submit(_ part: CheckpointPart) {
         let sink = self.sink
         writer.submit(step: part.step) { try sink.deliver(part) }
     }
@@ -175,7 +175,7 @@ struct TrainingCheckpoints {
     /// error. Rank 0 fetches and reads on its own thread while every rank waits in short
     /// collective rounds (`onRankZero`), so a download or read longer than
     /// `parallel.timeout_seconds` trips no collective deadline.
-    func loadLatest(step chosen: Int? = nil, check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
+    public func loadLatest(step chosen: Int? = nil, check: @escaping (URL, CheckpointContents) throws -> Void) throws -> (found: Bool, contents: CheckpointContents?) {
         var failure: Error?
         var contents: CheckpointContents?
         let sink = self.sink
@@ -215,14 +215,14 @@ struct TrainingCheckpoints {
     }
 
     /// Copies rank 0's `buffers` to every rank.
-    func broadcast(_ buffers: [FloatBuffer]) throws {
+    public func broadcast(_ buffers: [FloatBuffer]) throws {
         for buffer in buffers {
             try world.broadcast(UnsafeMutableRawBufferPointer(start: buffer.pointer, count: buffer.count * 4), root: 0)
         }
     }
 
     /// Copies rank 0's integers to every rank.
-    func broadcast(_ values: [Int]) throws -> [Int] {
+    public func broadcast(_ values: [Int]) throws -> [Int] {
         var wide = values.map(Int64.init)
         try wide.withUnsafeMutableBytes { try world.broadcast($0, root: 0) }
         return wide.map(Int.init)

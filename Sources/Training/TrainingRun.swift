@@ -68,13 +68,13 @@ extension Trainer: StepProgram {
         return summary
     }
 
-    var command: String { "train" }
+    public var command: String { "train" }
 
-    func runDirectoryInUse(checkpoint: String) -> Error {
+    public func runDirectoryInUse(checkpoint: String) -> Error {
         TrainingError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: checkpoint)
     }
 
-    func resume(loop: RunLoop) throws -> Int? {
+    public func resume(loop: RunLoop) throws -> Int? {
         let from = try resumeFromLatest()
         let location = checkpointSink.location
         reporter?.note(from.map { "resumed from step \($0) of \(location)" } ?? "no checkpoint in \(location) yet; starting from step 0")
@@ -84,12 +84,12 @@ extension Trainer: StepProgram {
         return from
     }
 
-    func begin(loop: RunLoop, metrics: MetricsLog?) throws {
+    public func begin(loop: RunLoop, metrics: MetricsLog?) throws {
         progress = RunProgress()
         reporter?.start(step: step, total: config.train.steps, tokensPerStep: tokensPerStep, ranks: grid.world.size)
     }
 
-    func takeStep(loop: RunLoop, end: Int) throws -> [[String: Any]] {
+    public func takeStep(loop: RunLoop, end: Int) throws -> [[String: Any]] {
         let rate = schedule.rate(at: step)
         let loss = try trainStep()
         progress.losses.append(loss)
@@ -103,7 +103,7 @@ extension Trainer: StepProgram {
         return [record]
     }
 
-    func afterStep(loop: RunLoop, end: Int, metrics: MetricsLog?) throws -> (checkpoint: Bool, validationLoss: Double?) {
+    public func afterStep(loop: RunLoop, end: Int, metrics: MetricsLog?) throws -> (checkpoint: Bool, validationLoss: Double?) {
         if step % config.train.logEvery == 0 || step == end {
             reporter?.progress(step: step, total: config.train.steps, loss: progress.losses.last ?? .nan, learningRate: progress.learningRate,
                                tokensPerSecond: progress.tokensPerSecond)
@@ -120,7 +120,7 @@ extension Trainer: StepProgram {
         return (every > 0 && step % every == 0, validatedNow)
     }
 
-    func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
+    public func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
         checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 

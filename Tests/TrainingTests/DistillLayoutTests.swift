@@ -1,12 +1,13 @@
-import Foundation
-import Testing
+import _TestSupport
 import Collectives
+import Distillation
+import Foundation
 import Kernels
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// Distillation on sequence- and expert-parallel layouts against one rank: every stage's
 /// losses and the final student within 1e-5, every rank the same bits, and a run restored in

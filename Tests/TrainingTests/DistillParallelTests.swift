@@ -1,12 +1,13 @@
-import Foundation
-import Testing
+import _TestSupport
 import Collectives
+import Distillation
+import Foundation
 import Kernels
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// Data-parallel distillation (N ranks = one rank on the global batch, every stage) and exact
 /// resume from an exported state.

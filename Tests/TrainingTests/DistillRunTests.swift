@@ -1,11 +1,12 @@
-import Testing
+import _TestSupport
 import Checkpointing
 import Collectives
+import Distillation
 import Foundation
 import Models
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// A teacher trained a few steps on the test corpus and saved: its checkpoint and contents.
 private func makeTeacher(_ directory: TemporaryDirectory, data: String, extra: [String] = []) throws -> (url: URL, contents: CheckpointContents, config: RunConfig) {

@@ -1,12 +1,13 @@
-import Foundation
-import Testing
+import _TestSupport
 import Collectives
+import Distillation
+import Foundation
 import Kernels
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// A distiller of `tinyTeacher(layers:moe:)` whose batches are `batches[0], batches[1], …` from
 /// `start` on (each batch × length tokens), on `communicator` (its ranks the data axis) when given.

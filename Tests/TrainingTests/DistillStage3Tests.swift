@@ -1,11 +1,12 @@
+import _TestSupport
+import Distillation
 import Foundation
-import Testing
 import Kernels
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// Stage 3 (end-to-end knowledge distillation) on one rank.
 @Suite struct DistillStage3Tests {

@@ -1,8 +1,9 @@
+import Distillation
 import Foundation
-import Testing
 import Kernels
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
 

@@ -1,10 +1,11 @@
+import _TestSupport
+import Distillation
 import Foundation
-import Testing
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// `model.sequence_mixer`, `model.attention_layers`, `model.ssm_chunk_size`: a Mamba-2 or hybrid
 /// model described by its run config, so training from scratch and every checkpoint loader see it.

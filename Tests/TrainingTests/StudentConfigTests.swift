@@ -1,11 +1,12 @@
-import Foundation
-import Testing
+import _TestSupport
 import Checkpointing
+import Distillation
+import Foundation
 import Models
 import TensorCore
+import Testing
 import Training
 import TrainingConfig
-import _TestSupport
 
 /// A student's checkpoint `config.json`: Phi-Mamba's `LMHeadModel` layout describing every
 /// layer (which mixer, its sizes), consistent with the tensors; `tessera export hf` refuses it.

@@ -2,7 +2,7 @@ import Checkpointing
 import Foundation
 
 /// `metrics.jsonl`: one JSON object per line, one file per run.
-final class MetricsLog {
+public final class MetricsLog {
     let handle: FileHandle
     let path: String
 
@@ -40,7 +40,7 @@ final class MetricsLog {
         try CheckpointCommit.writeDurably(text, to: url)
     }
 
-    func write(_ object: [String: Any]) throws {
+    public func write(_ object: [String: Any]) throws {
         var line = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
         line.append(0x0A)
         do { try handle.write(contentsOf: line) } catch {

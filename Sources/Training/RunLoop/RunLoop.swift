@@ -3,7 +3,7 @@ import Foundation
 
 /// What a `RunLoop` drives: a training run (`Trainer`) or a distillation (`DistillRun`), one
 /// step at a time. Every rank calls the same methods in the same order.
-protocol StepProgram: AnyObject {
+public protocol StepProgram: AnyObject {
     /// The command that continues a stopped run (`train`, `distill`).
     var command: String { get }
     /// Steps taken so far (the run's step; a checkpoint's step).
@@ -32,29 +32,29 @@ protocol StepProgram: AnyObject {
 /// the ranks waiting for a save together (`TrainingCheckpoints.waitForSavesOnEveryRank`, so a
 /// slow save trips no collective deadline); rank 0's lines go through the stop-aware
 /// `ProgressReporter`. Call from a plain thread (collectives block).
-final class RunLoop {
-    let checkpoints: TrainingCheckpoints
+public final class RunLoop {
+    public let checkpoints: TrainingCheckpoints
     let runDirectory: URL
     /// Rank 0's reporter (nil elsewhere, and on rank 0 when silent).
-    let reporter: ProgressReporter?
+    public let reporter: ProgressReporter?
     let stopRequested: (() -> Bool)?
     let onRunEvent: ((RunEvent) -> Void)?
     /// When this invocation's steps began (`elapsed_s`).
-    private(set) var started = Date()
+    public private(set) var started = Date()
     private var intervalStart = Date(), intervalSteps = 0
 
-    init(checkpoints: TrainingCheckpoints, runDirectory: URL, reporter: ProgressReporter?, stopRequested: (() -> Bool)?,
+    public init(checkpoints: TrainingCheckpoints, runDirectory: URL, reporter: ProgressReporter?, stopRequested: (() -> Bool)?,
          onRunEvent: ((RunEvent) -> Void)?) {
         self.checkpoints = checkpoints; self.runDirectory = runDirectory; self.reporter = reporter
         self.stopRequested = stopRequested; self.onRunEvent = onRunEvent
     }
 
-    var isReporter: Bool { checkpoints.world.rank == 0 }
+    public var isReporter: Bool { checkpoints.world.rank == 0 }
 
     /// Runs `program` from where it is (the newest checkpoint with `resume`) to step `end`.
     /// `interruptAtEnd`: end with a checkpoint and `TrainingInterrupted` (`--stop-at`).
     /// `startLines`: printed once the run holds run.dir (a run refused at the door says one line).
-    func run(_ program: StepProgram, resume: Bool, end: Int, interruptAtEnd: Bool = false, startLines: [String] = []) throws {
+    public func run(_ program: StepProgram, resume: Bool, end: Int, interruptAtEnd: Bool = false, startLines: [String] = []) throws {
         let lock = try holdRunDirectory()
         defer { lock?.release() }
         startLines.forEach { reporter?.note($0) }
@@ -110,7 +110,7 @@ final class RunLoop {
     }
 
     /// Tokens per second over the steps since the last call (pauses not counted); starts a new interval.
-    func takeRate(tokensPerStep: Int) -> Double {
+    public func takeRate(tokensPerStep: Int) -> Double {
         let rate = Double(intervalSteps * tokensPerStep) / max(Date().timeIntervalSince(intervalStart), 1e-9)
         (intervalStart, intervalSteps) = (Date(), 0)
         return rate

@@ -1,6 +1,7 @@
 import Collectives
 import Models
 import TensorCore
+import Training
 import TrainingConfig
 
 /// Builds a MOHAWK student from a transformer teacher: the teacher's shell (embeddings, norms,

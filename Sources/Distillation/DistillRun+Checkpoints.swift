@@ -1,6 +1,7 @@
 import Checkpointing
 import Foundation
 import TensorCore
+import Training
 import TrainingConfig
 
 extension DistillRun {

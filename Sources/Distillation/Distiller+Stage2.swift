@@ -1,5 +1,6 @@
 import Models
 import TensorCore
+import Training
 
 /// Stage 2 of MOHAWK, hidden-state alignment.
 ///

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import Training
 
 /// The losses of one stage-3 step (each a mean, averaged over ranks).
 public struct Stage3Losses: Equatable, Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import Training
 import TrainingConfig
 import Yams
 

@@ -2,6 +2,7 @@ import Collectives
 import Kernels
 import Models
 import TensorCore
+import Training
 import TrainingConfig
 
 /// MOHAWK distillation of a transformer teacher into a Mamba-2 (or hybrid) student.

@@ -1,5 +1,6 @@
 import Models
 import TensorCore
+import Training
 
 /// Distillation with the sequence sharded over S sequence ranks (the grid's sequence axis).
 ///

@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import Training
 import TrainingConfig
 
 /// Where a distillation is: the stage of the last step taken and how many steps of it are
@@ -127,7 +128,7 @@ public final class DistillRun {
     /// Without `resume`, a run directory that already holds checkpoints is refused.
     public func run(resume: Bool, stopAt: Int? = nil) throws -> [DistillStageSummary] {
         let total = globalStep(stage: 3, stageStep: steps(ofStage: 3))
-        let loop = RunLoop(checkpoints: checkpoints, runDirectory: runDirectory, reporter: reporter, stopRequested: stopRequested,
+        let loop = Training.RunLoop(checkpoints: checkpoints, runDirectory: runDirectory, reporter: reporter, stopRequested: stopRequested,
                            onRunEvent: onRunEvent)
         (tally, summaries) = (nil, [])
         try loop.run(self, resume: resume, end: min(total, stopAt ?? total), interruptAtEnd: stopAt.map { $0 <= total } ?? false)

@@ -4,6 +4,7 @@ import Foundation
 import Kernels
 import Models
 import TensorCore
+import Training
 import TrainingConfig
 
 /// The figures of the stage an invocation is running, for its summary.
@@ -30,13 +31,13 @@ extension DistillRun: StepProgram {
                       bucketBytes: Int(config.parallel.bucketMB * 1_048_576), nextBatch: { batches.next() })
     }
 
-    var command: String { "distill" }
+    public var command: String { "distill" }
 
-    func runDirectoryInUse(checkpoint: String) -> Error {
+    public func runDirectoryInUse(checkpoint: String) -> Error {
         DistillRunError.runDirectoryInUse(runDirectory: runDirectory.path, checkpoint: checkpoint)
     }
 
-    func resume(loop: RunLoop) throws -> Int? {
+    public func resume(loop: Training.RunLoop) throws -> Int? {
         let from = try resumeFromLatest()
         reporter?.note(from.map { "resumed from step \($0) (stage \(stage), step \(stageStep) of \(steps(ofStage: stage))) of \(checkpointLocation)" }
                        ?? "no checkpoint in \(checkpointLocation) yet; starting from the beginning")
@@ -44,14 +45,14 @@ extension DistillRun: StepProgram {
     }
 
     /// At the start of a run, the teacher's validation loss (metrics: `teacher_val_loss`).
-    func begin(loop: RunLoop, metrics: MetricsLog?) throws {
+    public func begin(loop: Training.RunLoop, metrics: MetricsLog?) throws {
         guard stage == 0 else { return }
         let loss = try Evaluator(model: teacher, data: batches.data, comm: world).validationLoss(batches: config.eval.batches)
         reporter?.note(String(format: "teacher %@: validation loss %.4f nats/byte over %d batches", teacherCheckpoint.path, loss, config.eval.batches))
         try metrics?.write(["step": 0, "teacher_val_loss": loss])
     }
 
-    func takeStep(loop: RunLoop, end: Int) throws -> [[String: Any]] {
+    public func takeStep(loop: Training.RunLoop, end: Int) throws -> [[String: Any]] {
         if stage == 0 || stageStep >= steps(ofStage: stage) {   // the next stage with steps
             (stage, stageStep) = ((stage + 1...3).first { steps(ofStage: $0) > 0 }!, 0)
         }
@@ -94,13 +95,13 @@ extension DistillRun: StepProgram {
         return records
     }
 
-    func afterStep(loop: RunLoop, end: Int, metrics: MetricsLog?) throws -> (checkpoint: Bool, validationLoss: Double?) {
+    public func afterStep(loop: Training.RunLoop, end: Int, metrics: MetricsLog?) throws -> (checkpoint: Bool, validationLoss: Double?) {
         tally?.lines.forEach { reporter?.note($0) }
         let every = config.checkpoint.every
         return (stageStep == steps(ofStage: stage) || (every > 0 && stageStep % every == 0), tally?.validatedNow)
     }
 
-    func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
+    public func submitCheckpoint(to checkpoints: TrainingCheckpoints, validationLoss: Double?) throws {
         checkpoints.submit(try checkpointPart(validationLoss: validationLoss ?? tally?.validatedNow))
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Training
 
 /// The token batches of a distillation: the training split's sampler, exactly as training
 /// takes it (`TrainingData.trainBatch`), global batch `train.global_batch` split over the data
