@@ -20,6 +20,8 @@ public final class Trainer {
     public internal(set) var step = 0
     public internal(set) var samplesSeen = 0
     public private(set) var lastGradientNorm = 0.0
+    /// Sequences per forward/backward pass on this rank (`train.micro_batch`, 0: the local batch).
+    public let microBatch: Int
     let schedule: LearningRateSchedule
     let reducer: GradientReducer
     let checkpoints: TrainingCheckpoints
@@ -48,6 +50,12 @@ public final class Trainer {
         guard config.train.globalBatch % layout.data == 0 else {
             throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
+        let micro = config.train.microBatch == 0 ? config.train.globalBatch / layout.data : config.train.microBatch
+        guard (config.train.globalBatch / layout.data) % micro == 0 else {
+            throw TrainingError.microBatchDoesNotDivide(source: config.origin(of: "train.global_batch", "train.micro_batch", "parallel.data"),
+                                                        globalBatch: config.train.globalBatch, dataRanks: layout.data, microBatch: micro)
+        }
+        microBatch = micro
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
                                 sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
@@ -115,10 +123,18 @@ public final class Trainer {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
         model.parameters.zeroGradients()
         let reducer = self.reducer
-        let lossSum = model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
-                                             positions: data.positions,
-                                             gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
-        if let failure = model.passFailure { throw failure }
+        // Gradient accumulation: the passes add into the gradients; only the last one hands its
+        // ranges to the reducer, so the step is reduced once, overlapped with that backward.
+        let passes = data.localBatch / microBatch, span = microBatch * data.localLength
+        var lossSum = 0.0
+        for pass in 0..<passes {
+            let rows = passes == 1 ? 0..<batch.tokens.count : (pass * span)..<((pass + 1) * span)
+            let ready: ((Range<Int>) -> Void)? = pass == passes - 1 ? { reducer.ready($0) } : nil
+            lossSum += model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
+                                              length: data.localLength, positions: data.positions,
+                                              gradientScale: 1 / Float(tokensPerStep), ready: ready)
+            if let failure = model.passFailure { throw failure }
+        }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 
