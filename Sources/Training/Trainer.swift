@@ -26,6 +26,8 @@ public final class Trainer {
     let reducer: GradientReducer
     let checkpoints: TrainingCheckpoints
     let experts: ExpertShardTransfer
+    /// This rank's owned pieces under `parallel.zero` ≥ 1 (nil at 0).
+    let partition: ZeroPartition?
     public var reporter: ProgressReporter?
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
@@ -67,15 +69,19 @@ public final class Trainer {
         model.threads = KernelThreads(config.train.threads)
         self.model = model
         let train = config.train
+        let bucketBytes = Int(config.parallel.bucketMB * 1_048_576)
+        partition = config.parallel.zero == 0 ? nil
+            : ZeroPartition(stage: config.parallel.zero, parameters: model.parameters, grid: grid, chunkFloats: bucketBytes / 4)
         optimizer = Optimizer(rule: AdamW(beta1: Float(train.beta1), beta2: Float(train.beta2), eps: Float(train.eps),
-                                          weightDecay: Float(train.weightDecay)), parameters: model.parameters)
+                                          weightDecay: Float(train.weightDecay)), parameters: model.parameters, partition: partition)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
                                         totalSteps: train.steps)
         // Expert dispatch and sequence-parallel attention communicate during the backward pass on
         // the training thread, and a communicator may be used by one thread at a time: no
         // overlapped reduction beside them.
-        reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
-                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
+        reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
+                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1,
+                                  scatter: config.parallel.zero >= 2 ? partition : nil)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
         checkpoints = TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
@@ -106,6 +112,7 @@ public final class Trainer {
                 throw TrainingError.expertsDoNotDivide(source: config.origin(of: "moe.experts", "parallel.expert"), experts: config.moe.experts, expert: expert)
             }
         }
+        guard config.parallel.zero <= 2 else { throw TrainingError.zeroStageNotBuilt(source: config.origin(of: "parallel.zero"), stage: config.parallel.zero) }
         return GridLayout(data: data, sequence: sequence, expert: expert)
     }
 
@@ -121,7 +128,7 @@ public final class Trainer {
     @discardableResult
     public func trainStep() throws -> Double {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
-        model.parameters.zeroGradients()
+        if let partition, partition.stage >= 2 { partition.clearGradients() } else { model.parameters.zeroGradients() }
         let reducer = self.reducer
         // Gradient accumulation: the passes add into the gradients; only the last one hands its
         // ranges to the reducer, so the step is reduced once, overlapped with that backward.
@@ -139,9 +146,13 @@ public final class Trainer {
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 
         let p = model.parameters
-        let norm = try GradientNorm.global(p, grid: grid)
+        let norm: Double
+        if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
+            norm = try GradientNorm.global(p, grid: grid)
+        }
         let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
         optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
+        try partition?.allGatherParameters()   // each owner updated its pieces; every rank gets them all
         step += 1
         samplesSeen += globalBatch
         lastGradientNorm = norm
