@@ -121,6 +121,8 @@ public final class Trainer {
     public var tokensPerStep: Int { data.tokensPerStep }
     public var runDirectory: URL { URL(fileURLWithPath: config.run.dir) }
     public var store: CheckpointStore { checkpoints.store }
+    /// Bytes this rank holds by design for parameters, gradients and AdamW moments (`parallel.zero`).
+    public var stateBytes: Int { partition?.stateBytes ?? ZeroPartition.stateBytes(unpartitioned: model.parameters) }
 
     // MARK: One step
 
