@@ -27,25 +27,19 @@ import _TestSupport
         return out
     }
 
-    /// Each rank's run, and the floats of optimizer state it held (moments per buffer).
     /// `model`: the layout whose model settings to use (default: `layout`'s); one rank is
     /// compared with a layout on the same model.
-    static func train(_ layout: Layout, model: Layout? = nil, zero: Int, data: String, run: String) throws -> [(run: RankRun, moments: Int, total: Int)] {
+    static func train(_ layout: Layout, model: Layout? = nil, zero: Int, data: String, run: String) throws -> [RankRun] {
         let config = try RunConfig(file: nil, overrides: overrides(model ?? layout, data: data, run: run)
             + ["parallel.zero=\(zero)", "parallel.data=\(layout.data)", "parallel.sequence=\(layout.sequence)", "parallel.expert=\(layout.expert)"])
-        return try InProcessCommunicator.run(size: layout.ranks, timeoutSeconds: 60) { comm -> (run: RankRun, moments: Int, total: Int) in
-            let trainer = try Trainer(config: config, world: comm)
-            var seen = RankRun()
-            for _ in 0..<steps {
-                seen.losses.append(try trainer.trainStep())
-                seen.gradientNorms.append(trainer.lastGradientNorm)
-            }
-            let p = trainer.model.parameters
-            seen.parameters = p.values.array
-            for e in p.entries where e.placement.shardAxis == nil { seen.namedParameters[e.name] = Array(p.values.buffer[e.range]) }
-            for e in p.entries where e.placement.shardAxis != nil { seen.namedParameters["sharded " + e.name] = Array(p.values.buffer[e.range]) }
-            return (seen, trainer.optimizer.exponentialAverage.count, trainer.model.parameters.count)
-        }.map { try $0.get() }
+        return try trainInProcess(config, ranks: layout.ranks, steps: steps)
+    }
+
+    /// Floats of each AdamW moment a rank held, from its state bytes: parameters (whole),
+    /// gradients (whole below stage 2, its pieces at 2) and two moments (its pieces).
+    static func momentFloats(_ run: RankRun, zero: Int) -> Int {
+        let floats = run.stateBytes / 4, parameters = run.parameters.count
+        return zero >= 2 ? (floats - parameters) / 3 : (floats - 2 * parameters) / 2
     }
 
     static let layouts: [(Layout, Int)] = [2, 3, 4].flatMap { n in [1, 2].map { (Layout(data: n), $0) } }
@@ -56,19 +50,19 @@ import _TestSupport
         let directory = TemporaryDirectory()
         defer { directory.remove() }
         let data = try makeCorpus(in: directory)
-        let single = try Self.train(Layout(), model: layout, zero: 0, data: data, run: directory.file("one"))[0].run
+        let single = try Self.train(Layout(), model: layout, zero: 0, data: data, run: directory.file("one"))[0]
         let sharded = try Self.train(layout, zero: zero, data: data, run: directory.file("sharded"))
         #expect(single.losses.last! < single.losses.first! - 0.3, "the tiny model should learn: \(single.losses)")
-        for (rank, seen) in sharded.enumerated() {
-            let run = seen.run
-            #expect(run.losses == sharded[0].run.losses && run.gradientNorms == sharded[0].run.gradientNorms, "\(layout) rank \(rank)")
-            // Replicated tensors: bitwise equal on every rank. Every tensor (expert shards by
-            // their global names): one rank's values within tolerance.
-            for (name, values) in run.namedParameters where !name.hasPrefix("sharded ") {
-                #expect(values == sharded[0].run.namedParameters[name], "\(layout) zero \(zero): rank \(rank)'s \(name) differs from rank 0's")
-            }
+        #expect(single.stateBytes == 16 * single.parameters.count)
+        for (rank, run) in sharded.enumerated() {
+            #expect(run.losses == sharded[0].losses && run.gradientNorms == sharded[0].gradientNorms, "\(layout) rank \(rank)")
             for (name, values) in run.namedParameters {
-                let reference = single.namedParameters[name] ?? single.namedParameters[name.replacingOccurrences(of: "sharded ", with: "")] ?? []
+                // A tensor two ranks both hold (replicated, or one expert's replicas): bitwise equal.
+                if let other = sharded[0].namedParameters[name] {
+                    #expect(values == other, "\(layout) zero \(zero): rank \(rank)'s \(name) differs from rank 0's")
+                }
+                // Every tensor (expert shards by their global names): one rank's within tolerance.
+                let reference = single.namedParameters[name] ?? []
                 #expect(reference.count == values.count && maxRelativeError(values, reference) < 1e-5,
                         "\(layout) zero \(zero) rank \(rank) \(name): \(DataParallelExactnessTests.worst(values, reference))")
             }
@@ -77,11 +71,11 @@ import _TestSupport
                     "\(layout) zero \(zero) norms \(run.gradientNorms) vs \(single.gradientNorms)")
             // The moments are this rank's pieces only: about 1/ranks of the replicated tensors
             // (an expert shard with one holder is its holder's alone).
-            #expect(layout.expert > 1 ? seen.moments < seen.total : seen.moments <= seen.total / layout.ranks + 64,
-                    "\(layout) rank \(rank) holds \(seen.moments) of \(seen.total) moments")
+            let moments = Self.momentFloats(run, zero: zero), total = run.parameters.count
+            #expect(layout.expert > 1 ? moments < total : moments <= total / layout.ranks + 64, "\(layout) rank \(rank) holds \(moments) of \(total) moments")
         }
         if layout.expert == 1 {   // every float owned exactly once
-            #expect(sharded.map(\.moments).reduce(0, +) == sharded[0].total, "the pieces cover the parameters once")
+            #expect(sharded.map { Self.momentFloats($0, zero: zero) }.reduce(0, +) == sharded[0].parameters.count, "the pieces cover the parameters once")
         }
     }
 
