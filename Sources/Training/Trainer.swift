@@ -57,6 +57,10 @@ public final class Trainer {
             throw TrainingError.microBatchDoesNotDivide(source: config.origin(of: "train.global_batch", "train.micro_batch", "parallel.data"),
                                                         globalBatch: config.train.globalBatch, dataRanks: layout.data, microBatch: micro)
         }
+        if config.moe.experts > 0 && micro < config.train.globalBatch / layout.data {
+            throw TrainingError.microBatchWithExperts(source: config.origin(of: "train.micro_batch", "moe.experts"), microBatch: micro,
+                                                      localBatch: config.train.globalBatch / layout.data)
+        }
         microBatch = micro
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
