@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 78   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 80   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -75,6 +75,10 @@ check "train: tessera launch 3 ranks equal 1 rank for 20 steps" trains_like "$wo
 check "train: train.threads=2 equals one thread (bitwise)" trains_like "$work/r1" "$work/threads2" --exact "$TESSERA" train "${tiny[@]}" --set train.threads=2
 check "train: attention.kernel=naive equals flash (1e-5)" trains_like "$work/r1" "$work/naive" "$TESSERA" train "${tiny[@]}" --set attention.kernel=naive
 check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-serial" mpi 2 train "${tiny[@]}" --set parallel.overlap=false
+# ZeRO: moments (stage 1) and summed gradients (stage 2) held in pieces, parameters gathered.
+check "train: parallel.zero=1, mpirun 2 ranks equal 1 rank" trains_like "$work/r1" "$work/zero1-mpi2" mpi 2 train "${tiny[@]}" --set parallel.zero=1
+check "train: parallel.zero=2, tessera launch 3 ranks equal 1 rank" trains_like "$work/r1" "$work/zero2-tcp3" \
+  "$TESSERA" launch --nproc 3 -- train "${tiny[@]}" --set parallel.zero=2
 # Sequence parallelism: data × sequence layouts, ring and Ulysses, equal 1 rank (seq_len 48 cuts
 # into 2 × 2 and 2 × 3 zigzag chunks; kv_heads 2 splits over 2 Ulysses ranks).
 seq=("${tiny[@]}" --set data.seq_len=48 --set model.kv_heads=2)

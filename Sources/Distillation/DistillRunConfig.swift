@@ -56,6 +56,9 @@ public enum DistillRunConfig {
         if d.stage1Steps == 0 && d.stage2Steps == 0 && d.stage3Steps == 0 {
             throw DistillRunError.nothingToDistill(source: file ?? "--set")
         }
+        for (key, value) in [("parallel.zero", config.parallel.zero), ("train.micro_batch", config.train.microBatch)] where value != 0 {
+            throw DistillRunError.trainOnlyKey(key: key, value: value, origin: config.origin(of: key))
+        }
         return config
     }
 

@@ -3,6 +3,8 @@
 public enum DistillRunError: Error, Equatable, CustomStringConvertible {
     /// The distill config sets a key the teacher's run.yaml decides (the model's shape).
     case teacherKeyInConfig(key: String, origin: String)
+    /// A key only `tessera train` reads (parallel.zero, train.micro_batch) set to other than 0.
+    case trainOnlyKey(key: String, value: Int, origin: String)
     /// Every stage has 0 steps.
     case nothingToDistill(source: String)
     /// A run directory already holds distillation checkpoints and no resume was asked for.
@@ -19,6 +21,8 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
         switch self {
         case let .teacherKeyInConfig(key, origin):
             return "\(origin): \(key) is the teacher's (the model comes from the teacher checkpoint's run.yaml); remove it from the distill config"
+        case let .trainOnlyKey(key, value, origin):
+            return "\(origin): \(key) = \(value) is read by tessera train only; distillation holds whole optimizer state and takes the batch in one pass: set \(key)=0"
         case let .nothingToDistill(source):
             return "\(source): distill.stage1_steps, stage2_steps and stage3_steps are all 0; give at least one stage steps"
         case let .runDirectoryInUse(runDirectory, checkpoint):

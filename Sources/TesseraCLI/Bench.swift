@@ -203,13 +203,16 @@ struct TrainBench: ParsableCommand {
         }
         // Share of the timed steps spent in the expert all-to-all (the slowest rank's share).
         let exchangeShare = try comm.allReduce(Float((trainer.model.expertExchangeSeconds - exchangeBefore) / seconds.reduce(0, +)), op: .max)
+        // Parameters, gradients and optimizer state held by design (the largest rank's).
+        let stateMiB = try comm.allReduce(Float(Double(trainer.stateBytes) / 1_048_576), op: .max)
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
                              shape: ["model": config.moe.experts > 0 ? "moe" : "dense", "data": trainer.grid.dataSize,
                                      "sequence": trainer.grid.sequenceSize, "expert": trainer.grid.size(of: .expert),
-                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap],
+                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap,
+                                     "zero": config.parallel.zero],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
-                                     "gemm_peak_gflops": BenchReport.round4(peak), "mfu": mfu]
+                                     "gemm_peak_gflops": BenchReport.round4(peak), "mfu": mfu, "state_mib": BenchReport.round4(Double(stateMiB))]
                                  .merging(trainer.grid.size(of: .expert) > 1 ? ["all_to_all_share": BenchReport.round4(Double(exchangeShare))] : [:]) { a, _ in a })
     }
 }

@@ -29,15 +29,16 @@ public struct ExpertShardTransfer {
 
     private var active: Bool { grid.size(of: .expert) > 1 }
     private var sharded: [ParameterSet.Entry] { parameters.entries.filter { $0.placement.shardAxis == .expert } }
-    private var buffers: [FloatBuffer] { [parameters.values] + optimizer.buffers }
 
     /// After rank 0 loaded its own parameters and moments from `contents` and the world
     /// received rank 0's buffers: gives every rank its own experts. `contents` on rank 0 only.
-    public func scatterFromReader(_ contents: CheckpointContents?) throws {
+    /// `moments`: the buffers the moments were loaded into (default: the optimizer's own).
+    public func scatterFromReader(_ contents: CheckpointContents?, moments: [FloatBuffer]? = nil) throws {
         guard active else { return }
+        let buffers = [parameters.values] + (moments ?? optimizer.buffers)
         let replicas = grid.replicas(ofShardsAlong: .expert)
         let mine = sharded
-        var packed = pack(mine)
+        var packed = pack(mine, buffers)
         if replicas.rank == 0 {
             let comm = grid.communicator(for: .expert)
             if comm.rank == 0 {
@@ -68,7 +69,7 @@ public struct ExpertShardTransfer {
     }
 
     /// Each entry's values, exp_avg and exp_avg_sq, entry after entry.
-    private func pack(_ entries: [ParameterSet.Entry]) -> [Float] {
+    private func pack(_ entries: [ParameterSet.Entry], _ buffers: [FloatBuffer]) -> [Float] {
         entries.flatMap { e in buffers.flatMap { Array(UnsafeBufferPointer(start: $0.pointer + e.offset, count: e.count)) } }
     }
 

@@ -29,4 +29,11 @@ public enum GradientNorm {
         }
         return total.squareRoot()
     }
+
+    /// The same norm under `parallel.zero` = 2, where each rank holds only its owned pieces of
+    /// the summed gradients: their squares summed over the world (each piece of each tensor
+    /// slice is owned by exactly one rank of the slice's replicas).
+    static func owned(_ partition: ZeroPartition, world: Communicator) throws -> Double {
+        Double(try world.allReduce(Float(partition.ownedSquares()), op: .sum)).squareRoot()
+    }
 }

@@ -44,8 +44,17 @@ public final class GradientReducer {
         var stopping = false
     }
 
-    public init(parameters: ParameterSet, grid: ProcessGrid, bucketBytes: Int, overlap: Bool) {
+    /// Under `parallel.zero` = 2: buckets are reduce-scattered to their owners instead of
+    /// all-reduced (`ZeroPartition.reduceScatter`).
+    let scatter: ZeroPartition?
+
+    public convenience init(parameters: ParameterSet, grid: ProcessGrid, bucketBytes: Int, overlap: Bool) {
+        self.init(parameters: parameters, grid: grid, bucketBytes: bucketBytes, overlap: overlap, scatter: nil)
+    }
+
+    init(parameters: ParameterSet, grid: ProcessGrid, bucketBytes: Int, overlap: Bool, scatter: ZeroPartition?) {
         self.parameters = parameters
+        self.scatter = scatter
         bucketFloats = max(1, bucketBytes / 4)
         var comms: [Communicator] = []
         var axes: [GridAxis?] = []
@@ -60,8 +69,8 @@ public final class GradientReducer {
         open = Array(repeating: nil, count: comms.count)
         self.overlap = overlap && comms.contains { $0.size > 1 }
         if self.overlap {
-            let pending = self.pending, parameters = self.parameters, groups = self.comms
-            let thread = Thread { Self.work(pending) { try Self.reduce($0, parameters: parameters, comms: groups) } }
+            let pending = self.pending, parameters = self.parameters, groups = self.comms, scatter = self.scatter
+            let thread = Thread { Self.work(pending) { try Self.reduce($0, parameters: parameters, comms: groups, scatter: scatter) } }
             thread.name = "tessera-gradient-allreduce"
             worker = thread
             thread.start()
@@ -105,7 +114,7 @@ public final class GradientReducer {
         if !overlap {
             let buckets = queued
             queued.removeAll()
-            for bucket in buckets { try Self.reduce(bucket, parameters: parameters, comms: comms) }
+            for bucket in buckets { try Self.reduce(bucket, parameters: parameters, comms: comms, scatter: scatter) }
             return
         }
         let condition = pending.condition
@@ -124,7 +133,12 @@ public final class GradientReducer {
         pending.condition.unlock()
     }
 
-    private static func reduce(_ bucket: Bucket, parameters: ParameterSet, comms: [Communicator]) throws {
+    private static func reduce(_ bucket: Bucket, parameters: ParameterSet, comms: [Communicator], scatter: ZeroPartition?) throws {
+        if let scatter {
+            // The partition's groups are the reducer's (the same placement kinds, met in the same order).
+            try scatter.reduceScatter(bucket.range, group: bucket.group)
+            return
+        }
         let gradients = parameters.gradients.pointer + bucket.range.lowerBound
         try comms[bucket.group].allReduce(UnsafeMutableBufferPointer(start: gradients, count: bucket.range.count), op: .sum)
     }

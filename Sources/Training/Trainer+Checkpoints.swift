@@ -53,19 +53,21 @@ extension Trainer {
     /// there is none.
     public func resumeFromLatest() throws -> Int? {
         var moved: String?
+        let moments = optimizer.resumeBuffers()   // laid out like the parameters; each rank keeps its pieces
         let loaded = try checkpoints.loadLatest(step: resumeStep) { [self] url, contents in   // on rank 0's loading thread, while this one waits
             let saved = try RunConfig(resolvedYAML: contents.runConfig, source: url.path + "/run.yaml")
             if !config.matchesNumericHash(contents.state.configHash) {
                 throw TrainingError.configChanged(checkpoint: url.path, changes: config.numericDifferences(from: saved))
             }
             try model.parameters.load(contents.model, source: url.path, global: model.globalDeclarations)
-            try optimizer.load(contents.optimizer, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
+            try optimizer.load(contents.optimizer, into: moments, stepsTaken: contents.state.step, source: url.path, global: model.globalDeclarations)
             if let chosen = resumeStep { moved = try supersedeCheckpoints(after: chosen) }   // rank 0 holds run.dir
         }
         if let moved { reporter?.note(moved) }
         guard loaded.found else { return nil }
-        try checkpoints.broadcast([model.parameters.values] + optimizer.buffers)
-        try experts.scatterFromReader(loaded.contents)
+        try checkpoints.broadcast([model.parameters.values] + moments)
+        try experts.scatterFromReader(loaded.contents, moments: moments)
+        optimizer.keep(moments)
         let state = loaded.contents.map { [$0.state.step, $0.state.samplesSeen] } ?? [0, 0]
         let received = try checkpoints.broadcast(state)
         (step, samplesSeen) = (received[0], received[1])

@@ -21,10 +21,14 @@ public final class Trainer {
     public internal(set) var step = 0
     public internal(set) var samplesSeen = 0
     public private(set) var lastGradientNorm = 0.0
+    /// Sequences per forward/backward pass on this rank (`train.micro_batch`, 0: the local batch).
+    public let microBatch: Int
     let schedule: LearningRateSchedule
     let reducer: GradientReducer
     let checkpoints: TrainingCheckpoints
     let experts: ExpertShardTransfer
+    /// This rank's owned pieces under `parallel.zero` ≥ 1 (nil at 0).
+    let partition: ZeroPartition?
     public var reporter: ProgressReporter?
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
@@ -49,6 +53,16 @@ public final class Trainer {
         guard config.train.globalBatch % layout.data == 0 else {
             throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: layout.data)
         }
+        let micro = config.train.microBatch == 0 ? config.train.globalBatch / layout.data : config.train.microBatch
+        guard (config.train.globalBatch / layout.data) % micro == 0 else {
+            throw TrainingError.microBatchDoesNotDivide(source: config.origin(of: "train.global_batch", "train.micro_batch", "parallel.data"),
+                                                        globalBatch: config.train.globalBatch, dataRanks: layout.data, microBatch: micro)
+        }
+        if config.moe.experts > 0 && micro < config.train.globalBatch / layout.data {
+            throw TrainingError.microBatchWithExperts(source: config.origin(of: "train.micro_batch", "moe.experts"), microBatch: micro,
+                                                      localBatch: config.train.globalBatch / layout.data)
+        }
+        microBatch = micro
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
                                 seed: config.train.seed, dataRank: grid.dataIndex, dataRanks: layout.data,
                                 sequenceRank: grid.sequenceIndex, sequenceRanks: layout.sequence)
@@ -60,15 +74,19 @@ public final class Trainer {
         model.threads = KernelThreads(config.train.threads)
         self.model = model
         let train = config.train
+        let bucketBytes = Int(config.parallel.bucketMB * 1_048_576)
+        partition = config.parallel.zero == 0 ? nil
+            : ZeroPartition(stage: config.parallel.zero, parameters: model.parameters, grid: grid, chunkFloats: bucketBytes / 4)
         optimizer = Optimizer(rule: AdamW(beta1: Float(train.beta1), beta2: Float(train.beta2), eps: Float(train.eps),
-                                          weightDecay: Float(train.weightDecay)), parameters: model.parameters)
+                                          weightDecay: Float(train.weightDecay)), parameters: model.parameters, partition: partition)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
                                         totalSteps: train.steps)
         // Expert dispatch and sequence-parallel attention communicate during the backward pass on
         // the training thread, and a communicator may be used by one thread at a time: no
         // overlapped reduction beside them.
-        reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: Int(config.parallel.bucketMB * 1_048_576),
-                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1)
+        reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
+                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1,
+                                  scatter: config.parallel.zero >= 2 ? partition : nil)
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
         checkpoints = try TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
@@ -99,6 +117,7 @@ public final class Trainer {
                 throw TrainingError.expertsDoNotDivide(source: config.origin(of: "moe.experts", "parallel.expert"), experts: config.moe.experts, expert: expert)
             }
         }
+        guard config.parallel.zero <= 2 else { throw TrainingError.zeroStageNotBuilt(source: config.origin(of: "parallel.zero"), stage: config.parallel.zero) }
         return GridLayout(data: data, sequence: sequence, expert: expert)
     }
 
@@ -107,6 +126,8 @@ public final class Trainer {
     public var tokensPerStep: Int { data.tokensPerStep }
     public var runDirectory: URL { URL(fileURLWithPath: config.run.dir) }
     public var store: CheckpointStore { checkpoints.store }
+    /// Bytes this rank holds by design for parameters, gradients and AdamW moments (`parallel.zero`).
+    public var stateBytes: Int { partition?.stateBytes ?? ZeroPartition.stateBytes(unpartitioned: model.parameters) }
 
     // MARK: One step
 
@@ -114,18 +135,30 @@ public final class Trainer {
     @discardableResult
     public func trainStep() throws -> Double {
         let batch = data.trainBatch(samplesSeen: samplesSeen)
-        model.parameters.zeroGradients()
+        if let partition, partition.stage >= 2 { partition.clearGradients() } else { model.parameters.zeroGradients() }
         let reducer = self.reducer
-        let lossSum = try model.lossAndGradients(tokens: batch.tokens, targets: batch.targets, batch: data.localBatch, length: data.localLength,
-                                                 positions: data.positions,
-                                                 gradientScale: 1 / Float(tokensPerStep)) { reducer.ready($0) }
+        // Gradient accumulation: the passes add into the gradients; only the last one hands its
+        // ranges to the reducer, so the step is reduced once, overlapped with that backward.
+        let passes = data.localBatch / microBatch, span = microBatch * data.localLength
+        var lossSum = 0.0
+        for pass in 0..<passes {
+            let rows = passes == 1 ? 0..<batch.tokens.count : (pass * span)..<((pass + 1) * span)
+            let ready: ((Range<Int>) -> Void)? = pass == passes - 1 ? { reducer.ready($0) } : nil
+            lossSum += try model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
+                                              length: data.localLength, positions: data.positions,
+                                              gradientScale: 1 / Float(tokensPerStep), ready: ready)
+        }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 
         let p = model.parameters
-        let norm = try GradientNorm.global(p, grid: grid)
+        let norm: Double
+        if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
+            norm = try GradientNorm.global(p, grid: grid)
+        }
         let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
         optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
+        try partition?.allGatherParameters()   // each owner updated its pieces; every rank gets them all
         step += 1
         samplesSeen += globalBatch
         lastGradientNorm = norm

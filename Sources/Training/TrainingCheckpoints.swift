@@ -52,14 +52,15 @@ public struct TrainingCheckpoints {
         let world = grid.world
         let names = try world.allGatherBytes(Array(owned.map(\.name).joined(separator: "\n").utf8))
         let placed = shards(of: p)
+        let whole = try optimizer.wholeMoments()   // gathered from their owners under parallel.zero ≥ 1
         var tensors: [SafeTensors.Source] = [], moments: [SafeTensors.Source] = [], shards: [String: TensorShard] = [:]
         func source(_ name: String, _ buffer: FloatBuffer, _ e: ParameterSet.Entry) -> SafeTensors.Source {
             SafeTensors.Source(name: name, shape: e.shape, scalars: UnsafeBufferPointer(rebasing: buffer.buffer[e.range]))
         }
         for e in owned {
             tensors.append(source(e.name, p.values, e))
-            moments.append(source(e.name + ".exp_avg", optimizer.exponentialAverage, e))
-            moments.append(source(e.name + ".exp_avg_sq", optimizer.exponentialAverageSquares, e))
+            moments.append(source(e.name + ".exp_avg", whole[0], e))
+            moments.append(source(e.name + ".exp_avg_sq", whole[1], e))
             shards[e.name] = placed[e.name]
         }
         var files: [CheckpointFile] = []
@@ -72,8 +73,10 @@ public struct TrainingCheckpoints {
             }
             files = try metadata(weightMap)
         }
-        return try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
-                                                shards: shards, metadataFiles: files)
+        return try withExtendedLifetime(whole) {
+            try CheckpointShardSnapshot.part(step: step, rank: world.rank, ranks: world.size, model: tensors, optimizer: moments,
+                                             shards: shards, metadataFiles: files)
+        }
     }
 
     /// Starts delivering `part` (already encoded) on the writer thread; its receipt says

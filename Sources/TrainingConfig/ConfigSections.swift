@@ -86,6 +86,9 @@ public struct TrainSection: Codable, Equatable, Sendable {
     public var warmupSteps = 100
     public var beta1: Double = 0.9, beta2: Double = 0.95, eps: Double = 1e-8, weightDecay: Double = 0.1, gradClip: Double = 1.0
     public var logEvery = 10, threads = 1
+    /// Sequences per data rank per forward/backward pass (0: the whole local batch, one pass);
+    /// the step accumulates train.global_batch / (micro_batch × data ranks) passes' gradients.
+    public var microBatch = 0
     public init() {}
 }
 
@@ -117,6 +120,9 @@ public struct ParallelSection: Codable, Equatable, Sendable {
     public var expert = 1
     public var bucketMB: Double = 4      // YAML key bucket_mb
     public var overlap = true
+    /// ZeRO stage over each parameter's reduction group: 0 every rank holds everything, 1 the
+    /// AdamW moments are sharded, 2 the reduced gradients too (`ZeroPartition`).
+    public var zero = 0
     public var timeoutSeconds: Double = 300
     /// Which connections of the TCP backend (`tessera launch`) are sealed: on, off, or auto
     /// (those that leave the host), YAML key tcp_seal. The choices and the default are

@@ -90,6 +90,12 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
             try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["distill.stage1_steps=0", "distill.stage2_steps=0", "distill.stage3_steps=0"])
         }
         #expect(throws: ConfigError.self) { try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["distill.stage9_steps=1"]) }
+        #expect(throws: DistillRunError.trainOnlyKey(key: "parallel.zero", value: 1, origin: "--set")) {
+            try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["parallel.zero=1"])
+        }
+        #expect(throws: DistillRunError.trainOnlyKey(key: "train.micro_batch", value: 2, origin: "--set")) {
+            try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["train.micro_batch=2"])
+        }
     }
 
     /// Every stage on 1 and 2 in-process ranks: 2 ranks log the losses of 1 (within 1e-5); a run

@@ -26,6 +26,8 @@ struct RankRun {
     var namedParameters: [String: [Float]] = [:]
     /// The checkpoint written at the end (rank 0), when asked for.
     var checkpoint: URL?
+    /// Bytes of parameters, gradients and moments this rank held by design (`Trainer.stateBytes`).
+    var stateBytes = 0
 }
 
 /// Trains `steps` steps of `config` on `ranks` in-process ranks (threads); each rank's view.
@@ -40,6 +42,7 @@ func trainInProcess(_ config: RunConfig, ranks: Int, steps: Int, saveCheckpoint:
         let p = trainer.model.parameters
         seen.parameters = p.values.array
         for e in p.entries { seen.namedParameters[e.name] = Array(p.values.buffer[e.range]) }
+        seen.stateBytes = trainer.stateBytes
         if saveCheckpoint { seen.checkpoint = try trainer.saveCheckpoint() }
         return seen
     }

@@ -1,0 +1,202 @@
+import Collectives
+import Foundation
+import Kernels
+import Models
+import TensorCore
+
+/// The piece of each parameter this rank keeps optimizer state (`parallel.zero` ≥ 1) and the
+/// reduced gradient (`parallel.zero` = 2) for.
+///
+/// Each parameter is sharded over its reduction group, the ranks holding the same copy of it
+/// (`ProcessGrid.replicas(ofShardsAlong:)`: the whole world, data × sequence, for a replicated
+/// tensor; the replicas of an expert shard for an expert): its flat values are cut into as many
+/// contiguous pieces as the group has ranks (the first `count % n` one float longer) and rank i
+/// of the group owns piece i. Ownership is per tensor, so it does not depend on the gradient
+/// buckets, and each owned piece is a slice of one tensor (one weight-decay flag). Stage 1 sums
+/// gradients as stage 0 does; the owners update their pieces and `allGather` copies every piece
+/// to every rank of its group, so ranks end a step with bitwise equal parameters.
+final class ZeroPartition {
+    let stage: Int
+    let parameters: ParameterSet
+    /// Each reduction group's communicator and its entries (indices, in flat order).
+    let groups: [(comm: Communicator, entries: [Int])]
+    /// Per entry: its group, the flat range this rank owns, and where that piece starts in the
+    /// compact (owned-only) buffers.
+    let groupOfEntry: [Int]
+    let owned: [Range<Int>]
+    let compactOffset: [Int]
+    /// Floats this rank owns, over all entries.
+    let ownedCount: Int
+    /// Floats gathered per collective call (the gradient bucket size): bounds the staging copy.
+    let chunkFloats: Int
+
+    init(stage: Int, parameters: ParameterSet, grid: ProcessGrid, chunkFloats: Int) {
+        self.stage = stage
+        self.parameters = parameters
+        self.chunkFloats = max(1, chunkFloats)
+        var groups: [(comm: Communicator, entries: [Int])] = [], axes: [GridAxis?] = []
+        var groupOfEntry: [Int] = [], owned: [Range<Int>] = [], compactOffset: [Int] = []
+        var compact = 0
+        for (index, e) in parameters.entries.enumerated() {
+            let axis = e.placement.shardAxis
+            let g: Int
+            if let i = axes.firstIndex(where: { $0 == axis }) { g = i } else {
+                axes.append(axis)
+                groups.append((grid.replicas(ofShardsAlong: axis), []))
+                g = groups.count - 1
+            }
+            groups[g].entries.append(index)
+            groupOfEntry.append(g)
+            let piece = Self.piece(count: e.count, ranks: groups[g].comm.size, rank: groups[g].comm.rank)
+            owned.append((e.offset + piece.lowerBound)..<(e.offset + piece.upperBound))
+            compactOffset.append(compact)
+            compact += piece.count
+        }
+        self.groups = groups; self.groupOfEntry = groupOfEntry; self.owned = owned; self.compactOffset = compactOffset
+        ownedCount = compact
+    }
+
+    /// Piece `rank` of `count` floats cut into `ranks` contiguous pieces (offsets in the tensor).
+    static func piece(count: Int, ranks: Int, rank: Int) -> Range<Int> {
+        let base = count / ranks, extra = count % ranks
+        let start = rank * base + min(rank, extra)
+        return start..<(start + base + (rank < extra ? 1 : 0))
+    }
+
+    /// Bytes per rank held by design: parameters (whole), gradients (whole below stage 2, the
+    /// owned pieces at stage 2) and the two AdamW moments (owned pieces). `parallel.zero` = 0
+    /// is `stateBytes(parameters:)` without a partition.
+    var stateBytes: Int {
+        4 * (parameters.count + (stage >= 2 ? ownedCount : parameters.count) + 2 * ownedCount)
+    }
+
+    static func stateBytes(unpartitioned parameters: ParameterSet) -> Int { 4 * 4 * parameters.count }
+
+    // MARK: Gathering owned pieces
+
+    /// Copies every rank's owned pieces into `full` (laid out like the parameters) on every rank
+    /// of each group; `mine(entry)` points at this rank's owned piece of that entry (it may lie
+    /// inside `full`). Collective over every group, in groups' and entries' order.
+    func allGather(into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
+        for group in groups {
+            var chunk: [Int] = [], floats = 0
+            for index in group.entries {
+                chunk.append(index)
+                floats += parameters.entries[index].count
+                if floats >= chunkFloats { try gather(chunk, comm: group.comm, into: full, mine: mine); chunk = []; floats = 0 }
+            }
+            if !chunk.isEmpty { try gather(chunk, comm: group.comm, into: full, mine: mine) }
+        }
+    }
+
+    /// The updated parameters: every owner's pieces to every rank.
+    func allGatherParameters() throws {
+        let values = parameters.values.pointer
+        try allGather(into: values) { UnsafePointer(values + self.owned[$0].lowerBound) }
+    }
+
+    private func gather(_ chunk: [Int], comm: Communicator, into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
+        let n = comm.size, entries = parameters.entries
+        if n == 1 {
+            for index in chunk where mine(index) != UnsafePointer(full + owned[index].lowerBound) {
+                (full + owned[index].lowerBound).update(from: mine(index), count: owned[index].count)
+            }
+            return
+        }
+        let counts = (0..<n).map { q in chunk.reduce(0) { $0 + Self.piece(count: entries[$1].count, ranks: n, rank: q).count } }
+        var send: [Float] = []
+        send.reserveCapacity(counts[comm.rank])
+        for index in chunk { send.append(contentsOf: UnsafeBufferPointer(start: mine(index), count: owned[index].count)) }
+        var received = [Float](repeating: 0, count: counts.reduce(0, +))
+        try send.withUnsafeBytes { input in
+            try received.withUnsafeMutableBytes { try comm.allGather(input, counts: counts.map { $0 * 4 }, into: $0) }
+        }
+        received.withUnsafeBufferPointer { all in
+            var at = 0
+            for q in 0..<n {
+                for index in chunk {
+                    let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
+                    (full + e.offset + piece.lowerBound).update(from: all.baseAddress! + at, count: piece.count)
+                    at += piece.count
+                }
+            }
+        }
+    }
+
+    // MARK: Stage 2: gradients
+
+    /// Sums the gradients of `range` (one bucket: adjacent entries of group `g`) over the group
+    /// and leaves each rank its owned part of it: a reduce-scatter whose block q holds rank q's
+    /// pieces of the bucket (blocks padded to the longest). Then the bucket's pages this rank
+    /// does not own are given back to the system (`release`).
+    func reduceScatter(_ range: Range<Int>, group g: Int) throws {
+        let comm = groups[g].comm, n = comm.size
+        let entries = parameters.entries(overlapping: range)
+        func segments(_ q: Int) -> [Range<Int>] {
+            entries.compactMap { e in
+                let piece = Self.piece(count: e.count, ranks: n, rank: q)
+                let low = max(range.lowerBound, e.offset + piece.lowerBound), high = min(range.upperBound, e.offset + piece.upperBound)
+                return low < high ? low..<high : nil
+            }
+        }
+        let blocks = (0..<n).map(segments)
+        let block = blocks.map { $0.reduce(0) { $0 + $1.count } }.max() ?? 0
+        guard block > 0 else { return }
+        let gradients = parameters.gradients.pointer
+        var input = [Float](repeating: 0, count: n * block)
+        input.withUnsafeMutableBufferPointer { buffer in
+            for (q, segments) in blocks.enumerated() {
+                var at = q * block
+                for s in segments { (buffer.baseAddress! + at).update(from: gradients + s.lowerBound, count: s.count); at += s.count }
+            }
+        }
+        var output = [Float](repeating: 0, count: block)
+        try input.withUnsafeBufferPointer { input in
+            try output.withUnsafeMutableBufferPointer { try comm.reduceScatter(input, into: $0, op: .sum) }
+        }
+        output.withUnsafeBufferPointer { output in
+            var at = 0
+            for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output.baseAddress! + at, count: s.count); at += s.count }
+        }
+        release(range, keeping: blocks[comm.rank])
+    }
+
+    /// Drops the whole pages of the gradient buffer inside `range` outside `kept` (they read as
+    /// zero when next touched): the memory of gradients this rank does not own is returned as
+    /// soon as they are summed.
+    func release(_ range: Range<Int>, keeping kept: [Range<Int>]) {
+        var start = range.lowerBound
+        for k in kept + [range.upperBound..<range.upperBound] {
+            if k.lowerBound > start { releasePages(start..<k.lowerBound) }
+            start = max(start, k.upperBound)
+        }
+    }
+
+    /// Zero gradients for a new step: the buffer's whole pages are dropped rather than written
+    /// (they read as zero), so pages not owned stay unmapped until the backward pass writes them.
+    func clearGradients() {
+        let g = parameters.gradients, bytes = Self.pageBytes
+        let base = Int(bitPattern: g.pointer), end = base + g.count * 4
+        let first = (base + bytes - 1) / bytes * bytes, last = end / bytes * bytes
+        guard last > first else { g.zero(); return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED)
+        g.pointer.update(repeating: 0, count: (first - base) / 4)
+        (g.pointer + (last - base) / 4).update(repeating: 0, count: (end - last) / 4)
+    }
+
+    static let pageBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+    private func releasePages(_ floats: Range<Int>) {
+        let bytes = Self.pageBytes
+        let low = Int(bitPattern: parameters.gradients.pointer + floats.lowerBound)
+        let high = Int(bitPattern: parameters.gradients.pointer + floats.upperBound)
+        let first = (low + bytes - 1) / bytes * bytes, last = high / bytes * bytes
+        guard last > first else { return }
+        _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED)
+    }
+
+    /// Σ g² over this rank's owned pieces of the gradients.
+    func ownedSquares() -> Double {
+        owned.reduce(0.0) { $0 + GradientClipping.sumOfSquares(parameters.gradients.pointer + $1.lowerBound, count: $1.count) }
+    }
+}
