@@ -1,6 +1,7 @@
 import Testing
 import Collectives
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// `train.micro_batch`: a step taken as several forward/backward passes whose gradients add up

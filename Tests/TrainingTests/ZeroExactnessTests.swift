@@ -2,6 +2,7 @@ import Testing
 import Collectives
 import Models
 @testable import Training
+import TrainingConfig
 import _TestSupport
 
 /// `parallel.zero` 1 and 2: AdamW moments (and at 2 the summed gradients) kept only for each

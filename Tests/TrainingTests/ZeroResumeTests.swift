@@ -1,6 +1,7 @@
 import Testing
 import Collectives
 import Training
+import TrainingConfig
 import _TestSupport
 
 /// Checkpoints of `parallel.zero` runs keep today's format (whole tensors and moments, shards
