@@ -142,11 +142,11 @@ public final class Trainer {
         let passes = data.localBatch / microBatch, span = microBatch * data.localLength
         var lossSum = 0.0
         for pass in 0..<passes {
-            let rows = passes == 1 ? 0..<batch.tokens.count : (pass * span)..<((pass + 1) * span)
+            let rows = (pass * span)..<((pass + 1) * span)
             let ready: ((Range<Int>) -> Void)? = pass == passes - 1 ? { reducer.ready($0) } : nil
             lossSum += try model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
-                                              length: data.localLength, positions: data.positions,
-                                              gradientScale: 1 / Float(tokensPerStep), ready: ready)
+                                                  length: data.localLength, positions: data.positions,
+                                                  gradientScale: 1 / Float(tokensPerStep), ready: ready)
         }
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
