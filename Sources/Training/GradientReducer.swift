@@ -56,16 +56,9 @@ public final class GradientReducer {
         self.parameters = parameters
         self.scatter = scatter
         bucketFloats = max(1, bucketBytes / 4)
-        var comms: [Communicator] = []
-        var axes: [GridAxis?] = []
-        groupOfEntry = parameters.entries.map { entry in
-            let axis = entry.placement.shardAxis
-            if let i = axes.firstIndex(where: { $0 == axis }) { return i }
-            axes.append(axis)
-            comms.append(grid.replicas(ofShardsAlong: axis))
-            return comms.count - 1
-        }
-        self.comms = comms
+        let groups = ReductionGroups(parameters: parameters, grid: grid)
+        groupOfEntry = groups.groupOfEntry
+        comms = groups.comms
         open = Array(repeating: nil, count: comms.count)
         self.overlap = overlap && comms.contains { $0.size > 1 }
         if self.overlap {
@@ -161,5 +154,27 @@ public final class GradientReducer {
             condition.broadcast()
             condition.unlock()
         }
+    }
+}
+
+/// Each parameter's reduction group: the ranks holding the same copy of it
+/// (`ProcessGrid.replicas(ofShardsAlong:)` of its shard axis), one communicator per distinct axis
+/// in order of first appearance. The gradient reducer and ZeRO's partition share it, so a bucket's
+/// group is the group its owners were cut over.
+struct ReductionGroups {
+    let comms: [Communicator]
+    /// Index into `comms` of each parameter entry.
+    let groupOfEntry: [Int]
+
+    init(parameters: ParameterSet, grid: ProcessGrid) {
+        var comms: [Communicator] = [], axes: [GridAxis?] = []
+        groupOfEntry = parameters.entries.map { entry in
+            let axis = entry.placement.shardAxis
+            if let i = axes.firstIndex(where: { $0 == axis }) { return i }
+            axes.append(axis)
+            comms.append(grid.replicas(ofShardsAlong: axis))
+            return comms.count - 1
+        }
+        self.comms = comms
     }
 }

@@ -34,25 +34,19 @@ final class ZeroPartition {
         self.stage = stage
         self.parameters = parameters
         self.chunkFloats = max(1, chunkFloats)
-        var groups: [(comm: Communicator, entries: [Int])] = [], axes: [GridAxis?] = []
-        var groupOfEntry: [Int] = [], owned: [Range<Int>] = [], compactOffset: [Int] = []
+        let reduction = ReductionGroups(parameters: parameters, grid: grid)
+        var groups = reduction.comms.map { (comm: $0, entries: [Int]()) }
+        var owned: [Range<Int>] = [], compactOffset: [Int] = []
         var compact = 0
         for (index, e) in parameters.entries.enumerated() {
-            let axis = e.placement.shardAxis
-            let g: Int
-            if let i = axes.firstIndex(where: { $0 == axis }) { g = i } else {
-                axes.append(axis)
-                groups.append((grid.replicas(ofShardsAlong: axis), []))
-                g = groups.count - 1
-            }
+            let g = reduction.groupOfEntry[index]
             groups[g].entries.append(index)
-            groupOfEntry.append(g)
             let piece = Self.piece(count: e.count, ranks: groups[g].comm.size, rank: groups[g].comm.rank)
             owned.append((e.offset + piece.lowerBound)..<(e.offset + piece.upperBound))
             compactOffset.append(compact)
             compact += piece.count
         }
-        self.groups = groups; self.groupOfEntry = groupOfEntry; self.owned = owned; self.compactOffset = compactOffset
+        self.groups = groups; groupOfEntry = reduction.groupOfEntry; self.owned = owned; self.compactOffset = compactOffset
         ownedCount = compact
     }
 
