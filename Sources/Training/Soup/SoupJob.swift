@@ -41,6 +41,12 @@ public struct SoupJob {
         /// The inputs averaged (all of them, except for greedy) and their weights.
         public var kept: [URL]
         public var weights: [Double]
+
+        /// The losses as `tessera soup` prints them: each input "in soup" or "left out", then the soup.
+        public var table: [String] {
+            ingredientLosses.map { url, loss in (kept.contains(url) ? "in soup  " : "left out ") + String(format: "%.4f  ", loss) + url.path }
+                + (soupLoss.map { ["soup     " + String(format: "%.4f  ", $0) + checkpoint.path] } ?? [])
+        }
     }
 
     /// A checkpoint as a soup ingredient, with the model and mixture-of-experts keys of its run.yaml.
