@@ -1,3 +1,4 @@
+import CheckpointService
 import Checkpointing
 import Foundation
 import TensorCore
@@ -94,7 +95,9 @@ public struct SoupJob {
         var config = try RunConfig(resolvedYAML: contents.runConfig, source: "soup run.yaml")
         config.run.dir = output.path
         contents.runConfig = config.yaml
-        let written = try CheckpointStore(root: output.appendingPathComponent("checkpoints")).write(contents)
+        let sink = try CheckpointSinks.make(CheckpointSinkOptions(directory: output.appendingPathComponent("checkpoints")))
+        _ = try sink.prepare(owner: true)
+        let written = try sink.fetch(step: try sink.deliver(contents.part()).step)
         let report = Report(checkpoint: written, ingredientLosses: losses, soupLoss: soupLoss, kept: kept, weights: used)
         try writeRecord(report)
         if let soupLoss { log(String(format: "soup (%@ of %d): validation loss %.6f", method.rawValue, kept.count, soupLoss)) }
