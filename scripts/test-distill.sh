@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # MOHAWK distillation through the command line (tessera distill): 2 ranks equal 1 rank in every
-# stage (mpirun and tessera launch; data, sequence and expert layouts), an interrupted run resumes exactly, a stage's checkpoint
+# stage (mpirun and tessera launch; data, sequence (ring and Ulysses) and expert layouts), an interrupted run resumes exactly, a stage's checkpoint
 # through `tessera ckpt serve`, clear errors, and a small end-to-end distillation of a teacher
 # trained on the default corpus. Tiny models: a few minutes on 2 cores.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 22   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 24   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-distill.XXXXXX)
 
 # A tiny teacher on the default corpus (configs/tiny.yaml's data), trained briefly.
@@ -84,6 +84,24 @@ stop_and_resume_like() {
 }
 check "distill: sequence-parallel run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
   stop_and_resume_like "$work/seq2" "$work/seq2-resumed" "${distill[@]}" --set parallel.sequence=2
+
+# Ulysses attention (all-to-all to head shards: heads and kv_heads divisible by parallel.sequence)
+# needs a teacher with 2 kv heads; the student keeps layer 1's attention, so its backward runs
+# through Ulysses too. 2 sequence ranks equal one rank in every stage, the checkpoint records the
+# mode, and a run stopped mid-stage 2 and resumed logs the uninterrupted run's records bit for bit.
+ulysses_distill=(distill --teacher "$work/kv2-teacher" --config "$work/distill.yaml" --set distill.keep_attention=1)
+ulysses=(--set parallel.sequence=2 --set parallel.sequence_mode=ulysses)
+ulysses_layout() {
+  "$TESSERA" train "${teacher[@]}" --set model.kv_heads=2 --set train.steps=10 --set run.dir="$work/kv2-teacher" \
+    >"$work/kv2-teacher.log" 2>&1 || { cat "$work/kv2-teacher.log"; return 1; }
+  "$TESSERA" "${ulysses_distill[@]}" --set run.dir="$work/ulysses1" >"$work/ulysses1.log" 2>&1 || { cat "$work/ulysses1.log"; return 1; }
+  distills_like "$work/ulysses1" "$work/ulysses2" mpi 2 "${ulysses_distill[@]}" "${ulysses[@]}" || return 1
+  grep -q 'sequence_mode: "\?ulysses' "$(ls -d "$work/ulysses2"/checkpoints/step-* | tail -n 1)/run.yaml" \
+    || { echo "the checkpoint's run.yaml does not record parallel.sequence_mode ulysses"; return 1; }
+}
+check "distill: a 2-kv-head teacher on mpirun 2 sequence ranks with Ulysses attention equals 1 rank in every stage (1e-5)" ulysses_layout
+check "distill: Ulysses run stopped mid-stage 2 and resumed equals the uninterrupted run bit for bit" \
+  stop_and_resume_like "$work/ulysses2" "$work/ulysses-resumed" "${ulysses_distill[@]}" "${ulysses[@]}"
 
 # An MoE teacher (4 experts, top 2) with its experts over 2 ranks (parallel.expert=2): equals one
 # rank, and a run stopped mid-stage 2 and resumed (rank 0 reads, the experts are handed out)

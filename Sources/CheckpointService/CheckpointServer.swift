@@ -138,7 +138,7 @@ public final class CheckpointServer: @unchecked Sendable {
             let connection = ServiceConnection(fd: fd, address: peer, timeout: ioTimeout)
             let seconds = min(ioTimeout, UnauthenticatedConnections.handshakeSeconds)
             handshaking.handshake(fd, peer: peer, name: "ckpt-conn-\(id)", log: log, { [token] in
-                try JobHandshake(token: token).acceptSession(identity: Self.identity, over: connection.transport(within: seconds))
+                try JobHandshake(token: token).accept(identity: Self.identity, over: connection.transport(within: seconds))
             }, done: { [self] result in
                 withExtendedLifetime(connection) {   // the fd stays open until `stop` can no longer see it
                     switch result {

@@ -200,7 +200,7 @@ public final class ServiceCheckpointSink: CheckpointSink {
         let connection = ServiceConnection(fd: fd, address: "\(address)", timeout: ioTimeout)
         let server: String
         do {
-            let session = try JobHandshake(token: token).initiateSession(identity: identity, over: connection.transport(within: ioTimeout))
+            let session = try JobHandshake(token: token).initiate(identity: identity, over: connection.transport(within: ioTimeout))
             server = session.peer
             connection.seal = FrameSeal(session, initiator: true)
         } catch let error as HandshakeError {

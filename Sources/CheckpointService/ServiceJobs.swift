@@ -43,11 +43,6 @@ public struct ServiceJobResult: Codable, Equatable, Sendable {
     public init(checkpoint: String, log: [String]) { self.checkpoint = checkpoint; self.log = log }
 }
 
-/// Runs a job, in the child process the service started for it (`ServiceJobProcesses`): given
-/// the request, the service's root and a log line sink. The executable provides it (soups and
-/// distillations need training, which lives above this module).
-public typealias ServiceJobRunner = @Sendable (_ request: ServiceJobRequest, _ root: URL, _ log: @escaping (String) -> Void) throws -> ServiceJobResult
-
 extension ServiceJobRequest {
     /// The checkpoint directory an input names on a service rooted at `root`: a complete step
     /// it holds (`8`, `step-00000008`), or a path `paths` allows (a checkpoint, or a run

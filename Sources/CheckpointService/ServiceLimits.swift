@@ -17,8 +17,6 @@ public enum ServiceLimits {
     public static let maxPathBytes = 4095
     /// Bytes of a JSON message or manifest (a part header listing `maxFilesPerPart` files is ~0.3 MiB).
     public static let maxJSONBytes = 1 << 20
-    /// Bytes of a free-text field a peer supplies (a job's inputs, output name, config).
-    public static let maxTextBytes = 1 << 20
     /// Bytes of a job's result file (its checkpoint path and log lines, `ServiceJobProcesses`).
     public static let maxJobResultBytes = 1 << 24
 

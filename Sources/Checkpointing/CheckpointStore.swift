@@ -77,6 +77,22 @@ public struct CheckpointContents {
         self.model = model; self.optimizer = optimizer; self.shards = shards
         self.state = state; self.runConfig = runConfig; self.huggingFaceConfig = huggingFaceConfig
     }
+
+    /// The whole checkpoint as one rank's part, as a one-rank training run writes it
+    /// (`model-00001-of-00001.safetensors`, `optimizer-00001-of-00001.safetensors`, ...), for
+    /// any sink (`CheckpointSinks.make`) to deliver.
+    public func part() throws -> CheckpointPart {
+        let file = CheckpointLayout.modelFile(rank: 0, ranks: 1)
+        let metadata = try CheckpointMetadata.files(
+            weightMap: Dictionary(uniqueKeysWithValues: model.entries.map { ($0.name, file) }),
+            shapes: Dictionary(uniqueKeysWithValues: model.entries.map { ($0.name, $0.tensor.shape) }),
+            state: state, runConfig: runConfig, huggingFaceConfig: huggingFaceConfig)
+        let whole = Dictionary(uniqueKeysWithValues: model.entries.map { e in
+            (e.name, TensorShard(globalShape: e.tensor.shape, offset: e.tensor.shape.map { _ in 0 }, axis: shards[e.name]?.axis))
+        })
+        return try CheckpointShardSnapshot(step: state.step, rank: 0, ranks: 1, model: model, optimizer: optimizer,
+                                           shards: whole, metadataFiles: metadata).part()
+    }
 }
 
 /// Checkpoints of one run: directories `step-0000000N/` under `root` (`CheckpointLayout`).
@@ -102,28 +118,6 @@ public struct CheckpointStore {
     }
 
     public func latest() -> URL? { complete().last?.url }
-
-    /// Writes whole-tensor `contents` from one process, as a one-rank training run would
-    /// (`model-00001-of-00001.safetensors`, `optimizer-00001-of-00001.safetensors`, ...).
-    @discardableResult
-    public func write(_ contents: CheckpointContents) throws -> URL {
-        let step = contents.state.step
-        let file = CheckpointLayout.modelFile(rank: 0, ranks: 1)
-        let model = contents.model.entries
-        let metadata = try CheckpointMetadata.files(
-            weightMap: Dictionary(uniqueKeysWithValues: model.map { ($0.name, file) }),
-            shapes: Dictionary(uniqueKeysWithValues: model.map { ($0.name, $0.tensor.shape) }),
-            state: contents.state, runConfig: contents.runConfig, huggingFaceConfig: contents.huggingFaceConfig)
-        let shards = Dictionary(uniqueKeysWithValues: model.map { e in
-            (e.name, TensorShard(globalShape: e.tensor.shape, offset: e.tensor.shape.map { _ in 0 }, axis: contents.shards[e.name]?.axis))
-        })
-        let snapshot = CheckpointShardSnapshot(step: step, rank: 0, ranks: 1, model: contents.model, optimizer: contents.optimizer,
-                                               shards: shards, metadataFiles: metadata)
-        let partial = root.appendingPathComponent(CheckpointLayout.partialName(step: step))
-        if FileManager.default.fileExists(atPath: partial.path) { try? FileManager.default.removeItem(at: partial) }
-        try DirectoryCheckpointSink(root: root).deliver(snapshot.part())
-        return root.appendingPathComponent(CheckpointLayout.directoryName(step: step))
-    }
 
     /// The validation loss recorded in a checkpoint's `trainer_state.json`, if any.
     public static func validationLoss(of directory: URL) -> Double? {

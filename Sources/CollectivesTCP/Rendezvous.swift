@@ -224,7 +224,7 @@ enum Rendezvous {
     private static func handshake(_ fd: Int32, _ spec: TCPJobSpec, _ hello: Hello, peer: Int, address: String, deadline: Date,
                                   otherwise hint: String) throws -> JobHandshake.Session {
         do {
-            let session = try JobHandshake(token: spec.token).initiateSession(identity: hello.identity, over: .socket(fd, deadline: deadline))
+            let session = try JobHandshake(token: spec.token).initiate(identity: hello.identity, over: .socket(fd, deadline: deadline))
             if let theirs = Hello.acceptorSeal(session.peer), theirs != spec.seal.rawValue {
                 throw Hello.sealMismatch(peer: peer, theirs: theirs, rank: spec.rank, ours: spec.seal)
             }
@@ -273,7 +273,7 @@ enum Rendezvous {
             guard let (fd, peer) = try Socket.accept(listener, deadline: min(deadline, Date(timeIntervalSinceNow: 0.05))) else { continue }
             let handshakeDeadline = min(deadline, Date(timeIntervalSinceNow: UnauthenticatedConnections.handshakeSeconds))
             gate.handshake(fd, peer: peer, name: "tessera-rendezvous-handshake", log: log, {
-                try JobHandshake(token: spec.token).acceptSession(identity: identity, over: .socket(fd, deadline: handshakeDeadline))
+                try JobHandshake(token: spec.token).accept(identity: identity, over: .socket(fd, deadline: handshakeDeadline))
             }, done: { result in
                 switch result {
                 case .success(let session): inbox.put(fd, peer: peer, session: session)

@@ -44,12 +44,7 @@ public enum DistillRunConfig {
             }
             try resolution.merge(yaml: text, file: file)
         }
-        for override in overrides {
-            let key = override.prefix { $0 != "=" }.trimmingCharacters(in: .whitespaces)
-            if teacherSections.contains(String(key.prefix { $0 != "." })) {
-                throw DistillRunError.teacherKeyInConfig(key: key, origin: "--set \(override)")
-            }
-        }
+        try refuseTeacherKeys(overrides)
         try resolution.apply(overrides: overrides)
         let config = try resolution.validated()
         let d = config.distill
@@ -60,6 +55,16 @@ public enum DistillRunConfig {
             throw DistillRunError.trainOnlyKey(key: key, value: value, origin: config.origin(of: key))
         }
         return config
+    }
+
+    /// `--set` may not set the teacher's keys either.
+    static func refuseTeacherKeys(_ overrides: [String]) throws {
+        for override in overrides {
+            let key = override.prefix { $0 != "=" }.trimmingCharacters(in: .whitespaces)
+            if teacherSections.contains(String(key.prefix { $0 != "." })) {
+                throw DistillRunError.teacherKeyInConfig(key: key, origin: "--set \(override)")
+            }
+        }
     }
 
     /// The keys whose values change a distillation's numbers: the model's, the distill
@@ -80,12 +85,7 @@ extension DistillRunConfig {
     /// (the student's) with the model sections back to the teacher's, then `--set` overrides
     /// (which may not set the teacher's keys either).
     public static func resumed(saved: RunConfig, teacher: RunConfig, overrides: [String]) throws -> RunConfig {
-        for override in overrides {
-            let key = override.prefix { $0 != "=" }.trimmingCharacters(in: .whitespaces)
-            if teacherSections.contains(String(key.prefix { $0 != "." })) {
-                throw DistillRunError.teacherKeyInConfig(key: key, origin: "--set \(override)")
-            }
-        }
+        try refuseTeacherKeys(overrides)
         var config = saved
         config.model = teacher.model
         config.attention = teacher.attention

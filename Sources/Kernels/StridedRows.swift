@@ -25,5 +25,4 @@ public struct MutableStridedRows {
     }
 
     @inline(__always) public func row(_ r: Int) -> UnsafeMutablePointer<Float> { pointer + r * stride }
-    public var readOnly: StridedRows { StridedRows(UnsafePointer(pointer), stride: stride) }
 }

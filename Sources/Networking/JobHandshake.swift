@@ -48,16 +48,12 @@ public struct JobHandshake {
         key = SymmetricKey(data: Array(token.utf8))
     }
 
-    /// The dialing side. Returns the acceptor's identity once it has proved the token.
-    /// Throws `HandshakeError` when the peer is not a Tessera handshake or does not know the
-    /// token (then it is told so and learns nothing), or the transport's error.
+    /// The dialing side. Returns the acceptor's identity and the session keys both ends derive
+    /// (`Session`) once it has proved the token. Throws `HandshakeError` when the peer is not a
+    /// Tessera handshake or does not know the token (then it is told so and learns nothing), or
+    /// the transport's error.
     @discardableResult
-    public func initiate(identity: String, over transport: Transport) throws -> String {
-        try initiateSession(identity: identity, over: transport).peer
-    }
-
-    /// `initiate`, also returning the session keys both ends derive (`Session`).
-    public func initiateSession(identity: String, over transport: Transport) throws -> Session {
+    public func initiate(identity: String, over transport: Transport) throws -> Session {
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)
         try transport.send(Self.magic + [Self.version] + mine + Self.lengthPrefixed(myIdentity))
@@ -71,14 +67,10 @@ public struct JobHandshake {
         return session(peer: claimed, transcript)
     }
 
-    /// The accepting side. Returns the initiator's identity once it has proved the token.
+    /// The accepting side. Returns the initiator's identity and the session keys once it has
+    /// proved the token.
     @discardableResult
-    public func accept(identity: String, over transport: Transport) throws -> String {
-        try acceptSession(identity: identity, over: transport).peer
-    }
-
-    /// `accept`, also returning the session keys both ends derive (`Session`).
-    public func acceptSession(identity: String, over transport: Transport) throws -> Session {
+    public func accept(identity: String, over transport: Transport) throws -> Session {
         let (theirs, theirIdentity) = try Self.readGreeting(transport)
         let mine = Self.nonce()
         let myIdentity = try Self.identityBytes(identity)

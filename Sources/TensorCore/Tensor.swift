@@ -32,11 +32,6 @@ public struct Tensor: Equatable, Sendable {
     public var count: Int { scalars.count }
     public var rank: Int { shape.count }
 
-    /// The same scalars under another shape with the same element count.
-    public func reshaped(_ newShape: [Int]) -> Tensor {
-        Tensor(shape: newShape, scalars: scalars)
-    }
-
     public subscript(_ index: Int) -> Float {
         get { scalars[index] }
         set { scalars[index] = newValue }

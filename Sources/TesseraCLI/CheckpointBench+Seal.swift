@@ -53,10 +53,10 @@ extension CheckpointBench {
         let box = Box()
         let done = DispatchSemaphore(value: 0)
         Thread {
-            box.session = Result { try JobHandshake(token: token).acceptSession(identity: "bench service", over: .socket(accepting, deadline: Date(timeIntervalSinceNow: 10))) }
+            box.session = Result { try JobHandshake(token: token).accept(identity: "bench service", over: .socket(accepting, deadline: Date(timeIntervalSinceNow: 10))) }
             done.signal()
         }.start()
-        let client = try JobHandshake(token: token).initiateSession(identity: "bench client", over: .socket(dialing, deadline: Date(timeIntervalSinceNow: 10)))
+        let client = try JobHandshake(token: token).initiate(identity: "bench client", over: .socket(dialing, deadline: Date(timeIntervalSinceNow: 10)))
         done.wait()
         return (SessionSeal(client, initiator: true), SessionSeal(try box.session!.get(), initiator: false))
     }

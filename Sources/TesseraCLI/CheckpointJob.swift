@@ -52,9 +52,10 @@ struct CheckpointJob: ParsableCommand {
         default: break
         }
         let paths = ServicePaths(root: URL(fileURLWithPath: root), allowing: allowPath)
-        let runner = job.kind == "distill" ? Distill.serviceJob(paths: paths) : Soup.serviceJob(paths: paths)
+        // Soups and distillations need training, which lives above the service's module.
+        let runner = job.kind == "distill" ? Distill.runServiceJob : Soup.runServiceJob
         var lines: [String] = []
-        let done = try runner(job, URL(fileURLWithPath: root)) { line in
+        let done = try runner(job, URL(fileURLWithPath: root), paths) { line in
             print(line)
             lines.append(line)
         }

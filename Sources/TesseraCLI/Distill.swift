@@ -152,9 +152,9 @@ extension Distill {
     /// service holds, the client's config with its run directory `ROOT/distills/NAME` (new or
     /// empty) and checkpoints written there directly. Everything is checked before the
     /// directory is made; a job that fails before its first checkpoint leaves nothing behind.
-    /// Returns the newest student checkpoint; the log holds the run's progress lines.
-    /// A distillation job of the service; its teacher and token data only where `paths` allows.
-    static func serviceJob(paths: ServicePaths) -> ServiceJobRunner { { request, root, log in
+    /// Returns the newest student checkpoint; the log holds the run's progress lines. Its
+    /// teacher and token data only where `paths` allows.
+    static func runServiceJob(_ request: ServiceJobRequest, root: URL, paths: ServicePaths, log: @escaping (String) -> Void) throws -> ServiceJobResult {
         guard request.inputs.count == 1, let text = request.config else {
             throw ValidationError("a distill job names one teacher and carries its config")
         }
@@ -192,5 +192,5 @@ extension Distill {
         let tokens = summaries.reduce(0) { $0 + $1.tokens }
         return ServiceJobResult(checkpoint: newest.path,
                                 log: ["distilled \(summaries.count) stage\(summaries.count == 1 ? "" : "s") on \(tokens) tokens into \(output.path)"])
-    } }
+    }
 }

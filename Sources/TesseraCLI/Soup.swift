@@ -60,20 +60,15 @@ struct Soup: ParsableCommand {
         }
         let job = SoupJob(method: method, inputs: checkpoints, weights: weights, validationData: valData, validationBatches: batches,
                           output: URL(fileURLWithPath: output))
-        let report = try job.run { print($0) }
-        for (url, loss) in report.ingredientLosses {
-            let label = (report.kept.contains(url) ? "in soup" : "left out").padding(toLength: 9, withPad: " ", startingAt: 0)
-            print(label + String(format: "%.4f  ", loss) + url.path)
-        }
-        if let loss = report.soupLoss { print("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
+        try job.run { print($0) }.table.forEach { print($0) }
     }
 }
 
 extension Soup {
-    /// The checkpoint service's job runner: a soup of the service's checkpoints, written as
-    /// the run directory `ROOT/soups/NAME` on the service's node.
-    /// A soup job of the service; its inputs and validation data only where `paths` allows.
-    static func serviceJob(paths: ServicePaths) -> ServiceJobRunner { { request, root, log in
+    /// A soup job of the checkpoint service (in its child process, `tessera ckpt job`): a soup
+    /// of the service's checkpoints, written as the run directory `ROOT/soups/NAME` on the
+    /// service's node; its inputs and validation data only where `paths` allows.
+    static func runServiceJob(_ request: ServiceJobRequest, root: URL, paths: ServicePaths, log: @escaping (String) -> Void) throws -> ServiceJobResult {
         guard let method = SoupJob.Method(rawValue: request.method) else {
             throw ValidationError("unknown soup method '\(request.method)'; choose uniform, weighted or greedy")
         }
@@ -82,10 +77,6 @@ extension Soup {
                           validationBatches: request.validationBatches,
                           output: try request.outputDirectory(root: root))
         let report = try job.run(log: log)
-        var lines = report.ingredientLosses.map { ingredient, loss in
-            (report.kept.contains(ingredient) ? "in soup  " : "left out ") + String(format: "%.4f  ", loss) + ingredient.path
-        }
-        if let loss = report.soupLoss { lines.append("soup     " + String(format: "%.4f  ", loss) + report.checkpoint.path) }
-        return ServiceJobResult(checkpoint: report.checkpoint.path, log: lines)
-    } }
+        return ServiceJobResult(checkpoint: report.checkpoint.path, log: report.table)
+    }
 }

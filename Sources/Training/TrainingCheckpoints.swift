@@ -93,10 +93,7 @@ public struct TrainingCheckpoints {
         do { try sink.prepare(owner: owner).forEach { reporter?.note($0) } } catch {
             failure = TrainingError.checkpointSinkUnusable(location: sink.location, reason: "\(error)")
         }
-        let flags = try world.allGather(Int64(failure == nil ? 0 : 1))
-        if let failure { throw failure }
-        let failed = flags.enumerated().filter { $0.element != 0 }.map(\.offset)
-        if !failed.isEmpty { throw TrainingError.checkpointFailedOnOtherRanks(ranks: failed, step: nil) }
+        try throwOnEveryRank(failure)
     }
 
     /// Waits until no rank has a save in flight; returns the step of the save waited for and
@@ -163,12 +160,16 @@ public struct TrainingCheckpoints {
         return receipts.filter(\.committed).compactMap(\.directory)
     }
 
-    /// Every rank's writer failure, after each waited for its own save: a rank whose save
-    /// failed throws its error, the others an error naming it. Every rank calls it.
+    /// Every rank's writer failure, after each waited for its own save. Every rank calls it.
     func checkFailures() throws {
-        let failure = writer.takeFailure()
+        try throwOnEveryRank(writer.takeFailure()?.error)
+    }
+
+    /// A rank whose `failure` is set throws it, the others an error naming the ranks that
+    /// failed. Every rank calls it.
+    func throwOnEveryRank(_ failure: Error?) throws {
         let flags = try world.allGather(Int64(failure == nil ? 0 : 1))
-        if let failure { throw failure.error }
+        if let failure { throw failure }
         let failed = flags.enumerated().filter { $0.element != 0 }.map(\.offset)
         if !failed.isEmpty { throw TrainingError.checkpointFailedOnOtherRanks(ranks: failed, step: nil) }
     }

@@ -79,7 +79,7 @@ public enum ConfigRule: Equatable, Sendable {
 /// One key of the run config: its YAML path, where it lives in `RunConfig`, its range and
 /// its meaning. `ConfigField.all` is the only place that maps key strings to properties;
 /// parsing, validation, the YAML writer, the numeric hash and `--help-config` all read it.
-public struct ConfigField {
+package struct ConfigField {
     /// Where the value lives, typed by kind.
     enum Binding {
         case int(WritableKeyPath<RunConfig, Int>)
@@ -89,7 +89,7 @@ public struct ConfigField {
     }
 
     /// "section.key", e.g. "train.global_batch".
-    public let path: String
+    package let path: String
     let binding: Binding
     let rule: ConfigRule
     /// Whether the value changes the numbers a run produces (part of `numericHash`; resuming
@@ -101,7 +101,7 @@ public struct ConfigField {
         self.path = path; self.binding = binding; self.rule = rule; self.numeric = numeric; self.help = help
     }
 
-    public var section: String { String(path.prefix { $0 != "." }) }
+    package var section: String { String(path.prefix { $0 != "." }) }
     var key: String { String(path.drop { $0 != "." }.dropFirst()) }
 
     var kind: ConfigKind {
@@ -115,7 +115,7 @@ public struct ConfigField {
 
     /// The canonical text of the value in `config`: `String(Int)`, `String(Double)`,
     /// `true`/`false`, or the string itself. "3e-3" and "0.003" have the same canonical text.
-    public func text(in config: RunConfig) -> String {
+    package func text(in config: RunConfig) -> String {
         switch binding {
         case .int(let path): return String(config[keyPath: path])
         case .float(let path): return String(config[keyPath: path])
@@ -162,7 +162,7 @@ public struct ConfigField {
 extension ConfigField {
     /// Every key, in the order of sections and keys that `yaml` and `--help-config` use (the
     /// numeric hash sorts them by key: only changing the `numeric` set changes it).
-    public static let all: [ConfigField] = [
+    package static let all: [ConfigField] = [
         ConfigField("model.vocab_size", .int(\.model.vocabSize), .atLeastOne, numeric: true, "vocabulary size (256: bytes)"),
         ConfigField("model.d_model", .int(\.model.dModel), .atLeastOne, numeric: true, "width of the residual stream"),
         ConfigField("model.layers", .int(\.model.layers), .atLeastOne, numeric: true, "transformer blocks"),

@@ -2,14 +2,15 @@ import Models
 
 /// A run config being resolved: defaults, then a YAML file, then `--set` overrides, each
 /// value remembering where it came from so that a bad value is reported at its origin.
-/// Only `validated()` turns it into a `RunConfig` callers see.
-public struct ConfigResolution {
+/// Only `validated()` turns it into a `RunConfig` callers see. Package access, not public:
+/// Distillation composes its config with it, no client of the package does.
+package struct ConfigResolution {
     var config: RunConfig
     /// Field path → origin of its current value.
     private(set) var origins: [String: ConfigOrigin]
 
     /// Starts from `base`, every value attributed to `origin`.
-    public init(_ base: RunConfig, origin: ConfigOrigin) {
+    package init(_ base: RunConfig, origin: ConfigOrigin) {
         config = base
         origins = Dictionary(uniqueKeysWithValues: ConfigField.all.map { ($0.path, base.overridden.contains($0.path) ? .override : origin) })
     }
@@ -28,7 +29,7 @@ public struct ConfigResolution {
     }
 
     /// Applies `key=value` overrides (`--set`).
-    public mutating func apply(overrides: [String]) throws {
+    package mutating func apply(overrides: [String]) throws {
         for override in overrides {
             guard let equals = override.firstIndex(of: "=") else { throw ConfigError.malformedOverride(override) }
             let key = override[..<equals].trimmingCharacters(in: .whitespaces)
@@ -40,7 +41,7 @@ public struct ConfigResolution {
     }
 
     /// The config, once every value is in its range and the model keys make a buildable model.
-    public func validated() throws -> RunConfig {
+    package func validated() throws -> RunConfig {
         for field in ConfigField.all {
             let admitted = field.number(in: config).map(field.rule.admits) ?? field.rule.admits(field.text(in: config))
             if !admitted {

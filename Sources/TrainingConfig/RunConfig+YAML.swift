@@ -5,7 +5,7 @@ import Yams
 extension ConfigResolution {
     /// Sets every key of a YAML document (sections of `key: value`), each checked against
     /// the field table and attributed to `file` at its line.
-    public mutating func merge(yaml text: String, file: String) throws {
+    package mutating func merge(yaml text: String, file: String) throws {
         let root: Node?
         do { root = try Yams.compose(yaml: text) } catch {
             let (line, problem) = Self.describe(error)

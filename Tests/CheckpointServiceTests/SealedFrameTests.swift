@@ -21,10 +21,10 @@ import Glibc
         let box = Box()
         let done = DispatchSemaphore(value: 0)
         Thread {
-            box.session = try? JobHandshake(token: token).acceptSession(identity: "service", over: .socket(fds[1], deadline: Date(timeIntervalSinceNow: 5)))
+            box.session = try? JobHandshake(token: token).accept(identity: "service", over: .socket(fds[1], deadline: Date(timeIntervalSinceNow: 5)))
             done.signal()
         }.start()
-        let client = try JobHandshake(token: token).initiateSession(identity: "client", over: .socket(fds[0], deadline: Date(timeIntervalSinceNow: 5)))
+        let client = try JobHandshake(token: token).initiate(identity: "client", over: .socket(fds[0], deadline: Date(timeIntervalSinceNow: 5)))
         done.wait()
         return (FrameSeal(client, initiator: true), FrameSeal(try #require(box.session), initiator: false))
     }

@@ -25,10 +25,10 @@ import Glibc
         let box = Box()
         let done = DispatchSemaphore(value: 0)
         Thread {
-            box.session = try? JobHandshake(token: token).acceptSession(identity: "rank 0", over: .socket(accepting, deadline: Date(timeIntervalSinceNow: 5)))
+            box.session = try? JobHandshake(token: token).accept(identity: "rank 0", over: .socket(accepting, deadline: Date(timeIntervalSinceNow: 5)))
             done.signal()
         }.start()
-        let initiator = try JobHandshake(token: token).initiateSession(identity: "rank 1", over: .socket(dialing, deadline: Date(timeIntervalSinceNow: 5)))
+        let initiator = try JobHandshake(token: token).initiate(identity: "rank 1", over: .socket(dialing, deadline: Date(timeIntervalSinceNow: 5)))
         done.wait()
         return (SessionSeal(initiator, initiator: true), SessionSeal(try #require(box.session), initiator: false))
     }

@@ -24,12 +24,12 @@ func handshakeOverSocketPair(initiatorToken: String, acceptorToken: String)
     let acceptor = Box()
     let done = DispatchSemaphore(value: 0)
     let thread = Thread {
-        acceptor.result = Result { try JobHandshake(token: acceptorToken).accept(identity: "acceptor A", over: recording(right)) }
+        acceptor.result = Result { try JobHandshake(token: acceptorToken).accept(identity: "acceptor A", over: recording(right)).peer }
         shutdown(right, Int32(SHUT_RDWR))
         done.signal()
     }
     thread.start()
-    let initiatorResult = Result { try JobHandshake(token: initiatorToken).initiate(identity: "initiator I", over: recording(left)) }
+    let initiatorResult = Result { try JobHandshake(token: initiatorToken).initiate(identity: "initiator I", over: recording(left)).peer }
     shutdown(left, Int32(SHUT_RDWR))
     done.wait()
     return (initiatorResult, acceptor.result, recorder.all)
@@ -71,11 +71,11 @@ func recordedInitiatorMessages(token: String, initiator: String, acceptor: Strin
     let accepted = Box()
     let done = DispatchSemaphore(value: 0)
     Thread {
-        accepted.result = Result { try JobHandshake(token: token).accept(identity: acceptor, over: .socket(right, deadline: deadline)) }
+        accepted.result = Result { try JobHandshake(token: token).accept(identity: acceptor, over: .socket(right, deadline: deadline)).peer }
         done.signal()
     }.start()
     let peer = try JobHandshake(token: token).initiate(identity: initiator,
-                                                       over: JobHandshake.Transport(send: { recorder.add($0); try plain.send($0) }, receive: plain.receive))
+                                                       over: JobHandshake.Transport(send: { recorder.add($0); try plain.send($0) }, receive: plain.receive)).peer
     done.wait()
     let acceptedPeer = try accepted.result.get()
     #expect(peer == acceptor && acceptedPeer == initiator, "the recorded handshake itself succeeded")

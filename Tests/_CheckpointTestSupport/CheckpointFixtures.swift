@@ -1,4 +1,5 @@
 import Checkpointing
+import Foundation
 import TensorCore
 
 /// Small checkpoints for the checkpoint store's and the checkpoint service's tests.
@@ -39,5 +40,16 @@ public enum CheckpointFixtures {
             shards: [e: TensorShard(globalShape: [3, 2], offset: [2, 0], axis: "expert")])
         let third = CheckpointShardSnapshot(step: step, rank: 2, ranks: 3, model: StateDict(), optimizer: StateDict(), shards: [:])
         return [first, second, third]
+    }
+}
+
+extension CheckpointStore {
+    /// Writes whole-tensor `contents` under `root` as a one-rank run would (a stale partial
+    /// directory of the same step is replaced); the committed checkpoint's directory.
+    @discardableResult
+    public func write(_ contents: CheckpointContents) throws -> URL {
+        try? FileManager.default.removeItem(at: root.appendingPathComponent(CheckpointLayout.partialName(step: contents.state.step)))
+        let sink = DirectoryCheckpointSink(root: root)
+        return try sink.fetch(step: try sink.deliver(contents.part()).step)
     }
 }

@@ -1,3 +1,4 @@
+import CheckpointService
 import Checkpointing
 import Foundation
 import TensorCore
@@ -41,6 +42,12 @@ public struct SoupJob {
         /// The inputs averaged (all of them, except for greedy) and their weights.
         public var kept: [URL]
         public var weights: [Double]
+
+        /// The losses as `tessera soup` prints them: each input "in soup" or "left out", then the soup.
+        public var table: [String] {
+            ingredientLosses.map { url, loss in (kept.contains(url) ? "in soup  " : "left out ") + String(format: "%.4f  ", loss) + url.path }
+                + (soupLoss.map { ["soup     " + String(format: "%.4f  ", $0) + checkpoint.path] } ?? [])
+        }
     }
 
     /// A checkpoint as a soup ingredient, with the model and mixture-of-experts keys of its run.yaml.
@@ -88,7 +95,9 @@ public struct SoupJob {
         var config = try RunConfig(resolvedYAML: contents.runConfig, source: "soup run.yaml")
         config.run.dir = output.path
         contents.runConfig = config.yaml
-        let written = try CheckpointStore(root: output.appendingPathComponent("checkpoints")).write(contents)
+        let sink = try CheckpointSinks.make(CheckpointSinkOptions(directory: output.appendingPathComponent("checkpoints")))
+        _ = try sink.prepare(owner: true)
+        let written = try sink.fetch(step: try sink.deliver(contents.part()).step)
         let report = Report(checkpoint: written, ingredientLosses: losses, soupLoss: soupLoss, kept: kept, weights: used)
         try writeRecord(report)
         if let soupLoss { log(String(format: "soup (%@ of %d): validation loss %.6f", method.rawValue, kept.count, soupLoss)) }
