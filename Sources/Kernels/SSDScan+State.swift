@@ -30,22 +30,17 @@ extension SSDScan {
                                  y: UnsafeMutablePointer<Float>, chunkStates: UnsafeMutablePointer<Float>,
                                  threads: KernelThreads = .single) {
         let size = stateSize * headDim
-        threads.forItems(batch * heads) { items in
-            let work = Workspace(self)
-            defer { work.deallocate() }
-            for item in items {
-                let (sample, h) = (item / heads, item % heads)
-                let state = work.state
-                state.update(from: initialStates + item * size, count: size)
-                for chunk in 0..<chunks {
-                    let t0 = chunk * chunkSize, L = min(chunkSize, length - t0), row0 = sample * length + t0
-                    let entering = chunkStates + chunkStateOffset(sample, h, chunk)
-                    for i in 0..<size { entering[i] += state[i] }
-                    cumulativeLogDecay(aLog, row0: row0, count: L, head: h, into: work.cumulative)
-                    addStateReadout(row0: row0, count: L, head: h, c: c, state: state, y: y, work: work)
-                    let carry = exp(work.cumulative[L - 1])
-                    for i in 0..<size { state[i] *= carry }
-                }
+        forEachItem(threads: threads) { sample, h, work in
+            let state = work.state
+            state.update(from: initialStates + (sample * heads + h) * size, count: size)
+            for chunk in 0..<chunks {
+                let t0 = chunk * chunkSize, L = min(chunkSize, length - t0), row0 = sample * length + t0
+                let entering = chunkStates + chunkStateOffset(sample, h, chunk)
+                for i in 0..<size { entering[i] += state[i] }
+                cumulativeLogDecay(aLog, row0: row0, count: L, head: h, into: work.cumulative)
+                addStateReadout(row0: row0, count: L, head: h, c: c, state: state, y: y, work: work)
+                let carry = exp(work.cumulative[L - 1])
+                for i in 0..<size { state[i] *= carry }
             }
         }
     }
@@ -57,23 +52,18 @@ extension SSDScan {
                                       dFinalStates: UnsafePointer<Float>, dx: MutableStridedRows, dB: MutableStridedRows,
                                       dALog: MutableStridedRows, threads: KernelThreads = .single) {
         let size = stateSize * headDim
-        threads.forItems(batch * heads) { items in
-            let work = Workspace(self)
-            defer { work.deallocate() }
-            for item in items {
-                let (sample, h) = (item / heads, item % heads)
-                let dState = work.dState
-                dState.update(from: dFinalStates + item * size, count: size)
-                for chunk in (0..<chunks).reversed() {
-                    let t0 = chunk * chunkSize, L = min(chunkSize, length - t0), row0 = sample * length + t0
-                    cumulativeLogDecay(aLog, row0: row0, count: L, head: h, into: work.cumulative)
-                    work.dCumulative.update(repeating: 0, count: L)
-                    addStateLeavingGradient(row0: row0, count: L, head: h, x: x, b: b, dx: dx, dB: dB, dState: dState,
-                                            previous: chunkStates + chunkStateOffset(sample, h, chunk), work: work)
-                    logDecayGradient(row0: row0, count: L, head: h, aLog: aLog, dALog: dALog, adding: true, work: work)
-                    let carry = exp(work.cumulative[L - 1])
-                    for i in 0..<size { dState[i] *= carry }
-                }
+        forEachItem(threads: threads) { sample, h, work in
+            let dState = work.dState
+            dState.update(from: dFinalStates + (sample * heads + h) * size, count: size)
+            for chunk in (0..<chunks).reversed() {
+                let t0 = chunk * chunkSize, L = min(chunkSize, length - t0), row0 = sample * length + t0
+                cumulativeLogDecay(aLog, row0: row0, count: L, head: h, into: work.cumulative)
+                work.dCumulative.update(repeating: 0, count: L)
+                addStateLeavingGradient(row0: row0, count: L, head: h, x: x, b: b, dx: dx, dB: dB, dState: dState,
+                                        previous: chunkStates + chunkStateOffset(sample, h, chunk), work: work)
+                logDecayGradient(row0: row0, count: L, head: h, aLog: aLog, dALog: dALog, adding: true, work: work)
+                let carry = exp(work.cumulative[L - 1])
+                for i in 0..<size { dState[i] *= carry }
             }
         }
     }

@@ -46,13 +46,18 @@ public struct SSDScan: Equatable, Sendable {
     public func forward(x: StridedRows, b: StridedRows, c: StridedRows, aLog: StridedRows, d: UnsafePointer<Float>,
                         y: UnsafeMutablePointer<Float>, chunkStates: UnsafeMutablePointer<Float>?,
                         finalStates: UnsafeMutablePointer<Float>? = nil, threads: KernelThreads = .single) {
+        forEachItem(threads: threads) { sample, h, work in
+            forwardItem(sample: sample, head: h, x: x, b: b, c: c, aLog: aLog, d: d, y: y,
+                        chunkStates: chunkStates, finalStates: finalStates, work: work)
+        }
+    }
+
+    /// body(sample, head, workspace) for every (sample, head) pair, split over the kernel threads.
+    func forEachItem(threads: KernelThreads, _ body: (Int, Int, Workspace) -> Void) {
         threads.forItems(batch * heads) { items in
             let work = Workspace(self)
             defer { work.deallocate() }
-            for item in items {
-                forwardItem(sample: item / heads, head: item % heads, x: x, b: b, c: c, aLog: aLog, d: d, y: y,
-                            chunkStates: chunkStates, finalStates: finalStates, work: work)
-            }
+            for item in items { body(item / heads, item % heads, work) }
         }
     }
 

@@ -88,15 +88,7 @@ import _TestSupport
         for item in 0..<(c.batch * H) {
             for i in 0..<size { dInitial[item * size + i] += exp(decays[item]) * probeFinal[item * size + i] }
         }
-        var dx: [Float] = [], db: [Float] = [], dc: [Float] = [], da: [Float] = []
-        for r in 0..<c.rows {
-            let row = r * o.packedWidth
-            dx += dxbc[row..<(row + HP)]
-            db += dxbc[(row + HP)..<(row + HP + HN)]
-            dc += dxbc[(row + HP + HN)..<(row + HP + 2 * HN)]
-            da += dA[(r * o.aLogWidth + 1)..<(r * o.aLogWidth + 1 + H)]
-        }
-        let analytic = dx + db + dc + da + dD + dInitial
+        let analytic = SSDScanTests.unpacked(o, dxbc: dxbc, dA: dA) + dD + dInitial
         let counts = [o.x.count, o.b.count, o.cc.count, o.aLog.count, o.d.count, initial.count]
         let numeric = GradientCheck.numeric(at: (o.x + o.b + o.cc + o.aLog + o.d + initial).doubles) { v in
             var parts: [[Double]] = [], at = 0
