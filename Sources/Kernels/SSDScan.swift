@@ -115,14 +115,10 @@ public struct SSDScan: Equatable, Sendable {
         var skipPartials = [Float](repeating: 0, count: batch * heads)
         skipPartials.withUnsafeMutableBufferPointer { partials in
             let partials = partials.baseAddress!
-            threads.forItems(batch * heads) { items in
-                let work = Workspace(self)
-                defer { work.deallocate() }
-                for item in items {
-                    partials[item] = backwardItem(sample: item / heads, head: item % heads, x: x, b: b, c: c, aLog: aLog, d: d,
-                                                  chunkStates: chunkStates, dY: dY, dx: dx, dB: dB, dC: dC, dALog: dALog,
-                                                  dInitialStates: dInitialStates, work: work)
-                }
+            forEachItem(threads: threads) { sample, h, work in
+                partials[sample * heads + h] = backwardItem(sample: sample, head: h, x: x, b: b, c: c, aLog: aLog, d: d,
+                                                            chunkStates: chunkStates, dY: dY, dx: dx, dB: dB, dC: dC, dALog: dALog,
+                                                            dInitialStates: dInitialStates, work: work)
             }
         }
         for h in 0..<heads {
