@@ -14,7 +14,7 @@ import Training
 ///   the query rows at its positions. The teacher's attention pass is repeated on each rank
 ///   over the whole sequences (S times its work, and B·H·T² floats of A and of M per layer).
 /// - stage 2: the student's block runs on the teacher's block input rows at the rank's
-///   positions (its Mamba mixer gathers the sequence itself), against the teacher's rows.
+///   positions (its Mamba mixer passes the scan state between ranks), against the teacher's rows.
 /// - stage 3: the logits of the rank's positions; each row's next token comes from the whole
 ///   sequence, the last position has none.
 extension Distiller {

@@ -35,7 +35,7 @@ import TrainingConfig
 ///
 /// With S sequence ranks (the grid's sequence axis), `nextBatch` still gives whole sequences;
 /// each rank runs teacher and student on its zigzag positions (`SequenceSharding`; attention
-/// ring or Ulysses, Mamba-2 through `SequenceGather`) and each loss is the rank's share of the
+/// ring or Ulysses, Mamba-2 passing its scan state, `SequencePieces`) and each loss is the rank's share of the
 /// whole sum (its query rows in stage 1, its tokens in stages 2 and 3), summed over the
 /// sequence ranks with the gradients (Distiller+Sequence.swift). With expert ranks, teacher
 /// and student hold their experts' shard (models built on `grid`), exchanged in every pass.

@@ -7,25 +7,52 @@
 /// Rows are split over the kernel threads; every element is summed in the same order whatever
 /// the split.
 public enum DepthwiseCausalConv {
-    /// y[t, c] = bias[c] + Σ_k weight[c, k] · x[t − (W − 1) + k, c], x = 0 before a sample starts.
+    /// y[t, c] = bias[c] + Σ_k weight[c, k] · x[t − (W − 1) + k, c], x before a sample starts
+    /// taken from `history` (B, W − 1, C), the W − 1 inputs preceding each sample (a sequence
+    /// cut into pieces), or 0 without it.
     public static func forward(x: StridedRows, weight: UnsafePointer<Float>, bias: UnsafePointer<Float>, y: MutableStridedRows,
-                               batch: Int, length: Int, channels: Int, width: Int, threads: KernelThreads = .single) {
+                               batch: Int, length: Int, channels: Int, width: Int, history: UnsafePointer<Float>? = nil,
+                               threads: KernelThreads = .single) {
         threads.forRanges(batch * length, minimumChunk: max(1, 16_384 / max(1, channels * width))) { rows in
             for r in rows {
-                let t = r % length, out = y.row(r)
+                let out = y.row(r)
                 out.update(from: bias, count: channels)
-                for k in 0..<width where t - (width - 1) + k >= 0 {
-                    let input = x.row(r - (width - 1) + k)
+                for k in 0..<width {
+                    guard let input = row(r, tap: k, x: x, history: history, length: length, channels: channels, width: width) else { continue }
                     for c in 0..<channels { out[c] += weight[c * width + k] * input[c] }
                 }
             }
         }
     }
 
+    /// The input row tap k of output row r reads: x's, `history`'s before the sample starts, or nil (zeros).
+    @inline(__always) static func row(_ r: Int, tap k: Int, x: StridedRows, history: UnsafePointer<Float>?, length: Int,
+                                      channels: Int, width: Int) -> UnsafePointer<Float>? {
+        let q = r % length - (width - 1) + k
+        if q >= 0 { return x.row(r - (width - 1) + k) }
+        guard let history else { return nil }
+        return history + ((r / length) * (width - 1) + (width - 1) + q) * channels
+    }
+
     /// dx (overwritten) = ∂L/∂x; dWeight and dBias accumulate ∂L/∂weight, ∂L/∂bias, from dy.
+    /// With the forward pass's `history`, `dHistory` (B, W − 1, C) is overwritten with ∂L/∂history.
     public static func backward(x: StridedRows, weight: UnsafePointer<Float>, dy: StridedRows, dx: MutableStridedRows,
                                 dWeight: UnsafeMutablePointer<Float>, dBias: UnsafeMutablePointer<Float>,
-                                batch: Int, length: Int, channels: Int, width: Int, threads: KernelThreads = .single) {
+                                batch: Int, length: Int, channels: Int, width: Int, history: UnsafePointer<Float>? = nil,
+                                dHistory: UnsafeMutablePointer<Float>? = nil, threads: KernelThreads = .single) {
+        if let dHistory {
+            // dHistory[s, j, c] = Σ_{k ≤ j} weight[c, k] · dy[s, j − k, c] (history row j is position j − (W − 1)).
+            for sample in 0..<batch {
+                for j in 0..<(width - 1) {
+                    let out = dHistory + (sample * (width - 1) + j) * channels
+                    out.update(repeating: 0, count: channels)
+                    for k in 0...j where j - k < length {
+                        let grad = dy.row(sample * length + j - k)
+                        for c in 0..<channels { out[c] += weight[c * width + k] * grad[c] }
+                    }
+                }
+            }
+        }
         // dx[t, c] = Σ_k weight[c, k] · dy[t + (W − 1) − k, c] over the positions of the same sample.
         threads.forRanges(batch * length, minimumChunk: max(1, 16_384 / max(1, channels * width))) { rows in
             for r in rows {
@@ -44,11 +71,12 @@ public enum DepthwiseCausalConv {
             defer { sums.deallocate() }
             sums.update(repeating: 0, count: count * (width + 1))
             for r in 0..<(batch * length) {
-                let t = r % length, grad = dy.row(r) + range.lowerBound
+                let grad = dy.row(r) + range.lowerBound
                 for i in 0..<count { sums[count * width + i] += grad[i] }
-                for k in 0..<width where t - (width - 1) + k >= 0 {
-                    let input = x.row(r - (width - 1) + k) + range.lowerBound
-                    for i in 0..<count { sums[i * width + k] += grad[i] * input[i] }
+                for k in 0..<width {
+                    guard let input = row(r, tap: k, x: x, history: history, length: length, channels: channels, width: width)
+                    else { continue }
+                    for i in 0..<count { sums[i * width + k] += grad[i] * input[i + range.lowerBound] }
                 }
             }
             for i in 0..<count {

@@ -46,13 +46,18 @@ public struct SSDScan: Equatable, Sendable {
     public func forward(x: StridedRows, b: StridedRows, c: StridedRows, aLog: StridedRows, d: UnsafePointer<Float>,
                         y: UnsafeMutablePointer<Float>, chunkStates: UnsafeMutablePointer<Float>?,
                         finalStates: UnsafeMutablePointer<Float>? = nil, threads: KernelThreads = .single) {
+        forEachItem(threads: threads) { sample, h, work in
+            forwardItem(sample: sample, head: h, x: x, b: b, c: c, aLog: aLog, d: d, y: y,
+                        chunkStates: chunkStates, finalStates: finalStates, work: work)
+        }
+    }
+
+    /// body(sample, head, workspace) for every (sample, head) pair, split over the kernel threads.
+    func forEachItem(threads: KernelThreads, _ body: (Int, Int, Workspace) -> Void) {
         threads.forItems(batch * heads) { items in
             let work = Workspace(self)
             defer { work.deallocate() }
-            for item in items {
-                forwardItem(sample: item / heads, head: item % heads, x: x, b: b, c: c, aLog: aLog, d: d, y: y,
-                            chunkStates: chunkStates, finalStates: finalStates, work: work)
-            }
+            for item in items { body(item / heads, item % heads, work) }
         }
     }
 
@@ -77,14 +82,7 @@ public struct SSDScan: Equatable, Sendable {
             Matmul.gemm(transposeA: false, transposeB: false, m: L, n: P, k: L, a: g, lda: L, b: xc, ldb: x.stride,
                         c: yc, ldc: yStride)
             // From earlier chunks: y_i += exp(cs_i) · Sᵀ C_i.
-            if chunk > 0 {
-                for i in 0..<L {
-                    let e = exp(cs[i])
-                    for n in 0..<N { scaled[i * N + n] = e * cc[i * c.stride + n] }
-                }
-                Matmul.gemm(transposeA: false, transposeB: false, m: L, n: P, k: N, a: scaled, lda: N, b: state, ldb: P,
-                            beta: 1, c: yc, ldc: yStride)
-            }
+            if chunk > 0 { addStateReadout(row0: row0, count: L, head: h, c: c, state: state, y: y, work: work) }
             let skip = d[h]
             for i in 0..<L {
                 for p in 0..<P { yc[i * yStride + p] += skip * xc[i * x.stride + p] }
@@ -106,21 +104,21 @@ public struct SSDScan: Equatable, Sendable {
     }
 
     /// Gradients from dY (B·T, H·P) = ∂L/∂y: dx, dB, dC, dA_log overwritten (the columns of
-    /// this layout only), dD (H) accumulated. `chunkStates` are the forward pass's.
+    /// this layout only), dD (H) accumulated. `chunkStates` are the forward pass's. With
+    /// `dInitialStates` (B, H, N, P) the scan started from the states in `chunkStates`' first
+    /// chunk (`addInitialStates`), and ∂L/∂(initial states) is written there.
     public func backward(x: StridedRows, b: StridedRows, c: StridedRows, aLog: StridedRows, d: UnsafePointer<Float>,
                          chunkStates: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                          dx: MutableStridedRows, dB: MutableStridedRows, dC: MutableStridedRows, dALog: MutableStridedRows,
-                         dD: UnsafeMutablePointer<Float>, threads: KernelThreads = .single) {
+                         dD: UnsafeMutablePointer<Float>, dInitialStates: UnsafeMutablePointer<Float>? = nil,
+                         threads: KernelThreads = .single) {
         var skipPartials = [Float](repeating: 0, count: batch * heads)
         skipPartials.withUnsafeMutableBufferPointer { partials in
             let partials = partials.baseAddress!
-            threads.forItems(batch * heads) { items in
-                let work = Workspace(self)
-                defer { work.deallocate() }
-                for item in items {
-                    partials[item] = backwardItem(sample: item / heads, head: item % heads, x: x, b: b, c: c, aLog: aLog, d: d,
-                                                  chunkStates: chunkStates, dY: dY, dx: dx, dB: dB, dC: dC, dALog: dALog, work: work)
-                }
+            forEachItem(threads: threads) { sample, h, work in
+                partials[sample * heads + h] = backwardItem(sample: sample, head: h, x: x, b: b, c: c, aLog: aLog, d: d,
+                                                            chunkStates: chunkStates, dY: dY, dx: dx, dB: dB, dC: dC, dALog: dALog,
+                                                            dInitialStates: dInitialStates, work: work)
             }
         }
         for h in 0..<heads {
@@ -133,13 +131,13 @@ public struct SSDScan: Equatable, Sendable {
     private func backwardItem(sample: Int, head h: Int, x: StridedRows, b: StridedRows, c: StridedRows, aLog: StridedRows,
                               d: UnsafePointer<Float>, chunkStates: UnsafePointer<Float>, dY: UnsafePointer<Float>,
                               dx: MutableStridedRows, dB: MutableStridedRows, dC: MutableStridedRows, dALog: MutableStridedRows,
-                              work: Workspace) -> Float {
+                              dInitialStates: UnsafeMutablePointer<Float>?, work: Workspace) -> Float {
         let (P, N, yStride) = (headDim, stateSize, heads * headDim)
         let (cs, dcs, g, dg) = (work.cumulative, work.dCumulative, work.g, work.dg)
         let (scaled, product, dState) = (work.scaledA, work.scaledB, work.dState)
         dState.update(repeating: 0, count: N * P)
         var skipGradient: Float = 0
-        let skip = d[h]
+        let skip = d[h], fromState = dInitialStates != nil
         for chunk in (0..<chunks).reversed() {
             let t0 = chunk * chunkSize, L = min(chunkSize, length - t0), row0 = sample * length + t0
             let xc = x.row(row0) + h * P, bc = b.row(row0) + h * N, cc = c.row(row0) + h * N
@@ -176,8 +174,8 @@ public struct SSDScan: Equatable, Sendable {
                         c: dcc, ldc: dC.stride)
             Matmul.gemm(transposeA: true, transposeB: false, m: L, n: N, k: L, a: dg, lda: L, b: cc, ldb: c.stride,
                         c: dbc, ldc: dB.stride)
-            // From earlier chunks (y_i += exp(cs_i) Sᵀ C_i; S = 0 entering the first chunk).
-            if chunk > 0 {
+            // From earlier chunks (y_i += exp(cs_i) Sᵀ C_i; S = 0 entering the first chunk unless fromState).
+            if chunk > 0 || fromState {
                 Matmul.gemm(transposeA: false, transposeB: true, m: L, n: N, k: P, a: dyc, lda: yStride, b: previous, ldb: P,
                             c: product, ldc: N)
                 for i in 0..<L {
@@ -194,33 +192,11 @@ public struct SSDScan: Equatable, Sendable {
             // Into later chunks (the state leaving this one; dS = 0 after the last chunk).
             let last = cs[L - 1]
             if chunk < chunks - 1 {
-                for j in 0..<L {
-                    let w = exp(last - cs[j])
-                    for n in 0..<N { scaled[j * N + n] = w * bc[j * b.stride + n] }
-                }
-                Matmul.gemm(transposeA: false, transposeB: false, m: L, n: P, k: N, a: scaled, lda: N, b: dState, ldb: P,
-                            beta: 1, c: dxc, ldc: dx.stride)
-                Matmul.gemm(transposeA: false, transposeB: true, m: L, n: N, k: P, a: xc, lda: x.stride, b: dState, ldb: P,
-                            c: product, ldc: N)
-                for j in 0..<L {
-                    let w = exp(last - cs[j])
-                    var q: Float = 0
-                    for n in 0..<N {
-                        let v = w * product[j * N + n]
-                        dbc[j * dB.stride + n] += v
-                        q += v * bc[j * b.stride + n]
-                    }
-                    dcs[j] -= q
-                    dcs[L - 1] += q
-                }
-                if chunk > 0 {
-                    var dot: Float = 0
-                    for i in 0..<(N * P) { dot += dState[i] * previous[i] }
-                    dcs[L - 1] += exp(last) * dot
-                }
+                addStateLeavingGradient(row0: row0, count: L, head: h, x: x, b: b, dx: dx, dB: dB, dState: dState,
+                                        previous: chunk > 0 || fromState ? previous : nil, work: work)
             }
             // ∂L/∂(state entering this chunk) = exp(cs_last) dS + Σ_i exp(cs_i) C_i dY_iᵀ.
-            if chunk > 0 {
+            if chunk > 0 || fromState {
                 let carry = exp(last)
                 for i in 0..<(N * P) { dState[i] *= carry }
                 for i in 0..<L {
@@ -230,22 +206,78 @@ public struct SSDScan: Equatable, Sendable {
                 Matmul.gemm(transposeA: true, transposeB: false, m: N, n: P, k: L, a: scaled, lda: N, b: dyc, ldb: yStride,
                             beta: 1, c: dState, ldc: P)
             }
-            // cs_i = Σ_{k ≤ i} log a_k: ∂L/∂log a_k = Σ_{i ≥ k} ∂L/∂cs_i; log a = −softplus(A_log).
-            var suffix: Float = 0
-            for k in (0..<L).reversed() {
-                suffix += dcs[k]
-                dALog.row(row0 + k)[h] = -suffix * Self.sigmoid(aLog.row(row0 + k)[h])
-            }
+            logDecayGradient(row0: row0, count: L, head: h, aLog: aLog, dALog: dALog, adding: false, work: work)
         }
+        if let dInitialStates { (dInitialStates + (sample * heads + h) * N * P).update(from: dState, count: N * P) }
         return skipGradient
     }
 
-    private func chunkStateOffset(_ sample: Int, _ head: Int, _ chunk: Int) -> Int {
+    /// y (the chunk's rows) += exp(cs_i) · stateᵀ C_i: the state entering a chunk read out at its
+    /// positions (cs in `work.cumulative`).
+    func addStateReadout(row0: Int, count L: Int, head h: Int, c: StridedRows, state: UnsafePointer<Float>,
+                         y: UnsafeMutablePointer<Float>, work: Workspace) {
+        let (P, N, cs, scaled) = (headDim, stateSize, work.cumulative, work.scaledA)
+        let cc = c.row(row0) + h * N
+        for i in 0..<L {
+            let e = exp(cs[i])
+            for n in 0..<N { scaled[i * N + n] = e * cc[i * c.stride + n] }
+        }
+        Matmul.gemm(transposeA: false, transposeB: false, m: L, n: P, k: N, a: scaled, lda: N, b: state, ldb: P,
+                    beta: 1, c: y + row0 * heads * P + h * P, ldc: heads * P)
+    }
+
+    /// From dState = ∂L/∂(the state leaving a chunk), S_out = exp(cs_last) S_in + Σ_j exp(cs_last − cs_j) B_j x_jᵀ:
+    /// adds to dx and dB of the chunk's rows and to dcs (`work`); S_in's decay term when `previous` (S_in) is given.
+    func addStateLeavingGradient(row0: Int, count L: Int, head h: Int, x: StridedRows, b: StridedRows, dx: MutableStridedRows,
+                                 dB: MutableStridedRows, dState: UnsafePointer<Float>, previous: UnsafePointer<Float>?,
+                                 work: Workspace) {
+        let (P, N, cs, dcs) = (headDim, stateSize, work.cumulative, work.dCumulative)
+        let (scaled, product, last) = (work.scaledA, work.scaledB, work.cumulative[L - 1])
+        let xc = x.row(row0) + h * P, bc = b.row(row0) + h * N, dxc = dx.row(row0) + h * P, dbc = dB.row(row0) + h * N
+        for j in 0..<L {
+            let w = exp(last - cs[j])
+            for n in 0..<N { scaled[j * N + n] = w * bc[j * b.stride + n] }
+        }
+        Matmul.gemm(transposeA: false, transposeB: false, m: L, n: P, k: N, a: scaled, lda: N, b: dState, ldb: P,
+                    beta: 1, c: dxc, ldc: dx.stride)
+        Matmul.gemm(transposeA: false, transposeB: true, m: L, n: N, k: P, a: xc, lda: x.stride, b: dState, ldb: P,
+                    c: product, ldc: N)
+        for j in 0..<L {
+            let w = exp(last - cs[j])
+            var q: Float = 0
+            for n in 0..<N {
+                let v = w * product[j * N + n]
+                dbc[j * dB.stride + n] += v
+                q += v * bc[j * b.stride + n]
+            }
+            dcs[j] -= q
+            dcs[L - 1] += q
+        }
+        if let previous {
+            var dot: Float = 0
+            for i in 0..<(N * P) { dot += dState[i] * previous[i] }
+            dcs[L - 1] += exp(last) * dot
+        }
+    }
+
+    /// cs_i = Σ_{k ≤ i} log a_k: ∂L/∂log a_k = Σ_{i ≥ k} ∂L/∂cs_i (dcs in `work`); log a = −softplus(A_log).
+    /// Written into dA_log, or added to it when `adding`.
+    func logDecayGradient(row0: Int, count L: Int, head h: Int, aLog: StridedRows, dALog: MutableStridedRows, adding: Bool,
+                          work: Workspace) {
+        var suffix: Float = 0
+        for k in (0..<L).reversed() {
+            suffix += work.dCumulative[k]
+            let value = -suffix * Self.sigmoid(aLog.row(row0 + k)[h]), to = dALog.row(row0 + k) + h
+            to.pointee = adding ? to.pointee + value : value
+        }
+    }
+
+    func chunkStateOffset(_ sample: Int, _ head: Int, _ chunk: Int) -> Int {
         ((sample * heads + head) * chunks + chunk) * stateSize * headDim
     }
 
     /// cs[i] = Σ_{k ≤ i} log a_{t0 + k} within one chunk.
-    private func cumulativeLogDecay(_ aLog: StridedRows, row0: Int, count: Int, head: Int, into cs: UnsafeMutablePointer<Float>) {
+    func cumulativeLogDecay(_ aLog: StridedRows, row0: Int, count: Int, head: Int, into cs: UnsafeMutablePointer<Float>) {
         var sum: Float = 0
         for i in 0..<count {
             sum += Self.logDecay(aLog.row(row0 + i)[head])

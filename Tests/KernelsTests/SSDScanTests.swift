@@ -179,6 +179,12 @@ import _TestSupport
                 }
             }
         }
+        return unpacked(o, dxbc: dxbc, dA: dA) + dD
+    }
+
+    /// [dx, dB, dC, dA_log] in the contiguous layouts from the packed gradients; the spare columns stay NaN.
+    static func unpacked(_ o: Operands, dxbc: [Float], dA: [Float]) -> [Float] {
+        let c = o.c, (HP, HN, H) = (c.heads * c.headDim, c.heads * c.stateSize, c.heads)
         var dx: [Float] = [], db: [Float] = [], dc: [Float] = [], da: [Float] = []
         for r in 0..<c.rows {
             let row = r * o.packedWidth
@@ -188,7 +194,7 @@ import _TestSupport
             da += dA[(r * o.aLogWidth + 1)..<(r * o.aLogWidth + 1 + H)]
             #expect(dxbc[(row + HP + 2 * HN)..<(row + o.packedWidth)].allSatisfy { $0.isNaN }, "spare columns untouched")
         }
-        return dx + db + dc + da + dD
+        return dx + db + dc + da
     }
 
     static let awkward: [Case] = [

@@ -60,9 +60,15 @@ struct Mamba2Shape {
                             convolved: UnsafeMutablePointer<Float>, batch: Int, length: Int, threads: KernelThreads) {
         Matmul.linearForward(x: u, weight: v.inProj, y: projected, rows: batch * length, inFeatures: dModel,
                              outFeatures: projectionWidth, threads: threads)
+        convolve(projected: projected, values: v, convolved: convolved, batch: batch, length: length, history: nil, threads: threads)
+    }
+
+    /// convolved = conv1d(projected's [x | B | C] columns), `history` (batch, W − 1, C) before each sample.
+    func convolve(projected: UnsafePointer<Float>, values v: Mamba2Values, convolved: UnsafeMutablePointer<Float>, batch: Int,
+                  length: Int, history: UnsafePointer<Float>?, threads: KernelThreads) {
         DepthwiseCausalConv.forward(x: StridedRows(projected, stride: projectionWidth), weight: v.convWeight, bias: v.convBias,
                                     y: MutableStridedRows(convolved, stride: convChannels), batch: batch, length: length,
-                                    channels: convChannels, width: spec.convWidth, threads: threads)
+                                    channels: convChannels, width: spec.convWidth, history: history, threads: threads)
     }
 
     /// out (B·T, d) += mixer(u (B·T, d)) through the chunked scan; fills `buffers`.

@@ -21,8 +21,11 @@ import TensorCore
 ///
 /// Activations (B·T rows): `projected` (B·T, 2HP + 2HN + H), `convolved` (B·T, HP + 2HN),
 /// `gatePre` = z + z_bias, `y` and `gated` (B·T, HP), and the scan's chunk states.
-/// With the sequence sharded (`parallel.sequence`), every sequence rank runs the mixer over the
-/// whole sequences (`SequenceGather`): exact, at P times the mixer's work and activations.
+/// With the sequence sharded (`parallel.sequence`), each sequence rank runs the mixer on its own
+/// tokens (`SequencePieces`): the convolution takes the W − 1 inputs before each of its pieces
+/// from their owners, and the scan runs each piece from a zero state and adds the state entering
+/// it, combined from every piece's (decay, final state) pair (`SSDScan+State.swift`); backward
+/// mirrors both exchanges. Exact up to the order of Float32 sums.
 public final class Mamba2Mixer: LayerComponent {
     public let spec: Mamba2Spec
     public let dModel: Int
@@ -37,9 +40,9 @@ public final class Mamba2Mixer: LayerComponent {
     /// What `mixingMatrix` keeps for `mixingMatrixBackward`: projected and convolved.
     private var matrixCache = ActivationCache()
     private var matrixInput: UnsafePointer<Float>?
-    /// With the sequence sharded: the gather over the sequence group and the whole sequences' input and output.
-    private var gather: SequenceGather?
-    private var wholeInput = FloatBuffer(count: 0), wholeOutput = FloatBuffer(count: 0)
+    /// With the sequence sharded: its pieces, and the convolution's inputs before this rank's pieces.
+    private var pieces: SequencePieces?
+    private var halo = FloatBuffer(count: 0)
 
     /// The z_bias b with silu(b) = b · sigmoid(b) = 1, so the gate starts open at 1.
     public static let unitGateBias: Float = 1.2784645
@@ -83,72 +86,69 @@ public final class Mamba2Mixer: LayerComponent {
         return fresh
     }
 
-    /// The grid's sequence group when it shards the sequence, with the gather over it.
-    private func sequenceGather(_ c: PassContext) throws -> SequenceGather? {
+    /// The pieces of the sharded sequence, when the grid shards it.
+    private func sequencePieces(_ c: PassContext) throws -> SequencePieces? {
         guard let grid = c.grid, grid.sequenceSize > 1 else { return nil }
         let comm = grid.communicator(for: .sequence)
-        if let gather, gather.batch == c.batch, gather.length == c.length, gather.comm === comm, gather.mine == c.positions { return gather }
-        let fresh = try SequenceGather(batch: c.batch, length: c.length, positions: c.positions, comm: comm)
-        gather = fresh
+        if let pieces, pieces.batch == c.batch, pieces.comm === comm, pieces.positions == c.positions { return pieces }
+        let fresh = try SequencePieces(batch: c.batch, positions: c.positions, comm: comm)
+        pieces = fresh
         return fresh
     }
 
-    /// With the sequence sharded, the mixer runs over the whole sequences on every sequence
-    /// rank (`SequenceGather`: exact, P times the work) and adds its own rows to `out`.
+    /// out (B·T, d) += mixer(x). With the sequence sharded each rank runs on its own pieces
+    /// only (`SequencePieces`): the convolution's halo and the scan's entering states come from
+    /// the pieces before (no mixing-matrix capture: a rank holds its own rows only).
     public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
-        guard let g = try sequenceGather(c) else {
-            forwardWhole(x, addingTo: out, batch: c.batch, length: c.length, threads: c.threads)
+        let pieces = try sequencePieces(c)
+        let scan = pieces.map { scanner(batch: $0.samples, length: $0.length) } ?? scanner(batch: c.batch, length: c.length)
+        let (s, n, threads) = (shape, c.rows, c.threads)
+        cache.ensure(rows: n, widths: [s.projectionWidth, s.convChannels, s.inner, s.inner, s.inner])
+        if chunkStates.count != scan.chunkStateCount { chunkStates = FloatBuffer(count: scan.chunkStateCount) }
+        input = x
+        let buffers = Mamba2Buffers(projected: cache[0], convolved: cache[1], gatePre: cache[2], y: cache[3], gated: cache[4])
+        guard let pieces else {
+            s.forward(x, addingTo: out, values: values, scan: scan, buffers: buffers, chunkStates: chunkStates.pointer,
+                      finalStates: nil, threads: threads)
             if let capture = c.capture {
                 let count = c.batch * spec.heads * c.length * c.length
                 let matrix = c.scratch.buffer("mamba.capture.matrix", count: count)
-                shape.mixingMatrix(scan: scan!, projected: cache[0], convolved: cache[1], skip: skip.value, matrix: matrix, threads: c.threads)
+                s.mixingMatrix(scan: scan, projected: cache[0], convolved: cache[1], skip: skip.value, matrix: matrix, threads: threads)
                 capture(layer, .mixingMatrix, UnsafeBufferPointer(start: matrix, count: count), [c.batch, spec.heads, c.length, c.length])
             }
             return
         }
-        // Sharded: no mixing-matrix capture (a rank holds its own rows only).
-        let count = c.batch * g.total * dModel
-        if wholeInput.count != count { (wholeInput, wholeOutput) = (FloatBuffer(count: count), FloatBuffer(count: count)) }
-        try g.gather(x, width: dModel, into: wholeInput.pointer)
-        wholeOutput.pointer.update(repeating: 0, count: count)
-        forwardWhole(wholeInput.pointer, addingTo: wholeOutput.pointer, batch: c.batch, length: g.total, threads: c.threads)
-        g.addOwnRows(wholeOutput.pointer, width: dModel, to: out)
+        let (samples, states) = (pieces.samples, scan.finalStateCount)
+        let haloCount = samples * (spec.convWidth - 1) * s.convChannels
+        if halo.count != haloCount { halo = FloatBuffer(count: haloCount) }
+        Matmul.linearForward(x: x, weight: inProj.value, y: buffers.projected, rows: n, inFeatures: dModel,
+                             outFeatures: s.projectionWidth, threads: threads)
+        try pieces.halo(StridedRows(buffers.projected, stride: s.projectionWidth), channels: s.convChannels, width: spec.convWidth,
+                        into: halo.pointer)
+        s.convolve(projected: buffers.projected, values: values, convolved: buffers.convolved, batch: samples, length: pieces.length,
+                   history: halo.pointer, threads: threads)
+        let finals = c.scratch.buffer("mamba.finalStates", count: states), incoming = c.scratch.buffer("mamba.incoming", count: states)
+        let decays = c.scratch.buffer("mamba.logDecays", count: samples * spec.heads)
+        let (xs, bs, cs, aLog) = (s.x(buffers.convolved), s.b(buffers.convolved), s.c(buffers.convolved), s.aLog(buffers.projected))
+        scan.forward(x: xs, b: bs, c: cs, aLog: aLog, d: skip.value, y: buffers.y, chunkStates: chunkStates.pointer,
+                     finalStates: finals, threads: threads)
+        scan.totalLogDecay(aLog: aLog, into: decays)
+        try pieces.incomingStates(finals: finals, logDecays: decays, heads: spec.heads, stateSize: spec.stateSize * spec.headDim,
+                                  into: incoming)
+        scan.addInitialStates(c: cs, aLog: aLog, initialStates: incoming, y: buffers.y, chunkStates: chunkStates.pointer, threads: threads)
+        s.gateAndProject(rows: n, projected: buffers.projected, y: buffers.y, gatePre: buffers.gatePre, gated: buffers.gated,
+                         values: values, addingTo: out, threads: threads)
     }
 
-    /// out (B·T, d) += mixer(x) over whole sequences of `length` tokens; keeps what `backwardWhole` needs.
-    private func forwardWhole(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, batch: Int, length: Int,
-                              threads: KernelThreads) {
-        let scan = scanner(batch: batch, length: length)
-        let s = shape
-        cache.ensure(rows: batch * length, widths: [s.projectionWidth, s.convChannels, s.inner, s.inner, s.inner])
-        if chunkStates.count != scan.chunkStateCount { chunkStates = FloatBuffer(count: scan.chunkStateCount) }
-        input = x
-        let buffers = Mamba2Buffers(projected: cache[0], convolved: cache[1], gatePre: cache[2], y: cache[3], gated: cache[4])
-        s.forward(x, addingTo: out, values: values, scan: scan, buffers: buffers, chunkStates: chunkStates.pointer,
-                  finalStates: nil, threads: threads)
-    }
-
+    /// Backward of `forward`: dx (B·T, d) overwritten, parameter gradients added. Sharded, the
+    /// gradients of the entering states go back to the pieces before, and the halo's to its owners.
     public func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
-        guard let grid = c.grid, grid.sequenceSize > 1 else {
-            backwardWhole(dOut, dx: dx, batch: c.batch, length: c.length, context: c)
-            return
-        }
-        guard let g = gather else { preconditionFailure("Mamba2Mixer.backward before forward") }
-        let count = c.batch * g.total * dModel
-        let wholeGradient = c.scratch.buffer("mamba.wholeGradient", count: count)
-        let wholeDx = c.scratch.buffer("mamba.wholeDx", count: count)
-        g.placeOwnRows(dOut, width: dModel, into: wholeGradient)
-        backwardWhole(wholeGradient, dx: wholeDx, batch: c.batch, length: g.total, context: c)
-        try g.reduceScatter(wholeDx, width: dModel, into: dx)
-    }
-
-    /// Backward of `forwardWhole` over whole sequences: dx (B·T, d) overwritten, parameter gradients added.
-    private func backwardWhole(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, batch: Int, length: Int,
-                               context c: PassContext) {
-        guard let x = input, let scan, scan.batch == batch, scan.length == length else {
+        let pieces = try sequencePieces(c)
+        let (samples, length) = pieces.map { ($0.samples, $0.length) } ?? (c.batch, c.length)
+        guard let x = input, let scan, scan.batch == samples, scan.length == length, cache.rows == c.rows else {
             preconditionFailure("Mamba2Mixer.backward before forward")
         }
-        let (s, n, threads) = (shape, batch * length, c.threads)
+        let (s, n, threads) = (shape, c.rows, c.threads)
         let (projected, convolved, gatePre, y, gated) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         let dGated = c.scratch.buffer("mamba.dGated", count: n * s.inner)
         let dGatePre = c.scratch.buffer("mamba.dGatePre", count: n * s.inner)
@@ -162,15 +162,28 @@ public final class Mamba2Mixer: LayerComponent {
             (dProjected + r * s.projectionWidth + s.zOffset).update(from: dGatePre + r * s.inner, count: s.inner)
         }
         Mamba2Shape.sumRows(dGatePre, rows: n, width: s.inner, into: zBias.gradient)
-        scan.backward(x: s.x(convolved), b: s.b(convolved), c: s.c(convolved), aLog: s.aLog(projected), d: skip.value,
-                      chunkStates: chunkStates.pointer, dY: dY,
-                      dx: s.dX(dConvolved), dB: s.dB(dConvolved), dC: s.dC(dConvolved), dALog: s.dALog(dProjected),
-                      dD: skip.gradient, threads: threads)
+        let (xs, bs, cs, aLog) = (s.x(convolved), s.b(convolved), s.c(convolved), s.aLog(projected))
+        let (dXs, dBs, dALog) = (s.dX(dConvolved), s.dB(dConvolved), s.dALog(dProjected))
+        let dIncoming = pieces.map { _ in c.scratch.buffer("mamba.dIncoming", count: scan.finalStateCount) }
+        scan.backward(x: xs, b: bs, c: cs, aLog: aLog, d: skip.value, chunkStates: chunkStates.pointer, dY: dY,
+                      dx: dXs, dB: dBs, dC: s.dC(dConvolved), dALog: dALog, dD: skip.gradient, dInitialStates: dIncoming, threads: threads)
+        let dHalo = pieces.map { _ in c.scratch.buffer("mamba.dHalo", count: halo.count) }
+        if let pieces, let dIncoming {
+            let dFinals = c.scratch.buffer("mamba.dFinalStates", count: scan.finalStateCount)
+            try pieces.outgoingGradients(dIncoming: dIncoming, heads: spec.heads, stateSize: spec.stateSize * spec.headDim, into: dFinals)
+            scan.addFinalStateGradient(x: xs, b: bs, aLog: aLog, chunkStates: chunkStates.pointer, dFinalStates: dFinals,
+                                       dx: dXs, dB: dBs, dALog: dALog, threads: threads)
+        }
         DepthwiseCausalConv.backward(x: StridedRows(projected, stride: s.projectionWidth), weight: convWeight.value,
                                      dy: StridedRows(dConvolved, stride: s.convChannels),
                                      dx: MutableStridedRows(dProjected, stride: s.projectionWidth),
-                                     dWeight: convWeight.gradient, dBias: convBias.gradient,
-                                     batch: batch, length: length, channels: s.convChannels, width: spec.convWidth, threads: threads)
+                                     dWeight: convWeight.gradient, dBias: convBias.gradient, batch: samples, length: length,
+                                     channels: s.convChannels, width: spec.convWidth, history: pieces.map { _ in halo.pointer },
+                                     dHistory: dHalo, threads: threads)
+        if let pieces, let dHalo {
+            try pieces.returnHaloGradient(dHalo, channels: s.convChannels, width: spec.convWidth,
+                                          addingTo: MutableStridedRows(dProjected, stride: s.projectionWidth))
+        }
         Matmul.linearBackward(x: x, weight: inProj.value, dy: dProjected, dx: dx, dWeight: inProj.gradient,
                               rows: n, inFeatures: dModel, outFeatures: s.projectionWidth, threads: threads)
     }
@@ -235,7 +248,7 @@ public final class Mamba2Mixer: LayerComponent {
 }
 
 extension SequenceMixerKind {
-    /// Phi-Mamba's discrete Mamba-2: runs on a sharded sequence by gathering it (`SequenceGather`).
+    /// Phi-Mamba's discrete Mamba-2: runs on a sharded sequence by passing the scan state (`SequencePieces`).
     public static let mamba2 = SequenceMixerKind(name: "mamba2", coreName: "discrete_mamba2", shardsSequence: true) { keys in
         Mamba2Spec(heads: keys.attention.heads, headDim: keys.attention.headDim, chunkSize: keys.chunkSize)
     }
