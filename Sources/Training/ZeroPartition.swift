@@ -4,8 +4,8 @@ import Kernels
 import Models
 import TensorCore
 
-/// The piece of each parameter this rank keeps optimizer state (`parallel.zero` ≥ 1) and the
-/// reduced gradient (`parallel.zero` = 2) for.
+/// The piece of each parameter this rank keeps optimizer state (`parallel.zero` ≥ 1), the
+/// reduced gradient (≥ 2) and the values between uses (3, `ShardedParameters`) for.
 ///
 /// Each parameter is sharded over its reduction group, the ranks holding the same copy of it
 /// (`ProcessGrid.replicas(ofShardsAlong:)`: the whole world, data × sequence, for a replicated
@@ -57,11 +57,12 @@ final class ZeroPartition {
         return start..<(start + base + (rank < extra ? 1 : 0))
     }
 
-    /// Bytes per rank held by design: parameters (whole), gradients (whole below stage 2, the
-    /// owned pieces at stage 2) and the two AdamW moments (owned pieces). `parallel.zero` = 0
-    /// is `stateBytes(parameters:)` without a partition.
-    var stateBytes: Int {
-        4 * (parameters.count + (stage >= 2 ? ownedCount : parameters.count) + 2 * ownedCount)
+    /// Bytes per rank held by design: parameters (whole below stage 3; at 3 the owned pieces
+    /// and `gatheredFloats`, the other ranks' pieces of the units gathered at once), gradients
+    /// (whole below stage 2, the owned pieces from 2) and the two AdamW moments (owned pieces).
+    /// `parallel.zero` = 0 is `stateBytes(parameters:)` without a partition.
+    func stateBytes(gatheredFloats: Int = 0) -> Int {
+        4 * ((stage >= 3 ? ownedCount + gatheredFloats : parameters.count) + (stage >= 2 ? ownedCount : parameters.count) + 2 * ownedCount)
     }
 
     static func stateBytes(unpartitioned parameters: ParameterSet) -> Int { 4 * 4 * parameters.count }
@@ -71,10 +72,11 @@ final class ZeroPartition {
     /// Copies every rank's owned pieces into `full` (laid out like the parameters) on every rank
     /// of each group; `mine(entry)` points at this rank's owned piece of that entry (it may lie
     /// inside `full`). Collective over every group, in groups' and entries' order.
-    func allGather(into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
+    /// `only`: the entries to gather (nil: all).
+    func allGather(into full: UnsafeMutablePointer<Float>, only: Set<Int>? = nil, mine: (Int) -> UnsafePointer<Float>) throws {
         for group in groups {
             var chunk: [Int] = [], floats = 0
-            for index in group.entries {
+            for index in group.entries where only?.contains(index) ?? true {
                 chunk.append(index)
                 floats += parameters.entries[index].count
                 if floats >= chunkFloats { try gather(chunk, comm: group.comm, into: full, mine: mine); chunk = []; floats = 0 }
@@ -83,10 +85,17 @@ final class ZeroPartition {
         }
     }
 
-    /// The updated parameters: every owner's pieces to every rank.
-    func allGatherParameters() throws {
+    /// The updated parameters (`only`: of these entries): every owner's pieces to every rank.
+    func allGatherParameters(only: Set<Int>? = nil) throws {
         let values = parameters.values.pointer
-        try allGather(into: values) { UnsafePointer(values + self.owned[$0].lowerBound) }
+        try allGather(into: values, only: only) { UnsafePointer(values + self.owned[$0].lowerBound) }
+    }
+
+    /// Stage 3: drops the whole pages of `entries`' values (nil: all) outside this rank's pieces.
+    func releaseParameters(_ entries: [Int]? = nil) {
+        for index in entries ?? Array(parameters.entries.indices) {
+            Self.release(parameters.values, parameters.entries[index].range, keeping: [owned[index]])
+        }
     }
 
     private func gather(_ chunk: [Int], comm: Communicator, into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
@@ -152,16 +161,16 @@ final class ZeroPartition {
             var at = 0
             for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output.baseAddress! + at, count: s.count); at += s.count }
         }
-        release(range, keeping: blocks[comm.rank])
+        Self.release(parameters.gradients, range, keeping: blocks[comm.rank])
     }
 
-    /// Drops the whole pages of the gradient buffer inside `range` outside `kept` (they read as
+    /// Drops the whole pages of `buffer` inside `range` outside `kept` (ascending; they read as
     /// zero when next touched): the memory of gradients this rank does not own is returned as
-    /// soon as they are summed.
-    func release(_ range: Range<Int>, keeping kept: [Range<Int>]) {
+    /// soon as they are summed, that of parameters (stage 3) as soon as a layer is done.
+    static func release(_ buffer: FloatBuffer, _ range: Range<Int>, keeping kept: [Range<Int>]) {
         var start = range.lowerBound
         for k in kept + [range.upperBound..<range.upperBound] {
-            if k.lowerBound > start { releasePages(start..<k.lowerBound) }
+            if k.lowerBound > start { releasePages(buffer, start..<k.lowerBound) }
             start = max(start, k.upperBound)
         }
     }
@@ -180,10 +189,10 @@ final class ZeroPartition {
 
     static let pageBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-    private func releasePages(_ floats: Range<Int>) {
-        let bytes = Self.pageBytes
-        let low = Int(bitPattern: parameters.gradients.pointer + floats.lowerBound)
-        let high = Int(bitPattern: parameters.gradients.pointer + floats.upperBound)
+    private static func releasePages(_ buffer: FloatBuffer, _ floats: Range<Int>) {
+        let bytes = pageBytes
+        let low = Int(bitPattern: buffer.pointer + floats.lowerBound)
+        let high = Int(bitPattern: buffer.pointer + floats.upperBound)
         let first = (low + bytes - 1) / bytes * bytes, last = high / bytes * bytes
         guard last > first else { return }
         _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED)
