@@ -29,6 +29,10 @@ final class ZeroPartition {
     let ownedCount: Int
     /// Floats gathered per collective call (the gradient bucket size): bounds the staging copy.
     let chunkFloats: Int
+    /// Staging of the gathers (one at a time: on the training thread, or at stage 3 on the
+    /// communication thread while the training thread gathers nothing) and of the
+    /// reduce-scatters (on one thread), kept from call to call.
+    private let gatherStaging = Scratch(), scatterStaging = Scratch()
 
     init(stage: Int, parameters: ParameterSet, grid: ProcessGrid, chunkFloats: Int) {
         self.stage = stage
@@ -107,21 +111,18 @@ final class ZeroPartition {
             return
         }
         let counts = (0..<n).map { q in chunk.reduce(0) { $0 + Self.piece(count: entries[$1].count, ranks: n, rank: q).count } }
-        var send: [Float] = []
-        send.reserveCapacity(counts[comm.rank])
-        for index in chunk { send.append(contentsOf: UnsafeBufferPointer(start: mine(index), count: owned[index].count)) }
-        var received = [Float](repeating: 0, count: counts.reduce(0, +))
-        try send.withUnsafeBytes { input in
-            try received.withUnsafeMutableBytes { try comm.allGather(input, counts: counts.map { $0 * 4 }, into: $0) }
-        }
-        received.withUnsafeBufferPointer { all in
-            var at = 0
-            for q in 0..<n {
-                for index in chunk {
-                    let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
-                    (full + e.offset + piece.lowerBound).update(from: all.baseAddress! + at, count: piece.count)
-                    at += piece.count
-                }
+        let total = counts.reduce(0, +)
+        let send = gatherStaging.buffer("send", count: counts[comm.rank]), received = gatherStaging.buffer("received", count: total)
+        var at = 0
+        for index in chunk { (send + at).update(from: mine(index), count: owned[index].count); at += owned[index].count }
+        try comm.allGather(UnsafeRawBufferPointer(start: send, count: counts[comm.rank] * 4), counts: counts.map { $0 * 4 },
+                           into: UnsafeMutableRawBufferPointer(start: received, count: total * 4))
+        at = 0
+        for q in 0..<n {
+            for index in chunk {
+                let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
+                (full + e.offset + piece.lowerBound).update(from: received + at, count: piece.count)
+                at += piece.count
             }
         }
     }
@@ -146,21 +147,16 @@ final class ZeroPartition {
         let block = blocks.map { $0.reduce(0) { $0 + $1.count } }.max() ?? 0
         guard block > 0 else { return }
         let gradients = parameters.gradients.pointer
-        var input = [Float](repeating: 0, count: n * block)
-        input.withUnsafeMutableBufferPointer { buffer in
-            for (q, segments) in blocks.enumerated() {
-                var at = q * block
-                for s in segments { (buffer.baseAddress! + at).update(from: gradients + s.lowerBound, count: s.count); at += s.count }
-            }
+        // Staging reused from bucket to bucket (no fresh pages to fault in); block padding zeroed.
+        let input = scatterStaging.buffer("input", count: n * block), output = scatterStaging.buffer("output", count: block)
+        for (q, segments) in blocks.enumerated() {
+            var at = q * block
+            for s in segments { (input + at).update(from: gradients + s.lowerBound, count: s.count); at += s.count }
+            (input + at).update(repeating: 0, count: (q + 1) * block - at)
         }
-        var output = [Float](repeating: 0, count: block)
-        try input.withUnsafeBufferPointer { input in
-            try output.withUnsafeMutableBufferPointer { try comm.reduceScatter(input, into: $0, op: .sum) }
-        }
-        output.withUnsafeBufferPointer { output in
-            var at = 0
-            for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output.baseAddress! + at, count: s.count); at += s.count }
-        }
+        try comm.reduceScatter(UnsafeBufferPointer(start: input, count: n * block), into: UnsafeMutableBufferPointer(start: output, count: block), op: .sum)
+        var at = 0
+        for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output + at, count: s.count); at += s.count }
         Self.release(parameters.gradients, range, keeping: blocks[comm.rank])
     }
 

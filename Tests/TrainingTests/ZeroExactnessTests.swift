@@ -81,10 +81,12 @@ import _TestSupport
             let moments = run.ownedFloats, total = run.parameters.count
             #expect(layout.expert > 1 ? moments < total : moments <= total / layout.ranks + 64, "\(layout) rank \(rank) holds \(moments) of \(total) moments")
             #expect(Self.stateBytesAreByDesign(run, zero: zero), "\(layout) zero \(zero) rank \(rank): \(run.stateBytes) bytes for \(moments) of \(total)")
-            // At stage 3 the pages of other ranks' pieces were given back after the last step
-            // (they read 0; the embedding and head span several pages even in the tiny model).
-            #expect(zero < 3 || run.droppedValues >= Int(ZeroPartition.pageBytes / 4), "\(layout) rank \(rank): no page of parameters given back")
         }
+        // At stage 3 the pages of other ranks' pieces were given back after the last step (they
+        // read 0). In the tiny model only the embedding and head span pages: rank 0's other
+        // pieces of the embedding (≥ 8 KiB in a row on 2–4 ranks) hold a whole page wherever
+        // the buffer starts; the middle ranks' may not.
+        #expect(zero < 3 || sharded[0].droppedValues >= Int(ZeroPartition.pageBytes / 4), "\(layout): rank 0 gave no page of parameters back")
         if layout.expert == 1 {   // every float owned exactly once
             #expect(sharded.map(\.ownedFloats).reduce(0, +) == sharded[0].parameters.count, "the pieces cover the parameters once")
         }
