@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 80   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 83   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -79,6 +79,31 @@ check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-se
 check "train: parallel.zero=1, mpirun 2 ranks equal 1 rank" trains_like "$work/r1" "$work/zero1-mpi2" mpi 2 train "${tiny[@]}" --set parallel.zero=1
 check "train: parallel.zero=2, tessera launch 3 ranks equal 1 rank" trains_like "$work/r1" "$work/zero2-tcp3" \
   "$TESSERA" launch --nproc 3 -- train "${tiny[@]}" --set parallel.zero=2
+# Stage 3: parameters held in pieces too, each layer gathered before its forward and backward.
+check "train: parallel.zero=3, mpirun 2 ranks equal 1 rank" trains_like "$work/r1" "$work/zero3-mpi2" mpi 2 train "${tiny[@]}" --set parallel.zero=3
+check "train: parallel.zero=3, tessera launch 3 ranks equal 1 rank" trains_like "$work/r1" "$work/zero3-tcp3" \
+  "$TESSERA" launch --nproc 3 -- train "${tiny[@]}" --set parallel.zero=3
+# Its checkpoint (gathered on save) is an ordinary one: 1 rank's parameters within 1e-5, and
+# eval, generate, soup and export hf read it as they read 1 rank's.
+zero3_checkpoint() {
+  local one=$work/r1/checkpoints/step-00000020 three=$work/zero3-tcp3/checkpoints/step-00000020 a b
+  python3 scripts/compare_params.py "$one" "$three" || return 1
+  a=$("$TESSERA" eval --checkpoint "$one" --batches 2 2>&1) && b=$("$TESSERA" eval --checkpoint "$three" --batches 2 2>&1) \
+    || { echo "eval failed: $a $b"; return 1; }
+  echo "$b"
+  python3 - "$a" "$b" <<'PY' || return 1
+import re, sys
+loss = [float(re.search(r"validation loss ([0-9.]+) nats/byte", text).group(1)) for text in sys.argv[1:3]]
+assert abs(loss[0] - loss[1]) <= 1e-4 * loss[0], f"eval: zero 3's checkpoint gives {loss[1]}, 1 rank's {loss[0]}"
+PY
+  generates "$three" "JULIET:" 20 || return 1
+  "$TESSERA" soup --method uniform --inputs "$one" "$three" --output "$work/zero3-soup" || { echo "soup exited with status $?"; return 1; }
+  python3 scripts/compare_params.py "$one" "$(ls -d "$work"/zero3-soup/checkpoints/step-* | tail -n 1)" || return 1
+  "$TESSERA" export hf --checkpoint "$one" --output "$work/r1-hf" && "$TESSERA" export hf --checkpoint "$three" --output "$work/zero3-hf" \
+    || { echo "export hf failed"; return 1; }
+  python3 scripts/compare_params.py "$work/r1-hf" "$work/zero3-hf"
+}
+check "train: a parallel.zero=3 checkpoint of 3 ranks holds 1 rank's parameters; eval, generate, soup and export hf read it" zero3_checkpoint
 # Sequence parallelism: data × sequence layouts, ring and Ulysses, equal 1 rank (seq_len 48 cuts
 # into 2 × 2 and 2 × 3 zigzag chunks; kv_heads 2 splits over 2 Ulysses ranks).
 seq=("${tiny[@]}" --set data.seq_len=48 --set model.kv_heads=2)

@@ -60,6 +60,8 @@ public final class PassContext {
 public final class Scratch {
     private var buffers: [String: FloatBuffer] = [:]
 
+    public init() {}
+
     /// A buffer of at least `count` floats (contents unspecified).
     public func buffer(_ name: String, count: Int) -> UnsafeMutablePointer<Float> {
         if let existing = buffers[name], existing.count >= count { return existing.pointer }

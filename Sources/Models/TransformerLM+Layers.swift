@@ -49,7 +49,7 @@ extension TransformerLM {
     @discardableResult
     public func lossAndGradients(tokens: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
                                  loss: (_ logitsInGradientsOut: UnsafeMutablePointer<Float>) throws -> Double) throws -> Double {
-        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions, backwardFollows: true)
         let total = try loss(s.logits.pointer)
         try backward(from: s, gradientScale: 0, ready: nil)
         return total

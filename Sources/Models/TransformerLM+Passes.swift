@@ -38,9 +38,9 @@ extension TransformerLM {
     }
 
     /// Runs the forward pass on tokens (batch, length) and leaves logits (batch·length, V) in
-    /// the pass state.
+    /// the pass state. `backwardFollows`: the head's parameters stay acquired for the backward pass.
     @discardableResult
-    func forward(tokens: [Int32], batch: Int, length: Int, positions: [Int]?) throws -> PassState {
+    func forward(tokens: [Int32], batch: Int, length: Int, positions: [Int]?, backwardFollows: Bool = false) throws -> PassState {
         precondition(tokens.count == batch * length, "forward: \(tokens.count) tokens for batch \(batch) × length \(length)")
         let s = passState(batch: batch, length: length, positions: positions)
         let c = s.context, n = c.rows, d = config.dModel
@@ -48,15 +48,22 @@ extension TransformerLM {
         c.capture = capture
         c.ready = nil
         tokens.withUnsafeBufferPointer { s.tokenIDs.update(from: $0.baseAddress!, count: n) }
+        let r = residency
+        try r?.acquire(.embedding, next: blocks.isEmpty ? .head : .block(0))
         Embedding.forward(tokens: s.tokenIDs, count: n, table: embed.value, dim: d, out: s.streams[0].pointer)
+        r?.release(.embedding)
         for (l, block) in blocks.enumerated() {
+            try r?.acquire(.block(l), next: l + 1 < blocks.count ? .block(l + 1) : .head)
             try block.forward(s.streams[l].pointer, output: s.streams[l + 1].pointer, context: c)
+            r?.release(.block(l))
         }
+        try r?.acquire(.head, next: nil)
         let last = s.streams[blocks.count].pointer
         RMSNorm.forward(x: last, weight: finalNorm.value, y: s.finalNorm.pointer, rstd: s.finalRstd.pointer,
                         rows: n, dim: d, eps: config.normEps, threads: c.threads)
         Matmul.linearForward(x: s.finalNorm.pointer, weight: head.value, y: s.logits.pointer, rows: n, inFeatures: d,
                              outFeatures: config.vocabSize, threads: c.threads)
+        if !backwardFollows { r?.release(.head) }
         return s
     }
 
@@ -82,7 +89,7 @@ extension TransformerLM {
     @discardableResult
     public func lossAndGradients(tokens: [Int32], targets: [Int32], batch: Int, length: Int, positions: [Int]? = nil,
                                  gradientScale: Float, ready: ((Range<Int>) -> Void)? = nil) throws -> Double {
-        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions)
+        let s = try forward(tokens: tokens, batch: batch, length: length, positions: positions, backwardFollows: true)
         let c = s.context, n = c.rows
         c.gradientScale = gradientScale
         let total = targets.withUnsafeBufferPointer {
@@ -99,7 +106,9 @@ extension TransformerLM {
         c.gradientScale = gradientScale
         c.ready = ready
         defer { c.ready = nil }
-        // Head and final norm.
+        // Head and final norm (their parameters still acquired from the forward pass).
+        let r = residency
+        try r?.acquire(.head, next: blocks.indices.last.map(ParameterUnit.block))
         let dNorm = c.scratch.buffer("block.dNorm", count: n * d)
         Matmul.linearBackward(x: s.finalNorm.pointer, weight: head.value, dy: s.logits.pointer, dx: dNorm,
                               dWeight: head.gradient, rows: n, inFeatures: d, outFeatures: config.vocabSize, threads: c.threads)
@@ -108,7 +117,12 @@ extension TransformerLM {
                          dy: dNorm, dx: s.dResidual.pointer, dWeight: finalNorm.gradient, rows: n, dim: d,
                          threads: c.threads)
         ready?(parameters.entry("model.norm.weight").range)
-        for block in blocks.reversed() { try block.backward(s.dResidual.pointer, context: c) }
+        r?.release(.head)
+        for (l, block) in blocks.enumerated().reversed() {
+            try r?.acquire(.block(l), next: l > 0 ? .block(l - 1) : nil)
+            try block.backward(s.dResidual.pointer, context: c)
+            r?.release(.block(l))
+        }
         Embedding.backward(tokens: s.tokenIDs, count: n, dOut: s.dResidual.pointer, dim: d, dTable: embed.gradient)
         ready?(parameters.entry("model.embed_tokens.weight").range)
     }

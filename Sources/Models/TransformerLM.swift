@@ -36,6 +36,8 @@ public final class TransformerLM {
     public var capture: CaptureHook?
     let embed: BoundParameter, finalNorm: BoundParameter, head: BoundParameter
     var state: PassState?
+    /// Set under `parallel.zero` = 3: the passes acquire each unit's parameters before using them.
+    public var residency: ParameterResidency?
 
     /// `grid`: the layout the model runs on (nil: one rank). Mixture-of-experts layers hold
     /// the experts of this rank's shard along the grid's expert axis, which must divide every

@@ -12,7 +12,8 @@ import TensorCore
 /// `overlap`, each full bucket is all-reduced at once on a dedicated communication thread
 /// while the backward pass continues, otherwise all buckets are reduced by `finish()`. The
 /// trainer makes no other collective call between the first `ready` and `finish()`, so each
-/// communicator is only ever used by one thread at a time.
+/// communicator is only ever used by one thread at a time; `parallel.zero` = 3 runs its
+/// parameter gathers on the same thread (`submit(job:)`) for the same reason.
 public final class GradientReducer {
     private struct Bucket {
         let range: Range<Int>
@@ -38,8 +39,10 @@ public final class GradientReducer {
 
     private final class Pending {
         let condition = NSCondition()
-        var queued: [Bucket] = []
+        var queued: [() throws -> Void] = []
         var outstanding = 0
+        /// Jobs submitted and jobs done (in order: the thread runs them first in, first out).
+        var submitted = 0, completed = 0
         var failure: Error?
         var stopping = false
     }
@@ -62,8 +65,8 @@ public final class GradientReducer {
         open = Array(repeating: nil, count: comms.count)
         self.overlap = overlap && comms.contains { $0.size > 1 }
         if self.overlap {
-            let pending = self.pending, parameters = self.parameters, groups = self.comms, scatter = self.scatter
-            let thread = Thread { Self.work(pending) { try Self.reduce($0, parameters: parameters, comms: groups, scatter: scatter) } }
+            let pending = self.pending
+            let thread = Thread { Self.work(pending) }
             thread.name = "tessera-gradient-allreduce"
             worker = thread
             thread.start()
@@ -119,11 +122,34 @@ public final class GradientReducer {
 
     private func submit(_ bucket: Bucket) {
         guard overlap else { queued.append(bucket); return }   // reduced by finish()
+        let parameters = self.parameters, comms = self.comms, scatter = self.scatter
+        _ = enqueue { try Self.reduce(bucket, parameters: parameters, comms: comms, scatter: scatter) }
+    }
+
+    /// Runs `job` (collective calls on the reduction groups) on the communication thread after
+    /// the buckets and jobs submitted before it; returns its ticket for `wait`, or nil without
+    /// overlap (no thread: the caller runs it itself). Training thread only.
+    func submit(job: @escaping () throws -> Void) -> Int? {
+        overlap ? enqueue(job) : nil
+    }
+
+    /// Waits until the job of `ticket` is done; rethrows the first failure of the thread.
+    func wait(for ticket: Int) throws {
+        let condition = pending.condition
+        condition.lock()
+        defer { condition.unlock() }
+        while pending.completed < ticket && pending.failure == nil { condition.wait() }
+        if let failure = pending.failure { pending.failure = nil; throw failure }
+    }
+
+    private func enqueue(_ job: @escaping () throws -> Void) -> Int {
         pending.condition.lock()
-        pending.queued.append(bucket)
+        defer { pending.condition.unlock() }
+        pending.queued.append(job)
         pending.outstanding += 1
+        pending.submitted += 1
         pending.condition.broadcast()
-        pending.condition.unlock()
+        return pending.submitted
     }
 
     private static func reduce(_ bucket: Bucket, parameters: ParameterSet, comms: [Communicator], scatter: ZeroPartition?) throws {
@@ -136,21 +162,23 @@ public final class GradientReducer {
         try comms[bucket.group].allReduce(UnsafeMutableBufferPointer(start: gradients, count: bucket.range.count), op: .sum)
     }
 
-    /// The communication thread: reduces queued buckets until the reducer goes away.
-    private static func work(_ pending: Pending, reduce: (Bucket) throws -> Void) {
+    /// The communication thread: runs queued jobs (bucket reductions, parameter gathers) until
+    /// the reducer goes away.
+    private static func work(_ pending: Pending) {
         let condition = pending.condition
         while true {
             condition.lock()
             while pending.queued.isEmpty && !pending.stopping { condition.wait() }
             if pending.stopping && pending.queued.isEmpty { condition.unlock(); return }
-            let bucket = pending.queued.removeFirst()
+            let job = pending.queued.removeFirst()
             let skip = pending.failure != nil
             condition.unlock()
             var error: Error?
-            if !skip { do { try reduce(bucket) } catch let e { error = e } }
+            if !skip { do { try job() } catch let e { error = e } }
             condition.lock()
             if let error, pending.failure == nil { pending.failure = error }
             pending.outstanding -= 1
+            pending.completed += 1
             condition.broadcast()
             condition.unlock()
         }

@@ -12,7 +12,9 @@ extension Trainer {
     /// This rank's part of the checkpoint of this step (`TrainingCheckpoints.part`); rank 0
     /// adds `config.json`, `trainer_state.json` and `run.yaml`. Every rank calls it.
     func checkpointPart(validationLoss: Double?) throws -> CheckpointPart {
-        try TrainingCheckpoints.part(step: step, grid: grid, parameters: model.parameters, optimizer: optimizer) { [self] weightMap in
+        try sharded?.gatherAll()   // the part copies whole tensors (parallel.zero = 3); pieces again after
+        defer { sharded?.releaseAll() }
+        return try TrainingCheckpoints.part(step: step, grid: grid, parameters: model.parameters, optimizer: optimizer) { [self] weightMap in
             let state = TrainerState(step: step, seed: UInt64(config.train.seed), samplesSeen: samplesSeen, tokensSeen: samplesSeen * data.length,
                                      configHash: config.numericHash, dataParallel: grid.dataSize, sequenceParallel: grid.sequenceSize,
                                      expertParallel: grid.size(of: .expert), validationLoss: validationLoss)
@@ -68,6 +70,7 @@ extension Trainer {
         try checkpoints.broadcast([model.parameters.values] + moments)
         try experts.scatterFromReader(loaded.contents, moments: moments)
         optimizer.keep(moments)
+        sharded?.releaseAll()
         let state = loaded.contents.map { [$0.state.step, $0.state.samplesSeen] } ?? [0, 0]
         let received = try checkpoints.broadcast(state)
         (step, samplesSeen) = (received[0], received[1])

@@ -29,6 +29,8 @@ public final class Trainer {
     let experts: ExpertShardTransfer
     /// This rank's owned pieces under `parallel.zero` ≥ 1 (nil at 0).
     let partition: ZeroPartition?
+    /// Under `parallel.zero` = 3: the parameters held in pieces, gathered layer by layer.
+    let sharded: ShardedParameters?
     public var reporter: ProgressReporter?
     /// Polled after every step when set (the same on every rank): when it returns true on any
     /// rank, all ranks stop at that step, write a checkpoint and throw `TrainingInterrupted`.
@@ -84,9 +86,13 @@ public final class Trainer {
         // Expert dispatch and sequence-parallel attention communicate during the backward pass on
         // the training thread, and a communicator may be used by one thread at a time: no
         // overlapped reduction beside them.
-        reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
-                                  overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1,
-                                  scatter: config.parallel.zero >= 2 ? partition : nil)
+        let reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
+                                      overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1,
+                                      scatter: config.parallel.zero >= 2 ? partition : nil)
+        self.reducer = reducer
+        let sharded = config.parallel.zero == 3 ? partition.map { ShardedParameters(partition: $0, reducer: reducer, model: model) } : nil
+        self.sharded = sharded
+        model.residency = sharded
         experts = ExpertShardTransfer(grid: grid, parameters: model.parameters, optimizer: optimizer, global: model.globalDeclarations)
         checkpoints = try TrainingCheckpoints(config: config, world: world, sink: checkpointSink)
     }
@@ -117,7 +123,7 @@ public final class Trainer {
                 throw TrainingError.expertsDoNotDivide(source: config.origin(of: "moe.experts", "parallel.expert"), experts: config.moe.experts, expert: expert)
             }
         }
-        guard config.parallel.zero <= 2 else { throw TrainingError.zeroStageNotBuilt(source: config.origin(of: "parallel.zero"), stage: config.parallel.zero) }
+        guard config.parallel.zero <= 3 else { throw TrainingError.noSuchZeroStage(source: config.origin(of: "parallel.zero"), stage: config.parallel.zero) }
         return GridLayout(data: data, sequence: sequence, expert: expert)
     }
 
@@ -127,7 +133,17 @@ public final class Trainer {
     public var runDirectory: URL { URL(fileURLWithPath: config.run.dir) }
     public var store: CheckpointStore { checkpoints.store }
     /// Bytes this rank holds by design for parameters, gradients and AdamW moments (`parallel.zero`).
-    public var stateBytes: Int { partition?.stateBytes ?? ZeroPartition.stateBytes(unpartitioned: model.parameters) }
+    public var stateBytes: Int {
+        partition?.stateBytes(gatheredFloats: sharded?.gatheredFloats ?? 0) ?? ZeroPartition.stateBytes(unpartitioned: model.parameters)
+    }
+
+    /// Floats of the parameters whose optimizer state this rank keeps (all of them at `parallel.zero` = 0).
+    public var ownedParameterFloats: Int { partition?.ownedCount ?? model.parameters.count }
+
+    /// Makes `model.parameters.values` whole on every rank until the next step or pass (under
+    /// `parallel.zero` = 3 each rank holds its pieces only between steps; below, a no-op).
+    /// Every rank calls it.
+    public func gatherParameters() throws { try sharded?.gatherAll() }
 
     // MARK: One step
 
@@ -158,7 +174,8 @@ public final class Trainer {
         }
         let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
         optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
-        try partition?.allGatherParameters()   // each owner updated its pieces; every rank gets them all
+        // Each owner updated its pieces; below stage 3 every rank gets them all now, at 3 layer by layer.
+        if sharded == nil { try partition?.allGatherParameters() }
         step += 1
         samplesSeen += globalBatch
         lastGradientNorm = norm

@@ -18,8 +18,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     /// train.micro_batch below the local batch on a mixture-of-experts model: its routing losses
     /// are over the whole batch, which passes of part of it do not add up to.
     case microBatchWithExperts(source: String, microBatch: Int, localBatch: Int)
-    /// A ZeRO stage that is not built (parallel.zero > 2).
-    case zeroStageNotBuilt(source: String, stage: Int)
+    /// No such ZeRO stage (parallel.zero > 3).
+    case noSuchZeroStage(source: String, stage: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
     case configChanged(checkpoint: String, changes: [String])
     /// The newest checkpoint is already at or past `train.steps`.
@@ -54,8 +54,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
             return "\(source): train.global_batch = \(globalBatch) over parallel.data = \(dataRanks) ranks is \(local) sequences per rank, not a multiple of train.micro_batch = \(microBatch); choose a micro_batch dividing \(local)"
         case let .microBatchWithExperts(source, microBatch, localBatch):
             return "\(source): train.micro_batch = \(microBatch) splits each rank's \(localBatch) sequences, which mixture-of-experts layers cannot do yet (their balance loss is over the whole batch); set train.micro_batch=0"
-        case let .zeroStageNotBuilt(source, stage):
-            return "\(source): parallel.zero = \(stage) is not built yet (stages 0, 1 and 2 are); set parallel.zero to 0, 1 or 2"
+        case let .noSuchZeroStage(source, stage):
+            return "\(source): parallel.zero = \(stage) is not a ZeRO stage; set parallel.zero to 0, 1, 2 or 3"
         case let .configChanged(checkpoint, changes):
             return "cannot resume from \(checkpoint): the config changed (\(changes.joined(separator: ", "))); restore those keys or start a new run.dir"
         case let .resumePastEnd(checkpoint, step, steps):

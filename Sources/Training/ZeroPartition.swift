@@ -4,8 +4,8 @@ import Kernels
 import Models
 import TensorCore
 
-/// The piece of each parameter this rank keeps optimizer state (`parallel.zero` ≥ 1) and the
-/// reduced gradient (`parallel.zero` = 2) for.
+/// The piece of each parameter this rank keeps optimizer state (`parallel.zero` ≥ 1), the
+/// reduced gradient (≥ 2) and the values between uses (3, `ShardedParameters`) for.
 ///
 /// Each parameter is sharded over its reduction group, the ranks holding the same copy of it
 /// (`ProcessGrid.replicas(ofShardsAlong:)`: the whole world, data × sequence, for a replicated
@@ -29,6 +29,10 @@ final class ZeroPartition {
     let ownedCount: Int
     /// Floats gathered per collective call (the gradient bucket size): bounds the staging copy.
     let chunkFloats: Int
+    /// Staging of the gathers (one at a time: on the training thread, or at stage 3 on the
+    /// communication thread while the training thread gathers nothing) and of the
+    /// reduce-scatters (on one thread), kept from call to call.
+    private let gatherStaging = Scratch(), scatterStaging = Scratch()
 
     init(stage: Int, parameters: ParameterSet, grid: ProcessGrid, chunkFloats: Int) {
         self.stage = stage
@@ -57,11 +61,12 @@ final class ZeroPartition {
         return start..<(start + base + (rank < extra ? 1 : 0))
     }
 
-    /// Bytes per rank held by design: parameters (whole), gradients (whole below stage 2, the
-    /// owned pieces at stage 2) and the two AdamW moments (owned pieces). `parallel.zero` = 0
-    /// is `stateBytes(parameters:)` without a partition.
-    var stateBytes: Int {
-        4 * (parameters.count + (stage >= 2 ? ownedCount : parameters.count) + 2 * ownedCount)
+    /// Bytes per rank held by design: parameters (whole below stage 3; at 3 the owned pieces
+    /// and `gatheredFloats`, the other ranks' pieces of the units gathered at once), gradients
+    /// (whole below stage 2, the owned pieces from 2) and the two AdamW moments (owned pieces).
+    /// `parallel.zero` = 0 is `stateBytes(parameters:)` without a partition.
+    func stateBytes(gatheredFloats: Int = 0) -> Int {
+        4 * ((stage >= 3 ? ownedCount + gatheredFloats : parameters.count) + (stage >= 2 ? ownedCount : parameters.count) + 2 * ownedCount)
     }
 
     static func stateBytes(unpartitioned parameters: ParameterSet) -> Int { 4 * 4 * parameters.count }
@@ -71,10 +76,11 @@ final class ZeroPartition {
     /// Copies every rank's owned pieces into `full` (laid out like the parameters) on every rank
     /// of each group; `mine(entry)` points at this rank's owned piece of that entry (it may lie
     /// inside `full`). Collective over every group, in groups' and entries' order.
-    func allGather(into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
+    /// `only`: the entries to gather (nil: all).
+    func allGather(into full: UnsafeMutablePointer<Float>, only: Set<Int>? = nil, mine: (Int) -> UnsafePointer<Float>) throws {
         for group in groups {
             var chunk: [Int] = [], floats = 0
-            for index in group.entries {
+            for index in group.entries where only?.contains(index) ?? true {
                 chunk.append(index)
                 floats += parameters.entries[index].count
                 if floats >= chunkFloats { try gather(chunk, comm: group.comm, into: full, mine: mine); chunk = []; floats = 0 }
@@ -83,10 +89,17 @@ final class ZeroPartition {
         }
     }
 
-    /// The updated parameters: every owner's pieces to every rank.
-    func allGatherParameters() throws {
+    /// The updated parameters (`only`: of these entries): every owner's pieces to every rank.
+    func allGatherParameters(only: Set<Int>? = nil) throws {
         let values = parameters.values.pointer
-        try allGather(into: values) { UnsafePointer(values + self.owned[$0].lowerBound) }
+        try allGather(into: values, only: only) { UnsafePointer(values + self.owned[$0].lowerBound) }
+    }
+
+    /// Stage 3: drops the whole pages of `entries`' values (nil: all) outside this rank's pieces.
+    func releaseParameters(_ entries: [Int]? = nil) {
+        for index in entries ?? Array(parameters.entries.indices) {
+            Self.release(parameters.values, parameters.entries[index].range, keeping: [owned[index]])
+        }
     }
 
     private func gather(_ chunk: [Int], comm: Communicator, into full: UnsafeMutablePointer<Float>, mine: (Int) -> UnsafePointer<Float>) throws {
@@ -98,21 +111,18 @@ final class ZeroPartition {
             return
         }
         let counts = (0..<n).map { q in chunk.reduce(0) { $0 + Self.piece(count: entries[$1].count, ranks: n, rank: q).count } }
-        var send: [Float] = []
-        send.reserveCapacity(counts[comm.rank])
-        for index in chunk { send.append(contentsOf: UnsafeBufferPointer(start: mine(index), count: owned[index].count)) }
-        var received = [Float](repeating: 0, count: counts.reduce(0, +))
-        try send.withUnsafeBytes { input in
-            try received.withUnsafeMutableBytes { try comm.allGather(input, counts: counts.map { $0 * 4 }, into: $0) }
-        }
-        received.withUnsafeBufferPointer { all in
-            var at = 0
-            for q in 0..<n {
-                for index in chunk {
-                    let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
-                    (full + e.offset + piece.lowerBound).update(from: all.baseAddress! + at, count: piece.count)
-                    at += piece.count
-                }
+        let total = counts.reduce(0, +)
+        let send = gatherStaging.buffer("send", count: counts[comm.rank]), received = gatherStaging.buffer("received", count: total)
+        var at = 0
+        for index in chunk { (send + at).update(from: mine(index), count: owned[index].count); at += owned[index].count }
+        try comm.allGather(UnsafeRawBufferPointer(start: send, count: counts[comm.rank] * 4), counts: counts.map { $0 * 4 },
+                           into: UnsafeMutableRawBufferPointer(start: received, count: total * 4))
+        at = 0
+        for q in 0..<n {
+            for index in chunk {
+                let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
+                (full + e.offset + piece.lowerBound).update(from: received + at, count: piece.count)
+                at += piece.count
             }
         }
     }
@@ -137,31 +147,26 @@ final class ZeroPartition {
         let block = blocks.map { $0.reduce(0) { $0 + $1.count } }.max() ?? 0
         guard block > 0 else { return }
         let gradients = parameters.gradients.pointer
-        var input = [Float](repeating: 0, count: n * block)
-        input.withUnsafeMutableBufferPointer { buffer in
-            for (q, segments) in blocks.enumerated() {
-                var at = q * block
-                for s in segments { (buffer.baseAddress! + at).update(from: gradients + s.lowerBound, count: s.count); at += s.count }
-            }
+        // Staging reused from bucket to bucket (no fresh pages to fault in); block padding zeroed.
+        let input = scatterStaging.buffer("input", count: n * block), output = scatterStaging.buffer("output", count: block)
+        for (q, segments) in blocks.enumerated() {
+            var at = q * block
+            for s in segments { (input + at).update(from: gradients + s.lowerBound, count: s.count); at += s.count }
+            (input + at).update(repeating: 0, count: (q + 1) * block - at)
         }
-        var output = [Float](repeating: 0, count: block)
-        try input.withUnsafeBufferPointer { input in
-            try output.withUnsafeMutableBufferPointer { try comm.reduceScatter(input, into: $0, op: .sum) }
-        }
-        output.withUnsafeBufferPointer { output in
-            var at = 0
-            for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output.baseAddress! + at, count: s.count); at += s.count }
-        }
-        release(range, keeping: blocks[comm.rank])
+        try comm.reduceScatter(UnsafeBufferPointer(start: input, count: n * block), into: UnsafeMutableBufferPointer(start: output, count: block), op: .sum)
+        var at = 0
+        for s in blocks[comm.rank] { (gradients + s.lowerBound).update(from: output + at, count: s.count); at += s.count }
+        Self.release(parameters.gradients, range, keeping: blocks[comm.rank])
     }
 
-    /// Drops the whole pages of the gradient buffer inside `range` outside `kept` (they read as
+    /// Drops the whole pages of `buffer` inside `range` outside `kept` (ascending; they read as
     /// zero when next touched): the memory of gradients this rank does not own is returned as
-    /// soon as they are summed.
-    func release(_ range: Range<Int>, keeping kept: [Range<Int>]) {
+    /// soon as they are summed, that of parameters (stage 3) as soon as a layer is done.
+    static func release(_ buffer: FloatBuffer, _ range: Range<Int>, keeping kept: [Range<Int>]) {
         var start = range.lowerBound
         for k in kept + [range.upperBound..<range.upperBound] {
-            if k.lowerBound > start { releasePages(start..<k.lowerBound) }
+            if k.lowerBound > start { releasePages(buffer, start..<k.lowerBound) }
             start = max(start, k.upperBound)
         }
     }
@@ -180,10 +185,10 @@ final class ZeroPartition {
 
     static let pageBytes = Int(sysconf(Int32(_SC_PAGESIZE)))
 
-    private func releasePages(_ floats: Range<Int>) {
-        let bytes = Self.pageBytes
-        let low = Int(bitPattern: parameters.gradients.pointer + floats.lowerBound)
-        let high = Int(bitPattern: parameters.gradients.pointer + floats.upperBound)
+    private static func releasePages(_ buffer: FloatBuffer, _ floats: Range<Int>) {
+        let bytes = pageBytes
+        let low = Int(bitPattern: buffer.pointer + floats.lowerBound)
+        let high = Int(bitPattern: buffer.pointer + floats.upperBound)
         let first = (low + bytes - 1) / bytes * bytes, last = high / bytes * bytes
         guard last > first else { return }
         _ = madvise(UnsafeMutableRawPointer(bitPattern: first), last - first, MADV_DONTNEED)

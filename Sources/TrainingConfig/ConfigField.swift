@@ -225,7 +225,7 @@ extension ConfigField {
         ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
         ConfigField("parallel.zero", .int(\.parallel.zero), .notNegative, numeric: false,
-                    "ZeRO stage: 0 every rank holds all optimizer state, 1 AdamW moments sharded over each parameter's replicas, 2 reduced gradients too (3: not built yet)"),
+                    "ZeRO stage: 0 every rank holds all optimizer state, 1 AdamW moments sharded over each parameter's replicas, 2 reduced gradients too, 3 parameters too (each layer gathered before its forward and backward)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("parallel.tcp_seal", .string(\.parallel.tcpSeal), .oneOf(ParallelSection.tcpSealChoices), numeric: false,
                     "TCP backend: seal connections (AES-256-GCM): auto = those that leave the host, on = all, off = none"),

@@ -28,6 +28,11 @@ struct RankRun {
     var checkpoint: URL?
     /// Bytes of parameters, gradients and moments this rank held by design (`Trainer.stateBytes`).
     var stateBytes = 0
+    /// Floats of the parameters this rank owns (`Trainer.ownedParameterFloats`).
+    var ownedFloats = 0
+    /// Parameter values reading exactly 0 after the last step, before gathering them whole
+    /// (pages given back under `parallel.zero` = 3).
+    var droppedValues = 0
 }
 
 /// Trains `steps` steps of `config` on `ranks` in-process ranks (threads); each rank's view.
@@ -40,9 +45,12 @@ func trainInProcess(_ config: RunConfig, ranks: Int, steps: Int, saveCheckpoint:
             seen.gradientNorms.append(trainer.lastGradientNorm)
         }
         let p = trainer.model.parameters
+        seen.droppedValues = p.values.buffer.reduce(0) { $0 + ($1 == 0 ? 1 : 0) }
+        try trainer.gatherParameters()
         seen.parameters = p.values.array
         for e in p.entries { seen.namedParameters[e.name] = Array(p.values.buffer[e.range]) }
         seen.stateBytes = trainer.stateBytes
+        seen.ownedFloats = trainer.ownedParameterFloats
         if saveCheckpoint { seen.checkpoint = try trainer.saveCheckpoint() }
         return seen
     }

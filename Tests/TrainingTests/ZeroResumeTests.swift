@@ -17,12 +17,14 @@ import _TestSupport
         let results = try InProcessCommunicator.run(size: ranks, timeoutSeconds: 60) { comm -> ([Double], [Float]) in
             let trainer = try Trainer(config: config, world: comm)
             let losses = try trainer.run(resume: resume, stopAt: stopAt).losses
+            try trainer.gatherParameters()   // whole under parallel.zero = 3
             return (losses, trainer.model.parameters.values.array)
         }.map { try $0.get() }
         return (results[0].0, results.map(\.1))
     }
 
-    @Test(arguments: [(0, 2, 1, 2), (1, 2, 0, 2), (1, 2, 2, 2), (2, 2, 0, 2), (2, 2, 2, 3), (2, 3, 1, 2), (0, 1, 2, 4)])
+    @Test(arguments: [(0, 2, 1, 2), (1, 2, 0, 2), (1, 2, 2, 2), (2, 2, 0, 2), (2, 2, 2, 3), (2, 3, 1, 2), (0, 1, 2, 4),
+                      (0, 2, 3, 2), (3, 2, 0, 2), (2, 2, 3, 3), (3, 3, 1, 2)])
     func aRunResumesWithAnotherStageAndWorldSize(fromZero: Int, fromRanks: Int, toZero: Int, toRanks: Int) throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
