@@ -1,0 +1,213 @@
+// bf16 rounding and the bf16 GEMM core (see include/CBF16.h). Compiled without FP contraction:
+// the portable micro-kernel must round exactly where the instruction does.
+#pragma clang fp contract(off)
+#include "CBF16.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/// Round to nearest even on the upper 16 bits; NaN made quiet (bit 22) so a payload in the low
+/// bits cannot round it into an infinity.
+static inline uint16_t round1(float f) {
+    uint32_t u = bits_of(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u | 0x00400000u) >> 16);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw")))
+static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x00400000);
+    size_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i u = _mm512_loadu_si512((const void *)(src + i));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+    return i;
+}
+#endif
+
+void tessera_bf16_round(const float *src, uint16_t *dst, size_t count, int wide) {
+    size_t i = 0;
+#if defined(__x86_64__)
+    if (wide) i = round_avx512(src, dst, count);
+#else
+    (void)wide;
+#endif
+    for (; i < count; i++) dst[i] = round1(src[i]);
+}
+
+void tessera_bf16_widen(const uint16_t *src, float *dst, size_t count) {
+    for (size_t i = 0; i < count; i++) dst[i] = float_of((uint32_t)src[i] << 16);
+}
+
+/// Denormals in, as the instruction reads them: zero with the sign kept.
+static inline float daz(uint32_t u) { return float_of((u & 0x7f800000u) == 0 ? (u & 0x80000000u) : u); }
+
+float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
+    acc = daz(bits_of(fmaf(daz((uint32_t)x1 << 16), daz((uint32_t)y1 << 16), daz(bits_of(acc)))));
+    return daz(bits_of(fmaf(daz((uint32_t)x0 << 16), daz((uint32_t)y0 << 16), acc)));
+}
+
+// ---- blocking -------------------------------------------------------------------------------
+
+enum { MR = 12, NR = 32, KC = 512, MC = 144, NC = 256 };
+
+/// A matrix operand: element (i, j) at i·rs + j·cs, Float32 or bf16 bits.
+typedef struct { const float *f; const uint16_t *h; long rs, cs; } view_t;
+
+static inline uint16_t element(const view_t *v, long i, long j) {
+    long o = i * v->rs + j * v->cs;
+    return v->h ? v->h[o] : round1(v->f[o]);
+}
+
+/// A block (rows i0..<i0+mc, k p0..<p0+kc) as panels of MR rows: [panel][k pair][row][2],
+/// zero beyond mc rows and beyond kc.
+static void pack_a(const view_t *a, long i0, long p0, long mc, long kc, uint16_t *dst) {
+    long kp = (kc + 1) / 2;
+    for (long panel = 0; panel * MR < mc; panel++) {
+        uint16_t *d = dst + panel * kp * 2 * MR;
+        for (int r = 0; r < MR; r++) {
+            long i = panel * MR + r;
+            if (i >= mc) {
+                for (long q = 0; q < kp; q++) { d[q * 2 * MR + 2 * r] = 0; d[q * 2 * MR + 2 * r + 1] = 0; }
+                continue;
+            }
+            for (long p = 0; p < kc; p++) d[(p >> 1) * 2 * MR + 2 * r + (p & 1)] = element(a, i0 + i, p0 + p);
+            if (kc & 1) d[(kp - 1) * 2 * MR + 2 * r + 1] = 0;
+        }
+    }
+}
+
+/// B block (k p0..<p0+kc, columns j0..<j0+nc) as panels of NR columns: [panel][k pair][column][2].
+static void pack_b(const view_t *b, long p0, long j0, long kc, long nc, uint16_t *dst) {
+    long kp = (kc + 1) / 2;
+    for (long panel = 0; panel * NR < nc; panel++) {
+        uint16_t *d = dst + panel * kp * 2 * NR;
+        long width = nc - panel * NR < NR ? nc - panel * NR : NR;
+        if (width < NR || (kc & 1)) memset(d, 0, (size_t)kp * 2 * NR * sizeof(uint16_t));
+        if (b->cs == 1) {  // columns contiguous: walk k outside
+            for (long p = 0; p < kc; p++)
+                for (long c = 0; c < width; c++) d[(p >> 1) * 2 * NR + 2 * c + (p & 1)] = element(b, p0 + p, j0 + panel * NR + c);
+        } else {
+            for (long c = 0; c < width; c++)
+                for (long p = 0; p < kc; p++) d[(p >> 1) * 2 * NR + 2 * c + (p & 1)] = element(b, p0 + p, j0 + panel * NR + c);
+        }
+    }
+}
+
+/// C (mr, nr) = alpha · acc + beta · C on the first k block (beta == 0: C not read), else
+/// C + alpha · acc.
+static inline float finish(float acc, float alpha, float beta, int first, const float *c) {
+    float v = alpha * acc;
+    if (!first) return *c + v;
+    return beta == 0 ? v : v + beta * *c;
+}
+
+static void kernel_portable(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
+                            int mr, int nr, float alpha, float beta, int first) {
+    float acc[MR][NR];
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) acc[r][j] = 0;
+    for (long q = 0; q < kp; q++) {
+        const uint16_t *aq = a + q * 2 * MR, *bq = b + q * 2 * NR;
+        for (int r = 0; r < mr; r++)
+            for (int j = 0; j < nr; j++)
+                acc[r][j] = tessera_bf16_dot_step(acc[r][j], aq[2 * r], aq[2 * r + 1], bq[2 * j], bq[2 * j + 1]);
+    }
+    for (int r = 0; r < mr; r++)
+        for (int j = 0; j < nr; j++) c[r * ldc + j] = finish(acc[r][j], alpha, beta, first, c + r * ldc + j);
+}
+
+#if defined(__x86_64__)
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+BF16_TARGET static inline void store_row(float *c, __m512 acc, __mmask16 mask, __m512 alpha, float beta, int first) {
+    if (!mask) return;
+    __m512 v = _mm512_mul_ps(alpha, acc);
+    if (!first) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), v);
+    else if (beta != 0) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(mask, c)));
+    _mm512_mask_storeu_ps(c, mask, v);
+}
+
+BF16_TARGET static void kernel_avx512(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
+                                      int mr, int nr, float alpha, float beta, int first) {
+    __m512 acc[MR][2];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
+    for (long q = 0; q < kp; q++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * 2 * NR));
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * 2 * NR + 32));
+        const uint16_t *aq = a + q * 2 * MR;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, aq + 2 * r, 4);
+            __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __m512 va = _mm512_set1_ps(alpha);
+    for (int r = 0; r < mr; r++) {
+        store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
+        store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+    }
+}
+#endif
+
+int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, long n, long k, float alpha,
+                      const void *a, int a_bf16, long lda, const void *b, int b_bf16, long ldb,
+                      float beta, float *c, long ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return 0;
+    }
+    view_t va = { a_bf16 ? NULL : a, a_bf16 ? a : NULL, transpose_a ? 1 : lda, transpose_a ? lda : 1 };
+    view_t vb = { b_bf16 ? NULL : b, b_bf16 ? b : NULL, transpose_b ? 1 : ldb, transpose_b ? ldb : 1 };
+    uint16_t *pa = aligned_alloc(64, (size_t)MC * KC * sizeof(uint16_t));
+    uint16_t *pb = aligned_alloc(64, (size_t)NC * KC * sizeof(uint16_t));
+    if (!pa || !pb) { free(pa); free(pb); return -1; }
+    void (*kernel)(long, const uint16_t *, const uint16_t *, float *, long, int, int, float, float, int) = kernel_portable;
+#if defined(__x86_64__)
+    if (hardware) kernel = kernel_avx512;
+#else
+    (void)hardware;
+#endif
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = n - jc < NC ? n - jc : NC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC, kp = (kc + 1) / 2;
+            pack_b(&vb, pc, jc, kc, nc, pb);
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = m - ic < MC ? m - ic : MC;
+                pack_a(&va, ic, pc, mc, kc, pa);
+                for (long jr = 0; jr < nc; jr += NR)
+                    for (long ir = 0; ir < mc; ir += MR)
+                        kernel(kp, pa + (ir / MR) * kp * 2 * MR, pb + (jr / NR) * kp * 2 * NR,
+                               c + (ic + ir) * ldc + jc + jr, ldc,
+                               (int)(mc - ir < MR ? mc - ir : MR), (int)(nc - jr < NR ? nc - jr : NR),
+                               alpha, beta, pc == 0);
+            }
+        }
+    }
+    free(pa);
+    free(pb);
+    return 0;
+}
