@@ -1,4 +1,5 @@
 import CBF16
+import Foundation
 
 /// bfloat16 numbers: the upper 16 bits of a Float32 (8 exponent bits, 7 mantissa bits).
 ///
@@ -51,6 +52,11 @@ public enum BF16Kernel: String, CaseIterable, Sendable {
         self == .portable || CPUInfo.current.features.isSuperset(of: [.avx512, .avx512bf16])
     }
 
-    /// The hardware kernel when the CPU has AVX512_BF16, else the emulation.
-    public static let best: BF16Kernel = BF16Kernel.hardware.isAvailable ? .hardware : .portable
+    /// The hardware kernel when the CPU has AVX512_BF16, else the emulation; the environment
+    /// variable TESSERA_BF16_KERNEL=portable forces the emulation (to test or time what a CPU
+    /// without AVX512_BF16 runs).
+    public static let best: BF16Kernel = {
+        if ProcessInfo.processInfo.environment["TESSERA_BF16_KERNEL"] == "portable" { return .portable }
+        return BF16Kernel.hardware.isAvailable ? .hardware : .portable
+    }()
 }
