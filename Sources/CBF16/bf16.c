@@ -21,7 +21,7 @@ static inline uint16_t round1(float f) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw")))
+__attribute__((target("avx512f,avx512bw,avx512vl")))
 static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
     const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
     const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
@@ -34,6 +34,16 @@ static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
         __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
         r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
         _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+    if (i < count) {   // the tail under a mask: the same arithmetic
+        __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
+        __m512i u = _mm512_maskz_loadu_epi32(mask, (const void *)(src + i));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_mask_storeu_epi16((void *)(dst + i), mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+        i = count;
     }
     return i;
 }
@@ -63,49 +73,56 @@ float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, ui
 
 // ---- blocking -------------------------------------------------------------------------------
 
-enum { MR = 12, NR = 32, KC = 512, MC = 144, NC = 256 };
+enum { MR = 12, NR = 32, KC = 512, MC = 144, NC = 2048 };
 
 /// A matrix operand: element (i, j) at i·rs + j·cs, Float32 or bf16 bits.
 typedef struct { const float *f; const uint16_t *h; long rs, cs; } view_t;
 
-static inline uint16_t element(const view_t *v, long i, long j) {
-    long o = i * v->rs + j * v->cs;
-    return v->h ? v->h[o] : round1(v->f[o]);
+/// `count` contiguous values from `offset` as bf16 bits (rounded, or copied when already bf16).
+static inline void run(const view_t *v, long offset, long count, uint16_t *out, int wide) {
+    if (v->h) memcpy(out, v->h + offset, (size_t)count * sizeof(uint16_t));
+    else tessera_bf16_round(v->f + offset, out, (size_t)count, wide);
 }
 
-/// A block (rows i0..<i0+mc, k p0..<p0+kc) as panels of MR rows: [panel][k pair][row][2],
-/// zero beyond mc rows and beyond kc.
-static void pack_a(const view_t *a, long i0, long p0, long mc, long kc, uint16_t *dst) {
+/// One panel of `lines` (≤ width) lines — rows of A or columns of B — from line l0, over k
+/// p0..<p0+kc, as [k pair][line][2], zero beyond `lines` and kc. A line's values are `ls`
+/// apart, its k values `ks` apart; one of the two is 1 (row-major operands).
+static void pack_panel(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
+                       uint16_t *d, int wide) {
     long kp = (kc + 1) / 2;
-    for (long panel = 0; panel * MR < mc; panel++) {
-        uint16_t *d = dst + panel * kp * 2 * MR;
-        for (int r = 0; r < MR; r++) {
-            long i = panel * MR + r;
-            if (i >= mc) {
-                for (long q = 0; q < kp; q++) { d[q * 2 * MR + 2 * r] = 0; d[q * 2 * MR + 2 * r + 1] = 0; }
-                continue;
-            }
-            for (long p = 0; p < kc; p++) d[(p >> 1) * 2 * MR + 2 * r + (p & 1)] = element(a, i0 + i, p0 + p);
-            if (kc & 1) d[(kp - 1) * 2 * MR + 2 * r + 1] = 0;
+    uint16_t t0[KC], t1[KC];
+    if (lines < width || (kc & 1)) memset(d, 0, (size_t)kp * 2 * width * sizeof(uint16_t));
+    if (ks == 1) {   // each line's k values contiguous: round a line, deal its pairs out
+        for (long l = 0; l < lines; l++) {
+            run(v, (l0 + l) * ls + p0, kc, t0, wide);
+            for (long q = 0; q < kc / 2; q++) memcpy(d + q * 2 * width + 2 * l, t0 + 2 * q, 4);
+            if (kc & 1) d[(kp - 1) * 2 * width + 2 * l] = t0[kc - 1];
+        }
+    } else {         // lines contiguous: round two k rows, interleave them
+        for (long q = 0; q < kp; q++) {
+            run(v, (p0 + 2 * q) * ks + l0, lines, t0, wide);
+            if (2 * q + 1 < kc) run(v, (p0 + 2 * q + 1) * ks + l0, lines, t1, wide);
+            else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
+            uint16_t *dq = d + q * 2 * width;
+            for (long l = 0; l < lines; l++) { dq[2 * l] = t0[l]; dq[2 * l + 1] = t1[l]; }
         }
     }
 }
 
-/// B block (k p0..<p0+kc, columns j0..<j0+nc) as panels of NR columns: [panel][k pair][column][2].
-static void pack_b(const view_t *b, long p0, long j0, long kc, long nc, uint16_t *dst) {
+/// A block (rows i0..<i0+mc, k p0..<p0+kc) as panels of MR rows.
+static void pack_a(const view_t *a, long i0, long p0, long mc, long kc, uint16_t *dst, int wide) {
     long kp = (kc + 1) / 2;
-    for (long panel = 0; panel * NR < nc; panel++) {
-        uint16_t *d = dst + panel * kp * 2 * NR;
-        long width = nc - panel * NR < NR ? nc - panel * NR : NR;
-        if (width < NR || (kc & 1)) memset(d, 0, (size_t)kp * 2 * NR * sizeof(uint16_t));
-        if (b->cs == 1) {  // columns contiguous: walk k outside
-            for (long p = 0; p < kc; p++)
-                for (long c = 0; c < width; c++) d[(p >> 1) * 2 * NR + 2 * c + (p & 1)] = element(b, p0 + p, j0 + panel * NR + c);
-        } else {
-            for (long c = 0; c < width; c++)
-                for (long p = 0; p < kc; p++) d[(p >> 1) * 2 * NR + 2 * c + (p & 1)] = element(b, p0 + p, j0 + panel * NR + c);
-        }
-    }
+    for (long panel = 0; panel * MR < mc; panel++)
+        pack_panel(a, a->rs, a->cs, i0 + panel * MR, p0, mc - panel * MR < MR ? mc - panel * MR : MR, kc, MR,
+                   dst + panel * kp * 2 * MR, wide);
+}
+
+/// B block (k p0..<p0+kc, columns j0..<j0+nc) as panels of NR columns.
+static void pack_b(const view_t *b, long p0, long j0, long kc, long nc, uint16_t *dst, int wide) {
+    long kp = (kc + 1) / 2;
+    for (long panel = 0; panel * NR < nc; panel++)
+        pack_panel(b, b->cs, b->rs, j0 + panel * NR, p0, nc - panel * NR < NR ? nc - panel * NR : NR, kc, NR,
+                   dst + panel * kp * 2 * NR, wide);
 }
 
 /// C (mr, nr) = alpha · acc + beta · C on the first k block (beta == 0: C not read), else
@@ -194,10 +211,10 @@ int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, lo
         long nc = n - jc < NC ? n - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC, kp = (kc + 1) / 2;
-            pack_b(&vb, pc, jc, kc, nc, pb);
+            pack_b(&vb, pc, jc, kc, nc, pb, hardware);
             for (long ic = 0; ic < m; ic += MC) {
                 long mc = m - ic < MC ? m - ic : MC;
-                pack_a(&va, ic, pc, mc, kc, pa);
+                pack_a(&va, ic, pc, mc, kc, pa, hardware);
                 for (long jr = 0; jr < nc; jr += NR)
                     for (long ir = 0; ir < mc; ir += MR)
                         kernel(kp, pa + (ir / MR) * kp * 2 * MR, pb + (jr / NR) * kp * 2 * NR,
