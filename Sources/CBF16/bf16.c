@@ -84,45 +84,48 @@ static inline void run(const view_t *v, long offset, long count, uint16_t *out, 
     else tessera_bf16_round(v->f + offset, out, (size_t)count, wide);
 }
 
-/// One panel of `lines` (≤ width) lines — rows of A or columns of B — from line l0, over k
-/// p0..<p0+kc, as [k pair][line][2], zero beyond `lines` and kc. A line's values are `ls`
-/// apart, its k values `ks` apart; one of the two is 1 (row-major operands).
-static void pack_panel(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
-                       uint16_t *d, int wide) {
-    long kp = (kc + 1) / 2;
-    uint16_t t0[KC], t1[KC];
-    if (lines < width || (kc & 1)) memset(d, 0, (size_t)kp * 2 * width * sizeof(uint16_t));
+/// A block of `lines` lines — rows of A or columns of B — from line l0, over k p0..<p0+kc, as
+/// panels of `width` lines, each [k pair][line][2], zero beyond `lines` and kc. A line's values
+/// are `ls` apart, its k values `ks` apart; one of the two is 1 (row-major operands).
+static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
+                       uint16_t *dst, int wide) {
+    long kp = (kc + 1) / 2, panels = (lines + width - 1) / width;
+    if (lines % width || (kc & 1)) {   // the padding: the last panel's missing lines, the odd k
+        long from = (lines % width) ? panels - 1 : 0;
+        memset(dst + from * kp * 2 * width, 0, (size_t)(panels - from) * kp * 2 * width * sizeof(uint16_t));
+    }
     if (ks == 1) {   // each line's k values contiguous: round a line, deal its pairs out
+        uint16_t t[KC];
         for (long l = 0; l < lines; l++) {
-            run(v, (l0 + l) * ls + p0, kc, t0, wide);
-            for (long q = 0; q < kc / 2; q++) memcpy(d + q * 2 * width + 2 * l, t0 + 2 * q, 4);
-            if (kc & 1) d[(kp - 1) * 2 * width + 2 * l] = t0[kc - 1];
+            run(v, (l0 + l) * ls + p0, kc, t, wide);
+            uint16_t *d = dst + (l / width) * kp * 2 * width + 2 * (l % width);
+            for (long q = 0; q < kc / 2; q++) memcpy(d + q * 2 * width, t + 2 * q, 4);
+            if (kc & 1) d[(kp - 1) * 2 * width] = t[kc - 1];
         }
-    } else {         // lines contiguous: round two k rows, interleave them
+    } else {         // lines contiguous: round two k rows of the whole block, interleave them
+        uint16_t t0[NC], t1[NC];
         for (long q = 0; q < kp; q++) {
             run(v, (p0 + 2 * q) * ks + l0, lines, t0, wide);
             if (2 * q + 1 < kc) run(v, (p0 + 2 * q + 1) * ks + l0, lines, t1, wide);
             else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
-            uint16_t *dq = d + q * 2 * width;
-            for (long l = 0; l < lines; l++) { dq[2 * l] = t0[l]; dq[2 * l + 1] = t1[l]; }
+            for (long panel = 0; panel < panels; panel++) {
+                uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
+                const uint16_t *u0 = t0 + panel * width, *u1 = t1 + panel * width;
+                long count = lines - panel * width < width ? lines - panel * width : width;
+                for (long l = 0; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
+            }
         }
     }
 }
 
 /// A block (rows i0..<i0+mc, k p0..<p0+kc) as panels of MR rows.
 static void pack_a(const view_t *a, long i0, long p0, long mc, long kc, uint16_t *dst, int wide) {
-    long kp = (kc + 1) / 2;
-    for (long panel = 0; panel * MR < mc; panel++)
-        pack_panel(a, a->rs, a->cs, i0 + panel * MR, p0, mc - panel * MR < MR ? mc - panel * MR : MR, kc, MR,
-                   dst + panel * kp * 2 * MR, wide);
+    pack_block(a, a->rs, a->cs, i0, p0, mc, kc, MR, dst, wide);
 }
 
 /// B block (k p0..<p0+kc, columns j0..<j0+nc) as panels of NR columns.
 static void pack_b(const view_t *b, long p0, long j0, long kc, long nc, uint16_t *dst, int wide) {
-    long kp = (kc + 1) / 2;
-    for (long panel = 0; panel * NR < nc; panel++)
-        pack_panel(b, b->cs, b->rs, j0 + panel * NR, p0, nc - panel * NR < NR ? nc - panel * NR : NR, kc, NR,
-                   dst + panel * kp * 2 * NR, wide);
+    pack_block(b, b->cs, b->rs, j0, p0, nc, kc, NR, dst, wide);
 }
 
 /// C (mr, nr) = alpha · acc + beta · C on the first k block (beta == 0: C not read), else
