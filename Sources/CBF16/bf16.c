@@ -66,9 +66,13 @@ void tessera_bf16_widen(const uint16_t *src, float *dst, size_t count) {
 /// Denormals in, as the instruction reads them: zero with the sign kept.
 static inline float daz(uint32_t u) { return float_of((u & 0x7f800000u) == 0 ? (u & 0x80000000u) : u); }
 
-float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
+static inline float dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
     acc = daz(bits_of(fmaf(daz((uint32_t)x1 << 16), daz((uint32_t)y1 << 16), daz(bits_of(acc)))));
     return daz(bits_of(fmaf(daz((uint32_t)x0 << 16), daz((uint32_t)y0 << 16), acc)));
+}
+
+float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
+    return dot_step(acc, x0, x1, y0, y1);
 }
 
 // ---- blocking -------------------------------------------------------------------------------
@@ -136,20 +140,28 @@ static inline float finish(float acc, float alpha, float beta, int first, const 
     return beta == 0 ? v : v + beta * *c;
 }
 
-static void kernel_portable(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
-                            int mr, int nr, float alpha, float beta, int first) {
-    float acc[MR][NR];
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) acc[r][j] = 0;
-    for (long q = 0; q < kp; q++) {
-        const uint16_t *aq = a + q * 2 * MR, *bq = b + q * 2 * NR;
-        for (int r = 0; r < mr; r++)
-            for (int j = 0; j < nr; j++)
-                acc[r][j] = tessera_bf16_dot_step(acc[r][j], aq[2 * r], aq[2 * r + 1], bq[2 * j], bq[2 * j + 1]);
-    }
-    for (int r = 0; r < mr; r++)
-        for (int j = 0; j < nr; j++) c[r * ldc + j] = finish(acc[r][j], alpha, beta, first, c + r * ldc + j);
+/// The emulation; compiled twice: plain (fmaf from the C library) and, for CPUs with FMA, with
+/// fmaf as one instruction (the same correctly rounded result, much faster).
+#define PORTABLE_KERNEL(NAME, ATTRIBUTES)                                                              \
+ATTRIBUTES static void NAME(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,          \
+                            int mr, int nr, float alpha, float beta, int first) {                       \
+    float acc[MR][NR];                                                                                  \
+    for (int r = 0; r < mr; r++)                                                                        \
+        for (int j = 0; j < nr; j++) acc[r][j] = 0;                                                     \
+    for (long q = 0; q < kp; q++) {                                                                     \
+        const uint16_t *aq = a + q * 2 * MR, *bq = b + q * 2 * NR;                                      \
+        for (int r = 0; r < mr; r++)                                                                    \
+            for (int j = 0; j < nr; j++)                                                                \
+                acc[r][j] = dot_step(acc[r][j], aq[2 * r], aq[2 * r + 1], bq[2 * j], bq[2 * j + 1]);    \
+    }                                                                                                   \
+    for (int r = 0; r < mr; r++)                                                                        \
+        for (int j = 0; j < nr; j++) c[r * ldc + j] = finish(acc[r][j], alpha, beta, first, c + r * ldc + j); \
 }
+PORTABLE_KERNEL(kernel_portable, )
+#if defined(__x86_64__)
+PORTABLE_KERNEL(kernel_portable_fma, __attribute__((target("fma"))))
+#endif
+
 
 #if defined(__x86_64__)
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
@@ -206,7 +218,8 @@ int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, lo
     if (!pa || !pb) { free(pa); free(pb); return -1; }
     void (*kernel)(long, const uint16_t *, const uint16_t *, float *, long, int, int, float, float, int) = kernel_portable;
 #if defined(__x86_64__)
-    if (hardware) kernel = kernel_avx512;
+    if (hardware == 1) kernel = kernel_avx512;
+    if (hardware == 2) kernel = kernel_portable_fma;
 #else
     (void)hardware;
 #endif
@@ -214,10 +227,10 @@ int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, lo
         long nc = n - jc < NC ? n - jc : NC;
         for (long pc = 0; pc < k; pc += KC) {
             long kc = k - pc < KC ? k - pc : KC, kp = (kc + 1) / 2;
-            pack_b(&vb, pc, jc, kc, nc, pb, hardware);
+            pack_b(&vb, pc, jc, kc, nc, pb, hardware == 1);
             for (long ic = 0; ic < m; ic += MC) {
                 long mc = m - ic < MC ? m - ic : MC;
-                pack_a(&va, ic, pc, mc, kc, pa, hardware);
+                pack_a(&va, ic, pc, mc, kc, pa, hardware == 1);
                 for (long jr = 0; jr < nc; jr += NR)
                     for (long ir = 0; ir < mc; ir += MR)
                         kernel(kp, pa + (ir / MR) * kp * 2 * MR, pb + (jr / NR) * kp * 2 * NR,

@@ -65,7 +65,7 @@ public enum BF16Matmul {
                                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ kernel: BF16Kernel) {
         let status = a.withRaw { aRaw, aBF16 in
             b.withRaw { bRaw, bBF16 in
-                tessera_bf16_gemm(kernel == .hardware ? 1 : 0, transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha,
+                tessera_bf16_gemm(kernel == .hardware ? 1 : CPUInfo.current.features.contains(.fma) ? 2 : 0, transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha,
                                   aRaw, aBF16, lda, bRaw, bBF16, ldb, beta, c, ldc)
             }
         }

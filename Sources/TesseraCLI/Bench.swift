@@ -281,4 +281,4 @@ struct CommBench: ParsableCommand {
     }
 }
 
-extension ComputePrecision: @retroactive ExpressibleByArgument {}
+extension ComputePrecision: ExpressibleByArgument {}

@@ -23,8 +23,9 @@ float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, ui
 /// operand is Float32 (rounded to bf16 while packing) when its `_bf16` flag is 0, else bf16
 /// bits. Products accumulate in Float32 over k in blocks of 512 from k = 0 (the order does not
 /// depend on m, n or where a caller cuts C); beta == 0 never reads C.
-/// `hardware` != 0 runs the AVX512_BF16 micro-kernel (only when the CPU has it), else the
-/// portable one; both give the same bits. Returns 0, or -1 when scratch could not be allocated.
+/// `hardware` 1 runs the AVX512_BF16 micro-kernel (only when the CPU has AVX-512 and
+/// AVX512_BF16), 2 the portable one built for FMA (only when the CPU has FMA), 0 the plain
+/// portable one; all give the same bits. Returns 0, or -1 when scratch could not be allocated.
 int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                       const void *a, int a_bf16, long lda, const void *b, int b_bf16, long ldb,
                       float beta, float *c, long ldc);
