@@ -29,9 +29,11 @@ final class PassState {
 extension TransformerLM {
     func passState(batch: Int, length: Int, positions: [Int]?) -> PassState {
         if let state, state.context.matches(batch: batch, length: length, positions: positions, threads: threads, grid: grid) {
+            state.context.precision = precision
             return state
         }
         let context = PassContext(batch: batch, length: length, positions: positions, threads: threads, grid: grid)
+        context.precision = precision
         let fresh = PassState(context: context, config: config)
         state = fresh
         return fresh
@@ -62,7 +64,7 @@ extension TransformerLM {
         RMSNorm.forward(x: last, weight: finalNorm.value, y: s.finalNorm.pointer, rstd: s.finalRstd.pointer,
                         rows: n, dim: d, eps: config.normEps, threads: c.threads)
         Matmul.linearForward(x: s.finalNorm.pointer, weight: head.value, y: s.logits.pointer, rows: n, inFeatures: d,
-                             outFeatures: config.vocabSize, threads: c.threads)
+                             outFeatures: config.vocabSize, threads: c.threads, precision: c.precision)
         if !backwardFollows { r?.release(.head) }
         return s
     }
@@ -111,7 +113,7 @@ extension TransformerLM {
         try r?.acquire(.head, next: blocks.indices.last.map(ParameterUnit.block))
         let dNorm = c.scratch.buffer("block.dNorm", count: n * d)
         Matmul.linearBackward(x: s.finalNorm.pointer, weight: head.value, dy: s.logits.pointer, dx: dNorm,
-                              dWeight: head.gradient, rows: n, inFeatures: d, outFeatures: config.vocabSize, threads: c.threads)
+                              dWeight: head.gradient, rows: n, inFeatures: d, outFeatures: config.vocabSize, threads: c.threads, precision: c.precision)
         if !config.tieEmbeddings { ready?(parameters.entry("lm_head.weight").range) }
         RMSNorm.backward(x: s.streams[blocks.count].pointer, weight: finalNorm.value, rstd: s.finalRstd.pointer,
                          dy: dNorm, dx: s.dResidual.pointer, dWeight: finalNorm.gradient, rows: n, dim: d,

@@ -19,6 +19,8 @@ enum BLASReport {
         print("library: \(BLASLibrary.configuration); its cores for x86-64: \(BLASLibrary.shippedCores.joined(separator: " "))")
         print("threads: \(threads) per product (Tessera splits products itself; OpenBLAS's own threads: \(BLASLibrary.threads))")
         print("CPU: \(cpu.modelName) (\(cpu.vendor)); vector features: \(cpu.features)")
+        print("bf16 products (train.precision bf16): " + (BF16Kernel.best == .hardware ? "vdpbf16ps (AVX512_BF16)"
+            : "the portable emulation of vdpbf16ps (same bits, slower)" + (BF16Kernel.hardware.isAvailable ? ", forced by TESSERA_BF16_KERNEL" : ": this CPU has no AVX512_BF16")))
         print(BLASLibrary.productsSplitExactly
               ? "thread counts: large products split over threads give the bits of one thread"
               : "thread counts: these kernels compute a product cut into blocks differently from the whole, so train.threads moves large products in the last bits (runs stay exact on any one thread count)")

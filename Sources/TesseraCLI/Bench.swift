@@ -102,6 +102,8 @@ struct GemmBench: ParsableCommand {
     @OptionGroup var world: WorldOptions
     @Option(parsing: .upToNextOption, help: "Matrix sizes.")
     var n: [Int] = [1024, 2048]
+    @Option(parsing: .unconditional, help: "fp32 (OpenBLAS sgemm) or bf16 (Float32 inputs rounded to bf16, Float32 accumulation: train.precision bf16's products).")
+    var dtype: ComputePrecision = .fp32
 
     func validate() throws { try requireAtLeast(1, n, option: "n") }
 
@@ -114,11 +116,11 @@ struct GemmBench: ParsableCommand {
             for i in 0..<(size * size) { a[i] = Float(rng.nextNormal()); b[i] = Float(rng.nextNormal()) }
             let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
                 Matmul.gemm(transposeA: false, transposeB: false, m: size, n: size, k: size, a: a.pointer, lda: size,
-                            b: b.pointer, ldb: size, c: c.pointer, ldc: size, threads: threads)
+                            b: b.pointer, ldb: size, c: c.pointer, ldc: size, threads: threads, precision: dtype)
             }
             let flops = 2 * pow(Double(size), 3)
-            try BenchReport.emit("gemm", impl: "openblas-sgemm", threads: bench.threads, comm: comm, shape: ["n": size],
-                                 unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
+            try BenchReport.emit("gemm", impl: dtype == .bf16 ? "tessera-bf16-\(BF16Kernel.best)" : "openblas-sgemm", threads: bench.threads,
+                                 comm: comm, shape: ["n": size, "dtype": dtype.rawValue], unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
         }
     }
 
@@ -212,7 +214,7 @@ struct TrainBench: ParsableCommand {
                                      "zero": config.parallel.zero],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
-                                     "gemm_peak_gflops": BenchReport.round4(peak), "mfu": mfu, "state_mib": BenchReport.round4(Double(stateMiB))]
+                                     "gemm_peak_gflops": BenchReport.round4(peak), "precision": config.train.precision, "mfu": mfu, "state_mib": BenchReport.round4(Double(stateMiB))]
                                  .merging(trainer.grid.size(of: .expert) > 1 ? ["all_to_all_share": BenchReport.round4(Double(exchangeShare))] : [:]) { a, _ in a })
     }
 }
@@ -278,3 +280,5 @@ struct CommBench: ParsableCommand {
                 "tcp_seal": sealed == comm.size - 1 ? "all" : sealed == 0 ? "none" : "some"]
     }
 }
+
+extension ComputePrecision: ExpressibleByArgument {}

@@ -74,6 +74,7 @@ public final class Trainer {
                                                    dataVocabulary: data.train.vocabSize, directory: config.data.dir)
         }
         model.threads = KernelThreads(config.train.threads)
+        model.precision = config.precision
         self.model = model
         let train = config.train
         let bucketBytes = Int(config.parallel.bucketMB * 1_048_576)

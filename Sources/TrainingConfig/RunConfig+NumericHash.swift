@@ -4,11 +4,13 @@ extension RunConfig {
     /// The keys that change the numbers a run produces (table order): model.*, data.seq_len
     /// and train.* except train.steps, train.log_every and train.threads, and moe.* when
     /// moe.experts > 0 (so a dense config keeps the hash it had before MoE existed), and
-    /// model.sequence_mixer / model.attention_layers only for a Mamba model (likewise).
+    /// model.sequence_mixer / model.attention_layers only for a Mamba model (likewise), and
+    /// train.precision only when not fp32 (likewise).
     var numericFields: [ConfigField] {
         ConfigField.all.filter { field in
             guard field.numeric else { return false }
             if field.section == "moe" { return moe.experts > 0 }
+            if field.path == "train.precision" { return train.precision != "fp32" }
             if field.path == "model.sequence_mixer" || field.path == "model.attention_layers" { return model.sequenceMixer != "attention" }
             return true
         }

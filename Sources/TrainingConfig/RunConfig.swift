@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 
 /// A validated run configuration: typed sections, resolved from the defaults, a YAML file and
@@ -67,6 +68,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// This config if its values are in range (after changing sections in code).
     public func validated() throws -> RunConfig { try applying([]) }
+
+    /// `train.precision` (validated: fp32 or bf16).
+    public var precision: ComputePrecision { ComputePrecision(rawValue: train.precision) ?? .fp32 }
 
     /// The model these keys describe: Llama blocks whose feed-forward is a mixture of experts
     /// in the layers `moe.layers` selects when `moe.experts > 0`, and whose attention is the

@@ -3,8 +3,10 @@
 8 SwiGLU experts of width 384, top-2, softmax router with gates renormalised over the chosen two,
 index_select / index_add dispatch, aux loss 0.01 and z-loss 0.001), for a side-by-side `tessera bench train`.
 
-usage: pytorch_train.py [--threads N] [--steps 20] [--warmup 5] [--moe]
-Prints one JSON line with the keys of docs/BENCHMARKS.md (impl "pytorch-eager"). Not part of Tessera: run
+usage: pytorch_train.py [--threads N] [--steps 20] [--warmup 5] [--moe] [--bf16]
+With --bf16 the forward pass runs under torch.autocast("cpu", dtype=torch.bfloat16) (oneDNN bf16 products,
+Float32 master weights and optimizer: the peer of `train.precision: bf16`).
+Prints one JSON line with the keys of docs/BENCHMARKS.md (impl "pytorch-eager", and "precision"). Not part of Tessera: run
 it with a PyTorch you installed (pip install torch) to compare on the same machine."""
 import argparse, json, math, resource, time
 import torch
@@ -17,6 +19,7 @@ p.add_argument("--steps", type=int, default=20)
 p.add_argument("--warmup", type=int, default=5)
 p.add_argument("--compile", action="store_true", help="torch.compile the model (not eager)")
 p.add_argument("--moe", action="store_true", help="the bench-moe model (configs/bench-moe.yaml)")
+p.add_argument("--bf16", action="store_true", help='forward under torch.autocast("cpu", dtype=torch.bfloat16)')
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -53,7 +56,7 @@ class MoE(nn.Module):
                 continue
             h = flat.index_select(0, token)
             y = self.w2[e](F.silu(self.w1[e](h)) * self.w3[e](h)) * gates[token, slot, None]
-            out = out.index_add(0, token, y)
+            out = out.index_add(0, token, y.to(out.dtype))
         fraction = counts / (flat.shape[0] * K)
         self.aux = 0.01 * E * (fraction * probs.mean(0)).sum() + 0.001 * torch.logsumexp(logits, -1).pow(2).mean()
         return out.view_as(x)
@@ -108,7 +111,8 @@ step_fn = torch.compile(model) if args.compile else model
 data = torch.randint(0, V, (args.warmup + args.steps, B, T + 1))
 
 def step(i):
-    loss = step_fn(data[i, :, :-1], data[i, :, 1:])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        loss = step_fn(data[i, :, :-1], data[i, :, 1:])
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -121,7 +125,7 @@ for i in range(args.warmup, args.warmup + args.steps):
     t = time.perf_counter(); step(i); rates.append(B * T / (time.perf_counter() - t))
 rates.sort()
 print(json.dumps({"bench": "train", "impl": "pytorch-compile" if args.compile else "pytorch-eager", "threads": args.threads, "ranks": 1,
-                  "model": "moe" if args.moe else "dense", "data": 1, "sequence": 1, "unit": "tokens/s", "min": round(rates[0], 1),
+                  "model": "moe" if args.moe else "dense", "precision": "bf16" if args.bf16 else "fp32", "data": 1, "sequence": 1, "unit": "tokens/s", "min": round(rates[0], 1),
                   "median": round(rates[len(rates) // 2], 1), "max": round(rates[-1], 1), "runs": len(rates),
                   "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                   "torch": torch.__version__, "parameters": sum(p.numel() for p in model.parameters())}, sort_keys=True))

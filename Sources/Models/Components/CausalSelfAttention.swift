@@ -109,9 +109,9 @@ final class CausalSelfAttention: LayerComponent {
         let (n, d, threads) = (c.rows, dModel, c.threads)
         let (qs, ks, vs, attended, saved) = (cache[0], cache[1], cache[2], cache[3], cache[4])
         input = x
-        Matmul.linearForward(x: x, weight: q.value, y: qs, rows: n, inFeatures: d, outFeatures: queryWidth, threads: threads)
-        Matmul.linearForward(x: x, weight: k.value, y: ks, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads)
-        Matmul.linearForward(x: x, weight: v.value, y: vs, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads)
+        Matmul.linearForward(x: x, weight: q.value, y: qs, rows: n, inFeatures: d, outFeatures: queryWidth, threads: threads, precision: c.precision)
+        Matmul.linearForward(x: x, weight: k.value, y: ks, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads, precision: c.precision)
+        Matmul.linearForward(x: x, weight: v.value, y: vs, rows: n, inFeatures: d, outFeatures: kvWidth, threads: threads, precision: c.precision)
         rotate(qs, heads: spec.heads, context: c, inverse: false)
         rotate(ks, heads: spec.kvHeads, context: c, inverse: false)
         if sequenceGroup(c) != nil {
@@ -146,7 +146,7 @@ final class CausalSelfAttention: LayerComponent {
         }
         // out += attended · Woᵀ
         Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: queryWidth, a: attended, lda: queryWidth,
-                    b: o.value, ldb: queryWidth, beta: 1, c: out, ldc: d, threads: threads)
+                    b: o.value, ldb: queryWidth, beta: 1, c: out, ldc: d, threads: threads, precision: c.precision)
     }
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
@@ -161,7 +161,7 @@ final class CausalSelfAttention: LayerComponent {
         let dk = c.scratch.buffer("attention.dk", count: n * kvWidth)
         let dv = c.scratch.buffer("attention.dv", count: n * kvWidth)
         Matmul.linearBackward(x: attended, weight: o.value, dy: dOut, dx: dAttended, dWeight: o.gradient,
-                              rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads)
+                              rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads, precision: c.precision)
         if sequenceParallel {
             switch spec.sequenceMode {
             case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
@@ -180,11 +180,11 @@ final class CausalSelfAttention: LayerComponent {
         rotate(dq, heads: spec.heads, context: c, inverse: true)
         rotate(dk, heads: spec.kvHeads, context: c, inverse: true)
         Matmul.linearBackward(x: x, weight: q.value, dy: dq, dx: dx, dWeight: q.gradient,
-                              rows: n, inFeatures: d, outFeatures: queryWidth, threads: threads)
+                              rows: n, inFeatures: d, outFeatures: queryWidth, threads: threads, precision: c.precision)
         Matmul.linearBackward(x: x, weight: k.value, dy: dk, dx: dx, dWeight: k.gradient,
-                              rows: n, inFeatures: d, outFeatures: kvWidth, accumulateInput: true, threads: threads)
+                              rows: n, inFeatures: d, outFeatures: kvWidth, accumulateInput: true, threads: threads, precision: c.precision)
         Matmul.linearBackward(x: x, weight: v.value, dy: dv, dx: dx, dWeight: v.gradient,
-                              rows: n, inFeatures: d, outFeatures: kvWidth, accumulateInput: true, threads: threads)
+                              rows: n, inFeatures: d, outFeatures: kvWidth, accumulateInput: true, threads: threads, precision: c.precision)
     }
 
     private func rotate(_ x: UnsafeMutablePointer<Float>, heads: Int, context c: PassContext, inverse: Bool) {

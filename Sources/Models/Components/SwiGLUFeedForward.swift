@@ -32,12 +32,12 @@ final class SwiGLUFeedForward: LayerComponent {
         let (n, d, f, threads) = (c.rows, dModel, hidden, c.threads)
         cache.ensure(rows: n, widths: [f, f, f])
         input = x
-        Matmul.linearForward(x: x, weight: gate.value, y: cache[0], rows: n, inFeatures: d, outFeatures: f, threads: threads)
-        Matmul.linearForward(x: x, weight: up.value, y: cache[1], rows: n, inFeatures: d, outFeatures: f, threads: threads)
+        Matmul.linearForward(x: x, weight: gate.value, y: cache[0], rows: n, inFeatures: d, outFeatures: f, threads: threads, precision: c.precision)
+        Matmul.linearForward(x: x, weight: up.value, y: cache[1], rows: n, inFeatures: d, outFeatures: f, threads: threads, precision: c.precision)
         SwiGLU.forward(gate: cache[0], up: cache[1], out: cache[2], count: n * f, threads: threads)
         // out += hidden · Wdownᵀ
         Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: f, a: cache[2], lda: f,
-                    b: down.value, ldb: f, beta: 1, c: out, ldc: d, threads: threads)
+                    b: down.value, ldb: f, beta: 1, c: out, ldc: d, threads: threads, precision: c.precision)
     }
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
@@ -47,12 +47,12 @@ final class SwiGLUFeedForward: LayerComponent {
         let dGate = c.scratch.buffer("swiglu.dGate", count: n * f)
         let dUp = c.scratch.buffer("swiglu.dUp", count: n * f)
         Matmul.linearBackward(x: cache[2], weight: down.value, dy: dOut, dx: dHidden, dWeight: down.gradient,
-                              rows: n, inFeatures: f, outFeatures: d, threads: threads)
+                              rows: n, inFeatures: f, outFeatures: d, threads: threads, precision: c.precision)
         SwiGLU.backward(gate: cache[0], up: cache[1], dOut: dHidden, dGate: dGate, dUp: dUp, count: n * f, threads: threads)
         Matmul.linearBackward(x: x, weight: gate.value, dy: dGate, dx: dx, dWeight: gate.gradient,
-                              rows: n, inFeatures: d, outFeatures: f, threads: threads)
+                              rows: n, inFeatures: d, outFeatures: f, threads: threads, precision: c.precision)
         Matmul.linearBackward(x: x, weight: up.value, dy: dUp, dx: dx, dWeight: up.gradient,
-                              rows: n, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads)
+                              rows: n, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads, precision: c.precision)
     }
 
     var matmulFlopsPerToken: Double { 2.0 * Double(dModel) * Double(3 * hidden) }

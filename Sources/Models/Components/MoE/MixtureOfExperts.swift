@@ -98,7 +98,7 @@ public final class MixtureOfExperts: LayerComponent {
         }
         let (xs, ys, back) = (expertInput.ensure(received * d), expertOutput.ensure(received * d), returned.ensure(sent * d))
         try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: comms.expert)
-        experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads)
+        experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads, precision: c.precision)
         try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: comms.expert)
         slot = [Int](repeating: -1, count: n * k)
         for (i, pair) in dispatcher.order.enumerated() { slot[pair] = i }
@@ -143,7 +143,7 @@ public final class MixtureOfExperts: LayerComponent {
             }
         }
         try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: comms.expert)
-        experts.backward(dExpertOutput, dx: dExpertInput, work: work, threads: c.threads)
+        experts.backward(dExpertOutput, dx: dExpertInput, work: work, threads: c.threads, precision: c.precision)
         try dispatcher.combine(dExpertInput, width: d, into: dRows, staging: staging, comm: comms.expert)
         // Router: gates, the balance loss through P (∂(N·aux·E·Σ f·P)/∂p_te = aux·E·f_e) and the z-loss.
         let scale = Double(c.gradientScale)

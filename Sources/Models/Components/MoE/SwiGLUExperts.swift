@@ -45,7 +45,8 @@ final class SwiGLUExperts {
 
     /// y (rows × d) = experts(x (rows × d)), where the first rowsPerExpert[0] rows go to the first
     /// local expert, and so on. `x` must stay unchanged until `backward`.
-    func forward(_ x: UnsafePointer<Float>, rowsPerExpert: [Int], output y: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+    func forward(_ x: UnsafePointer<Float>, rowsPerExpert: [Int], output y: UnsafeMutablePointer<Float>, threads: KernelThreads,
+                 precision: ComputePrecision) {
         let (d, f) = (dModel, hidden)
         let rows = rowsPerExpert.reduce(0, +)
         self.rowsPerExpert = rowsPerExpert
@@ -53,10 +54,10 @@ final class SwiGLUExperts {
         let (g, u, a) = (gate.ensure(rows * f), up.ensure(rows * f), activation.ensure(rows * f))
         let (w1, w2, w3) = (self.w1, self.w2, self.w3)
         Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
-            Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one)
-            Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one)
+            Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
+            Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
             SwiGLU.forward(gate: g + start * f, up: u + start * f, out: a + start * f, count: m * f, threads: one)
-            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one)
+            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one, precision: precision)
         }
     }
 
@@ -99,7 +100,8 @@ final class SwiGLUExperts {
 
     /// dx (rows × d, overwritten) from dy (rows × d); adds the experts' weight gradients.
     /// `work` holds 3 · rows · F floats.
-    func backward(_ dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>, threads: KernelThreads) {
+    func backward(_ dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>, threads: KernelThreads,
+                  precision: ComputePrecision) {
         guard let x = input else { preconditionFailure("SwiGLUExperts.backward before forward") }
         let (d, f) = (dModel, hidden)
         let rows = rowsPerExpert.reduce(0, +)
@@ -108,13 +110,13 @@ final class SwiGLUExperts {
         let (activation, gate, up) = (self.activation.pointer, self.gate.pointer, self.up.pointer)
         Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
             Matmul.linearBackward(x: activation + start * f, weight: w2[l].value, dy: dy + start * d, dx: dActivation + start * f,
-                                  dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: one)
+                                  dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: one, precision: precision)
             SwiGLU.backward(gate: gate + start * f, up: up + start * f, dOut: dActivation + start * f,
                             dGate: dGate + start * f, dUp: dUp + start * f, count: m * f, threads: one)
             Matmul.linearBackward(x: x + start * d, weight: w1[l].value, dy: dGate + start * f, dx: dx + start * d, dWeight: w1[l].gradient,
-                                  rows: m, inFeatures: d, outFeatures: f, threads: one)
+                                  rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
             Matmul.linearBackward(x: x + start * d, weight: w3[l].value, dy: dUp + start * f, dx: dx + start * d, dWeight: w3[l].gradient,
-                                  rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: one)
+                                  rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: one, precision: precision)
         }
     }
 

@@ -1,0 +1,246 @@
+// bf16 rounding and the bf16 GEMM core (see include/CBF16.h). Compiled without FP contraction:
+// the portable micro-kernel must round exactly where the instruction does.
+#pragma clang fp contract(off)
+#include "CBF16.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static inline uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float float_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+
+/// Round to nearest even on the upper 16 bits; NaN made quiet (bit 22) so a payload in the low
+/// bits cannot round it into an infinity.
+static inline uint16_t round1(float f) {
+    uint32_t u = bits_of(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u | 0x00400000u) >> 16);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
+    const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
+    const __m512i quiet = _mm512_set1_epi32(0x00400000);
+    size_t i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __m512i u = _mm512_loadu_si512((const void *)(src + i));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+    }
+    if (i < count) {   // the tail under a mask: the same arithmetic
+        __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
+        __m512i u = _mm512_maskz_loadu_epi32(mask, (const void *)(src + i));
+        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
+        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        _mm256_mask_storeu_epi16((void *)(dst + i), mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+        i = count;
+    }
+    return i;
+}
+#endif
+
+void tessera_bf16_round(const float *src, uint16_t *dst, size_t count, int wide) {
+    size_t i = 0;
+#if defined(__x86_64__)
+    if (wide) i = round_avx512(src, dst, count);
+#else
+    (void)wide;
+#endif
+    for (; i < count; i++) dst[i] = round1(src[i]);
+}
+
+void tessera_bf16_widen(const uint16_t *src, float *dst, size_t count) {
+    for (size_t i = 0; i < count; i++) dst[i] = float_of((uint32_t)src[i] << 16);
+}
+
+/// Denormals in, as the instruction reads them: zero with the sign kept.
+static inline float daz(uint32_t u) { return float_of((u & 0x7f800000u) == 0 ? (u & 0x80000000u) : u); }
+
+static inline float dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
+    acc = daz(bits_of(fmaf(daz((uint32_t)x1 << 16), daz((uint32_t)y1 << 16), daz(bits_of(acc)))));
+    return daz(bits_of(fmaf(daz((uint32_t)x0 << 16), daz((uint32_t)y0 << 16), acc)));
+}
+
+float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, uint16_t y1) {
+    return dot_step(acc, x0, x1, y0, y1);
+}
+
+// ---- blocking -------------------------------------------------------------------------------
+
+enum { MR = 12, NR = 32, KC = 512, MC = 144, NC = 2048 };
+
+/// A matrix operand: element (i, j) at i·rs + j·cs, Float32 or bf16 bits.
+typedef struct { const float *f; const uint16_t *h; long rs, cs; } view_t;
+
+/// `count` contiguous values from `offset` as bf16 bits (rounded, or copied when already bf16).
+static inline void run(const view_t *v, long offset, long count, uint16_t *out, int wide) {
+    if (v->h) memcpy(out, v->h + offset, (size_t)count * sizeof(uint16_t));
+    else tessera_bf16_round(v->f + offset, out, (size_t)count, wide);
+}
+
+/// A block of `lines` lines — rows of A or columns of B — from line l0, over k p0..<p0+kc, as
+/// panels of `width` lines, each [k pair][line][2], zero beyond `lines` and kc. A line's values
+/// are `ls` apart, its k values `ks` apart; one of the two is 1 (row-major operands).
+static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
+                       uint16_t *dst, int wide) {
+    long kp = (kc + 1) / 2, panels = (lines + width - 1) / width;
+    if (lines % width || (kc & 1)) {   // the padding: the last panel's missing lines, the odd k
+        long from = (lines % width) ? panels - 1 : 0;
+        memset(dst + from * kp * 2 * width, 0, (size_t)(panels - from) * kp * 2 * width * sizeof(uint16_t));
+    }
+    if (ks == 1) {   // each line's k values contiguous: round a line, deal its pairs out
+        uint16_t t[KC];
+        for (long l = 0; l < lines; l++) {
+            run(v, (l0 + l) * ls + p0, kc, t, wide);
+            uint16_t *d = dst + (l / width) * kp * 2 * width + 2 * (l % width);
+            for (long q = 0; q < kc / 2; q++) memcpy(d + q * 2 * width, t + 2 * q, 4);
+            if (kc & 1) d[(kp - 1) * 2 * width] = t[kc - 1];
+        }
+    } else {         // lines contiguous: round two k rows of the whole block, interleave them
+        uint16_t t0[NC], t1[NC];
+        for (long q = 0; q < kp; q++) {
+            run(v, (p0 + 2 * q) * ks + l0, lines, t0, wide);
+            if (2 * q + 1 < kc) run(v, (p0 + 2 * q + 1) * ks + l0, lines, t1, wide);
+            else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
+            for (long panel = 0; panel < panels; panel++) {
+                uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
+                const uint16_t *u0 = t0 + panel * width, *u1 = t1 + panel * width;
+                long count = lines - panel * width < width ? lines - panel * width : width;
+                for (long l = 0; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
+            }
+        }
+    }
+}
+
+/// A block (rows i0..<i0+mc, k p0..<p0+kc) as panels of MR rows.
+static void pack_a(const view_t *a, long i0, long p0, long mc, long kc, uint16_t *dst, int wide) {
+    pack_block(a, a->rs, a->cs, i0, p0, mc, kc, MR, dst, wide);
+}
+
+/// B block (k p0..<p0+kc, columns j0..<j0+nc) as panels of NR columns.
+static void pack_b(const view_t *b, long p0, long j0, long kc, long nc, uint16_t *dst, int wide) {
+    pack_block(b, b->cs, b->rs, j0, p0, nc, kc, NR, dst, wide);
+}
+
+/// C (mr, nr) = alpha · acc + beta · C on the first k block (beta == 0: C not read), else
+/// C + alpha · acc.
+static inline float finish(float acc, float alpha, float beta, int first, const float *c) {
+    float v = alpha * acc;
+    if (!first) return *c + v;
+    return beta == 0 ? v : v + beta * *c;
+}
+
+/// The emulation; compiled twice: plain (fmaf from the C library) and, for CPUs with FMA, with
+/// fmaf as one instruction (the same correctly rounded result, much faster).
+#define PORTABLE_KERNEL(NAME, ATTRIBUTES)                                                              \
+ATTRIBUTES static void NAME(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,          \
+                            int mr, int nr, float alpha, float beta, int first) {                       \
+    float acc[MR][NR];                                                                                  \
+    for (int r = 0; r < mr; r++)                                                                        \
+        for (int j = 0; j < nr; j++) acc[r][j] = 0;                                                     \
+    for (long q = 0; q < kp; q++) {                                                                     \
+        const uint16_t *aq = a + q * 2 * MR, *bq = b + q * 2 * NR;                                      \
+        for (int r = 0; r < mr; r++)                                                                    \
+            for (int j = 0; j < nr; j++)                                                                \
+                acc[r][j] = dot_step(acc[r][j], aq[2 * r], aq[2 * r + 1], bq[2 * j], bq[2 * j + 1]);    \
+    }                                                                                                   \
+    for (int r = 0; r < mr; r++)                                                                        \
+        for (int j = 0; j < nr; j++) c[r * ldc + j] = finish(acc[r][j], alpha, beta, first, c + r * ldc + j); \
+}
+PORTABLE_KERNEL(kernel_portable, )
+#if defined(__x86_64__)
+PORTABLE_KERNEL(kernel_portable_fma, __attribute__((target("fma"))))
+#endif
+
+
+#if defined(__x86_64__)
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+BF16_TARGET static inline void store_row(float *c, __m512 acc, __mmask16 mask, __m512 alpha, float beta, int first) {
+    if (!mask) return;
+    __m512 v = _mm512_mul_ps(alpha, acc);
+    if (!first) v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, c), v);
+    else if (beta != 0) v = _mm512_add_ps(v, _mm512_mul_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(mask, c)));
+    _mm512_mask_storeu_ps(c, mask, v);
+}
+
+BF16_TARGET static void kernel_avx512(long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
+                                      int mr, int nr, float alpha, float beta, int first) {
+    __m512 acc[MR][2];
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
+    for (long q = 0; q < kp; q++) {
+        __m512bh b0 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * 2 * NR));
+        __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + q * 2 * NR + 32));
+        const uint16_t *aq = a + q * 2 * MR;
+#pragma clang loop unroll(full)
+        for (int r = 0; r < MR; r++) {
+            int32_t pair;
+            memcpy(&pair, aq + 2 * r, 4);
+            __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+        }
+    }
+    __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
+    __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+    __m512 va = _mm512_set1_ps(alpha);
+    for (int r = 0; r < mr; r++) {
+        store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
+        store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+    }
+}
+#endif
+
+int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, long n, long k, float alpha,
+                      const void *a, int a_bf16, long lda, const void *b, int b_bf16, long ldb,
+                      float beta, float *c, long ldc) {
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) {
+        for (long i = 0; i < m; i++)
+            for (long j = 0; j < n; j++) c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j];
+        return 0;
+    }
+    view_t va = { a_bf16 ? NULL : a, a_bf16 ? a : NULL, transpose_a ? 1 : lda, transpose_a ? lda : 1 };
+    view_t vb = { b_bf16 ? NULL : b, b_bf16 ? b : NULL, transpose_b ? 1 : ldb, transpose_b ? ldb : 1 };
+    uint16_t *pa = aligned_alloc(64, (size_t)MC * KC * sizeof(uint16_t));
+    uint16_t *pb = aligned_alloc(64, (size_t)NC * KC * sizeof(uint16_t));
+    if (!pa || !pb) { free(pa); free(pb); return -1; }
+    void (*kernel)(long, const uint16_t *, const uint16_t *, float *, long, int, int, float, float, int) = kernel_portable;
+#if defined(__x86_64__)
+    if (hardware == 1) kernel = kernel_avx512;
+    if (hardware == 2) kernel = kernel_portable_fma;
+#else
+    (void)hardware;
+#endif
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = n - jc < NC ? n - jc : NC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC, kp = (kc + 1) / 2;
+            pack_b(&vb, pc, jc, kc, nc, pb, hardware == 1);
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = m - ic < MC ? m - ic : MC;
+                pack_a(&va, ic, pc, mc, kc, pa, hardware == 1);
+                for (long jr = 0; jr < nc; jr += NR)
+                    for (long ir = 0; ir < mc; ir += MR)
+                        kernel(kp, pa + (ir / MR) * kp * 2 * MR, pb + (jr / NR) * kp * 2 * NR,
+                               c + (ic + ir) * ldc + jc + jr, ldc,
+                               (int)(mc - ir < MR ? mc - ir : MR), (int)(nc - jr < NR ? nc - jr : NR),
+                               alpha, beta, pc == 0);
+            }
+        }
+    }
+    free(pa);
+    free(pb);
+    return 0;
+}

@@ -1,0 +1,75 @@
+import Testing
+import Collectives
+import Training
+import TrainingConfig
+import _TestSupport
+
+/// `train.precision: bf16` keeps the main correctness property: data and sequence layouts give
+/// one bf16 rank's numbers, ranks bitwise equal to each other.
+///
+/// Tolerance: the first step agrees to Float32 exactness (1e-5: each row's products are the
+/// same bits however rows are split; only the weight gradients' sums over rows are added in
+/// another order). From the second step on, those Float32-level differences in the weights
+/// move a few values across a bf16 rounding boundary, and such a value changes by a bf16 unit
+/// (2⁻⁸ relative) instead of 1e-7: over 12 steps the layouts then differ by up to about 1e-4
+/// (measured 1e-5 … 9e-5), so the bound is 5e-4 — still 20 times below what bf16 itself
+/// changes (about 1% against Float32, checked below).
+@Suite struct BF16ExactnessTests {
+    static let bf16 = ["train.precision=bf16"]
+    static let tolerance = 5e-4
+
+    static func expectMatch(_ parallel: [RankRun], _ single: RankRun, layout: String) {
+        #expect(single.losses.last! < single.losses.first! - 0.3, "the tiny model should learn: \(single.losses)")
+        for (rank, seen) in parallel.enumerated() {
+            #expect(seen.losses == parallel[0].losses, "\(layout): rank \(rank) reports the losses rank 0 reports")
+            #expect(seen.parameters == parallel[0].parameters, "\(layout): rank \(rank)'s parameters differ from rank 0's")
+            #expect(abs(seen.losses[0] - single.losses[0]) <= 1e-5 * abs(single.losses[0]) && abs(seen.gradientNorms[0] - single.gradientNorms[0]) <= 1e-5 * single.gradientNorms[0],
+                    "\(layout): first step \(seen.losses[0]), \(seen.gradientNorms[0]) vs \(single.losses[0]), \(single.gradientNorms[0])")
+            #expect(maxRelativeError(seen.losses, single.losses) < tolerance, "\(layout) losses: \(seen.losses) vs \(single.losses)")
+            #expect(maxRelativeError(seen.gradientNorms, single.gradientNorms) < tolerance,
+                    "\(layout) gradient norms: \(seen.gradientNorms) vs \(single.gradientNorms)")
+            #expect(maxRelativeError(seen.parameters, single.parameters) < tolerance,
+                    "\(layout) rank \(rank)'s parameters: \(DataParallelExactnessTests.worst(seen.parameters, single.parameters))")
+        }
+    }
+
+    @Test(arguments: [2, 3])
+    func dataRanksMatchOneRankInBF16(ranks: Int) throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        func train(_ ranks: Int, _ run: String) throws -> [RankRun] {
+            let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file(run), steps: 12) + Self.bf16)
+            return try trainInProcess(config, ranks: ranks, steps: 12)
+        }
+        let single = try train(1, "run1")[0]
+        Self.expectMatch(try train(ranks, "runN"), single, layout: "bf16 \(ranks) data ranks")
+        let fp32 = try trainInProcess(try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("fp32"), steps: 12)),
+                                      ranks: 1, steps: 12)[0]
+        #expect(fp32.losses != single.losses, "bf16 should change the numbers")
+        #expect(maxRelativeError(single.losses, fp32.losses) < 0.01, "bf16 losses \(single.losses) vs Float32 \(fp32.losses)")
+    }
+
+    @Test func twoSequenceRanksMatchOneRankInBF16() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let single = try SequenceParallelExactnessTests.train(data: 1, sequence: 1, mode: "ring", corpus: corpus, run: directory.file("run1"), extra: Self.bf16)[0]
+        let parallel = try SequenceParallelExactnessTests.train(data: 1, sequence: 2, mode: "ring", corpus: corpus, run: directory.file("runN"), extra: Self.bf16)
+        Self.expectMatch(parallel, single, layout: "bf16 1 × 2 ring")
+    }
+
+    @Test func precisionIsValidatedAndHashedOnlyWhenNotFloat32() throws {
+        #expect(throws: (any Error).self) { try RunConfig(file: nil, overrides: ["train.precision=fp16"]) }
+        do {
+            _ = try RunConfig(file: nil, overrides: ["train.precision=fp16"])
+        } catch {
+            let text = "\(error)"
+            #expect(text.contains("train.precision") && text.contains("fp32, bf16") && !text.contains("\n"), "\(text)")
+        }
+        let fp32 = try RunConfig(file: nil, overrides: []), bf16 = try RunConfig(file: nil, overrides: Self.bf16)
+        let explicit = try RunConfig(file: nil, overrides: ["train.precision=fp32"])
+        #expect(explicit.numericHash == fp32.numericHash, "fp32 keeps the hash configs had before the key existed")
+        #expect(bf16.numericHash != fp32.numericHash, "a bf16 run's numbers differ: its checkpoints must not resume as fp32")
+    }
+}
