@@ -44,8 +44,11 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .target(name: "CCPUID"),
+        // The GEMM micro-kernels: optimised in debug builds too (the unit tests multiply 257³
+        // products on every instruction set); each vector kernel picks its ISA per function.
+        .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "TensorCore", swiftSettings: numericSettings),
-        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID"], swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID", "CGemm"], swiftSettings: numericSettings),
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "Networking", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
@@ -53,7 +56,7 @@ let package = Package(
         .target(name: "Models", dependencies: ["Kernels", "Collectives", "TensorCore"], swiftSettings: numericSettings),
         .target(name: "Checkpointing", dependencies: ["TensorCore", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
         .target(name: "CheckpointService", dependencies: ["Checkpointing", "Networking", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),
-        .target(name: "TrainingConfig", dependencies: ["Models", "Yams"], swiftSettings: settings),
+        .target(name: "TrainingConfig", dependencies: ["Models", "Kernels", "Yams"], swiftSettings: settings),
         .target(name: "TokenData", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "Training", dependencies: ["TrainingConfig", "TokenData", "Models", "Checkpointing", "CheckpointService", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),
         .target(name: "Distillation", dependencies: ["Training", "TrainingConfig", "TokenData", "Models", "Checkpointing", "Collectives", "Kernels", "TensorCore", "Yams"], swiftSettings: settings),

@@ -1,3 +1,4 @@
+import Kernels
 import Models
 
 /// The sections of a run config, one struct each. Their initial values are the defaults:
@@ -24,6 +25,14 @@ public struct ModelSection: Codable, Equatable, Sendable {
 /// How attention is computed (`attention:`); `kernel` is an `AttentionKernel` raw value.
 public struct AttentionSection: Codable, Equatable, Sendable {
     public var kernel = AttentionKernel.flash.rawValue
+    public init() {}
+}
+
+/// Which code computes the numerics of this process (`kernels:`); `gemm` is a
+/// `GemmImplementation` raw value: `tessera` (its own micro-kernels, the default: faster than
+/// OpenBLAS on the bench models, docs/BENCHMARKS.md) or `openblas`.
+public struct KernelsSection: Codable, Equatable, Sendable {
+    public var gemm = GemmImplementation.tessera.rawValue
     public init() {}
 }
 

@@ -1,0 +1,42 @@
+// Float32 GEMM micro-kernels (AVX-512, AVX2 + FMA, portable) and panel packing for Tessera's
+// own GEMM (Sources/Kernels/Gemm.swift holds the loops and the dispatch). Only what Swift
+// cannot express well lives here: the register-blocked inner loops with intrinsics, each
+// compiled for its instruction set by a per-function target attribute (no global flags).
+#pragma once
+#include <stddef.h>
+
+/// Tile sizes of each micro-kernel: MR rows by NR columns of C.
+#define TESSERA_GEMM_AVX512_MR 12
+#define TESSERA_GEMM_AVX512_NR 32
+#define TESSERA_GEMM_AVX2_MR 6
+#define TESSERA_GEMM_AVX2_NR 16
+#define TESSERA_GEMM_PORTABLE_MR 4
+#define TESSERA_GEMM_PORTABLE_NR 8
+
+/// acc (MR × NR) = Σ_p a[p·MR + i] · b[p·NR + j] over p < kc, each element one chain of fused
+/// multiply-adds in p order from zero (portable: multiply then add). Then for the top-left
+/// mr × nr of the tile: C[i·ldc + j] = alpha · acc + beta · C (beta == 0: C = alpha · acc, C
+/// is not read). The same element gives the same bits whatever tile or edge it falls in.
+typedef void (*tessera_gemm_kernel)(long kc, const float *a, const float *b, float *c, long ldc,
+                                    long mr, long nr, float alpha, float beta);
+
+#if defined(__x86_64__)
+/// Needs AVX-512F (the caller checks CPUID).
+void tessera_sgemm_kernel_avx512(long kc, const float *a, const float *b, float *c, long ldc,
+                                 long mr, long nr, float alpha, float beta);
+/// Needs AVX2 and FMA.
+void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c, long ldc,
+                               long mr, long nr, float alpha, float beta);
+#endif
+void tessera_sgemm_kernel_portable(long kc, const float *a, const float *b, float *c, long ldc,
+                                   long mr, long nr, float alpha, float beta);
+
+/// Packs rows [0, m) × depth [0, kc) of op(A) into slivers of mr rows: sliver s holds, for each
+/// p, the mr values of rows s·mr ..< s·mr + mr (zeros past m). op(A)(i, p) is a[i·lda + p], or
+/// a[p·lda + i] when transposed.
+void tessera_gemm_pack_a(int transposed, long m, long kc, const float *a, long lda, long mr, float *out);
+
+/// Packs depth [0, kc) × columns [0, n) of op(B) into slivers of nr columns: sliver s holds, for
+/// each p, the nr values of columns s·nr ..< s·nr + nr (zeros past n). op(B)(p, j) is
+/// b[p·ldb + j], or b[j·ldb + p] when transposed.
+void tessera_gemm_pack_b(int transposed, long kc, long n, const float *b, long ldb, long nr, float *out);
