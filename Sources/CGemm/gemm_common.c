@@ -18,11 +18,14 @@ void tessera_gemm_pack_a(int transposed, long m, long kc, const float *a, long l
                 for (; i < mr; i++) dst[i] = 0;
             }
         } else {
-            for (long i = 0; i < rows; i++) {
-                const float *src = a + (i0 + i) * lda;
-                for (long p = 0; p < kc; p++) out[p * mr + i] = src[p];
+            // Rows are strided: read the mr rows side by side, write each p's mr values in turn.
+            for (long p = 0; p < kc; p++) {
+                const float *src = a + i0 * lda + p;
+                float *dst = out + p * mr;
+                long i = 0;
+                for (; i < rows; i++) dst[i] = src[i * lda];
+                for (; i < mr; i++) dst[i] = 0;
             }
-            for (long i = rows; i < mr; i++) for (long p = 0; p < kc; p++) out[p * mr + i] = 0;
         }
         out += mr * kc;
     }
@@ -32,11 +35,13 @@ void tessera_gemm_pack_b(int transposed, long kc, long n, const float *b, long l
     for (long j0 = 0; j0 < n; j0 += nr) {
         long cols = n - j0 < nr ? n - j0 : nr;
         if (transposed) {
-            for (long j = 0; j < cols; j++) {
-                const float *src = b + (j0 + j) * ldb;
-                for (long p = 0; p < kc; p++) out[p * nr + j] = src[p];
+            for (long p = 0; p < kc; p++) {
+                const float *src = b + j0 * ldb + p;
+                float *dst = out + p * nr;
+                long j = 0;
+                for (; j < cols; j++) dst[j] = src[j * ldb];
+                for (; j < nr; j++) dst[j] = 0;
             }
-            for (long j = cols; j < nr; j++) for (long p = 0; p < kc; p++) out[p * nr + j] = 0;
         } else {
             for (long p = 0; p < kc; p++) {
                 const float *src = b + p * ldb + j0;

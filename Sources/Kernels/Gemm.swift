@@ -88,7 +88,7 @@ public enum TesseraGemm {
 
     /// Depth of a packed panel (fixed: it decides the bits), rows of a packed block of A (a
     /// multiple of every mr), columns of a packed panel of B (a multiple of every nr).
-    static let kc = 256, mc = 96, nc = 2048
+    static let kc = 256, mc = 240, nc = 2048
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
@@ -99,9 +99,8 @@ public enum TesseraGemm {
         let (mr, nr) = (kernel.mr, kernel.nr)
         let kcMax = min(k, kc)
         let panelColumns = (min(n, nc) + nr - 1) / nr * nr, blockRows = (min(m, mc) + mr - 1) / mr * mr
-        let packedB = UnsafeMutableRawPointer.allocate(byteCount: kcMax * panelColumns * 4, alignment: 64).bindMemory(to: Float.self, capacity: kcMax * panelColumns)
-        let packedA = UnsafeMutableRawPointer.allocate(byteCount: kcMax * blockRows * 4, alignment: 64).bindMemory(to: Float.self, capacity: kcMax * blockRows)
-        defer { packedB.deallocate(); packedA.deallocate() }
+        let buffers = PackBuffers.current
+        let packedB = buffers.b.reserve(kcMax * panelColumns), packedA = buffers.a.reserve(kcMax * blockRows)
         for jc in stride(from: 0, to: n, by: nc) {
             let nb = min(nc, n - jc)
             for pc in stride(from: 0, to: k, by: kc) {
@@ -123,5 +122,43 @@ public enum TesseraGemm {
                 }
             }
         }
+    }
+}
+
+/// The packed panels of one thread, kept between products: small products (flash attention's
+/// tiles) would otherwise spend longer allocating them than multiplying. Freed with the thread.
+final class PackBuffers {
+    /// A 64-byte aligned buffer that only grows.
+    struct Buffer {
+        private(set) var pointer: UnsafeMutablePointer<Float>? = nil
+        private var capacity = 0
+
+        mutating func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+            if count > capacity || pointer == nil {
+                pointer?.deallocate()
+                capacity = max(count, 1)
+                pointer = UnsafeMutableRawPointer.allocate(byteCount: capacity * 4, alignment: 64).bindMemory(to: Float.self, capacity: capacity)
+            }
+            return pointer!
+        }
+    }
+
+    var a = Buffer(), b = Buffer()
+
+    deinit { a.pointer?.deallocate(); b.pointer?.deallocate() }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        let status = pthread_key_create(&key) { if let buffers = $0 { Unmanaged<PackBuffers>.fromOpaque(buffers).release() } }
+        precondition(status == 0, "pthread_key_create failed (\(status)): no thread-local GEMM buffers")
+        return key
+    }()
+
+    /// This thread's buffers, created on its first product.
+    static var current: PackBuffers {
+        if let existing = pthread_getspecific(key) { return Unmanaged<PackBuffers>.fromOpaque(existing).takeUnretainedValue() }
+        let buffers = PackBuffers()
+        pthread_setspecific(key, Unmanaged.passRetained(buffers).toOpaque())
+        return buffers
     }
 }

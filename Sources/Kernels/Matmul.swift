@@ -27,7 +27,9 @@ public enum Matmul {
     }
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major with leading dimensions.
-    /// op(A) is (m, k), op(B) is (k, n).
+    /// op(A) is (m, k), op(B) is (k, n). beta 0 sets C without reading it (NaN there is ignored);
+    /// k == 0 or alpha == 0 makes C = beta · C. `implementation` is the process's unless given
+    /// (the OpenBLAS checks at start-up name theirs).
     ///
     /// With more than one of `threads`, a large product is cut into independent blocks of
     /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
@@ -39,7 +41,8 @@ public enum Matmul {
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single,
+                            implementation: GemmImplementation = Matmul.implementation) {
         guard m > 0, n > 0 else { return }
         let parts = min(threads.count, max(1, m * n * k / minimumWorkPerThread))
         if parts > 1 {
@@ -48,12 +51,14 @@ public enum Matmul {
                     let rows = (part * m / parts)..<((part + 1) * m / parts)
                     let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
                     gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, alpha: alpha,
-                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc)
+                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc,
+                         implementation: implementation)
                 } else {
                     let columns = (part * n / parts)..<((part + 1) * n / parts)
                     let bStart = transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound
                     gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: columns.count, k: k, alpha: alpha,
-                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc)
+                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc,
+                         implementation: implementation)
                 }
             }
             return
@@ -92,6 +97,11 @@ public enum Matmul {
         gemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows,
              a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures, threads: threads)
     }
+
+    /// Whether a product split over threads gives the bits of one thread with this process's
+    /// GEMM: always for Tessera's, for OpenBLAS only on cores whose kernels do not depend on
+    /// the block's shape (`BLASLibrary.productsSplitExactly`).
+    public static var productsSplitExactly: Bool { implementation == .tessera || BLASLibrary.productsSplitExactly }
 
     /// Below this many multiply-adds per thread a product is not split (about 0.1 ms of work).
     static let minimumWorkPerThread = 1 << 22

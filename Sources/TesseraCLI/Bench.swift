@@ -140,11 +140,13 @@ struct GemmBench: ParsableCommand {
     }
 
     /// Measured single-call GFLOP/s of an n×n×n GEMM on this machine with the current threads.
-    static func peak(n: Int = 1024, threads: KernelThreads) throws -> Double {
+    /// `implementation`: the process's unless given (`selftest blas` measures OpenBLAS's).
+    static func peak(n: Int = 1024, threads: KernelThreads, implementation: GemmImplementation = Matmul.implementation) throws -> Double {
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
         for i in 0..<(n * n) { a[i] = 0.001 * Float(i % 13); b[i] = 0.002 * Float(i % 7) }
         let seconds = try BenchReport.time(runs: 3, warmup: 1) {
-            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n, threads: threads)
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n, threads: threads,
+                        implementation: implementation)
         }
         return 2 * pow(Double(n), 3) / seconds.min()! / 1e9
     }
@@ -211,9 +213,9 @@ struct TrainBench: ParsableCommand {
         let peakPerRank = try GemmBench.peak(threads: trainer.model.threads) // this rank's GEMM peak with the same threads
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
-        // MFU is over this CPU's GEMM peak, which a weaker core than the best does not show.
+        // MFU is over this CPU's GEMM peak, which a weaker OpenBLAS core than the best does not show.
         var mfu: Any = BenchReport.round4(median * flopsPerToken / (peak * 1e9))
-        if let best = KernelSelection.weakerThanBest {
+        if Matmul.implementation == .openblas, let best = KernelSelection.weakerThanBest {
             mfu = NSNull()
             if comm.rank == 0 {
                 BenchReport.log("tessera: no MFU: the \(BLASLibrary.coreName) kernels run, whose peak is not this CPU's; run with OPENBLAS_CORETYPE=\(best) for both")
