@@ -5,54 +5,24 @@
 #include "gemm_update.h"
 #include <string.h>
 
-void tessera_gemm_pack_a(int transposed, long m, long kc, const float *a, long lda, long mr, float *out) {
-    for (long i0 = 0; i0 < m; i0 += mr) {
-        long rows = m - i0 < mr ? m - i0 : mr;
-        if (transposed) {
-            // op(A)(i, p) = a[p·lda + i]: each p is a contiguous run of rows.
-            for (long p = 0; p < kc; p++) {
-                const float *src = a + p * lda + i0;
-                float *dst = out + p * mr;
-                long i = 0;
-                for (; i < rows; i++) dst[i] = src[i];
-                for (; i < mr; i++) dst[i] = 0;
+void tessera_gemm_pack(int strided, long width, long kc, const float *src, long ld, long r, float *out) {
+    for (long i0 = 0; i0 < width; i0 += r) {
+        long count = width - i0 < r ? width - i0 : r;
+        for (long p = 0; p < kc; p++) {
+            float *dst = out + p * r;
+            long i = 0;
+            if (strided) {
+                // Lines of the sliver are rows of src: read them side by side.
+                const float *column = src + i0 * ld + p;
+                for (; i < count; i++) dst[i] = column[i * ld];
+            } else {
+                const float *row = src + p * ld + i0;
+                if (count == r) { memcpy(dst, row, (size_t)r * sizeof(float)); continue; }
+                for (; i < count; i++) dst[i] = row[i];
             }
-        } else {
-            // Rows are strided: read the mr rows side by side, write each p's mr values in turn.
-            for (long p = 0; p < kc; p++) {
-                const float *src = a + i0 * lda + p;
-                float *dst = out + p * mr;
-                long i = 0;
-                for (; i < rows; i++) dst[i] = src[i * lda];
-                for (; i < mr; i++) dst[i] = 0;
-            }
+            for (; i < r; i++) dst[i] = 0;
         }
-        out += mr * kc;
-    }
-}
-
-void tessera_gemm_pack_b(int transposed, long kc, long n, const float *b, long ldb, long nr, float *out) {
-    for (long j0 = 0; j0 < n; j0 += nr) {
-        long cols = n - j0 < nr ? n - j0 : nr;
-        if (transposed) {
-            for (long p = 0; p < kc; p++) {
-                const float *src = b + j0 * ldb + p;
-                float *dst = out + p * nr;
-                long j = 0;
-                for (; j < cols; j++) dst[j] = src[j * ldb];
-                for (; j < nr; j++) dst[j] = 0;
-            }
-        } else {
-            for (long p = 0; p < kc; p++) {
-                const float *src = b + p * ldb + j0;
-                float *dst = out + p * nr;
-                if (cols == nr) { memcpy(dst, src, (size_t)nr * sizeof(float)); continue; }
-                long j = 0;
-                for (; j < cols; j++) dst[j] = src[j];
-                for (; j < nr; j++) dst[j] = 0;
-            }
-        }
-        out += nr * kc;
+        out += r * kc;
     }
 }
 

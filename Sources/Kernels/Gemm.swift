@@ -105,11 +105,11 @@ public enum TesseraGemm {
             let nb = min(nc, n - jc)
             for pc in stride(from: 0, to: k, by: kc) {
                 let kb = min(kc, k - pc)
-                tessera_gemm_pack_b(transposeB ? 1 : 0, kb, nb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
+                tessera_gemm_pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
                 let blockBeta = pc == 0 ? beta : 1
                 for ic in stride(from: 0, to: m, by: mc) {
                     let mb = min(mc, m - ic)
-                    tessera_gemm_pack_a(transposeA ? 1 : 0, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
+                    tessera_gemm_pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
                     // Columns outer: one sliver of B stays in L1 while the block of A streams from L2.
                     for jr in stride(from: 0, to: nb, by: nr) {
                         let columns = min(nr, nb - jr)

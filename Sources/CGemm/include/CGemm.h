@@ -31,12 +31,8 @@ void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c
 void tessera_sgemm_kernel_portable(long kc, const float *a, const float *b, float *c, long ldc,
                                    long mr, long nr, float alpha, float beta);
 
-/// Packs rows [0, m) × depth [0, kc) of op(A) into slivers of mr rows: sliver s holds, for each
-/// p, the mr values of rows s·mr ..< s·mr + mr (zeros past m). op(A)(i, p) is a[i·lda + p], or
-/// a[p·lda + i] when transposed.
-void tessera_gemm_pack_a(int transposed, long m, long kc, const float *a, long lda, long mr, float *out);
-
-/// Packs depth [0, kc) × columns [0, n) of op(B) into slivers of nr columns: sliver s holds, for
-/// each p, the nr values of columns s·nr ..< s·nr + nr (zeros past n). op(B)(p, j) is
-/// b[p·ldb + j], or b[j·ldb + p] when transposed.
-void tessera_gemm_pack_b(int transposed, long kc, long n, const float *b, long ldb, long nr, float *out);
+/// Packs a kc × width panel into slivers of r lines (zeros past width): sliver s holds, for each
+/// p < kc, the r values of lines s·r ..< s·r + r. Line i at depth p is src[p·ld + i], or
+/// src[i·ld + p] when `strided`. op(A) packs with width m and strided = !transposed (lines are
+/// rows of C), op(B) with width n and strided = transposed (lines are columns of C).
+void tessera_gemm_pack(int strided, long width, long kc, const float *src, long ld, long r, float *out);
