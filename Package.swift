@@ -44,9 +44,12 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas",
                        providers: [.apt(["libopenblas-dev"])]),
         .target(name: "CCPUID"),
+        // The GEMM micro-kernels: optimised in debug builds too (the unit tests multiply 257³
+        // products on every instruction set); each vector kernel picks its ISA per function.
+        .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "CBF16"),
         .target(name: "TensorCore", swiftSettings: numericSettings),
-        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID", "CBF16"], swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID", "CGemm", "CBF16"], swiftSettings: numericSettings),
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "Networking", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),

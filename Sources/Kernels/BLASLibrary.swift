@@ -48,7 +48,7 @@ public enum BLASLibrary {
             a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in c.withUnsafeMutableBufferPointer { cp in
                 Matmul.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k,
                             a: ap.baseAddress!, lda: transposeA ? m : k, b: bp.baseAddress!, ldb: transposeB ? k : n,
-                            beta: beta, c: cp.baseAddress!, ldc: n)
+                            beta: beta, c: cp.baseAddress!, ldc: n, implementation: .openblas)
             } } }
             for i in 0..<m {
                 for j in 0..<n {
@@ -79,20 +79,20 @@ public enum BLASLibrary {
         a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in
             let a = a.baseAddress!, b = b.baseAddress!
             whole.withUnsafeMutableBufferPointer { c in   // (m, n) = A · Bᵀ, and in two blocks of rows
-                Matmul.gemm(transposeA: false, transposeB: true, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c.baseAddress!, ldc: n)
+                Matmul.gemm(transposeA: false, transposeB: true, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c.baseAddress!, ldc: n, implementation: .openblas)
             }
             rows.withUnsafeMutableBufferPointer { c in
-                Matmul.gemm(transposeA: false, transposeB: true, m: cut, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c.baseAddress!, ldc: n)
+                Matmul.gemm(transposeA: false, transposeB: true, m: cut, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c.baseAddress!, ldc: n, implementation: .openblas)
                 Matmul.gemm(transposeA: false, transposeB: true, m: m - cut, n: n, k: k, a: a + cut * k, lda: k, b: b, ldb: k,
-                            c: c.baseAddress! + cut * n, ldc: n)
+                            c: c.baseAddress! + cut * n, ldc: n, implementation: .openblas)
             }
             wide.withUnsafeMutableBufferPointer { c in    // (n, m) = B · Aᵀ, and in two blocks of columns
-                Matmul.gemm(transposeA: false, transposeB: true, m: n, n: m, k: k, a: b, lda: k, b: a, ldb: k, c: c.baseAddress!, ldc: m)
+                Matmul.gemm(transposeA: false, transposeB: true, m: n, n: m, k: k, a: b, lda: k, b: a, ldb: k, c: c.baseAddress!, ldc: m, implementation: .openblas)
             }
             columns.withUnsafeMutableBufferPointer { c in
-                Matmul.gemm(transposeA: false, transposeB: true, m: n, n: cut, k: k, a: b, lda: k, b: a, ldb: k, c: c.baseAddress!, ldc: m)
+                Matmul.gemm(transposeA: false, transposeB: true, m: n, n: cut, k: k, a: b, lda: k, b: a, ldb: k, c: c.baseAddress!, ldc: m, implementation: .openblas)
                 Matmul.gemm(transposeA: false, transposeB: true, m: n, n: m - cut, k: k, a: b, lda: k, b: a + cut * k, ldb: k,
-                            c: c.baseAddress! + cut, ldc: m)
+                            c: c.baseAddress! + cut, ldc: m, implementation: .openblas)
             }
         } }
         return whole.map(\.bitPattern) == rows.map(\.bitPattern) && wide.map(\.bitPattern) == columns.map(\.bitPattern)

@@ -67,18 +67,29 @@ public enum KernelSelfTest {
 
     // MARK: Products
 
-    /// GEMM with every transpose on a prime shape and on one large enough to be split over threads,
-    /// and the linear layer's forward and backward (dx, dW).
+    /// GEMM with every transpose on a prime shape and on one large enough to be split over threads
+    /// (with the process's `kernels.gemm`, and Tessera's kernel of every other instruction set this
+    /// CPU runs on one thread), and the linear layer's forward and backward (dx, dW).
     static func products(_ threads: KernelThreads) -> [Outcome] {
         var out: [Outcome] = []
+        let others = TesseraGemm.ISA.available(on: CPUInfo.current.features)
+            .filter { Matmul.implementation != .tessera || $0 != TesseraGemm.isa }
         for (m, n, k) in [(37, 29, 53), (257, 131, 257)] {   // the second is split over 2 threads (Matmul.minimumWorkPerThread)
             let a = randoms(m * k, seed: 1), b = randoms(k * n, seed: 2)
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let want = Reference.matmul(a.map(Double.init), b.map(Double.init), m: m, n: n, k: k, transposeA: ta, transposeB: tb)
+                let name = "\(m)x\(n)x\(k)\(ta ? " Aᵀ" : "")\(tb ? " Bᵀ" : "")"
                 var c = [Float](repeating: .nan, count: m * n)
                 Matmul.gemm(transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: a, lda: ta ? m : k, b: b, ldb: tb ? k : n,
                             c: &c, ldc: n, threads: threads)
-                let want = Reference.matmul(a.map(Double.init), b.map(Double.init), m: m, n: n, k: k, transposeA: ta, transposeB: tb)
-                out.append(outcome("matmul \(m)x\(n)x\(k)\(ta ? " Aᵀ" : "")\(tb ? " Bᵀ" : "")", c, want))
+                out.append(outcome("matmul (\(Matmul.implementationDescription)) \(name)", c, want))
+                for isa in others {
+                    c.withUnsafeMutableBufferPointer { c in
+                        TesseraGemm.gemm(isa: isa, transposeA: ta, transposeB: tb, m: m, n: n, k: k, alpha: 1, a: a, lda: ta ? m : k,
+                                         b: b, ldb: tb ? k : n, beta: 0, c: c.baseAddress!, ldc: n)
+                    }
+                    out.append(outcome("matmul (tessera \(isa.rawValue) kernel) \(name)", c, want))
+                }
             }
         }
         let (rows, inputs, outputs) = (45, 67, 33)

@@ -1,24 +1,49 @@
 import COpenBLAS
 import Dispatch
+import Foundation
 
-/// Matrix products on OpenBLAS `cblas_sgemm` (row-major).
+/// Matrix products, row-major, on Tessera's own GEMM (`TesseraGemm`) or OpenBLAS `cblas_sgemm`,
+/// one choice per process (`kernels.gemm`, `Matmul.select`).
 ///
 /// Weights follow Hugging Face's `[out, in]` layout, so a linear layer is `y = x · Wᵀ`.
 public enum Matmul {
+    /// Which GEMM this process runs (`auto` until a command selects one); set at start-up by
+    /// `select`, before any product.
+    public private(set) nonisolated(unsafe) static var implementation: GemmImplementation = .configured("auto") ?? .tessera
+
+    /// Makes `implementation` compute every later product, after checking `TESSERA_GEMM_ISA`.
+    /// - Throws: `GemmError` when that variable names an unknown set or one this CPU lacks.
+    public static func select(_ implementation: GemmImplementation) throws {
+        _ = try TesseraGemm.resolveISA(environment: ProcessInfo.processInfo.environment["TESSERA_GEMM_ISA"],
+                                       features: CPUInfo.current.features)
+        self.implementation = implementation
+    }
+
+    /// "tessera (AVX-512 kernel)" or "openblas (Haswell core)": for start lines and bench reports.
+    public static var implementationDescription: String {
+        switch implementation {
+        case .tessera: return "tessera (\(TesseraGemm.isa.rawValue) kernel)"
+        case .openblas: return "openblas (\(BLASLibrary.coreName) core)"
+        }
+    }
+
     /// C (m, n) = alpha · op(A) · op(B) + beta · C, row-major with leading dimensions.
-    /// op(A) is (m, k), op(B) is (k, n).
+    /// op(A) is (m, k), op(B) is (k, n). beta 0 sets C without reading it (NaN there is ignored);
+    /// k == 0 or alpha == 0 makes C = beta · C. `implementation` is the process's unless given
+    /// (the OpenBLAS checks at start-up name theirs).
     ///
     /// With more than one of `threads`, a large product is cut into independent blocks of
     /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
-    /// kernel threads: no synchronisation inside BLAS, and every element of C is still one dot
-    /// product over the whole k. On most OpenBLAS cores that gives the bits of one thread; on
-    /// Haswell and Zen the kernels depend on the block's shape, so the last bits move with the
-    /// thread count (`BLASLibrary.productsSplitExactly`).
+    /// kernel threads: no synchronisation inside the GEMM, and every element of C is still one
+    /// sum over the whole k. Tessera's GEMM gives the bits of one thread for any split; so do
+    /// most OpenBLAS cores, but on Haswell and Zen their kernels depend on the block's shape, so
+    /// the last bits move with the thread count (`BLASLibrary.productsSplitExactly`).
     @inline(__always)
     public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single) {
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single,
+                            implementation: GemmImplementation = Matmul.implementation) {
         guard m > 0, n > 0 else { return }
         let parts = min(threads.count, max(1, m * n * k / minimumWorkPerThread))
         if parts > 1 {
@@ -27,19 +52,26 @@ public enum Matmul {
                     let rows = (part * m / parts)..<((part + 1) * m / parts)
                     let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
                     gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, alpha: alpha,
-                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc)
+                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc,
+                         implementation: implementation)
                 } else {
                     let columns = (part * n / parts)..<((part + 1) * n / parts)
                     let bStart = transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound
                     gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: columns.count, k: k, alpha: alpha,
-                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc)
+                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc,
+                         implementation: implementation)
                 }
             }
             return
         }
-        if k == 0 {
+        if k == 0 || alpha == 0 {
             // BLAS leaves C untouched only for beta == 1; make k == 0 mean "C = beta · C".
             for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
+            return
+        }
+        if implementation == .tessera {
+            TesseraGemm.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                             a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
         cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
@@ -66,6 +98,11 @@ public enum Matmul {
         gemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows,
              a: dy, lda: outFeatures, b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures, threads: threads)
     }
+
+    /// Whether a product split over threads gives the bits of one thread with this process's
+    /// GEMM: always for Tessera's, for OpenBLAS only on cores whose kernels do not depend on
+    /// the block's shape (`BLASLibrary.productsSplitExactly`).
+    public static var productsSplitExactly: Bool { implementation == .tessera || BLASLibrary.productsSplitExactly }
 
     /// Below this many multiply-adds per thread a product is not split (about 0.1 ms of work).
     static let minimumWorkPerThread = 1 << 22

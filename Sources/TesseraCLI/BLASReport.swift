@@ -14,17 +14,18 @@ enum BLASReport {
     static func run(threads: Int) throws {
         let cpu = CPUInfo.current
         let n = 1024
-        let gflops = try GemmBench.peak(n: n, threads: KernelThreads(threads))
+        let gflops = try GemmBench.peak(n: n, threads: KernelThreads(threads), implementation: .openblas)
         print("BLAS: \(KernelSelection.summary)")
         print("library: \(BLASLibrary.configuration); its cores for x86-64: \(BLASLibrary.shippedCores.joined(separator: " "))")
         print("threads: \(threads) per product (Tessera splits products itself; OpenBLAS's own threads: \(BLASLibrary.threads))")
         print("CPU: \(cpu.modelName) (\(cpu.vendor)); vector features: \(cpu.features)")
+        print("GEMM: \(Matmul.implementationDescription) (kernels.gemm; Tessera's kernels here: \(TesseraGemm.ISA.available(on: cpu.features).map(\.rawValue).joined(separator: " ")))")
         print("bf16 products (train.precision bf16): " + (BF16Kernel.best == .hardware ? "vdpbf16ps (AVX512_BF16)"
             : "the portable emulation of vdpbf16ps (same bits, slower)" + (BF16Kernel.hardware.isAvailable ? ", forced by TESSERA_BF16_KERNEL" : ": this CPU has no AVX512_BF16")))
         print(BLASLibrary.productsSplitExactly
-              ? "thread counts: large products split over threads give the bits of one thread"
-              : "thread counts: these kernels compute a product cut into blocks differently from the whole, so train.threads moves large products in the last bits (runs stay exact on any one thread count)")
-        var line = String(format: "GEMM peak: %.1f GFLOP/s (n = %d, Float32, %d thread%@)", gflops, n, threads, threads == 1 ? "" : "s")
+              ? "thread counts: large products split over threads give the bits of one thread (OpenBLAS; Tessera's GEMM always does)"
+              : "thread counts: these OpenBLAS kernels compute a product cut into blocks differently from the whole, so train.threads moves large products in the last bits with kernels.gemm: openblas (runs stay exact on any one thread count; Tessera's GEMM gives the same bits for any count)")
+        var line = String(format: "OpenBLAS GEMM peak: %.1f GFLOP/s (n = %d, Float32, %d thread%@)", gflops, n, threads, threads == 1 ? "" : "s")
         if let ghz = clockGHz(), let lanes = lanes(cpu.features) {
             let perCycle = gflops / ghz / Double(threads)
             let least = 2 * Double(lanes)

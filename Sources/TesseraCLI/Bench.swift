@@ -88,8 +88,8 @@ enum BenchReport {
         fflush(stdout)
     }
 
-    /// What a figure cannot be compared without: the BLAS kernel family that ran and the CPU.
-    static var machine: [String: Any] { ["blas_core": BLASLibrary.coreName, "cpu": CPUInfo.current.modelName] }
+    /// What a figure cannot be compared without: the BLAS kernel family, Tessera's GEMM kernel and the CPU.
+    static var machine: [String: Any] { ["blas_core": BLASLibrary.coreName, "cpu": CPUInfo.current.modelName, "gemm_isa": TesseraGemm.isa.rawValue] }
 
     static func round4(_ x: Double) -> Double { (x * 10_000).rounded() / 10_000 }
 
@@ -97,39 +97,59 @@ enum BenchReport {
 }
 
 struct GemmBench: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "gemm", abstract: "n×n×n Float32 GEMM with the model's matmul kernel (GFLOP/s).")
+    static let configuration = CommandConfiguration(commandName: "gemm", abstract: "GEMM GFLOP/s (Float32, or bf16 with --dtype): n×n×n squares and M×N×K shapes, each implementation in turn.")
     @OptionGroup var bench: BenchOptions
     @OptionGroup var world: WorldOptions
-    @Option(parsing: .upToNextOption, help: "Matrix sizes.")
+    @Option(parsing: .upToNextOption, help: "Matrix sizes (n×n×n, no transposes).")
     var n: [Int] = [1024, 2048]
-    @Option(parsing: .unconditional, help: "fp32 (OpenBLAS sgemm) or bf16 (Float32 inputs rounded to bf16, Float32 accumulation: train.precision bf16's products).")
+    @Option(parsing: .unconditional, help: "fp32, or bf16 (Float32 inputs rounded to bf16, Float32 accumulation: train.precision bf16's products, always Tessera's bf16 kernel).")
     var dtype: ComputePrecision = .fp32
+    @Option(parsing: .upToNextOption, help: "Shapes MxNxK[:TT] (T/N per operand, e.g. 2048x768x256:NT for a linear forward), measured after --n.")
+    var shape: [GemmShape] = []
+    @Option(parsing: .upToNextOption, help: "Implementations, measured one after the other on every shape: tessera, openblas.")
+    var impl: [GemmImplementation] = [.tessera]
 
-    func validate() throws { try requireAtLeast(1, n, option: "n") }
+    func validate() throws {
+        if shape.isEmpty { try requireAtLeast(1, n, option: "n") }
+        if impl.isEmpty { throw ValidationError("--impl needs at least one of tessera, openblas") }
+    }
 
     func run() throws {
         let comm = try world.makeWorld()
         let threads = KernelThreads(bench.threads)
-        for size in n {
-            let a = FloatBuffer(count: size * size), b = FloatBuffer(count: size * size), c = FloatBuffer(count: size * size)
+        let shapes = n.map { GemmShape(m: $0, n: $0, k: $0, transposeA: false, transposeB: false) } + shape
+        for product in shapes {
+            let (m, n, k) = (product.m, product.n, product.k)
+            let a = FloatBuffer(count: m * k), b = FloatBuffer(count: k * n), c = FloatBuffer(count: m * n)
             var rng = RNG(seed: 1)
-            for i in 0..<(size * size) { a[i] = Float(rng.nextNormal()); b[i] = Float(rng.nextNormal()) }
-            let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
-                Matmul.gemm(transposeA: false, transposeB: false, m: size, n: size, k: size, a: a.pointer, lda: size,
-                            b: b.pointer, ldb: size, c: c.pointer, ldc: size, threads: threads, precision: dtype)
+            for i in 0..<(m * k) { a[i] = Float(rng.nextNormal()) }
+            for i in 0..<(k * n) { b[i] = Float(rng.nextNormal()) }
+            for implementation in dtype == .bf16 ? [.tessera] : impl {
+                try Matmul.select(implementation)
+                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+                    Matmul.gemm(transposeA: product.transposeA, transposeB: product.transposeB, m: m, n: n, k: k,
+                                a: a.pointer, lda: product.transposeA ? m : k, b: b.pointer, ldb: product.transposeB ? k : n,
+                                c: c.pointer, ldc: n, threads: threads, precision: dtype)
+                }
+                let flops = 2 * Double(m) * Double(n) * Double(k)
+                let name = dtype == .bf16 ? "tessera-bf16-\(BF16Kernel.best)"
+                    : implementation == .tessera ? "tessera-\(TesseraGemm.isa.rawValue)" : "openblas-sgemm"
+                let dimensions: [String: Any] = m == n && n == k && !product.transposeA && !product.transposeB
+                    ? ["n": n, "dtype": dtype.rawValue] : ["m": m, "n": n, "k": k, "transpose": product.transposes, "dtype": dtype.rawValue]
+                try BenchReport.emit("gemm", impl: name, threads: bench.threads, comm: comm, shape: dimensions,
+                                     unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
             }
-            let flops = 2 * pow(Double(size), 3)
-            try BenchReport.emit("gemm", impl: dtype == .bf16 ? "tessera-bf16-\(BF16Kernel.best)" : "openblas-sgemm", threads: bench.threads,
-                                 comm: comm, shape: ["n": size, "dtype": dtype.rawValue], unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
         }
     }
 
     /// Measured single-call GFLOP/s of an n×n×n GEMM on this machine with the current threads.
-    static func peak(n: Int = 1024, threads: KernelThreads) throws -> Double {
+    /// `implementation`: the process's unless given (`selftest blas` measures OpenBLAS's).
+    static func peak(n: Int = 1024, threads: KernelThreads, implementation: GemmImplementation = Matmul.implementation) throws -> Double {
         let a = FloatBuffer(count: n * n), b = FloatBuffer(count: n * n), c = FloatBuffer(count: n * n)
         for i in 0..<(n * n) { a[i] = 0.001 * Float(i % 13); b[i] = 0.002 * Float(i % 7) }
         let seconds = try BenchReport.time(runs: 3, warmup: 1) {
-            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n, threads: threads)
+            Matmul.gemm(transposeA: false, transposeB: false, m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n, threads: threads,
+                        implementation: implementation)
         }
         return 2 * pow(Double(n), 3) / seconds.min()! / 1e9
     }
@@ -175,6 +195,7 @@ struct TrainBench: ParsableCommand {
         config.train.threads = threads
         config.train.steps = warmup + steps
         config = try config.validated()
+        try Matmul.select(config.gemmImplementation)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         let trainer = try Trainer(config: config, world: comm)
         for _ in 0..<warmup { try trainer.trainStep() }
@@ -195,9 +216,9 @@ struct TrainBench: ParsableCommand {
         let peakPerRank = try GemmBench.peak(threads: trainer.model.threads) // this rank's GEMM peak with the same threads
         let peak = peakPerRank * Double(comm.size)
         let median = rates.sorted()[rates.count / 2]
-        // MFU is over this CPU's GEMM peak, which a weaker core than the best does not show.
+        // MFU is over this CPU's GEMM peak, which a weaker OpenBLAS core than the best does not show.
         var mfu: Any = BenchReport.round4(median * flopsPerToken / (peak * 1e9))
-        if let best = KernelSelection.weakerThanBest {
+        if Matmul.implementation == .openblas, let best = KernelSelection.weakerThanBest {
             mfu = NSNull()
             if comm.rank == 0 {
                 BenchReport.log("tessera: no MFU: the \(BLASLibrary.coreName) kernels run, whose peak is not this CPU's; run with OPENBLAS_CORETYPE=\(best) for both")
@@ -211,6 +232,7 @@ struct TrainBench: ParsableCommand {
                              shape: ["model": config.moe.experts > 0 ? "moe" : "dense", "data": trainer.grid.dataSize,
                                      "sequence": trainer.grid.sequenceSize, "expert": trainer.grid.size(of: .expert),
                                      "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap,
+                                     "gemm": Matmul.implementationDescription,
                                      "zero": config.parallel.zero],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
@@ -282,3 +304,26 @@ struct CommBench: ParsableCommand {
 }
 
 extension ComputePrecision: ExpressibleByArgument {}
+
+/// One product of `bench gemm --shape`: "MxNxK" or "MxNxK:TT" (T transposed, N not, for A then B).
+struct GemmShape: ExpressibleByArgument {
+    let m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool
+
+    init(m: Int, n: Int, k: Int, transposeA: Bool, transposeB: Bool) {
+        (self.m, self.n, self.k, self.transposeA, self.transposeB) = (m, n, k, transposeA, transposeB)
+    }
+
+    init?(argument: String) {
+        let parts = argument.uppercased().split(separator: ":", omittingEmptySubsequences: false)
+        let sizes = parts[0].split(separator: "X").compactMap { Int($0) }
+        guard parts.count <= 2, sizes.count == 3, sizes.allSatisfy({ $0 >= 1 && $0 <= 1 << 16 }) else { return nil }
+        let flags = parts.count == 2 ? Array(parts[1]) : ["N", "N"]
+        guard flags.count == 2, flags.allSatisfy({ $0 == "N" || $0 == "T" }) else { return nil }
+        self.init(m: sizes[0], n: sizes[1], k: sizes[2], transposeA: flags[0] == "T", transposeB: flags[1] == "T")
+    }
+
+    var transposes: String { (transposeA ? "T" : "N") + (transposeB ? "T" : "N") }
+    static var defaultValueDescription: String { "MxNxK[:TT]" }
+}
+
+extension GemmImplementation: ExpressibleByArgument {}

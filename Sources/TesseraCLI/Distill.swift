@@ -4,6 +4,7 @@ import CheckpointService
 import Collectives
 import Distillation
 import Foundation
+import Kernels
 import Training
 import TrainingConfig
 
@@ -129,6 +130,7 @@ struct Distill: ParsableCommand {
         config = config.resolvingPaths(against: FileManager.default.currentDirectoryPath)
         let comm = try world.makeWorld(defaultTimeout: config.parallel.timeoutSeconds, seal: config.parallel.tcpSeal)
         StopSignals.install()   // before the first line is printed (Train.run says why)
+        try Matmul.select(config.gemmImplementation)
         let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents, world: comm)
         let kernelLines = try KernelSelection.startLines(comm: comm)
         if comm.rank == 0 {
@@ -175,7 +177,8 @@ extension Distill {
         let summaries: [DistillStageSummary]
         do {
             try Data(text.utf8).write(to: output.appendingPathComponent("distill.yaml"))   // the config as sent, kept with the run
-            let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
+            try Matmul.select(config.gemmImplementation)
+        let run = try DistillRun(config: config, teacherCheckpoint: teacherURL.standardizedFileURL, teacher: contents,
                                      world: SingleProcessCommunicator(), checkpointSink: nil)
             run.reporter = ProgressReporter(collect: log)
             summaries = try run.run(resume: false, stopAt: nil)

@@ -54,6 +54,7 @@ struct Eval: ParsableCommand {
         var rebalanced = saved
         rebalanced.parallel.data = 0   // however many ranks this evaluation runs on
         let resolved = try rebalanced.applying(overrides)
+        try Matmul.select(resolved.gemmImplementation)
         let comm = try world.makeWorld(defaultTimeout: resolved.parallel.timeoutSeconds, seal: resolved.parallel.tcpSeal)
         if logits != nil, comm.size > 1 { throw CommandLineError.logitsNeedOneProcess(ranks: comm.size) }
         let kernelLines = try KernelSelection.startLines(comm: comm)

@@ -157,11 +157,11 @@ enum KernelSelection {
         return best.name
     }
 
-    /// The BLAS line of a start (rank 0 prints it) and, when ranks run different cores, a
+    /// The GEMM and BLAS lines of a start (rank 0 prints them) and, when ranks run different cores, a
     /// warning naming them. Collective over `comm`.
     static func startLines(comm: Communicator) throws -> [String] {
         let cores = try comm.allGatherBytes(Array(BLASLibrary.coreName.utf8)).map { String(decoding: $0, as: UTF8.self) }
-        var lines = ["BLAS: \(summary)"]
+        var lines = ["GEMM: \(Matmul.implementationDescription)", "BLAS: \(summary)"]
         if Set(cores).count > 1 {
             let groups = Dictionary(grouping: cores.indices, by: { cores[$0] }).sorted { $0.value[0] < $1.value[0] }
             let listed = groups.map { "\($0.key) on rank\($0.value.count == 1 ? "" : "s") \($0.value.map(String.init).joined(separator: ", "))" }.joined(separator: "; ")

@@ -94,7 +94,7 @@ struct SelfTest: ParsableCommand {
     func report(_ outcomes: [SelfTestOutcome]) throws {
         outcomes.forEach { print($0) }
         let failed = outcomes.filter { !$0.passed }.count
-        print("\(outcomes.count - failed) passed, \(failed) failed (OpenBLAS's \(BLASLibrary.coreName) kernels)")
+        print("\(outcomes.count - failed) passed, \(failed) failed (GEMM: \(Matmul.implementationDescription); OpenBLAS's \(BLASLibrary.coreName) kernels)")
         if failed > 0 { throw ExitCode(1) }
     }
 }

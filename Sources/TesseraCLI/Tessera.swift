@@ -2,6 +2,7 @@ import ArgumentParser
 import Collectives
 import CollectivesMPI
 import Foundation
+import Kernels
 import Training
 
 @main
@@ -20,7 +21,8 @@ struct Tessera: ParsableCommand {
         // must fail, not kill the process before it has written its checkpoint.
         signal(SIGPIPE, SIG_IGN)
         // Before anything computes: may execute this program again with another OpenBLAS core.
-        do { try KernelSelection.apply() } catch { fail("\(error)") }
+        // A bad TESSERA_GEMM_ISA is refused here, before any product.
+        do { try KernelSelection.apply(); try Matmul.select(Matmul.implementation) } catch { fail("\(error)") }
         let arguments = negativeNumbersAttached(Array(CommandLine.arguments.dropFirst()), to: ["--weights"])
         if let mistyped = SubcommandSuggestion.problem(in: arguments, root: Tessera.self) {
             exit(withError: ValidationError(mistyped))

@@ -74,6 +74,7 @@ struct Train: ParsableCommand {
         // Before the first line is printed: a write blocked on a stalled reader must already be
         // interruptible by a stop request (the request then stops the run after its first step).
         StopSignals.install()
+        try Matmul.select(config.gemmImplementation)
         let trainer = try Trainer(config: config, world: comm)   // the checkpoint sink the config names
         if let initFrom { try trainer.initializeParameters(from: try CheckpointArgument.resolve(initFrom).url) }
         let kernelLines = try KernelSelection.startLines(comm: comm)

@@ -184,6 +184,10 @@ extension ConfigField {
         // resume with the other one (and the hashes of existing checkpoints stay valid).
         ConfigField("attention.kernel", .string(\.attention.kernel), .oneOf(AttentionKernel.allCases.map(\.rawValue)), numeric: false,
                     "flash (tiled, memory linear in data.seq_len) or naive (keeps heads × seq_len² probabilities per sequence)"),
+        // Not numeric: both compute the same products (to Float32 rounding), so a run may resume
+        // with the other one.
+        ConfigField("kernels.gemm", .string(\.kernels.gemm), .oneOf(["auto"] + GemmImplementation.allCases.map(\.rawValue)), numeric: false,
+                    "auto (openblas when its core is as wide as Tessera's kernel, else tessera), tessera (own AVX-512/AVX2 micro-kernels, the same bits for any kernel thread count) or openblas (cblas_sgemm)"),
         ConfigField("moe.experts", .int(\.moe.experts), .notNegative, numeric: true, "experts per mixture-of-experts layer (0: every feed-forward is dense SwiGLU)"),
         ConfigField("moe.top_k", .int(\.moe.topK), .atLeastOne, numeric: true, "experts each token runs (1 or 2); gates renormalised over them"),
         ConfigField("moe.expert_hidden", .int(\.moe.expertHidden), .atLeastOne, numeric: true, "SwiGLU hidden width of each expert"),

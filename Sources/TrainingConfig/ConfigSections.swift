@@ -1,3 +1,4 @@
+import Kernels
 import Models
 
 /// The sections of a run config, one struct each. Their initial values are the defaults:
@@ -24,6 +25,14 @@ public struct ModelSection: Codable, Equatable, Sendable {
 /// How attention is computed (`attention:`); `kernel` is an `AttentionKernel` raw value.
 public struct AttentionSection: Codable, Equatable, Sendable {
     public var kernel = AttentionKernel.flash.rawValue
+    public init() {}
+}
+
+/// Which code computes the numerics of this process (`kernels:`); `gemm` is a
+/// `GemmImplementation` raw value, `tessera` (its own micro-kernels) or `openblas`, or `auto`
+/// (the default: OpenBLAS when its core is as wide as Tessera's kernel, `GemmImplementation.automatic`).
+public struct KernelsSection: Codable, Equatable, Sendable {
+    public var gemm = "auto"
     public init() {}
 }
 

@@ -8,7 +8,7 @@ import Models
 public struct RunConfig: Codable, Equatable, Sendable {
     public var model = ModelSection(), attention = AttentionSection(), moe = MoESection(), data = DataSection()
     public var train = TrainSection(), eval = EvalSection(), checkpoint = CheckpointSection(), parallel = ParallelSection()
-    public var run = RunSection(), distill = DistillSection()
+    public var run = RunSection(), distill = DistillSection(), kernels = KernelsSection()
     /// Where the values came from (for messages): the file path, or "defaults". Not encoded.
     public var source: String = "defaults"
     /// The keys a `--set` override gave (for messages). Not encoded.
@@ -18,7 +18,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public static func == (a: RunConfig, b: RunConfig) -> Bool {
         a.model == b.model && a.attention == b.attention && a.moe == b.moe && a.data == b.data && a.train == b.train
             && a.eval == b.eval && a.checkpoint == b.checkpoint && a.parallel == b.parallel && a.run == b.run
-            && a.distill == b.distill && a.source == b.source
+            && a.distill == b.distill && a.kernels == b.kernels && a.source == b.source
     }
 
     /// Where the values of `keys` came from, for a message about them: the source, "--set",
@@ -30,7 +30,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case model, attention, moe, data, train, eval, checkpoint, parallel, run, distill
+        case model, attention, moe, data, train, eval, checkpoint, parallel, run, distill, kernels
     }
 
     /// The defaults (not validated; they are valid).
@@ -93,6 +93,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         return config
     }
+
+    /// `kernels.gemm` as the implementation `Matmul.select` takes.
+    public var gemmImplementation: GemmImplementation { GemmImplementation.configured(kernels.gemm) ?? .tessera }
 
     /// The mixture-of-experts layers' spec (nil when moe.experts = 0).
     public var moeSpec: MoESpec? {

@@ -56,11 +56,11 @@ import _TestSupport
                      "loss", "product split by rows", "product split by columns", "adamw p", "adamw m", "adamw v",
                      "attention o", "attention dq", "attention dk", "attention dv"]
         // Large products are cut into blocks over the threads; only kernels whose results do not
-        // depend on a product's shape give the whole product's bits (BLASLibrary.productsSplitExactly:
-        // not OpenBLAS's Haswell and Zen kernels), so there the products agree within rounding.
+        // depend on a product's shape give the whole product's bits (Matmul.productsSplitExactly:
+        // Tessera's GEMM, not OpenBLAS's Haswell and Zen kernels), so there the products agree within rounding.
         let splitProducts: Set = ["product split by rows", "product split by columns"]
         for (index, name) in names.enumerated() {
-            if splitProducts.contains(name) && !BLASLibrary.productsSplitExactly {
+            if splitProducts.contains(name) && !Matmul.productsSplitExactly {
                 #expect(maxRelativeError(one[index], two[index]) < 1e-5, "\(name) on \(BLASLibrary.coreName)")
                 continue
             }

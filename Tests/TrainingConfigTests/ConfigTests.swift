@@ -292,11 +292,11 @@ import _TestSupport
         #expect(config.checkpoint.every == 200 && config.run.dir == "runs/tiny" && config.source == "old/run.yaml")
         #expect(config.attention.kernel == "flash")
         // Written back with the keys added since (model.sequence_mixer, model.attention_layers,
-        // model.ssm_chunk_size, attention.*, moe.*, parallel.sequence_mode,
+        // model.ssm_chunk_size, attention.*, kernels.*, moe.*, parallel.sequence_mode,
         // parallel.expert, parallel.tcp_seal, train.micro_batch, train.precision, parallel.zero, checkpoint.keep_best, checkpoint.service, checkpoint.service_retry_seconds,
         // distill.*) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
-        let attention = "attention:\n  kernel: \"flash\"\n"
+        let attention = "attention:\n  kernel: \"flash\"\nkernels:\n  gemm: \"auto\"\n"
         let moe = "moe:\n  experts: 0\n  top_k: 2\n  expert_hidden: 384\n  capacity_factor: 0.0\n  aux_loss: 0.01\n  z_loss: 0.001\n  layers: \"all\"\n"
         let mixer = "  sequence_mixer: \"attention\"\n  attention_layers: \"\"\n  ssm_chunk_size: 64\n"
         let now = Self.oldTinyRunYAML.replacingOccurrences(of: "data:\n", with: attention + moe + "data:\n")

@@ -1,0 +1,185 @@
+import CGemm
+import Foundation
+
+/// Which code computes `Matmul.gemm`'s products in this process (`kernels.gemm`).
+public enum GemmImplementation: String, CaseIterable, Sendable {
+    /// `TesseraGemm`: packing here, register-blocked micro-kernels in `CGemm`.
+    case tessera
+    /// OpenBLAS `cblas_sgemm` with the core the process runs (`BLASLibrary.coreName`).
+    case openblas
+
+    /// `kernels.gemm: auto` (the default): OpenBLAS when the core it runs is at least as wide as
+    /// Tessera's widest kernel for this CPU (its best cores are about 1.1× faster than Tessera's
+    /// GEMM, docs/BENCHMARKS.md), Tessera's own when OpenBLAS runs narrower kernels (a core set by
+    /// hand or by the machine, such as Haswell's AVX2 on an AVX-512 CPU: Tessera is 1.7–1.9×
+    /// faster there) or a core this table does not know.
+    public static func automatic(openBLASCore: String, features: CPUFeatures) -> GemmImplementation {
+        let widest: Int
+        switch TesseraGemm.ISA.available(on: features)[0] {
+        case .avx512: widest = 5
+        case .avx2: widest = 4
+        case .portable: widest = 0
+        }
+        guard let core = BLASCore.named(openBLASCore) else { return .tessera }
+        return core.level >= widest ? .openblas : .tessera
+    }
+
+    /// What `kernels.gemm` names: `auto` resolved for this process, or the implementation itself.
+    public static func configured(_ value: String) -> GemmImplementation? {
+        value == "auto" ? automatic(openBLASCore: BLASLibrary.coreName, features: CPUInfo.current.features) : GemmImplementation(rawValue: value)
+    }
+}
+
+public enum GemmError: Error, CustomStringConvertible, Equatable {
+    case unknownISA(String)
+    case unsupportedISA(String, cpu: String)
+
+    public var description: String {
+        switch self {
+        case .unknownISA(let value):
+            return "TESSERA_GEMM_ISA=\(value) is not an instruction set of the GEMM: use one of \(TesseraGemm.ISA.allCases.map(\.rawValue).joined(separator: ", ")), or unset it"
+        case .unsupportedISA(let value, let cpu):
+            return "TESSERA_GEMM_ISA=\(value): this CPU (\(cpu)) lacks those instructions; unset it or pick one of \(TesseraGemm.ISA.available(on: CPUInfo.current.features).map(\.rawValue).joined(separator: ", "))"
+        }
+    }
+}
+
+/// Tessera's own Float32 GEMM: BLIS-style cache blocking (panels of B of KC × NC, blocks of A of
+/// MC × KC, packed into slivers) around a register-blocked micro-kernel chosen once per process
+/// from CPUID (`TESSERA_GEMM_ISA` overrides it).
+///
+/// Bits: every element of C is, for each block of KC along k (fixed boundaries 0, KC, 2·KC, …),
+/// one chain of multiply-adds from zero in k order, then `C = alpha · sum + beta · C` (beta 1
+/// after the first block). Nothing depends on where m or n are cut, so a product split over rows
+/// or columns across threads gives the bits of one thread; the AVX-512 and AVX2 kernels (both
+/// fused) also agree with each other bit for bit, the portable one (multiply, then add) does not.
+public enum TesseraGemm {
+    public enum ISA: String, CaseIterable, Sendable {
+        case avx512, avx2, portable
+
+        /// The instruction sets this CPU runs, widest first (`portable` always).
+        public static func available(on features: CPUFeatures) -> [ISA] {
+            #if arch(x86_64)
+            var isas: [ISA] = []
+            if features.contains(.avx512) { isas.append(.avx512) }
+            if features.isSuperset(of: [.avx2, .fma]) { isas.append(.avx2) }
+            return isas + [.portable]
+            #else
+            return [.portable]
+            #endif
+        }
+    }
+
+    /// The micro-kernel of one instruction set and its tile (mr rows × nr columns of C).
+    struct Kernel {
+        let mr: Int, nr: Int
+        let function: tessera_gemm_kernel
+
+        init(_ isa: ISA) {
+            switch isa {
+            #if arch(x86_64)
+            case .avx512:
+                (mr, nr, function) = (Int(TESSERA_GEMM_AVX512_MR), Int(TESSERA_GEMM_AVX512_NR), tessera_sgemm_kernel_avx512)
+            case .avx2:
+                (mr, nr, function) = (Int(TESSERA_GEMM_AVX2_MR), Int(TESSERA_GEMM_AVX2_NR), tessera_sgemm_kernel_avx2)
+            #else
+            case .avx512, .avx2:
+                preconditionFailure("no \(isa) kernel on this architecture (ISA.available offers only portable)")
+            #endif
+            case .portable:
+                (mr, nr, function) = (Int(TESSERA_GEMM_PORTABLE_MR), Int(TESSERA_GEMM_PORTABLE_NR), tessera_sgemm_kernel_portable)
+            }
+        }
+    }
+
+    /// The instruction set `environment` (`TESSERA_GEMM_ISA`) asks for, or the widest of `features`.
+    public static func resolveISA(environment: String?, features: CPUFeatures) throws -> ISA {
+        let available = ISA.available(on: features)
+        guard let environment, !environment.isEmpty else { return available[0] }
+        guard let isa = ISA(rawValue: environment.lowercased()) else { throw GemmError.unknownISA(environment) }
+        guard available.contains(isa) else { throw GemmError.unsupportedISA(environment, cpu: CPUInfo.current.modelName) }
+        return isa
+    }
+
+    /// This process's instruction set, decided once. A bad `TESSERA_GEMM_ISA` is reported by
+    /// `Matmul.select` (called at start-up) before any product; here it falls back to CPUID.
+    public static let isa: ISA = (try? resolveISA(environment: ProcessInfo.processInfo.environment["TESSERA_GEMM_ISA"],
+                                                  features: CPUInfo.current.features)) ?? ISA.available(on: CPUInfo.current.features)[0]
+    static let kernels: [ISA: Kernel] = Dictionary(uniqueKeysWithValues: ISA.available(on: CPUInfo.current.features).map { ($0, Kernel($0)) })
+
+    /// Depth of a packed panel (fixed: it decides the bits), rows of a packed block of A (a
+    /// multiple of every mr), columns of a packed panel of B (a multiple of every nr).
+    static let kc = 256, mc = 240, nc = 2048
+
+    /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
+    /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
+    static func gemm(isa: ISA = isa, transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
+        let (mr, nr) = (kernel.mr, kernel.nr)
+        let kcMax = min(k, kc)
+        let panelColumns = (min(n, nc) + nr - 1) / nr * nr, blockRows = (min(m, mc) + mr - 1) / mr * mr
+        let buffers = PackBuffers.current
+        let packedB = buffers.b.reserve(kcMax * panelColumns), packedA = buffers.a.reserve(kcMax * blockRows)
+        for jc in stride(from: 0, to: n, by: nc) {
+            let nb = min(nc, n - jc)
+            for pc in stride(from: 0, to: k, by: kc) {
+                let kb = min(kc, k - pc)
+                tessera_gemm_pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
+                let blockBeta = pc == 0 ? beta : 1
+                for ic in stride(from: 0, to: m, by: mc) {
+                    let mb = min(mc, m - ic)
+                    tessera_gemm_pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
+                    // Columns outer: one sliver of B stays in L1 while the block of A streams from L2.
+                    for jr in stride(from: 0, to: nb, by: nr) {
+                        let columns = min(nr, nb - jr)
+                        let cColumn = c + ic * ldc + jc + jr
+                        for ir in stride(from: 0, to: mb, by: mr) {
+                            kernel.function(kb, packedA + ir * kb, packedB + jr * kb, cColumn + ir * ldc, ldc,
+                                            min(mr, mb - ir), columns, alpha, blockBeta)
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The packed panels of one thread, kept between products: small products (flash attention's
+/// tiles) would otherwise spend longer allocating them than multiplying. Freed with the thread.
+final class PackBuffers {
+    /// A 64-byte aligned buffer that only grows.
+    struct Buffer {
+        private(set) var pointer: UnsafeMutablePointer<Float>? = nil
+        private var capacity = 0
+
+        mutating func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+            if count > capacity || pointer == nil {
+                pointer?.deallocate()
+                capacity = max(count, 1)
+                pointer = UnsafeMutableRawPointer.allocate(byteCount: capacity * 4, alignment: 64).bindMemory(to: Float.self, capacity: capacity)
+            }
+            return pointer!
+        }
+    }
+
+    var a = Buffer(), b = Buffer()
+
+    deinit { a.pointer?.deallocate(); b.pointer?.deallocate() }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        let status = pthread_key_create(&key) { if let buffers = $0 { Unmanaged<PackBuffers>.fromOpaque(buffers).release() } }
+        precondition(status == 0, "pthread_key_create failed (\(status)): no thread-local GEMM buffers")
+        return key
+    }()
+
+    /// This thread's buffers, created on its first product.
+    static var current: PackBuffers {
+        if let existing = pthread_getspecific(key) { return Unmanaged<PackBuffers>.fromOpaque(existing).takeUnretainedValue() }
+        let buffers = PackBuffers()
+        pthread_setspecific(key, Unmanaged.passRetained(buffers).toOpaque())
+        return buffers
+    }
+}
