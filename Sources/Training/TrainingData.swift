@@ -47,14 +47,23 @@ public final class TrainingData {
 
     public var tokensPerStep: Int { globalBatch * length }
 
-    /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`.
-    public func trainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
-        restricted(wholeTrainBatch(samplesSeen: samplesSeen))
+    /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`,
+    /// in pass order for passes of `microBatch` sequences (`wholeTrainBatch`).
+    public func trainBatch(samplesSeen: Int, microBatch: Int? = nil) -> (tokens: [Int32], targets: [Int32]) {
+        restricted(wholeTrainBatch(samplesSeen: samplesSeen, microBatch: microBatch))
     }
 
-    /// This rank's sequences of that step, whole (every position).
-    public func wholeTrainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
-        let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks)
+    /// This rank's sequences of that step, whole (every position). Pass p of the step's
+    /// localBatch / microBatch passes takes global positions p·microBatch·dataRanks +
+    /// dataRank·microBatch ..< + microBatch: a pass's sequences over all data ranks are the
+    /// same set whatever the number of ranks (so are the routing statistics of a mixture of
+    /// experts, taken per pass). microBatch nil or localBatch: the rank's contiguous block.
+    public func wholeTrainBatch(samplesSeen: Int, microBatch: Int? = nil) -> (tokens: [Int32], targets: [Int32]) {
+        let m = microBatch ?? localBatch
+        precondition(m > 0 && localBatch % m == 0, "TrainingData: micro-batch \(m) does not divide \(localBatch)")
+        let samples = (0..<localBatch).map { i in
+            sampler.sample(atGlobalPosition: samplesSeen + (i / m) * m * dataRanks + dataRank * m + i % m)
+        }
         return train.batch(samples: samples, length: length)
     }
 
