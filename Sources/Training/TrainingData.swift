@@ -53,17 +53,11 @@ public final class TrainingData {
         restricted(wholeTrainBatch(samplesSeen: samplesSeen, microBatch: microBatch))
     }
 
-    /// This rank's sequences of that step, whole (every position). Pass p of the step's
-    /// localBatch / microBatch passes takes global positions p·microBatch·dataRanks +
-    /// dataRank·microBatch ..< + microBatch: a pass's sequences over all data ranks are the
-    /// same set whatever the number of ranks (so are the routing statistics of a mixture of
-    /// experts, taken per pass). microBatch nil or localBatch: the rank's contiguous block.
+    /// This rank's sequences of that step, whole (every position), in pass order
+    /// (`Sampler.indices`: a pass's sequences over the data ranks are the same on any layout,
+    /// and so are a mixture of experts' routing statistics, taken per pass).
     public func wholeTrainBatch(samplesSeen: Int, microBatch: Int? = nil) -> (tokens: [Int32], targets: [Int32]) {
-        let m = microBatch ?? localBatch
-        precondition(m > 0 && localBatch % m == 0, "TrainingData: micro-batch \(m) does not divide \(localBatch)")
-        let samples = (0..<localBatch).map { i in
-            sampler.sample(atGlobalPosition: samplesSeen + (i / m) * m * dataRanks + dataRank * m + i % m)
-        }
+        let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks, microBatch: microBatch)
         return train.batch(samples: samples, length: length)
     }
 
