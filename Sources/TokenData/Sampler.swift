@@ -65,10 +65,14 @@ public final class Sampler {
         return isMaterialized ? Int(permutation[offset]) : feistel!.apply(offset)
     }
 
-    /// Sample indices of data rank `rank` (of `ranks`) at a step starting at `samplesSeen`.
-    public func indices(samplesSeen: Int, globalBatch: Int, rank: Int, ranks: Int) -> [Int] {
-        let local = globalBatch / ranks
-        return (0..<local).map { sample(atGlobalPosition: samplesSeen + rank * local + $0) }
+    /// Sample indices of data rank `rank` (of `ranks`) at a step starting at `samplesSeen`, in
+    /// pass order for passes of `microBatch` sequences (nil: one pass, the rank's contiguous
+    /// block): pass p takes global positions p·microBatch·ranks + rank·microBatch ..< +
+    /// microBatch, so a pass's sequences over all ranks are the same set on any number of ranks.
+    public func indices(samplesSeen: Int, globalBatch: Int, rank: Int, ranks: Int, microBatch: Int? = nil) -> [Int] {
+        let local = globalBatch / ranks, m = microBatch ?? local
+        precondition(m > 0 && local % m == 0, "Sampler: micro-batch \(m) does not divide \(local)")
+        return (0..<local).map { sample(atGlobalPosition: samplesSeen + ($0 / m) * m * ranks + rank * m + $0 % m) }
     }
 }
 

@@ -21,6 +21,8 @@ public final class Trainer {
     public internal(set) var step = 0
     public internal(set) var samplesSeen = 0
     public private(set) var lastGradientNorm = 0.0
+    /// The last step's auxiliary losses and routing, averaged over its passes.
+    public private(set) var auxiliaries = StepAuxiliaries()
     /// Sequences per forward/backward pass on this rank (`train.micro_batch`, 0: the local batch).
     public let microBatch: Int
     let schedule: LearningRateSchedule
@@ -59,10 +61,6 @@ public final class Trainer {
         guard (config.train.globalBatch / layout.data) % micro == 0 else {
             throw TrainingError.microBatchDoesNotDivide(source: config.origin(of: "train.global_batch", "train.micro_batch", "parallel.data"),
                                                         globalBatch: config.train.globalBatch, dataRanks: layout.data, microBatch: micro)
-        }
-        if config.moe.experts > 0 && micro < config.train.globalBatch / layout.data {
-            throw TrainingError.microBatchWithExperts(source: config.origin(of: "train.micro_batch", "moe.experts"), microBatch: micro,
-                                                      localBatch: config.train.globalBatch / layout.data)
         }
         microBatch = micro
         data = try TrainingData(directory: config.data.dir, length: config.data.seqLen, globalBatch: config.train.globalBatch,
@@ -151,20 +149,26 @@ public final class Trainer {
     /// One optimizer step; returns the mean training loss of the global batch (before the update).
     @discardableResult
     public func trainStep() throws -> Double {
-        let batch = data.trainBatch(samplesSeen: samplesSeen)
+        let batch = data.trainBatch(samplesSeen: samplesSeen, microBatch: microBatch)
         if let partition, partition.stage >= 2 { partition.clearGradients() } else { model.parameters.zeroGradients() }
         let reducer = self.reducer
         // Gradient accumulation: the passes add into the gradients; only the last one hands its
         // ranges to the reducer, so the step is reduced once, overlapped with that backward.
+        // With the global batch's 1/N as every pass's scale, the cross-entropy adds up to the
+        // global mean, and a mixture of experts' per-pass N_pass · aux · balance (its routing
+        // statistics are the pass's, over the data ranks) to the mean over passes.
         let passes = data.localBatch / microBatch, span = microBatch * data.localLength
         var lossSum = 0.0
+        auxiliaries = StepAuxiliaries()
         for pass in 0..<passes {
             let rows = (pass * span)..<((pass + 1) * span)
             let ready: ((Range<Int>) -> Void)? = pass == passes - 1 ? { reducer.ready($0) } : nil
             lossSum += try model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
                                                   length: data.localLength, positions: data.positions,
                                                   gradientScale: 1 / Float(tokensPerStep), ready: ready)
+            auxiliaries.add(losses: model.auxiliaryLossesByLayer, routing: model.routing)
         }
+        auxiliaries.average()
         try reducer.finish()
         let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
 

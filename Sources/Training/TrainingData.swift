@@ -47,14 +47,17 @@ public final class TrainingData {
 
     public var tokensPerStep: Int { globalBatch * length }
 
-    /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`.
-    public func trainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
-        restricted(wholeTrainBatch(samplesSeen: samplesSeen))
+    /// This rank's inputs and targets of the step that starts at global sample `samplesSeen`,
+    /// in pass order for passes of `microBatch` sequences (`wholeTrainBatch`).
+    public func trainBatch(samplesSeen: Int, microBatch: Int? = nil) -> (tokens: [Int32], targets: [Int32]) {
+        restricted(wholeTrainBatch(samplesSeen: samplesSeen, microBatch: microBatch))
     }
 
-    /// This rank's sequences of that step, whole (every position).
-    public func wholeTrainBatch(samplesSeen: Int) -> (tokens: [Int32], targets: [Int32]) {
-        let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks)
+    /// This rank's sequences of that step, whole (every position), in pass order
+    /// (`Sampler.indices`: a pass's sequences over the data ranks are the same on any layout,
+    /// and so are a mixture of experts' routing statistics, taken per pass).
+    public func wholeTrainBatch(samplesSeen: Int, microBatch: Int? = nil) -> (tokens: [Int32], targets: [Int32]) {
+        let samples = sampler.indices(samplesSeen: samplesSeen, globalBatch: globalBatch, rank: dataRank, ranks: dataRanks, microBatch: microBatch)
         return train.batch(samples: samples, length: length)
     }
 

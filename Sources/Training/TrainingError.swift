@@ -15,9 +15,6 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
     /// train.micro_batch × the data ranks does not divide train.global_batch.
     case microBatchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int, microBatch: Int)
-    /// train.micro_batch below the local batch on a mixture-of-experts model: its routing losses
-    /// are over the whole batch, which passes of part of it do not add up to.
-    case microBatchWithExperts(source: String, microBatch: Int, localBatch: Int)
     /// No such ZeRO stage (parallel.zero > 3).
     case noSuchZeroStage(source: String, stage: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
@@ -52,8 +49,6 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
         case let .microBatchDoesNotDivide(source, globalBatch, dataRanks, microBatch):
             let local = globalBatch / dataRanks
             return "\(source): train.global_batch = \(globalBatch) over parallel.data = \(dataRanks) ranks is \(local) sequences per rank, not a multiple of train.micro_batch = \(microBatch); choose a micro_batch dividing \(local)"
-        case let .microBatchWithExperts(source, microBatch, localBatch):
-            return "\(source): train.micro_batch = \(microBatch) splits each rank's \(localBatch) sequences, which mixture-of-experts layers cannot do yet (their balance loss is over the whole batch); set train.micro_batch=0"
         case let .noSuchZeroStage(source, stage):
             return "\(source): parallel.zero = \(stage) is not a ZeRO stage; set parallel.zero to 0, 1, 2 or 3"
         case let .configChanged(checkpoint, changes):

@@ -98,7 +98,7 @@ extension Trainer: StepProgram {
         progress.learningRate = Double(rate)
         var record: [String: Any] = ["step": step, "loss": loss, "lr": Double(rate), "grad_norm": lastGradientNorm,
                                      "tokens_per_s": progress.tokensPerSecond, "elapsed_s": Date().timeIntervalSince(loop.started)]
-        for (name, value) in model.auxiliaryLosses { record[name] = value }
+        for (name, value) in auxiliaries.totals { record[name] = value }
         record.merge(routingRecord()) { $1 }
         return [record]
     }
@@ -124,22 +124,23 @@ extension Trainer: StepProgram {
         checkpoints.submit(try checkpointPart(validationLoss: validationLoss))
     }
 
-    /// The metrics of the last training step's mixture-of-experts layers: `aux_loss`, the sum of
+    /// The metrics of the last training step's mixture-of-experts layers (means over its
+    /// micro-batch passes, `StepAuxiliaries`): `aux_loss`, the sum of
     /// their weighted auxiliary losses (the objective is `loss` + `aux_loss`; `loss` stays the
     /// mean cross-entropy, comparable with `val_loss` and dense runs), and `moe`, one entry per
     /// layer: its weighted `aux_loss` and `z_loss`, `balance` (the balance loss without its
     /// coefficient, 1 at perfect balance), `dropped` (fraction of pairs over capacity) and `load`
     /// (fraction of the pairs routed to each expert). Empty for a dense model.
     func routingRecord() -> [String: Any] {
-        let routing = model.routing
+        let routing = auxiliaries.routing
         guard !routing.isEmpty else { return [:] }
-        let losses = model.auxiliaryLossesByLayer
+        let losses = auxiliaries.losses
         let layers: [[String: Any]] = routing.keys.sorted().map { layer in
             let r = routing[layer]!
             return ["layer": layer, "aux_loss": losses["moe_aux"]?[layer] ?? 0, "z_loss": losses["moe_z"]?[layer] ?? 0,
                     "balance": r.balance, "dropped": r.droppedFraction, "load": r.load]
         }
-        return ["aux_loss": model.auxiliaryLosses.values.reduce(0, +), "moe": layers]
+        return ["aux_loss": auxiliaries.totals.values.reduce(0, +), "moe": layers]
     }
 }
 

@@ -211,7 +211,7 @@ extension ConfigField {
         ConfigField("train.log_every", .int(\.train.logEvery), .atLeastOne, numeric: false, "steps between progress lines"),
         ConfigField("train.threads", .int(\.train.threads), .atLeastOne, numeric: false, "BLAS threads per rank"),
         ConfigField("train.micro_batch", .int(\.train.microBatch), .notNegative, numeric: false,
-                    "sequences per data rank per forward/backward; gradients of global_batch / (micro_batch × data ranks) passes are accumulated (0: the whole local batch in one pass; not with moe.experts)"),
+                    "sequences per data rank per forward/backward; gradients of global_batch / (micro_batch × data ranks) passes are accumulated (0: the whole local batch in one pass); loss = cross-entropy mean over the global batch; MoE balance loss, z-loss and capacity are per pass (its micro_batch × data ranks sequences) and the step takes the mean of the passes' auxiliary losses"),
         ConfigField("train.precision", .string(\.train.precision), .oneOf(ComputePrecision.allCases.map(\.rawValue)), numeric: true,
                     "products of the linear layers: fp32, or bf16 (inputs rounded to bf16, Float32 accumulation; weights, gradients, optimizer state, norms, softmax and attention's core stay Float32)"),
         ConfigField("eval.every", .int(\.eval.every), .notNegative, numeric: false, "steps between validation runs (0: only at the end)"),

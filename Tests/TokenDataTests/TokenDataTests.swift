@@ -75,6 +75,24 @@ import _TestSupport
         }
     }
 
+    /// In passes of a micro-batch, pass p over all ranks is the same set of samples on any number
+    /// of ranks (one rank's p-th slice of micro × ranks), and a step still takes its global batch.
+    @Test(arguments: [false, true])
+    func microBatchPassesAreTheSameSetsOnAnyNumberOfRanks(bijection: Bool) {
+        let sampler = Self.sampler(60, bijection: bijection), globalBatch = 12
+        for (ranks, micro) in [(2, 2), (3, 2), (2, 3), (4, 1)] {
+            let passes = globalBatch / (ranks * micro)
+            let mine = (0..<ranks).map { sampler.indices(samplesSeen: 24, globalBatch: globalBatch, rank: $0, ranks: ranks, microBatch: micro) }
+            let one = sampler.indices(samplesSeen: 24, globalBatch: globalBatch, rank: 0, ranks: 1, microBatch: micro * ranks)
+            for p in 0..<passes {
+                let pass = Set(mine.flatMap { $0[(p * micro)..<((p + 1) * micro)] })
+                #expect(pass == Set(one[(p * micro * ranks)..<((p + 1) * micro * ranks)]), "\(ranks) ranks, micro \(micro), pass \(p)")
+            }
+            #expect(Set(mine.flatMap { $0 }) == Set(sampler.indices(samplesSeen: 24, globalBatch: globalBatch, rank: 0, ranks: 1)))
+            #expect(mine[1] != sampler.indices(samplesSeen: 24, globalBatch: globalBatch, rank: 1, ranks: ranks) || passes == 1)
+        }
+    }
+
     /// Resuming at a position gives what an uninterrupted run takes there, including steps that
     /// cross an epoch boundary (50 windows, 8 per step).
     @Test(arguments: [false, true])
