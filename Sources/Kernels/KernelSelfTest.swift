@@ -68,8 +68,9 @@ public enum KernelSelfTest {
     // MARK: Products
 
     /// GEMM with every transpose on a prime shape and on one large enough to be split over threads
-    /// (with the process's `kernels.gemm`, and Tessera's kernel of every other instruction set this
-    /// CPU runs on one thread), and the linear layer's forward and backward (dx, dW).
+    /// (with the process's `kernels.gemm`, Tessera's kernel of every other instruction set this
+    /// CPU runs on one thread, and OpenBLAS when the process runs Tessera's), and the linear
+    /// layer's forward and backward (dx, dW).
     static func products(_ threads: KernelThreads) -> [Outcome] {
         var out: [Outcome] = []
         let others = TesseraGemm.ISA.available(on: CPUInfo.current.features)
@@ -89,6 +90,11 @@ public enum KernelSelfTest {
                                          b: b, ldb: tb ? k : n, beta: 0, c: c.baseAddress!, ldc: n)
                     }
                     out.append(outcome("matmul (tessera \(isa.rawValue) kernel) \(name)", c, want))
+                }
+                if Matmul.implementation != .openblas {   // OpenBLAS's core is checked whichever GEMM the process runs
+                    Matmul.gemm(transposeA: ta, transposeB: tb, m: m, n: n, k: k, a: a, lda: ta ? m : k, b: b, ldb: tb ? k : n,
+                                c: &c, ldc: n, threads: threads, implementation: .openblas)
+                    out.append(outcome("matmul (openblas, \(BLASLibrary.coreName) core) \(name)", c, want))
                 }
             }
         }

@@ -10,7 +10,7 @@ import Training
 import TrainingConfig
 
 /// Distillation on sequence- and expert-parallel layouts against one rank: every stage's
-/// losses and the final student within 1e-5, every rank the same bits, and a run restored in
+/// losses within 1e-5 and the final student within `parameterTolerance` of one rank, every rank the same bits, and a run restored in
 /// the middle of a stage equal to the uninterrupted one bit for bit.
 @Suite struct DistillLayoutTests {
     /// 12 query and kv heads (Ulysses splits them over 2, 3 and 4 ranks), sequences of 24
@@ -69,8 +69,16 @@ import TrainingConfig
         return try results.map { try $0.get() }
     }
 
+    /// Parameters after the 6 steps: AdamW turns the layouts' Float32-level differences in tiny
+    /// gradients into differences of a fraction of a step. Measured (2026-12-07, Zen 5): the
+    /// sequence layouts stay under 1e-5; the expert layouts under 1e-5 on OpenBLAS's Haswell and
+    /// Prescott kernels but 1.3–2.3e-5 on its SkylakeX and Cooperlake kernels and on Tessera's
+    /// GEMM (layer 0's `in_proj`, whose gradient flows back through the experts' products).
+    static let parameterTolerance = 5e-5
+
     /// Every rank reports rank 0's losses and holds the same bits as every rank holding the
-    /// same tensors; losses and every parameter within 1e-5 (relative) of one rank's.
+    /// same tensors; losses within 1e-5 (relative) of one rank's and every parameter within
+    /// `parameterTolerance`.
     static func expectMatch(_ parallel: [Seen], _ single: Seen, _ label: String) {
         var holders: [String: [UInt32]] = [:], held = Set<String>()
         for (rank, seen) in parallel.enumerated() {
@@ -81,7 +89,7 @@ import TrainingConfig
                 holders[name] = bits
                 held.insert(name)
                 let error = maxRelativeError(tensor.scalars, single.state[name]!.scalars)
-                #expect(error < 1e-5, "\(label): rank \(rank): \(name) differs from one rank's by \(error)")
+                #expect(error < parameterTolerance, "\(label): rank \(rank): \(name) differs from one rank's by \(error)")
             }
         }
         #expect(held == Set(single.state.names.filter { !$0.hasPrefix("distill.") }), "\(label): every parameter is held")
