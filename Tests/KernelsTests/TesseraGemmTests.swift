@@ -1,3 +1,4 @@
+import CGemm
 import Testing
 @testable import Kernels
 import _TestSupport
@@ -83,6 +84,35 @@ import _TestSupport
             for i in 0..<test.m where test.pad > 0 {
                 let padding = c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]
                 #expect(padding.elementsEqual(test.c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(isa) \(test) row \(i)")
+            }
+        }
+    }
+
+    /// Packing (vector transposes of 4 × 4 and fixed-width row copies, scalar edges) is a copy:
+    /// every width of sliver r, every remainder of width and depth, both layouts, against the
+    /// definition in the header, zeros past the width, and nothing written past the panel.
+    @Test func packingCopiesEveryLineAndDepthExactly() {
+        for strided in [false, true] {
+            for r in [4, 6, 8, 12, 16, 32] {
+                for width in [1, 3, 4, 5, r - 1, r, r + 1, 2 * r + 5] where width > 0 {
+                    for kc in [1, 3, 4, 7, 16, 257] {
+                        let ld = (strided ? kc : width) + 2
+                        let source = Fixtures.randoms((strided ? width : kc) * ld, seed: UInt64(r * 1000 + width * 10 + kc))
+                        let slivers = (width + r - 1) / r
+                        var out = [Float](repeating: .nan, count: slivers * r * kc + 1)
+                        source.withUnsafeBufferPointer { src in
+                            out.withUnsafeMutableBufferPointer { tessera_gemm_pack(strided ? 1 : 0, width, kc, src.baseAddress!, ld, r, $0.baseAddress!) }
+                        }
+                        var want = [Float](repeating: 0, count: slivers * r * kc)
+                        for line in 0..<width {
+                            for p in 0..<kc {
+                                want[(line / r) * r * kc + p * r + line % r] = strided ? source[line * ld + p] : source[p * ld + line]
+                            }
+                        }
+                        #expect(out.dropLast().map(\.bitPattern) == want.map(\.bitPattern), "strided \(strided) r \(r) width \(width) kc \(kc)")
+                        #expect(out.last!.isNaN, "wrote past the panel: strided \(strided) r \(r) width \(width) kc \(kc)")
+                    }
+                }
             }
         }
     }
