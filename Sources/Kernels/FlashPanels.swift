@@ -1,4 +1,5 @@
 import CGemm
+import Foundation
 
 /// Flash attention's operands packed once per call into the slivers `TesseraGemm`'s micro-kernel
 /// reads, so that the tile products run the kernel on them directly: through `Matmul.gemm`
@@ -40,8 +41,7 @@ struct FlashPanels {
             tiles = (length + tile - 1) / tile
             let round = { (x: Int) in (x + width - 1) / width * width }
             tileFloats = lines == .positions ? round(tile) * headDim : round(headDim) * tile
-            let count = max(batch * heads * tiles * tileFloats, 1)
-            base = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64).bindMemory(to: Float.self, capacity: count)
+            base = FlashPanels.storage.take(max(batch * heads * tiles * tileFloats, 1))
         }
 
         /// Packs tile `t` of head `h` of batch `b` from `source` (B, T, H, D).
@@ -60,7 +60,35 @@ struct FlashPanels {
         /// Floats between two slivers of tile `t` (the depth is the head dim, or the tile's positions).
         func sliver(_ t: Int) -> Int { width * (lines == .positions ? headDim : min(tile, length - t * tile)) }
 
-        func deallocate() { base.deallocate() }
+        func deallocate() { FlashPanels.storage.give(base) }
+    }
+
+    /// Packed operands' memory, kept between calls: fresh pages for every call (tens of MiB at
+    /// N = 4096) cost more in page faults than the packing saves at N ≤ 1024.
+    static let storage = Storage()
+
+    final class Storage: @unchecked Sendable {
+        private let lock = NSLock()
+        private var free: [(pointer: UnsafeMutablePointer<Float>, capacity: Int)] = []
+        private var capacities: [UnsafeMutablePointer<Float>: Int] = [:]
+
+        /// A 64-byte aligned buffer of at least `count` floats: a free one that fits, else a new one.
+        func take(_ count: Int) -> UnsafeMutablePointer<Float> {
+            lock.lock(); defer { lock.unlock() }
+            if let index = free.firstIndex(where: { $0.capacity >= count }) { return free.remove(at: index).pointer }
+            if let index = free.indices.max(by: { free[$0].capacity < free[$1].capacity }) {   // grow the largest
+                capacities[free[index].pointer] = nil
+                free.remove(at: index).pointer.deallocate()
+            }
+            let pointer = UnsafeMutableRawPointer.allocate(byteCount: count * 4, alignment: 64).bindMemory(to: Float.self, capacity: count)
+            capacities[pointer] = count
+            return pointer
+        }
+
+        func give(_ pointer: UnsafeMutablePointer<Float>) {
+            lock.lock(); defer { lock.unlock() }
+            free.append((pointer, capacities[pointer]!))
+        }
     }
 
     /// One operand per (source tensor, format), packed on `threads` (tiles in parallel).
