@@ -46,7 +46,9 @@ extension FlashAttention {
             dk.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
             dv.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
         }
-        let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv)
+        let packed = BackwardPanels(self, q: q, k: k, v: v, dO: dO, threads: threads)
+        defer { packed?.deallocate() }
+        let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, packed: packed)
         let groups = batch * kvHeads
         if Self.fusedIsFaster(items: groups, threads: threads.count) {
             threads.forItems(groups) { items in
@@ -103,6 +105,35 @@ extension FlashAttention {
         let q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>
         let logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>
         let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
+        let packed: BackwardPanels?
+    }
+
+    /// The inputs packed once per backward call for the micro-kernel (`FlashPanels`): Q and dO
+    /// by rows (left operands of S and dP), K and V by keys (their right operands), and Q, dO
+    /// and K by features (right operands of dK, dV and dQ). Nil where flash calls `Matmul.gemm`.
+    struct BackwardPanels {
+        typealias Operand = FlashPanels.Operand
+        let panels: FlashPanels
+        let q: Operand, dO: Operand, k: Operand, v: Operand, qFeatures: Operand, dOFeatures: Operand, kFeatures: Operand
+
+        init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+              dO: UnsafePointer<Float>, threads: KernelThreads) {
+            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile) else { return nil }
+            let (mr, nr) = (panels.kernel.mr, panels.kernel.nr)
+            func queries(_ lines: FlashPanels.Lines, _ width: Int) -> Operand {
+                Operand(lines: lines, width: width, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
+            }
+            func keys(_ lines: FlashPanels.Lines) -> Operand {
+                Operand(lines: lines, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+            }
+            self.panels = panels
+            (self.q, self.dO, self.qFeatures, self.dOFeatures) = (queries(.positions, mr), queries(.positions, mr), queries(.features, nr), queries(.features, nr))
+            (self.k, self.v, self.kFeatures) = (keys(.positions), keys(.positions), keys(.features))
+            panels.pack([(q, self.q), (dO, self.dO), (q, qFeatures), (dO, dOFeatures), (k, self.k), (v, self.v), (k, kFeatures)],
+                        batch: f.batch, threads: threads)
+        }
+
+        func deallocate() { for operand in [q, dO, k, v, qFeatures, dOFeatures, kFeatures] { operand.deallocate() } }
     }
 
     /// dK_j and dV_j of one kv head from every query head of its group and every query tile
@@ -129,11 +160,27 @@ extension FlashAttention {
         let qOffset = (b * queryLength + rows.lowerBound) * qStride + h * D
         let kvOffset = (b * keyLength + c0) * kvStride + kvh * D
         let statistics = (b * heads + h) * queryLength + rows.lowerBound
-        let (p, dS) = (w.probabilities, w.scoreGradients)
+        // Row r of P and dS is row `first` + r of the tile: the packed path computes up to mr − 1
+        // rows before `first` into the rows above.
+        let (p, dS) = (w.probabilities + first * ld, w.scoreGradients + first * ld)
+        let qi = (b: b, h: h, t: i), kj = (b: b, h: kvh, t: j)
 
-        // P (n, columns) = exp(scale · Q_i K_jᵀ − L), 0 where masked or where the row sees nothing.
-        Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
-                    a: t.q + qOffset, lda: qStride, b: t.k + kvOffset, ldb: kvStride, c: p, ldc: ld)
+        // P (n, columns) = exp(scale · Q_i K_jᵀ − L), 0 where masked or where the row sees nothing;
+        // dP = dO_i V_jᵀ (into dS).
+        if let packed = t.packed {
+            let panels = packed.panels, kPanel = panels.panel(packed.k, b: kj.b, h: kj.h, t: kj.t)
+            let (q, row) = panels.rows(packed.q, b: qi.b, h: qi.h, t: qi.t, from: first)
+            panels.product(m: tileRows.count - row, n: columns, k: D, alpha: scale, a: q, b: kPanel,
+                           c: w.probabilities + row * ld, ldc: ld)
+            let dO = panels.rows(packed.dO, b: qi.b, h: qi.h, t: qi.t, from: first).panel
+            panels.product(m: tileRows.count - row, n: columns, k: D, a: dO, b: panels.panel(packed.v, b: kj.b, h: kj.h, t: kj.t),
+                           c: w.scoreGradients + row * ld, ldc: ld)
+        } else {
+            Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
+                        a: t.q + qOffset, lda: qStride, b: t.k + kvOffset, ldb: kvStride, c: p, ldc: ld)
+            Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D,
+                        a: t.dO + qOffset, lda: qStride, b: t.v + kvOffset, ldb: kvStride, c: dS, ldc: ld)
+        }
         if masked { mask(p, ld: ld, rows: rows, columns: c0..<(c0 + columns)) }
         for r in 0..<n {
             let total = t.logsumexp[statistics + r]
@@ -141,11 +188,25 @@ extension FlashAttention {
                 TileMath.exponentiate(p + r * ld, count: columns, minus: total)
             }
         }
-        // dS = P ⊙ (dO_i V_jᵀ − D_i)
-        Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D,
-                    a: t.dO + qOffset, lda: qStride, b: t.v + kvOffset, ldb: kvStride, c: dS, ldc: ld)
+        // dS = P ⊙ (dP − D_i)
         for r in 0..<n {
             TileMath.softmaxGradient(probabilities: p + r * ld, dS + r * ld, count: columns, rowDot: t.rowDot[statistics + r])
+        }
+        if let packed = t.packed {
+            let panels = packed.panels
+            if keys {
+                let dO = panels.panel(packed.dOFeatures, b: qi.b, h: qi.h, t: qi.t, depth: first)
+                let q = panels.panel(packed.qFeatures, b: qi.b, h: qi.h, t: qi.t, depth: first)
+                panels.product(m: columns, n: D, k: n, a: panels.packLeft(transposed: true, m: columns, k: n, a: p, lda: ld), b: dO,
+                               beta: 1, c: t.dv + kvOffset, ldc: kvStride)
+                panels.product(m: columns, n: D, k: n, alpha: scale, a: panels.packLeft(transposed: true, m: columns, k: n, a: dS, lda: ld),
+                               b: q, beta: 1, c: t.dk + kvOffset, ldc: kvStride)
+            }
+            if query {
+                panels.product(m: n, n: D, k: columns, alpha: scale, a: panels.packLeft(transposed: false, m: n, k: columns, a: dS, lda: ld),
+                               b: panels.panel(packed.kFeatures, b: kj.b, h: kj.h, t: kj.t), beta: 1, c: t.dq + qOffset, ldc: qStride)
+            }
+            return
         }
         if keys {
             // dV_j (columns, D) += Pᵀ dO_i;  dK_j += scale · dSᵀ Q_i

@@ -1,7 +1,8 @@
 import Foundation
 
 /// Scaled-dot-product attention by tiles with an online softmax (FlashAttention-2, Dao 2023),
-/// for grouped-query heads, causal or not, on BLAS.
+/// for grouped-query heads, causal or not, on the GEMM micro-kernel (`FlashPanels`; BLAS with
+/// `kernels.gemm: openblas`).
 ///
 /// Nothing of size Tq × Tk is ever stored: the forward pass keeps O and the per-row logsumexp
 /// L = log Σ_j exp(s_ij) (B, Hq, Tq) for the backward pass, which recomputes the probabilities
@@ -29,6 +30,10 @@ public struct FlashAttention {
     public private(set) var keyPositions: [Int]
     /// Rows of queries and columns of keys per tile.
     public let queryTile: Int, keyTile: Int
+    /// Whether products run the micro-kernel on operands packed once per call (`FlashPanels`,
+    /// when the GEMM is Tessera's) or go through `Matmul.gemm`; the same bits either way
+    /// (tests compare the two).
+    var packsPanels = true
 
     /// Tile sizes: 256 keys per tile amortise the per-tile work of a row (running max,
     /// rescaling the accumulator) and the BLAS call overhead, and 128 query rows amortise the
@@ -134,15 +139,35 @@ public struct FlashAttention {
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
                         accumulate: Bool = false, threads: KernelThreads = .single) {
         let tiles = queryTiles
+        let packed = ForwardPanels(self, q: q, k: k, v: v, threads: threads)
+        defer { packed?.deallocate() }
         threads.forItems(batch * heads * tiles) { items in
             let workspace = Workspace(rows: queryTile, columns: keyTile, headDim: headDim)
             defer { workspace.deallocate() }
             for item in items {
                 let pair = item / tiles
                 forwardTile(b: pair / heads, h: pair % heads, i: Self.interleaved(item % tiles, tiles),
-                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, accumulate: accumulate, workspace: workspace)
+                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, accumulate: accumulate, workspace: workspace, packed: packed)
             }
         }
+    }
+
+    /// Q (by rows, left operand), K (by keys) and V (by features, right operands) packed once
+    /// per forward call for the micro-kernel (`FlashPanels`); nil where flash calls `Matmul.gemm`.
+    struct ForwardPanels {
+        let panels: FlashPanels, q: FlashPanels.Operand, k: FlashPanels.Operand, v: FlashPanels.Operand
+
+        init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, threads: KernelThreads) {
+            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile) else { return nil }
+            let (mr, nr) = (panels.kernel.mr, panels.kernel.nr)
+            self.panels = panels
+            self.q = .init(lines: .positions, width: mr, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
+            self.k = .init(lines: .positions, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+            self.v = .init(lines: .features, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+            panels.pack([(q, self.q), (k, self.k), (v, self.v)], batch: f.batch, threads: threads)
+        }
+
+        func deallocate() { q.deallocate(); k.deallocate(); v.deallocate() }
     }
 
     /// One query tile of one head against every key tile it sees.
@@ -152,7 +177,7 @@ public struct FlashAttention {
     /// — `AttentionMerge` done inside the online softmax, without a partial output buffer.
     private func forwardTile(b: Int, h: Int, i: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, accumulate: Bool,
-                             workspace w: Workspace) {
+                             workspace w: Workspace, packed: ForwardPanels?) {
         let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
         let rows = queryRows(i), n = rows.count, kvh = h / group
         let qi = q + (b * queryLength + rows.lowerBound) * qStride + h * D
@@ -185,8 +210,15 @@ public struct FlashAttention {
             let c0 = j * keyTile, m = n - first
             // S (rows first..<n, columns) = scale · Q_i K_jᵀ; the rows before `first` see none of
             // these keys and keep their statistics and accumulator as they are.
-            Matmul.gemm(transposeA: false, transposeB: true, m: m, n: columns, k: D, alpha: scale,
-                        a: qi + first * qStride, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s + first * ld, ldc: ld)
+            if let packed {
+                // From the sliver holding row `first`: the few rows before it are not used.
+                let (a, row) = packed.panels.rows(packed.q, b: b, h: h, t: i, from: first)
+                packed.panels.product(m: n - row, n: columns, k: D, alpha: scale, a: a, b: packed.panels.panel(packed.k, b: b, h: kvh, t: j),
+                                      c: s + row * ld, ldc: ld)
+            } else {
+                Matmul.gemm(transposeA: false, transposeB: true, m: m, n: columns, k: D, alpha: scale,
+                            a: qi + first * qStride, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s + first * ld, ldc: ld)
+            }
             if masked { mask(s + first * ld, ld: ld, rows: (rows.lowerBound + first)..<rows.upperBound, columns: c0..<(c0 + columns)) }
             for r in first..<n {
                 let row = s + r * ld
@@ -202,8 +234,14 @@ public struct FlashAttention {
                 rowMax[r] = newMax
             }
             // acc (n, D) += P (n, columns) · V_j
-            Matmul.gemm(transposeA: false, transposeB: false, m: m, n: D, k: columns,
-                        a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D)
+            if let packed {
+                let a = packed.panels.packLeft(transposed: false, m: m, k: columns, a: s + first * ld, lda: ld)
+                packed.panels.product(m: m, n: D, k: columns, a: a, b: packed.panels.panel(packed.v, b: b, h: kvh, t: j),
+                                      beta: 1, c: acc + first * D, ldc: D)
+            } else {
+                Matmul.gemm(transposeA: false, transposeB: false, m: m, n: D, k: columns,
+                            a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D)
+            }
         }
 
         for r in 0..<n {
