@@ -22,20 +22,10 @@ for ((i = 1; i <= pairs; i++)); do
 done
 
 source scripts/lib-netns.sh
-two_nodes_available || { echo "bench-tcp-seal: two nodes need root, ip, unshare and network namespaces; skipped" >&2; exit 0; }
-work=$(mktemp -d /tmp/tessera-seal.XXXXXX)
-trap 'cleanup_two_nodes; rm -rf "$work"' EXIT
-make_two_nodes "$work" "$rate" || { echo "bench-tcp-seal: could not make the namespaces" >&2; exit 1; }
-cat >"$work/hosts.json" <<JSON
-{"master_addr": "$SUBNET.1", "master_port": 29641, "token": "$TESSERA_JOB_TOKEN",
- "nodes": [{"host": "$SUBNET.1", "nproc": 1, "interface": "veth0"}, {"host": "$SUBNET.2", "nproc": 1, "interface": "veth0"}]}
-JSON
+bench_two_nodes seal 29641 "$rate" || exit 0
 for ((i = 1; i <= pairs; i++)); do
   for seal in on off; do
     echo "two nodes (veth${rate:+, $rate}), pair $i, tcp_seal=$seal" >&2
-    "$work/on" b "$B launch --hostfile $work/hosts.json --node-rank 1 -- ${bench[*]} --tcp-seal $seal" >/dev/null 2>&1 &
-    other=$!
-    "$work/on" a "$B launch --hostfile $work/hosts.json --node-rank 0 -- ${bench[*]} --tcp-seal $seal" 2>/dev/null | grep '^{'
-    wait "$other"
+    launch_two_nodes "$B" "${bench[*]} --tcp-seal $seal"
   done
 done

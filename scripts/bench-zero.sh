@@ -22,21 +22,10 @@ for ((i = 1; i <= rounds; i++)); do
 done
 
 source scripts/lib-netns.sh
-two_nodes_available || { echo "bench-zero: two nodes need root, ip, unshare and network namespaces; skipped" >&2; exit 0; }
-work=$(mktemp -d /tmp/tessera-zero.XXXXXX)
-trap 'cleanup_two_nodes; rm -rf "$work"' EXIT
-make_two_nodes "$work" "$rate" || { echo "bench-zero: could not make the namespaces" >&2; exit 1; }
-cat >"$work/hosts.json" <<JSON
-{"master_addr": "$SUBNET.1", "master_port": 29651, "token": "$TESSERA_JOB_TOKEN",
- "nodes": [{"host": "$SUBNET.1", "nproc": 1, "interface": "veth0"}, {"host": "$SUBNET.2", "nproc": 1, "interface": "veth0"}]}
-JSON
+bench_two_nodes zero 29651 "$rate" || exit 0
 for ((i = 1; i <= rounds; i++)); do
   for zero in 0 1 2 3; do
     echo "two nodes (veth${rate:+, $rate}), round $i, zero=$zero" >&2
-    args="${bench[*]} --set parallel.zero=$zero --tcp-seal off"
-    "$work/on" b "$B launch --hostfile $work/hosts.json --node-rank 1 -- $args" >/dev/null 2>&1 &
-    other=$!
-    "$work/on" a "$B launch --hostfile $work/hosts.json --node-rank 0 -- $args" 2>/dev/null | grep '^{'
-    wait "$other"
+    launch_two_nodes "$B" "${bench[*]} --set parallel.zero=$zero --tcp-seal off"
   done
 done

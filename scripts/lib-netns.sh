@@ -45,3 +45,27 @@ cleanup_two_nodes() {
   [ -n "${NODE_B:-}" ] && ip netns del "$NODE_B" 2>/dev/null
   return 0
 }
+
+# Benchmarks over the two nodes, one rank each under `tessera launch` (token TESSERA_JOB_TOKEN).
+# bench_two_nodes NAME PORT [RATE]: makes the nodes (cleaned up at exit) and $work/hosts.json,
+# or says why not and returns 1 (then the caller skips).
+bench_two_nodes() {
+  local name=$1 port=$2 rate=${3:-}
+  two_nodes_available || { echo "$name: two nodes need root, ip, unshare and network namespaces; skipped" >&2; return 1; }
+  work=$(mktemp -d "/tmp/tessera-$name.XXXXXX")
+  trap 'cleanup_two_nodes; rm -rf "$work"' EXIT
+  make_two_nodes "$work" "$rate" || { echo "$name: could not make the namespaces" >&2; exit 1; }
+  cat >"$work/hosts.json" <<JSON
+{"master_addr": "$SUBNET.1", "master_port": $port, "token": "$TESSERA_JOB_TOKEN",
+ "nodes": [{"host": "$SUBNET.1", "nproc": 1, "interface": "veth0"}, {"host": "$SUBNET.2", "nproc": 1, "interface": "veth0"}]}
+JSON
+}
+
+# launch_two_nodes BINARY ARGS...: one launcher per node; node a's JSON lines on stdout.
+launch_two_nodes() {
+  local binary=$1; shift
+  "$work/on" b "$binary launch --hostfile $work/hosts.json --node-rank 1 -- $*" >/dev/null 2>&1 &
+  local other=$!
+  "$work/on" a "$binary launch --hostfile $work/hosts.json --node-rank 0 -- $*" 2>/dev/null | grep '^{'
+  wait "$other"
+}

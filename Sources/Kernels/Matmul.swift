@@ -9,7 +9,7 @@ import Foundation
 public enum Matmul {
     /// Which GEMM this process runs (`auto` until a command selects one); set at start-up by
     /// `select`, before any product.
-    public private(set) nonisolated(unsafe) static var implementation: GemmImplementation = .configured("auto") ?? .tessera
+    public private(set) nonisolated(unsafe) static var implementation: GemmImplementation = .automatic(openBLASCore: BLASLibrary.coreName, features: CPUInfo.current.features)
 
     /// Makes `implementation` compute every later product, after checking `TESSERA_GEMM_ISA`.
     /// - Throws: `GemmError` when that variable names an unknown set or one this CPU lacks.
