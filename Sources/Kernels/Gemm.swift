@@ -108,8 +108,11 @@ public enum TesseraGemm {
     static let kernels: [ISA: Kernel] = Dictionary(uniqueKeysWithValues: ISA.available(on: CPUInfo.current.features).map { ($0, Kernel($0)) })
 
     /// Depth of a packed panel (fixed: it decides the bits), rows of a packed block of A (a
-    /// multiple of every mr), columns of a packed panel of B (a multiple of every nr).
-    static let kc = 256, mc = 240, nc = 1024
+    /// multiple of every mr), columns of a packed panel of B (a multiple of every nr). KC 512
+    /// with a 1 MiB panel of B (512 × 512) against KC 256 with 256 × 1024: half the passes over
+    /// C for the deep products (the weight gradients, k = 2048), 0.96 → 0.98 of OpenBLAS's best
+    /// core at 1 thread, 0.97 → 0.99 at 2 (geomean of the bench shapes, notes/24f-bench).
+    static let kc = 512, mc = 240, nc = 512
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
@@ -131,7 +134,7 @@ public enum TesseraGemm {
                 for ic in stride(from: 0, to: m, by: mc) {
                     let mb = min(mc, m - ic)
                     tessera_gemm_pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
-                    // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (12 KiB) stays in
+                    // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (24 KiB) stays in
                     // L1 while the slivers of the panel of B (up to 1 MiB, in L2) stream past it.
                     // Measured against columns outer (B's 32 KiB sliver in L1 with A streaming):
                     // 0.96 / 0.99 of OpenBLAS's best core at 1 / 2 threads against 0.97 / 0.94.

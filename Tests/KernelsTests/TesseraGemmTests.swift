@@ -48,11 +48,11 @@ import _TestSupport
     }
 
     /// The edge sizes of the issue: tiles ± 1 of every kernel (4, 6, 8, 12, 16, 32) and k across a
-    /// KC block (257 > 256). Every m × n pair with k in {1, 16, 257} plus the 255/257 shapes.
+    /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes.
     static let edges = [1, 2, 7, 15, 16, 17, 31, 33]
     static var cases: [Case] {
         var shapes: [(Int, Int, Int)] = []
-        for m in edges { for n in edges { for k in [1, 16, 257] { shapes.append((m, n, k)) } } }
+        for m in edges { for n in edges { for k in [1, 16, 257, TesseraGemm.kc + 1] { shapes.append((m, n, k)) } } }
         shapes += [(255, 33, 17), (17, 257, 31), (257, 15, 255), (31, 255, 257)]
         var out: [Case] = []
         for (index, (m, n, k)) in shapes.enumerated() {
@@ -121,7 +121,7 @@ import _TestSupport
     /// by rows (m ≥ n) and by columns, over 3 KC blocks of k: the same bits as one thread.
     @Test func bitwiseEqualAcrossThreadCounts() throws {
         #expect(Matmul.implementation == .tessera)
-        for test in [Case(m: 257, n: 131, k: 513, transposeA: false, transposeB: true, alpha: 1, beta: 1, pad: 3),
+        for test in [Case(m: 257, n: 131, k: 2 * TesseraGemm.kc + 1, transposeA: false, transposeB: true, alpha: 1, beta: 1, pad: 3),
                      Case(m: 67, n: 700, k: 300, transposeA: true, transposeB: false, alpha: 0.5, beta: 0, pad: 1)] {
             let a = test.a, b = test.b
             var results: [[Float]] = []
@@ -139,7 +139,7 @@ import _TestSupport
     /// Both vector kernels are one fused chain per element over each KC block: the same bits.
     @Test func vectorKernelsAgreeBitwise() throws {
         guard Self.isas.contains(.avx512), Self.isas.contains(.avx2) else { return }
-        let test = Case(m: 45, n: 77, k: 300, transposeA: true, transposeB: true, alpha: 1.5, beta: 1, pad: 2)
+        let test = Case(m: 45, n: 77, k: TesseraGemm.kc + 44, transposeA: true, transposeB: true, alpha: 1.5, beta: 1, pad: 2)
         let a = test.a, b = test.b
         var outputs: [[Float]] = []
         for isa in [TesseraGemm.ISA.avx512, .avx2] {
