@@ -68,6 +68,16 @@ import _TestSupport
         Self.expectMatch(parallel, single, layout: "bf16 1 × 2 ring", firstStep: 1e-4, tolerance: 5e-3)
     }
 
+    /// Ulysses attends over whole sequences with one rank's key tiles: the Float32-level bound holds.
+    @Test func twoUlyssesRanksMatchOneRankInBF16() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let corpus = try makeCorpus(in: directory)
+        let single = try SequenceParallelExactnessTests.train(data: 1, sequence: 1, mode: "ulysses", corpus: corpus, run: directory.file("run1"), extra: Self.bf16)[0]
+        let parallel = try SequenceParallelExactnessTests.train(data: 1, sequence: 2, mode: "ulysses", corpus: corpus, run: directory.file("runN"), extra: Self.bf16)
+        Self.expectMatch(parallel, single, layout: "bf16 1 × 2 ulysses")
+    }
+
     @Test func precisionIsValidatedAndHashedOnlyWhenNotFloat32() throws {
         #expect(throws: (any Error).self) { try RunConfig(file: nil, overrides: ["train.precision=fp16"]) }
         do {
