@@ -77,7 +77,7 @@ float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, ui
 
 // ---- blocking -------------------------------------------------------------------------------
 
-enum { MR = 12, NR = 32, KC = 512, MC = 144, NC = 2048 };
+enum { MR = TESSERA_BF16_MR, NR = TESSERA_BF16_NR, KC = TESSERA_BF16_MAX_DEPTH, MC = 144, NC = TESSERA_BF16_MAX_LINES };
 
 /// A matrix operand: element (i, j) at i·rs + j·cs, Float32 or bf16 bits.
 typedef struct { const float *f; const uint16_t *h; long rs, cs; } view_t;
@@ -94,8 +94,8 @@ static inline void run(const view_t *v, long offset, long count, uint16_t *out, 
 static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
                        uint16_t *dst, int wide) {
     long kp = (kc + 1) / 2, panels = (lines + width - 1) / width;
-    if (lines % width || (kc & 1)) {   // the padding: the last panel's missing lines, the odd k
-        long from = (lines % width) ? panels - 1 : 0;
+    if (lines % width || (kc & 1)) {   // the padding: the last panel's missing lines, every panel's odd k
+        long from = (kc & 1) ? 0 : panels - 1;
         memset(dst + from * kp * 2 * width, 0, (size_t)(panels - from) * kp * 2 * width * sizeof(uint16_t));
     }
     if (ks == 1) {   // each line's k values contiguous: round a line, deal its pairs out
@@ -243,4 +243,42 @@ int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, lo
     free(pa);
     free(pb);
     return 0;
+}
+
+// ---- flash attention's operands -------------------------------------------------------------
+
+void tessera_bf16_pack(int lines_contiguous, long lines, long k, const float *src, long ld, int width,
+                       uint16_t *dst, int wide) {
+    view_t v = { src, NULL, lines_contiguous ? 1 : ld, lines_contiguous ? ld : 1 };
+    pack_block(&v, v.rs, v.cs, 0, 0, lines, k, width, dst, wide);
+}
+
+void tessera_bf16_put_line(const float *x, long k, uint16_t *sliver, int width, int line, int wide) {
+    uint16_t t[KC + 1];
+    if (x) tessera_bf16_round(x, t, (size_t)k, wide);
+    else memset(t, 0, (size_t)k * sizeof(uint16_t));
+    t[k] = 0;
+    uint16_t *d = sliver + 2 * line;
+    for (long q = 0; q < (k + 1) / 2; q++) memcpy(d + q * 2 * width, t + 2 * q, 4);
+}
+
+void tessera_bf16_put_depth_pair(const float *x0, const float *x1, long lines, uint16_t *panel, long sliver,
+                                 int width, long depth, int wide) {
+    uint16_t t0[NC], t1[NC];
+    if (x0) tessera_bf16_round(x0, t0, (size_t)lines, wide); else memset(t0, 0, (size_t)lines * sizeof(uint16_t));
+    if (x1) tessera_bf16_round(x1, t1, (size_t)lines, wide); else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
+    for (long l0 = 0; l0 < lines; l0 += width) {
+        uint16_t *d = panel + (l0 / width) * sliver + depth * width;
+        long count = lines - l0 < width ? lines - l0 : width;
+        for (long l = 0; l < count; l++) { d[2 * l] = t0[l0 + l]; d[2 * l + 1] = t1[l0 + l]; }
+    }
+}
+
+void tessera_bf16_kernel(int hardware, long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
+                         int mr, int nr, float alpha, float beta) {
+#if defined(__x86_64__)
+    if (hardware == 1) { kernel_avx512(kp, a, b, c, ldc, mr, nr, alpha, beta, 1); return; }
+    if (hardware == 2) { kernel_portable_fma(kp, a, b, c, ldc, mr, nr, alpha, beta, 1); return; }
+#endif
+    kernel_portable(kp, a, b, c, ldc, mr, nr, alpha, beta, 1);
 }

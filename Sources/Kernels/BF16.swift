@@ -32,7 +32,7 @@ public enum BF16 {
     }
 }
 
-/// The number format of the matrix products of linear layers (`train.precision`).
+/// The number format of the matrix products of linear layers and flash attention (`train.precision`).
 public enum ComputePrecision: String, CaseIterable, Sendable {
     /// Float32 products (OpenBLAS).
     case fp32

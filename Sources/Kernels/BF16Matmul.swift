@@ -65,7 +65,7 @@ public enum BF16Matmul {
                                _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ kernel: BF16Kernel) {
         let status = a.withRaw { aRaw, aBF16 in
             b.withRaw { bRaw, bBF16 in
-                tessera_bf16_gemm(kernel == .hardware ? 1 : CPUInfo.current.features.contains(.fma) ? 2 : 0, transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha,
+                tessera_bf16_gemm(kernel.code, transposeA ? 1 : 0, transposeB ? 1 : 0, m, n, k, alpha,
                                   aRaw, aBF16, lda, bRaw, bBF16, ldb, beta, c, ldc)
             }
         }
@@ -76,19 +76,24 @@ public enum BF16Matmul {
     static let workPerThread = 1 << 22
 }
 
+extension BF16Kernel {
+    /// The C core's code for it: 1 the AVX512_BF16 kernel, 2 the emulation built for FMA, 0 the plain emulation.
+    var code: Int32 { self == .hardware ? 1 : CPUInfo.current.features.contains(.fma) ? 2 : 0 }
+}
+
 /// The products of linear layers in a chosen precision: `.fp32` is `Matmul`'s, `.bf16`
 /// `BF16Matmul`'s with the same arguments.
 extension Matmul {
-    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int,
+    public static func gemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                             a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads,
+                            beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int, threads: KernelThreads = .single,
                             precision: ComputePrecision) {
         switch precision {
         case .fp32:
-            gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, a: a, lda: lda, b: b, ldb: ldb,
+            gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
                  beta: beta, c: c, ldc: ldc, threads: threads)
         case .bf16:
-            BF16Matmul.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, a: .float(a), lda: lda,
+            BF16Matmul.gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha, a: .float(a), lda: lda,
                             b: .float(b), ldb: ldb, beta: beta, c: c, ldc: ldc, threads: threads)
         }
     }

@@ -21,15 +21,18 @@ import Foundation
 
 extension FlashAttention {
     /// Gradients dq (B, Tq, Hq, D), dk, dv (B, Tk, Hkv, D) (all overwritten) from dO, with the
-    /// o and logsumexp of `forward`.
+    /// o and logsumexp of `forward`. `precision` bf16: Q, K, V, dO, P and dS are rounded to bf16
+    /// where they enter a product; D = rowsum(dO ⊙ O), the statistics and the gradients'
+    /// accumulation stay Float32.
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         threads: KernelThreads = .single) {
+                         threads: KernelThreads = .single, precision: ComputePrecision = .fp32) {
         let rowDot = UnsafeMutablePointer<Float>.allocate(capacity: max(logsumexpCount, 1))
         defer { rowDot.deallocate() }
         Self.rowDot(o: o, dO: dO, into: rowDot, batch: batch, length: queryLength, heads: heads, headDim: headDim, threads: threads)
-        backward(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, threads: threads)
+        backward(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, threads: threads,
+                 precision: precision)
     }
 
     /// The backward pass with the row statistics given: `logsumexp` L and `rowDot` D, both
@@ -40,19 +43,20 @@ extension FlashAttention {
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         accumulate: Bool = false, threads: KernelThreads = .single) {
+                         accumulate: Bool = false, threads: KernelThreads = .single, precision: ComputePrecision = .fp32) {
         if !accumulate {
             dq.update(repeating: 0, count: batch * queryLength * heads * headDim)
             dk.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
             dv.update(repeating: 0, count: batch * keyLength * kvHeads * headDim)
         }
-        let packed = BackwardPanels(self, q: q, k: k, v: v, dO: dO, threads: threads)
+        let packed = BackwardPanels(self, q: q, k: k, v: v, dO: dO, threads: threads, precision: precision)
         defer { packed?.deallocate() }
-        let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, packed: packed)
+        let tensors = Tensors(q: q, k: k, v: v, logsumexp: logsumexp, rowDot: rowDot, dO: dO, dq: dq, dk: dk, dv: dv, packed: packed,
+                              precision: precision)
         let groups = batch * kvHeads
         if Self.fusedIsFaster(items: groups, threads: threads.count) {
             threads.forItems(groups) { items in
-                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile, panels: packed?.panels)
                 defer { workspace.deallocate() }
                 for item in items {
                     for j in 0..<keyTiles { keyTileGradients(b: item / kvHeads, kvh: item % kvHeads, j: j, withQuery: true, tensors, workspace) }
@@ -61,7 +65,7 @@ extension FlashAttention {
         } else {
             let kTiles = keyTiles, qTiles = queryTiles
             threads.forItems(groups * kTiles) { items in
-                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile, panels: packed?.panels)
                 defer { workspace.deallocate() }
                 for item in items {
                     let pair = item / kTiles
@@ -70,7 +74,7 @@ extension FlashAttention {
                 }
             }
             threads.forItems(batch * heads * qTiles) { items in
-                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile)
+                let workspace = BackwardWorkspace(rows: queryTile, columns: keyTile, panels: packed?.panels)
                 defer { workspace.deallocate() }
                 for item in items {
                     let pair = item / qTiles, i = Self.interleaved(item % qTiles, qTiles)
@@ -106,6 +110,7 @@ extension FlashAttention {
         let logsumexp: UnsafePointer<Float>, rowDot: UnsafePointer<Float>, dO: UnsafePointer<Float>
         let dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>
         let packed: BackwardPanels?
+        let precision: ComputePrecision
     }
 
     /// The inputs packed once per backward call for the micro-kernel (`FlashPanels`): Q and dO
@@ -117,14 +122,15 @@ extension FlashAttention {
         let q: Operand, dO: Operand, k: Operand, v: Operand, qFeatures: Operand, dOFeatures: Operand, kFeatures: Operand
 
         init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-              dO: UnsafePointer<Float>, threads: KernelThreads) {
-            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile) else { return nil }
-            let (mr, nr) = (panels.kernel.mr, panels.kernel.nr)
+              dO: UnsafePointer<Float>, threads: KernelThreads, precision: ComputePrecision) {
+            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
+                                                                    precision: precision) else { return nil }
+            let (mr, nr) = (panels.mr, panels.nr)
             func queries(_ lines: FlashPanels.Lines, _ width: Int) -> Operand {
-                Operand(lines: lines, width: width, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
+                Operand(panels, lines: lines, width: width, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
             }
             func keys(_ lines: FlashPanels.Lines) -> Operand {
-                Operand(lines: lines, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+                Operand(panels, lines: lines, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
             }
             self.panels = panels
             (self.q, self.dO, self.qFeatures, self.dOFeatures) = (queries(.positions, mr), queries(.positions, mr), queries(.features, nr), queries(.features, nr))
@@ -177,33 +183,46 @@ extension FlashAttention {
                            c: w.scoreGradients + row * ld, ldc: ld)
         } else {
             Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D, alpha: scale,
-                        a: t.q + qOffset, lda: qStride, b: t.k + kvOffset, ldb: kvStride, c: p, ldc: ld)
+                        a: t.q + qOffset, lda: qStride, b: t.k + kvOffset, ldb: kvStride, c: p, ldc: ld, precision: t.precision)
             Matmul.gemm(transposeA: false, transposeB: true, m: n, n: columns, k: D,
-                        a: t.dO + qOffset, lda: qStride, b: t.v + kvOffset, ldb: kvStride, c: dS, ldc: ld)
+                        a: t.dO + qOffset, lda: qStride, b: t.v + kvOffset, ldb: kvStride, c: dS, ldc: ld, precision: t.precision)
         }
         if masked { mask(p, ld: ld, rows: rows, columns: c0..<(c0 + columns)) }
+        // bf16: the left operands made here go rounded straight into the layout their products
+        // read: dS for dQ by rows, Pᵀ and dSᵀ for dV and dK by pairs of rows from tile row
+        // `start` (even, with a zero row before `first` when `first` is odd).
+        let made = t.packed.flatMap { $0.panels.isBF16 ? ($0.panels, w) : nil }
+        let start = made == nil ? first : first & ~1, depths = tileRows.count - start
         for r in 0..<n {
-            let total = t.logsumexp[statistics + r]
-            if total == -.infinity { (p + r * ld).update(repeating: 0, count: columns) } else {
-                TileMath.exponentiate(p + r * ld, count: columns, minus: total)
+            let (pr, dSr) = (p + r * ld, dS + r * ld), total = t.logsumexp[statistics + r]
+            if total == -.infinity { pr.update(repeating: 0, count: columns) } else {
+                TileMath.exponentiate(pr, count: columns, minus: total)
             }
-        }
-        // dS = P ⊙ (dP − D_i)
-        for r in 0..<n {
-            TileMath.softmaxGradient(probabilities: p + r * ld, dS + r * ld, count: columns, rowDot: t.rowDot[statistics + r])
+            // dS = P ⊙ (dP − D_i)
+            TileMath.softmaxGradient(probabilities: pr, dSr, count: columns, rowDot: t.rowDot[statistics + r])
+            guard let (panels, w) = made else { continue }
+            if query { panels.putLine(dSr, depth: columns, into: w.dS, line: r) }
+            let depth = first + r - start
+            if keys && (depth % 2 == 1 || r == n - 1) {
+                let even = depth & ~1, previous = even + start - first   // the pair's first row (−1: the zero row)
+                let second = depth % 2 == 1
+                panels.putDepths(previous >= 0 ? p + previous * ld : nil, second ? pr : nil, lines: columns, into: w.pT, depth: even, count: depths)
+                panels.putDepths(previous >= 0 ? dS + previous * ld : nil, second ? dSr : nil, lines: columns, into: w.dST, depth: even, count: depths)
+            }
         }
         if let packed = t.packed {
             let panels = packed.panels
             if keys {
-                let dO = panels.panel(packed.dOFeatures, b: qi.b, h: qi.h, t: qi.t, depth: first)
-                let q = panels.panel(packed.qFeatures, b: qi.b, h: qi.h, t: qi.t, depth: first)
-                panels.product(m: columns, n: D, k: n, a: panels.packLeft(transposed: true, m: columns, k: n, a: p, lda: ld), b: dO,
-                               beta: 1, c: t.dv + kvOffset, ldc: kvStride)
-                panels.product(m: columns, n: D, k: n, alpha: scale, a: panels.packLeft(transposed: true, m: columns, k: n, a: dS, lda: ld),
-                               b: q, beta: 1, c: t.dk + kvOffset, ldc: kvStride)
+                let dO = panels.panel(packed.dOFeatures, b: qi.b, h: qi.h, t: qi.t, depth: start)
+                let q = panels.panel(packed.qFeatures, b: qi.b, h: qi.h, t: qi.t, depth: start)
+                let pT = made == nil ? panels.packLeft(transposed: true, m: columns, k: n, a: p, lda: ld) : panels.made(w.pT, depth: depths)
+                panels.product(m: columns, n: D, k: depths, a: pT, b: dO, beta: 1, c: t.dv + kvOffset, ldc: kvStride)
+                let dST = made == nil ? panels.packLeft(transposed: true, m: columns, k: n, a: dS, lda: ld) : panels.made(w.dST, depth: depths)
+                panels.product(m: columns, n: D, k: depths, alpha: scale, a: dST, b: q, beta: 1, c: t.dk + kvOffset, ldc: kvStride)
             }
             if query {
-                panels.product(m: n, n: D, k: columns, alpha: scale, a: panels.packLeft(transposed: false, m: n, k: columns, a: dS, lda: ld),
+                let a = made == nil ? panels.packLeft(transposed: false, m: n, k: columns, a: dS, lda: ld) : panels.made(w.dS, depth: columns)
+                panels.product(m: n, n: D, k: columns, alpha: scale, a: a,
                                b: panels.panel(packed.kFeatures, b: kj.b, h: kj.h, t: kj.t), beta: 1, c: t.dq + qOffset, ldc: qStride)
             }
             return
@@ -211,26 +230,36 @@ extension FlashAttention {
         if keys {
             // dV_j (columns, D) += Pᵀ dO_i;  dK_j += scale · dSᵀ Q_i
             Matmul.gemm(transposeA: true, transposeB: false, m: columns, n: D, k: n,
-                        a: p, lda: ld, b: t.dO + qOffset, ldb: qStride, beta: 1, c: t.dv + kvOffset, ldc: kvStride)
+                        a: p, lda: ld, b: t.dO + qOffset, ldb: qStride, beta: 1, c: t.dv + kvOffset, ldc: kvStride, precision: t.precision)
             Matmul.gemm(transposeA: true, transposeB: false, m: columns, n: D, k: n, alpha: scale,
-                        a: dS, lda: ld, b: t.q + qOffset, ldb: qStride, beta: 1, c: t.dk + kvOffset, ldc: kvStride)
+                        a: dS, lda: ld, b: t.q + qOffset, ldb: qStride, beta: 1, c: t.dk + kvOffset, ldc: kvStride, precision: t.precision)
         }
         if query {
             // dQ_i (n, D) += scale · dS K_j
             Matmul.gemm(transposeA: false, transposeB: false, m: n, n: D, k: columns, alpha: scale,
-                        a: dS, lda: ld, b: t.k + kvOffset, ldb: kvStride, beta: 1, c: t.dq + qOffset, ldc: qStride)
+                        a: dS, lda: ld, b: t.k + kvOffset, ldb: kvStride, beta: 1, c: t.dq + qOffset, ldc: qStride, precision: t.precision)
         }
     }
 
-    /// Per-thread scratch of the backward pass: probabilities and their gradient for one tile pair.
+    /// Per-thread scratch of the backward pass: probabilities and their gradient for one tile
+    /// pair; with bf16 panels, dS, Pᵀ and dSᵀ as packed left operands.
     struct BackwardWorkspace {
         let probabilities: UnsafeMutablePointer<Float>, scoreGradients: UnsafeMutablePointer<Float>
+        let made: (dS: UnsafeMutableRawPointer, pT: UnsafeMutableRawPointer, dST: UnsafeMutableRawPointer)?
+        var dS: UnsafeMutableRawPointer { made!.dS }
+        var pT: UnsafeMutableRawPointer { made!.pT }
+        var dST: UnsafeMutableRawPointer { made!.dST }
 
-        init(rows: Int, columns: Int) {
+        init(rows: Int, columns: Int, panels: FlashPanels?) {
             probabilities = .allocate(capacity: rows * columns)
             scoreGradients = .allocate(capacity: rows * columns)
+            made = panels.flatMap { !$0.isBF16 ? nil : ($0.madeBuffer(lines: rows, depth: columns), $0.madeBuffer(lines: columns, depth: rows),
+                                 $0.madeBuffer(lines: columns, depth: rows)) }
         }
 
-        func deallocate() { probabilities.deallocate(); scoreGradients.deallocate() }
+        func deallocate() {
+            probabilities.deallocate(); scoreGradients.deallocate()
+            if let made { made.dS.deallocate(); made.pT.deallocate(); made.dST.deallocate() }
+        }
     }
 }

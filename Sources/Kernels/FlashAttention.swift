@@ -135,19 +135,22 @@ public struct FlashAttention {
     /// scores (−∞ for a row that sees no key, whose o is 0). With `accumulate`, o and L hold the
     /// result of other keys (a previous call with the same queries) and become the result of
     /// those keys and these together (ring attention merges its key units this way).
+    /// `precision` bf16: Q, K, V and P are rounded to bf16 where they enter a product
+    /// (`FlashPanels`); scores, softmax statistics, the accumulator and o stay Float32.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
-                        accumulate: Bool = false, threads: KernelThreads = .single) {
+                        accumulate: Bool = false, threads: KernelThreads = .single, precision: ComputePrecision = .fp32) {
         let tiles = queryTiles
-        let packed = ForwardPanels(self, q: q, k: k, v: v, threads: threads)
+        let packed = ForwardPanels(self, q: q, k: k, v: v, threads: threads, precision: precision)
         defer { packed?.deallocate() }
         threads.forItems(batch * heads * tiles) { items in
-            let workspace = Workspace(rows: queryTile, columns: keyTile, headDim: headDim)
+            let workspace = Workspace(rows: queryTile, columns: keyTile, headDim: headDim, panels: packed?.panels)
             defer { workspace.deallocate() }
             for item in items {
                 let pair = item / tiles
                 forwardTile(b: pair / heads, h: pair % heads, i: Self.interleaved(item % tiles, tiles),
-                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, accumulate: accumulate, workspace: workspace, packed: packed)
+                            q: q, k: k, v: v, o: o, logsumexp: logsumexp, accumulate: accumulate, workspace: workspace, packed: packed,
+                            precision: precision)
             }
         }
     }
@@ -157,13 +160,15 @@ public struct FlashAttention {
     struct ForwardPanels {
         let panels: FlashPanels, q: FlashPanels.Operand, k: FlashPanels.Operand, v: FlashPanels.Operand
 
-        init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, threads: KernelThreads) {
-            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile) else { return nil }
-            let (mr, nr) = (panels.kernel.mr, panels.kernel.nr)
+        init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, threads: KernelThreads,
+              precision: ComputePrecision) {
+            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
+                                                                    precision: precision) else { return nil }
+            let (mr, nr) = (panels.mr, panels.nr)
             self.panels = panels
-            self.q = .init(lines: .positions, width: mr, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
-            self.k = .init(lines: .positions, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
-            self.v = .init(lines: .features, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+            self.q = .init(panels, lines: .positions, width: mr, tile: f.queryTile, batch: f.batch, length: f.queryLength, heads: f.heads, headDim: f.headDim)
+            self.k = .init(panels, lines: .positions, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
+            self.v = .init(panels, lines: .features, width: nr, tile: f.keyTile, batch: f.batch, length: f.keyLength, heads: f.kvHeads, headDim: f.headDim)
             panels.pack([(q, self.q), (k, self.k), (v, self.v)], batch: f.batch, threads: threads)
         }
 
@@ -177,7 +182,7 @@ public struct FlashAttention {
     /// — `AttentionMerge` done inside the online softmax, without a partial output buffer.
     private func forwardTile(b: Int, h: Int, i: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, accumulate: Bool,
-                             workspace w: Workspace, packed: ForwardPanels?) {
+                             workspace w: Workspace, packed: ForwardPanels?, precision: ComputePrecision) {
         let D = headDim, qStride = heads * D, kvStride = kvHeads * D, ld = keyTile
         let rows = queryRows(i), n = rows.count, kvh = h / group
         let qi = q + (b * queryLength + rows.lowerBound) * qStride + h * D
@@ -217,7 +222,8 @@ public struct FlashAttention {
                                       c: s + row * ld, ldc: ld)
             } else {
                 Matmul.gemm(transposeA: false, transposeB: true, m: m, n: columns, k: D, alpha: scale,
-                            a: qi + first * qStride, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s + first * ld, ldc: ld)
+                            a: qi + first * qStride, lda: qStride, b: kb + c0 * kvStride, ldb: kvStride, c: s + first * ld, ldc: ld,
+                            precision: precision)
             }
             if masked { mask(s + first * ld, ld: ld, rows: (rows.lowerBound + first)..<rows.upperBound, columns: c0..<(c0 + columns)) }
             for r in first..<n {
@@ -225,22 +231,26 @@ public struct FlashAttention {
                 let newMax = max(rowMax[r], TileMath.maximum(row, count: columns))
                 if newMax == -.infinity {   // nothing visible to this row yet: it adds nothing
                     row.update(repeating: 0, count: columns)
-                    continue
+                } else {
+                    let sum = TileMath.exponentiate(row, count: columns, minus: newMax)
+                    let rescale = rowMax[r] == -.infinity ? 0 : Foundation.exp(rowMax[r] - newMax)
+                    if rescale != 1 { TileMath.scale(acc + r * D, count: D, by: rescale) }
+                    rowSum[r] = rowSum[r] * rescale + sum
+                    rowMax[r] = newMax
                 }
-                let sum = TileMath.exponentiate(row, count: columns, minus: newMax)
-                let rescale = rowMax[r] == -.infinity ? 0 : Foundation.exp(rowMax[r] - newMax)
-                if rescale != 1 { TileMath.scale(acc + r * D, count: D, by: rescale) }
-                rowSum[r] = rowSum[r] * rescale + sum
-                rowMax[r] = newMax
+                // bf16: P's row rounded straight into the packed left operand of P V.
+                if let packed, let madeP = w.madeP { packed.panels.putLine(row, depth: columns, into: madeP, line: r - first) }
             }
             // acc (n, D) += P (n, columns) · V_j
             if let packed {
-                let a = packed.panels.packLeft(transposed: false, m: m, k: columns, a: s + first * ld, lda: ld)
+                let a = w.madeP.map { packed.panels.made($0, depth: columns) }
+                    ?? packed.panels.packLeft(transposed: false, m: m, k: columns, a: s + first * ld, lda: ld)
                 packed.panels.product(m: m, n: D, k: columns, a: a, b: packed.panels.panel(packed.v, b: b, h: kvh, t: j),
                                       beta: 1, c: acc + first * D, ldc: D)
             } else {
                 Matmul.gemm(transposeA: false, transposeB: false, m: m, n: D, k: columns,
-                            a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D)
+                            a: s + first * ld, lda: ld, b: vb + c0 * kvStride, ldb: kvStride, beta: 1, c: acc + first * D, ldc: D,
+                            precision: precision)
             }
         }
 
@@ -285,18 +295,21 @@ public struct FlashAttention {
         return j >= columns.upperBound
     }
 
-    /// Per-thread scratch: a score tile, an output accumulator and two row statistics.
+    /// Per-thread scratch: a score tile, an output accumulator and two row statistics; with
+    /// bf16 panels, P as the packed left operand of P V.
     struct Workspace {
         let scores: UnsafeMutablePointer<Float>, accumulator: UnsafeMutablePointer<Float>
         let rowMax: UnsafeMutablePointer<Float>, rowSum: UnsafeMutablePointer<Float>
+        let madeP: UnsafeMutableRawPointer?
 
-        init(rows: Int, columns: Int, headDim: Int) {
+        init(rows: Int, columns: Int, headDim: Int, panels: FlashPanels?) {
             scores = .allocate(capacity: rows * columns)
             accumulator = .allocate(capacity: max(rows * headDim, 1))
             rowMax = .allocate(capacity: rows)
             rowSum = .allocate(capacity: rows)
+            madeP = panels?.isBF16 == true ? panels!.madeBuffer(lines: rows, depth: columns) : nil
         }
 
-        func deallocate() { scores.deallocate(); accumulator.deallocate(); rowMax.deallocate(); rowSum.deallocate() }
+        func deallocate() { scores.deallocate(); accumulator.deallocate(); rowMax.deallocate(); rowSum.deallocate(); madeP?.deallocate() }
     }
 }

@@ -17,8 +17,8 @@ public final class PassContext {
     /// `0..<length` unless the sequence is sharded (zigzag chunks are not contiguous).
     public let positions: [Int]
     public let threads: KernelThreads
-    /// The number format of the linear layers' products (the model's `precision`, set before
-    /// each pass); attention's core, norms and everything else stay Float32.
+    /// The number format of the linear layers' and flash attention's products (the model's
+    /// `precision`, set before each pass); norms, softmax and everything else stay Float32.
     public internal(set) var precision: ComputePrecision = .fp32
     /// The layout, for components that communicate (sequence-parallel attention, expert
     /// dispatch); nil when the model runs on one rank.

@@ -25,7 +25,7 @@ public final class TransformerLM {
     }
     /// Kernel threads of this model's passes.
     public var threads: KernelThreads = .single
-    /// The number format of the linear layers' products in training passes (`train.precision`);
+    /// The number format of the linear layers' and flash attention's products in training passes (`train.precision`);
     /// parameters, gradients and optimizer state stay Float32 either way.
     public var precision: ComputePrecision = .fp32
     /// The layout, for components that communicate; nil on one rank. Its expert axis must

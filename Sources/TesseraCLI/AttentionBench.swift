@@ -27,6 +27,8 @@ struct AttentionBench: ParsableCommand {
     var queryTile: Int?
     @Option(help: "Flash keys per tile (default: the kernel's choice for N).")
     var keyTile: Int?
+    @Option(help: "Flash products' inputs: fp32, or bf16 (rounded, Float32 accumulation; train.precision: bf16).")
+    var precision = "fp32"
 
     static let (B, H, D) = (1, 8, 64)
     /// The naive kernel's probabilities are refused beyond this (N = 8192 needs 2 GiB).
@@ -34,6 +36,8 @@ struct AttentionBench: ParsableCommand {
 
     func validate() throws {
         try requireAtLeast(1, n, option: "n")
+        if ComputePrecision(rawValue: precision) == nil { throw ValidationError("--precision \(precision): choose fp32 or bf16") }
+        if precision != "fp32", impl != ["flash"] { throw ValidationError("--precision \(precision) measures --impl flash only") }
         if let bad = mode.first(where: { !["fwd", "fwdbwd"].contains($0) }) { throw ValidationError("--mode \(bad): choose fwd or fwdbwd") }
         if let bad = impl.first(where: { !["flash", "naive", "ring", "ulysses"].contains($0) }) {
             throw ValidationError("--impl \(bad): choose flash, naive, ring or ulysses")
@@ -85,11 +89,12 @@ struct AttentionBench: ParsableCommand {
                                                    causal: causal, queryTile: queryTile ?? FlashAttention.defaultQueryTile,
                                                    keyTile: keyTile ?? FlashAttention.defaultKeyTile)
                     savedCount = attention.logsumexpCount
+                    let format = ComputePrecision(rawValue: precision)!
                     call = { l, backward in
-                        attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, logsumexp: l, threads: threads)
+                        attention.forward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, logsumexp: l, threads: threads, precision: format)
                         if backward {
                             attention.backward(q: q.pointer, k: k.pointer, v: v.pointer, o: o.pointer, logsumexp: l, dO: dO.pointer,
-                                               dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, threads: threads)
+                                               dq: dq.pointer, dk: dk.pointer, dv: dv.pointer, threads: threads, precision: format)
                         }
                     }
                 }
@@ -107,7 +112,7 @@ struct AttentionBench: ParsableCommand {
                     let saved = FloatBuffer(count: savedCount)
                     let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) { call(saved.pointer, backward) }
                     try BenchReport.emit("attention", impl: kernel, threads: bench.threads, comm: comm,
-                                         shape: ["B": B, "H": H, "D": D, "N": length, "causal": causal, "mode": m],
+                                         shape: ["B": B, "H": H, "D": D, "N": length, "causal": causal, "mode": m, "precision": precision],
                                          unit: "ms", values: seconds.map { $0 * 1000 },
                                          extra: growth.map { ["peak_growth_mib": BenchReport.round4(Double($0) / Double(1 << 20))] } ?? [:])
                 }

@@ -213,7 +213,7 @@ extension ConfigField {
         ConfigField("train.micro_batch", .int(\.train.microBatch), .notNegative, numeric: false,
                     "sequences per data rank per forward/backward; gradients of global_batch / (micro_batch × data ranks) passes are accumulated (0: the whole local batch in one pass); loss = cross-entropy mean over the global batch; MoE balance loss, z-loss and capacity are per pass (its micro_batch × data ranks sequences) and the step takes the mean of the passes' auxiliary losses"),
         ConfigField("train.precision", .string(\.train.precision), .oneOf(ComputePrecision.allCases.map(\.rawValue)), numeric: true,
-                    "products of the linear layers: fp32, or bf16 (inputs rounded to bf16, Float32 accumulation; weights, gradients, optimizer state, norms, softmax and attention's core stay Float32)"),
+                    "products of the linear layers and of flash attention: fp32, or bf16 (inputs rounded to bf16, Float32 accumulation; weights, gradients, optimizer state, norms, softmax and its statistics stay Float32)"),
         ConfigField("eval.every", .int(\.eval.every), .notNegative, numeric: false, "steps between validation runs (0: only at the end)"),
         ConfigField("eval.batches", .int(\.eval.batches), .atLeastOne, numeric: false, "validation batches of train.global_batch sequences"),
         ConfigField("checkpoint.every", .int(\.checkpoint.every), .notNegative, numeric: false, "steps between checkpoints (0: only at the end)"),

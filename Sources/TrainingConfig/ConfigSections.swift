@@ -98,8 +98,8 @@ public struct TrainSection: Codable, Equatable, Sendable {
     /// Sequences per data rank per forward/backward pass (0: the whole local batch, one pass);
     /// the step accumulates train.global_batch / (micro_batch × data ranks) passes' gradients.
     public var microBatch = 0
-    /// The number format of the linear layers' products: fp32, or bf16 inputs with Float32
-    /// accumulation (`ComputePrecision`).
+    /// The number format of the linear layers' and flash attention's products: fp32, or bf16
+    /// inputs with Float32 accumulation (`ComputePrecision`).
     public var precision = "fp32"
     public init() {}
 }

@@ -26,20 +26,21 @@ import _TestSupport
     /// forward over the same keys merged into the first, a backward with given statistics added
     /// to gradients already there.
     static func run(_ kernel: FlashAttention, _ x: (q: [Float], k: [Float], v: [Float], dO: [Float]), threads: Int,
-                    accumulate: Bool) -> [[Float]] {
+                    accumulate: Bool, precision: ComputePrecision = .fp32) -> [[Float]] {
         let t = KernelThreads(threads)
         var o = [Float](repeating: .nan, count: x.q.count), l = [Float](repeating: .nan, count: kernel.logsumexpCount)
         var (dq, dk, dv) = ([Float](repeating: .nan, count: x.q.count), [Float](repeating: .nan, count: x.k.count),
                             [Float](repeating: .nan, count: x.k.count))
-        kernel.forward(q: x.q, k: x.k, v: x.v, o: &o, logsumexp: &l, threads: t)
-        kernel.backward(q: x.q, k: x.k, v: x.v, o: o, logsumexp: l, dO: x.dO, dq: &dq, dk: &dk, dv: &dv, threads: t)
+        kernel.forward(q: x.q, k: x.k, v: x.v, o: &o, logsumexp: &l, threads: t, precision: precision)
+        kernel.backward(q: x.q, k: x.k, v: x.v, o: o, logsumexp: l, dO: x.dO, dq: &dq, dk: &dk, dv: &dv, threads: t,
+                        precision: precision)
         guard accumulate else { return [o, l, dq, dk, dv] }
-        kernel.forward(q: x.q, k: x.v, v: x.k, o: &o, logsumexp: &l, accumulate: true, threads: t)
+        kernel.forward(q: x.q, k: x.v, v: x.k, o: &o, logsumexp: &l, accumulate: true, threads: t, precision: precision)
         var rowDot = [Float](repeating: 0, count: kernel.logsumexpCount)
         FlashAttention.rowDot(o: o, dO: x.dO, into: &rowDot, batch: kernel.batch, length: kernel.queryLength,
                               heads: kernel.heads, headDim: kernel.headDim)
         kernel.backward(q: x.q, k: x.k, v: x.v, logsumexp: l, rowDot: rowDot, dO: x.dO, dq: &dq, dk: &dk, dv: &dv,
-                        accumulate: true, threads: t)
+                        accumulate: true, threads: t, precision: precision)
         return [o, l, dq, dk, dv]
     }
 

@@ -15,6 +15,14 @@ import _TestSupport
 /// instead of 1e-7: gradient norms and parameters then differ by up to about 1e-4 (measured
 /// 1.7e-6 … 9.2e-5), so their bound is 5e-4 — still 20 times below what bf16 itself changes
 /// (about 1% against Float32, checked below).
+///
+/// Sequence ranks under ring attention differ more, since attention's core runs in bf16 too: a
+/// rank's online softmax meets the keys in other chunks than one rank's key tiles, so the
+/// running max that P = exp(S − max) is taken against — and P's bf16 rounding — differs on
+/// some elements by a bf16 unit. Measured: first step 1.4e-5 in the gradient norm (losses
+/// 7e-7), parameters after 12 steps up to 1.9e-3 (a weight with a near-zero gradient, where
+/// AdamW's normalised step turns a tiny difference into a whole step); bounds 1e-4 and 5e-3.
+/// Ulysses attends over whole sequences with one rank's key tiles: the data layouts' bounds hold.
 @Suite struct BF16ExactnessTests {
     static let bf16 = ["train.precision=bf16"]
     static let tolerance = 5e-4
@@ -22,12 +30,14 @@ import _TestSupport
 
     /// `replicated`: every rank holds every parameter (data and sequence layouts); otherwise
     /// (expert layouts) each rank's tensors are checked by name and together must be all of them.
-    static func expectMatch(_ parallel: [RankRun], _ single: RankRun, layout: String, replicated: Bool = true) {
+    static func expectMatch(_ parallel: [RankRun], _ single: RankRun, layout: String, replicated: Bool = true,
+                            firstStep: Double = 1e-5, tolerance: Double = tolerance) {
         #expect(single.losses.last! < single.losses.first! - 0.3, "the tiny model should learn: \(single.losses)")
         for (rank, seen) in parallel.enumerated() {
             #expect(seen.losses == parallel[0].losses, "\(layout): rank \(rank) reports the losses rank 0 reports")
             if replicated { #expect(seen.parameters == parallel[0].parameters, "\(layout): rank \(rank)'s parameters differ from rank 0's") }
-            #expect(abs(seen.losses[0] - single.losses[0]) <= 1e-5 * abs(single.losses[0]) && abs(seen.gradientNorms[0] - single.gradientNorms[0]) <= 1e-5 * single.gradientNorms[0],
+            #expect(abs(seen.losses[0] - single.losses[0]) <= firstStep * abs(single.losses[0])
+                    && abs(seen.gradientNorms[0] - single.gradientNorms[0]) <= firstStep * single.gradientNorms[0],
                     "\(layout): first step \(seen.losses[0]), \(seen.gradientNorms[0]) vs \(single.losses[0]), \(single.gradientNorms[0])")
             #expect(maxRelativeError(seen.losses, single.losses) < lossTolerance, "\(layout) losses: \(seen.losses) vs \(single.losses)")
             #expect(maxRelativeError(seen.gradientNorms, single.gradientNorms) < tolerance,
@@ -74,7 +84,9 @@ import _TestSupport
         let corpus = try makeCorpus(in: directory)
         let single = try SequenceParallelExactnessTests.train(data: 1, sequence: 1, mode: mode, corpus: corpus, run: directory.file("run1"), extra: Self.bf16)[0]
         let parallel = try SequenceParallelExactnessTests.train(data: data, sequence: sequence, mode: mode, corpus: corpus, run: directory.file("runN"), extra: Self.bf16)
-        Self.expectMatch(parallel, single, layout: "bf16 \(data) × \(sequence) \(mode)")
+        let ring = mode == "ring"
+        Self.expectMatch(parallel, single, layout: "bf16 \(data) × \(sequence) \(mode)", firstStep: ring ? 1e-4 : 1e-5,
+                         tolerance: ring ? 5e-3 : Self.tolerance)
     }
 
     /// Expert layouts in bf16: the experts' products take bf16 inputs on whichever rank holds

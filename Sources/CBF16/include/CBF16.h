@@ -29,3 +29,36 @@ float tessera_bf16_dot_step(float acc, uint16_t x0, uint16_t x1, uint16_t y0, ui
 int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                       const void *a, int a_bf16, long lda, const void *b, int b_bf16, long ldb,
                       float beta, float *c, long ldc);
+
+// ---- flash attention's operands, packed by the caller (Kernels/FlashPanels.swift) ------------
+
+/// The micro-kernel's tile: MR rows of C from a left sliver, NR columns from a right one.
+#define TESSERA_BF16_MR 12
+#define TESSERA_BF16_NR 32
+/// The largest depth a sliver packed here may have, and the most lines of a block packed with
+/// `lines_contiguous`.
+#define TESSERA_BF16_MAX_DEPTH 512
+#define TESSERA_BF16_MAX_LINES 2048
+
+/// Packs `lines` lines over depth k (≤ TESSERA_BF16_MAX_DEPTH) rounded to bf16, in slivers of
+/// `width` lines, each [k pair][line][2] (the layout the GEMM packs), zero beyond `lines` and k.
+/// Line l at depth p is src[l·ld + p], or src[p·ld + l] when `lines_contiguous` (then lines ≤
+/// TESSERA_BF16_MAX_LINES).
+void tessera_bf16_pack(int lines_contiguous, long lines, long k, const float *src, long ld, int width,
+                       uint16_t *dst, int wide);
+
+/// One line of a sliver of `width` lines from its k values x[0..<k] (k ≤ TESSERA_BF16_MAX_DEPTH),
+/// rounded: pair q to sliver[q·2·width + 2·line ...]; an odd k's missing partner is zero. x NULL
+/// writes zeros.
+void tessera_bf16_put_line(const float *x, long k, uint16_t *sliver, int width, int line, int wide);
+
+/// Depths `depth` (even) and `depth` + 1 of `lines` lines (≤ TESSERA_BF16_MAX_LINES) packed in
+/// slivers of `width` lines `sliver` values apart, from x0[l] and x1[l], rounded; NULL writes zeros.
+void tessera_bf16_put_depth_pair(const float *x0, const float *x1, long lines, uint16_t *panel, long sliver,
+                                 int width, long depth, int wide);
+
+/// The micro-kernel on packed slivers: C (mr ≤ MR, nr ≤ NR) = alpha · Σ over kp pairs + beta · C
+/// (beta == 0 does not read C). `hardware` as for tessera_bf16_gemm; the same bits as the GEMM
+/// over one k block.
+void tessera_bf16_kernel(int hardware, long kp, const uint16_t *a, const uint16_t *b, float *c, long ldc,
+                         int mr, int nr, float alpha, float beta);

@@ -117,13 +117,13 @@ final class CausalSelfAttention: LayerComponent {
         if sequenceGroup(c) != nil {
             // Sequence-parallel: no capture hook (a rank does not hold whole rows of probabilities).
             switch spec.sequenceMode {
-            case .ring: try ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
-            case .ulysses: try ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads)
+            case .ring: try ring!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads, precision: c.precision)
+            case .ulysses: try ulysses!.forward(q: qs, k: ks, v: vs, o: attended, threads: threads, precision: c.precision)
             }
         } else {
         switch spec.kernel {
         case .flash:
-            flash!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads)
+            flash!.forward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, threads: threads, precision: c.precision)
             if let capture = c.capture {
                 // The flash kernel never forms the probabilities: the materialised kernel computes
                 // them from the same q, k, v for the hook alone (its output is discarded).
@@ -164,14 +164,15 @@ final class CausalSelfAttention: LayerComponent {
                               rows: n, inFeatures: queryWidth, outFeatures: d, threads: threads, precision: c.precision)
         if sequenceParallel {
             switch spec.sequenceMode {
-            case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
-            case .ulysses: try ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads)
+            case .ring: try ring!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads,
+                                         precision: c.precision)
+            case .ulysses: try ulysses!.backward(dO: dAttended, dq: dq, dk: dk, dv: dv, threads: threads, precision: c.precision)
             }
         } else {
         switch spec.kernel {
         case .flash:
             flash!.backward(q: qs, k: ks, v: vs, o: attended, logsumexp: saved, dO: dAttended,
-                            dq: dq, dk: dk, dv: dv, threads: threads)
+                            dq: dq, dk: dk, dv: dv, threads: threads, precision: c.precision)
         case .naive:
             naive!.backward(q: qs, k: ks, v: vs, o: attended, probabilities: saved, dO: dAttended,
                             dq: dq, dk: dk, dv: dv, threads: threads)

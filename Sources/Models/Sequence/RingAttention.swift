@@ -133,7 +133,8 @@ public final class RingAttention {
     /// computed; the first call of each batch element writes (o, L) and every later one merges
     /// into them.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
+                        o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>, threads: KernelThreads,
+                        precision: ComputePrecision = .fp32) throws {
         var held = TravellingUnits(unit: units.first, kvRow: kvRow, ringSize: size)
         for b in 0..<batch {
             let (qb, ob, lb) = (q + b * queryFloats, o + b * queryFloats, logsumexp + b * statisticFloats)
@@ -146,8 +147,9 @@ public final class RingAttention {
                                         tag: MessageTag.ringForward.tag((b * units.count + u) * size + step)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.forward(q: qb, k: now.kFront, v: now.vFront, o: ob, logsumexp: lb, accumulate: u > 0 || step > 0,
-                                       threads: threads)
-                    pair.back?.forward(q: qb, k: now.kBack, v: now.vBack, o: ob, logsumexp: lb, accumulate: true, threads: threads)
+                                       threads: threads, precision: precision)
+                    pair.back?.forward(q: qb, k: now.kBack, v: now.vBack, o: ob, logsumexp: lb, accumulate: true, threads: threads,
+                                       precision: precision)
                     if let transfer {
                         try transfer.wait()
                         held.advance()
@@ -165,7 +167,7 @@ public final class RingAttention {
     public func backward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                          o: UnsafePointer<Float>, logsumexp: UnsafePointer<Float>, dO: UnsafePointer<Float>,
                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                         threads: KernelThreads) throws {
+                         threads: KernelThreads, precision: ComputePrecision = .fp32) throws {
         let rowDot = FloatBuffer(count: batch * statisticFloats)
         FlashAttention.rowDot(o: o, dO: dO, into: rowDot.pointer, batch: batch, length: length, heads: heads, headDim: headDim,
                               threads: threads)
@@ -187,9 +189,9 @@ public final class RingAttention {
                         ? startTransfer(sending: now.pieces, receiving: held.receiving.pieces, tag: MessageTag.ringBackward.tag(message)) : nil
                     let pair = kernels[(rank - step + size) % size][u]
                     pair.front.backward(q: qb, k: now.kFront, v: now.vFront, logsumexp: lb, rowDot: db, dO: dOb,
-                                        dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads)
+                                        dq: dqb, dk: gradients.kFront, dv: gradients.vFront, accumulate: true, threads: threads, precision: precision)
                     pair.back?.backward(q: qb, k: now.kBack, v: now.vBack, logsumexp: lb, rowDot: db, dO: dOb,
-                                        dq: dqb, dk: gradients.kBack, dv: gradients.vBack, accumulate: true, threads: threads)
+                                        dq: dqb, dk: gradients.kBack, dv: gradients.vBack, accumulate: true, threads: threads, precision: precision)
                     guard size > 1 else { continue }
                     if let transfer {
                         try transfer.wait()

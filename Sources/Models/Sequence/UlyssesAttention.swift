@@ -47,23 +47,24 @@ public final class UlyssesAttention {
 
     /// o (B, T, Hq, D) of this rank's positions, every head.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, o: UnsafeMutablePointer<Float>,
-                        threads: KernelThreads) throws {
+                        threads: KernelThreads, precision: ComputePrecision = .fp32) throws {
         try toHeads(q, heads: heads, into: fullQ.pointer)
         try toHeads(k, heads: kvHeads, into: fullK.pointer)
         try toHeads(v, heads: kvHeads, into: fullV.pointer)
         kernel.forward(q: fullQ.pointer, k: fullK.pointer, v: fullV.pointer, o: fullO.pointer, logsumexp: logsumexp.pointer,
-                       threads: threads)
+                       threads: threads, precision: precision)
         try toSequence(fullO.pointer, heads: heads, into: o)
     }
 
     /// dq (B, T, Hq, D), dk, dv (B, T, Hkv, D), overwritten, from dO (B, T, Hq, D) after `forward`.
     public func backward(dO: UnsafePointer<Float>, dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
-                         dv: UnsafeMutablePointer<Float>, threads: KernelThreads) throws {
+                         dv: UnsafeMutablePointer<Float>, threads: KernelThreads, precision: ComputePrecision = .fp32) throws {
         let fullDO = fullGradient.pointer
         try toHeads(dO, heads: heads, into: fullDO)
         let fullDQ = fullDQBuffer
         kernel.backward(q: fullQ.pointer, k: fullK.pointer, v: fullV.pointer, o: fullO.pointer, logsumexp: logsumexp.pointer,
-                        dO: fullDO, dq: fullDQ.pointer, dk: fullDK.pointer, dv: fullDV.pointer, threads: threads)
+                        dO: fullDO, dq: fullDQ.pointer, dk: fullDK.pointer, dv: fullDV.pointer, threads: threads,
+                        precision: precision)
         try toSequence(fullDQ.pointer, heads: heads, into: dq)
         try toSequence(fullDK.pointer, heads: kvHeads, into: dk)
         try toSequence(fullDV.pointer, heads: kvHeads, into: dv)
