@@ -245,7 +245,7 @@ static void prefetch_lines(prefetch_t *p, long lines) {
         if (p->row >= r->rows) { p->cur++; p->row = 0; p->line = 0; continue; }
         uintptr_t start = (uintptr_t)(r->base + p->row * r->stride), first = start & ~(uintptr_t)63;
         long count = (long)((start + (uintptr_t)r->bytes - first + 63) / 64);
-        for (; p->line < count && lines > 0; p->line++, lines--) __builtin_prefetch((const void *)(first + 64 * (uintptr_t)p->line), 0, 2);
+        for (; p->line < count && lines > 0; p->line++, lines--) __builtin_prefetch((const void *)(first + 64 * (uintptr_t)p->line), 0, 0);
         if (p->line >= count) { p->row++; p->line = 0; }
     }
 }
