@@ -47,6 +47,17 @@ static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
     }
     return i;
 }
+
+__attribute__((target("avx512f,avx512bw,avx512vl")))
+static long interleave_avx512(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count) {
+    for (long l = 0; l < count; l += 16) {
+        __mmask16 mask = count - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - l)) - 1);
+        __m512i x0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(u0 + l)));
+        __m512i x1 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(u1 + l)));
+        _mm512_mask_storeu_epi32((void *)(d + 2 * l), mask, _mm512_or_si512(x0, _mm512_slli_epi32(x1, 16)));
+    }
+    return count;
+}
 #endif
 
 void tessera_bf16_round(const float *src, uint16_t *dst, size_t count, int wide) {
@@ -88,6 +99,17 @@ static inline void run(const view_t *v, long offset, long count, uint16_t *out, 
     else tessera_bf16_round(v->f + offset, out, (size_t)count, wide);
 }
 
+/// d[2l] = u0[l], d[2l + 1] = u1[l] for l < count: two k rows' values of each line made a pair.
+static void interleave(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count, int wide) {
+    long l = 0;
+#if defined(__x86_64__)
+    if (wide) l = interleave_avx512(u0, u1, d, count);
+#else
+    (void)wide;
+#endif
+    for (; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
+}
+
 /// A block of `lines` lines — rows of A or columns of B — from line l0, over k p0..<p0+kc, as
 /// panels of `width` lines, each [k pair][line][2], zero beyond `lines` and kc. A line's values
 /// are `ls` apart, its k values `ks` apart; one of the two is 1 (row-major operands).
@@ -116,7 +138,7 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
                 uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
                 const uint16_t *u0 = t0 + panel * width, *u1 = t1 + panel * width;
                 long count = lines - panel * width < width ? lines - panel * width : width;
-                for (long l = 0; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
+                interleave(u0, u1, d, count, wide);
             }
         }
     }
@@ -202,6 +224,34 @@ BF16_TARGET static void kernel_avx512(long kp, const uint16_t *a, const uint16_t
 }
 #endif
 
+/// The source of a pack still to come, as `rows` runs of `bytes` contiguous bytes `stride` apart.
+typedef struct { const char *base; long rows, bytes, stride; } region_t;
+
+static region_t pack_region(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc) {
+    long size = v->h ? 2 : 4;
+    const char *base = v->h ? (const char *)v->h : (const char *)v->f;
+    if (ks == 1) return (region_t){ base + (l0 * ls + p0) * size, lines, kc * size, ls * size };
+    return (region_t){ base + (p0 * ks + l0) * size, kc, lines * size, ks * size };
+}
+
+/// Pulls the next packs' sources towards the core while the micro-kernel, which is bound by its
+/// multiply-adds, runs: each call fetches the next `lines` cache lines of up to two regions. The
+/// packs themselves would otherwise wait on memory (activations are larger than L2).
+typedef struct { region_t r[2]; int count, cur; long row, line; } prefetch_t;
+
+static void prefetch_lines(prefetch_t *p, long lines) {
+    while (lines > 0 && p->cur < p->count) {
+        const region_t *r = &p->r[p->cur];
+        if (p->row >= r->rows) { p->cur++; p->row = 0; p->line = 0; continue; }
+        uintptr_t start = (uintptr_t)(r->base + p->row * r->stride), first = start & ~(uintptr_t)63;
+        long count = (long)((start + (uintptr_t)r->bytes - first + 63) / 64);
+        for (; p->line < count && lines > 0; p->line++, lines--) __builtin_prefetch((const void *)(first + 64 * (uintptr_t)p->line), 0, 0);
+        if (p->line >= count) { p->row++; p->line = 0; }
+    }
+}
+
+static long region_lines(const region_t *r) { return r->rows * ((r->bytes + 63) / 64 + 1); }
+
 int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, long n, long k, float alpha,
                       const void *a, int a_bf16, long lda, const void *b, int b_bf16, long ldb,
                       float beta, float *c, long ldc) {
@@ -231,12 +281,29 @@ int tessera_bf16_gemm(int hardware, int transpose_a, int transpose_b, long m, lo
             for (long ic = 0; ic < m; ic += MC) {
                 long mc = m - ic < MC ? m - ic : MC;
                 pack_a(&va, ic, pc, mc, kc, pa, hardware == 1);
+                // What is packed next: A's next block, else the next B block and its first A block.
+                prefetch_t next = { .count = 0 };
+                if (ic + MC < m) {
+                    next.r[next.count++] = pack_region(&va, va.rs, va.cs, ic + MC, pc, m - ic - MC < MC ? m - ic - MC : MC, kc);
+                } else {
+                    long p1 = pc + KC < k ? pc + KC : 0, j1 = pc + KC < k ? jc : jc + NC;
+                    if (j1 < n) {
+                        long kc1 = k - p1 < KC ? k - p1 : KC, nc1 = n - j1 < NC ? n - j1 : NC;
+                        next.r[next.count++] = pack_region(&vb, vb.cs, vb.rs, j1, p1, nc1, kc1);
+                        next.r[next.count++] = pack_region(&va, va.rs, va.cs, 0, p1, m < MC ? m : MC, kc1);
+                    }
+                }
+                long calls = ((nc + NR - 1) / NR) * ((mc + MR - 1) / MR), total = 0;
+                for (int r = 0; r < next.count; r++) total += region_lines(&next.r[r]);
+                long per_call = (total + calls - 1) / calls;
                 for (long jr = 0; jr < nc; jr += NR)
-                    for (long ir = 0; ir < mc; ir += MR)
+                    for (long ir = 0; ir < mc; ir += MR) {
+                        prefetch_lines(&next, per_call);
                         kernel(kp, pa + (ir / MR) * kp * 2 * MR, pb + (jr / NR) * kp * 2 * NR,
                                c + (ic + ir) * ldc + jc + jr, ldc,
                                (int)(mc - ir < MR ? mc - ir : MR), (int)(nc - jr < NR ? nc - jr : NR),
                                alpha, beta, pc == 0);
+                    }
             }
         }
     }
