@@ -10,9 +10,12 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// Fetches the lines of [p + from, p + to) bytes into L2.
+/// Fetches the lines of [p + from, p + to) bytes into L1. The next block's K is fetched 16 rows
+/// at a time while this block's scores are computed, its V while this V is weighted: without it
+/// the hardware prefetchers left the kernel at a third of memory bandwidth (they follow each
+/// 16 KiB block, not the jump to the next); into L1 measured 5-10% faster than into L2.
 static inline __attribute__((always_inline)) void prefetch_bytes(const float *p, long from, long to) {
-    for (long b = from; b < to; b += 64) _mm_prefetch((const char *)p + b, _MM_HINT_T1);
+    for (long b = from; b < to; b += 64) _mm_prefetch((const char *)p + b, _MM_HINT_T0);
 }
 
 /// e^x for x in [-87.3, 88.7] (clamped): x = n·ln2 + r and a degree-6 polynomial in r, the
