@@ -19,24 +19,28 @@ static inline __attribute__((always_inline)) void prefetch_bytes(const float *p,
 }
 
 /// e^x for x in [-87.3, 88.7] (clamped): x = n·ln2 + r and a degree-6 polynomial in r, the
-/// steps of VectorMath.exp.
-static inline __attribute__((always_inline, target("avx512f"))) __m512 exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    __m512 shifted = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), magic);
-    __m512 n = _mm512_sub_ps(shifted, magic);
-    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693145751953125f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(-1.428606765330187045e-6f), r);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.0f / 720), r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_sub_epi32(_mm512_castps_si512(shifted), _mm512_castps_si512(magic));
-    e = _mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+/// steps of VectorMath.exp. One body for both widths: P is the intrinsics' prefix, V and I the
+/// float and integer vectors, S the integer cast's suffix.
+#define TESSERA_LEAN_EXP(NAME, TARGET, P, V, I, S) \
+static inline __attribute__((always_inline, target(TARGET))) V NAME(V x) { \
+    x = P##_min_ps(P##_max_ps(x, P##_set1_ps(-87.3f)), P##_set1_ps(88.7f)); \
+    const V magic = P##_set1_ps(12582912.0f); \
+    V shifted = P##_fmadd_ps(x, P##_set1_ps(1.44269504f), magic); \
+    V n = P##_sub_ps(shifted, magic); \
+    V r = P##_fmadd_ps(n, P##_set1_ps(-0.693145751953125f), x); \
+    r = P##_fmadd_ps(n, P##_set1_ps(-1.428606765330187045e-6f), r); \
+    V p = P##_fmadd_ps(P##_set1_ps(1.0f / 720), r, P##_set1_ps(1.0f / 120)); \
+    p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f / 24)); \
+    p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f / 6)); \
+    p = P##_fmadd_ps(p, r, P##_set1_ps(0.5f)); \
+    p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f)); \
+    p = P##_fmadd_ps(p, r, P##_set1_ps(1.0f)); \
+    I e = P##_sub_epi32(P##_castps_##S(shifted), P##_castps_##S(magic)); \
+    e = P##_slli_epi32(P##_add_epi32(e, P##_set1_epi32(127)), 23); \
+    return P##_mul_ps(p, P##_cast##S##_ps(e)); \
 }
+TESSERA_LEAN_EXP(exp16, "avx512f", _mm512, __m512, __m512i, si512)
+TESSERA_LEAN_EXP(exp8, "avx2,fma", _mm256, __m256, __m256i, si256)
 
 /// Lane i of the result = the sum of the 16 lanes of a[i].
 static inline __attribute__((always_inline, target("avx512f"))) __m512 row_sums16(const __m512 a[16]) {
@@ -137,25 +141,6 @@ void tessera_lean_block_avx512(long D, long G, long rows, float scale,
         }
         record[D] = maximum + logf(total);
     }
-}
-
-/// e^x, 8 lanes: the steps of exp16.
-static inline __attribute__((always_inline, target("avx2,fma"))) __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    __m256 shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f), magic);
-    __m256 n = _mm256_sub_ps(shifted, magic);
-    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(-0.693145751953125f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(-1.428606765330187045e-6f), r);
-    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.0f / 720), r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_sub_epi32(_mm256_castps_si256(shifted), _mm256_castps_si256(magic));
-    e = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
 /// Lane i of the result = the sum of the 8 lanes of a[i].
