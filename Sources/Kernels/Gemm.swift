@@ -171,8 +171,10 @@ final class PackBuffers {
     }
 
     var a = Buffer(), b = Buffer()
+    /// LeanAttention's per-block partials (on the calling thread) and scores (on each worker).
+    var partials = Buffer(), scores = Buffer()
 
-    deinit { a.pointer?.deallocate(); b.pointer?.deallocate() }
+    deinit { a.pointer?.deallocate(); b.pointer?.deallocate(); partials.pointer?.deallocate(); scores.pointer?.deallocate() }
 
     private static let key: pthread_key_t = {
         var key = pthread_key_t()

@@ -1,3 +1,4 @@
+import CDecode
 import Dispatch
 import Foundation
 
@@ -19,6 +20,11 @@ import Foundation
 /// l with l mod N = r, blocks in global order) gives each rank complete lane partials
 /// (`lanePartials`); gathering them and folding the lanes gives every rank count the same bits.
 ///
+/// A block's partial comes from a C kernel (CDecode) for the widest instruction set of the CPU
+/// (`TesseraGemm.isa`: AVX-512, AVX2 + FMA or portable; `TESSERA_GEMM_ISA` overrides it). The same
+/// kernel gives the same bits for a block wherever it runs; two instruction sets agree within
+/// rounding (about 1e-6 relative), not bit for bit, so every rank of one job runs one of them.
+///
 /// Layouts: q and o (B, Hq, D); the caches k and v (B, Hkv, capacity, D), of which the first
 /// `length` rows of each head are used; lse (B, Hq). Partial records are D + 1 floats: o, then
 /// lse. An empty partial (no positions) has o = 0 and lse = −∞ and merges as the identity.
@@ -31,14 +37,18 @@ public struct LeanAttention: Sendable {
 
     public static let defaultBlockSize = 64
     public static let defaultLanes = 64
+    /// The instruction set of the block kernel.
+    public let isa: TesseraGemm.ISA
 
     public init(batch: Int, heads: Int, kvHeads: Int, headDim: Int,
-                blockSize: Int = LeanAttention.defaultBlockSize, lanes: Int = LeanAttention.defaultLanes) {
+                blockSize: Int = LeanAttention.defaultBlockSize, lanes: Int = LeanAttention.defaultLanes,
+                isa: TesseraGemm.ISA = TesseraGemm.isa) {
         precondition(batch >= 1 && heads >= 1 && kvHeads >= 1 && headDim >= 1, "LeanAttention: sizes must be at least 1")
         precondition(heads % kvHeads == 0, "LeanAttention: \(heads) heads do not split into \(kvHeads) kv heads")
         precondition(blockSize >= 1 && lanes >= 1, "LeanAttention: blockSize and lanes must be at least 1")
         self.batch = batch; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
-        self.blockSize = blockSize; self.lanes = lanes
+        precondition(TesseraGemm.ISA.available(on: CPUInfo.current.features).contains(isa), "LeanAttention: no \(isa) kernel on this CPU")
+        self.blockSize = blockSize; self.lanes = lanes; self.isa = isa
     }
 
     /// Floats per partial record: o (D), then lse.
@@ -86,24 +96,29 @@ public struct LeanAttention: Sendable {
         guard c > 0 else { return }
         let blocks = blockCount(length: length)
         let workerCount = max(1, workers ?? threads.count)
-        // Per-block partials (B, Hq, blocks), computed in equal shares of (batch, kv head, block).
-        let perBlock = UnsafeMutablePointer<Float>.allocate(capacity: max(1, batch * heads * blocks * size))
-        defer { perBlock.deallocate() }
+        // Per-block partials (B, Hq, blocks), computed in equal shares of (batch, kv head, block),
+        // in this thread's buffer (kept between calls: fresh pages every step cost page faults).
+        let perBlock = PackBuffers.current.partials.reserve(batch * heads * blocks * size)
         let items = batch * kvHeads * blocks
+        let kernel = Self.blockKernel(isa), D = headDim, G = group, scoreStride = Self.scoreStride(blockSize)
         Self.forShares(items, workers: workerCount) { share in
             guard !share.isEmpty else { return }
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: group * blockSize)
-            let accumulators = UnsafeMutablePointer<Float>.allocate(capacity: group * headDim)
-            defer { scores.deallocate(); accumulators.deallocate() }
+            let scores = PackBuffers.current.scores.reserve(G * scoreStride)
+            /// Rows and cache offset of an item (pair = b · Hkv + kvh).
+            func locate(_ item: Int) -> (rows: Int, offset: Int) {
+                let block = item % blocks, start = block * blockSize
+                return (min(blockSize, length - start), ((item / blocks) * capacity + start) * D)
+            }
+            var (rows, offset) = locate(share.lowerBound)
             for item in share {
-                let block = item % blocks, pair = item / blocks          // pair = b · Hkv + kvh
+                let block = item % blocks, pair = item / blocks
                 let b = pair / kvHeads, kvh = pair % kvHeads
-                let start = block * blockSize, rows = min(blockSize, length - start)
-                let cacheOffset = (pair * capacity + start) * headDim
                 let firstHead = b * heads + kvh * group
-                blockPartial(q: q + firstHead * headDim, k: k + cacheOffset, v: v + cacheOffset, rows: rows,
-                             out: perBlock + (firstHead * blocks + block) * size, headStride: blocks * size,
-                             scores: scores, accumulators: accumulators)
+                let next = item + 1 < share.upperBound ? locate(item + 1) : (rows: 0, offset: 0)
+                kernel(D, G, rows, scale, q + firstHead * D, k + offset, v + offset,
+                       perBlock + (firstHead * blocks + block) * size, blocks * size, scores, scoreStride,
+                       next.rows > 0 ? k + next.offset : nil, next.rows > 0 ? v + next.offset : nil, next.rows)
+                (rows, offset) = next
             }
         }
         // Each lane's blocks merge pairwise over rounds, in equal shares of (batch, head, lane).
@@ -168,93 +183,23 @@ public struct LeanAttention: Sendable {
 
     // MARK: One block
 
-    /// Partials of the `group` query heads at `q` (consecutive) over `rows` cache rows: record
-    /// g at out + g · headStride.
-    @inline(__always)
-    private func blockPartial(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, rows: Int,
-                              out: UnsafeMutablePointer<Float>, headStride: Int,
-                              scores: UnsafeMutablePointer<Float>, accumulators: UnsafeMutablePointer<Float>) {
-        let D = headDim, G = group, s = scale
-        // Scores: each K row is read once and dotted with every query head of the group.
-        var j = 0
-        while j + 4 <= rows {
-            let k0 = k + j * D
-            for g in 0..<G {
-                let d4 = Self.dot4(q + g * D, k0, D)
-                scores[g * blockSize + j] = d4.x * s
-                scores[g * blockSize + j + 1] = d4.y * s
-                scores[g * blockSize + j + 2] = d4.z * s
-                scores[g * blockSize + j + 3] = d4.w * s
-            }
-            j += 4
-        }
-        while j < rows {
-            for g in 0..<G { scores[g * blockSize + j] = Self.dot(q + g * D, k + j * D, D) * s }
-            j += 1
-        }
-        // Softmax numerators per head; the maxima go into the records' lse slot for now.
-        for g in 0..<G {
-            let row = scores + g * blockSize
-            var maximum = -Float.infinity
-            for i in 0..<rows { maximum = max(maximum, row[i]) }
-            for i in 0..<rows { row[i] -= maximum }
-            VectorMath.exp(row, row, count: rows)
-            out[g * headStride + D] = maximum
-        }
-        // o = Σ p_j v_j: each V row is read once for every head of the group.
-        accumulators.update(repeating: 0, count: G * D)
-        for i in 0..<rows {
-            let vi = v + i * D
-            for g in 0..<G {
-                let p = scores[g * blockSize + i], acc = accumulators + g * D
-                let weight = VectorMath.Lanes(repeating: p)
-                var d = 0
-                while d + 8 <= D {
-                    VectorMath.store(VectorMath.load(acc + d) + weight * VectorMath.load(vi + d), acc + d)
-                    d += 8
-                }
-                while d < D { acc[d] += p * vi[d]; d += 1 }
-            }
-        }
-        for g in 0..<G {
-            let row = scores + g * blockSize, record = out + g * headStride
-            var sum: Float = 0
-            for i in 0..<rows { sum += row[i] }
-            let inverse = 1 / sum, acc = accumulators + g * D
-            for d in 0..<D { record[d] = acc[d] * inverse }
-            record[D] += Foundation.log(sum)
-        }
+    /// Floats per query head in a worker's score buffer: the block's rows padded to the kernels' tile.
+    static func scoreStride(_ blockSize: Int) -> Int {
+        let tile = Int(TESSERA_LEAN_ROW_TILE)
+        return (blockSize + tile - 1) / tile * tile
     }
 
-    /// a · b over n floats: eight lanes at a time, the lanes summed in a fixed order, then the tail.
-    @inline(__always)
-    static func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc = VectorMath.Lanes(repeating: 0)
-        var d = 0
-        while d + 8 <= n { acc += VectorMath.load(a + d) * VectorMath.load(b + d); d += 8 }
-        var total = acc.sum()
-        while d < n { total += a[d] * b[d]; d += 1 }
-        return total
-    }
-
-    /// `dot(a, b + r·n, n)` for the four consecutive rows r = 0..<4 of b, bit for bit, with four
-    /// independent accumulators.
-    @inline(__always)
-    static func dot4(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
-        var a0 = VectorMath.Lanes(repeating: 0), a1 = a0, a2 = a0, a3 = a0
-        let b1 = b + n, b2 = b + 2 * n, b3 = b + 3 * n
-        var d = 0
-        while d + 8 <= n {
-            let x = VectorMath.load(a + d)
-            a0 += x * VectorMath.load(b + d)
-            a1 += x * VectorMath.load(b1 + d)
-            a2 += x * VectorMath.load(b2 + d)
-            a3 += x * VectorMath.load(b3 + d)
-            d += 8
+    /// The C block kernel of `isa` (CDecode.h: scores, softmax numerators, weighted V, record).
+    static func blockKernel(_ isa: TesseraGemm.ISA) -> tessera_lean_block_kernel {
+        switch isa {
+        #if arch(x86_64)
+        case .avx512: return tessera_lean_block_avx512
+        case .avx2: return tessera_lean_block_avx2
+        #else
+        case .avx512, .avx2: preconditionFailure("no \(isa) kernel on this architecture (ISA.available offers only portable)")
+        #endif
+        case .portable: return tessera_lean_block_portable
         }
-        var t = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
-        while d < n { t += SIMD4(repeating: a[d]) * SIMD4(b[d], b1[d], b2[d], b3[d]); d += 1 }
-        return t
     }
 
     // MARK: Work split

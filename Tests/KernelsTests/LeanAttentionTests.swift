@@ -12,8 +12,9 @@ import _TestSupport
         let q: [Float], k: [Float], v: [Float]          // k, v padded to capacity
         let kCompact: [Float], vCompact: [Float]        // (B, Hkv, length, D) for the reference
 
-        init(batch: Int, heads: Int, kvHeads: Int, headDim: Int, length: Int, blockSize: Int = 64, lanes: Int = 64, seed: UInt64 = 71) {
-            attention = LeanAttention(batch: batch, heads: heads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize, lanes: lanes)
+        init(batch: Int, heads: Int, kvHeads: Int, headDim: Int, length: Int, blockSize: Int = 64, lanes: Int = 64, seed: UInt64 = 71,
+             isa: TesseraGemm.ISA = TesseraGemm.isa) {
+            attention = LeanAttention(batch: batch, heads: heads, kvHeads: kvHeads, headDim: headDim, blockSize: blockSize, lanes: lanes, isa: isa)
             self.length = length
             capacity = length + 3
             q = Fixtures.randoms(batch * heads * headDim, seed: seed, scale: 2)
@@ -33,6 +34,46 @@ import _TestSupport
             let a = attention
             var o = [Float](repeating: 0, count: a.batch * a.heads * a.headDim), lse = [Float](repeating: 0, count: a.batch * a.heads)
             a.forward(q: q, k: k, v: v, length: length, capacity: capacity, o: &o, lse: &lse, threads: threads, workers: workers)
+            return (o, lse)
+        }
+
+        /// o and lse from `ranks` lane shards (batch 1): rank r computes the lane partials of the
+        /// positions whose lane l has l mod ranks = r (on r + 1 workers), then the lanes fold.
+        func runSharded(ranks: Int) -> (o: [Float], lse: [Float]) {
+            let a = attention, size = a.recordSize, lanes = a.lanes, blockSize = a.blockSize
+            let (H, Hkv, D, L) = (a.heads, a.kvHeads, a.headDim, length)
+            precondition(a.batch == 1, "runSharded: batch 1")
+            var placed = [Float](repeating: 0, count: H * lanes * size)
+            for r in 0..<ranks {
+                let owned = (0..<lanes).filter { $0 % ranks == r }
+                let positions = (0..<L).filter { owned.contains(($0 / blockSize) % lanes) }
+                var k: [Float] = [], v: [Float] = []
+                for head in 0..<Hkv {
+                    for p in positions {
+                        k += kCompact[((head * L) + p) * D..<((head * L) + p + 1) * D]
+                        v += vCompact[((head * L) + p) * D..<((head * L) + p + 1) * D]
+                    }
+                }
+                var records = [Float](repeating: 0, count: H * owned.count * size)
+                if !owned.isEmpty {
+                    a.lanePartials(q: q, k: k, v: v, length: positions.count, capacity: positions.count, ownedLanes: owned,
+                                   records: &records, workers: r + 1)
+                }
+                for h in 0..<H {
+                    for (i, lane) in owned.enumerated() {
+                        for x in 0..<size { placed[(h * lanes + lane) * size + x] = records[(h * owned.count + i) * size + x] }
+                    }
+                }
+            }
+            var o = [Float](repeating: 0, count: H * D), lse = [Float](repeating: 0, count: H)
+            placed.withUnsafeMutableBufferPointer { p in
+                for h in 0..<H {
+                    let first = p.baseAddress! + h * lanes * size
+                    LeanAttention.foldPairwise(first, count: lanes, stride: size, headDim: D)
+                    for d in 0..<D { o[h * D + d] = first[d] }
+                    lse[h] = first[D]
+                }
+            }
             return (o, lse)
         }
 
@@ -84,42 +125,9 @@ import _TestSupport
     /// bit for bit the one-process result.
     @Test(arguments: [2, 3, 5])
     func laneShardsMergeToTheSameBits(ranks: Int) {
-        let (blockSize, lanes, D, H, Hkv, L) = (8, 6, 59, 4, 2, 1001)
-        let problem = Problem(batch: 1, heads: H, kvHeads: Hkv, headDim: D, length: L, blockSize: blockSize, lanes: lanes)
-        let a = problem.attention, size = a.recordSize
-        var placed = [Float](repeating: 0, count: H * lanes * size)
-        for r in 0..<ranks {
-            let owned = (0..<lanes).filter { $0 % ranks == r }
-            let positions = (0..<L).filter { owned.contains(($0 / blockSize) % lanes) }
-            var k: [Float] = [], v: [Float] = []
-            for head in 0..<Hkv {
-                for p in positions {
-                    k += problem.kCompact[((head * L) + p) * D..<((head * L) + p + 1) * D]
-                    v += problem.vCompact[((head * L) + p) * D..<((head * L) + p + 1) * D]
-                }
-            }
-            var records = [Float](repeating: 0, count: H * owned.count * size)
-            if !owned.isEmpty {
-                a.lanePartials(q: problem.q, k: k, v: v, length: positions.count, capacity: positions.count, ownedLanes: owned,
-                               records: &records, workers: r + 1)
-            }
-            for h in 0..<H {
-                for (i, lane) in owned.enumerated() {
-                    for x in 0..<size { placed[(h * lanes + lane) * size + x] = records[(h * owned.count + i) * size + x] }
-                }
-            }
-        }
-        var o = [Float](repeating: 0, count: H * D), lse = [Float](repeating: 0, count: H)
-        placed.withUnsafeMutableBufferPointer { p in
-            for h in 0..<H {
-                let first = p.baseAddress! + h * lanes * size
-                LeanAttention.foldPairwise(first, count: lanes, stride: size, headDim: D)
-                for d in 0..<D { o[h * D + d] = first[d] }
-                lse[h] = first[D]
-            }
-        }
-        let whole = problem.run()
-        #expect(o == whole.o && lse == whole.lse)
+        let problem = Problem(batch: 1, heads: 4, kvHeads: 2, headDim: 59, length: 1001, blockSize: 8, lanes: 6)
+        let sharded = problem.runSharded(ranks: ranks), whole = problem.run()
+        #expect(sharded.o == whole.o && sharded.lse == whole.lse)
     }
 
     // MARK: The merge algebra
