@@ -128,6 +128,44 @@ import _TestSupport
         }
     }
 
+    /// Ranks whose CPUs offer different block kernels (an AVX-512 host with one without) agree
+    /// on the narrowest on the first exchange, and then give one rank's bits with that kernel.
+    @Test func ranksWithDifferentKernelsAgreeOnTheNarrowest() throws {
+        let available = TesseraGemm.ISA.available(on: CPUInfo.current.features)
+        let (heads, kvHeads, D, length) = (4, 2, 24, 301)
+        let plan = try KVShardPlan(blockSize: 8, lanes: 16, rank: 0, ranks: 1)
+        var rng = RNG(seed: 5)
+        let keys = (0..<(length * kvHeads * D)).map { _ in Float(rng.nextNormal()) }
+        let values = (0..<(length * kvHeads * D)).map { _ in Float(rng.nextNormal()) }
+        let q = (0..<(heads * D)).map { _ in Float(rng.nextNormal()) }
+        func attend(_ plan: KVShardPlan, isa: TesseraGemm.ISA, communicator: Communicator?) throws -> (o: [Float], isa: TesseraGemm.ISA) {
+            let cache = KVCache(kvHeads: kvHeads, headDim: D)
+            for position in 0..<length where plan.owner(of: position) == plan.rank {
+                cache.append(key: keys.withUnsafeBufferPointer { $0.baseAddress! + position * kvHeads * D },
+                             value: values.withUnsafeBufferPointer { $0.baseAddress! + position * kvHeads * D })
+            }
+            let attention = ShardedDecodeAttention(heads: heads, kvHeads: kvHeads, headDim: D, plan: plan, isa: isa)
+            var o = [Float](repeating: 0, count: heads * D)
+            for _ in 0..<2 {   // the agreement happens once; a second step keeps it
+                try o.withUnsafeMutableBufferPointer { try attention.attend(q: q, cache: cache, length: length, communicator: communicator, o: $0.baseAddress!) }
+            }
+            return (o, attention.kernel.isa)
+        }
+        let one = try attend(plan, isa: .portable, communicator: nil)
+        let results = InProcessCommunicator.run(size: 3, timeoutSeconds: 60) { comm in
+            let shard = try KVShardPlan(blockSize: 8, lanes: 16, rank: comm.rank, ranks: 3)
+            return try attend(shard, isa: comm.rank == 1 ? .portable : available[0], communicator: comm)
+        }
+        for (rank, result) in results.enumerated() {
+            let r = try result.get()
+            #expect(r.isa == .portable, "rank \(rank) runs \(r.isa), not the narrowest kernel any rank has")
+            #expect(r.o == one.o, "rank \(rank): not one rank's bits with the agreed kernel")
+        }
+        if available.count > 2 {   // the widest kernel gives other last bits: the agreement is what makes them equal
+            #expect(try attend(plan, isa: available[0], communicator: nil).o != one.o)
+        }
+    }
+
     @Test func misuseIsRefusedWithTypedErrors() throws {
         let model = try Self.model(vocab: 64)
         let session = try InferenceSession(model: model)

@@ -6,18 +6,23 @@ import TensorCore
 /// computes the lane partials (o, lse) of the positions it holds with `LeanAttention`, the ranks
 /// exchange them in one allGather (a few KiB per layer, independent of the context length),
 /// and every rank merges them in the reduction tree's fixed order, so every rank, and every
-/// rank count, gets the bits one rank gets.
+/// rank count, gets the bits one rank gets. The block kernel's instruction sets differ in their
+/// last bits, so on the first exchange the ranks agree on the narrowest one any of them has
+/// (a job over hosts with and without AVX-512 runs AVX2 everywhere).
 public final class ShardedDecodeAttention {
-    public let kernel: LeanAttention
+    public private(set) var kernel: LeanAttention
     public let plan: KVShardPlan
     private let records: FloatBuffer   // this rank's lane records (Hq, c, D + 1)
     private let placed: FloatBuffer    // every lane's record (Hq, lanes, D + 1)
     private var send: [Float] = []
     private var gathered: [Float] = []
+    private var agreedOnKernel = false
 
-    /// Batch 1: `heads` query heads over `kvHeads` cached heads of `headDim`.
-    public init(heads: Int, kvHeads: Int, headDim: Int, plan: KVShardPlan) {
-        kernel = LeanAttention(batch: 1, heads: heads, kvHeads: kvHeads, headDim: headDim, blockSize: plan.blockSize, lanes: plan.lanes)
+    /// Batch 1: `heads` query heads over `kvHeads` cached heads of `headDim`; `isa` the block
+    /// kernel this rank offers (the process's widest unless given).
+    public init(heads: Int, kvHeads: Int, headDim: Int, plan: KVShardPlan, isa: TesseraGemm.ISA = TesseraGemm.isa) {
+        kernel = LeanAttention(batch: 1, heads: heads, kvHeads: kvHeads, headDim: headDim, blockSize: plan.blockSize, lanes: plan.lanes,
+                               isa: isa)
         self.plan = plan
         records = FloatBuffer(count: heads * max(1, plan.ownedLanes.count) * (headDim + 1))
         placed = FloatBuffer(count: heads * plan.lanes * (headDim + 1))
@@ -28,19 +33,24 @@ public final class ShardedDecodeAttention {
     /// (nil on one rank); every rank must call this with the same `length`.
     public func attend(q: UnsafePointer<Float>, cache: KVCache, length: Int, communicator: Communicator?,
                        o: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>? = nil, threads: KernelThreads = .single) throws {
+        var peers: Communicator?
+        if plan.ranks > 1 {
+            guard let communicator, communicator.size == plan.ranks, communicator.rank == plan.rank else {
+                throw InferenceError.invalidShardPlan("\(plan) needs a communicator of \(plan.ranks) ranks with this rank at \(plan.rank)")
+            }
+            if !agreedOnKernel { try agreeOnKernel(communicator) }
+            peers = communicator
+        }
         let heads = kernel.heads, D = kernel.headDim, size = kernel.recordSize, lanes = plan.lanes
         let owned = plan.ownedLanes
         if !owned.isEmpty {
             kernel.lanePartials(q: q, k: cache.keyPointer, v: cache.valuePointer, length: cache.length, capacity: cache.capacity,
                                 ownedLanes: owned, records: records.pointer, threads: threads)
         }
-        if plan.ranks == 1 {
-            placed.pointer.update(from: records.pointer, count: heads * lanes * size)
+        if let peers {
+            try exchange(length: length, communicator: peers)
         } else {
-            guard let communicator, communicator.size == plan.ranks, communicator.rank == plan.rank else {
-                throw InferenceError.invalidShardPlan("\(plan) needs a communicator of \(plan.ranks) ranks with this rank at \(plan.rank)")
-            }
-            try exchange(length: length, communicator: communicator)
+            placed.pointer.update(from: records.pointer, count: heads * lanes * size)
         }
         for h in 0..<heads {
             let first = placed.pointer + h * lanes * size
@@ -48,6 +58,21 @@ public final class ShardedDecodeAttention {
             (o + h * D).update(from: first, count: D)
             lse?[h] = first[D]
         }
+    }
+
+    /// Every rank switches to the narrowest block kernel any rank runs (ISA cases go widest first).
+    private func agreeOnKernel(_ communicator: Communicator) throws {
+        let order = TesseraGemm.ISA.allCases
+        let levels = try communicator.allGather(Int64(order.firstIndex(of: kernel.isa)!))
+        guard let narrowest = levels.max(), (0..<Int64(order.count)).contains(narrowest) else {
+            throw InferenceError.invalidShardPlan("ranks reported decode kernels \(levels): expected indices below \(order.count)")
+        }
+        let isa = order[Int(narrowest)]
+        if isa != kernel.isa {
+            kernel = LeanAttention(batch: 1, heads: kernel.heads, kvHeads: kernel.kvHeads, headDim: kernel.headDim,
+                                   blockSize: kernel.blockSize, lanes: kernel.lanes, isa: isa)
+        }
+        agreedOnKernel = true
     }
 
     /// Fills `placed` with every rank's records: only lanes that hold a block anywhere travel
