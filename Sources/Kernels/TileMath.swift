@@ -101,13 +101,7 @@ enum TileMath {
         clamped.replace(with: bottom, where: t .< bottom)   // −∞ included
         let n = clamped.rounded(.toNearestOrEven)
         let r = (clamped - n) * Lanes(repeating: ln2)       // t − n exact, |t − n| ≤ 1/2
-        // e^r, |r| ≤ ln2 / 2: the polynomial of `VectorMath.expInRange`.
-        var p = Lanes(repeating: 1.0 / 120).addingProduct(Lanes(repeating: 1.0 / 720), r)
-        p = Lanes(repeating: 1.0 / 24).addingProduct(p, r)
-        p = Lanes(repeating: 1.0 / 6).addingProduct(p, r)
-        p = Lanes(repeating: 0.5).addingProduct(p, r)
-        p = Lanes(repeating: 1).addingProduct(p, r)
-        p = Lanes(repeating: 1).addingProduct(p, r)
+        let p = VectorMath.expReduced(r)   // 2^(t − n) = e^r
         // n − top in −126...0 (exact: both integers, n ≥ top − 126), read as an integer by
         // adding 1.5 · 2²³, made the exponent of 2^(n − top).
         let magic = Lanes(repeating: 12_582_912), k = n - top

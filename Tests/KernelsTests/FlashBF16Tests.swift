@@ -220,7 +220,6 @@ import _TestSupport
         let (whole, whole32) = (forward(.bf16, cuts: []), forward(.fp32, cuts: []))
         for cuts in splits where !cuts.isEmpty {
             let (bf16, fp32) = (difference(forward(.bf16, cuts: cuts), whole), difference(forward(.fp32, cuts: cuts), whole32))
-            print("SPLIT \(c.testDescription) cuts \(cuts): bf16 \(bf16) fp32 \(fp32)")
             #expect(bf16 <= max(4 * fp32, 1e-6), "\(c.testDescription), keys cut at \(cuts): bf16 differs by \(bf16), Float32 by \(fp32)")
         }
     }
