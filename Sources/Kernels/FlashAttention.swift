@@ -136,7 +136,10 @@ public struct FlashAttention {
     /// result of other keys (a previous call with the same queries) and become the result of
     /// those keys and these together (ring attention merges its key units this way).
     /// `precision` bf16: Q, K, V and P are rounded to bf16 where they enter a product
-    /// (`FlashPanels`); scores, softmax statistics, the accumulator and o stay Float32.
+    /// (`FlashPanels`); scores, softmax statistics, the accumulator and o stay Float32. The
+    /// online softmax then runs in base 2 with an integer running maximum (`powersOfTwo`), so
+    /// that P's bf16 values do not depend on how the keys are split into tiles and calls;
+    /// L = (power + log2 Σ P) · ln 2.
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                         o: UnsafeMutablePointer<Float>, logsumexp: UnsafeMutablePointer<Float>,
                         accumulate: Bool = false, threads: KernelThreads = .single, precision: ComputePrecision = .fp32) {
@@ -198,6 +201,14 @@ public struct FlashAttention {
                 rowMax[r] = li[r]
                 rowSum[r] = li[r] == -.infinity ? 0 : 1
                 (acc + r * D).update(from: oi + r * qStride, count: D)
+                // bf16: an integer power ≥ L · log2(e), the sum 2^(L·log2(e) − power) ≤ 1 and o
+                // scaled by it (Float32 roundings, like the merge's).
+                if precision == .bf16 && li[r] != -.infinity {
+                    let t = li[r] * TileMath.log2e
+                    rowMax[r] = t.rounded(.up)
+                    rowSum[r] = Foundation.exp2(t - rowMax[r])
+                    TileMath.scale(acc + r * D, count: D, by: rowSum[r])
+                }
             }
         } else {
             acc.update(repeating: 0, count: n * D)
@@ -227,16 +238,20 @@ public struct FlashAttention {
             }
             if masked { mask(s + first * ld, ld: ld, rows: (rows.lowerBound + first)..<rows.upperBound, columns: c0..<(c0 + columns)) }
             for r in first..<n {
-                let row = s + r * ld
-                let newMax = max(rowMax[r], TileMath.maximum(row, count: columns))
-                if newMax == -.infinity {   // nothing visible to this row yet: it adds nothing
-                    row.update(repeating: 0, count: columns)
+                let row = s + r * ld, tileMax = TileMath.maximum(row, count: columns)
+                if precision == .bf16 {
+                    Self.powersOfTwo(row, count: columns, max: tileMax, power: &rowMax[r], sum: &rowSum[r], accumulator: acc + r * D, headDim: D)
                 } else {
-                    let sum = TileMath.exponentiate(row, count: columns, minus: newMax)
-                    let rescale = rowMax[r] == -.infinity ? 0 : Foundation.exp(rowMax[r] - newMax)
-                    if rescale != 1 { TileMath.scale(acc + r * D, count: D, by: rescale) }
-                    rowSum[r] = rowSum[r] * rescale + sum
-                    rowMax[r] = newMax
+                    let newMax = max(rowMax[r], tileMax)
+                    if newMax == -.infinity {   // nothing visible to this row yet: it adds nothing
+                        row.update(repeating: 0, count: columns)
+                    } else {
+                        let sum = TileMath.exponentiate(row, count: columns, minus: newMax)
+                        let rescale = rowMax[r] == -.infinity ? 0 : Foundation.exp(rowMax[r] - newMax)
+                        if rescale != 1 { TileMath.scale(acc + r * D, count: D, by: rescale) }
+                        rowSum[r] = rowSum[r] * rescale + sum
+                        rowMax[r] = newMax
+                    }
                 }
                 // bf16: P's row rounded straight into the packed left operand of P V.
                 if let packed, let madeP = w.madeP { packed.panels.putLine(row, depth: columns, into: madeP, line: r - first) }
@@ -262,9 +277,36 @@ public struct FlashAttention {
             } else {
                 let inverse = 1 / rowSum[r]
                 for d in 0..<D { out[d] = acc[r * D + d] * inverse }
-                li[r] = rowMax[r] + Foundation.log(rowSum[r])
+                li[r] = precision == .bf16 ? (rowMax[r] + Foundation.log2(rowSum[r])) * TileMath.ln2
+                    : rowMax[r] + Foundation.log(rowSum[r])
             }
         }
+    }
+
+    /// The bf16 online softmax of one row of a score tile (`max` its maximum), in base 2 with
+    /// an integer running maximum: `power` (−∞ before any visible key) becomes an integer ≥
+    /// max · log2(e) and every earlier one, the row becomes P = 2^(s · log2(e) − power)
+    /// (`TileMath.exponentiateInPowersOfTwo`: P's bf16 rounding does not depend on `power`), and
+    /// `sum` and the accumulator are rescaled by 2^(old power − power), exactly. So the bf16
+    /// products P V of a row are the same, up to exact powers of two, however its keys are
+    /// split into tiles and calls (ring attention's chunks), and layouts differ only by Float32
+    /// roundings of sums.
+    @inline(__always)
+    static func powersOfTwo(_ row: UnsafeMutablePointer<Float>, count: Int, max tileMax: Float, power: inout Float, sum: inout Float,
+                            accumulator: UnsafeMutablePointer<Float>, headDim: Int) {
+        let newPower = tileMax == -.infinity ? power : Swift.max(power, (tileMax * TileMath.log2e).rounded(.up))
+        guard newPower > -.infinity else {   // nothing visible to this row yet: it adds nothing
+            row.update(repeating: 0, count: count)
+            return
+        }
+        let tileSum = TileMath.exponentiateInPowersOfTwo(row, count: count, minus: newPower)
+        if newPower != power {
+            let rescale = power == -.infinity ? 0 : Float(sign: .plus, exponent: Int(power - newPower), significand: 1)
+            TileMath.scale(accumulator, count: headDim, by: rescale)
+            sum *= rescale
+        }
+        sum += tileSum
+        power = newPower
     }
 
     /// Sets the scores of masked pairs (key position after the query position) to −∞. Where

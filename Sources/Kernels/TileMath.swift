@@ -60,6 +60,57 @@ enum TileMath {
         return sum.sum()
     }
 
+    /// log2(e) and ln(2) as the bf16 softmax (`exponentiateInPowersOfTwo`) uses them.
+    static let log2e: Float = 1.442_695_04, ln2: Float = 0.693_147_18
+
+    /// bf16 flash attention's probabilities: row[j] = 2^(t_j − power), t_j = row[j] · log2(e)
+    /// (a Float32 product), in place; returns Σ_j of the new values. `power` must be an
+    /// integer (as a Float) at least max_j t_j. Each value is made as p_j · 2^(n_j − power)
+    /// with n_j = t_j rounded to an integer and p_j = 2^(t_j − n_j) (t_j − n_j is exact), so p_j
+    /// depends on the score alone and the power of two scales it exactly: rounded to bf16, the
+    /// value is the same bf16 value scaled by 2^(−power) whatever `power` is — ring attention,
+    /// which meets the keys in other chunks and so with other running maxima, rounds P the same
+    /// way as one rank does. Values below 2^−125 of 2^power (n_j − power < −125, where the
+    /// scaled value could leave the normal range and round differently) are 0, as are −∞ scores.
+    @inline(__always)
+    @discardableResult
+    static func exponentiateInPowersOfTwo(_ row: UnsafeMutablePointer<Float>, count: Int, minus power: Float) -> Float {
+        let top = Lanes(repeating: power), bottom = Lanes(repeating: power - 126)
+        var sum = Lanes(repeating: 0), j = 0
+        while j + 8 <= count {
+            let e = powerOfTwo(VectorMath.load(row + j) * Lanes(repeating: log2e), minus: top, bottom: bottom)
+            VectorMath.store(e, row + j)
+            sum += e
+            j += 8
+        }
+        if j < count {
+            var x = Lanes(repeating: -.infinity)
+            for t in j..<count { x[t - j] = row[t] }
+            let e = powerOfTwo(x * Lanes(repeating: log2e), minus: top, bottom: bottom)
+            for t in j..<count { row[t] = e[t - j] }
+            sum += e
+        }
+        return sum.sum()
+    }
+
+    /// 2^(t − top) lane by lane for t ≤ top (`top` an integer, `bottom` = top − 126); 0 where
+    /// the integer part n of t is below top − 125.
+    @inline(__always)
+    private static func powerOfTwo(_ t: Lanes, minus top: Lanes, bottom: Lanes) -> Lanes {
+        var clamped = t
+        clamped.replace(with: bottom, where: t .< bottom)   // −∞ included
+        let n = clamped.rounded(.toNearestOrEven)
+        let r = (clamped - n) * Lanes(repeating: ln2)       // t − n exact, |t − n| ≤ 1/2
+        let p = VectorMath.expReduced(r)   // 2^(t − n) = e^r
+        // n − top in −126...0 (exact: both integers, n ≥ top − 126), read as an integer by
+        // adding 1.5 · 2²³, made the exponent of 2^(n − top).
+        let magic = Lanes(repeating: 12_582_912), k = n - top
+        let integer = unsafeBitCast(k + magic, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+        var e = p * unsafeBitCast((integer &+ 127) &<< 23, to: Lanes.self)
+        e.replace(with: 0, where: k .< Lanes(repeating: -125))
+        return e
+    }
+
     /// x[0..<count] *= factor.
     @inline(__always)
     static func scale(_ x: UnsafeMutablePointer<Float>, count: Int, by factor: Float) {

@@ -31,14 +31,21 @@ public enum VectorMath {
         let n = shifted - magic
         var r = clamped.addingProduct(n, Lanes(repeating: -0.693_145_751_953_125))   // ln 2, high part
         r = r.addingProduct(n, Lanes(repeating: -1.428_606_765_330_187_045e-6))        // ln 2, low part
+        let p = expReduced(r)
+        let integer = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
+        return p * unsafeBitCast((integer &+ 127) &<< 23, to: Lanes.self)
+    }
+
+    /// e^r for |r| ≤ ln2 / 2: the degree-6 polynomial of `expInRange` (also bf16 flash's 2^f,
+    /// `TileMath.exponentiateInPowersOfTwo`).
+    @inline(__always)
+    static func expReduced(_ r: Lanes) -> Lanes {
         var p = Lanes(repeating: 1.0 / 120).addingProduct(Lanes(repeating: 1.0 / 720), r)
         p = Lanes(repeating: 1.0 / 24).addingProduct(p, r)
         p = Lanes(repeating: 1.0 / 6).addingProduct(p, r)
         p = Lanes(repeating: 0.5).addingProduct(p, r)
         p = Lanes(repeating: 1).addingProduct(p, r)
-        p = Lanes(repeating: 1).addingProduct(p, r)
-        let integer = unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- unsafeBitCast(magic, to: SIMD8<Int32>.self)
-        return p * unsafeBitCast((integer &+ 127) &<< 23, to: Lanes.self)
+        return Lanes(repeating: 1).addingProduct(p, r)
     }
 
     /// out[i] = exp(x[i]) for i in 0..<count (out may alias x).

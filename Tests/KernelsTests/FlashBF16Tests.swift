@@ -13,7 +13,8 @@ import _TestSupport
 /// (terms + 4 · products + 4) · 2⁻²⁴ · Σ|terms|; plus, for every P or dS value within its own
 /// Float32 error of a bf16 rounding midpoint (where the kernel's rounding and the reference's
 /// may go different ways), one bf16 unit of it times its partner; plus, for o and L, the
-/// relative error of the Float32 scores, exponentials and row sums. The Float32 error of a
+/// relative error of the Float32 scores, exponentials and row sums (the forward's rescaling
+/// by powers of two is exact). The Float32 error of a
 /// score is taken as (D + 2) · 2⁻²⁴ · scale · Σ|q k| + 2⁻²³ |s|, of an exponential 2⁻²⁰.
 @Suite struct FlashBF16Tests {
     typealias Case = FlashAttentionTests.Case
@@ -36,8 +37,8 @@ import _TestSupport
         var dq: [Double], dqBound: [Double], dk: [Double], dkBound: [Double], dv: [Double], dvBound: [Double]
     }
 
-    /// The reference forward of `kernel` (P rounded against the running max of each key tile,
-    /// as the online softmax does), and its backward from the kernel's own L and D = rowsum(dO ⊙ O)
+    /// The reference forward of `kernel` (P = 2^(s · log2(e) − M) rounded to bf16 as the kernel's
+    /// base-2 online softmax does, with any integer M), and its backward from the kernel's own L and D = rowsum(dO ⊙ O)
     /// (`logsumexp`, `rowDot`: Float32 inputs of the backward pass).
     static func reference(_ f: FlashAttention, _ x: Inputs, logsumexp: [Float], rowDot: [Float]) -> Reference {
         let r = { (a: [Float]) in a.map { Double(BF16.rounded($0)) } }
@@ -64,38 +65,32 @@ import _TestSupport
                         s[j] = scale * dot
                         sError[j] = Double(D + 2) * u * scale * magnitude + 2 * u * abs(s[j])
                     }
-                    let rowError = sError.max() ?? 0
-                    // Forward: the online softmax by key tiles.
-                    var (m, sum) = (-Double.infinity, 0.0)
-                    var acc = [Double](repeating: 0, count: D), accAbs = acc, doubt = acc
-                    for t in 0..<f.keyTiles {
-                        let columns = f.keyColumns(t)
-                        let tileMax = columns.map { s[$0] }.max()!
-                        let newMax = max(m, tileMax)
-                        if newMax == -.infinity { continue }
-                        let rescale = m == -.infinity ? 0 : Foundation.exp(m - newMax)
-                        for d in 0..<D { acc[d] *= rescale; accAbs[d] *= rescale; doubt[d] *= rescale }
-                        sum *= rescale
-                        for j in columns where s[j] > -.infinity {
-                            let p = Foundation.exp(s[j] - newMax)
-                            let rounded = bf16(p, within: p * (sError[j] + rowError + 0x1p-20))
-                            sum += p
-                            let vj = ((b * Tk + j) * Hkv + kvh) * D
-                            for d in 0..<D {
-                                acc[d] += rounded.value * v[vj + d]; accAbs[d] += abs(rounded.value * v[vj + d])
-                                doubt[d] += rounded.doubt * abs(v[vj + d])
-                            }
+                    let rowError = sError.max() ?? 0, largest = s.filter { $0 > -.infinity }.map(abs).max() ?? 0
+                    // Forward: P = 2^(t − M), t = s · log2(e), M = ⌈max t⌉ — the kernel's P up to
+                    // exact powers of two (its running power), which P's bf16 rounding does not
+                    // depend on. Relative error of a Float32 P: its score's, t's rounding
+                    // (2⁻²⁴ |s|), the polynomial's (2⁻²⁰). Values below 2⁻¹²⁴ add under 1e-37.
+                    let power = Foundation.ceil(s.max()! * 1.442_695_040_888_963_4)
+                    var sum = 0.0, acc = [Double](repeating: 0, count: D), accAbs = acc, doubt = acc
+                    for j in 0..<Tk where s[j] > -.infinity {
+                        let p = Foundation.exp2(s[j] * 1.442_695_040_888_963_4 - power)
+                        guard p >= 0x1p-124 else { continue }
+                        let rounded = bf16(p, within: p * (sError[j] + 2 * u * abs(s[j]) + 0x1p-20))
+                        sum += p
+                        let vj = ((b * Tk + j) * Hkv + kvh) * D
+                        for d in 0..<D {
+                            acc[d] += rounded.value * v[vj + d]; accAbs[d] += abs(rounded.value * v[vj + d])
+                            doubt[d] += rounded.doubt * abs(v[vj + d])
                         }
-                        m = newMax
                     }
-                    let relative = Double(f.keyTiles) * (4 * rowError + 0x1p-19) + Double(Tk + 3) * u
+                    let pError = rowError + 2 * u * largest + 0x1p-20, sumError = pError + Double(Tk + 3) * u
                     if sum == 0 { out.logsumexp[row] = -.infinity } else {
-                        out.logsumexp[row] = m + Foundation.log(sum)
-                        out.lBound[row] = 4 * rowError + Double(Tk + 3) * u + 2 * u * abs(out.logsumexp[row])
+                        out.logsumexp[row] = power * 0.693_147_180_559_945_3 + Foundation.log(sum)
+                        out.lBound[row] = 2 * sumError + 4 * u * (abs(out.logsumexp[row]) + 1 + Foundation.log(Double(Tk)))
                         for d in 0..<D {
                             out.o[qi + d] = acc[d] / sum
-                            out.oBound[qi + d] = (Double(Tk + 4 * f.keyTiles + 4) * u * accAbs[d] + doubt[d]) / sum
-                                + relative * abs(out.o[qi + d]) + 1e-30
+                            out.oBound[qi + d] = (Double(Tk + 4 * f.keyTiles + 4) * u * accAbs[d] + doubt[d] + pError * accAbs[d]) / sum
+                                + sumError * abs(out.o[qi + d]) + 1e-30
                         }
                     }
                     // Backward: P = exp(S − L) from the kernel's L.
@@ -174,6 +169,58 @@ import _TestSupport
                     #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "\(c.testDescription), \(threads) threads, accumulate \(accumulate): \(name) bits differ")
                 }
             }
+        }
+    }
+
+    /// P's bf16 rounding does not depend on the running power the softmax takes it against:
+    /// 2^(t − M) and 2^(t − M − 5) round to the same bf16 values but for the factor 2⁵ (what
+    /// lets ring attention's chunks round P as one rank does); values below 2⁻¹²⁵ of 2^M
+    /// and −∞ scores give 0.
+    @Test func bf16ProbabilitiesRoundTheSameAgainstAnyPower() {
+        var scores = Fixtures.randoms(1003, seed: 81, scale: 8)
+        scores[5] = -.infinity; scores[17] = -200; scores[1002] = -.infinity
+        let top = (scores.max()! * TileMath.log2e).rounded(.up)
+        var (a, b) = (scores, scores)
+        let sumA = TileMath.exponentiateInPowersOfTwo(&a, count: a.count, minus: top)
+        let sumB = TileMath.exponentiateInPowersOfTwo(&b, count: b.count, minus: top + 5)
+        #expect(sumA == sumB * 32 && sumA > 0.5)
+        #expect(a.indices.allSatisfy { a[$0] == b[$0] * 32 && BF16.rounded(a[$0]) == BF16.rounded(b[$0]) * 32 })
+        #expect(a[5] == 0 && a[17] == 0 && a[1002] == 0 && a.filter { $0 > 0 }.count == 1000 && a.allSatisfy { $0 <= 1 })
+        let exact = scores.indices.map { scores[$0] < -100 ? 0 : Foundation.exp2(Double(scores[$0]) * 1.442_695_040_888_963_4 - Double(top)) }
+        let far = a.indices.filter { abs(Double(a[$0]) - exact[$0]) > (1e-6 + 1.5e-7 * abs(Double(scores[$0]))) * exact[$0] }
+        #expect(far.isEmpty, "2^(t − M) within Float32 of exp: \(far.prefix(3).map { (scores[$0], a[$0], exact[$0]) })")
+    }
+
+    /// What ring attention does: a query block's bf16 forward over its keys in one call, and
+    /// over the same keys in two or three accumulating calls split anywhere, give o and L that
+    /// differ only by Float32 roundings (P rounds the same way whatever the running maximum);
+    /// the bound is a few times what the same splits change in the Float32 forward.
+    @Test(arguments: FlashPanelsTests.cases)
+    func bf16ForwardIsTheSameForAnySplitOfTheKeys(_ c: Case) {
+        let f = c.kernel, x = c.inputs(), Tk = f.keyLength, width = f.kvHeads * f.headDim
+        func forward(_ precision: ComputePrecision, cuts: [Int]) -> (o: [Float], l: [Float]) {
+            var o = [Float](repeating: .nan, count: x.q.count), l = [Float](repeating: .nan, count: f.logsumexpCount)
+            let bounds = [0] + cuts + [Tk]
+            for (index, (start, end)) in zip(bounds, bounds.dropFirst()).enumerated() {
+                let g = f.withKeys(Array(f.keyPositions[start..<end]))
+                let part = { (a: [Float]) -> [Float] in (0..<f.batch).flatMap { (b: Int) -> ArraySlice<Float> in a[((b * Tk + start) * width)..<((b * Tk + end) * width)] } }
+                g.forward(q: x.q, k: part(x.k), v: part(x.v), o: &o, logsumexp: &l, accumulate: index > 0, precision: precision)
+            }
+            return (o, l)
+        }
+        func difference(_ a: (o: [Float], l: [Float]), _ b: (o: [Float], l: [Float])) -> Double {
+            let scale = b.o.map { abs(Double($0)) }.max()!
+            var o = 0.0
+            for (x, y) in zip(a.o, b.o) { o = max(o, abs(Double(x) - Double(y)) / max(scale, 1e-30)) }
+            var l = 0.0
+            for (x, y) in zip(a.l, b.l) where x != y { l = max(l, abs(Double(x) - Double(y)) / max(1, abs(Double(y)))) }
+            return max(o, l)
+        }
+        let splits = [[Tk / 2], [Tk / 3, Tk * 3 / 4], [1, Tk - 1]].map { Array(Set($0.filter { $0 > 0 && $0 < Tk })).sorted() }
+        let (whole, whole32) = (forward(.bf16, cuts: []), forward(.fp32, cuts: []))
+        for cuts in splits where !cuts.isEmpty {
+            let (bf16, fp32) = (difference(forward(.bf16, cuts: cuts), whole), difference(forward(.fp32, cuts: cuts), whole32))
+            #expect(bf16 <= max(4 * fp32, 1e-6), "\(c.testDescription), keys cut at \(cuts): bf16 differs by \(bf16), Float32 by \(fp32)")
         }
     }
 
