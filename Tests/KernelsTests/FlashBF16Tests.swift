@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Kernels
+import CBF16
 import _TestSupport
 
 /// Flash attention in bf16 (`precision: .bf16`, `train.precision: bf16`) against a Float64
@@ -226,9 +227,10 @@ import _TestSupport
 
     /// Head dims past one packed depth take `BF16Matmul.gemm` (rounding the same operands).
     @Test func wideHeadsTakeTheBF16Gemm() {
-        #expect(FlashPanels.available(headDim: 513, queryTile: 128, keyTile: 256, precision: .bf16) == nil)
-        #expect(FlashPanels.available(headDim: 512, queryTile: 128, keyTile: 256, precision: .bf16)?.isBF16 == true)
-        let c = Case(queries: 5, keys: 9, headDim: 520, causal: true, heads: 2, kvHeads: 1, queryTile: 4, keyTile: 4)
+        let depth = Int(TESSERA_BF16_MAX_DEPTH)
+        #expect(FlashPanels.available(headDim: depth + 1, queryTile: 128, keyTile: 256, precision: .bf16) == nil)
+        #expect(FlashPanels.available(headDim: depth, queryTile: 128, keyTile: 256, precision: .bf16)?.isBF16 == true)
+        let c = Case(queries: 5, keys: 9, headDim: depth + 8, causal: true, heads: 2, kvHeads: 1, queryTile: 4, keyTile: 4)
         let f = c.kernel, x = c.inputs()
         let got = FlashPanelsTests.run(f, x, threads: 1, accumulate: false, precision: .bf16)
         var rowDot = [Float](repeating: 0, count: f.logsumexpCount)

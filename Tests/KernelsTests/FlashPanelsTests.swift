@@ -20,6 +20,10 @@ import _TestSupport
         Case(queries: 300, keys: 200, headDim: 17, causal: true, heads: 2, kvHeads: 1, queryTile: 256, keyTile: 256),
         Case(queries: 29, keys: 41, headDim: 8, causal: true, heads: 2, kvHeads: 1, batch: 2, queryTile: 8, keyTile: 16,
              queryPositions: (0..<29).map { ($0 * 7) % 41 }, keyPositions: (0..<41).map { ($0 * 11) % 41 }),
+        // Keys in descending positions 45 … 5: queries 0–4 see no key at all (o = 0, L = −∞), the
+        // others none of the first key tile's, so their first visible tile is a later one.
+        Case(queries: 29, keys: 41, headDim: 8, causal: true, heads: 2, kvHeads: 1, queryTile: 8, keyTile: 16,
+             queryPositions: Array(0..<29), keyPositions: (0..<41).map { 45 - $0 }),
     ]
 
     /// Forward, then backward, on `threads`; `accumulate` runs ring attention's calls: a second
