@@ -76,9 +76,11 @@ AVX512 static inline void transpose16(__m512i r[16]) {
 /// Up to 16 lines (`count`) of a block whose k values are contiguous (`src`/`half` at line 0,
 /// k 0; lines `ls` apart), over kc values: each line's pairs rounded (or copied, for bf16) and
 /// stored as pair q of line l at d[q·row + 2l]. Pairs past kc are not stored, an odd kc's
-/// partner is zero, lines past `count` are not touched.
+/// partner is zero, lines past `count` are not touched. The same k values of the `ahead` lines
+/// from `next` (the next call's) are prefetched meanwhile: without it the loads wait on memory.
 AVX512 static void pack_lines16(const float *src, const uint16_t *half, long ls, long count, long kc,
-                                uint16_t *d, long row) {
+                                uint16_t *d, long row, const char *next, long ahead) {
+    long size = half ? 2 : 4;
     // The upper 16 bits of each 32-bit lane of two vectors (values 0..15 and 16..31): 32 bf16.
     const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
                                          31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
@@ -88,6 +90,11 @@ AVX512 static void pack_lines16(const float *src, const uint16_t *half, long ls,
         __mmask16 m0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
         __mmask16 m1 = left >= 32 ? (__mmask16)0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
         __mmask32 mh = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1);
+        for (long l = 0; l < ahead; l++) {
+            const char *p = next + (l * ls + k0) * size;
+            _mm_prefetch(p, _MM_HINT_T0);
+            if (size == 4) _mm_prefetch(p + 64, _MM_HINT_T0);
+        }
         __m512i r[16];
         for (int l = 0; l < 16; l++) {
             if (l >= count) { r[l] = _mm512_setzero_si512(); continue; }
@@ -162,6 +169,14 @@ static void interleave(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long
     for (; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
 }
 
+/// Lines in the group of pack_lines16 calls that starts at line `first`: up to 16, inside its
+/// panel of `width`, before `lines` (≤ 0: none).
+static inline long group_lines(long first, long lines, int width) {
+    long n = lines - first, room = width - first % width;
+    if (n > room) n = room;
+    return n > 16 ? 16 : n;
+}
+
 /// A block of `lines` lines — rows of A or columns of B — from line l0, over k p0..<p0+kc, as
 /// panels of `width` lines, each [k pair][line][2], zero beyond `lines` and kc. A line's values
 /// are `ls` apart, its k values `ks` apart; one of the two is 1 (row-major operands).
@@ -174,15 +189,16 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
     }
 #if defined(__x86_64__)
     if (ks == 1 && wide) {   // each line's k values contiguous: 16 lines at a time, transposed in registers
-        for (long panel = 0; panel < panels; panel++)
-            for (long sub = 0; sub < width && panel * width + sub < lines; sub += 16) {
-                long first = panel * width + sub, count = lines - first;
-                if (count > 16) count = 16;
-                if (count > width - sub) count = width - sub;
-                long offset = (l0 + first) * ls + p0;
-                pack_lines16(v->h ? NULL : v->f + offset, v->h ? v->h + offset : NULL, ls, count, kc,
-                             dst + panel * kp * 2 * width + 2 * sub, 2 * width);
-            }
+        const char *base = v->h ? (const char *)v->h : (const char *)v->f;
+        long size = v->h ? 2 : 4, first = 0, count = group_lines(0, lines, width);
+        while (count > 0) {   // groups of up to 16 lines inside a panel, one after another
+            long after = first + count, ahead = group_lines(after, lines, width), offset = (l0 + first) * ls + p0;
+            pack_lines16(v->h ? NULL : v->f + offset, v->h ? v->h + offset : NULL, ls, count, kc,
+                         dst + first / width * kp * 2 * width + 2 * (first % width), 2 * width,
+                         ahead > 0 ? base + ((l0 + after) * ls + p0) * size : NULL, ahead > 0 ? ahead : 0);
+            first = after;
+            count = ahead;
+        }
         return;
     }
 #endif
