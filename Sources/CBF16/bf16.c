@@ -21,35 +21,94 @@ static inline uint16_t round1(float f) {
 }
 
 #if defined(__x86_64__)
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+/// round1 on 16 lanes of Float32 bits: the bf16 in each lane's upper 16 bits (lower bits junk).
+AVX512 static inline __m512i round_lanes(__m512i u) {
     const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff);
     const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), infinity = _mm512_set1_epi32(0x7f800000);
-    const __m512i quiet = _mm512_set1_epi32(0x00400000);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
+    __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
+    return _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x00400000)));
+}
+
+AVX512 static size_t round_avx512(const float *src, uint16_t *dst, size_t count) {
     size_t i = 0;
     for (; i + 16 <= count; i += 16) {
-        __m512i u = _mm512_loadu_si512((const void *)(src + i));
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
-        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        __m512i r = round_lanes(_mm512_loadu_si512((const void *)(src + i)));
         _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
     }
     if (i < count) {   // the tail under a mask: the same arithmetic
         __mmask16 mask = (__mmask16)((1u << (count - i)) - 1);
-        __m512i u = _mm512_maskz_loadu_epi32(mask, (const void *)(src + i));
-        __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), one);
-        __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(bias, lsb));
-        __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(u, magnitude), infinity);
-        r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, quiet));
+        __m512i r = round_lanes(_mm512_maskz_loadu_epi32(mask, (const void *)(src + i)));
         _mm256_mask_storeu_epi16((void *)(dst + i), mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
         i = count;
     }
     return i;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl")))
-static long interleave_avx512(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count) {
+/// r[q] = column q of the 16 × 16 matrix of 32-bit values whose rows are r[0..15].
+AVX512 static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    // r[4g + c] holds, in each 128-bit lane L, column 4L + c's values of rows 4g..4g+3.
+    for (int g = 0; g < 2; g++)
+        for (int c = 0; c < 4; c++) {
+            t[8 * g + c] = _mm512_shuffle_i32x4(r[8 * g + c], r[8 * g + 4 + c], 0x88);
+            t[8 * g + 4 + c] = _mm512_shuffle_i32x4(r[8 * g + c], r[8 * g + 4 + c], 0xdd);
+        }
+    for (int c = 0; c < 8; c++) {
+        r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
+        r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xdd);
+    }
+}
+
+/// Up to 16 lines (`count`) of a block whose k values are contiguous (`src`/`half` at line 0,
+/// k 0; lines `ls` apart), over kc values: each line's pairs rounded (or copied, for bf16) and
+/// stored as pair q of line l at d[q·row + 2l]. Pairs past kc are not stored, an odd kc's
+/// partner is zero, lines past `count` are not touched. The same k values of the `ahead` lines
+/// from `next` (the next call's) are prefetched meanwhile: without it the loads wait on memory.
+AVX512 static void pack_lines16(const float *src, const uint16_t *half, long ls, long count, long kc,
+                                uint16_t *d, long row, const char *next, long ahead) {
+    long size = half ? 2 : 4;
+    // The upper 16 bits of each 32-bit lane of two vectors (values 0..15 and 16..31): 32 bf16.
+    const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                         31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    const __mmask16 lines = (__mmask16)((1u << count) - 1);
+    for (long k0 = 0; k0 < kc; k0 += 32) {
+        long left = kc - k0, pairs = left >= 32 ? 16 : (left + 1) / 2;
+        __mmask16 m0 = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __mmask16 m1 = left >= 32 ? (__mmask16)0xffff : left > 16 ? (__mmask16)((1u << (left - 16)) - 1) : 0;
+        __mmask32 mh = left >= 32 ? (__mmask32)0xffffffffu : (__mmask32)((1u << left) - 1);
+        for (long l = 0; l < ahead; l++) {
+            const char *p = next + (l * ls + k0) * size;
+            _mm_prefetch(p, _MM_HINT_T0);
+            if (size == 4) _mm_prefetch(p + 64, _MM_HINT_T0);
+        }
+        __m512i r[16];
+        for (int l = 0; l < 16; l++) {
+            if (l >= count) { r[l] = _mm512_setzero_si512(); continue; }
+            if (half) { r[l] = _mm512_maskz_loadu_epi16(mh, (const void *)(half + l * ls + k0)); continue; }
+            __m512i lo = round_lanes(_mm512_maskz_loadu_epi32(m0, (const void *)(src + l * ls + k0)));
+            __m512i hi = round_lanes(_mm512_maskz_loadu_epi32(m1, (const void *)(src + l * ls + k0 + 16)));
+            r[l] = _mm512_permutex2var_epi16(lo, odd, hi);
+        }
+        transpose16(r);
+        for (long q = 0; q < pairs; q++) _mm512_mask_storeu_epi32((void *)(d + (k0 / 2 + q) * row), lines, r[q]);
+    }
+}
+
+AVX512 static long interleave_avx512(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count) {
     for (long l = 0; l < count; l += 16) {
         __mmask16 mask = count - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - l)) - 1);
         __m512i x0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(u0 + l)));
@@ -110,6 +169,14 @@ static void interleave(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long
     for (; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
 }
 
+/// Lines in the group of pack_lines16 calls that starts at line `first`: up to 16, inside its
+/// panel of `width`, before `lines` (≤ 0: none).
+static inline long group_lines(long first, long lines, int width) {
+    long n = lines - first, room = width - first % width;
+    if (n > room) n = room;
+    return n > 16 ? 16 : n;
+}
+
 /// A block of `lines` lines — rows of A or columns of B — from line l0, over k p0..<p0+kc, as
 /// panels of `width` lines, each [k pair][line][2], zero beyond `lines` and kc. A line's values
 /// are `ls` apart, its k values `ks` apart; one of the two is 1 (row-major operands).
@@ -120,6 +187,21 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
         long from = (kc & 1) ? 0 : panels - 1;
         memset(dst + from * kp * 2 * width, 0, (size_t)(panels - from) * kp * 2 * width * sizeof(uint16_t));
     }
+#if defined(__x86_64__)
+    if (ks == 1 && wide) {   // each line's k values contiguous: 16 lines at a time, transposed in registers
+        const char *base = v->h ? (const char *)v->h : (const char *)v->f;
+        long size = v->h ? 2 : 4, first = 0, count = group_lines(0, lines, width);
+        while (count > 0) {   // groups of up to 16 lines inside a panel, one after another
+            long after = first + count, ahead = group_lines(after, lines, width), offset = (l0 + first) * ls + p0;
+            pack_lines16(v->h ? NULL : v->f + offset, v->h ? v->h + offset : NULL, ls, count, kc,
+                         dst + first / width * kp * 2 * width + 2 * (first % width), 2 * width,
+                         ahead > 0 ? base + ((l0 + after) * ls + p0) * size : NULL, ahead > 0 ? ahead : 0);
+            first = after;
+            count = ahead;
+        }
+        return;
+    }
+#endif
     if (ks == 1) {   // each line's k values contiguous: round a line, deal its pairs out
         uint16_t t[KC];
         for (long l = 0; l < lines; l++) {
@@ -336,8 +418,7 @@ void tessera_bf16_put_depth_pair(const float *x0, const float *x1, long lines, u
     if (x1) tessera_bf16_round(x1, t1, (size_t)lines, wide); else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
     for (long l0 = 0; l0 < lines; l0 += width) {
         uint16_t *d = panel + (l0 / width) * sliver + depth * width;
-        long count = lines - l0 < width ? lines - l0 : width;
-        for (long l = 0; l < count; l++) { d[2 * l] = t0[l0 + l]; d[2 * l + 1] = t1[l0 + l]; }
+        interleave(t0 + l0, t1 + l0, d, lines - l0 < width ? lines - l0 : width, wide);
     }
 }
 

@@ -102,8 +102,13 @@ extension Matmul {
     public static func linearForward(x: UnsafePointer<Float>, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
                                      rows: Int, inFeatures: Int, outFeatures: Int, threads: KernelThreads,
                                      precision: ComputePrecision) {
-        gemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, a: x, lda: inFeatures,
-             b: weight, ldb: inFeatures, c: y, ldc: outFeatures, threads: threads, precision: precision)
+        switch precision {
+        case .fp32:
+            linearForward(x: x, weight: weight, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, threads: threads)
+        case .bf16:
+            BF16Matmul.linearForward(x: .float(x), weight: weight, y: y, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
+                                     threads: threads)
+        }
     }
 
     /// `linearBackward` in `precision`: both products (dx and dW) take bf16 inputs.
@@ -111,11 +116,34 @@ extension Matmul {
                                       dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>,
                                       rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false,
                                       threads: KernelThreads, precision: ComputePrecision) {
+        switch precision {
+        case .fp32:
+            linearBackward(x: x, weight: weight, dy: dy, dx: dx, dWeight: dWeight, rows: rows, inFeatures: inFeatures,
+                           outFeatures: outFeatures, accumulateInput: accumulateInput, threads: threads)
+        case .bf16:
+            BF16Matmul.linearBackward(x: .float(x), weight: weight, dy: .float(dy), dx: dx, dWeight: dWeight, rows: rows,
+                                      inFeatures: inFeatures, outFeatures: outFeatures, accumulateInput: accumulateInput, threads: threads)
+        }
+    }
+}
+
+/// `Matmul.linearForward` and `linearBackward` in bf16 with activations that may be bf16 bits
+/// already (made rounded by their producer, e.g. `SwiGLU`'s bf16 outputs); weights are Float32.
+extension BF16Matmul {
+    public static func linearForward(x: BF16Operand, weight: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
+                                     rows: Int, inFeatures: Int, outFeatures: Int, beta: Float = 0, threads: KernelThreads) {
+        gemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, a: x, lda: inFeatures,
+             b: .float(weight), ldb: inFeatures, beta: beta, c: y, ldc: outFeatures, threads: threads)
+    }
+
+    public static func linearBackward(x: BF16Operand, weight: UnsafePointer<Float>, dy: BF16Operand,
+                                      dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>,
+                                      rows: Int, inFeatures: Int, outFeatures: Int, accumulateInput: Bool = false, threads: KernelThreads) {
         if let dx {
             gemm(transposeA: false, transposeB: false, m: rows, n: inFeatures, k: outFeatures, a: dy, lda: outFeatures,
-                 b: weight, ldb: inFeatures, beta: accumulateInput ? 1 : 0, c: dx, ldc: inFeatures, threads: threads, precision: precision)
+                 b: .float(weight), ldb: inFeatures, beta: accumulateInput ? 1 : 0, c: dx, ldc: inFeatures, threads: threads)
         }
         gemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows, a: dy, lda: outFeatures,
-             b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures, threads: threads, precision: precision)
+             b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures, threads: threads)
     }
 }

@@ -148,6 +148,44 @@ public enum SwiGLU {
     }
 }
 
+/// SwiGLU whose outputs only feed bf16 products: each value rounded to bf16 (`BF16.round`) as
+/// it is made, so the products read half the bytes and round nothing. The same bits as
+/// rounding the Float32 functions' outputs (chunks of them, on the same ranges, in L1).
+extension SwiGLU {
+    /// Values per chunk: a multiple of the vector width, so chunks keep the ranges' vector/scalar split.
+    static let chunk = 2048
+
+    /// `forward` with h rounded to bf16.
+    public static func forward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, bf16 out: UnsafeMutablePointer<UInt16>,
+                               count n: Int, threads: KernelThreads = .single) {
+        threads.forRanges(n) { range in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
+            defer { scratch.deallocate() }
+            for i in stride(from: range.lowerBound, to: range.upperBound, by: chunk) {
+                let c = min(chunk, range.upperBound - i)
+                forward(gate: gate + i, up: up + i, out: scratch, count: c)
+                BF16.round(scratch, into: out + i, count: c)
+            }
+        }
+    }
+
+    /// `backward` with dGate and dUp rounded to bf16.
+    public static func backward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>, dOut: UnsafePointer<Float>,
+                                bf16 dGate: UnsafeMutablePointer<UInt16>, dUp: UnsafeMutablePointer<UInt16>, count n: Int,
+                                threads: KernelThreads = .single) {
+        threads.forRanges(n) { range in
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 2 * chunk)
+            defer { scratch.deallocate() }
+            for i in stride(from: range.lowerBound, to: range.upperBound, by: chunk) {
+                let c = min(chunk, range.upperBound - i)
+                backward(gate: gate + i, up: up + i, dOut: dOut + i, dGate: scratch, dUp: scratch + chunk, count: c)
+                BF16.round(scratch, into: dGate + i, count: c)
+                BF16.round(scratch + chunk, into: dUp + i, count: c)
+            }
+        }
+    }
+}
+
 /// Fused, numerically stable softmax + cross-entropy over rows of logits.
 public enum SoftmaxCrossEntropy {
     /// logits (rows, vocab); returns Σ_rows −log p(target) in Float64. When `dLogits` is given it

@@ -135,7 +135,7 @@ extension FlashAttention {
             self.panels = panels
             (self.q, self.dO, self.qFeatures, self.dOFeatures) = (queries(.positions, mr), queries(.positions, mr), queries(.features, nr), queries(.features, nr))
             (self.k, self.v, self.kFeatures) = (keys(.positions), keys(.positions), keys(.features))
-            panels.pack([(q, self.q), (dO, self.dO), (q, qFeatures), (dO, dOFeatures), (k, self.k), (v, self.v), (k, kFeatures)],
+            panels.pack([(q, self.q), (q, qFeatures), (dO, self.dO), (dO, dOFeatures), (k, self.k), (k, kFeatures), (v, self.v)],
                         batch: f.batch, threads: threads)
         }
 

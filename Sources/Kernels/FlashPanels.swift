@@ -122,16 +122,29 @@ struct FlashPanels {
         }
     }
 
-    /// One operand per (source tensor, format), packed on `threads` (tiles in parallel).
+    /// One operand per (source tensor, format), packed on `threads` (tiles in parallel). Operands
+    /// listed one after another from the same tensor, over the same heads and tiles, are packed
+    /// tile by tile together: the later ones read the tile from cache, not from memory.
     func pack(_ sources: [(tensor: UnsafePointer<Float>, operand: Operand)], batch: Int, threads: KernelThreads) {
-        let perOperand = sources.map { batch * $0.operand.heads * $0.operand.tiles }
-        let total = perOperand.reduce(0, +)
-        threads.forItems(total) { items in
+        var groups: [Range<Int>] = []
+        for s in sources.indices {
+            if let last = groups.last, sources[last.lowerBound].tensor == sources[s].tensor,
+               sources[last.lowerBound].operand.heads == sources[s].operand.heads,
+               sources[last.lowerBound].operand.tiles == sources[s].operand.tiles {
+                groups[groups.count - 1] = last.lowerBound..<(s + 1)
+            } else {
+                groups.append(s..<(s + 1))
+            }
+        }
+        let perGroup = groups.map { batch * sources[$0.lowerBound].operand.heads * sources[$0.lowerBound].operand.tiles }
+        threads.forItems(perGroup.reduce(0, +)) { items in
             for item in items {
-                var (s, rest) = (0, item)
-                while rest >= perOperand[s] { rest -= perOperand[s]; s += 1 }
-                let operand = sources[s].operand, perBatch = operand.heads * operand.tiles
-                operand.pack(sources[s].tensor, b: rest / perBatch, h: rest % perBatch / operand.tiles, t: rest % operand.tiles)
+                var (g, rest) = (0, item)
+                while rest >= perGroup[g] { rest -= perGroup[g]; g += 1 }
+                for s in groups[g] {
+                    let operand = sources[s].operand, perBatch = operand.heads * operand.tiles
+                    operand.pack(sources[s].tensor, b: rest / perBatch, h: rest % perBatch / operand.tiles, t: rest % operand.tiles)
+                }
             }
         }
     }

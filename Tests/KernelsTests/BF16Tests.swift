@@ -204,4 +204,27 @@ import _TestSupport
             }
         }
     }
+
+    /// SwiGLU's bf16 outputs (made rounded, for products) are the Float32 functions' outputs
+    /// rounded, bit for bit, on lengths around its chunk and vector widths and on thread counts
+    /// that split the work (the Float32 functions' vector/scalar split moves with the ranges).
+    @Test func swiGLUWithBF16OutputsIsTheFloat32OutputsRounded() {
+        var rng = RNG(seed: 17)
+        for count in [1, 7, 8, 9, 2047, 2048, 2049, 4103, 40_001] {
+            let gate = (0..<count).map { _ in Float(rng.nextNormal()) * 4 }, up = (0..<count).map { _ in Float(rng.nextNormal()) }
+            let dOut = (0..<count).map { _ in Float(rng.nextNormal()) }
+            for threads in [1, 2, 3] {
+                let t = KernelThreads(threads)
+                var h = [Float](repeating: 0, count: count), dGate = h, dUp = h
+                var h16 = [UInt16](repeating: 0, count: count), dGate16 = h16, dUp16 = h16
+                SwiGLU.forward(gate: gate, up: up, out: &h, count: count, threads: t)
+                SwiGLU.forward(gate: gate, up: up, bf16: &h16, count: count, threads: t)
+                SwiGLU.backward(gate: gate, up: up, dOut: dOut, dGate: &dGate, dUp: &dUp, count: count, threads: t)
+                SwiGLU.backward(gate: gate, up: up, dOut: dOut, bf16: &dGate16, dUp: &dUp16, count: count, threads: t)
+                #expect(h16 == h.map { BF16.round($0) }, "forward, \(count) values, \(threads) threads")
+                #expect(dGate16 == dGate.map { BF16.round($0) }, "dGate, \(count) values, \(threads) threads")
+                #expect(dUp16 == dUp.map { BF16.round($0) }, "dUp, \(count) values, \(threads) threads")
+            }
+        }
+    }
 }

@@ -34,16 +34,39 @@ final class SwiGLUFeedForward: LayerComponent {
         input = x
         Matmul.linearForward(x: x, weight: gate.value, y: cache[0], rows: n, inFeatures: d, outFeatures: f, threads: threads, precision: c.precision)
         Matmul.linearForward(x: x, weight: up.value, y: cache[1], rows: n, inFeatures: d, outFeatures: f, threads: threads, precision: c.precision)
+        // out += hidden · Wdownᵀ; in bf16 the hidden values are stored rounded (only products read them).
+        if c.precision == .bf16 {
+            SwiGLU.forward(gate: cache[0], up: cache[1], bf16: Self.bits(cache[2]), count: n * f, threads: threads)
+            BF16Matmul.linearForward(x: .bf16(Self.bits(cache[2])), weight: down.value, y: out, rows: n, inFeatures: f, outFeatures: d,
+                                     beta: 1, threads: threads)
+            return
+        }
         SwiGLU.forward(gate: cache[0], up: cache[1], out: cache[2], count: n * f, threads: threads)
-        // out += hidden · Wdownᵀ
         Matmul.gemm(transposeA: false, transposeB: true, m: n, n: d, k: f, a: cache[2], lda: f,
-                    b: down.value, ldb: f, beta: 1, c: out, ldc: d, threads: threads, precision: c.precision)
+                    b: down.value, ldb: f, beta: 1, c: out, ldc: d, threads: threads)
+    }
+
+    /// A Float32 buffer's memory holding bf16 bits (written and read only by the bf16 kernels).
+    static func bits(_ buffer: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<UInt16> {
+        UnsafeMutableRawPointer(buffer).assumingMemoryBound(to: UInt16.self)
     }
 
     func backward(_ dOut: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) {
         guard let x = input else { preconditionFailure("SwiGLUFeedForward.backward before forward") }
         let (n, d, f, threads) = (c.rows, dModel, hidden, c.threads)
         let dHidden = c.scratch.buffer("swiglu.dHidden", count: n * f)
+        if c.precision == .bf16 {   // hidden, dGate and dUp as bf16 bits (SwiGLU rounds them as it makes them)
+            let dGate = Self.bits(c.scratch.buffer("swiglu.dGate", count: (n * f + 1) / 2))
+            let dUp = Self.bits(c.scratch.buffer("swiglu.dUp", count: (n * f + 1) / 2))
+            BF16Matmul.linearBackward(x: .bf16(Self.bits(cache[2])), weight: down.value, dy: .float(dOut), dx: dHidden,
+                                      dWeight: down.gradient, rows: n, inFeatures: f, outFeatures: d, threads: threads)
+            SwiGLU.backward(gate: cache[0], up: cache[1], dOut: dHidden, bf16: dGate, dUp: dUp, count: n * f, threads: threads)
+            BF16Matmul.linearBackward(x: .float(x), weight: gate.value, dy: .bf16(dGate), dx: dx, dWeight: gate.gradient,
+                                      rows: n, inFeatures: d, outFeatures: f, threads: threads)
+            BF16Matmul.linearBackward(x: .float(x), weight: up.value, dy: .bf16(dUp), dx: dx, dWeight: up.gradient,
+                                      rows: n, inFeatures: d, outFeatures: f, accumulateInput: true, threads: threads)
+            return
+        }
         let dGate = c.scratch.buffer("swiglu.dGate", count: n * f)
         let dUp = c.scratch.buffer("swiglu.dUp", count: n * f)
         Matmul.linearBackward(x: cache[2], weight: down.value, dy: dOut, dx: dHidden, dWeight: down.gradient,

@@ -56,8 +56,14 @@ final class SwiGLUExperts {
         Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
             Matmul.linearForward(x: x + start * d, weight: w1[l].value, y: g + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
             Matmul.linearForward(x: x + start * d, weight: w3[l].value, y: u + start * f, rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
+            if precision == .bf16 {   // the activation stored as bf16 bits: only products read it
+                let bits = SwiGLUFeedForward.bits(a) + start * f
+                SwiGLU.forward(gate: g + start * f, up: u + start * f, bf16: bits, count: m * f, threads: one)
+                BF16Matmul.linearForward(x: .bf16(bits), weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one)
+                return
+            }
             SwiGLU.forward(gate: g + start * f, up: u + start * f, out: a + start * f, count: m * f, threads: one)
-            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one, precision: precision)
+            Matmul.linearForward(x: a + start * f, weight: w2[l].value, y: y + start * d, rows: m, inFeatures: f, outFeatures: d, threads: one)
         }
     }
 
@@ -108,6 +114,11 @@ final class SwiGLUExperts {
         let (dActivation, dGate, dUp) = (work, work + rows * f, work + 2 * rows * f)
         let (w1, w2, w3) = (self.w1, self.w2, self.w3)
         let (activation, gate, up) = (self.activation.pointer, self.gate.pointer, self.up.pointer)
+        if precision == .bf16 {
+            backwardBF16(dy, dx: dx, dGate: SwiGLUFeedForward.bits(dGate), dUp: SwiGLUFeedForward.bits(dUp), dActivation: dActivation,
+                         x: x, threads: threads)
+            return
+        }
         Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
             Matmul.linearBackward(x: activation + start * f, weight: w2[l].value, dy: dy + start * d, dx: dActivation + start * f,
                                   dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: one, precision: precision)
@@ -117,6 +128,25 @@ final class SwiGLUExperts {
                                   rows: m, inFeatures: d, outFeatures: f, threads: one, precision: precision)
             Matmul.linearBackward(x: x + start * d, weight: w3[l].value, dy: dUp + start * f, dx: dx + start * d, dWeight: w3[l].gradient,
                                   rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: one, precision: precision)
+        }
+    }
+
+    /// `backward` in bf16: the activation (stored by `forward`), dGate and dUp are bf16 bits.
+    private func backwardBF16(_ dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, dGate: UnsafeMutablePointer<UInt16>,
+                              dUp: UnsafeMutablePointer<UInt16>, dActivation: UnsafeMutablePointer<Float>, x: UnsafePointer<Float>,
+                              threads: KernelThreads) {
+        let (d, f) = (dModel, hidden)
+        let (w1, w2, w3) = (self.w1, self.w2, self.w3)
+        let (activation, gate, up) = (SwiGLUFeedForward.bits(self.activation.pointer), self.gate.pointer, self.up.pointer)
+        Self.forEachExpert(rowsPerExpert, threads: threads) { l, start, m, one in
+            let (g, u) = (dGate + start * f, dUp + start * f)
+            BF16Matmul.linearBackward(x: .bf16(activation + start * f), weight: w2[l].value, dy: .float(dy + start * d),
+                                      dx: dActivation + start * f, dWeight: w2[l].gradient, rows: m, inFeatures: f, outFeatures: d, threads: one)
+            SwiGLU.backward(gate: gate + start * f, up: up + start * f, dOut: dActivation + start * f, bf16: g, dUp: u, count: m * f, threads: one)
+            BF16Matmul.linearBackward(x: .float(x + start * d), weight: w1[l].value, dy: .bf16(g), dx: dx + start * d,
+                                      dWeight: w1[l].gradient, rows: m, inFeatures: d, outFeatures: f, threads: one)
+            BF16Matmul.linearBackward(x: .float(x + start * d), weight: w3[l].value, dy: .bf16(u), dx: dx + start * d,
+                                      dWeight: w3[l].gradient, rows: m, inFeatures: d, outFeatures: f, accumulateInput: true, threads: one)
         }
     }
 
