@@ -60,3 +60,12 @@ void lean_lanes(lean_step step, long D, long G, float scale, const float *q, con
         }
     }
 }
+
+/// The exported kernel NAME of CDecode.h: the lane walk around STEP, with ATTRIBUTES (its target).
+#define LEAN_LANES_DEFINE(NAME, STEP, ATTRIBUTES) \
+ATTRIBUTES void NAME(long D, long G, float scale, const float *q, const float *k, const float *v, long length, \
+                     long block_rows, long lanes, long from, long to, float *out, long head_stride, float *scratch, \
+                     long score_stride, const float *after_k, const float *after_v, long after_rows) { \
+    lean_lanes(STEP, D, G, scale, q, k, v, length, block_rows, lanes, from, to, out, head_stride, scratch, score_stride, \
+               after_k, after_v, after_rows); \
+}

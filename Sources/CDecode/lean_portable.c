@@ -29,9 +29,4 @@ static void step_portable(long D, long G, long rows, float scale, const float *q
     }
 }
 
-void tessera_lean_lanes_portable(long D, long G, float scale, const float *q, const float *k, const float *v, long length,
-                                 long block_rows, long lanes, long from, long to, float *out, long head_stride, float *scratch,
-                                 long score_stride, const float *after_k, const float *after_v, long after_rows) {
-    lean_lanes(step_portable, D, G, scale, q, k, v, length, block_rows, lanes, from, to, out, head_stride, scratch, score_stride,
-               after_k, after_v, after_rows);
-}
+LEAN_LANES_DEFINE(tessera_lean_lanes_portable, step_portable, )

@@ -147,13 +147,7 @@ void step_avx512(long D, long G, long rows, float scale, const float *q, const f
     }
 }
 
-__attribute__((target("avx512f")))
-void tessera_lean_lanes_avx512(long D, long G, float scale, const float *q, const float *k, const float *v, long length,
-                               long block_rows, long lanes, long from, long to, float *out, long head_stride, float *scratch,
-                               long score_stride, const float *after_k, const float *after_v, long after_rows) {
-    lean_lanes(step_avx512, D, G, scale, q, k, v, length, block_rows, lanes, from, to, out, head_stride, scratch, score_stride,
-               after_k, after_v, after_rows);
-}
+LEAN_LANES_DEFINE(tessera_lean_lanes_avx512, step_avx512, __attribute__((target("avx512f"))))
 
 /// Lane i of the result = the sum of the 8 lanes of a[i].
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 row_sums8(const __m256 a[8]) {
@@ -255,11 +249,5 @@ void step_avx2(long D, long G, long rows, float scale, const float *q, const flo
     }
 }
 
-__attribute__((target("avx2,fma")))
-void tessera_lean_lanes_avx2(long D, long G, float scale, const float *q, const float *k, const float *v, long length,
-                             long block_rows, long lanes, long from, long to, float *out, long head_stride, float *scratch,
-                             long score_stride, const float *after_k, const float *after_v, long after_rows) {
-    lean_lanes(step_avx2, D, G, scale, q, k, v, length, block_rows, lanes, from, to, out, head_stride, scratch, score_stride,
-               after_k, after_v, after_rows);
-}
+LEAN_LANES_DEFINE(tessera_lean_lanes_avx2, step_avx2, __attribute__((target("avx2,fma"))))
 #endif
