@@ -1,11 +1,11 @@
-// The x86-64 block kernels of decode attention (CDecode.h), each compiled for its instruction
-// set by a target attribute. Scores: the dot products of TESSERA_LEAN_ROW_TILE rows (16 on
+// The x86-64 kernels of decode attention (CDecode.h), each compiled for its instruction set by a
+// target attribute; the lane walk is lean_lanes.h's, the block steps are here. Scores: the dot products of TESSERA_LEAN_ROW_TILE rows (16 on
 // AVX-512, 8 on AVX2 at a time) accumulate in one register per row, then one transposing
 // reduction tree turns those registers into a vector of the rows' sums, so no row pays for a
 // horizontal sum of its own; a row's sum takes the same steps whichever rows surround it.
-// Weighted V: the output row stays in registers across the block (two sets, even and odd rows).
-#include "CDecode.h"
-#include <math.h>
+// Weighted V: the lane's running output is loaded (rescaled) into registers, the block's rows
+// added in two sets (even and odd rows), and stored back unnormalised.
+#include "lean_lanes.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -76,11 +76,10 @@ void scores16(__m512 acc[16], const long chunks, const float *q, const float *k,
     }
 }
 
-__attribute__((target("avx512f")))
-void tessera_lean_block_avx512(long D, long G, long rows, float scale,
-                               const float *q, const float *k, const float *v,
-                               float *out, long head_stride, float *scores, long score_stride,
-                               const float *next_k, const float *next_v, long next_rows) {
+static __attribute__((target("avx512f")))
+void step_avx512(long D, long G, long rows, float scale, const float *q, const float *k, const float *v,
+                 float *out, long head_stride, float *state, int first, float *scores, long score_stride,
+                 const float *next_k, const float *next_v, long next_rows) {
     const long chunks = (D + 15) / 16, row_bytes = D * 4;
     const __mmask16 tail = (D % 16) ? (__mmask16)((1u << (D % 16)) - 1) : (__mmask16)0xFFFF;
     for (long g = 0; g < G; g++) {
@@ -102,7 +101,8 @@ void tessera_lean_block_avx512(long D, long G, long rows, float scale,
             const __mmask16 m = rows - j0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rows - j0)) - 1);
             vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_loadu_ps(s + j0));
         }
-        const float maximum = _mm512_reduce_max_ps(vmax);
+        float maximum, *st = state + 2 * g;
+        const float alpha = lean_rescale(st, first, _mm512_reduce_max_ps(vmax), &maximum);
         __m512 vsum = _mm512_setzero_ps();
         for (long j0 = 0; j0 < rows; j0 += 16) {
             const __mmask16 m = rows - j0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (rows - j0)) - 1);
@@ -111,14 +111,19 @@ void tessera_lean_block_avx512(long D, long G, long rows, float scale,
             vsum = _mm512_add_ps(vsum, p);
         }
         const float total = _mm512_reduce_add_ps(vsum);
-        const __m512 inverse = _mm512_set1_ps(1 / total);
-        // o = Σ p_j v_j / Σ p_j, 64 columns at a time, in registers across the rows.
+        st[1] = first ? total : st[1] * alpha + total;
+        st[0] = maximum;
+        // o = alpha · o + Σ p_j v_j, 64 columns at a time, in registers across the rows.
         for (long c0 = 0; c0 < chunks; c0 += 4) {
             __mmask16 m[4];
             for (int i = 0; i < 4; i++)
                 m[i] = c0 + i < chunks - 1 ? (__mmask16)0xFFFF : c0 + i == chunks - 1 ? tail : (__mmask16)0;
             __m512 even[4], odd[4];
-            for (int i = 0; i < 4; i++) { even[i] = _mm512_setzero_ps(); odd[i] = _mm512_setzero_ps(); }
+            for (int i = 0; i < 4; i++) {
+                odd[i] = _mm512_setzero_ps();
+                even[i] = first ? odd[i] : _mm512_maskz_loadu_ps(m[i], record + 16 * (c0 + i));
+                if (alpha != 1) even[i] = _mm512_mul_ps(even[i], _mm512_set1_ps(alpha));
+            }
             const float *column = v + 16 * c0;
             long j = 0;
             for (; j + 2 <= rows; j += 2) {
@@ -137,11 +142,12 @@ void tessera_lean_block_avx512(long D, long G, long rows, float scale,
                     even[i] = _mm512_fmadd_ps(p0, _mm512_maskz_loadu_ps(m[i], column + j * D + 16 * i), even[i]);
             }
             for (int i = 0; i < 4; i++)
-                _mm512_mask_storeu_ps(record + 16 * (c0 + i), m[i], _mm512_mul_ps(_mm512_add_ps(even[i], odd[i]), inverse));
+                _mm512_mask_storeu_ps(record + 16 * (c0 + i), m[i], _mm512_add_ps(even[i], odd[i]));
         }
-        record[D] = maximum + logf(total);
     }
 }
+
+LEAN_LANES_DEFINE(tessera_lean_lanes_avx512, step_avx512, __attribute__((target("avx512f"))))
 
 /// Lane i of the result = the sum of the 8 lanes of a[i].
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 row_sums8(const __m256 a[8]) {
@@ -178,11 +184,10 @@ void scores8(__m256 acc[8], const long chunks, const float *q, const float *k, c
     }
 }
 
-__attribute__((target("avx2,fma")))
-void tessera_lean_block_avx2(long D, long G, long rows, float scale,
-                             const float *q, const float *k, const float *v,
-                             float *out, long head_stride, float *scores, long score_stride,
-                             const float *next_k, const float *next_v, long next_rows) {
+static __attribute__((target("avx2,fma")))
+void step_avx2(long D, long G, long rows, float scale, const float *q, const float *k, const float *v,
+               float *out, long head_stride, float *state, int first, float *scores, long score_stride,
+               const float *next_k, const float *next_v, long next_rows) {
     const long chunks = (D + 7) / 8, row_bytes = D * 4;
     const __m256i full = _mm256_set1_epi32(-1), none = _mm256_setzero_si256(), tail = first8(D - 8 * (chunks - 1));
     for (long g = 0; g < G; g++) {
@@ -197,8 +202,9 @@ void tessera_lean_block_avx2(long D, long G, long rows, float scale,
             else scores8(acc, chunks, qg, k + j0 * D, n, tail);
             _mm256_storeu_ps(s + j0, _mm256_mul_ps(row_sums8(acc), _mm256_set1_ps(scale)));
         }
-        float maximum = -INFINITY;
-        for (long j = 0; j < rows; j++) maximum = s[j] > maximum ? s[j] : maximum;
+        float block_max = -INFINITY, maximum, *st = state + 2 * g;
+        for (long j = 0; j < rows; j++) block_max = s[j] > block_max ? s[j] : block_max;
+        const float alpha = lean_rescale(st, first, block_max, &maximum);
         __m256 vsum = _mm256_setzero_ps();
         for (long j0 = 0; j0 < rows; j0 += 8) {
             __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j0), _mm256_set1_ps(maximum)));
@@ -209,12 +215,17 @@ void tessera_lean_block_avx2(long D, long G, long rows, float scale,
         float lanes[8], total = 0;
         _mm256_storeu_ps(lanes, vsum);
         for (int i = 0; i < 8; i++) total += lanes[i];
-        const __m256 inverse = _mm256_set1_ps(1 / total);
+        st[1] = first ? total : st[1] * alpha + total;
+        st[0] = maximum;
         for (long c0 = 0; c0 < chunks; c0 += 4) {
             __m256i m[4];
             for (int i = 0; i < 4; i++) m[i] = c0 + i < chunks - 1 ? full : c0 + i == chunks - 1 ? tail : none;
             __m256 even[4], odd[4];
-            for (int i = 0; i < 4; i++) { even[i] = _mm256_setzero_ps(); odd[i] = _mm256_setzero_ps(); }
+            for (int i = 0; i < 4; i++) {
+                odd[i] = _mm256_setzero_ps();
+                even[i] = first ? odd[i] : _mm256_maskload_ps(record + 8 * (c0 + i), m[i]);
+                if (alpha != 1) even[i] = _mm256_mul_ps(even[i], _mm256_set1_ps(alpha));
+            }
             const float *column = v + 8 * c0;
             long j = 0;
             for (; j + 2 <= rows; j += 2) {
@@ -233,9 +244,10 @@ void tessera_lean_block_avx2(long D, long G, long rows, float scale,
                     even[i] = _mm256_fmadd_ps(p0, _mm256_maskload_ps(column + j * D + 8 * i, m[i]), even[i]);
             }
             for (int i = 0; i < 4; i++)
-                _mm256_maskstore_ps(record + 8 * (c0 + i), m[i], _mm256_mul_ps(_mm256_add_ps(even[i], odd[i]), inverse));
+                _mm256_maskstore_ps(record + 8 * (c0 + i), m[i], _mm256_add_ps(even[i], odd[i]));
         }
-        record[D] = maximum + logf(total);
     }
 }
+
+LEAN_LANES_DEFINE(tessera_lean_lanes_avx2, step_avx2, __attribute__((target("avx2,fma"))))
 #endif

@@ -171,7 +171,7 @@ final class PackBuffers {
     }
 
     var a = Buffer(), b = Buffer()
-    /// LeanAttention's per-block partials (on the calling thread) and scores (on each worker).
+    /// LeanAttention's lane records in `forward` (on the calling thread) and scratch (on each worker).
     var partials = Buffer(), scores = Buffer()
 
     deinit { a.pointer?.deallocate(); b.pointer?.deallocate(); partials.pointer?.deallocate(); scores.pointer?.deallocate() }

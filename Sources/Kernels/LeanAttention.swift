@@ -5,24 +5,26 @@ import Foundation
 /// Decode attention ("lean attention"): one new query token per (batch, query head) against a
 /// KV cache of `length` positions, with grouped-query heads (Hq a multiple of Hkv).
 ///
-/// Work split (stream-K): the work is the list of (batch, kv head, KV block) items, in that
-/// order; every worker takes an equal contiguous share of it, whatever the length, batch and
-/// head count, so a share may start in the middle of one head's blocks and end in another's.
-/// An item reads its block of K and V once for all the query heads of its group and writes one
-/// partial (o, lse) per query head: o is that block's softmax-weighted mean of V, lse the log of
-/// its softmax denominator (with the scores' scale). Partials then merge with the associative
-/// rescaling of `merge`.
+/// The reduction tree is fixed by block index, never by the split of the work, so the result
+/// does not depend on the number of workers, bit for bit: block i (of `blockSize` positions)
+/// belongs to lane i mod `lanes` at round i / `lanes`; each lane folds its blocks in round order
+/// with the online softmax (a running maximum, sum and unnormalised output, rescaled when the
+/// maximum grows) into one partial (o, lse): o the softmax-weighted mean of V over the lane's
+/// positions, lse the log of its softmax denominator (with the scores' scale). The lanes then
+/// merge in one flat weighted sum in lane order (`foldLanes`). A cache sharded over ranks by
+/// lane (rank r holding the lanes l with l mod N = r, blocks in global order) gives each rank
+/// complete lane partials (`lanePartials`); gathering them and folding the lanes gives every
+/// rank count the same bits.
 ///
-/// The reduction tree is fixed by block index, never by the split, so the result does not
-/// depend on the number of workers, bit for bit: block i belongs to lane i mod `lanes` at round
-/// i / `lanes`; each lane's blocks merge pairwise over rounds (`foldPairwise`), then the lanes
-/// merge pairwise in lane order. A cache sharded over ranks by lane (rank r holding the lanes
-/// l with l mod N = r, blocks in global order) gives each rank complete lane partials
-/// (`lanePartials`); gathering them and folding the lanes gives every rank count the same bits.
+/// Work split: the work is the list of (batch, kv head, lane) items; every worker takes a
+/// contiguous share of it holding an equal share of the blocks, so a share may begin and end
+/// inside one head's lanes. A worker reads each block of K and V once for all the query heads
+/// of its group, round after round over its lanes: in address order when it holds whole heads.
+/// Nothing is written per block: one record per (query head, lane).
 ///
-/// A block's partial comes from a C kernel (CDecode) for the widest instruction set of the CPU
+/// The lanes come from a C kernel (CDecode) for the widest instruction set of the CPU
 /// (`TesseraGemm.isa`: AVX-512, AVX2 + FMA or portable; `TESSERA_GEMM_ISA` overrides it). The same
-/// kernel gives the same bits for a block wherever it runs; two instruction sets agree within
+/// kernel gives the same bits for a lane wherever it runs; two instruction sets agree within
 /// rounding (about 1e-6 relative), not bit for bit, so every rank of one job runs one of them.
 ///
 /// Layouts: q and o (B, Hq, D); the caches k and v (B, Hkv, capacity, D), of which the first
@@ -66,18 +68,11 @@ public struct LeanAttention: Sendable {
     public func forward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, length: Int, capacity: Int,
                         o: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>? = nil,
                         threads: KernelThreads = .single, workers: Int? = nil) {
-        let records = UnsafeMutablePointer<Float>.allocate(capacity: batch * heads * lanes * recordSize)
-        defer { records.deallocate() }
+        let records = PackBuffers.current.partials.reserve(batch * heads * lanes * recordSize)
         lanePartials(q: q, k: k, v: v, length: length, capacity: capacity, ownedLanes: Array(0..<lanes), records: records,
                      threads: threads, workers: workers)
-        let size = recordSize
-        Self.forShares(batch * heads, workers: min(workers ?? threads.count, batch * heads)) { pairs in
-            for pair in pairs {
-                let lane0 = records + pair * lanes * size
-                Self.foldPairwise(lane0, count: lanes, stride: size, headDim: headDim)
-                (o + pair * headDim).update(from: lane0, count: headDim)
-                lse?[pair] = lane0[headDim]
-            }
+        for pair in 0..<(batch * heads) {
+            Self.foldLanes(records + pair * lanes * recordSize, count: lanes, headDim: headDim, o: o + pair * headDim, lse: lse.map { $0 + pair })
         }
     }
 
@@ -94,43 +89,41 @@ public struct LeanAttention: Sendable {
         precondition(ownedLanes.allSatisfy { (0..<lanes).contains($0) }, "LeanAttention: lanes \(ownedLanes) outside 0..<\(lanes)")
         let c = ownedLanes.count, size = recordSize
         guard c > 0 else { return }
-        let blocks = blockCount(length: length)
-        let workerCount = max(1, workers ?? threads.count)
-        // Per-block partials (B, Hq, blocks), computed in equal shares of (batch, kv head, block),
-        // in this thread's buffer (kept between calls: fresh pages every step cost page faults).
-        let perBlock = PackBuffers.current.partials.reserve(batch * heads * blocks * size)
-        let items = batch * kvHeads * blocks
-        let kernel = Self.blockKernel(isa), D = headDim, G = group, scoreStride = Self.scoreStride(blockSize)
-        Self.forShares(items, workers: workerCount) { share in
-            guard !share.isEmpty else { return }
-            let scores = PackBuffers.current.scores.reserve(G * scoreStride)
-            /// Rows and cache offset of an item (pair = b · Hkv + kvh).
-            func locate(_ item: Int) -> (rows: Int, offset: Int) {
-                let block = item % blocks, start = block * blockSize
-                return (min(blockSize, length - start), ((item / blocks) * capacity + start) * D)
-            }
-            var (rows, offset) = locate(share.lowerBound)
-            for item in share {
-                let block = item % blocks, pair = item / blocks
-                let b = pair / kvHeads, kvh = pair % kvHeads
-                let firstHead = b * heads + kvh * group
-                let next = item + 1 < share.upperBound ? locate(item + 1) : (rows: 0, offset: 0)
-                kernel(D, G, rows, scale, q + firstHead * D, k + offset, v + offset,
-                       perBlock + (firstHead * blocks + block) * size, blocks * size, scores, scoreStride,
-                       next.rows > 0 ? k + next.offset : nil, next.rows > 0 ? v + next.offset : nil, next.rows)
-                (rows, offset) = next
-            }
+        let blocks = blockCount(length: length), pairs = batch * kvHeads, items = pairs * c
+        let workerCount = max(1, min(workers ?? threads.count, items))
+        /// Blocks of the items before `item` (pair-major, lane-minor): local lane j holds the
+        /// blocks j, j + c, … below `blocks`.
+        func blocksBefore(_ item: Int) -> Int {
+            let lane = item % c
+            return item / c * blocks + blocks / c * lane + min(lane, blocks % c)
         }
-        // Each lane's blocks merge pairwise over rounds, in equal shares of (batch, head, lane).
-        Self.forShares(batch * heads * c, workers: min(workerCount, batch * heads * c)) { share in
-            for item in share {
-                let index = item % c, pair = item / c
-                let out = records + item * size
-                guard index < blocks else { Self.setEmpty(out, headDim: headDim); continue }
-                let first = perBlock + (pair * blocks + index) * size
-                let rounds = (blocks - index + c - 1) / c
-                Self.foldPairwise(first, count: rounds, stride: c * size, headDim: headDim)
-                out.update(from: first, count: size)
+        /// The first item of worker w's share: where its equal part of the blocks begins.
+        func shareStart(_ w: Int) -> Int {
+            if w >= workerCount { return items }
+            let target = w * (pairs * blocks) / workerCount
+            var (low, high) = (0, items)
+            while low < high {
+                let mid = (low + high) / 2
+                if blocksBefore(mid) < target { low = mid + 1 } else { high = mid }
+            }
+            return low
+        }
+        let kernel = Self.lanesKernel(isa), D = headDim, G = group, scoreStride = Self.scoreStride(blockSize)
+        Self.forShares(workerCount) { w in
+            let share = shareStart(w)..<shareStart(w + 1)
+            guard !share.isEmpty else { return }
+            let scratch = PackBuffers.current.scores.reserve(G * (scoreStride + 2 * c))
+            var item = share.lowerBound
+            while item < share.upperBound {
+                let pair = item / c, from = item % c, to = min(c, share.upperBound - pair * c)
+                let b = pair / kvHeads, kvh = pair % kvHeads, firstHead = b * heads + kvh * group
+                let base = pair * capacity * D
+                // The next pair's first block, fetched while this pair's last one runs.
+                let after = to == c && (pair + 1) * c < share.upperBound && blocks > 0 ? (pair + 1) * capacity * D : -1
+                kernel(D, G, scale, q + firstHead * D, k + base, v + base, length, blockSize, c, from, to,
+                       records + firstHead * c * size, c * size, scratch, scoreStride,
+                       after >= 0 ? k + after : nil, after >= 0 ? v + after : nil, after >= 0 ? min(blockSize, length) : 0)
+                item = pair * c + to
             }
         }
     }
@@ -165,23 +158,45 @@ public struct LeanAttention: Sendable {
         a[headDim] = m + Foundation.log(total)
     }
 
-    /// Merges `count` records, `stride` floats apart, pairwise into the first: record i with
-    /// i + 1 for even i, then i with i + 2 for i a multiple of 4, and so on (an odd one out
-    /// passes up unchanged). The tree depends only on `count`.
-    public static func foldPairwise(_ first: UnsafeMutablePointer<Float>, count: Int, stride: Int, headDim: Int) {
-        var step = 1
-        while step < count {
-            var i = 0
-            while i + step < count {
-                merge(first + i * stride, first + (i + step) * stride, headDim: headDim)
-                i += 2 * step
-            }
-            step *= 2
+    /// The partial of `count` records (lanes), `stride` floats apart, into o (D floats) and lse
+    /// (optional): with M the largest lse and w_l = exp(lse_l − M), o = Σ w_l o_l / Σ w_l and
+    /// lse = M + log Σ w_l, the sums in record order. No records, or only empty ones, give the
+    /// empty partial.
+    public static func foldLanes(_ first: UnsafePointer<Float>, count: Int, stride: Int? = nil, headDim: Int,
+                                 o: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>? = nil) {
+        let stride = stride ?? headDim + 1
+        var maximum = -Float.infinity
+        for l in 0..<count { maximum = max(maximum, first[l * stride + headDim]) }
+        guard maximum > -.infinity else {
+            o.update(repeating: 0, count: headDim)
+            lse?.pointee = -.infinity
+            return
         }
-        if count == 0 { setEmpty(first, headDim: headDim) }
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: count) { weights in
+            var total: Float = 0
+            for l in 0..<count {
+                weights[l] = Foundation.exp(first[l * stride + headDim] - maximum)
+                total += weights[l]
+            }
+            let inverse = 1 / total
+            var d = 0
+            while d + 8 <= headDim {
+                var sum = VectorMath.Lanes()
+                for l in 0..<count { sum += VectorMath.load(first + l * stride + d) * weights[l] }
+                VectorMath.store(sum * inverse, o + d)
+                d += 8
+            }
+            while d < headDim {
+                var sum: Float = 0
+                for l in 0..<count { sum += first[l * stride + d] * weights[l] }
+                o[d] = sum * inverse
+                d += 1
+            }
+            lse?.pointee = maximum + Foundation.log(total)
+        }
     }
 
-    // MARK: One block
+    // MARK: The kernel
 
     /// Floats per query head in a worker's score buffer: the block's rows padded to the kernels' tile.
     static func scoreStride(_ blockSize: Int) -> Int {
@@ -189,27 +204,24 @@ public struct LeanAttention: Sendable {
         return (blockSize + tile - 1) / tile * tile
     }
 
-    /// The C block kernel of `isa` (CDecode.h: scores, softmax numerators, weighted V, record).
-    static func blockKernel(_ isa: TesseraGemm.ISA) -> tessera_lean_block_kernel {
+    /// The C lane kernel of `isa` (CDecode.h: the online fold of a head's lanes into records).
+    static func lanesKernel(_ isa: TesseraGemm.ISA) -> tessera_lean_lanes_kernel {
         switch isa {
         #if arch(x86_64)
-        case .avx512: return tessera_lean_block_avx512
-        case .avx2: return tessera_lean_block_avx2
+        case .avx512: return tessera_lean_lanes_avx512
+        case .avx2: return tessera_lean_lanes_avx2
         #else
         case .avx512, .avx2: preconditionFailure("no \(isa) kernel on this architecture (ISA.available offers only portable)")
         #endif
-        case .portable: return tessera_lean_block_portable
+        case .portable: return tessera_lean_lanes_portable
         }
     }
 
     // MARK: Work split
 
-    /// Runs `body` on `workers` equal contiguous shares of 0..<items (some possibly empty);
-    /// inline for one worker.
-    static func forShares(_ items: Int, workers: Int, _ body: (Range<Int>) -> Void) {
-        guard workers > 1 else { body(0..<items); return }
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            body((w * items / workers)..<((w + 1) * items / workers))
-        }
+    /// Runs `body(w)` for w in 0..<workers, at once on the kernel threads; inline for one worker.
+    static func forShares(_ workers: Int, _ body: (Int) -> Void) {
+        guard workers > 1 else { body(0); return }
+        DispatchQueue.concurrentPerform(iterations: workers, execute: body)
     }
 }

@@ -70,6 +70,24 @@ enum BenchReport {
         }
     }
 
+    /// `time` for several bodies together: each warms up as `time` does, then their timed runs
+    /// alternate (run i of every body before run i + 1 of any), so a drift of the machine (a
+    /// neighbour's memory traffic on a shared host) falls on each of them alike and their ratio
+    /// compares like with like. Seconds per call, per body.
+    static func time(runs: Int, warmup: Int, comm: Communicator = SingleProcessCommunicator(),
+                     interleaving bodies: [() throws -> Void]) throws -> [[Double]] {
+        for body in bodies { _ = try time(runs: 0, warmup: warmup, comm: comm, body) }
+        var seconds = bodies.map { _ in [Double]() }
+        for _ in 0..<runs {
+            for (i, body) in bodies.enumerated() {
+                let start = DispatchTime.now().uptimeNanoseconds
+                try body()
+                seconds[i].append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            }
+        }
+        return seconds
+    }
+
     /// One JSON line with the docs/BENCHMARKS.md keys; `values` are already in `unit`. Collective over `comm`
     /// (for the largest rank's memory); rank 0 prints.
     static func emit(_ bench: String, impl: String, threads: Int, comm: Communicator, shape: [String: Any],

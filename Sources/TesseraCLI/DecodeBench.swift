@@ -68,17 +68,19 @@ struct DecodeBench: ParsableCommand {
             let attention = ShardedDecodeAttention(heads: H, kvHeads: H, headDim: D, plan: plan)
             let o = FloatBuffer(count: H * D)
             let bytes = Double(2 * length * H * D * MemoryLayout<Float>.size)
-            for name in impl {
-                let body: () throws -> Void
+            let bodies: [() throws -> Void] = impl.map { name in
                 switch name {
                 case "lean":
-                    body = { try attention.attend(q: q, cache: cache, length: length, communicator: sharing, o: o.pointer, threads: threads) }
+                    return { try attention.attend(q: q, cache: cache, length: length, communicator: sharing, o: o.pointer, threads: threads) }
                 case "naive":
-                    body = { try Self.naive(q: q, cache: cache, communicator: sharing, o: o.pointer) }
+                    return { try Self.naive(q: q, cache: cache, communicator: sharing, o: o.pointer) }
                 default:
-                    body = { try Self.memread(cache, threads: threads, communicator: sharing) }
+                    return { try Self.memread(cache, threads: threads, communicator: sharing) }
                 }
-                let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup, comm: comm, body)
+            }
+            // The implementations' runs alternate: their ratios compare the same moments of the machine.
+            let timings = try BenchReport.time(runs: bench.runs, warmup: bench.warmup, comm: comm, interleaving: bodies)
+            for (name, seconds) in zip(impl, timings) {
                 let median = seconds.sorted()[seconds.count / 2]
                 try BenchReport.emit("decode", impl: name, threads: bench.threads, comm: comm,
                                      shape: ["kv_len": length, "H": H, "D": D], unit: "µs", values: seconds.map { $0 * 1e6 },

@@ -29,20 +29,25 @@ import _TestSupport
         }
     }
 
-    /// 1, 2 and 3 workers, and 2 and 3 lane shards, give one worker's bits (GQA group 4, a
-    /// partial last block, head dim 7 and 64).
+    /// 1, 2, 3, 5 and 7 workers, and 2 and 3 lane shards, give one worker's bits (GQA group 4,
+    /// head dim 7 and 64). Lengths: one position, a block ± 1, a prime, and several rounds of 6
+    /// lanes ± 1 (shares then begin and end inside one head's lanes and rounds).
     @Test(arguments: isas)
     func sameBitsForAnyWorkersAndShards(isa: TesseraGemm.ISA) {
         for headDim in [7, 64] {
-            let problem = Problem(batch: 1, heads: 8, kvHeads: 2, headDim: headDim, length: 1001, lanes: 6, isa: isa)
-            let one = problem.run(workers: 1)
-            for workers in [2, 3] {
-                let other = problem.run(workers: workers)
-                #expect(other.o == one.o && other.lse == one.lse, "\(isa), D \(headDim), \(workers) workers")
-            }
-            for ranks in [2, 3] {
-                let sharded = problem.runSharded(ranks: ranks)
-                #expect(sharded.o == one.o && sharded.lse == one.lse, "\(isa), D \(headDim), \(ranks) shards")
+            for length in [1, 63, 65, 1001, 1009, 64 * 6 * 3 - 1, 64 * 6 * 3 + 1] {
+                let problem = Problem(batch: 1, heads: 8, kvHeads: 2, headDim: headDim, length: length, lanes: 6, isa: isa)
+                let one = problem.run(workers: 1)
+                let label = "\(isa), D \(headDim), L \(length)"
+                for workers in [2, 3, 5, 7] {
+                    let other = problem.run(workers: workers)
+                    #expect(other.o == one.o && other.lse == one.lse, "\(label), \(workers) workers")
+                }
+                for ranks in [2, 3] {
+                    let sharded = problem.runSharded(ranks: ranks)
+                    #expect(sharded.o == one.o && sharded.lse == one.lse, "\(label), \(ranks) shards")
+                }
+                #expect(maxRelativeError(one.o, problem.reference().o) < 1e-5, "\(label) against the reference")
             }
         }
     }

@@ -66,14 +66,12 @@ import _TestSupport
                 }
             }
             var o = [Float](repeating: 0, count: H * D), lse = [Float](repeating: 0, count: H)
-            placed.withUnsafeMutableBufferPointer { p in
+            placed.withUnsafeBufferPointer { p in o.withUnsafeMutableBufferPointer { o in lse.withUnsafeMutableBufferPointer { lse in
                 for h in 0..<H {
-                    let first = p.baseAddress! + h * lanes * size
-                    LeanAttention.foldPairwise(first, count: lanes, stride: size, headDim: D)
-                    for d in 0..<D { o[h * D + d] = first[d] }
-                    lse[h] = first[D]
+                    LeanAttention.foldLanes(p.baseAddress! + h * lanes * size, count: lanes, headDim: D, o: o.baseAddress! + h * D,
+                                            lse: lse.baseAddress! + h)
                 }
-            }
+            } } }
             return (o, lse)
         }
 
@@ -186,6 +184,30 @@ import _TestSupport
         LeanAttention.merge(&ab, b, headDim: D)
         LeanAttention.merge(&ba, a, headDim: D)
         #expect(ab == ba && ab != a)
+    }
+
+    /// Folding lanes: empty lanes around one partial leave it bit for bit; only empty lanes
+    /// (or none) give the empty partial; the fold of partials equals their pairwise merges.
+    @Test func foldingLanesSkipsEmptyOnes() {
+        let D = 13, size = D + 1
+        let a = Fixtures.randoms(D, seed: 7) + [0.75], b = Fixtures.randoms(D, seed: 8) + [-1.25]
+        var empty = [Float](repeating: 0, count: size)
+        LeanAttention.setEmpty(&empty, headDim: D)
+        func fold(_ records: [Float]) -> [Float] {
+            var o = [Float](repeating: .nan, count: D), lse: Float = .nan
+            records.withUnsafeBufferPointer { r in
+                LeanAttention.foldLanes(r.baseAddress!, count: records.count / size, headDim: D, o: &o, lse: &lse)
+            }
+            return o + [lse]
+        }
+        #expect(fold(empty + empty + a + empty) == a)
+        #expect(fold(empty + empty) == empty)
+        var none = [Float](repeating: .nan, count: D), noneLSE: Float = .nan
+        LeanAttention.foldLanes([], count: 0, headDim: D, o: &none, lse: &noneLSE)
+        #expect(none + [noneLSE] == empty)
+        var merged = a
+        LeanAttention.merge(&merged, b, headDim: D)
+        #expect(maxRelativeError(fold(a + empty + b), merged.doubles) < 1e-6)
     }
 
     /// An empty cache gives the empty partial (o = 0, lse = −∞), not NaN.

@@ -1,37 +1,42 @@
-// Decode attention's block kernel (LeanAttention, Sources/Kernels/LeanAttention.swift): one KV
-// block of one kv head against the query heads of its group, in AVX-512, AVX2 + FMA and portable
+// Decode attention's kernels (LeanAttention, Sources/Kernels/LeanAttention.swift): the lanes of
+// one kv head's cache against the query heads of its group, in AVX-512, AVX2 + FMA and portable
 // C, each compiled for its instruction set by a per-function target attribute (no global flags;
-// Swift picks one from CPUID). Each kernel gives the same bits for the same block wherever it
-// runs (any thread, any rank); the three kernels agree with each other within rounding only.
+// Swift picks one from CPUID). Each kernel gives the same bits for the same lane wherever and
+// with whatever neighbours it runs (any thread, any rank); the three agree within rounding only.
 #pragma once
 
-/// Rows of scores computed together: `scores` rows are padded to a multiple of this.
+/// Rows of scores computed together: `scratch` score rows are padded to a multiple of this.
 #define TESSERA_LEAN_ROW_TILE 16
 
-/// For each query head g < group (q + g·head_dim): scores s_j = scale · q_g · k_j over the
-/// `rows` (≥ 1) rows of k (head_dim floats each), p_j = exp(s_j − max s), and the record at
-/// out + g·head_stride: o = Σ p_j v_j / Σ p_j (head_dim floats), then lse = max s + log Σ p_j.
-/// `scores` is scratch of group · score_stride floats, score_stride ≥ rows rounded up to
-/// TESSERA_LEAN_ROW_TILE. next_k and next_v (or NULL): the next block's rows (next_rows of
-/// them), fetched towards the cache while this one is computed.
-typedef void (*tessera_lean_block_kernel)(long head_dim, long group, long rows, float scale,
-                                          const float *q, const float *k, const float *v,
-                                          float *out, long head_stride, float *scores, long score_stride,
-                                          const float *next_k, const float *next_v, long next_rows);
+/// The lanes [lane_from, lane_to) of one kv head's cache of `length` rows (head_dim floats each,
+/// consecutive in k and in v) cut into blocks of `block_rows` rows (the last may be shorter):
+/// block j belongs to lane j mod `lanes`, at round j / lanes. For each query head g < group
+/// (q + g·head_dim) and each such lane, the lane's blocks fold in round order, online: a block's
+/// scores s_j = scale · q_g · k_j, its maximum m_b; the lane's running maximum m becomes
+/// max(m, m_b), the running sum and unnormalised output are rescaled by exp(m_old − m), and
+/// p_j = exp(s_j − m) adds Σ p_j and Σ p_j v_j. The order of the steps depends only on the lane
+/// and its rounds, never on lane_from, lane_to or the caller's split. Then the record at
+/// out + g·head_stride + lane·(head_dim + 1) gets o = Σ p_j v_j / Σ p_j (head_dim floats) and
+/// lse = m + log Σ p_j; a lane without blocks gets o = 0, lse = −∞.
+/// Rounds go outermost and lanes inner, so the rows are read in address order. `scratch` holds
+/// group · (score_stride + 2 · (lane_to − lane_from)) floats, score_stride ≥ block_rows rounded
+/// up to TESSERA_LEAN_ROW_TILE. after_k and after_v (or NULL): the first block the caller runs
+/// next (after_rows rows), fetched towards the cache during the last block here.
+typedef void (*tessera_lean_lanes_kernel)(long head_dim, long group, float scale, const float *q,
+                                          const float *k, const float *v, long length, long block_rows,
+                                          long lanes, long lane_from, long lane_to,
+                                          float *out, long head_stride, float *scratch, long score_stride,
+                                          const float *after_k, const float *after_v, long after_rows);
+
+#define TESSERA_LEAN_LANES_DECLARE(NAME) \
+    void NAME(long head_dim, long group, float scale, const float *q, const float *k, const float *v, long length, \
+              long block_rows, long lanes, long lane_from, long lane_to, float *out, long head_stride, float *scratch, \
+              long score_stride, const float *after_k, const float *after_v, long after_rows);
 
 #if defined(__x86_64__)
 /// Needs AVX-512F (the caller checks CPUID).
-void tessera_lean_block_avx512(long head_dim, long group, long rows, float scale,
-                               const float *q, const float *k, const float *v,
-                               float *out, long head_stride, float *scores, long score_stride,
-                               const float *next_k, const float *next_v, long next_rows);
+TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_avx512)
 /// Needs AVX2 and FMA.
-void tessera_lean_block_avx2(long head_dim, long group, long rows, float scale,
-                             const float *q, const float *k, const float *v,
-                             float *out, long head_stride, float *scores, long score_stride,
-                             const float *next_k, const float *next_v, long next_rows);
+TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_avx2)
 #endif
-void tessera_lean_block_portable(long head_dim, long group, long rows, float scale,
-                                 const float *q, const float *k, const float *v,
-                                 float *out, long head_stride, float *scores, long score_stride,
-                                 const float *next_k, const float *next_v, long next_rows);
+TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_portable)

@@ -53,10 +53,7 @@ public final class ShardedDecodeAttention {
             placed.pointer.update(from: records.pointer, count: heads * lanes * size)
         }
         for h in 0..<heads {
-            let first = placed.pointer + h * lanes * size
-            LeanAttention.foldPairwise(first, count: lanes, stride: size, headDim: D)
-            (o + h * D).update(from: first, count: D)
-            lse?[h] = first[D]
+            LeanAttention.foldLanes(placed.pointer + h * lanes * size, count: lanes, headDim: D, o: o + h * D, lse: lse.map { $0 + h })
         }
     }
 
