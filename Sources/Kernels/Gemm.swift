@@ -112,9 +112,13 @@ public enum TesseraGemm {
     /// Depth of a packed panel (fixed: it decides the bits), most rows of a packed block of A,
     /// columns of a packed panel of B (a multiple of every nr). KC 512 with a 1 MiB panel of B
     /// (512 × 512, L2): half the passes over C of KC 256 for the deep products (the weight
-    /// gradients, k = 2048). A is packed once per KC block for up to `mc` rows (8 MiB, L3), so
-    /// a product with n > NC no longer packs A again for every panel of B (n / NC times).
-    static let kc = 512, mc = 4096, nc = 512
+    /// gradients, k = 2048). With n > NC, A is packed once per KC block for up to `mc` rows
+    /// (8 MiB, L3) and the panels of B stream under it, rather than A packed again for every
+    /// panel of B (n / NC times). With n ≤ NC, B is packed once per KC block before A; an A of
+    /// rows (not transposed) then goes in blocks of up to `mcSmall` rows, each used from L2 right
+    /// after its packing (2048×256×768 NT 0.94 → 0.99 of OpenBLAS Cooperlake), while a transposed
+    /// A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
+    static let kc = 512, mc = 4096, nc = 512, mcSmall = 240
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
@@ -123,21 +127,26 @@ public enum TesseraGemm {
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
         let (mr, nr) = (kernel.mr, kernel.nr)
-        let kcMax = min(k, kc)
-        // Blocks of A as even as mc allows (m = 4100 is two blocks of 2052, not 4096 and 4), whole slivers.
-        let rowBlocks = (m + mc - 1) / mc, blockRows = ((m + rowBlocks - 1) / rowBlocks + mr - 1) / mr * mr
+        let kcMax = min(k, kc), onePanel = n <= nc
+        // Blocks of A as even as the limit allows (m = 4100 is two blocks of 2052, not 4096 and 4), whole slivers.
+        let rowLimit = onePanel && !transposeA ? mcSmall : mc
+        let rowBlocks = (m + rowLimit - 1) / rowLimit, blockRows = ((m + rowBlocks - 1) / rowBlocks + mr - 1) / mr * mr
         let panelColumns = (min(n, nc) + nr - 1) / nr * nr
         let buffers = PackBuffers.current
         let packedB = buffers.b.reserve(kcMax * panelColumns), packedA = buffers.a.reserve(kcMax * blockRows)
+        let packB = { (jc: Int, nb: Int, pc: Int, kb: Int) in
+            kernel.pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
+        }
         // Every element's KC blocks are added to C in k order whatever the order of the other loops.
         for pc in stride(from: 0, to: k, by: kc) {
             let kb = min(kc, k - pc), blockBeta = pc == 0 ? beta : 1
+            if onePanel { packB(0, n, pc, kb) }
             for ic in stride(from: 0, to: m, by: blockRows) {
                 let mb = min(blockRows, m - ic)
                 kernel.pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
                 for jc in stride(from: 0, to: n, by: nc) {
                     let nb = min(nc, n - jc)
-                    kernel.pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
+                    if !onePanel { packB(jc, nb, pc, kb) }
                     // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (24 KiB) stays in
                     // L1 while the slivers of the panel of B (up to 1 MiB, in L2) stream past it.
                     // Measured against columns outer (B's 32 KiB sliver in L1 with A streaming):

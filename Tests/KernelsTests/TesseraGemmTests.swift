@@ -49,12 +49,14 @@ import _TestSupport
 
     /// The edge sizes of the issue: tiles ± 1 of every kernel (4, 6, 8, 12, 16, 32) and k across a
     /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes,
-    /// and m past one block of A (MC + 4 rows: two blocks, the second starting mid-way).
+    /// and m past one block of A: blocks of up to `mcSmall` rows when n ≤ NC and A is not transposed, and
+    /// MC + 4 rows with n > NC (two blocks of A, each under two panels of B).
     static let edges = [1, 2, 7, 15, 16, 17, 31, 33]
     static var cases: [Case] {
         var shapes: [(Int, Int, Int)] = []
         for m in edges { for n in edges { for k in [1, 16, 257, TesseraGemm.kc + 1] { shapes.append((m, n, k)) } } }
-        shapes += [(255, 33, 17), (17, 257, 31), (257, 15, 255), (31, 255, 257), (TesseraGemm.mc + 4, 33, 17)]
+        shapes += [(255, 33, 17), (17, 257, 31), (257, 15, 255), (31, 255, 257), (TesseraGemm.mc + 4, 33, 17),
+                   (TesseraGemm.mc + 4, TesseraGemm.nc + 8, 2)]
         var out: [Case] = []
         for (index, (m, n, k)) in shapes.enumerated() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -70,8 +72,8 @@ import _TestSupport
     @Test(arguments: isas)
     func matchesFloat64ReferenceOnEdgeShapes(isa: TesseraGemm.ISA) {
         for test in Self.cases {
-            let a = test.a, b = test.b
-            var c = test.c
+            let a = test.a, b = test.b, before = test.c
+            var c = before
             let want = test.reference(a, b, c)
             c.withUnsafeMutableBufferPointer { out in
                 TesseraGemm.gemm(isa: isa, transposeA: test.transposeA, transposeB: test.transposeB, m: test.m, n: test.n, k: test.k,
@@ -84,7 +86,7 @@ import _TestSupport
             // The padding between rows of C is never written.
             for i in 0..<test.m where test.pad > 0 {
                 let padding = c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]
-                #expect(padding.elementsEqual(test.c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(isa) \(test) row \(i)")
+                #expect(padding.elementsEqual(before[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(isa) \(test) row \(i)")
             }
         }
     }
