@@ -9,8 +9,8 @@ public enum GemmImplementation: String, CaseIterable, Sendable {
     case openblas
 
     /// `kernels.gemm: auto` (the default): OpenBLAS when the core it runs is at least as wide as
-    /// Tessera's widest kernel for this CPU (its best cores are about 1.1× faster than Tessera's
-    /// GEMM, docs/BENCHMARKS.md), Tessera's own when OpenBLAS runs narrower kernels (a core set by
+    /// Tessera's widest kernel for this CPU (its best cores match Tessera's GEMM on the bench
+    /// shapes and train about 1.1× faster, docs/BENCHMARKS.md), Tessera's own when OpenBLAS runs narrower kernels (a core set by
     /// hand or by the machine, such as Haswell's AVX2 on an AVX-512 CPU: Tessera is 1.7–1.9×
     /// faster there) or a core this table does not know.
     public static func automatic(openBLASCore: String, features: CPUFeatures) -> GemmImplementation {
