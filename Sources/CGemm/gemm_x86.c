@@ -97,4 +97,80 @@ void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c
     tessera_gemm_update(tile, NR, c, ldc, mr, nr, alpha, beta);
 }
 
+/// A 16 × 16 transpose in registers: v[i] lane j ↔ v[j] lane i.
+static inline __attribute__((always_inline, target("avx512f"))) void transpose16(__m512 v[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) { t[i] = _mm512_unpacklo_ps(v[i], v[i + 1]); t[i + 1] = _mm512_unpackhi_ps(v[i], v[i + 1]); }
+    for (int i = 0; i < 16; i += 4) {
+        for (int h = 0; h < 2; h++) {
+            __m512d x = _mm512_castps_pd(t[i + h]), y = _mm512_castps_pd(t[i + h + 2]);
+            v[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            v[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0x88); t[i + 4] = _mm512_shuffle_f32x4(v[i], v[i + 4], 0xdd);
+        t[i + 8] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0x88); t[i + 12] = _mm512_shuffle_f32x4(v[i + 8], v[i + 12], 0xdd);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88); v[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+        v[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88); v[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xdd);
+    }
+}
+
+static inline __mmask16 lanes(long count) { return (__mmask16)((1u << (count < 0 ? 0 : count > 16 ? 16 : count)) - 1); }
+
+/// Lines g0 ..< g0 + 16 of a sliver whose lines are rows of src (depth contiguous): 16 depths
+/// of `count` rows (zeros for the rest) transposed in registers, `width` lanes stored per depth.
+__attribute__((target("avx512f")))
+static void pack_strided_group_avx512(long count, long width, long kc, const float *src, long ld, long r, float *out) {
+    for (long p = 0; p < kc; p += 16) {
+        __mmask16 depths = lanes(kc - p);
+        __m512 v[16];
+        for (int i = 0; i < 16; i++) v[i] = i < count ? _mm512_maskz_loadu_ps(depths, src + i * ld + p) : _mm512_setzero_ps();
+        transpose16(v);
+        for (int q = 0; q < 16 && p + q < kc; q++) _mm512_mask_storeu_ps(out + (p + q) * r, lanes(width), v[q]);
+    }
+}
+
+/// Depths p0 ..< p0 + depth of one sliver whose lines are side by side in src: a row of up to
+/// r values per depth in masked vector moves, zeros past `count`.
+__attribute__((target("avx512f")))
+static void pack_contiguous_rows_avx512(long count, long depth, const float *src, long ld, long r, float *out) {
+    if (count == 32 && r == 32) {
+        for (long p = 0; p < depth; p++) {
+            _mm512_storeu_ps(out + p * 32, _mm512_loadu_ps(src + p * ld));
+            _mm512_storeu_ps(out + p * 32 + 16, _mm512_loadu_ps(src + p * ld + 16));
+        }
+        return;
+    }
+    for (long p = 0; p < depth; p++) {
+        for (long i = 0; i < r; i += 16) _mm512_mask_storeu_ps(out + p * r + i, lanes(r - i), _mm512_maskz_loadu_ps(lanes(count - i), src + p * ld + i));
+    }
+}
+
+/// tessera_gemm_pack with AVX-512: strided lines through 16 × 16 transposes; side-by-side lines
+/// 8 depths at a time across all slivers, so the source is read row by row (a sliver at a time
+/// walked 512 rows of a wide matrix: a new page and cache set every row).
+__attribute__((target("avx512f")))
+void tessera_gemm_pack_avx512(int strided, long width, long kc, const float *src, long ld, long r, float *out) {
+    enum { DEPTHS = 8 };
+    long slivers = (width + r - 1) / r;
+    if (strided) {
+        for (long s = 0; s < slivers; s++) {
+            long count = width - s * r < r ? width - s * r : r;
+            for (long g = 0; g < r; g += 16)
+                pack_strided_group_avx512(count - g, r - g < 16 ? r - g : 16, kc, src + (s * r + g) * ld, ld, r, out + s * r * kc + g);
+        }
+        return;
+    }
+    for (long p = 0; p < kc; p += DEPTHS) {
+        long depth = kc - p < DEPTHS ? kc - p : DEPTHS;
+        for (long s = 0; s < slivers; s++) {
+            long count = width - s * r < r ? width - s * r : r;
+            pack_contiguous_rows_avx512(count, depth, src + p * ld + s * r, ld, r, out + s * r * kc + p * r);
+        }
+    }
+}
+
 #endif

@@ -81,7 +81,7 @@ struct FlashPanels {
                 tessera_bf16_pack(Int32(contiguous), lineCount, depth, start, heads * headDim, Int32(width),
                                   to.assumingMemoryBound(to: UInt16.self), FlashPanels.wide)
             } else {
-                tessera_gemm_pack(1 - Int32(contiguous), lineCount, depth, start, heads * headDim, width, to.assumingMemoryBound(to: Float.self))
+                panels.kernel!.pack(1 - Int32(contiguous), lineCount, depth, start, heads * headDim, width, to.assumingMemoryBound(to: Float.self))
             }
         }
 
@@ -165,7 +165,7 @@ struct FlashPanels {
     /// `transposed`), packed now into this thread's buffer.
     func packLeft(transposed: Bool, m: Int, k: Int, a: UnsafePointer<Float>, lda: Int) -> Panel {
         let packed = PackBuffers.current.a.reserve((m + mr - 1) / mr * mr * k)
-        tessera_gemm_pack(transposed ? 0 : 1, m, k, a, lda, mr, packed)
+        kernel!.pack(transposed ? 0 : 1, m, k, a, lda, mr, packed)
         return Panel(pointer: packed, sliver: mr * k)
     }
 

@@ -9,8 +9,8 @@ public enum GemmImplementation: String, CaseIterable, Sendable {
     case openblas
 
     /// `kernels.gemm: auto` (the default): OpenBLAS when the core it runs is at least as wide as
-    /// Tessera's widest kernel for this CPU (its best cores are about 1.1× faster than Tessera's
-    /// GEMM, docs/BENCHMARKS.md), Tessera's own when OpenBLAS runs narrower kernels (a core set by
+    /// Tessera's widest kernel for this CPU (its best cores match Tessera's GEMM on the bench
+    /// shapes and train about 1.1× faster, docs/BENCHMARKS.md), Tessera's own when OpenBLAS runs narrower kernels (a core set by
     /// hand or by the machine, such as Haswell's AVX2 on an AVX-512 CPU: Tessera is 1.7–1.9×
     /// faster there) or a core this table does not know.
     public static func automatic(openBLASCore: String, features: CPUFeatures) -> GemmImplementation {
@@ -70,24 +70,26 @@ public enum TesseraGemm {
         }
     }
 
-    /// The micro-kernel of one instruction set and its tile (mr rows × nr columns of C).
+    /// The micro-kernel of one instruction set, its tile (mr rows × nr columns of C) and the
+    /// packing that feeds it (a copy: every packer gives the same panel).
     struct Kernel {
         let mr: Int, nr: Int
         let function: tessera_gemm_kernel
+        let pack: tessera_gemm_packer
 
         init(_ isa: ISA) {
             switch isa {
             #if arch(x86_64)
             case .avx512:
-                (mr, nr, function) = (Int(TESSERA_GEMM_AVX512_MR), Int(TESSERA_GEMM_AVX512_NR), tessera_sgemm_kernel_avx512)
+                (mr, nr, function, pack) = (Int(TESSERA_GEMM_AVX512_MR), Int(TESSERA_GEMM_AVX512_NR), tessera_sgemm_kernel_avx512, tessera_gemm_pack_avx512)
             case .avx2:
-                (mr, nr, function) = (Int(TESSERA_GEMM_AVX2_MR), Int(TESSERA_GEMM_AVX2_NR), tessera_sgemm_kernel_avx2)
+                (mr, nr, function, pack) = (Int(TESSERA_GEMM_AVX2_MR), Int(TESSERA_GEMM_AVX2_NR), tessera_sgemm_kernel_avx2, tessera_gemm_pack)
             #else
             case .avx512, .avx2:
                 preconditionFailure("no \(isa) kernel on this architecture (ISA.available offers only portable)")
             #endif
             case .portable:
-                (mr, nr, function) = (Int(TESSERA_GEMM_PORTABLE_MR), Int(TESSERA_GEMM_PORTABLE_NR), tessera_sgemm_kernel_portable)
+                (mr, nr, function, pack) = (Int(TESSERA_GEMM_PORTABLE_MR), Int(TESSERA_GEMM_PORTABLE_NR), tessera_sgemm_kernel_portable, tessera_gemm_pack)
             }
         }
     }
@@ -107,12 +109,16 @@ public enum TesseraGemm {
                                                   features: CPUInfo.current.features)) ?? ISA.available(on: CPUInfo.current.features)[0]
     static let kernels: [ISA: Kernel] = Dictionary(uniqueKeysWithValues: ISA.available(on: CPUInfo.current.features).map { ($0, Kernel($0)) })
 
-    /// Depth of a packed panel (fixed: it decides the bits), rows of a packed block of A (a
-    /// multiple of every mr), columns of a packed panel of B (a multiple of every nr). KC 512
-    /// with a 1 MiB panel of B (512 × 512) against KC 256 with 256 × 1024: half the passes over
-    /// C for the deep products (the weight gradients, k = 2048), 0.96 → 0.98 of OpenBLAS's best
-    /// core at 1 thread, 0.97 → 0.99 at 2 (geomean of the bench shapes, notes/24f-bench).
-    static let kc = 512, mc = 240, nc = 512
+    /// Depth of a packed panel (fixed: it decides the bits), most rows of a packed block of A,
+    /// columns of a packed panel of B (a multiple of every nr). KC 512 with a 1 MiB panel of B
+    /// (512 × 512, L2): half the passes over C of KC 256 for the deep products (the weight
+    /// gradients, k = 2048). With n > NC, A is packed once per KC block for up to `mc` rows
+    /// (8 MiB, L3) and the panels of B stream under it, rather than A packed again for every
+    /// panel of B (n / NC times). With n ≤ NC, B is packed once per KC block before A; an A of
+    /// rows (not transposed) then goes in blocks of up to `mcSmall` rows, each used from L2 right
+    /// after its packing (2048×256×768 NT 0.94 → 0.99 of OpenBLAS Cooperlake), while a transposed
+    /// A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
+    static let kc = 512, mc = 4096, nc = 512, mcSmall = 240
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
@@ -121,19 +127,26 @@ public enum TesseraGemm {
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
         let (mr, nr) = (kernel.mr, kernel.nr)
-        let kcMax = min(k, kc)
-        let panelColumns = (min(n, nc) + nr - 1) / nr * nr, blockRows = (min(m, mc) + mr - 1) / mr * mr
+        let kcMax = min(k, kc), onePanel = n <= nc
+        // Blocks of A as even as the limit allows (m = 4100 is two blocks of 2052, not 4096 and 4), whole slivers.
+        let rowLimit = onePanel && !transposeA ? mcSmall : mc
+        let rowBlocks = (m + rowLimit - 1) / rowLimit, blockRows = ((m + rowBlocks - 1) / rowBlocks + mr - 1) / mr * mr
+        let panelColumns = (min(n, nc) + nr - 1) / nr * nr
         let buffers = PackBuffers.current
         let packedB = buffers.b.reserve(kcMax * panelColumns), packedA = buffers.a.reserve(kcMax * blockRows)
-        for jc in stride(from: 0, to: n, by: nc) {
-            let nb = min(nc, n - jc)
-            for pc in stride(from: 0, to: k, by: kc) {
-                let kb = min(kc, k - pc)
-                tessera_gemm_pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
-                let blockBeta = pc == 0 ? beta : 1
-                for ic in stride(from: 0, to: m, by: mc) {
-                    let mb = min(mc, m - ic)
-                    tessera_gemm_pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
+        let packB = { (jc: Int, nb: Int, pc: Int, kb: Int) in
+            kernel.pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
+        }
+        // Every element's KC blocks are added to C in k order whatever the order of the other loops.
+        for pc in stride(from: 0, to: k, by: kc) {
+            let kb = min(kc, k - pc), blockBeta = pc == 0 ? beta : 1
+            if onePanel { packB(0, n, pc, kb) }
+            for ic in stride(from: 0, to: m, by: blockRows) {
+                let mb = min(blockRows, m - ic)
+                kernel.pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
+                for jc in stride(from: 0, to: n, by: nc) {
+                    let nb = min(nc, n - jc)
+                    if !onePanel { packB(jc, nb, pc, kb) }
                     // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (24 KiB) stays in
                     // L1 while the slivers of the panel of B (up to 1 MiB, in L2) stream past it.
                     // Measured against columns outer (B's 32 KiB sliver in L1 with A streaming):

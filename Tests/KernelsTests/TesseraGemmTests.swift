@@ -48,12 +48,15 @@ import _TestSupport
     }
 
     /// The edge sizes of the issue: tiles ± 1 of every kernel (4, 6, 8, 12, 16, 32) and k across a
-    /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes.
+    /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes,
+    /// and m past one block of A: blocks of up to `mcSmall` rows when n ≤ NC and A is not transposed, and
+    /// MC + 4 rows with n > NC (two blocks of A, each under two panels of B).
     static let edges = [1, 2, 7, 15, 16, 17, 31, 33]
     static var cases: [Case] {
         var shapes: [(Int, Int, Int)] = []
         for m in edges { for n in edges { for k in [1, 16, 257, TesseraGemm.kc + 1] { shapes.append((m, n, k)) } } }
-        shapes += [(255, 33, 17), (17, 257, 31), (257, 15, 255), (31, 255, 257)]
+        shapes += [(255, 33, 17), (17, 257, 31), (257, 15, 255), (31, 255, 257), (TesseraGemm.mc + 4, 33, 17),
+                   (TesseraGemm.mc + 4, TesseraGemm.nc + 8, 2)]
         var out: [Case] = []
         for (index, (m, n, k)) in shapes.enumerated() {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
@@ -69,8 +72,8 @@ import _TestSupport
     @Test(arguments: isas)
     func matchesFloat64ReferenceOnEdgeShapes(isa: TesseraGemm.ISA) {
         for test in Self.cases {
-            let a = test.a, b = test.b
-            var c = test.c
+            let a = test.a, b = test.b, before = test.c
+            var c = before
             let want = test.reference(a, b, c)
             c.withUnsafeMutableBufferPointer { out in
                 TesseraGemm.gemm(isa: isa, transposeA: test.transposeA, transposeB: test.transposeB, m: test.m, n: test.n, k: test.k,
@@ -83,25 +86,28 @@ import _TestSupport
             // The padding between rows of C is never written.
             for i in 0..<test.m where test.pad > 0 {
                 let padding = c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]
-                #expect(padding.elementsEqual(test.c[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(isa) \(test) row \(i)")
+                #expect(padding.elementsEqual(before[(i * test.ldc + test.n)..<((i + 1) * test.ldc)]) { $0 == $1 || ($0.isNaN && $1.isNaN) }, "\(isa) \(test) row \(i)")
             }
         }
     }
 
-    /// Packing (vector transposes of 4 × 4 and fixed-width row copies, scalar edges) is a copy:
-    /// every width of sliver r, every remainder of width and depth, both layouts, against the
-    /// definition in the header, zeros past the width, and nothing written past the panel.
-    @Test func packingCopiesEveryLineAndDepthExactly() {
+    /// Packing (4 × 4 SSE transposes and fixed-width row copies; with AVX-512 16 × 16 transposes
+    /// and masked row moves) is a copy: every packer this CPU runs, every width of sliver r,
+    /// every remainder of width and depth, both layouts, against the definition in the header,
+    /// zeros past the width, and nothing written past the panel.
+    @Test(arguments: isas)
+    func packingCopiesEveryLineAndDepthExactly(isa: TesseraGemm.ISA) {
+        let pack = TesseraGemm.Kernel(isa).pack
         for strided in [false, true] {
             for r in [4, 6, 8, 12, 16, 32] {
                 for width in [1, 3, 4, 5, r - 1, r, r + 1, 2 * r + 5] where width > 0 {
-                    for kc in [1, 3, 4, 7, 16, 257] {
+                    for kc in [1, 3, 4, 7, 9, 16, 17, 257] {
                         let ld = (strided ? kc : width) + 2
                         let source = Fixtures.randoms((strided ? width : kc) * ld, seed: UInt64(r * 1000 + width * 10 + kc))
                         let slivers = (width + r - 1) / r
                         var out = [Float](repeating: .nan, count: slivers * r * kc + 1)
                         source.withUnsafeBufferPointer { src in
-                            out.withUnsafeMutableBufferPointer { tessera_gemm_pack(strided ? 1 : 0, width, kc, src.baseAddress!, ld, r, $0.baseAddress!) }
+                            out.withUnsafeMutableBufferPointer { pack(strided ? 1 : 0, width, kc, src.baseAddress!, ld, r, $0.baseAddress!) }
                         }
                         var want = [Float](repeating: 0, count: slivers * r * kc)
                         for line in 0..<width {
@@ -109,8 +115,8 @@ import _TestSupport
                                 want[(line / r) * r * kc + p * r + line % r] = strided ? source[line * ld + p] : source[p * ld + line]
                             }
                         }
-                        #expect(out.dropLast().map(\.bitPattern) == want.map(\.bitPattern), "strided \(strided) r \(r) width \(width) kc \(kc)")
-                        #expect(out.last!.isNaN, "wrote past the panel: strided \(strided) r \(r) width \(width) kc \(kc)")
+                        #expect(out.dropLast().map(\.bitPattern) == want.map(\.bitPattern), "\(isa) strided \(strided) r \(r) width \(width) kc \(kc)")
+                        #expect(out.last!.isNaN, "\(isa) wrote past the panel: strided \(strided) r \(r) width \(width) kc \(kc)")
                     }
                 }
             }

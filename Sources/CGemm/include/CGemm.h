@@ -36,3 +36,8 @@ void tessera_sgemm_kernel_portable(long kc, const float *a, const float *b, floa
 /// src[i·ld + p] when `strided`. op(A) packs with width m and strided = !transposed (lines are
 /// rows of C), op(B) with width n and strided = transposed (lines are columns of C).
 void tessera_gemm_pack(int strided, long width, long kc, const float *src, long ld, long r, float *out);
+typedef void (*tessera_gemm_packer)(int strided, long width, long kc, const float *src, long ld, long r, float *out);
+#if defined(__x86_64__)
+/// tessera_gemm_pack's copy with AVX-512 moves and 16 × 16 transposes (needs AVX-512F).
+void tessera_gemm_pack_avx512(int strided, long width, long kc, const float *src, long ld, long r, float *out);
+#endif
