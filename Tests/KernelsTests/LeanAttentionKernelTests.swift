@@ -73,7 +73,7 @@ import _TestSupport
     }
 
     /// Every lane record (Hq, lanes, D + 1) of `kernel` on the problem's cache.
-    static func records(_ p: Problem, _ kernel: tessera_lean_lanes_kernel) -> [Float] {
+    fileprivate static func records(_ p: Problem, _ kernel: tessera_lean_lanes_kernel) -> [Float] {
         let a = p.attention, D = a.headDim, G = a.heads / a.kvHeads, size = D + 1, lanes = a.lanes, cut = lanes / 2
         let scoreStride = (a.blockSize + 15) / 16 * 16, firstRows = min(a.blockSize, p.length)
         var out = [Float](repeating: .nan, count: a.heads * lanes * size)
