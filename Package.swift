@@ -76,7 +76,7 @@ let package = Package(
         .target(name: "_CheckpointTestSupport", dependencies: ["Checkpointing", "TensorCore"],
                 path: "Tests/_CheckpointTestSupport", swiftSettings: settings),
         .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"], swiftSettings: settings),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "_TestSupport"], swiftSettings: settings),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CDecode", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "CollectivesTCPTests", dependencies: ["CollectivesTCP", "Collectives", "Networking", "_TestSupport"], swiftSettings: settings),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels", "Collectives", "TensorCore", "_TestSupport"], swiftSettings: settings),

@@ -42,6 +42,14 @@ static inline __attribute__((always_inline, target(TARGET))) V NAME(V x) { \
 TESSERA_LEAN_EXP(exp16, "avx512f", _mm512, __m512, __m512i, si512)
 TESSERA_LEAN_EXP(exp8, "avx2,fma", _mm256, __m256, __m256i, si256)
 
+/// The running sum and maximum after a block of sum `total` (one function, so every AVX-512 step
+/// rounds it alike: whether st[1] · alpha + total contracts into one multiply-add is the compiler's).
+static inline __attribute__((always_inline, target("avx512f")))
+void lean_settle(float *st, int first, float alpha, float total, float maximum) {
+    st[1] = first ? total : st[1] * alpha + total;
+    st[0] = maximum;
+}
+
 /// Lane i of the result = the sum of the 16 lanes of a[i].
 static inline __attribute__((always_inline, target("avx512f"))) __m512 row_sums16(const __m512 a[16]) {
     static const int order[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
@@ -76,10 +84,10 @@ void scores16(__m512 acc[16], const long chunks, const float *q, const float *k,
     }
 }
 
-static __attribute__((target("avx512f")))
-void step_avx512(long D, long G, long rows, float scale, const float *q, const float *k, const float *v,
-                 float *out, long head_stride, float *state, int first, float *scores, long score_stride,
-                 const float *next_k, const float *next_v, long next_rows) {
+static __attribute__((noinline, target("avx512f")))
+void step_avx512_any(long D, long G, long rows, float scale, const float *q, const float *k, const float *v,
+                     float *out, long head_stride, float *state, int first, float *scores, long score_stride,
+                     const float *next_k, const float *next_v, long next_rows) {
     const long chunks = (D + 15) / 16, row_bytes = D * 4;
     const __mmask16 tail = (D % 16) ? (__mmask16)((1u << (D % 16)) - 1) : (__mmask16)0xFFFF;
     for (long g = 0; g < G; g++) {
@@ -110,9 +118,7 @@ void step_avx512(long D, long G, long rows, float scale, const float *q, const f
             _mm512_storeu_ps(s + j0, p);
             vsum = _mm512_add_ps(vsum, p);
         }
-        const float total = _mm512_reduce_add_ps(vsum);
-        st[1] = first ? total : st[1] * alpha + total;
-        st[0] = maximum;
+        lean_settle(st, first, alpha, _mm512_reduce_add_ps(vsum), maximum);
         // o = alpha · o + Σ p_j v_j, 64 columns at a time, in registers across the rows.
         for (long c0 = 0; c0 < chunks; c0 += 4) {
             __mmask16 m[4];
@@ -147,7 +153,97 @@ void step_avx512(long D, long G, long rows, float scale, const float *q, const f
     }
 }
 
+/// The scores of 16 rows for D = 64 (k: the first row), q in registers: the steps of scores16
+/// and row_sums16, so the same bits, with the accumulators kept in registers. With `fetch`, row
+/// r of `next` is fetched into L1 along with row r (spread: measured 3-5% faster at 32k-131k
+/// positions than the 16 rows at once of the other widths, and bunched it fell to 0.65-0.75 of
+/// memread once the arithmetic was fast).
+static inline __attribute__((always_inline, target("avx512f")))
+__m512 tile_d64(const __m512 q[4], const float *k, __m512 scale, const float *next, const int fetch) {
+    __m512 acc[16];
+#pragma unroll
+    for (int r = 0; r < 16; r++) {
+        if (fetch) prefetch_bytes(next, 256 * r, 256 * (r + 1));
+        __m512 a = _mm512_setzero_ps();
+        for (int c = 0; c < 4; c++) a = _mm512_fmadd_ps(q[c], _mm512_loadu_ps(k + 64 * r + 16 * c), a);
+        acc[r] = a;
+    }
+    return _mm512_mul_ps(row_sums16(acc), scale);
+}
+
+/// Rows j and j + 1 of a block's weighted V for D = 64, into the even and odd sums (s: the weights).
+static inline __attribute__((always_inline, target("avx512f")))
+void weigh_d64(__m512 even[4], __m512 odd[4], const float *s, const float *v, const long j) {
+    const __m512 p0 = _mm512_set1_ps(s[j]), p1 = _mm512_set1_ps(s[j + 1]);
+    for (int i = 0; i < 4; i++) {
+        even[i] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v + j * 64 + 16 * i), even[i]);
+        odd[i] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v + (j + 1) * 64 + 16 * i), odd[i]);
+    }
+}
+
+/// One query head's step_avx512 for D = 64 and a block of 64 rows: the same operations in the
+/// same order (the same bits), unrolled with the block's scores and output in registers. With
+/// `fetch`, the next block (next_k, next_v: 64 rows) is fetched into L1 meanwhile.
+static inline __attribute__((always_inline, target("avx512f")))
+void head_d64(float scale, const float *qg, const float *k, const float *v, float *record, float *st, int first,
+              float *s, const float *next_k, const float *next_v, const int fetch) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    const __m512 qv[4] = {_mm512_loadu_ps(qg), _mm512_loadu_ps(qg + 16), _mm512_loadu_ps(qg + 32), _mm512_loadu_ps(qg + 48)};
+    __m512 t[4];
+    for (int i = 0; i < 4; i++) t[i] = tile_d64(qv, k + 1024 * i, vscale, fetch ? next_k + 1024 * i : NULL, fetch);
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int i = 0; i < 4; i++) vmax = _mm512_mask_max_ps(vmax, (__mmask16)0xFFFF, vmax, t[i]);
+    float maximum;
+    const float alpha = lean_rescale(st, first, _mm512_reduce_max_ps(vmax), &maximum);
+    __m512 vsum = _mm512_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+        t[i] = exp16(_mm512_sub_ps(t[i], _mm512_set1_ps(maximum)));
+        _mm512_storeu_ps(s + 16 * i, t[i]);
+        vsum = _mm512_add_ps(vsum, t[i]);
+    }
+    lean_settle(st, first, alpha, _mm512_reduce_add_ps(vsum), maximum);
+    __m512 even[4], odd[4];
+    for (int i = 0; i < 4; i++) {
+        odd[i] = _mm512_setzero_ps();
+        even[i] = first ? odd[i] : _mm512_loadu_ps(record + 16 * i);
+        if (alpha != 1) even[i] = _mm512_mul_ps(even[i], _mm512_set1_ps(alpha));
+    }
+#pragma unroll
+    for (long j = 0; j < 64; j += 2) {
+        if (fetch) prefetch_bytes(next_v, j * 256, (j + 2) * 256);
+        weigh_d64(even, odd, s, v, j);
+    }
+    for (int i = 0; i < 4; i++) _mm512_storeu_ps(record + 16 * i, _mm512_add_ps(even[i], odd[i]));
+}
+
+/// step_avx512 for D = 64 and a block of 64 rows (the bench models' heads, LeanAttention's
+/// default block); the first head fetches the next block (a partial one all at once up front).
+static inline __attribute__((always_inline, target("avx512f")))
+void step_avx512_d64(long G, float scale, const float *q, const float *k, const float *v,
+                     float *out, long head_stride, float *state, int first, float *scores, long score_stride,
+                     const float *next_k, const float *next_v, long next_rows) {
+    if (next_k && next_rows == 64) {
+        head_d64(scale, q, k, v, out, state, first, scores, next_k, next_v, 1);
+    } else {
+        if (next_k) { prefetch_bytes(next_k, 0, next_rows * 256); prefetch_bytes(next_v, 0, next_rows * 256); }
+        head_d64(scale, q, k, v, out, state, first, scores, NULL, NULL, 0);
+    }
+    for (long g = 1; g < G; g++)
+        head_d64(scale, q + g * 64, k, v, out + g * head_stride, state + 2 * g, first, scores + g * score_stride, NULL, NULL, 0);
+}
+
+static __attribute__((target("avx512f")))
+void step_avx512(long D, long G, long rows, float scale, const float *q, const float *k, const float *v,
+                 float *out, long head_stride, float *state, int first, float *scores, long score_stride,
+                 const float *next_k, const float *next_v, long next_rows) {
+    if (D == 64 && rows == 64)
+        step_avx512_d64(G, scale, q, k, v, out, head_stride, state, first, scores, score_stride, next_k, next_v, next_rows);
+    else
+        step_avx512_any(D, G, rows, scale, q, k, v, out, head_stride, state, first, scores, score_stride, next_k, next_v, next_rows);
+}
+
 LEAN_LANES_DEFINE(tessera_lean_lanes_avx512, step_avx512, __attribute__((target("avx512f"))))
+LEAN_LANES_DEFINE(tessera_lean_lanes_avx512_any, step_avx512_any, __attribute__((target("avx512f"))))
 
 /// Lane i of the result = the sum of the 8 lanes of a[i].
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 row_sums8(const __m256 a[8]) {

@@ -1,5 +1,8 @@
 import Testing
 import Kernels
+#if arch(x86_64)
+import CDecode
+#endif
 import _TestSupport
 
 /// Every block kernel this CPU runs (AVX-512, AVX2 + FMA, portable: CDecode), not only the one
@@ -51,6 +54,50 @@ import _TestSupport
             }
         }
     }
+
+    #if arch(x86_64)
+    /// The AVX-512 kernel's unrolled path for head dim 64 in blocks of 64 rows gives the bits of
+    /// the same kernel without it: lengths around the block (the last block partial or not), a
+    /// prime, several rounds of 6 lanes ± 1; query groups of 1, 2 and 4; each head's lanes walked
+    /// in two calls, the first fetching the second's first block, the second the next head's.
+    @Test(.enabled(if: isas.contains(.avx512)))
+    func avx512HeadDim64PathKeepsTheBits() {
+        for length in [1, 63, 64, 65, 1001, 1009, 64 * 6 * 3 - 1, 64 * 6 * 3 + 1, 4099] {
+            for (heads, lanes) in [(2, 6), (4, 64), (8, 6)] {
+                let problem = Problem(batch: 1, heads: heads, kvHeads: 2, headDim: 64, length: length, lanes: lanes, isa: .avx512)
+                let fast = Self.records(problem, tessera_lean_lanes_avx512), any = Self.records(problem, tessera_lean_lanes_avx512_any)
+                #expect(fast == any, "\(heads) heads on 2, L \(length), \(lanes) lanes")
+                #expect(fast.allSatisfy { !$0.isNaN }, "\(heads) heads on 2, L \(length), \(lanes) lanes: NaN in the records")
+            }
+        }
+    }
+
+    /// Every lane record (Hq, lanes, D + 1) of `kernel` on the problem's cache.
+    fileprivate static func records(_ p: Problem, _ kernel: tessera_lean_lanes_kernel) -> [Float] {
+        let a = p.attention, D = a.headDim, G = a.heads / a.kvHeads, size = D + 1, lanes = a.lanes, cut = lanes / 2
+        let scoreStride = (a.blockSize + 15) / 16 * 16, firstRows = min(a.blockSize, p.length)
+        var out = [Float](repeating: .nan, count: a.heads * lanes * size)
+        var scratch = [Float](repeating: 0, count: G * (scoreStride + 2 * lanes))
+        p.q.withUnsafeBufferPointer { q in p.k.withUnsafeBufferPointer { k in p.v.withUnsafeBufferPointer { v in
+            out.withUnsafeMutableBufferPointer { out in scratch.withUnsafeMutableBufferPointer { scratch in
+                let (q, k, v, out, scratch) = (q.baseAddress!, k.baseAddress!, v.baseAddress!, out.baseAddress!, scratch.baseAddress!)
+                for h in 0..<a.kvHeads {
+                    let base = h * p.capacity * D, record = out + h * G * lanes * size, next = (h + 1) * p.capacity * D
+                    let hasNext = h + 1 < a.kvHeads && p.length > 0
+                    // Lanes [0, cut) fetch lane cut's first block (round 0), when it has one.
+                    let cutBlock = cut * a.blockSize < p.length
+                    kernel(D, G, 1 / Float(D).squareRoot(), q + h * G * D, k + base, v + base, p.length, a.blockSize, lanes, 0, cut,
+                           record, lanes * size, scratch, scoreStride, cutBlock ? k + base + cut * a.blockSize * D : nil,
+                           cutBlock ? v + base + cut * a.blockSize * D : nil, cutBlock ? min(a.blockSize, p.length - cut * a.blockSize) : 0)
+                    kernel(D, G, 1 / Float(D).squareRoot(), q + h * G * D, k + base, v + base, p.length, a.blockSize, lanes, cut, lanes,
+                           record, lanes * size, scratch, scoreStride, hasNext ? k + next : nil, hasNext ? v + next : nil,
+                           hasNext ? firstRows : 0)
+                }
+            } }
+        } } }
+        return out
+    }
+    #endif
 
     /// The instruction sets agree with each other within rounding (not bit for bit).
     @Test func kernelsAgreeWithinRounding() {

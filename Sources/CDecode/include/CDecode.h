@@ -34,8 +34,11 @@ typedef void (*tessera_lean_lanes_kernel)(long head_dim, long group, float scale
               long score_stride, const float *after_k, const float *after_v, long after_rows);
 
 #if defined(__x86_64__)
-/// Needs AVX-512F (the caller checks CPUID).
+/// Needs AVX-512F (the caller checks CPUID). Head dim 64 and blocks of 64 rows take an unrolled
+/// path with the same operations in the same order as every other shape's.
 TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_avx512)
+/// tessera_lean_lanes_avx512 without its D = 64 path (tests: the two give the same bits).
+TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_avx512_any)
 /// Needs AVX2 and FMA.
 TESSERA_LEAN_LANES_DECLARE(tessera_lean_lanes_avx2)
 #endif
