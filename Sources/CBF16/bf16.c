@@ -300,9 +300,14 @@ BF16_TARGET static void kernel_avx512(long kp, const uint16_t *a, const uint16_t
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
     __m512 va = _mm512_set1_ps(alpha);
-    for (int r = 0; r < mr; r++) {
-        store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
-        store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+    // Unrolled over MR with constant indices, so acc stays in registers (a loop to the run-time
+    // mr made clang keep acc on the stack and clear it with a memset on every call).
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        if (r < mr) {
+            store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
+            store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+        }
     }
 }
 #endif
