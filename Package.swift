@@ -48,10 +48,11 @@ let package = Package(
         // products on every instruction set); each vector kernel picks its ISA per function.
         .target(name: "CGemm", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "CBF16"),
+        .target(name: "CAdamW", cSettings: [.unsafeFlags(["-O2", "-fno-math-errno"])]),
         // Decode attention's block kernel (LeanAttention): AVX-512, AVX2 + FMA and portable, per function.
         .target(name: "CDecode", cSettings: [.unsafeFlags(["-O2"])]),
         .target(name: "TensorCore", swiftSettings: numericSettings),
-        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID", "CGemm", "CBF16", "CDecode"], swiftSettings: numericSettings),
+        .target(name: "Kernels", dependencies: ["COpenBLAS", "CCPUID", "CGemm", "CBF16", "CDecode", "CAdamW"], swiftSettings: numericSettings),
         .target(name: "Collectives", dependencies: ["TensorCore"], swiftSettings: settings),
         .target(name: "CollectivesMPI", dependencies: ["Collectives", "CMPI"], swiftSettings: settings),
         .target(name: "Networking", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: settings),

@@ -183,10 +183,8 @@ static inline long group_lines(long first, long lines, int width) {
 static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long lines, long kc, int width,
                        uint16_t *dst, int wide) {
     long kp = (kc + 1) / 2, panels = (lines + width - 1) / width;
-    if (lines % width || (kc & 1)) {   // the padding: the last panel's missing lines, every panel's odd k
-        long from = (kc & 1) ? 0 : panels - 1;
-        memset(dst + from * kp * 2 * width, 0, (size_t)(panels - from) * kp * 2 * width * sizeof(uint16_t));
-    }
+    if (lines % width)   // the last panel's missing lines (every path writes an odd k's zero itself)
+        memset(dst + (panels - 1) * kp * 2 * width, 0, (size_t)kp * 2 * width * sizeof(uint16_t));
 #if defined(__x86_64__)
     if (ks == 1 && wide) {   // each line's k values contiguous: 16 lines at a time, transposed in registers
         const char *base = v->h ? (const char *)v->h : (const char *)v->f;
@@ -208,17 +206,20 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
             run(v, (l0 + l) * ls + p0, kc, t, wide);
             uint16_t *d = dst + (l / width) * kp * 2 * width + 2 * (l % width);
             for (long q = 0; q < kc / 2; q++) memcpy(d + q * 2 * width, t + 2 * q, 4);
-            if (kc & 1) d[(kp - 1) * 2 * width] = t[kc - 1];
+            if (kc & 1) { d[(kp - 1) * 2 * width] = t[kc - 1]; d[(kp - 1) * 2 * width + 1] = 0; }
         }
-    } else {         // lines contiguous: round two k rows of the whole block, interleave them
+    } else {         // lines contiguous: round two k rows of the whole block (bf16 rows read in place), interleave them
         uint16_t t0[NC], t1[NC];
         for (long q = 0; q < kp; q++) {
-            run(v, (p0 + 2 * q) * ks + l0, lines, t0, wide);
-            if (2 * q + 1 < kc) run(v, (p0 + 2 * q + 1) * ks + l0, lines, t1, wide);
-            else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
+            const uint16_t *k0 = t0, *k1 = t1;
+            long o0 = (p0 + 2 * q) * ks + l0, o1 = o0 + ks;
+            if (v->h) k0 = v->h + o0; else run(v, o0, lines, t0, wide);
+            if (2 * q + 1 >= kc) memset(t1, 0, (size_t)lines * sizeof(uint16_t));
+            else if (v->h) k1 = v->h + o1;
+            else run(v, o1, lines, t1, wide);
             for (long panel = 0; panel < panels; panel++) {
                 uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
-                const uint16_t *u0 = t0 + panel * width, *u1 = t1 + panel * width;
+                const uint16_t *u0 = k0 + panel * width, *u1 = k1 + panel * width;
                 long count = lines - panel * width < width ? lines - panel * width : width;
                 interleave(u0, u1, d, count, wide);
             }
@@ -299,9 +300,14 @@ BF16_TARGET static void kernel_avx512(long kp, const uint16_t *a, const uint16_t
     __mmask16 m0 = nr >= 16 ? 0xffff : (__mmask16)((1u << nr) - 1);
     __mmask16 m1 = nr >= 32 ? 0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
     __m512 va = _mm512_set1_ps(alpha);
-    for (int r = 0; r < mr; r++) {
-        store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
-        store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+    // Unrolled over MR with constant indices, so acc stays in registers (a loop to the run-time
+    // mr made clang keep acc on the stack and clear it with a memset on every call).
+#pragma clang loop unroll(full)
+    for (int r = 0; r < MR; r++) {
+        if (r < mr) {
+            store_row(c + r * ldc, acc[r][0], m0, va, beta, first);
+            store_row(c + r * ldc + 16, acc[r][1], m1, va, beta, first);
+        }
     }
 }
 #endif

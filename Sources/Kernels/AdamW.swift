@@ -1,3 +1,4 @@
+import CAdamW
 import Foundation
 
 /// AdamW with decoupled weight decay, as `torch.optim.AdamW`:
@@ -23,23 +24,10 @@ public struct AdamW: Equatable, Sendable {
         let rootCorrection2 = Float(correction2.squareRoot())
         let shrink = decay ? 1 - lr * weightDecay : 1
         let (b1, b2, e) = (beta1, beta2, eps)
+        let wide: Int32 = CPUInfo.current.features.contains(.avx512) ? 1 : 0
         threads.forRanges(count, minimumChunk: 65_536) { range in
-            var i = range.lowerBound
-            while i + 8 <= range.upperBound {
-                let gi = VectorMath.load(g + i) * scale
-                let mi = b1 * VectorMath.load(m + i) + (1 - b1) * gi
-                let vi = b2 * VectorMath.load(v + i) + (1 - b2) * gi * gi
-                VectorMath.store(mi, m + i)
-                VectorMath.store(vi, v + i)
-                VectorMath.store(VectorMath.load(p + i) * shrink - stepSize * mi / (vi.squareRoot() / rootCorrection2 + e), p + i)
-                i += 8
-            }
-            for j in i..<range.upperBound {
-                let gj = g[j] * scale
-                m[j] = b1 * m[j] + (1 - b1) * gj
-                v[j] = b2 * v[j] + (1 - b2) * gj * gj
-                p[j] = p[j] * shrink - stepSize * m[j] / (v[j].squareRoot() / rootCorrection2 + e)
-            }
+            let i = range.lowerBound
+            tessera_adamw_update(p + i, g + i, m + i, v + i, range.count, b1, b2, e, scale, shrink, stepSize, rootCorrection2, wide)
         }
     }
 }

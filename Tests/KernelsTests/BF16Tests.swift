@@ -167,6 +167,40 @@ import _TestSupport
         }
     }
 
+    /// bf16 operands (read in place, lines side by side or k side by side) give the bits of
+    /// the same values as Float32 rounded while packing, in every transpose, with odd depths
+    /// (the padded half of the last pair), edge panels of both kernels' widths, strides wider
+    /// than the matrix, 1 to 3 threads and every kernel.
+    @Test func preRoundedOperandsEqualRoundingWhilePackingInEveryLayout() {
+        for (m, n, k) in [(13, 45, 7), (150, 37, 1101), (12, 32, 2)] {
+            for (tA, tB) in [(false, false), (false, true), (true, false), (true, true)] {
+                let lda = (tA ? m : k) + 3, ldb = (tB ? k : n) + 1
+                let a = Fixtures.randoms(lda * (tA ? k : m), seed: 6), b = Fixtures.randoms(ldb * (tB ? n : k), seed: 7)
+                var aBits = [UInt16](repeating: 0, count: a.count), bBits = [UInt16](repeating: 0, count: b.count)
+                BF16.round(a, into: &aBits, count: a.count)
+                BF16.round(b, into: &bBits, count: b.count)
+                for kernel in Self.kernels {
+                    for threads in 1...3 {
+                        var results: [[UInt32]] = []
+                        for rounded in [false, true] {
+                            var c = [Float](repeating: .nan, count: m * n)
+                            a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
+                                aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
+                                    BF16Matmul.gemm(transposeA: tA, transposeB: tB, m: m, n: n, k: k,
+                                                    a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
+                                                    b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
+                                                    c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
+                                } }
+                            } }
+                            results.append(c.map(\.bitPattern))
+                        }
+                        #expect(results[0] == results[1], "\(kernel) m=\(m) n=\(n) k=\(k) tA=\(tA) tB=\(tB) threads \(threads)")
+                    }
+                }
+            }
+        }
+    }
+
     /// The emulation is the instruction: random and denormal-heavy inputs, every lane's
     /// rounding, flush-to-zero and pair order compared bit for bit (only on an AVX512_BF16 CPU).
     @Test(.enabled(if: BF16Kernel.hardware.isAvailable))

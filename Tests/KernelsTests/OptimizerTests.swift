@@ -1,3 +1,4 @@
+import CAdamW
 import Testing
 import Kernels
 import _TestSupport
@@ -37,6 +38,68 @@ import _TestSupport
         }
         #expect(p1 == p2 && m1 == m2 && v1 == v2)
         #expect(g2 == g)
+    }
+
+    /// The update before it moved to C (Swift SIMD8 lanes, then a scalar tail), kept as the
+    /// twin the C kernel must match bit for bit.
+    static func swiftUpdate(_ rule: AdamW, p: inout [Float], g: [Float], m: inout [Float], v: inout [Float], step t: Int,
+                            lr: Float, decay: Bool, scale: Float) {
+        let correction1 = 1 - pow(Double(rule.beta1), Double(t)), correction2 = 1 - pow(Double(rule.beta2), Double(t))
+        let stepSize = lr / Float(correction1), rootCorrection2 = Float(correction2.squareRoot())
+        let shrink = decay ? 1 - lr * rule.weightDecay : 1
+        let (b1, b2, e) = (rule.beta1, rule.beta2, rule.eps)
+        var i = 0
+        while i + 8 <= p.count {
+            let gi = SIMD8<Float>(g[i..<i + 8]) * scale
+            let mi = b1 * SIMD8<Float>(m[i..<i + 8]) + (1 - b1) * gi
+            let vi = b2 * SIMD8<Float>(v[i..<i + 8]) + (1 - b2) * gi * gi
+            let pi = SIMD8<Float>(p[i..<i + 8]) * shrink - stepSize * mi / (vi.squareRoot() / rootCorrection2 + e)
+            for j in 0..<8 { (m[i + j], v[i + j], p[i + j]) = (mi[j], vi[j], pi[j]) }
+            i += 8
+        }
+        for j in i..<p.count {
+            let gj = g[j] * scale
+            m[j] = b1 * m[j] + (1 - b1) * gj
+            v[j] = b2 * v[j] + (1 - b2) * gj * gj
+            p[j] = p[j] * shrink - stepSize * m[j] / (v[j].squareRoot() / rootCorrection2 + e)
+        }
+    }
+
+    /// Three updates with the C kernel (split across 1, 2, 3 threads; lengths with and without
+    /// a 16-lane tail, past the 65,536-element chunk) bitwise equal to the Swift twin, with
+    /// gradients over eight decades, zeros, a clipping scale, with and without decay.
+    @Test(arguments: [0, 1, 15, 16, 17, 47, 65_536 * 3 + 13])
+    func cKernelEqualsSwiftExpression(count: Int) {
+        let rule = AdamW(beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1)
+        let g = Fixtures.randoms(count, seed: UInt64(count) + 5).enumerated().map { $0 % 7 == 0 ? 0 : $1 * Float(pow(10.0, Double($0 % 9) - 6)) }
+        for threads in 1...3 {
+            for decay in [true, false] {
+                var p = Fixtures.randoms(count, seed: 41), m = [Float](repeating: 0, count: count), v = m
+                var (p2, m2, v2) = (p, m, v)
+                for step in 1...3 {
+                    let scale: Float = step == 2 ? 0.4137 : 1
+                    Self.swiftUpdate(rule, p: &p, g: g, m: &m, v: &v, step: step, lr: 3e-3, decay: decay, scale: scale)
+                    rule.update(parameters: &p2, gradients: g, m: &m2, v: &v2, count: count, step: step, learningRate: 3e-3,
+                                decay: decay, gradientScale: scale, threads: KernelThreads(threads))
+                }
+                #expect(p.map(\.bitPattern) == p2.map(\.bitPattern) && m.map(\.bitPattern) == m2.map(\.bitPattern)
+                        && v.map(\.bitPattern) == v2.map(\.bitPattern), "threads \(threads) decay \(decay)")
+            }
+        }
+    }
+
+    /// The kernel's portable path (every lane scalar) gives the AVX-512 path's bits (run where
+    /// the CPU has AVX-512F; elsewhere only the portable path exists).
+    @Test func portablePathEqualsVectorPath() throws {
+        try #require(CPUInfo.current.features.contains(.avx512))
+        let count = 1_003
+        let g = Fixtures.randoms(count, seed: 9).map { $0 * 3e-4 }
+        var p = Fixtures.randoms(count, seed: 10), m = Fixtures.randoms(count, seed: 11).map { $0 * 1e-3 }
+        var v = Fixtures.randoms(count, seed: 12).map { $0 * $0 * 1e-6 }
+        var (p2, m2, v2) = (p, m, v)
+        tessera_adamw_update(&p, g, &m, &v, count, 0.9, 0.95, 1e-8, 0.77, 0.9997, 2e-3, 0.31, 0)
+        tessera_adamw_update(&p2, g, &m2, &v2, count, 0.9, 0.95, 1e-8, 0.77, 0.9997, 2e-3, 0.31, 1)
+        #expect(p.map(\.bitPattern) == p2.map(\.bitPattern) && m == m2 && v == v2)
     }
 
     @Test func clippingScalesToTheMaximumNorm() {

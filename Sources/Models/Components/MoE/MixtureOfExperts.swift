@@ -90,16 +90,20 @@ public final class MixtureOfExperts: LayerComponent {
         let plan = try RoutingPlan.make(router: router, spec: spec, comm: comms.batch)
         try dispatcher.plan(choices: router.choices, admitted: plan.admitted, comm: comms.expert)
         let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
-        let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
-        let rows = c.scratch.buffer("moe.rows", count: sent * d)
+        // One rank of experts: the rows are gathered straight into the experts' input and their
+        // output is read in place (no dispatch or combine copies).
+        let exchange = TokenDispatcher.exchanges(over: comms.expert) ? comms.expert : nil
+        let (xs, ys) = (expertInput.ensure(received * d), expertOutput.ensure(received * d))
+        let rows = exchange == nil ? xs : c.scratch.buffer("moe.rows", count: sent * d)
         let order = dispatcher.order
         c.threads.forRanges(order.count, minimumChunk: Self.rowsPerChunk) { range in
             for i in range { (rows + i * d).update(from: x + (order[i] / k) * d, count: d) }
         }
-        let (xs, ys, back) = (expertInput.ensure(received * d), expertOutput.ensure(received * d), returned.ensure(sent * d))
-        try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: comms.expert)
+        let staging = exchange.map { _ in c.scratch.buffer("moe.staging", count: max(sent, received) * d) }
+        if let exchange, let staging { try dispatcher.dispatch(rows, width: d, into: xs, staging: staging, comm: exchange) }
         experts.forward(xs, rowsPerExpert: dispatcher.rowsPerLocalExpert, output: ys, threads: c.threads, precision: c.precision)
-        try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: comms.expert)
+        let back = exchange == nil ? ys : returned.ensure(sent * d)
+        if let exchange, let staging { try dispatcher.combine(ys, width: d, into: back, staging: staging, comm: exchange) }
         slot = [Int](repeating: -1, count: n * k)
         for (i, pair) in dispatcher.order.enumerated() { slot[pair] = i }
         let (slot, gates) = (self.slot, router.gates)
@@ -122,12 +126,13 @@ public final class MixtureOfExperts: LayerComponent {
         let (n, d, E, k, F) = (c.rows, dModel, spec.experts, spec.topK, spec.expertHidden)
         let comms = communicators(c)
         let (sent, received) = (dispatcher.sentRows, dispatcher.receivedRows)
-        let staging = c.scratch.buffer("moe.staging", count: max(sent, received) * d)
-        let dRows = c.scratch.buffer("moe.rows", count: sent * d)
+        let exchange = TokenDispatcher.exchanges(over: comms.expert) ? comms.expert : nil
         let dExpertOutput = c.scratch.buffer("moe.dExpertOutput", count: received * d)
         let dExpertInput = c.scratch.buffer("moe.dExpertInput", count: received * d)
+        // One rank: the pairs' gradients are written as the experts' dy and their dx read in place.
+        let dRows = exchange == nil ? dExpertOutput : c.scratch.buffer("moe.rows", count: sent * d)
         let work = c.scratch.buffer("moe.work", count: 3 * received * F)
-        let back = returned.pointer
+        let back = exchange == nil ? UnsafePointer(expertOutput.pointer) : UnsafePointer(returned.pointer)
         // Gates: ∂/∂y_pair = gate · dOut[t]; ∂/∂gate = dOut[t] · y_pair.
         var dGates = [Float](repeating: 0, count: n * k)
         let (order, gates) = (dispatcher.order, router.gates)
@@ -142,9 +147,11 @@ public final class MixtureOfExperts: LayerComponent {
                 }
             }
         }
-        try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: comms.expert)
+        let staging = exchange.map { _ in c.scratch.buffer("moe.staging", count: max(sent, received) * d) }
+        if let exchange, let staging { try dispatcher.dispatch(dRows, width: d, into: dExpertOutput, staging: staging, comm: exchange) }
         experts.backward(dExpertOutput, dx: dExpertInput, work: work, threads: c.threads, precision: c.precision)
-        try dispatcher.combine(dExpertInput, width: d, into: dRows, staging: staging, comm: comms.expert)
+        if let exchange, let staging { try dispatcher.combine(dExpertInput, width: d, into: dRows, staging: staging, comm: exchange) }
+        let dPairs = exchange == nil ? UnsafePointer(dExpertInput) : UnsafePointer(dRows)
         // Router: gates, the balance loss through P (∂(N·aux·E·Σ f·P)/∂p_te = aux·E·f_e) and the z-loss.
         let scale = Double(c.gradientScale)
         let dProbability = plan.routedFraction.map { Float(scale * spec.auxLossCoefficient * Double(E) * $0) }
@@ -158,7 +165,7 @@ public final class MixtureOfExperts: LayerComponent {
         c.threads.forRanges(n, minimumChunk: Self.rowsPerChunk) { tokens in
             for t in tokens {
                 for j in 0..<k where slot[t * k + j] >= 0 {
-                    let (g, o) = (dRows + slot[t * k + j] * d, dx + t * d)
+                    let (g, o) = (dPairs + slot[t * k + j] * d, dx + t * d)
                     for i in 0..<d { o[i] += g[i] }
                 }
             }

@@ -73,11 +73,15 @@ final class TokenDispatcher {
         received = incoming.map(Int.init)
     }
 
+    /// Whether rows move between ranks over `comm`. Without (nil or one rank) the rows in
+    /// `order` already are the experts' rows by local expert: the caller uses them in place
+    /// and calls neither `dispatch` nor `combine`.
+    static func exchanges(over comm: Communicator?) -> Bool { (comm?.size ?? 1) > 1 }
+
     /// rows (sentRows × width, in `order`) → out (receivedRows × width, by local expert).
-    /// `staging` holds receivedRows × width floats. Collective over `comm`.
+    /// `staging` holds receivedRows × width floats. Collective over `comm` (several ranks).
     func dispatch(_ rows: UnsafePointer<Float>, width: Int, into out: UnsafeMutablePointer<Float>,
-                  staging: UnsafeMutablePointer<Float>, comm: Communicator?) throws {
-        guard let comm, comm.size > 1 else { out.update(from: rows, count: sentRows * width); return }
+                  staging: UnsafeMutablePointer<Float>, comm: Communicator) throws {
         try exchange(rows, sendRows: perDestination(sent), into: staging, receiveRows: perSource(), width: width, comm: comm)
         regroup(staging, into: out, width: width, toExpertMajor: true)
     }
@@ -85,8 +89,7 @@ final class TokenDispatcher {
     /// The reverse of `dispatch`: rows (receivedRows × width, by local expert) → out
     /// (sentRows × width, in `order`). `staging` holds receivedRows × width floats.
     func combine(_ rows: UnsafePointer<Float>, width: Int, into out: UnsafeMutablePointer<Float>,
-                 staging: UnsafeMutablePointer<Float>, comm: Communicator?) throws {
-        guard let comm, comm.size > 1 else { out.update(from: rows, count: sentRows * width); return }
+                 staging: UnsafeMutablePointer<Float>, comm: Communicator) throws {
         regroup(rows, into: staging, width: width, toExpertMajor: false)
         try exchange(staging, sendRows: perSource(), into: out, receiveRows: perDestination(sent), width: width, comm: comm)
     }
