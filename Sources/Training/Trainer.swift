@@ -202,6 +202,7 @@ public final class Trainer {
     /// Mean validation loss (nats per token) over `batches` fixed batches (default
     /// `eval.batches`) of the validation split, taken in order; all ranks take part.
     public func validationLoss(batches: Int? = nil) throws -> Double {
-        try Evaluator(model: model, data: data, comm: grid.world).validationLoss(batches: batches ?? config.eval.batches)
+        try Evaluator(model: model, data: data, comm: grid.world, orderedMicroBatch: ordered == nil ? nil : microBatch)
+            .validationLoss(batches: batches ?? config.eval.batches)
     }
 }

@@ -73,6 +73,29 @@ import _TestSupport
         #expect(second.parameters == whole.parameters, "\(DataParallelExactnessTests.worst(second.parameters, whole.parameters))")
     }
 
+    /// The validation loss too: each rank's passes of micro_batch sequences, added in global order.
+    @Test func validationLossIsTheSameOnAnyDataRankCount() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        func validation(_ ranks: Int) throws -> [Double] {
+            let config = try RunConfig(file: nil, overrides: tinyOverrides(data: data, run: directory.file("v\(ranks)"), steps: 3) + Self.ordered)
+            let results = InProcessCommunicator.run(size: ranks, timeoutSeconds: 60) { comm -> [Double] in
+                let trainer = try Trainer(config: config, world: comm)
+                var losses = [try trainer.validationLoss()]
+                for _ in 0..<3 { try trainer.trainStep() }
+                losses.append(try trainer.validationLoss(batches: 3))
+                return losses
+            }
+            return try results.map { try $0.get() }.reduce(into: []) { all, rank in
+                if all.isEmpty { all = rank } else { #expect(rank == all, "ranks agree") }
+            }
+        }
+        let one = try validation(1)
+        #expect(one.allSatisfy { $0 > 1 && $0.isFinite } && one[1] < one[0], "\(one)")
+        for ranks in [2, 3, 4] { #expect(try validation(ranks) == one, "\(ranks) ranks") }
+    }
+
     /// What ordered does not support, and micro-batches that do not deal out evenly: refused
     /// before any rank computes, with one line naming the keys.
     @Test(arguments: [
