@@ -97,6 +97,14 @@ differ = [name for name in one if one[name] != three[name]]
 assert not differ, f"tensors differ: {differ}"
 print(f"{len(one)} tensors (model and optimizer) byte-identical")
 PY
+  [ $? -eq 0 ] || return 1
+  # And the validation loss at the end (the evaluator adds its passes in global order too).
+  python3 - "$work/ordered1/metrics.jsonl" "$work/ordered-mpi3/metrics.jsonl" <<'PY'
+import json, sys
+one, three = ([json.loads(l)["val_loss"] for l in open(p) if "val_loss" in l] for p in sys.argv[1:3])
+assert one and one == three, f"validation losses {three} vs 1 rank's {one}"
+print(f"validation loss {one} on both")
+PY
 }
 check "train: parallel.reduction=ordered, mpirun 3 ranks give 1 rank's losses and checkpoint bit for bit" ordered_bits
 check "train: ordered with micro-batches that do not deal out over the ranks is one clear line" expect_failure 60 \
