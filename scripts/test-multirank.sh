@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 85   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 86   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -107,6 +107,8 @@ print(f"validation loss {one} on both")
 PY
 }
 check "train: parallel.reduction=ordered, mpirun 3 ranks give 1 rank's losses and checkpoint bit for bit" ordered_bits
+check "train: parallel.reduction=ordered, tessera launch 4 ranks give 1 rank's losses and gradient norms bit for bit" \
+  trains_like "$work/ordered1" "$work/ordered-tcp4" --exact "$TESSERA" launch --nproc 4 -- train "${ordered[@]}"
 check "train: ordered with micro-batches that do not deal out over the ranks is one clear line" expect_failure 60 \
   "parallel.reduction = ordered needs train.global_batch = 12 to be a whole number of train.micro_batch = 2 micro-batches, divisible by parallel.data = 4" \
   scripts/mpirun.sh 4 train "${ordered[@]}" --set train.micro_batch=2 --set run.dir="$work/ordered-bad"
