@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 83   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 86   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -75,6 +75,43 @@ check "train: tessera launch 3 ranks equal 1 rank for 20 steps" trains_like "$wo
 check "train: train.threads=2 equals one thread (bitwise)" trains_like "$work/r1" "$work/threads2" --exact "$TESSERA" train "${tiny[@]}" --set train.threads=2
 check "train: attention.kernel=naive equals flash (1e-5)" trains_like "$work/r1" "$work/naive" "$TESSERA" train "${tiny[@]}" --set attention.kernel=naive
 check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-serial" mpi 2 train "${tiny[@]}" --set parallel.overlap=false
+# parallel.reduction=ordered: 3 ranks under mpirun give 1 rank's bits: losses and gradient
+# norms of every step, and the checkpoint's files byte for byte.
+ordered=("${tiny[@]}" --set parallel.reduction=ordered --set train.micro_batch=1)
+ordered_bits() {
+  "$TESSERA" train "${ordered[@]}" --set run.dir="$work/ordered1" || { echo "1 rank exited with status $?"; return 1; }
+  trains_like "$work/ordered1" "$work/ordered-mpi3" --exact mpi 3 train "${ordered[@]}" || return 1
+  # Every tensor of the model and optimizer files, byte for byte (3 ranks name their files of-00003).
+  python3 - "$work/ordered1/checkpoints/step-00000020" "$work/ordered-mpi3/checkpoints/step-00000020" <<'PY'
+import glob, json, os, struct, sys
+def tensors(directory):
+    out = {}
+    for path in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8)); header = json.loads(f.read(size)); data = f.read()
+        out.update({name: data[i["data_offsets"][0]:i["data_offsets"][1]] for name, i in header.items() if name != "__metadata__"})
+    return out
+one, three = (tensors(d) for d in sys.argv[1:3])
+assert one and one.keys() == three.keys(), f"tensors {sorted(one)} vs {sorted(three)}"
+differ = [name for name in one if one[name] != three[name]]
+assert not differ, f"tensors differ: {differ}"
+print(f"{len(one)} tensors (model and optimizer) byte-identical")
+PY
+  [ $? -eq 0 ] || return 1
+  # And the validation loss at the end (the evaluator adds its passes in global order too).
+  python3 - "$work/ordered1/metrics.jsonl" "$work/ordered-mpi3/metrics.jsonl" <<'PY'
+import json, sys
+one, three = ([json.loads(l)["val_loss"] for l in open(p) if "val_loss" in l] for p in sys.argv[1:3])
+assert one and one == three, f"validation losses {three} vs 1 rank's {one}"
+print(f"validation loss {one} on both")
+PY
+}
+check "train: parallel.reduction=ordered, mpirun 3 ranks give 1 rank's losses and checkpoint bit for bit" ordered_bits
+check "train: parallel.reduction=ordered, tessera launch 4 ranks give 1 rank's losses and gradient norms bit for bit" \
+  trains_like "$work/ordered1" "$work/ordered-tcp4" --exact "$TESSERA" launch --nproc 4 -- train "${ordered[@]}"
+check "train: ordered with micro-batches that do not deal out over the ranks is one clear line" expect_failure 60 \
+  "parallel.reduction = ordered needs train.global_batch = 12 to be a whole number of train.micro_batch = 2 micro-batches, divisible by parallel.data = 4" \
+  scripts/mpirun.sh 4 train "${ordered[@]}" --set train.micro_batch=2 --set run.dir="$work/ordered-bad"
 # ZeRO: moments (stage 1) and summed gradients (stage 2) held in pieces, parameters gathered.
 check "train: parallel.zero=1, mpirun 2 ranks equal 1 rank" trains_like "$work/r1" "$work/zero1-mpi2" mpi 2 train "${tiny[@]}" --set parallel.zero=1
 check "train: parallel.zero=2, tessera launch 3 ranks equal 1 rank" trains_like "$work/r1" "$work/zero2-tcp3" \

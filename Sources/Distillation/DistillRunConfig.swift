@@ -54,6 +54,7 @@ public enum DistillRunConfig {
         for (key, value) in [("parallel.zero", config.parallel.zero), ("train.micro_batch", config.train.microBatch)] where value != 0 {
             throw DistillRunError.trainOnlyKey(key: key, value: value, origin: config.origin(of: key))
         }
+        if config.reduction == .ordered { throw DistillRunError.orderedReduction(origin: config.origin(of: "parallel.reduction")) }
         return config
     }
 

@@ -5,6 +5,8 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
     case teacherKeyInConfig(key: String, origin: String)
     /// A key only `tessera train` reads (parallel.zero, train.micro_batch) set to other than 0.
     case trainOnlyKey(key: String, value: Int, origin: String)
+    /// `parallel.reduction: ordered`, which only `tessera train` implements.
+    case orderedReduction(origin: String)
     /// Every stage has 0 steps.
     case nothingToDistill(source: String)
     /// A run directory already holds distillation checkpoints and no resume was asked for.
@@ -23,6 +25,8 @@ public enum DistillRunError: Error, Equatable, CustomStringConvertible {
             return "\(origin): \(key) is the teacher's (the model comes from the teacher checkpoint's run.yaml); remove it from the distill config"
         case let .trainOnlyKey(key, value, origin):
             return "\(origin): \(key) = \(value) is read by tessera train only; distillation holds whole optimizer state and takes the batch in one pass: set \(key)=0"
+        case let .orderedReduction(origin):
+            return "\(origin): parallel.reduction = ordered is read by tessera train only; distillation all-reduces its gradients: set parallel.reduction=allreduce"
         case let .nothingToDistill(source):
             return "\(source): distill.stage1_steps, stage2_steps and stage3_steps are all 0; give at least one stage steps"
         case let .runDirectoryInUse(runDirectory, checkpoint):

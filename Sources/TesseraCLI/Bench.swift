@@ -249,9 +249,10 @@ struct TrainBench: ParsableCommand {
         try BenchReport.emit("train", impl: "tessera", threads: threads, comm: comm,
                              shape: ["model": config.moe.experts > 0 ? "moe" : "dense", "data": trainer.grid.dataSize,
                                      "sequence": trainer.grid.sequenceSize, "expert": trainer.grid.size(of: .expert),
-                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap,
+                                     "config": options.config ?? "configs/bench-dense.yaml", "overlap": config.parallel.overlap && config.reduction == .allreduce,
                                      "gemm": Matmul.implementationDescription,
-                                     "zero": config.parallel.zero],
+                                     "zero": config.parallel.zero, "reduction": config.parallel.reduction,
+                                     "micro_batch": trainer.microBatch],
                              unit: "tokens/s", values: rates,
                              extra: ["parameters": model.parameterCount, "tokens_per_step": trainer.tokensPerStep,
                                      "gemm_peak_gflops": BenchReport.round4(peak), "precision": config.train.precision, "mfu": mfu, "state_mib": BenchReport.round4(Double(stateMiB))]

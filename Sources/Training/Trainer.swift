@@ -22,11 +22,13 @@ public final class Trainer {
     public internal(set) var samplesSeen = 0
     public private(set) var lastGradientNorm = 0.0
     /// The last step's auxiliary losses and routing, averaged over its passes.
-    public private(set) var auxiliaries = StepAuxiliaries()
+    public internal(set) var auxiliaries = StepAuxiliaries()
     /// Sequences per forward/backward pass on this rank (`train.micro_batch`, 0: the local batch).
     public let microBatch: Int
     let schedule: LearningRateSchedule
     let reducer: GradientReducer
+    /// Under `parallel.reduction: ordered`: the rank-count-independent sum (nil: allreduce).
+    let ordered: OrderedReduction?
     let checkpoints: TrainingCheckpoints
     let experts: ExpertShardTransfer
     /// This rank's owned pieces under `parallel.zero` ≥ 1 (nil at 0).
@@ -53,6 +55,7 @@ public final class Trainer {
     public init(config: RunConfig, world: Communicator, checkpointSink: CheckpointSink? = nil) throws {
         self.config = config
         let layout = try Self.layout(config, worldSize: world.size)
+        if config.reduction == .ordered, let problem = OrderedReduction.problem(config, layout: layout) { throw problem }
         grid = try ProcessGrid(world: world, layout: layout)
         guard config.train.globalBatch % layout.data == 0 else {
             throw TrainingError.batchDoesNotDivide(source: config.origin(of: "train.global_batch"), globalBatch: config.train.globalBatch, dataRanks: layout.data)
@@ -86,9 +89,11 @@ public final class Trainer {
         // the training thread, and a communicator may be used by one thread at a time: no
         // overlapped reduction beside them.
         let reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
-                                      overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1,
+                                      overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1
+                                          && config.reduction == .allreduce,
                                       scatter: config.parallel.zero >= 2 ? partition : nil)
         self.reducer = reducer
+        ordered = config.reduction == .ordered ? OrderedReduction(parameters: model.parameters, comm: grid.data) : nil
         let sharded = config.parallel.zero == 3 ? partition.map { ShardedParameters(partition: $0, reducer: reducer, model: model) } : nil
         self.sharded = sharded
         model.residency = sharded
@@ -150,6 +155,27 @@ public final class Trainer {
     @discardableResult
     public func trainStep() throws -> Double {
         let batch = data.trainBatch(samplesSeen: samplesSeen, microBatch: microBatch)
+        let globalLoss: Double
+        if let ordered { globalLoss = try orderedGradients(batch, ordered) } else { globalLoss = try reducedGradients(batch) }
+
+        let p = model.parameters
+        let norm: Double
+        if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
+            norm = try GradientNorm.global(p, grid: grid)
+        }
+        let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
+        optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
+        // Each owner updated its pieces; below stage 3 every rank gets them all now, at 3 layer by layer.
+        if sharded == nil { try partition?.allGatherParameters() }
+        step += 1
+        samplesSeen += globalBatch
+        lastGradientNorm = norm
+        return globalLoss / Double(tokensPerStep)
+    }
+
+    /// The step's gradients under `parallel.reduction: allreduce`, summed over the data ranks;
+    /// returns the global batch's summed loss.
+    private func reducedGradients(_ batch: (tokens: [Int32], targets: [Int32])) throws -> Double {
         if let partition, partition.stage >= 2 { partition.clearGradients() } else { model.parameters.zeroGradients() }
         let reducer = self.reducer
         // Gradient accumulation: the passes add into the gradients; only the last one hands its
@@ -170,26 +196,13 @@ public final class Trainer {
         }
         auxiliaries.average()
         try reducer.finish()
-        let globalLoss = try grid.world.allReduce(Float(lossSum), op: .sum)
-
-        let p = model.parameters
-        let norm: Double
-        if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
-            norm = try GradientNorm.global(p, grid: grid)
-        }
-        let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))
-        optimizer.step(learningRate: schedule.rate(at: step), gradientScale: clip, threads: model.threads)
-        // Each owner updated its pieces; below stage 3 every rank gets them all now, at 3 layer by layer.
-        if sharded == nil { try partition?.allGatherParameters() }
-        step += 1
-        samplesSeen += globalBatch
-        lastGradientNorm = norm
-        return Double(globalLoss) / Double(tokensPerStep)
+        return Double(try grid.world.allReduce(Float(lossSum), op: .sum))
     }
 
     /// Mean validation loss (nats per token) over `batches` fixed batches (default
     /// `eval.batches`) of the validation split, taken in order; all ranks take part.
     public func validationLoss(batches: Int? = nil) throws -> Double {
-        try Evaluator(model: model, data: data, comm: grid.world).validationLoss(batches: batches ?? config.eval.batches)
+        try Evaluator(model: model, data: data, comm: grid.world, orderedMicroBatch: ordered == nil ? nil : microBatch)
+            .validationLoss(batches: batches ?? config.eval.batches)
     }
 }

@@ -15,6 +15,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
     case batchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int)
     /// train.micro_batch × the data ranks does not divide train.global_batch.
     case microBatchDoesNotDivide(source: String, globalBatch: Int, dataRanks: Int, microBatch: Int)
+    /// `parallel.reduction: ordered` with a layout, model or batch it does not support.
+    case orderedReductionUnsupported(source: String, problem: String)
     /// No such ZeRO stage (parallel.zero > 3).
     case noSuchZeroStage(source: String, stage: Int)
     /// A resumed run's config changes numbers the checkpoint was trained with.
@@ -49,6 +51,8 @@ public enum TrainingError: Error, Equatable, CustomStringConvertible {
         case let .microBatchDoesNotDivide(source, globalBatch, dataRanks, microBatch):
             let local = globalBatch / dataRanks
             return "\(source): train.global_batch = \(globalBatch) over parallel.data = \(dataRanks) ranks is \(local) sequences per rank, not a multiple of train.micro_batch = \(microBatch); choose a micro_batch dividing \(local)"
+        case let .orderedReductionUnsupported(source, problem):
+            return "\(source): parallel.reduction = ordered \(problem)"
         case let .noSuchZeroStage(source, stage):
             return "\(source): parallel.zero = \(stage) is not a ZeRO stage; set parallel.zero to 0, 1, 2 or 3"
         case let .configChanged(checkpoint, changes):

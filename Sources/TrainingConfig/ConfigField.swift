@@ -233,6 +233,10 @@ extension ConfigField {
         ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
         ConfigField("parallel.zero", .int(\.parallel.zero), .notNegative, numeric: false,
                     "ZeRO stage: 0 every rank holds all optimizer state, 1 AdamW moments sharded over each parameter's replicas, 2 reduced gradients too, 3 parameters too (each layer gathered before its forward and backward)"),
+        // Numeric: ordered sums the micro-batches in another order than allreduce (hashed only
+        // when ordered, so existing runs keep their hash).
+        ConfigField("parallel.reduction", .string(\.parallel.reduction), .oneOf(GradientReduction.allCases.map(\.rawValue)), numeric: true,
+                    "allreduce (each data rank sums its passes, then one bucketed all-reduce) or ordered (every micro-batch's gradient summed in global order: 1, 2, 3, 4 data ranks give bit-identical losses, gradient norms and parameters; needs train.micro_batch > 0 and data ranks only, parallel.zero 0, no MoE)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("parallel.tcp_seal", .string(\.parallel.tcpSeal), .oneOf(ParallelSection.tcpSealChoices), numeric: false,
                     "TCP backend: seal connections (AES-256-GCM): auto = those that leave the host, on = all, off = none"),

@@ -135,6 +135,10 @@ public struct ParallelSection: Codable, Equatable, Sendable {
     /// ZeRO stage over each parameter's reduction group: 0 every rank holds everything, 1 the
     /// AdamW moments are sharded, 2 the reduced gradients too (`ZeroPartition`).
     public var zero = 0
+    /// How the data ranks' gradients are summed: allreduce (each rank accumulates its passes,
+    /// then one all-reduce) or ordered (per micro-batch, in global order: N ranks give one
+    /// rank's bits). A `GradientReduction` raw value.
+    public var reduction = "allreduce"
     public var timeoutSeconds: Double = 300
     /// Which connections of the TCP backend (`tessera launch`) are sealed: on, off, or auto
     /// (those that leave the host), YAML key tcp_seal. The choices and the default are
@@ -142,6 +146,16 @@ public struct ParallelSection: Codable, Equatable, Sendable {
     public var tcpSeal = "auto"
     public static let tcpSealChoices = ["off", "on", "auto"]
     public init() {}
+}
+
+/// `parallel.reduction`: the order in which a step's micro-batch gradients are summed.
+public enum GradientReduction: String, CaseIterable, Sendable {
+    /// Each data rank accumulates its passes, then the ranks' sums are all-reduced (in buckets,
+    /// overlapped with the backward pass): fastest; N ranks match one rank to Float32 rounding.
+    case allreduce
+    /// Every micro-batch's gradient from zero, summed left to right in global micro-batch
+    /// order whatever the rank count: N data ranks give one rank's numbers bit for bit.
+    case ordered
 }
 
 /// Where the run writes (`run:`).

@@ -5,12 +5,13 @@ extension RunConfig {
     /// and train.* except train.steps, train.log_every and train.threads, and moe.* when
     /// moe.experts > 0 (so a dense config keeps the hash it had before MoE existed), and
     /// model.sequence_mixer / model.attention_layers only for a Mamba model (likewise), and
-    /// train.precision only when not fp32 (likewise).
+    /// train.precision only when not fp32 and parallel.reduction only when not allreduce (likewise).
     var numericFields: [ConfigField] {
         ConfigField.all.filter { field in
             guard field.numeric else { return false }
             if field.section == "moe" { return moe.experts > 0 }
             if field.path == "train.precision" { return train.precision != "fp32" }
+            if field.path == "parallel.reduction" { return parallel.reduction != GradientReduction.allreduce.rawValue }
             if field.path == "model.sequence_mixer" || field.path == "model.attention_layers" { return model.sequenceMixer != "attention" }
             return true
         }

@@ -72,6 +72,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `train.precision` (validated: fp32 or bf16).
     public var precision: ComputePrecision { ComputePrecision(rawValue: train.precision) ?? .fp32 }
 
+    /// `parallel.reduction` (validated: allreduce or ordered).
+    public var reduction: GradientReduction { GradientReduction(rawValue: parallel.reduction) ?? .allreduce }
+
     /// The model these keys describe: Llama blocks whose feed-forward is a mixture of experts
     /// in the layers `moe.layers` selects when `moe.experts > 0`, and whose attention is the
     /// kind `model.sequence_mixer` names (`SequenceMixerKind`) in every layer but `model.attention_layers`.

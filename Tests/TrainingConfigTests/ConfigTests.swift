@@ -293,7 +293,7 @@ import _TestSupport
         #expect(config.attention.kernel == "flash")
         // Written back with the keys added since (model.sequence_mixer, model.attention_layers,
         // model.ssm_chunk_size, attention.*, kernels.*, moe.*, parallel.sequence_mode,
-        // parallel.expert, parallel.tcp_seal, train.micro_batch, train.precision, parallel.zero, checkpoint.keep_best, checkpoint.service, checkpoint.service_retry_seconds,
+        // parallel.expert, parallel.tcp_seal, train.micro_batch, train.precision, parallel.zero, parallel.reduction, checkpoint.keep_best, checkpoint.service, checkpoint.service_retry_seconds,
         // distill.*) at their defaults.
         #expect(config.parallel.sequenceMode == "ring")
         let attention = "attention:\n  kernel: \"flash\"\nkernels:\n  gemm: \"auto\"\n"
@@ -304,7 +304,7 @@ import _TestSupport
             .replacingOccurrences(of: "  sequence: 1\n", with: "  sequence: 1\n  sequence_mode: \"ring\"\n  expert: 1\n")
             .replacingOccurrences(of: "  timeout_seconds: 300.0\n", with: "  timeout_seconds: 300.0\n  tcp_seal: \"auto\"\n")
             .replacingOccurrences(of: "  threads: 1\n", with: "  threads: 1\n  micro_batch: 0\n  precision: \"fp32\"\n")
-            .replacingOccurrences(of: "  overlap: true\n", with: "  overlap: true\n  zero: 0\n")
+            .replacingOccurrences(of: "  overlap: true\n", with: "  overlap: true\n  zero: 0\n  reduction: \"allreduce\"\n")
             .replacingOccurrences(of: "  keep: 2\n", with: "  keep: 2\n  keep_best: 0\n  service: \"\"\n  service_retry_seconds: 180.0\n")
             + "distill:\n  keep_attention: \"\"\n  chunk_size: 64\n  stage1_steps: 100\n  stage1_lr: 0.001\n  stage2_steps: 100\n"
             + "  stage2_lr: 0.001\n  stage3_steps: 200\n  stage3_lr: 0.0003\n  temperature: 1.0\n  data_loss_weight: 0.0\n"

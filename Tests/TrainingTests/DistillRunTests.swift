@@ -96,6 +96,9 @@ private func records(_ runDirectory: String) throws -> [String: [String: Double]
         #expect(throws: DistillRunError.trainOnlyKey(key: "train.micro_batch", value: 2, origin: "--set")) {
             try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["train.micro_batch=2"])
         }
+        #expect(throws: DistillRunError.orderedReduction(origin: "--set")) {
+            try DistillRunConfig.compose(teacher: teacher, file: nil, overrides: ["parallel.reduction=ordered"])
+        }
     }
 
     /// Every stage on 1 and 2 in-process ranks: 2 ranks log the losses of 1 (within 1e-5); a run

@@ -1,0 +1,134 @@
+import Collectives
+import Models
+import TrainingConfig
+
+/// `parallel.reduction: ordered`: a step's gradient summed in an order that does not depend on
+/// the number of data ranks, so 1, 2, 3, 4 data ranks give the same bits.
+///
+/// The global batch is G = global_batch / micro_batch micro-batches; in round j data rank r
+/// runs micro-batch j·N + r (`Sampler.indices` already deals passes out that way), so a round's
+/// N micro-batches are consecutive in global order. Each micro-batch's gradient is computed
+/// from zero; `add()` sends slice s of it to rank s (one all-to-all), and slice s's owner adds
+/// the N slices it receives into its accumulator in rank order, that is in global order:
+/// acc = ((0 + m0) + m1) + … on any rank count, the left fold one rank runs. `finish()` gathers
+/// the owners' slices into every rank's whole gradient. With one round the traffic is a
+/// reduce-scatter and an all-gather, what a ring all-reduce moves.
+final class OrderedReduction {
+    let parameters: ParameterSet
+    /// The data ranks (checked: every parameter is replicated over them).
+    let comm: Communicator
+    /// Slice r of the flat gradient: rank r's to sum.
+    let slices: [Range<Int>]
+    private var accumulator: [Float]
+    private var received: [Float]
+
+    init(parameters: ParameterSet, comm: Communicator) {
+        precondition(parameters.entries.allSatisfy { $0.placement.shardAxis == nil }, "ordered reduction: every parameter must be replicated over the data ranks")
+        self.parameters = parameters
+        self.comm = comm
+        let n = comm.size, count = parameters.count
+        slices = (0..<n).map { r in
+            let start = r * (count / n) + min(r, count % n)
+            return start..<(start + count / n + (r < count % n ? 1 : 0))
+        }
+        let mine = slices[comm.rank].count
+        accumulator = [Float](repeating: 0, count: mine)
+        received = [Float](repeating: 0, count: mine * n)
+    }
+
+    /// Starts a step's sum at zero.
+    func begin() {
+        for i in accumulator.indices { accumulator[i] = 0 }
+    }
+
+    /// Adds this round's micro-batch gradients (`parameters.gradients` on every rank, each from
+    /// zero) to the owners' slices, rank after rank. Collective over the data ranks.
+    func add() throws {
+        let n = comm.size, mine = slices[comm.rank].count
+        let sendCounts = slices.map { $0.count * 4 }, receiveCounts = [Int](repeating: mine * 4, count: n)
+        let gradients = UnsafeRawBufferPointer(start: parameters.gradients.pointer, count: parameters.count * 4)
+        try received.withUnsafeMutableBytes { output in
+            try comm.allToAll(gradients, sendCounts: sendCounts, into: output, receiveCounts: receiveCounts)
+        }
+        received.withUnsafeBufferPointer { blocks in
+            accumulator.withUnsafeMutableBufferPointer { acc in
+                for r in 0..<n {
+                    let block = blocks.baseAddress! + r * mine
+                    for i in 0..<mine { acc[i] += block[i] }
+                }
+            }
+        }
+    }
+
+    /// Leaves the step's summed gradient, whole, in `parameters.gradients` on every rank.
+    func finish() throws {
+        let counts = slices.map { $0.count * 4 }
+        let gradients = UnsafeMutableRawBufferPointer(start: parameters.gradients.pointer, count: parameters.count * 4)
+        try accumulator.withUnsafeBytes { try comm.allGather($0, counts: counts, into: gradients) }
+    }
+
+    /// Σ of every rank's per-round values (`rounds` each, rank r's round j being micro-batch
+    /// j·N + r), added in global micro-batch order: the same on every rank and rank count.
+    func sumInGlobalOrder(_ values: [Double]) throws -> Double {
+        let n = comm.size, rounds = values.count
+        var all = [Double](repeating: 0, count: rounds * n)
+        try values.withUnsafeBytes { input in
+            try all.withUnsafeMutableBytes { try comm.allGather(input, counts: [Int](repeating: rounds * 8, count: n), into: $0) }
+        }
+        var sum = 0.0
+        for g in 0..<(rounds * n) { sum += all[(g % n) * rounds + g / n] }
+        return sum
+    }
+
+    /// Why `config` cannot run with `parallel.reduction: ordered` on `layout` (nil: it can),
+    /// checked before any rank computes, the same on every rank.
+    static func problem(_ config: RunConfig, layout: GridLayout) -> TrainingError? {
+        func refuse(_ source: String, _ problem: String) -> TrainingError { .orderedReductionUnsupported(source: source, problem: problem) }
+        if layout.sequence > 1 {
+            return refuse(config.origin(of: "parallel.reduction", "parallel.sequence"), "covers data ranks only; set parallel.sequence=1 or parallel.reduction=allreduce")
+        }
+        if layout.expert > 1 {
+            return refuse(config.origin(of: "parallel.reduction", "parallel.expert"), "covers data ranks only; set parallel.expert=1 or parallel.reduction=allreduce")
+        }
+        if config.moe.experts > 0 {
+            return refuse(config.origin(of: "parallel.reduction", "moe.experts"),
+                          "does not support mixture-of-experts models (a pass's routing statistics are summed over the data ranks); set moe.experts=0 or parallel.reduction=allreduce")
+        }
+        if config.parallel.zero > 0 {
+            return refuse(config.origin(of: "parallel.reduction", "parallel.zero"), "keeps whole gradients on every rank; set parallel.zero=0 or parallel.reduction=allreduce")
+        }
+        let micro = config.train.microBatch, batch = config.train.globalBatch
+        if micro == 0 {
+            return refuse(config.origin(of: "parallel.reduction", "train.micro_batch"),
+                          "needs train.micro_batch > 0 (sequences per micro-batch, the same on any rank count), e.g. train.micro_batch=1")
+        }
+        if batch % micro != 0 || (batch / micro) % layout.data != 0 {
+            return refuse(config.origin(of: "parallel.reduction", "train.global_batch", "train.micro_batch", "parallel.data"),
+                          "needs train.global_batch = \(batch) to be a whole number of train.micro_batch = \(micro) micro-batches, divisible by parallel.data = \(layout.data) data ranks; choose a micro_batch dividing \(batch / layout.data), or a rank count dividing \(batch / micro)")
+        }
+        return nil
+    }
+}
+
+extension Trainer {
+    /// The step's gradients under `parallel.reduction: ordered` (`OrderedReduction`): each pass
+    /// from zero, added in global micro-batch order; returns the global batch's summed loss,
+    /// its micro-batches' losses added in the same order.
+    func orderedGradients(_ batch: (tokens: [Int32], targets: [Int32]), _ ordered: OrderedReduction) throws -> Double {
+        let passes = data.localBatch / microBatch, span = microBatch * data.localLength
+        var losses: [Double] = []
+        auxiliaries = StepAuxiliaries()
+        ordered.begin()
+        for pass in 0..<passes {
+            model.parameters.zeroGradients()
+            let rows = (pass * span)..<((pass + 1) * span)
+            losses.append(try model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
+                                                     length: data.localLength, positions: data.positions, gradientScale: 1 / Float(tokensPerStep)))
+            auxiliaries.add(losses: model.auxiliaryLossesByLayer, routing: model.routing)
+            try ordered.add()
+        }
+        auxiliaries.average()
+        try ordered.finish()
+        return try ordered.sumInGlobalOrder(losses)
+    }
+}
