@@ -207,14 +207,15 @@ public enum TesseraGemm {
     /// Largest operand (floats) packed once for all threads of a split product (16 MiB).
     static let sharedLimit = 1 << 22
 
-    /// `gemm` split over `parts` threads in the blocks of `Matmul.block`, each block computed as
-    /// on one thread (the same bits); the operand no block splits is packed once for all of them
-    /// (`SharedPanel`) when it fits `sharedLimit`, and for B when it is one panel (n ≤ NC).
+    /// `gemm` split over `parts` threads (at most one per row or column) in the blocks of
+    /// `Matmul.block`, each block computed as on one thread (the same bits); the operand no block
+    /// splits is packed once for all of them (`SharedPanel`) when it fits `sharedLimit`, and for B
+    /// when it is one panel (n ≤ NC). k > 0 and alpha ≠ 0 (`Matmul.gemm` handles the others).
     static func gemm(isa: ISA = isa, parts: Int, transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
-        let byRows = m >= n, blocks = (k + kc - 1) / kc
+        let byRows = m >= n, blocks = (k + kc - 1) / kc, parts = min(parts, byRows ? m : n)
         let size = byRows ? (n + kernel.nr - 1) / kernel.nr * kernel.nr * k : (m + kernel.mr - 1) / kernel.mr * kernel.mr * k
         var shared: SharedPanel? = nil
         let counters = UnsafeMutablePointer<Int>.allocate(capacity: 2 * blocks)
