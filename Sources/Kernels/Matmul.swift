@@ -32,10 +32,11 @@ public enum Matmul {
     /// k == 0 or alpha == 0 makes C = beta · C. `implementation` is the process's unless given
     /// (the OpenBLAS checks at start-up name theirs).
     ///
-    /// With more than one of `threads`, a large product is cut into independent blocks of
-    /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
-    /// kernel threads: no synchronisation inside the GEMM, and every element of C is still one
-    /// sum over the whole k. Tessera's GEMM gives the bits of one thread for any split; so do
+    /// With more than one of `threads`, a large product is cut into blocks of rows of C (or of
+    /// columns, when C is wide), one per kernel thread, and every element of C is still one sum
+    /// over the whole k. OpenBLAS computes each block in its own single-threaded call (no
+    /// synchronisation); Tessera's GEMM packs the operand no block splits once for all the threads
+    /// (`TesseraGemm.gemm(parts:)`) and gives the bits of one thread for any split; so do
     /// most OpenBLAS cores, but on Haswell and Zen their kernels depend on the block's shape, so
     /// the last bits move with the thread count (`BLASLibrary.productsSplitExactly`).
     @inline(__always)
