@@ -111,15 +111,18 @@ public enum TesseraGemm {
     static let kernels: [ISA: Kernel] = Dictionary(uniqueKeysWithValues: ISA.available(on: CPUInfo.current.features).map { ($0, Kernel($0)) })
 
     /// Depth of a packed panel (fixed: it decides the bits), most rows of a packed block of A,
-    /// columns of a packed panel of B (a multiple of every nr). KC 512 with a 1 MiB panel of B
-    /// (512 × 512, L2): half the passes over C of KC 256 for the deep products (the weight
-    /// gradients, k = 2048). With n > NC, A is packed once per KC block for up to `mc` rows
-    /// (8 MiB, L3) and the panels of B stream under it, rather than A packed again for every
-    /// panel of B (n / NC times). With n ≤ NC, B is packed once per KC block before A; an A of
-    /// rows (not transposed) then goes in blocks of up to `mcSmall` rows, each used from L2 right
-    /// after its packing (2048×256×768 NT 0.94 → 0.99 of OpenBLAS Cooperlake), while a transposed
-    /// A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
+    /// widest B packed as one panel per KC block (NC), and the width of B's panels beyond it
+    /// (`ncStream`; both multiples of every nr). KC 512: half the passes over C of KC 256 for the
+    /// deep products (the weight gradients, k = 2048). With n > NC, A is packed once per KC block
+    /// for up to `mc` rows (8 MiB, L3) and panels of `ncStream` columns of B stream under it
+    /// (256 KiB, a quarter of Zen 5's L2, with room for A's slivers and C; 512 columns filled
+    /// the 1 MiB L2: n = 2048 0.97 → 1.02, 256×768×2048 TN 0.97 → 1.00 of OpenBLAS Cooperlake at
+    /// 1 thread in 3 interleaved rounds, 256 columns between). With n ≤ NC, B is packed once per
+    /// KC block before A; an A of rows (not transposed) then goes in blocks of up to `mcSmall`
+    /// rows, each used from L2 right after its packing (2048×256×768 NT 0.94 → 0.99), while a
+    /// transposed A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
     static let kc = 512, mc = 4096, nc = 512, mcSmall = 240
+    static let ncStream = 128
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
@@ -136,7 +139,8 @@ public enum TesseraGemm {
         // Blocks of A as even as the limit allows (m = 4100 is two blocks of 2052, not 4096 and 4), whole slivers.
         let rowLimit = onePanel && !transposeA && sharedA == nil ? mcSmall : mc
         let rowBlocks = (m + rowLimit - 1) / rowLimit, blockRows = ((m + rowBlocks - 1) / rowBlocks + mr - 1) / mr * mr
-        let panelColumns = (min(n, nc) + nr - 1) / nr * nr, paddedRows = (m + mr - 1) / mr * mr
+        let panelWidth = onePanel ? n : ncStream
+        let panelColumns = (panelWidth + nr - 1) / nr * nr, paddedRows = (m + mr - 1) / mr * mr
         let buffers = PackBuffers.current
         let packedB = buffers.b.reserve(sharedB == nil ? kcMax * panelColumns : 1)
         let packedA = buffers.a.reserve(sharedA == nil ? kcMax * blockRows : 1)
@@ -163,8 +167,8 @@ public enum TesseraGemm {
                 } else {
                     kernel.pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
                 }
-                for jc in stride(from: 0, to: n, by: nc) {
-                    let nb = min(nc, n - jc)
+                for jc in stride(from: 0, to: n, by: panelWidth) {
+                    let nb = min(panelWidth, n - jc)
                     if !onePanel { packB(jc, nb, pc, kb) }
                     // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (24 KiB) stays in
                     // L1 while the slivers of the panel of B (up to 1 MiB, in L2) stream past it.
