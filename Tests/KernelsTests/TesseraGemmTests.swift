@@ -50,7 +50,7 @@ import _TestSupport
     /// The edge sizes of the issue: tiles ± 1 of every kernel (4, 6, 8, 12, 16, 32) and k across a
     /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes,
     /// and m past one block of A: blocks of up to `mcSmall` rows when n ≤ NC and A is not transposed, and
-    /// MC + 4 rows with n > NC (two blocks of A, each under two panels of B).
+    /// MC + 4 rows with n > NC (two blocks of A, each under five panels of B, the last 8 wide).
     static let edges = [1, 2, 7, 15, 16, 17, 31, 33]
     static var cases: [Case] {
         var shapes: [(Int, Int, Int)] = []
