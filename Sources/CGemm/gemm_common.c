@@ -79,6 +79,22 @@ void tessera_gemm_pack(int strided, long width, long kc, const float *src, long 
     }
 }
 
+void tessera_gemm_pack_shared(tessera_gemm_packer pack, long *next, long *done, long chunks,
+                              int strided, long width, long kc, const float *src, long ld, long r, float *out) {
+    long slivers = (width + r - 1) / r, chunk;
+    while ((chunk = __atomic_fetch_add(next, 1, __ATOMIC_RELAXED)) < chunks) {
+        long first = chunk * slivers / chunks * r, end = (chunk + 1) * slivers / chunks * r;
+        if (end > width) end = width;
+        if (end > first) pack(strided, end - first, kc, strided ? src + first * ld : src + first, ld, r, out + first * kc);
+        __atomic_fetch_add(done, 1, __ATOMIC_RELEASE);
+    }
+    while (__atomic_load_n(done, __ATOMIC_ACQUIRE) < chunks) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+    }
+}
+
 void tessera_gemm_update(const float *tile, long ldt, float *c, long ldc, long mr, long nr, float alpha, float beta) {
     for (long i = 0; i < mr; i++) {
         for (long j = 0; j < nr; j++) {

@@ -1,4 +1,5 @@
 import CGemm
+import Dispatch
 import Foundation
 
 /// Which code computes `Matmul.gemm`'s products in this process (`kernels.gemm`).
@@ -110,42 +111,64 @@ public enum TesseraGemm {
     static let kernels: [ISA: Kernel] = Dictionary(uniqueKeysWithValues: ISA.available(on: CPUInfo.current.features).map { ($0, Kernel($0)) })
 
     /// Depth of a packed panel (fixed: it decides the bits), most rows of a packed block of A,
-    /// columns of a packed panel of B (a multiple of every nr). KC 512 with a 1 MiB panel of B
-    /// (512 × 512, L2): half the passes over C of KC 256 for the deep products (the weight
-    /// gradients, k = 2048). With n > NC, A is packed once per KC block for up to `mc` rows
-    /// (8 MiB, L3) and the panels of B stream under it, rather than A packed again for every
-    /// panel of B (n / NC times). With n ≤ NC, B is packed once per KC block before A; an A of
-    /// rows (not transposed) then goes in blocks of up to `mcSmall` rows, each used from L2 right
-    /// after its packing (2048×256×768 NT 0.94 → 0.99 of OpenBLAS Cooperlake), while a transposed
-    /// A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
+    /// widest B packed as one panel per KC block (NC), and the width of B's panels beyond it
+    /// (`ncStream`; both multiples of every nr). KC 512: half the passes over C of KC 256 for the
+    /// deep products (the weight gradients, k = 2048). With n > NC, A is packed once per KC block
+    /// for up to `mc` rows (8 MiB, L3) and panels of `ncStream` columns of B stream under it
+    /// (256 KiB, a quarter of Zen 5's L2, with room for A's slivers and C; 512 columns filled
+    /// the 1 MiB L2: n = 2048 0.97 → 1.02, 256×768×2048 TN 0.97 → 1.00 of OpenBLAS Cooperlake at
+    /// 1 thread in 3 interleaved rounds, 256 columns between). With n ≤ NC, B is packed once per
+    /// KC block before A; an A of rows (not transposed) then goes in blocks of up to `mcSmall`
+    /// rows, each used from L2 right after its packing (2048×256×768 NT 0.94 → 0.99), while a
+    /// transposed A stays one block (narrow blocks of its rows: 768×256×2048 TN 0.94 → 0.91).
     static let kc = 512, mc = 4096, nc = 512, mcSmall = 240
+    static let ncStream = 128
 
     /// C (m, n) = alpha · op(A) · op(B) + beta · C on this thread (the contract of `Matmul.gemm`,
     /// which splits over threads and handles k == 0 and alpha == 0). `isa` must be available.
+    /// `shared`: the operand this thread does not split is packed together with the other threads
+    /// of the product (`gemm(parts:)`); B only when n ≤ NC (one panel per KC block).
     static func gemm(isa: ISA = isa, transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
                      a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int, shared: SharedPanel? = nil) {
         guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
         let (mr, nr) = (kernel.mr, kernel.nr)
         let kcMax = min(k, kc), onePanel = n <= nc
+        let sharedA = shared?.operand == .a ? shared : nil, sharedB = shared?.operand == .b ? shared : nil
+        precondition(sharedB == nil || onePanel, "a shared B is one panel per KC block")
         // Blocks of A as even as the limit allows (m = 4100 is two blocks of 2052, not 4096 and 4), whole slivers.
-        let rowLimit = onePanel && !transposeA ? mcSmall : mc
+        let rowLimit = onePanel && !transposeA && sharedA == nil ? mcSmall : mc
         let rowBlocks = (m + rowLimit - 1) / rowLimit, blockRows = ((m + rowBlocks - 1) / rowBlocks + mr - 1) / mr * mr
-        let panelColumns = (min(n, nc) + nr - 1) / nr * nr
+        let panelWidth = onePanel ? n : ncStream
+        let panelColumns = (panelWidth + nr - 1) / nr * nr, paddedRows = (m + mr - 1) / mr * mr
         let buffers = PackBuffers.current
-        let packedB = buffers.b.reserve(kcMax * panelColumns), packedA = buffers.a.reserve(kcMax * blockRows)
+        let packedB = buffers.b.reserve(sharedB == nil ? kcMax * panelColumns : 1)
+        let packedA = buffers.a.reserve(sharedA == nil ? kcMax * blockRows : 1)
         let packB = { (jc: Int, nb: Int, pc: Int, kb: Int) in
             kernel.pack(transposeB ? 1 : 0, nb, kb, transposeB ? b + jc * ldb + pc : b + pc * ldb + jc, ldb, nr, packedB)
         }
         // Every element's KC blocks are added to C in k order whatever the order of the other loops.
         for pc in stride(from: 0, to: k, by: kc) {
             let kb = min(kc, k - pc), blockBeta = pc == 0 ? beta : 1
-            if onePanel { packB(0, n, pc, kb) }
+            var panelB = packedB
+            if let sharedB {
+                panelB = sharedB.pack(block: pc / kc, at: pc * panelColumns, kernel: kernel, strided: transposeB, width: n, depth: kb,
+                                      source: transposeB ? b + pc : b + pc * ldb, ld: ldb, r: nr)
+            } else if onePanel {
+                packB(0, n, pc, kb)
+            }
+            let blockA = sharedA?.pack(block: pc / kc, at: pc * paddedRows, kernel: kernel, strided: !transposeA, width: m, depth: kb,
+                                       source: transposeA ? a + pc * lda : a + pc, ld: lda, r: mr)
             for ic in stride(from: 0, to: m, by: blockRows) {
                 let mb = min(blockRows, m - ic)
-                kernel.pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
-                for jc in stride(from: 0, to: n, by: nc) {
-                    let nb = min(nc, n - jc)
+                var panelA = packedA
+                if let blockA {
+                    panelA = blockA + ic * kb
+                } else {
+                    kernel.pack(transposeA ? 0 : 1, mb, kb, transposeA ? a + pc * lda + ic : a + ic * lda + pc, lda, mr, packedA)
+                }
+                for jc in stride(from: 0, to: n, by: panelWidth) {
+                    let nb = min(panelWidth, n - jc)
                     if !onePanel { packB(jc, nb, pc, kb) }
                     // Rows outer (as BLIS arranges it for Zen 4): one sliver of A (24 KiB) stays in
                     // L1 while the slivers of the panel of B (up to 1 MiB, in L2) stream past it.
@@ -155,12 +178,63 @@ public enum TesseraGemm {
                         let rows = min(mr, mb - ir)
                         let cRow = c + (ic + ir) * ldc + jc
                         for jr in stride(from: 0, to: nb, by: nr) {
-                            kernel.function(kb, packedA + ir * kb, packedB + jr * kb, cRow + jr, ldc,
+                            kernel.function(kb, panelA + ir * kb, panelB + jr * kb, cRow + jr, ldc,
                                             rows, min(nr, nb - jr), alpha, blockBeta)
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// The operand that no thread of a split product splits (B under blocks of rows, A under
+    /// blocks of columns), packed once for all of them: every KC block by the threads together
+    /// into one buffer holding the whole operand, rather than by each thread into its own.
+    struct SharedPanel {
+        enum Operand { case a, b }
+        let operand: Operand
+        /// The packed operand, block after block of KC depths (each block's slivers side by side).
+        let packed: UnsafeMutablePointer<Float>
+        /// Per KC block: the next chunk to claim, the chunks packed.
+        let counters: UnsafeMutablePointer<Int>
+        let chunks: Int
+
+        /// The packed block `index` (at `offset` in `packed`), packed by the callers together.
+        func pack(block index: Int, at offset: Int, kernel: Kernel, strided: Bool, width: Int, depth: Int,
+                  source: UnsafePointer<Float>, ld: Int, r: Int) -> UnsafeMutablePointer<Float> {
+            tessera_gemm_pack_shared(kernel.pack, counters + 2 * index, counters + 2 * index + 1, chunks, strided ? 1 : 0,
+                                     width, depth, source, ld, r, packed + offset)
+            return packed + offset
+        }
+    }
+
+    /// Largest operand (floats) packed once for all threads of a split product (16 MiB).
+    static let sharedLimit = 1 << 22
+
+    /// `gemm` split over `parts` threads (at most one per row or column) in the blocks of
+    /// `Matmul.block`, each block computed as on one thread (the same bits); the operand no block
+    /// splits is packed once for all of them (`SharedPanel`) when it fits `sharedLimit`, and for B
+    /// when it is one panel (n ≤ NC). k > 0 and alpha ≠ 0 (`Matmul.gemm` handles the others).
+    static func gemm(isa: ISA = isa, parts: Int, transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+                     a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard let kernel = kernels[isa] else { preconditionFailure("GEMM kernel \(isa) does not run on this CPU") }
+        let byRows = m >= n, blocks = (k + kc - 1) / kc, parts = min(parts, byRows ? m : n)
+        let size = byRows ? (n + kernel.nr - 1) / kernel.nr * kernel.nr * k : (m + kernel.mr - 1) / kernel.mr * kernel.mr * k
+        var shared: SharedPanel? = nil
+        let counters = UnsafeMutablePointer<Int>.allocate(capacity: 2 * blocks)
+        defer { counters.deallocate() }
+        if size <= sharedLimit && (!byRows || n <= nc) {
+            counters.initialize(repeating: 0, count: 2 * blocks)
+            shared = SharedPanel(operand: byRows ? .b : .a, packed: PackBuffers.current.shared.reserve(size), counters: counters, chunks: 2 * parts)
+        }
+        let panel = shared
+        DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let (rows, columns) = Matmul.block(part, of: parts, m: m, n: n)
+            gemm(isa: isa, transposeA: transposeA, transposeB: transposeB, m: rows.count, n: columns.count, k: k, alpha: alpha,
+                 a: transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda, lda: lda,
+                 b: transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound, ldb: ldb,
+                 beta: beta, c: c + rows.lowerBound * ldc + columns.lowerBound, ldc: ldc, shared: panel)
         }
     }
 }
@@ -184,10 +258,12 @@ final class PackBuffers {
     }
 
     var a = Buffer(), b = Buffer()
+    /// The operand the threads of a product split from this thread share (`TesseraGemm.SharedPanel`).
+    var shared = Buffer()
     /// LeanAttention's lane records in `forward` (on the calling thread) and scratch (on each worker).
     var partials = Buffer(), scores = Buffer()
 
-    deinit { a.pointer?.deallocate(); b.pointer?.deallocate(); partials.pointer?.deallocate(); scores.pointer?.deallocate() }
+    deinit { a.pointer?.deallocate(); b.pointer?.deallocate(); shared.pointer?.deallocate(); partials.pointer?.deallocate(); scores.pointer?.deallocate() }
 
     private static let key: pthread_key_t = {
         var key = pthread_key_t()

@@ -32,10 +32,11 @@ public enum Matmul {
     /// k == 0 or alpha == 0 makes C = beta · C. `implementation` is the process's unless given
     /// (the OpenBLAS checks at start-up name theirs).
     ///
-    /// With more than one of `threads`, a large product is cut into independent blocks of
-    /// rows of C (or of columns, when C is wide) computed by single-threaded BLAS calls on the
-    /// kernel threads: no synchronisation inside the GEMM, and every element of C is still one
-    /// sum over the whole k. Tessera's GEMM gives the bits of one thread for any split; so do
+    /// With more than one of `threads`, a large product is cut into blocks of rows of C (or of
+    /// columns, when C is wide), one per kernel thread, and every element of C is still one sum
+    /// over the whole k. OpenBLAS computes each block in its own single-threaded call (no
+    /// synchronisation); Tessera's GEMM packs the operand no block splits once for all the threads
+    /// (`TesseraGemm.gemm(parts:)`) and gives the bits of one thread for any split; so do
     /// most OpenBLAS cores, but on Haswell and Zen their kernels depend on the block's shape, so
     /// the last bits move with the thread count (`BLASLibrary.productsSplitExactly`).
     @inline(__always)
@@ -47,20 +48,17 @@ public enum Matmul {
         guard m > 0, n > 0 else { return }
         let parts = min(threads.count, max(1, m * n * k / minimumWorkPerThread))
         if parts > 1 {
+            if implementation == .tessera && alpha != 0 {
+                TesseraGemm.gemm(parts: parts, transposeA: transposeA, transposeB: transposeB, m: m, n: n, k: k, alpha: alpha,
+                                 a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+                return
+            }
             DispatchQueue.concurrentPerform(iterations: parts) { part in
-                if m >= n {
-                    let rows = (part * m / parts)..<((part + 1) * m / parts)
-                    let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
-                    gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: n, k: k, alpha: alpha,
-                         a: aStart, lda: lda, b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc,
-                         implementation: implementation)
-                } else {
-                    let columns = (part * n / parts)..<((part + 1) * n / parts)
-                    let bStart = transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound
-                    gemm(transposeA: transposeA, transposeB: transposeB, m: m, n: columns.count, k: k, alpha: alpha,
-                         a: a, lda: lda, b: bStart, ldb: ldb, beta: beta, c: c + columns.lowerBound, ldc: ldc,
-                         implementation: implementation)
-                }
+                let (rows, columns) = block(part, of: parts, m: m, n: n)
+                gemm(transposeA: transposeA, transposeB: transposeB, m: rows.count, n: columns.count, k: k, alpha: alpha,
+                     a: transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda, lda: lda,
+                     b: transposeB ? b + columns.lowerBound * ldb : b + columns.lowerBound, ldb: ldb,
+                     beta: beta, c: c + rows.lowerBound * ldc + columns.lowerBound, ldc: ldc, implementation: implementation)
             }
             return
         }
@@ -103,6 +101,12 @@ public enum Matmul {
     /// GEMM: always for Tessera's, for OpenBLAS only on cores whose kernels do not depend on
     /// the block's shape (`BLASLibrary.productsSplitExactly`).
     public static var productsSplitExactly: Bool { implementation == .tessera || BLASLibrary.productsSplitExactly }
+
+    /// The rows and columns of C that thread `part` of `parts` computes: blocks of rows when
+    /// m ≥ n, of columns otherwise.
+    static func block(_ part: Int, of parts: Int, m: Int, n: Int) -> (rows: Range<Int>, columns: Range<Int>) {
+        m >= n ? ((part * m / parts)..<((part + 1) * m / parts), 0..<n) : (0..<m, (part * n / parts)..<((part + 1) * n / parts))
+    }
 
     /// Below this many multiply-adds per thread a product is not split (about 0.1 ms of work).
     static let minimumWorkPerThread = 1 << 22

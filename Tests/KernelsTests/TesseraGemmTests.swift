@@ -50,7 +50,7 @@ import _TestSupport
     /// The edge sizes of the issue: tiles ± 1 of every kernel (4, 6, 8, 12, 16, 32) and k across a
     /// KC block (KC + 1). Every m × n pair with k in {1, 16, 257, KC + 1} plus the 255/257 shapes,
     /// and m past one block of A: blocks of up to `mcSmall` rows when n ≤ NC and A is not transposed, and
-    /// MC + 4 rows with n > NC (two blocks of A, each under two panels of B).
+    /// MC + 4 rows with n > NC (two blocks of A, each under five panels of B, the last 8 wide).
     static let edges = [1, 2, 7, 15, 16, 17, 31, 33]
     static var cases: [Case] {
         var shapes: [(Int, Int, Int)] = []
@@ -142,6 +142,48 @@ import _TestSupport
         }
     }
 
+    /// A product split over 2 and 3 threads with the operand they do not split packed once for
+    /// all (`TesseraGemm.gemm(parts:)`: B under blocks of rows when n ≤ NC, A under blocks of
+    /// columns), on every instruction set: the bits of one thread and within the Float32 bound
+    /// of Float64, on awkward shapes (fewer rows or columns than threads, partial slivers and KC
+    /// blocks, MC + 4 rows, B wider than a panel so not shared), every transpose, beta 0 and 1.
+    @Test(arguments: isas)
+    func sharedPanelSplitsGiveTheBitsOfOneThread(isa: TesseraGemm.ISA) {
+        let sizes = [1, 2, 7, 17, 33, 257]
+        var shapes: [(Int, Int, Int)] = []
+        for m in sizes { for n in sizes { for k in m == 257 && n == 257 ? [17] : [1, 17, TesseraGemm.kc + 1] { shapes.append((m, n, k)) } } }
+        shapes += [(TesseraGemm.mc + 4, 33, 17), (33, TesseraGemm.mc + 4, 17), (TesseraGemm.mc + 4, TesseraGemm.nc + 8, 2)]
+        for (index, (m, n, k)) in shapes.enumerated() {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let variant = index + (ta ? 1 : 0) + (tb ? 2 : 0)
+                let test = Case(m: m, n: n, k: k, transposeA: ta, transposeB: tb, alpha: variant % 3 == 0 ? -0.75 : 1,
+                                beta: variant % 2 == 0 ? 0 : 1, pad: variant % 4 == 1 ? 0 : 3)
+                let a = test.a, b = test.b
+                var results: [[Float]] = []
+                for parts in [1, 2, 3] {
+                    var c = test.c
+                    c.withUnsafeMutableBufferPointer { out in
+                        if parts == 1 {
+                            TesseraGemm.gemm(isa: isa, transposeA: ta, transposeB: tb, m: m, n: n, k: k, alpha: test.alpha,
+                                             a: a, lda: test.lda, b: b, ldb: test.ldb, beta: test.beta, c: out.baseAddress!, ldc: test.ldc)
+                        } else {
+                            TesseraGemm.gemm(isa: isa, parts: parts, transposeA: ta, transposeB: tb, m: m, n: n, k: k, alpha: test.alpha,
+                                             a: a, lda: test.lda, b: b, ldb: test.ldb, beta: test.beta, c: out.baseAddress!, ldc: test.ldc)
+                        }
+                    }
+                    results.append(c)
+                }
+                #expect(results[1].map(\.bitPattern) == results[0].map(\.bitPattern), "\(isa) 2 threads \(test)")
+                #expect(results[2].map(\.bitPattern) == results[0].map(\.bitPattern), "\(isa) 3 threads \(test)")
+                if index % 3 == 0 || m > 257 || n > 257 {  // the Float64 check on a third of the small shapes keeps the suite short
+                    let want = test.reference(a, b, test.c), got = test.elements(results[2])
+                    let outside = got.indices.filter { !(abs(Double(got[$0]) - want.values[$0]) <= want.bounds[$0]) }
+                    #expect(outside.isEmpty, "\(isa) 3 threads \(test): \(outside.count) elements beyond the Float32 bound")
+                }
+            }
+        }
+    }
+
     /// Both vector kernels are one fused chain per element over each KC block: the same bits.
     @Test func vectorKernelsAgreeBitwise() throws {
         guard Self.isas.contains(.avx512), Self.isas.contains(.avx2) else { return }
@@ -155,8 +197,14 @@ import _TestSupport
                                  a: a, lda: test.lda, b: b, ldb: test.ldb, beta: test.beta, c: out.baseAddress!, ldc: test.ldc)
             }
             outputs.append(c)
+            c = test.c  // and split over 2 threads with a shared panel of A (m < n)
+            c.withUnsafeMutableBufferPointer { out in
+                TesseraGemm.gemm(isa: isa, parts: 2, transposeA: true, transposeB: true, m: test.m, n: test.n, k: test.k, alpha: test.alpha,
+                                 a: a, lda: test.lda, b: b, ldb: test.ldb, beta: test.beta, c: out.baseAddress!, ldc: test.ldc)
+            }
+            outputs.append(c)
         }
-        #expect(outputs[0].map(\.bitPattern) == outputs[1].map(\.bitPattern))
+        for output in outputs.dropFirst() { #expect(output.map(\.bitPattern) == outputs[0].map(\.bitPattern)) }
     }
 
     @Test func alphaZeroScalesCWithoutReadingInputs() {

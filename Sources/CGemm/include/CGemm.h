@@ -37,6 +37,14 @@ void tessera_sgemm_kernel_portable(long kc, const float *a, const float *b, floa
 /// rows of C), op(B) with width n and strided = transposed (lines are columns of C).
 void tessera_gemm_pack(int strided, long width, long kc, const float *src, long ld, long r, float *out);
 typedef void (*tessera_gemm_packer)(int strided, long width, long kc, const float *src, long ld, long r, float *out);
+/// One KC block of a panel packed once for all the threads of a split product (the operand they
+/// do not split): every caller claims chunks (runs of whole slivers, `chunks` per block) through
+/// *next until none remain, packs each with `pack` into its place in `out`, counts it in *done,
+/// then waits until all `chunks` are packed, by whichever callers claimed them. A caller only
+/// waits on chunks another caller has claimed and is packing, never on a thread that has not
+/// started: if the threads run one after the other, the first packs the whole block.
+void tessera_gemm_pack_shared(tessera_gemm_packer pack, long *next, long *done, long chunks,
+                              int strided, long width, long kc, const float *src, long ld, long r, float *out);
 #if defined(__x86_64__)
 /// tessera_gemm_pack's copy with AVX-512 moves and 16 × 16 transposes (needs AVX-512F).
 void tessera_gemm_pack_avx512(int strided, long width, long kc, const float *src, long ld, long r, float *out);
