@@ -27,11 +27,16 @@ static inline __attribute__((always_inline, target("avx512f")))
 void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, float *c, long ldc,
                        long mr, long nr, float alpha, float beta) {
     enum { MR = TESSERA_GEMM_AVX512_MR, NR = TESSERA_GEMM_AVX512_NR };
+    // Every loop over the rows is unrolled in full so the accumulators stay in registers: left to
+    // itself clang turned the 12-row zeroing loop into a memset of a stack array (1.5 KiB on every
+    // call) and kept the array in memory around the update.
     __m512 acc[MR][2];
+    _Pragma("clang loop unroll(full)")
     for (int i = 0; i < rows; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
             __m512 x = _mm512_set1_ps(a[i]);
             acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
@@ -41,6 +46,7 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     }
     if (mr == rows && nr == NR) {
         __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+        _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
             float *row = c + i * ldc;
             for (int h = 0; h < 2; h++) {
@@ -52,6 +58,7 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
         return;
     }
     float tile[MR * NR];
+    _Pragma("clang loop unroll(full)")
     for (int i = 0; i < rows; i++) { _mm512_storeu_ps(tile + i * NR, acc[i][0]); _mm512_storeu_ps(tile + i * NR + 16, acc[i][1]); }
     tessera_gemm_update(tile, NR, c, ldc, mr, nr, alpha, beta);
 }
