@@ -38,9 +38,14 @@ extension Communicator {
     }
 
     /// Equal-size allgather of Float arrays, in rank order.
-    public func allGather(_ array: [Float]) throws -> [Float] {
-        let bytes = array.count * 4
-        var out = [Float](repeating: 0, count: array.count * size)
+    public func allGather(_ array: [Float]) throws -> [Float] { try allGatherValues(array) }
+
+    /// Equal-size allgather of Double arrays, in rank order.
+    public func allGather(_ array: [Double]) throws -> [Double] { try allGatherValues(array) }
+
+    private func allGatherValues<Value: BinaryFloatingPoint>(_ array: [Value]) throws -> [Value] {
+        let bytes = array.count * MemoryLayout<Value>.stride
+        var out = [Value](repeating: 0, count: array.count * size)
         try array.withUnsafeBytes { input in
             try out.withUnsafeMutableBytes { output in
                 try allGather(input, counts: [Int](repeating: bytes, count: size), into: output)

@@ -47,10 +47,7 @@ public struct Evaluator {
             }
         }
         let n = comm.size, count = sums.count
-        var all = [Double](repeating: 0, count: count * n)
-        try sums.withUnsafeBytes { input in
-            try all.withUnsafeMutableBytes { try comm.allGather(input, counts: [Int](repeating: count * 8, count: n), into: $0) }
-        }
+        let all = try comm.allGather(sums)
         var total = 0.0
         for b in 0..<batches {
             for r in 0..<n { for pass in 0..<passes { total += all[r * count + b * passes + pass] } }

@@ -71,10 +71,7 @@ final class OrderedReduction {
     /// j·N + r), added in global micro-batch order: the same on every rank and rank count.
     func sumInGlobalOrder(_ values: [Double]) throws -> Double {
         let n = comm.size, rounds = values.count
-        var all = [Double](repeating: 0, count: rounds * n)
-        try values.withUnsafeBytes { input in
-            try all.withUnsafeMutableBytes { try comm.allGather(input, counts: [Int](repeating: rounds * 8, count: n), into: $0) }
-        }
+        let all = try comm.allGather(values)
         var sum = 0.0
         for g in 0..<(rounds * n) { sum += all[(g % n) * rounds + g / n] }
         return sum
