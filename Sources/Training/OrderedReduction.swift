@@ -77,6 +77,41 @@ final class OrderedReduction {
         return sum
     }
 
+    /// Every rank's passes' auxiliary losses and routing summaries (one per round, rank r's
+    /// round j being micro-batch j·N + r), added in global micro-batch order and averaged:
+    /// what one rank running every micro-batch reports. Every pass has the same layers and names.
+    func auxiliariesInGlobalOrder(_ passes: [StepAuxiliaries.Pass]) throws -> StepAuxiliaries {
+        var step = StepAuxiliaries()
+        guard let first = passes.first else { return step }
+        let lossKeys = first.losses.keys.sorted().flatMap { name in first.losses[name]!.keys.sorted().map { (name, $0) } }
+        let layers = first.routing.keys.sorted(), experts = layers.map { first.routing[$0]!.load.count }
+        let width = lossKeys.count + zip(layers, experts).reduce(0) { $0 + 4 + $1.1 }
+        guard width > 0 else { return step }
+        let values = passes.flatMap { pass in
+            lossKeys.map { pass.losses[$0.0]?[$0.1] ?? 0 } + layers.flatMap { layer -> [Double] in
+                let s = pass.routing[layer]!
+                return [Double(s.tokens), s.droppedFraction, s.balance, s.zLoss] + s.load
+            }
+        }
+        let n = comm.size, rounds = passes.count
+        let all = try comm.allGather(values)
+        for g in 0..<(rounds * n) {
+            var at = ((g % n) * rounds + g / n) * width
+            var losses: [String: [Int: Double]] = [:], routing: [Int: RoutingSummary] = [:]
+            for (name, layer) in lossKeys { losses[name, default: [:]][layer] = all[at]; at += 1 }
+            for (layer, e) in zip(layers, experts) {
+                var s = first.routing[layer]!
+                (s.tokens, s.droppedFraction, s.balance, s.zLoss) = (Int(all[at]), all[at + 1], all[at + 2], all[at + 3])
+                s.load = Array(all[(at + 4)..<(at + 4 + e)])
+                routing[layer] = s
+                at += 4 + e
+            }
+            step.add(losses: losses, routing: routing)
+        }
+        step.average()
+        return step
+    }
+
     /// Why `config` cannot run with `parallel.reduction: ordered` on `layout` (nil: it can),
     /// checked before any rank computes, the same on every rank.
     static func problem(_ config: RunConfig, layout: GridLayout) -> TrainingError? {
@@ -86,10 +121,6 @@ final class OrderedReduction {
         }
         if layout.expert > 1 {
             return refuse(config.origin(of: "parallel.reduction", "parallel.expert"), "covers data ranks only; set parallel.expert=1 or parallel.reduction=allreduce")
-        }
-        if config.moe.experts > 0 {
-            return refuse(config.origin(of: "parallel.reduction", "moe.experts"),
-                          "does not support mixture-of-experts models (a pass's routing statistics are summed over the data ranks); set moe.experts=0 or parallel.reduction=allreduce")
         }
         if config.parallel.zero > 0 {
             return refuse(config.origin(of: "parallel.reduction", "parallel.zero"), "keeps whole gradients on every rank; set parallel.zero=0 or parallel.reduction=allreduce")
@@ -113,19 +144,18 @@ extension Trainer {
     /// its micro-batches' losses added in the same order.
     func orderedGradients(_ batch: (tokens: [Int32], targets: [Int32]), _ ordered: OrderedReduction) throws -> Double {
         let passes = data.localBatch / microBatch, span = microBatch * data.localLength
-        var losses: [Double] = []
-        auxiliaries = StepAuxiliaries()
+        var losses: [Double] = [], figures: [StepAuxiliaries.Pass] = []
         ordered.begin()
         for pass in 0..<passes {
             model.parameters.zeroGradients()
             let rows = (pass * span)..<((pass + 1) * span)
             losses.append(try model.lossAndGradients(tokens: Array(batch.tokens[rows]), targets: Array(batch.targets[rows]), batch: microBatch,
                                                      length: data.localLength, positions: data.positions, gradientScale: 1 / Float(tokensPerStep)))
-            auxiliaries.add(losses: model.auxiliaryLossesByLayer, routing: model.routing)
+            figures.append((model.auxiliaryLossesByLayer, model.routing))
             try ordered.add()
         }
-        auxiliaries.average()
         try ordered.finish()
+        auxiliaries = try ordered.auxiliariesInGlobalOrder(figures)
         return try ordered.sumInGlobalOrder(losses)
     }
 }

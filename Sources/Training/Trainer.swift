@@ -76,6 +76,8 @@ public final class Trainer {
         }
         model.threads = KernelThreads(config.train.threads)
         model.precision = config.precision
+        // Ordered: each micro-batch routes over its own tokens, so its gradient is its own.
+        model.localRouting = config.reduction == .ordered
         self.model = model
         let train = config.train
         let bucketBytes = Int(config.parallel.bucketMB * 1_048_576)
