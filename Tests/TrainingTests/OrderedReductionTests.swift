@@ -16,6 +16,15 @@ import _TestSupport
         return try trainInProcess(config, ranks: ranks, steps: steps)
     }
 
+    /// Every rank's losses, gradient norms and parameters are `single`'s bit for bit.
+    static func expectOneRanksBits(_ parallel: [RankRun], _ single: RankRun, _ label: String) {
+        for (rank, seen) in parallel.enumerated() {
+            #expect(seen.losses == single.losses, "\(label), rank \(rank): losses \(seen.losses) vs \(single.losses)")
+            #expect(seen.gradientNorms == single.gradientNorms, "\(label), rank \(rank): gradient norms \(seen.gradientNorms) vs \(single.gradientNorms)")
+            #expect(seen.parameters == single.parameters, "\(label), rank \(rank): \(DataParallelExactnessTests.worst(seen.parameters, single.parameters))")
+        }
+    }
+
     /// Losses, gradient norms and parameters of 2, 3, 4 data ranks equal one rank's bit for bit
     /// after 12 steps. The comparison has teeth: under allreduce, 4 ranks' parameters are not
     /// one rank's bits, and ordered changes one rank's numbers against allreduce (hence hashed).
@@ -30,13 +39,7 @@ import _TestSupport
         #expect(single.gradientNorms.allSatisfy { $0 > 0 && $0.isFinite } && !single.parameters.isEmpty)
         for ranks in [2, 3, 4] {
             let parallel = try Self.train(ranks: ranks, extra: extra, data: data, run: directory.file("run\(ranks)"))
-            for (rank, seen) in parallel.enumerated() {
-                #expect(seen.losses == single.losses, "\(precision), \(ranks) ranks, rank \(rank): losses \(seen.losses) vs \(single.losses)")
-                #expect(seen.gradientNorms == single.gradientNorms,
-                        "\(precision), \(ranks) ranks, rank \(rank): gradient norms \(seen.gradientNorms) vs \(single.gradientNorms)")
-                #expect(seen.parameters == single.parameters,
-                        "\(precision), \(ranks) ranks, rank \(rank): \(DataParallelExactnessTests.worst(seen.parameters, single.parameters))")
-            }
+            Self.expectOneRanksBits(parallel, single, "\(precision), \(ranks) ranks")
         }
         let plain = ["train.micro_batch=1", "train.precision=\(precision)"]
         let allreduce1 = try Self.train(ranks: 1, extra: plain, data: data, run: directory.file("a1"))[0]
@@ -66,12 +69,8 @@ import _TestSupport
         #expect(single.routing.contains { $0.values.contains { $0.droppedFraction > 0 } }, "capacity should drop pairs: \(single.routing)")
         for ranks in [2, 3, 4] {
             let parallel = try Self.train(ranks: ranks, extra: extra, data: data, run: directory.file("run\(ranks)"))
+            Self.expectOneRanksBits(parallel, single, "\(precision), \(ranks) ranks")
             for (rank, seen) in parallel.enumerated() {
-                #expect(seen.losses == single.losses, "\(precision), \(ranks) ranks, rank \(rank): losses \(seen.losses) vs \(single.losses)")
-                #expect(seen.gradientNorms == single.gradientNorms,
-                        "\(precision), \(ranks) ranks, rank \(rank): gradient norms \(seen.gradientNorms) vs \(single.gradientNorms)")
-                #expect(seen.parameters == single.parameters,
-                        "\(precision), \(ranks) ranks, rank \(rank): \(DataParallelExactnessTests.worst(seen.parameters, single.parameters))")
                 #expect(seen.auxiliaryLosses == single.auxiliaryLosses && seen.routing == single.routing,
                         "\(precision), \(ranks) ranks, rank \(rank): reported routing \(seen.routing.last!) vs \(single.routing.last!)")
             }
@@ -103,11 +102,8 @@ import _TestSupport
         let reference = try CheckpointStore.read(#require(single.checkpoint))
         for ranks in [2, 3, 4] {
             let parallel = try train(ranks, Self.ordered + ["parallel.zero=\(zero)"], "zero\(ranks)")
-            for (rank, seen) in parallel.enumerated() {
-                #expect(seen.losses == single.losses, "\(label), \(ranks) ranks, rank \(rank): losses \(seen.losses) vs \(single.losses)")
-                #expect(seen.gradientNorms == single.gradientNorms, "\(label), \(ranks) ranks, rank \(rank): gradient norms")
-                #expect(seen.parameters == single.parameters,
-                        "\(label), \(ranks) ranks, rank \(rank): \(DataParallelExactnessTests.worst(seen.parameters, single.parameters))")
+            Self.expectOneRanksBits(parallel, single, "\(label), \(ranks) ranks")
+            for seen in parallel {
                 #expect(seen.ownedFloats < single.parameters.count, "\(label), \(ranks) ranks: the optimizer state is sharded")
             }
             #expect(parallel.map(\.ownedFloats).reduce(0, +) == single.parameters.count, "\(label): every float owned once")
