@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
-plan 86   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 87   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-multirank.XXXXXX)
 
 for n in 1 2 3 4; do
@@ -78,11 +78,10 @@ check "train: no overlap equals overlap" trains_like "$work/mpi2" "$work/mpi2-se
 # parallel.reduction=ordered: 3 ranks under mpirun give 1 rank's bits: losses and gradient
 # norms of every step, and the checkpoint's files byte for byte.
 ordered=("${tiny[@]}" --set parallel.reduction=ordered --set train.micro_batch=1)
-ordered_bits() {
-  "$TESSERA" train "${ordered[@]}" --set run.dir="$work/ordered1" || { echo "1 rank exited with status $?"; return 1; }
-  trains_like "$work/ordered1" "$work/ordered-mpi3" --exact mpi 3 train "${ordered[@]}" || return 1
+# same_bits ONE MANY: the two runs' step-20 checkpoints and final validation losses are identical.
+same_bits() {
   # Every tensor of the model and optimizer files, byte for byte (3 ranks name their files of-00003).
-  python3 - "$work/ordered1/checkpoints/step-00000020" "$work/ordered-mpi3/checkpoints/step-00000020" <<'PY'
+  python3 - "$1/checkpoints/step-00000020" "$2/checkpoints/step-00000020" <<'PY'
 import glob, json, os, struct, sys
 def tensors(directory):
     out = {}
@@ -99,14 +98,28 @@ print(f"{len(one)} tensors (model and optimizer) byte-identical")
 PY
   [ $? -eq 0 ] || return 1
   # And the validation loss at the end (the evaluator adds its passes in global order too).
-  python3 - "$work/ordered1/metrics.jsonl" "$work/ordered-mpi3/metrics.jsonl" <<'PY'
+  python3 - "$1/metrics.jsonl" "$2/metrics.jsonl" <<'PY'
 import json, sys
 one, three = ([json.loads(l)["val_loss"] for l in open(p) if "val_loss" in l] for p in sys.argv[1:3])
 assert one and one == three, f"validation losses {three} vs 1 rank's {one}"
 print(f"validation loss {one} on both")
 PY
 }
+ordered_bits() {
+  "$TESSERA" train "${ordered[@]}" --set run.dir="$work/ordered1" || { echo "1 rank exited with status $?"; return 1; }
+  trains_like "$work/ordered1" "$work/ordered-mpi3" --exact mpi 3 train "${ordered[@]}" || return 1
+  same_bits "$work/ordered1" "$work/ordered-mpi3"
+}
 check "train: parallel.reduction=ordered, mpirun 3 ranks give 1 rank's losses and checkpoint bit for bit" ordered_bits
+# A mixture of experts (routed per micro-batch, capacity limited) at parallel.zero=2 (each rank
+# owning the slice it sums): 3 ranks give 1 rank's (zero 0) bits, moments included.
+ordered_moe=("${ordered[@]}" --set moe.experts=4 --set moe.top_k=2 --set moe.expert_hidden=16 --set moe.capacity_factor=1)
+ordered_moe_zero() {
+  "$TESSERA" train "${ordered_moe[@]}" --set run.dir="$work/ordered-moe1" || { echo "1 rank exited with status $?"; return 1; }
+  trains_like "$work/ordered-moe1" "$work/ordered-moe-zero2-mpi3" --exact mpi 3 train "${ordered_moe[@]}" --set parallel.zero=2 || return 1
+  same_bits "$work/ordered-moe1" "$work/ordered-moe-zero2-mpi3"
+}
+check "train: ordered MoE at parallel.zero=2, mpirun 3 ranks give 1 rank's losses and checkpoint bit for bit" ordered_moe_zero
 check "train: parallel.reduction=ordered, tessera launch 4 ranks give 1 rank's losses and gradient norms bit for bit" \
   trains_like "$work/ordered1" "$work/ordered-tcp4" --exact "$TESSERA" launch --nproc 4 -- train "${ordered[@]}"
 check "train: ordered with micro-batches that do not deal out over the ranks is one clear line" expect_failure 60 \

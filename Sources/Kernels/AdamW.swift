@@ -41,13 +41,16 @@ public enum GradientClipping {
         var total = 0.0
         var i = 0
         while i < count {
-            let end = min(i + 4096, count)
+            let end = min(i + chunkFloats, count)
             let partial = VectorMath.dot(g + i, g + i, count: end - i)
             total += Double(partial)
             i = end
         }
         return total
     }
+
+    /// Floats per chunk of `sumOfSquares`: a chunk's sum alone is `sumOfSquares` of that chunk.
+    public static let chunkFloats = 4096
 
     /// Scale that brings a gradient of global norm `norm` down to `maxNorm` (1 when below).
     public static func scale(norm: Double, maxNorm: Float) -> Float {

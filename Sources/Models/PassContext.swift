@@ -20,6 +20,8 @@ public final class PassContext {
     /// The number format of the linear layers' and flash attention's products (the model's
     /// `precision`, set before each pass); norms, softmax and everything else stay Float32.
     public internal(set) var precision: ComputePrecision = .fp32
+    /// Mixture-of-experts routing over this rank's tokens only (the model's `localRouting`).
+    public internal(set) var localRouting = false
     /// The layout, for components that communicate (sequence-parallel attention, expert
     /// dispatch); nil when the model runs on one rank.
     public let grid: ProcessGrid?

@@ -30,10 +30,12 @@ extension TransformerLM {
     func passState(batch: Int, length: Int, positions: [Int]?) -> PassState {
         if let state, state.context.matches(batch: batch, length: length, positions: positions, threads: threads, grid: grid) {
             state.context.precision = precision
+            state.context.localRouting = localRouting
             return state
         }
         let context = PassContext(batch: batch, length: length, positions: positions, threads: threads, grid: grid)
         context.precision = precision
+        context.localRouting = localRouting
         let fresh = PassState(context: context, config: config)
         state = fresh
         return fresh

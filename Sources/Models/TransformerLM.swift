@@ -28,6 +28,10 @@ public final class TransformerLM {
     /// The number format of the linear layers' and flash attention's products in training passes (`train.precision`);
     /// parameters, gradients and optimizer state stay Float32 either way.
     public var precision: ComputePrecision = .fp32
+    /// Mixture-of-experts routing statistics and capacity of each pass over this rank's tokens
+    /// only (`parallel.reduction: ordered`: a micro-batch's gradient depends on that micro-batch
+    /// alone); false: over every rank's tokens of the pass (the global batch's, as one rank sees it).
+    public var localRouting = false
     /// The layout, for components that communicate; nil on one rank. Its expert axis must
     /// match `sharding` (set it through `init`).
     public var grid: ProcessGrid?

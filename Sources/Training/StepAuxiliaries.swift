@@ -2,7 +2,8 @@ import Models
 
 /// A training step's auxiliary losses and mixture-of-experts routing, averaged over its
 /// forward passes (`train.micro_batch`): each pass's figures are its micro-batch's, over the
-/// data ranks; the step's are their mean (the objective adds the mean of the passes'
+/// data ranks (under `parallel.reduction: ordered` every rank's micro-batch is a pass of its
+/// own, added in global order); the step's are their mean (the objective adds the mean of the passes'
 /// auxiliary losses). With one pass, that pass's figures unchanged.
 public struct StepAuxiliaries {
     /// Weighted auxiliary losses by name ("moe_aux", "moe_z") and layer.
@@ -10,6 +11,8 @@ public struct StepAuxiliaries {
     /// Per layer: tokens of all passes; load, dropped fraction, balance and z-loss averaged.
     public private(set) var routing: [Int: RoutingSummary] = [:]
     private var passes = 0
+    /// One pass's weighted auxiliary losses (by name and layer) and routing (by layer).
+    typealias Pass = (losses: [String: [Int: Double]], routing: [Int: RoutingSummary])
 
     /// Σ over layers of each named loss.
     public var totals: [String: Double] { losses.mapValues { $0.values.reduce(0, +) } }

@@ -76,11 +76,15 @@ public final class Trainer {
         }
         model.threads = KernelThreads(config.train.threads)
         model.precision = config.precision
+        // Ordered: each micro-batch routes over its own tokens, so its gradient is its own.
+        model.localRouting = config.reduction == .ordered
         self.model = model
         let train = config.train
         let bucketBytes = Int(config.parallel.bucketMB * 1_048_576)
+        // Ordered: each rank owns the slice of the gradient it sums (`OrderedReduction.slices`).
+        let flat = config.reduction == .ordered ? OrderedReduction.slices(count: model.parameters.count, ranks: layout.data) : nil
         partition = config.parallel.zero == 0 ? nil
-            : ZeroPartition(stage: config.parallel.zero, parameters: model.parameters, grid: grid, chunkFloats: bucketBytes / 4)
+            : ZeroPartition(stage: config.parallel.zero, parameters: model.parameters, grid: grid, chunkFloats: bucketBytes / 4, flat: flat)
         optimizer = Optimizer(rule: AdamW(beta1: Float(train.beta1), beta2: Float(train.beta2), eps: Float(train.eps),
                                           weightDecay: Float(train.weightDecay)), parameters: model.parameters, partition: partition)
         schedule = LearningRateSchedule(peak: Float(train.lr), minimum: Float(train.minLr), warmupSteps: train.warmupSteps,
@@ -93,7 +97,7 @@ public final class Trainer {
                                           && config.reduction == .allreduce,
                                       scatter: config.parallel.zero >= 2 ? partition : nil)
         self.reducer = reducer
-        ordered = config.reduction == .ordered ? OrderedReduction(parameters: model.parameters, comm: grid.data) : nil
+        ordered = config.reduction == .ordered ? OrderedReduction(parameters: model.parameters, comm: grid.data, partition: partition) : nil
         let sharded = config.parallel.zero == 3 ? partition.map { ShardedParameters(partition: $0, reducer: reducer, model: model) } : nil
         self.sharded = sharded
         model.residency = sharded
@@ -160,7 +164,7 @@ public final class Trainer {
 
         let p = model.parameters
         let norm: Double
-        if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
+        if let ordered { norm = try ordered.norm(grid: grid) } else if let partition, partition.stage >= 2 { norm = try GradientNorm.owned(partition, world: grid.world) } else {
             norm = try GradientNorm.global(p, grid: grid)
         }
         let clip = GradientClipping.scale(norm: norm, maxNorm: Float(config.train.gradClip))

@@ -15,6 +15,11 @@ import TensorCore
 /// buckets, and each owned piece is a slice of one tensor (one weight-decay flag). Stage 1 sums
 /// gradients as stage 0 does; the owners update their pieces and `allGather` copies every piece
 /// to every rank of its group, so ranks end a step with bitwise equal parameters.
+///
+/// Under `parallel.reduction: ordered` (every parameter replicated over one group) rank r owns
+/// instead the flat range `flat[r]` of the parameters (`OrderedReduction.slices`: whole chunks
+/// of the gradient norm's sum), each entry's piece being its part of that range (maybe empty):
+/// the pieces whose gradients rank r sums.
 final class ZeroPartition {
     let stage: Int
     let parameters: ParameterSet
@@ -34,24 +39,39 @@ final class ZeroPartition {
     /// reduce-scatters (on one thread), kept from call to call.
     private let gatherStaging = Scratch(), scatterStaging = Scratch()
 
-    init(stage: Int, parameters: ParameterSet, grid: ProcessGrid, chunkFloats: Int) {
+    /// Flat range owned by each rank of the one group (ordered reduction), nil: per-tensor pieces.
+    let flat: [Range<Int>]?
+
+    init(stage: Int, parameters: ParameterSet, grid: ProcessGrid, chunkFloats: Int, flat: [Range<Int>]? = nil) {
         self.stage = stage
         self.parameters = parameters
         self.chunkFloats = max(1, chunkFloats)
+        self.flat = flat
         let reduction = ReductionGroups(parameters: parameters, grid: grid)
+        precondition(flat == nil || reduction.comms.count == 1 && reduction.comms[0].size == flat!.count,
+                     "ZeroPartition: flat ownership needs every parameter in one reduction group of \(flat!.count) ranks")
         var groups = reduction.comms.map { (comm: $0, entries: [Int]()) }
         var owned: [Range<Int>] = [], compactOffset: [Int] = []
         var compact = 0
         for (index, e) in parameters.entries.enumerated() {
             let g = reduction.groupOfEntry[index]
             groups[g].entries.append(index)
-            let piece = Self.piece(count: e.count, ranks: groups[g].comm.size, rank: groups[g].comm.rank)
+            let piece = Self.piece(of: e, ranks: groups[g].comm.size, rank: groups[g].comm.rank, flat: flat)
             owned.append((e.offset + piece.lowerBound)..<(e.offset + piece.upperBound))
             compactOffset.append(compact)
             compact += piece.count
         }
         self.groups = groups; groupOfEntry = reduction.groupOfEntry; self.owned = owned; self.compactOffset = compactOffset
         ownedCount = compact
+    }
+
+    /// Rank `rank`'s piece of `entry` (offsets in the tensor) in a group of `ranks`.
+    func piece(of entry: ParameterSet.Entry, ranks: Int, rank: Int) -> Range<Int> { Self.piece(of: entry, ranks: ranks, rank: rank, flat: flat) }
+
+    static func piece(of entry: ParameterSet.Entry, ranks: Int, rank: Int, flat: [Range<Int>]?) -> Range<Int> {
+        guard let flat else { return piece(count: entry.count, ranks: ranks, rank: rank) }
+        let mine = entry.range.clamped(to: flat[rank])
+        return (mine.lowerBound - entry.offset)..<(mine.upperBound - entry.offset)
     }
 
     /// Piece `rank` of `count` floats cut into `ranks` contiguous pieces (offsets in the tensor).
@@ -110,7 +130,7 @@ final class ZeroPartition {
             }
             return
         }
-        let counts = (0..<n).map { q in chunk.reduce(0) { $0 + Self.piece(count: entries[$1].count, ranks: n, rank: q).count } }
+        let counts = (0..<n).map { q in chunk.reduce(0) { $0 + piece(of: entries[$1], ranks: n, rank: q).count } }
         let total = counts.reduce(0, +)
         let send = gatherStaging.buffer("send", count: counts[comm.rank]), received = gatherStaging.buffer("received", count: total)
         var at = 0
@@ -120,7 +140,7 @@ final class ZeroPartition {
         at = 0
         for q in 0..<n {
             for index in chunk {
-                let e = entries[index], piece = Self.piece(count: e.count, ranks: n, rank: q)
+                let e = entries[index], piece = self.piece(of: e, ranks: n, rank: q)
                 (full + e.offset + piece.lowerBound).update(from: received + at, count: piece.count)
                 at += piece.count
             }
@@ -138,7 +158,7 @@ final class ZeroPartition {
         let entries = parameters.entries(overlapping: range)
         func segments(_ q: Int) -> [Range<Int>] {
             entries.compactMap { e in
-                let piece = Self.piece(count: e.count, ranks: n, rank: q)
+                let piece = self.piece(of: e, ranks: n, rank: q)
                 let low = max(range.lowerBound, e.offset + piece.lowerBound), high = min(range.upperBound, e.offset + piece.upperBound)
                 return low < high ? low..<high : nil
             }

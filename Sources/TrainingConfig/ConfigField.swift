@@ -211,7 +211,7 @@ extension ConfigField {
         ConfigField("train.log_every", .int(\.train.logEvery), .atLeastOne, numeric: false, "steps between progress lines"),
         ConfigField("train.threads", .int(\.train.threads), .atLeastOne, numeric: false, "BLAS threads per rank"),
         ConfigField("train.micro_batch", .int(\.train.microBatch), .notNegative, numeric: false,
-                    "sequences per data rank per forward/backward; gradients of global_batch / (micro_batch × data ranks) passes are accumulated (0: the whole local batch in one pass); loss = cross-entropy mean over the global batch; MoE balance loss, z-loss and capacity are per pass (its micro_batch × data ranks sequences) and the step takes the mean of the passes' auxiliary losses"),
+                    "sequences per data rank per forward/backward; gradients of global_batch / (micro_batch × data ranks) passes are accumulated (0: the whole local batch in one pass); loss = cross-entropy mean over the global batch; MoE balance loss, z-loss and capacity are per pass (its micro_batch × data ranks sequences; per micro-batch under parallel.reduction=ordered) and the step takes the mean of the passes' auxiliary losses"),
         ConfigField("train.precision", .string(\.train.precision), .oneOf(ComputePrecision.allCases.map(\.rawValue)), numeric: true,
                     "products of the linear layers and of flash attention: fp32, or bf16 (inputs rounded to bf16, Float32 accumulation; weights, gradients, optimizer state, norms, softmax and its statistics stay Float32)"),
         ConfigField("eval.every", .int(\.eval.every), .notNegative, numeric: false, "steps between validation runs (0: only at the end)"),
@@ -236,7 +236,7 @@ extension ConfigField {
         // Numeric: ordered sums the micro-batches in another order than allreduce (hashed only
         // when ordered, so existing runs keep their hash).
         ConfigField("parallel.reduction", .string(\.parallel.reduction), .oneOf(GradientReduction.allCases.map(\.rawValue)), numeric: true,
-                    "allreduce (each data rank sums its passes, then one bucketed all-reduce) or ordered (every micro-batch's gradient summed in global order: 1, 2, 3, 4 data ranks give bit-identical losses, gradient norms and parameters; needs train.micro_batch > 0 and data ranks only, parallel.zero 0, no MoE)"),
+                    "allreduce (each data rank sums its passes, then one bucketed all-reduce) or ordered (every micro-batch's gradient summed in global order: 1, 2, 3, 4 data ranks give bit-identical losses, gradient norms and parameters; also MoE models, routed per micro-batch, and parallel.zero 1-3, each rank owning the slice it sums; needs train.micro_batch > 0 and data ranks only: parallel.sequence 1, parallel.expert 1)"),
         ConfigField("parallel.timeout_seconds", .float(\.parallel.timeoutSeconds), .positive, numeric: false, "deadline of every collective operation"),
         ConfigField("parallel.tcp_seal", .string(\.parallel.tcpSeal), .oneOf(ParallelSection.tcpSealChoices), numeric: false,
                     "TCP backend: seal connections (AES-256-GCM): auto = those that leave the host, on = all, off = none"),

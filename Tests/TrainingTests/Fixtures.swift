@@ -33,6 +33,9 @@ struct RankRun {
     /// Parameter values reading exactly 0 after the last step, before gathering them whole
     /// (pages given back under `parallel.zero` = 3).
     var droppedValues = 0
+    /// Each step's auxiliary losses (Σ over layers, by name) and MoE routing by layer.
+    var auxiliaryLosses: [[String: Double]] = []
+    var routing: [[Int: RoutingSummary]] = []
 }
 
 /// Trains `steps` steps of `config` on `ranks` in-process ranks (threads); each rank's view.
@@ -43,6 +46,8 @@ func trainInProcess(_ config: RunConfig, ranks: Int, steps: Int, saveCheckpoint:
         for _ in 0..<steps {
             seen.losses.append(try trainer.trainStep())
             seen.gradientNorms.append(trainer.lastGradientNorm)
+            seen.auxiliaryLosses.append(trainer.auxiliaries.totals)
+            seen.routing.append(trainer.auxiliaries.routing)
         }
         let p = trainer.model.parameters
         seen.droppedValues = p.values.buffer.reduce(0) { $0 + ($1 == 0 ? 1 : 0) }

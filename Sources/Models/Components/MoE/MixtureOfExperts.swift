@@ -7,7 +7,8 @@ import TensorCore
 ///
 /// 1. logits = x · gateᵀ (Float32); `TopKRouter` picks each token's k experts and gates;
 /// 2. `RoutingPlan` gathers the routing statistics of the global batch (one small allgather
-///    over the world when there are several ranks), admits pairs under the capacity limit and
+///    over the world when there are several ranks; this rank's tokens alone under the
+///    context's `localRouting`), admits pairs under the capacity limit and
 ///    adds the weighted auxiliary losses ("moe_aux", "moe_z") and a `RoutingSummary`;
 /// 3. `TokenDispatcher` sends each admitted pair's row to the rank holding its expert
 ///    (all-to-all over the expert axis), `SwiGLUExperts` runs one GEMM per expert and
@@ -76,7 +77,7 @@ public final class MixtureOfExperts: LayerComponent {
         precondition(expertRanks == sharding.count,
                      "MixtureOfExperts: built for \(sharding.count) expert shards, run on a grid of \(expertRanks); build the model with its grid")
         guard let grid = c.grid else { return (nil, nil) }
-        return (grid.world.size > 1 ? grid.world : nil, expertRanks > 1 ? grid.communicator(for: .expert) : nil)
+        return (grid.world.size > 1 && !c.localRouting ? grid.world : nil, expertRanks > 1 ? grid.communicator(for: .expert) : nil)
     }
 
     public func forward(_ x: UnsafePointer<Float>, addingTo out: UnsafeMutablePointer<Float>, layer: Int, context c: PassContext) throws {
