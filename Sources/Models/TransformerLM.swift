@@ -104,6 +104,13 @@ public final class TransformerLM {
     /// What each mixture-of-experts layer's routing did in the last forward pass, by layer.
     public var routing: [Int: RoutingSummary] { state?.context.routing ?? [:] }
 
+    /// Whether the forward pass communicates on the training thread: what `backwardCommunicates`
+    /// covers, and mixture-of-experts layers gathering every rank's routing statistics (more
+    /// than one rank, routing not `localRouting`). Parameters must then not be gathered beside it.
+    public var forwardCommunicates: Bool {
+        backwardCommunicates || !localRouting && (grid?.world.size ?? 1) > 1 && blocks.contains { $0.channelMixer is MixtureOfExperts }
+    }
+
     /// Whether the backward pass itself communicates (expert-parallel layers): gradient
     /// reduction must then not run beside it on another thread.
     public var backwardCommunicates: Bool {

@@ -91,9 +91,11 @@ public final class Trainer {
                                         totalSteps: train.steps)
         // Expert dispatch and sequence-parallel attention communicate during the backward pass on
         // the training thread, and a communicator may be used by one thread at a time: no
-        // overlapped reduction beside them.
+        // overlapped reduction beside them; nor, at stage 3, parameter gathers beside a forward
+        // pass that gathers routing statistics.
+        let forwardBusy = config.parallel.zero == 3 && model.forwardCommunicates
         let reducer = GradientReducer(parameters: model.parameters, grid: grid, bucketBytes: bucketBytes,
-                                      overlap: config.parallel.overlap && !model.backwardCommunicates && layout.sequence == 1
+                                      overlap: config.parallel.overlap && !model.backwardCommunicates && !forwardBusy && layout.sequence == 1
                                           && config.reduction == .allreduce,
                                       scatter: config.parallel.zero >= 2 ? partition : nil)
         self.reducer = reducer

@@ -230,7 +230,7 @@ extension ConfigField {
                     numeric: false, "ring (K/V travel the ring of sequence ranks in small units) or ulysses (all-to-all to head shards; heads and kv_heads divisible by parallel.sequence)"),
         ConfigField("parallel.expert", .int(\.parallel.expert), .atLeastOne, numeric: false, "ranks of a data group holding different experts (divides parallel.data and moe.experts)"),
         ConfigField("parallel.bucket_mb", .float(\.parallel.bucketMB), .positive, numeric: false, "gradient all-reduce bucket size in MiB"),
-        ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1)"),
+        ConfigField("parallel.overlap", .bool(\.parallel.overlap), numeric: false, "reduce gradient buckets while the backward pass runs (not under parallel.sequence > 1 or parallel.expert > 1, nor with mixture-of-experts at parallel.zero 3)"),
         ConfigField("parallel.zero", .int(\.parallel.zero), .notNegative, numeric: false,
                     "ZeRO stage: 0 every rank holds all optimizer state, 1 AdamW moments sharded over each parameter's replicas, 2 reduced gradients too, 3 parameters too (each layer gathered before its forward and backward)"),
         // Numeric: ordered sums the micro-batches in another order than allreduce (hashed only

@@ -14,16 +14,18 @@ import _TestSupport
 
     struct Layout: CustomStringConvertible, Sendable {
         var data = 1, sequence = 1, expert = 1
+        /// A mixture-of-experts model (always under an expert axis).
+        var moe = false
         var ranks: Int { data * sequence }
-        var description: String { "\(data)d×\(sequence)s×\(expert)e" }
+        var description: String { "\(data)d×\(sequence)s×\(expert)e" + (moe && expert == 1 ? " moe" : "") }
     }
 
     /// The tiny model, with the sequence-parallel tests' length and heads under a sequence axis
-    /// and the expert tests' mixture of experts under an expert axis.
+    /// and the expert tests' mixture of experts under an expert axis (or on data ranks alone).
     static func overrides(_ layout: Layout, data: String, run: String) -> [String] {
         var out = tinyOverrides(data: data, run: run, steps: steps)
         if layout.sequence > 1 { out += ["data.seq_len=24", "model.kv_heads=2"] }
-        if layout.expert > 1 {
+        if layout.expert > 1 || layout.moe {
             out += ["moe.experts=4", "moe.top_k=2", "moe.expert_hidden=12", "moe.aux_loss=0.05", "moe.z_loss=0.01", "parallel.expert=\(layout.expert)"]
         }
         return out
@@ -51,6 +53,7 @@ import _TestSupport
 
     static let layouts: [(Layout, Int)] = [2, 3, 4].flatMap { n in [1, 2, 3].map { (Layout(data: n), $0) } }
         + [1, 2, 3].map { (Layout(data: 2, sequence: 2), $0) } + [1, 2, 3].map { (Layout(data: 2, expert: 2), $0) }
+        + [(Layout(data: 3, moe: true), 3)]
 
     @Test(arguments: layouts)
     func shardedStateMatchesOneRank(layout: Layout, zero: Int) throws {
@@ -90,6 +93,28 @@ import _TestSupport
         if layout.expert == 1 {   // every float owned exactly once
             #expect(sharded.map(\.ownedFloats).reduce(0, +) == sharded[0].parameters.count, "the pieces cover the parameters once")
         }
+    }
+
+    /// A mixture-of-experts layer on several ranks gathers its routing statistics on the
+    /// training thread during the forward pass, while stage 3 gathers the next unit's parameters
+    /// on the communication thread: two collectives at once over the same ranks (it failed with
+    /// "allGather: rank 0 sent 0 B, counts say 112", one layer's statistics). Such a run does
+    /// not overlap (the same numbers, `shardedStateMatchesOneRank`'s "3d×1s×1e moe"); a dense
+    /// model at stage 3 and a MoE model at stage 2 (nothing gathered during its forward) still do.
+    @Test func stageThreeDoesNotOverlapAForwardThatCommunicates() throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let data = try makeCorpus(in: directory)
+        func overlaps(_ layout: Layout, zero: Int, _ extra: [String] = []) throws -> [Bool] {
+            let config = try RunConfig(file: nil, overrides: Self.overrides(layout, data: data, run: directory.file("run"))
+                + ["parallel.zero=\(zero)", "parallel.data=\(layout.data)"] + extra)
+            return try InProcessCommunicator.run(size: layout.ranks, timeoutSeconds: 60) { comm in
+                try Trainer(config: config, world: comm).reducer.overlap
+            }.map { try $0.get() }
+        }
+        #expect(try overlaps(Layout(data: 2, moe: true), zero: 3) == [false, false])
+        #expect(try overlaps(Layout(data: 2), zero: 3) == [true, true])
+        #expect(try overlaps(Layout(data: 2, moe: true), zero: 2) == [true, true])
     }
 
     @Test func anUnknownStageIsRefusedInOneLine() throws {
