@@ -201,6 +201,44 @@ import _TestSupport
         }
     }
 
+    /// Operands whose lines lie side by side (Aᵀ and B of a weight gradient) are paired by
+    /// AVX-512 in one pass from the two k rows, 16 lines at a time, with rows prefetched ahead;
+    /// the portable kernel packs them value by value. Same bits on awkward sizes: lines below,
+    /// across and past a vector, a 12-row and a 32-column panel and a 144-row block (1, 13, 17,
+    /// 47, 150), odd depths and a depth past the 512 block (1, 3, 6, 515), strides wider than
+    /// the matrix, Float32 and bf16 operands, 1–3 threads.
+    @Test(.enabled(if: BF16Kernel.hardware.isAvailable))
+    func linesSideBySidePairedInOnePassEqualThePortablePath() {
+        for (m, n) in [(1, 1), (13, 47), (17, 15), (150, 33), (47, 150)] {
+            for k in [1, 3, 6, 515] {
+                let lda = m + 5, ldb = n + 3
+                let a = Fixtures.randoms(lda * k, seed: UInt64(8 + m)), b = Fixtures.randoms(ldb * k, seed: UInt64(9 + n))
+                var aBits = [UInt16](repeating: 0, count: a.count), bBits = [UInt16](repeating: 0, count: b.count)
+                BF16.round(a, into: &aBits, count: a.count)
+                BF16.round(b, into: &bBits, count: b.count)
+                var results: [[UInt32]] = []
+                for kernel in [BF16Kernel.portable, .hardware] {
+                    for threads in 1...3 {
+                        for rounded in [false, true] {
+                            var c = [Float](repeating: .nan, count: m * n)
+                            a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
+                                aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
+                                    BF16Matmul.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k,
+                                                    a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
+                                                    b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
+                                                    c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
+                                } }
+                            } }
+                            results.append(c.map(\.bitPattern))
+                        }
+                    }
+                }
+                #expect(results.allSatisfy { $0 == results[0] }, "m=\(m) n=\(n) k=\(k)")
+                #expect(!results[0].contains(Float.nan.bitPattern), "every element written")
+            }
+        }
+    }
+
     /// The emulation is the instruction: random and denormal-heavy inputs, every lane's
     /// rounding, flush-to-zero and pair order compared bit for bit (only on an AVX512_BF16 CPU).
     @Test(.enabled(if: BF16Kernel.hardware.isAvailable))
