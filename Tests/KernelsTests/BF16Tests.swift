@@ -167,6 +167,22 @@ import _TestSupport
         }
     }
 
+    /// C (m, n) bits of op(A) · op(B) from the Float32 operands (rounded while packing) or from
+    /// their bf16 bits (`rounded`), C starting as NaN.
+    static func product(_ tA: Bool, _ tB: Bool, _ m: Int, _ n: Int, _ k: Int, _ a: [Float], _ aBits: [UInt16], _ lda: Int,
+                        _ b: [Float], _ bBits: [UInt16], _ ldb: Int, rounded: Bool, threads: Int, kernel: BF16Kernel) -> [UInt32] {
+        var c = [Float](repeating: .nan, count: m * n)
+        a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
+            aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
+                BF16Matmul.gemm(transposeA: tA, transposeB: tB, m: m, n: n, k: k,
+                                a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
+                                b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
+                                c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
+            } }
+        } }
+        return c.map(\.bitPattern)
+    }
+
     /// bf16 operands (read in place, lines side by side or k side by side) give the bits of
     /// the same values as Float32 rounded while packing, in every transpose, with odd depths
     /// (the padded half of the last pair), edge panels of both kernels' widths, strides wider
@@ -183,16 +199,8 @@ import _TestSupport
                     for threads in 1...3 {
                         var results: [[UInt32]] = []
                         for rounded in [false, true] {
-                            var c = [Float](repeating: .nan, count: m * n)
-                            a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
-                                aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
-                                    BF16Matmul.gemm(transposeA: tA, transposeB: tB, m: m, n: n, k: k,
-                                                    a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
-                                                    b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
-                                                    c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
-                                } }
-                            } }
-                            results.append(c.map(\.bitPattern))
+                            results.append(Self.product(tA, tB, m, n, k, a, aBits, lda, b, bBits, ldb, rounded: rounded,
+                                                        threads: threads, kernel: kernel))
                         }
                         #expect(results[0] == results[1], "\(kernel) m=\(m) n=\(n) k=\(k) tA=\(tA) tB=\(tB) threads \(threads)")
                     }
@@ -220,16 +228,8 @@ import _TestSupport
                 for kernel in [BF16Kernel.portable, .hardware] {
                     for threads in 1...3 {
                         for rounded in [false, true] {
-                            var c = [Float](repeating: .nan, count: m * n)
-                            a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
-                                aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
-                                    BF16Matmul.gemm(transposeA: true, transposeB: false, m: m, n: n, k: k,
-                                                    a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
-                                                    b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
-                                                    c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
-                                } }
-                            } }
-                            results.append(c.map(\.bitPattern))
+                            results.append(Self.product(true, false, m, n, k, a, aBits, lda, b, bBits, ldb, rounded: rounded,
+                                                        threads: threads, kernel: kernel))
                         }
                     }
                 }
