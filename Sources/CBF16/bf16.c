@@ -108,15 +108,59 @@ AVX512 static void pack_lines16(const float *src, const uint16_t *half, long ls,
     }
 }
 
-AVX512 static long interleave_avx512(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count) {
+/// d[2l] = line l of the first k row, d[2l + 1] = of the second, for l < count: Float32 rows
+/// (f0, f1) rounded, or bf16 rows (h0, h1) copied; a NULL row reads as zeros. One pass, 16 lines
+/// at a time (no rounded copy of the rows in between).
+AVX512 static inline void pair_lines_avx512(const float *f0, const float *f1, const uint16_t *h0, const uint16_t *h1,
+                                            uint16_t *d, long count) {
+    const __m512i zero = _mm512_setzero_si512(), upper = _mm512_set1_epi32((int)0xffff0000u);
     for (long l = 0; l < count; l += 16) {
         __mmask16 mask = count - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - l)) - 1);
-        __m512i x0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(u0 + l)));
-        __m512i x1 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(u1 + l)));
-        _mm512_mask_storeu_epi32((void *)(d + 2 * l), mask, _mm512_or_si512(x0, _mm512_slli_epi32(x1, 16)));
+        __m512i x0 = zero, x1 = zero;
+        if (f0) x0 = _mm512_srli_epi32(round_lanes(_mm512_maskz_loadu_epi32(mask, (const void *)(f0 + l))), 16);
+        else if (h0) x0 = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(h0 + l)));
+        if (f1) x1 = _mm512_and_si512(round_lanes(_mm512_maskz_loadu_epi32(mask, (const void *)(f1 + l))), upper);
+        else if (h1) x1 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const void *)(h1 + l))), 16);
+        _mm512_mask_storeu_epi32((void *)(d + 2 * l), mask, _mm512_or_si512(x0, x1));
     }
-    return count;
 }
+
+/// pack_block's lines-contiguous case: each k pair of the block made in one pass from the two k
+/// rows where they are, 16 lines at a time from the block's first line (whole vectors), then
+/// dealt out to the panels (directly when the panel width is a multiple of 16).
+AVX512 static void pair_block_avx512(const float *f, const uint16_t *h, long ks, long lines, long kc, int width, uint16_t *dst) {
+    long kp = (kc + 1) / 2, panels = (lines + width - 1) / width;
+    uint32_t t[TESSERA_BF16_MAX_LINES];
+    long size = f ? 4 : 2;
+    const char *base = f ? (const char *)f : (const char *)h;
+    for (long q = 0; q < kp; q++) {
+        long o0 = 2 * q * ks, o1 = 2 * q + 1 < kc ? o0 + ks : -1;
+        // The rows two pairs ahead pulled in meanwhile (the rows' lines, a stride apart, are
+        // two streams the hardware prefetcher follows late).
+        for (long ahead = 2 * q + 4; ahead < 2 * q + 6 && ahead < kc; ahead++)
+            for (long b = 0; b < lines * size; b += 64) _mm_prefetch(base + (ahead * ks) * size + b, _MM_HINT_T0);
+        if (width % 16 == 0) {
+            for (long l = 0; l < lines; l += 16) {
+                uint16_t *d = dst + (l / width) * kp * 2 * width + q * 2 * width + 2 * (l % width);
+                long count = lines - l < 16 ? lines - l : 16;
+                if (f) pair_lines_avx512(f + o0 + l, o1 >= 0 ? f + o1 + l : NULL, NULL, NULL, d, count);
+                else pair_lines_avx512(NULL, NULL, h + o0 + l, o1 >= 0 ? h + o1 + l : NULL, d, count);
+            }
+            continue;
+        }
+        if (f) pair_lines_avx512(f + o0, o1 >= 0 ? f + o1 : NULL, NULL, NULL, (uint16_t *)t, lines);
+        else pair_lines_avx512(NULL, NULL, h + o0, o1 >= 0 ? h + o1 : NULL, (uint16_t *)t, lines);
+        for (long panel = 0; panel < panels; panel++) {
+            long first = panel * width, count = lines - first < width ? lines - first : width;
+            uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
+            for (long l = 0; l < count; l += 16) {
+                __mmask16 mask = count - l >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (count - l)) - 1);
+                _mm512_mask_storeu_epi32((void *)(d + 2 * l), mask, _mm512_maskz_loadu_epi32(mask, (const void *)(t + first + l)));
+            }
+        }
+    }
+}
+
 #endif
 
 void tessera_bf16_round(const float *src, uint16_t *dst, size_t count, int wide) {
@@ -158,15 +202,10 @@ static inline void run(const view_t *v, long offset, long count, uint16_t *out, 
     else tessera_bf16_round(v->f + offset, out, (size_t)count, wide);
 }
 
-/// d[2l] = u0[l], d[2l + 1] = u1[l] for l < count: two k rows' values of each line made a pair.
-static void interleave(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count, int wide) {
-    long l = 0;
-#if defined(__x86_64__)
-    if (wide) l = interleave_avx512(u0, u1, d, count);
-#else
-    (void)wide;
-#endif
-    for (; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
+/// d[2l] = u0[l], d[2l + 1] = u1[l] for l < count: two k rows' values of each line made a pair
+/// (the portable paths; AVX-512 pairs rows in one pass, pair_lines_avx512).
+static void interleave(const uint16_t *u0, const uint16_t *u1, uint16_t *d, long count) {
+    for (long l = 0; l < count; l++) { d[2 * l] = u0[l]; d[2 * l + 1] = u1[l]; }
 }
 
 /// Lines in the group of pack_lines16 calls that starts at line `first`: up to 16, inside its
@@ -209,6 +248,13 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
             if (kc & 1) { d[(kp - 1) * 2 * width] = t[kc - 1]; d[(kp - 1) * 2 * width + 1] = 0; }
         }
     } else {         // lines contiguous: round two k rows of the whole block (bf16 rows read in place), interleave them
+#if defined(__x86_64__)
+        if (wide) {
+            long o = p0 * ks + l0;
+            pair_block_avx512(v->h ? NULL : v->f + o, v->h ? v->h + o : NULL, ks, lines, kc, width, dst);
+            return;
+        }
+#endif
         uint16_t t0[NC], t1[NC];
         for (long q = 0; q < kp; q++) {
             const uint16_t *k0 = t0, *k1 = t1;
@@ -221,7 +267,7 @@ static void pack_block(const view_t *v, long ls, long ks, long l0, long p0, long
                 uint16_t *d = dst + panel * kp * 2 * width + q * 2 * width;
                 const uint16_t *u0 = k0 + panel * width, *u1 = k1 + panel * width;
                 long count = lines - panel * width < width ? lines - panel * width : width;
-                interleave(u0, u1, d, count, wide);
+                interleave(u0, u1, d, count);
             }
         }
     }
@@ -419,12 +465,20 @@ void tessera_bf16_put_line(const float *x, long k, uint16_t *sliver, int width, 
 
 void tessera_bf16_put_depth_pair(const float *x0, const float *x1, long lines, uint16_t *panel, long sliver,
                                  int width, long depth, int wide) {
+#if defined(__x86_64__)
+    if (wide) {
+        for (long l0 = 0; l0 < lines; l0 += width)
+            pair_lines_avx512(x0 ? x0 + l0 : NULL, x1 ? x1 + l0 : NULL, NULL, NULL, panel + (l0 / width) * sliver + depth * width,
+                              lines - l0 < width ? lines - l0 : width);
+        return;
+    }
+#endif
     uint16_t t0[NC], t1[NC];
     if (x0) tessera_bf16_round(x0, t0, (size_t)lines, wide); else memset(t0, 0, (size_t)lines * sizeof(uint16_t));
     if (x1) tessera_bf16_round(x1, t1, (size_t)lines, wide); else memset(t1, 0, (size_t)lines * sizeof(uint16_t));
     for (long l0 = 0; l0 < lines; l0 += width) {
         uint16_t *d = panel + (l0 / width) * sliver + depth * width;
-        interleave(t0 + l0, t1 + l0, d, lines - l0 < width ? lines - l0 : width, wide);
+        interleave(t0 + l0, t1 + l0, d, lines - l0 < width ? lines - l0 : width);
     }
 }
 

@@ -167,6 +167,22 @@ import _TestSupport
         }
     }
 
+    /// C (m, n) bits of op(A) · op(B) from the Float32 operands (rounded while packing) or from
+    /// their bf16 bits (`rounded`), C starting as NaN.
+    static func product(_ tA: Bool, _ tB: Bool, _ m: Int, _ n: Int, _ k: Int, _ a: [Float], _ aBits: [UInt16], _ lda: Int,
+                        _ b: [Float], _ bBits: [UInt16], _ ldb: Int, rounded: Bool, threads: Int, kernel: BF16Kernel) -> [UInt32] {
+        var c = [Float](repeating: .nan, count: m * n)
+        a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
+            aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
+                BF16Matmul.gemm(transposeA: tA, transposeB: tB, m: m, n: n, k: k,
+                                a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
+                                b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
+                                c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
+            } }
+        } }
+        return c.map(\.bitPattern)
+    }
+
     /// bf16 operands (read in place, lines side by side or k side by side) give the bits of
     /// the same values as Float32 rounded while packing, in every transpose, with odd depths
     /// (the padded half of the last pair), edge panels of both kernels' widths, strides wider
@@ -183,20 +199,42 @@ import _TestSupport
                     for threads in 1...3 {
                         var results: [[UInt32]] = []
                         for rounded in [false, true] {
-                            var c = [Float](repeating: .nan, count: m * n)
-                            a.withUnsafeBufferPointer { af in b.withUnsafeBufferPointer { bf in
-                                aBits.withUnsafeBufferPointer { ab in bBits.withUnsafeBufferPointer { bb in
-                                    BF16Matmul.gemm(transposeA: tA, transposeB: tB, m: m, n: n, k: k,
-                                                    a: rounded ? .bf16(ab.baseAddress!) : .float(af.baseAddress!), lda: lda,
-                                                    b: rounded ? .bf16(bb.baseAddress!) : .float(bf.baseAddress!), ldb: ldb,
-                                                    c: &c, ldc: n, threads: KernelThreads(threads), kernel: kernel)
-                                } }
-                            } }
-                            results.append(c.map(\.bitPattern))
+                            results.append(Self.product(tA, tB, m, n, k, a, aBits, lda, b, bBits, ldb, rounded: rounded,
+                                                        threads: threads, kernel: kernel))
                         }
                         #expect(results[0] == results[1], "\(kernel) m=\(m) n=\(n) k=\(k) tA=\(tA) tB=\(tB) threads \(threads)")
                     }
                 }
+            }
+        }
+    }
+
+    /// Operands whose lines lie side by side (Aᵀ and B of a weight gradient) are paired by
+    /// AVX-512 in one pass from the two k rows, 16 lines at a time, with rows prefetched ahead;
+    /// the portable kernel packs them value by value. Same bits on awkward sizes: lines below,
+    /// across and past a vector, a 12-row and a 32-column panel and a 144-row block (1, 13, 17,
+    /// 47, 150), odd depths and a depth past the 512 block (1, 3, 6, 515), strides wider than
+    /// the matrix, Float32 and bf16 operands, 1–3 threads.
+    @Test(.enabled(if: BF16Kernel.hardware.isAvailable))
+    func linesSideBySidePairedInOnePassEqualThePortablePath() {
+        for (m, n) in [(1, 1), (13, 47), (17, 15), (150, 33), (47, 150)] {
+            for k in [1, 3, 6, 515] {
+                let lda = m + 5, ldb = n + 3
+                let a = Fixtures.randoms(lda * k, seed: UInt64(8 + m)), b = Fixtures.randoms(ldb * k, seed: UInt64(9 + n))
+                var aBits = [UInt16](repeating: 0, count: a.count), bBits = [UInt16](repeating: 0, count: b.count)
+                BF16.round(a, into: &aBits, count: a.count)
+                BF16.round(b, into: &bBits, count: b.count)
+                var results: [[UInt32]] = []
+                for kernel in [BF16Kernel.portable, .hardware] {
+                    for threads in 1...3 {
+                        for rounded in [false, true] {
+                            results.append(Self.product(true, false, m, n, k, a, aBits, lda, b, bBits, ldb, rounded: rounded,
+                                                        threads: threads, kernel: kernel))
+                        }
+                    }
+                }
+                #expect(results.allSatisfy { $0 == results[0] }, "m=\(m) n=\(n) k=\(k)")
+                #expect(!results[0].contains(Float.nan.bitPattern), "every element written")
             }
         }
     }
