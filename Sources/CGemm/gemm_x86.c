@@ -9,16 +9,22 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// The tile of C is fetched into L1 this many steps of p before the end (or at the start when kc
-/// is shorter), so the update at the end does not wait on memory: C is the one operand that is
-/// not packed, and a product with a large C finds its tiles in L3 or memory.
+/// The tile of C is fetched into L2 when a kernel call starts and into L1 this many steps of p
+/// before the end (or at the start when kc is shorter), so the update at the end does not wait on
+/// memory: C is the one operand that is not packed, and a product with a large C finds its tiles
+/// in L3 or memory. Training's weight gradients (beta 1, C = dW cold in memory, k = 2048 in four
+/// KC blocks) waited there: with the fetch into L2 at the start their time in bench-dense and
+/// bench-moe went from 1.09-1.17x OpenBLAS Cooperlake's to 1.04-1.13x (2 rounds, timed per
+/// call), the bench's warm products unchanged (geomean 1.005 -> 1.003 of OpenBLAS, 3 rounds).
 #define TESSERA_PREFETCH_C_DEPTH 32
-#define TESSERA_PREFETCH_C(c, ldc, mr, nr) do { \
+#define TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, hint) do { \
     for (long row = 0; row < (mr); row++) { \
-        _mm_prefetch((const char *)((c) + row * (ldc)), _MM_HINT_T0); \
-        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) / 2), _MM_HINT_T0); \
-        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) - 1), _MM_HINT_T0); \
+        _mm_prefetch((const char *)((c) + row * (ldc)), hint); \
+        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) / 2), hint); \
+        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) - 1), hint); \
     } } while (0)
+#define TESSERA_PREFETCH_C(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T0)
+#define TESSERA_PREFETCH_C_L2(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T1)
 
 /// The AVX-512 tile with only the first `rows` rows of the sliver of A computed (a constant at
 /// each call, so the loops unroll): an edge tile of 4 or 8 rows does not pay for 12. The chain
@@ -33,6 +39,7 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     __m512 acc[MR][2];
     _Pragma("clang loop unroll(full)")
     for (int i = 0; i < rows; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
@@ -77,6 +84,7 @@ void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c
     enum { MR = TESSERA_GEMM_AVX2_MR, NR = TESSERA_GEMM_AVX2_NR };
     __m256 acc[MR][2];
     for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_setzero_ps(); acc[i][1] = _mm256_setzero_ps(); }
+    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
