@@ -26,11 +26,12 @@
 #define TESSERA_PREFETCH_C(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T0)
 #define TESSERA_PREFETCH_C_L2(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T1)
 
-/// The AVX-512 tile with only the first `rows` rows of the sliver of A computed (a constant at
-/// each call, so the loops unroll): an edge tile of 4 or 8 rows does not pay for 12. The chain
-/// of each element is the same whatever `rows` is, so are its bits.
+/// The AVX-512 tile with only the first `rows` rows of the sliver of A computed and only the first
+/// `halves` of its two 16-column halves (constants at each call, so the loops unroll): an edge
+/// tile of 4 or 8 rows does not pay for 12, one of up to 16 columns (a router's 8 experts) not for
+/// 32. The chain of each element is the same whatever `rows` and `halves` are, so are its bits.
 static inline __attribute__((always_inline, target("avx512f")))
-void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, float *c, long ldc,
+void sgemm_avx512_rows(const int rows, const int halves, long kc, const float *a, const float *b, float *c, long ldc,
                        long mr, long nr, float alpha, float beta) {
     enum { MR = TESSERA_GEMM_AVX512_MR, NR = TESSERA_GEMM_AVX512_NR };
     // Every loop over the rows is unrolled in full so the accumulators stay in registers: left to
@@ -42,16 +43,16 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
         _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
             __m512 x = _mm512_set1_ps(a[i]);
             acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+            if (halves == 2) acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
         }
         a += MR; b += NR;
     }
-    if (mr == rows && nr == NR) {
+    if (mr == rows && nr == NR && halves == 2) {
         __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
         _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
@@ -66,16 +67,23 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     }
     float tile[MR * NR];
     _Pragma("clang loop unroll(full)")
-    for (int i = 0; i < rows; i++) { _mm512_storeu_ps(tile + i * NR, acc[i][0]); _mm512_storeu_ps(tile + i * NR + 16, acc[i][1]); }
+    for (int i = 0; i < rows; i++) {
+        _mm512_storeu_ps(tile + i * NR, acc[i][0]);
+        if (halves == 2) _mm512_storeu_ps(tile + i * NR + 16, acc[i][1]);
+    }
     tessera_gemm_update(tile, NR, c, ldc, mr, nr, alpha, beta);
 }
 
 __attribute__((target("avx512f")))
 void tessera_sgemm_kernel_avx512(long kc, const float *a, const float *b, float *c, long ldc,
                                  long mr, long nr, float alpha, float beta) {
-    if (mr <= 4) sgemm_avx512_rows(4, kc, a, b, c, ldc, mr, nr, alpha, beta);
-    else if (mr <= 8) sgemm_avx512_rows(8, kc, a, b, c, ldc, mr, nr, alpha, beta);
-    else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    if (nr <= 16) {
+        if (mr <= 4) sgemm_avx512_rows(4, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+        else if (mr <= 8) sgemm_avx512_rows(8, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+        else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    } else if (mr <= 4) sgemm_avx512_rows(4, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    else if (mr <= 8) sgemm_avx512_rows(8, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
 }
 
 __attribute__((target("avx2,fma")))
