@@ -9,22 +9,29 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// The tile of C is fetched into L1 this many steps of p before the end (or at the start when kc
-/// is shorter), so the update at the end does not wait on memory: C is the one operand that is
-/// not packed, and a product with a large C finds its tiles in L3 or memory.
+/// The tile of C is fetched into L2 when a kernel call starts and into L1 this many steps of p
+/// before the end (or at the start when kc is shorter), so the update at the end does not wait on
+/// memory: C is the one operand that is not packed, and a product with a large C finds its tiles
+/// in L3 or memory. Training's weight gradients (beta 1, C = dW cold in memory, k = 2048 in four
+/// KC blocks) waited there: with the fetch into L2 at the start their time in bench-dense and
+/// bench-moe went from 1.09-1.17x OpenBLAS Cooperlake's to 1.04-1.13x (2 rounds, timed per
+/// call), the bench's warm products unchanged (geomean 1.005 -> 1.003 of OpenBLAS, 3 rounds).
 #define TESSERA_PREFETCH_C_DEPTH 32
-#define TESSERA_PREFETCH_C(c, ldc, mr, nr) do { \
+#define TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, hint) do { \
     for (long row = 0; row < (mr); row++) { \
-        _mm_prefetch((const char *)((c) + row * (ldc)), _MM_HINT_T0); \
-        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) / 2), _MM_HINT_T0); \
-        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) - 1), _MM_HINT_T0); \
+        _mm_prefetch((const char *)((c) + row * (ldc)), hint); \
+        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) / 2), hint); \
+        _mm_prefetch((const char *)((c) + row * (ldc) + (nr) - 1), hint); \
     } } while (0)
+#define TESSERA_PREFETCH_C(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T0)
+#define TESSERA_PREFETCH_C_L2(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T1)
 
-/// The AVX-512 tile with only the first `rows` rows of the sliver of A computed (a constant at
-/// each call, so the loops unroll): an edge tile of 4 or 8 rows does not pay for 12. The chain
-/// of each element is the same whatever `rows` is, so are its bits.
+/// The AVX-512 tile with only the first `rows` rows of the sliver of A computed and only the first
+/// `halves` of its two 16-column halves (constants at each call, so the loops unroll): an edge
+/// tile of 4 or 8 rows does not pay for 12, one of up to 16 columns (a router's 8 experts) not for
+/// 32. The chain of each element is the same whatever `rows` and `halves` are, so are its bits.
 static inline __attribute__((always_inline, target("avx512f")))
-void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, float *c, long ldc,
+void sgemm_avx512_rows(const int rows, const int halves, long kc, const float *a, const float *b, float *c, long ldc,
                        long mr, long nr, float alpha, float beta) {
     enum { MR = TESSERA_GEMM_AVX512_MR, NR = TESSERA_GEMM_AVX512_NR };
     // Every loop over the rows is unrolled in full so the accumulators stay in registers: left to
@@ -33,18 +40,19 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     __m512 acc[MR][2];
     _Pragma("clang loop unroll(full)")
     for (int i = 0; i < rows; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
+    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
         _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
             __m512 x = _mm512_set1_ps(a[i]);
             acc[i][0] = _mm512_fmadd_ps(x, b0, acc[i][0]);
-            acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
+            if (halves == 2) acc[i][1] = _mm512_fmadd_ps(x, b1, acc[i][1]);
         }
         a += MR; b += NR;
     }
-    if (mr == rows && nr == NR) {
+    if (mr == rows && nr == NR && halves == 2) {
         __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
         _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
@@ -59,16 +67,23 @@ void sgemm_avx512_rows(const int rows, long kc, const float *a, const float *b, 
     }
     float tile[MR * NR];
     _Pragma("clang loop unroll(full)")
-    for (int i = 0; i < rows; i++) { _mm512_storeu_ps(tile + i * NR, acc[i][0]); _mm512_storeu_ps(tile + i * NR + 16, acc[i][1]); }
+    for (int i = 0; i < rows; i++) {
+        _mm512_storeu_ps(tile + i * NR, acc[i][0]);
+        if (halves == 2) _mm512_storeu_ps(tile + i * NR + 16, acc[i][1]);
+    }
     tessera_gemm_update(tile, NR, c, ldc, mr, nr, alpha, beta);
 }
 
 __attribute__((target("avx512f")))
 void tessera_sgemm_kernel_avx512(long kc, const float *a, const float *b, float *c, long ldc,
                                  long mr, long nr, float alpha, float beta) {
-    if (mr <= 4) sgemm_avx512_rows(4, kc, a, b, c, ldc, mr, nr, alpha, beta);
-    else if (mr <= 8) sgemm_avx512_rows(8, kc, a, b, c, ldc, mr, nr, alpha, beta);
-    else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    if (nr <= 16) {
+        if (mr <= 4) sgemm_avx512_rows(4, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+        else if (mr <= 8) sgemm_avx512_rows(8, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+        else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, 1, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    } else if (mr <= 4) sgemm_avx512_rows(4, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    else if (mr <= 8) sgemm_avx512_rows(8, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
+    else sgemm_avx512_rows(TESSERA_GEMM_AVX512_MR, 2, kc, a, b, c, ldc, mr, nr, alpha, beta);
 }
 
 __attribute__((target("avx2,fma")))
@@ -77,6 +92,7 @@ void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c
     enum { MR = TESSERA_GEMM_AVX2_MR, NR = TESSERA_GEMM_AVX2_NR };
     __m256 acc[MR][2];
     for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_setzero_ps(); acc[i][1] = _mm256_setzero_ps(); }
+    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);

@@ -123,7 +123,7 @@ extension FlashAttention {
 
         init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
               dO: UnsafePointer<Float>, threads: KernelThreads, precision: ComputePrecision) {
-            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
+            guard f.packsPanels(in: precision), let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
                                                                     precision: precision) else { return nil }
             let (mr, nr) = (panels.mr, panels.nr)
             func queries(_ lines: FlashPanels.Lines, _ width: Int) -> Operand {

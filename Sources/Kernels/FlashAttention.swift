@@ -32,8 +32,15 @@ public struct FlashAttention {
     public let queryTile: Int, keyTile: Int
     /// Whether products run the micro-kernel on operands packed once per call (`FlashPanels`,
     /// when the GEMM is Tessera's) or go through `Matmul.gemm`; the same bits either way
-    /// (tests compare the two).
-    var packsPanels = true
+    /// (tests compare the two). nil (the default): bf16 packs, Float32 does not. With Tessera's
+    /// GEMM keeping its packing buffers per thread, Float32 panels gained nothing at N = 2048 and
+    /// 4096 (`bench attention --mode fwdbwd`, 1 thread: 0.99-1.01x the time) and lost at N = 512
+    /// (1.06-1.08x) and in training, where each packed K and V tile serves two query tiles
+    /// (bench-dense and bench-moe, T = 256: flash forward + backward 1.20-1.24x the time).
+    var packsPanels: Bool? = nil
+
+    /// `packsPanels` resolved for products in `precision`.
+    func packsPanels(in precision: ComputePrecision) -> Bool { packsPanels ?? (precision == .bf16) }
 
     /// Tile sizes: 256 keys per tile amortise the per-tile work of a row (running max,
     /// rescaling the accumulator) and the BLAS call overhead, and 128 query rows amortise the
@@ -165,7 +172,7 @@ public struct FlashAttention {
 
         init?(_ f: FlashAttention, q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, threads: KernelThreads,
               precision: ComputePrecision) {
-            guard f.packsPanels, let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
+            guard f.packsPanels(in: precision), let panels = FlashPanels.available(headDim: f.headDim, queryTile: f.queryTile, keyTile: f.keyTile,
                                                                     precision: precision) else { return nil }
             let (mr, nr) = (panels.mr, panels.nr)
             self.panels = panels

@@ -5,7 +5,8 @@ import _TestSupport
 /// Flash attention on operands packed once per call (`FlashPanels`) against the same kernel
 /// through `Matmul.gemm` (which packs every tile for every product): the same bits, forward and
 /// backward, on awkward sizes, masks, head layouts, ring attention's accumulating calls and
-/// thread counts. (Against the naive twins: `FlashAttentionTests`, which run the packed path.)
+/// thread counts. (Against the naive twins: `FlashAttentionTests`, which run bf16 packed and Float32 through
+/// `Matmul.gemm`, the default of `FlashAttention.packsPanels`.)
 @Suite struct FlashPanelsTests {
     typealias Case = FlashAttentionTests.Case
 
@@ -50,7 +51,8 @@ import _TestSupport
 
     @Test(arguments: cases)
     func packedPanelsGiveTheBitsOfMatmulGemm(_ c: Case) throws {
-        let kernel = c.kernel
+        var kernel = c.kernel
+        kernel.packsPanels = true   // Float32 runs through Matmul.gemm unless told (FlashAttention.packsPanels)
         // Tessera's GEMM is the process's (kernels.gemm auto on this machine's OpenBLAS core).
         try #require(FlashPanels.available(headDim: c.headDim, queryTile: kernel.queryTile, keyTile: kernel.keyTile) != nil,
                      "the packed path is not taken: GEMM \(Matmul.implementationDescription)")
