@@ -11,8 +11,10 @@ import Foundation
 /// into the Float32 layout measured slower than the packing's 4 × 4 transposes).
 ///
 /// Float32 (`fp32`): Tessera's GEMM kernel, when it is the process's GEMM and every depth fits
-/// one KC block (head dim and both tiles ≤ `TesseraGemm.kc`); with OpenBLAS (`kernels.gemm:
-/// openblas`) or larger depths flash keeps calling `Matmul.gemm`. Each product then makes the
+/// one KC block (head dim and both tiles ≤ `TesseraGemm.kc`), and only when a caller asks for it
+/// (`FlashAttention.packsPanels = true`: by default Float32 flash calls `Matmul.gemm`, whose
+/// per-thread packing measured as fast at N = 2048, 4096 and faster in training); with OpenBLAS
+/// (`kernels.gemm: openblas`) or larger depths flash calls `Matmul.gemm`. Each product then makes the
 /// calls `TesseraGemm.gemm` makes for it — the same kernel on the same packed values, one chain
 /// from zero over the whole depth, then `alpha · sum + beta · C` — so the bits are those of
 /// `Matmul.gemm`, for any thread count.
