@@ -296,12 +296,15 @@ mpirun_ctrl_c() {
 check "mpirun: Ctrl-C to scripts/mpirun.sh's process group stops every rank with a checkpoint, exit 0, and it resumes" mpirun_ctrl_c
 # mpirun alone, interrupted: its SIGTERM comes 1 s after the abort starts and its SIGKILL 1 s
 # later, too soon for a step of seconds. The ranks say so before the SIGKILL, the newest complete
-# checkpoint stays as it was, and the lock is released.
+# checkpoint stays as it was, and the lock is released. The interrupt comes just after step 1's
+# checkpoint, so step 2 has run about 1 s at the SIGTERM: it must need well over the 0.75 s left
+# (a step of 384 sequences took 1.8 s here after the kernels got faster, and the ranks then saved
+# in time); 1,152 sequences take about 5 s.
 mpirun_kill_too_soon() {
   local dir=$work/mpirun-kill
   [ "$(id -u)" -ne 0 ] || export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   setsid mpirun -np 2 --oversubscribe --bind-to none -x OPENBLAS_NUM_THREADS=1 "$TESSERA" train "${slow[@]}" \
-    --set train.global_batch=384 --set train.steps=1000 --set checkpoint.every=1 --set checkpoint.keep=0 \
+    --set train.global_batch=1152 --set train.steps=1000 --set checkpoint.every=1 --set checkpoint.keep=0 \
     --set run.dir="$dir" >"$dir.out" 2>"$dir.err" & local pid=$!
   local _; for _ in $(seq 1 600); do [ -f "$dir/checkpoints/step-00000001/DONE" ] && break; sleep 0.1; done
   [ -f "$dir/checkpoints/step-00000001/DONE" ] || { echo "no first checkpoint within 60 s"; tail -n 5 "$dir.out" "$dir.err"; kill -KILL -- -"$pid"; return 1; }
