@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}   # run alone (not from scripts/test.sh): print the totals at the end
 source scripts/lib.sh
-plan 57   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 60   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-newuser.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
