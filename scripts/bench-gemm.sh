@@ -9,7 +9,7 @@
 # In Float32 each round also runs the products training adds into a C that is in memory, not in
 # cache (`--beta 1 --cold`: a ring of 256 MiB of C buffers, A and B warm): the weight gradients
 # dW += dyᵀx (TN, k = the batch's 2048 rows, or an expert's rows) and the input gradients summed
-# over layers sharing an input (NN). The warm beta-0 shapes alone read at parity while training
+# over layers sharing an input (NN), and n = 1024 (--n cannot be empty). The warm beta-0 shapes alone read at parity while training
 # lost there (issue 24u); these rows show it.
 # Prints the JSON lines, then a table of per-shape medians (mean over rounds) and each
 # implementation's geometric-mean ratio to OpenBLAS, for the warm beta-0 and the cold beta-1 rows apart.
@@ -31,7 +31,7 @@ for ((round = 1; round <= rounds; round++)); do
     run=("$B" bench gemm --threads $threads --runs 3 --n 256 512 1024 2048 --shape "${shapes[@]}")
     if [ "$dtype" = fp32 ]; then
       "${run[@]}" --impl tessera openblas | grep '^{' | tee -a "$out"
-      "$B" bench gemm --threads $threads --runs 5 --beta 1 --cold --shape "${accumulated[@]}" --impl tessera openblas | grep '^{' | tee -a "$out"
+      "$B" bench gemm --threads $threads --runs 5 --beta 1 --cold --n 1024 --shape "${accumulated[@]}" --impl tessera openblas | grep '^{' | tee -a "$out"
     else  # Tessera's bf16 kernel against Float32 OpenBLAS, one after the other
       { "${run[@]}" --dtype "$dtype"; "${run[@]}" --impl openblas; } | grep '^{' | tee -a "$out"
     fi
