@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 standalone=${RESULTS:-yes}   # run alone (not from scripts/test.sh): print the totals at the end
 source scripts/lib.sh
-plan 57   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
+plan 60   # checks this driver runs (skips count); scripts/test.sh fails when fewer ran
 work=$(mktemp -d /tmp/tessera-newuser.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -202,6 +202,19 @@ check "generate --tokens=-5 is refused, not an endless loop" expect_failure 10 "
 check "generate --temperature -1 is refused" expect_failure 10 "temperature -1.0 must be 0" "$TESSERA" generate --checkpoint "$work" --temperature -1
 check "bench gemm --runs 0 is refused" expect_failure 10 "runs 0 must be at least 1" "$TESSERA" bench gemm --runs 0
 check "bench gemm --n 0 is refused" expect_failure 10 "n 0 must be at least 1" "$TESSERA" bench gemm --n 0
+check "bench gemm --beta nan is refused" expect_failure 10 "beta nan must be a finite number" "$TESSERA" bench gemm --n 64 --beta nan
+check "bench gemm --beta x is refused" expect_failure 10 "value 'x' is invalid for '--beta" "$TESSERA" bench gemm --n 64 --beta x
+# --beta 1 --cold: training's way of adding into C (a weight gradient, in memory): the line says so,
+# and both implementations report them; the default stays beta 0 into a warm C.
+gemm_beta_cold() {
+  local line
+  line=$("$TESSERA" bench gemm --n 64 --runs 1 --warmup 0 --beta 1 --cold --impl tessera openblas | grep '^{') || return 1
+  echo "$line"
+  [ "$(grep -c '"beta":1' <<<"$line")" -eq 2 ] && [ "$(grep -c '"cold":true' <<<"$line")" -eq 2 ] || { echo "expected beta 1, cold true on both lines"; return 1; }
+  line=$("$TESSERA" bench gemm --n 64 --runs 1 --warmup 0 | grep '^{') || return 1
+  grep -q '"beta":0' <<<"$line" && grep -q '"cold":false' <<<"$line" || { echo "the default is not beta 0, warm: $line"; return 1; }
+}
+check "bench gemm --beta 1 --cold runs and reports beta and cold" gemm_beta_cold
 check "bench train --steps 0 is refused" expect_failure 10 "steps 0 must be at least 1" "$TESSERA" bench train --steps 0
 check "bench comm on one rank says it needs two" expect_failure 10 "traffic between ranks and this job has one" "$TESSERA" bench comm --mib 1
 check "a bad --set value names --set, not the file" expect_failure 10 "^tessera: error: --set: train.steps = -5 must be at least 1" "$TESSERA" train --config configs/tiny.yaml --set train.steps=-5

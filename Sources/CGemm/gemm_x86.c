@@ -9,14 +9,22 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// The tile of C is fetched into L2 when a kernel call starts and into L1 this many steps of p
-/// before the end (or at the start when kc is shorter), so the update at the end does not wait on
-/// memory: C is the one operand that is not packed, and a product with a large C finds its tiles
-/// in L3 or memory. Training's weight gradients (beta 1, C = dW cold in memory, k = 2048 in four
-/// KC blocks) waited there: with the fetch into L2 at the start their time in bench-dense and
-/// bench-moe went from 1.09-1.17x OpenBLAS Cooperlake's to 1.04-1.13x (2 rounds, timed per
-/// call), the bench's warm products unchanged (geomean 1.005 -> 1.003 of OpenBLAS, 3 rounds).
+/// The tile of C is fetched into L2 one row every 4 steps of p from the start, and into L1 this
+/// many steps before the end (or at the start when kc is shorter), so the update at the end does
+/// not wait on memory: C is the one operand that is not packed, and a product with a large C finds
+/// its tiles in L3 or memory. Training's weight gradients (beta 1, C = dW cold in memory, k = 2048
+/// in four KC blocks) waited there. All rows fetched into L2 at once at the start took their time
+/// in bench-dense and bench-moe from 1.09-1.17x OpenBLAS Cooperlake's to 1.04-1.13x (issue 24u);
+/// spread over the steps, as OpenBLAS's Skylake-X kernel spreads its own, `bench gemm --beta 1
+/// --cold` on training's beta-1 products went from a geomean of 0.967 to 0.987 of OpenBLAS (3
+/// rotating rounds, 1 thread), where the same products with a warm C read 0.988: a burst of
+/// 24-36 misses to memory at once left the kernel waiting on its first loads.
 #define TESSERA_PREFETCH_C_DEPTH 32
+#define TESSERA_PREFETCH_C_L2_ROW(p, c, ldc, mr, nr) do { \
+    if (((p) & 3) == 0 && ((p) >> 2) < (mr)) { \
+        _mm_prefetch((const char *)((c) + ((p) >> 2) * (ldc)), _MM_HINT_T1); \
+        _mm_prefetch((const char *)((c) + ((p) >> 2) * (ldc) + (nr) - 1), _MM_HINT_T1); \
+    } } while (0)
 #define TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, hint) do { \
     for (long row = 0; row < (mr); row++) { \
         _mm_prefetch((const char *)((c) + row * (ldc)), hint); \
@@ -24,7 +32,6 @@
         _mm_prefetch((const char *)((c) + row * (ldc) + (nr) - 1), hint); \
     } } while (0)
 #define TESSERA_PREFETCH_C(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T0)
-#define TESSERA_PREFETCH_C_L2(c, ldc, mr, nr) TESSERA_PREFETCH_C_HINT(c, ldc, mr, nr, _MM_HINT_T1)
 
 /// The AVX-512 tile with only the first `rows` rows of the sliver of A computed and only the first
 /// `halves` of its two 16-column halves (constants at each call, so the loops unroll): an edge
@@ -40,9 +47,9 @@ void sgemm_avx512_rows(const int rows, const int halves, long kc, const float *a
     __m512 acc[MR][2];
     _Pragma("clang loop unroll(full)")
     for (int i = 0; i < rows; i++) { acc[i][0] = _mm512_setzero_ps(); acc[i][1] = _mm512_setzero_ps(); }
-    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
+        TESSERA_PREFETCH_C_L2_ROW(p, c, ldc, mr, nr);
         __m512 b0 = _mm512_loadu_ps(b), b1 = halves == 2 ? _mm512_loadu_ps(b + 16) : b0;
         _Pragma("clang loop unroll(full)")
         for (int i = 0; i < rows; i++) {
@@ -92,9 +99,9 @@ void tessera_sgemm_kernel_avx2(long kc, const float *a, const float *b, float *c
     enum { MR = TESSERA_GEMM_AVX2_MR, NR = TESSERA_GEMM_AVX2_NR };
     __m256 acc[MR][2];
     for (int i = 0; i < MR; i++) { acc[i][0] = _mm256_setzero_ps(); acc[i][1] = _mm256_setzero_ps(); }
-    TESSERA_PREFETCH_C_L2(c, ldc, mr, nr);
     for (long p = 0, stop = kc > TESSERA_PREFETCH_C_DEPTH ? kc - TESSERA_PREFETCH_C_DEPTH : 0; p < kc; p++) {
         if (p == stop) TESSERA_PREFETCH_C(c, ldc, mr, nr);
+        TESSERA_PREFETCH_C_L2_ROW(p, c, ldc, mr, nr);
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         for (int i = 0; i < MR; i++) {
             __m256 x = _mm256_broadcast_ss(a + i);

@@ -126,10 +126,29 @@ struct GemmBench: ParsableCommand {
     var shape: [GemmShape] = []
     @Option(parsing: .upToNextOption, help: "Implementations, measured one after the other on every shape: tessera, openblas.")
     var impl: [GemmImplementation] = [.tessera]
+    @Option(parsing: .unconditional, help: "C = A·B + beta·C: 0 overwrites C, 1 adds into it (training's weight gradients dW += dyᵀx and summed input gradients).")
+    var beta: Float = 0
+    @Flag(help: "C in memory, not in cache, at every call: each call takes the next C of a ring of \(GemmBench.coldRingMiB) MiB, written once before timing (A and B stay warm), as a weight gradient is when the backward pass adds into it.")
+    var cold = false
 
     func validate() throws {
         if shape.isEmpty { try requireAtLeast(1, n, option: "n") }
         if impl.isEmpty { throw ValidationError("--impl needs at least one of tessera, openblas") }
+        guard beta.isFinite else { throw ValidationError("--beta \(beta) must be a finite number (0 overwrites C, 1 adds into it)") }
+    }
+
+    /// Bytes of the ring of C buffers `--cold` cycles through: more than the last-level cache a
+    /// core reaches on the CPUs this runs on (32 MiB per Zen 4/5 CCD, up to 96 MiB with V-Cache),
+    /// so the C of a call was last touched a ring's worth of writes earlier and has left every cache.
+    static let coldRingMiB = 256
+
+    /// The C of each call: one buffer (warm), or with `cold` consecutive slots of a ring holding at
+    /// least `coldRingMiB` (at least 2 slots), every slot written once (pages mapped, values set).
+    static func outputs(count: Int, cold: Bool) -> (buffer: FloatBuffer, slots: Int) {
+        let slots = cold ? max(2, (coldRingMiB << 20) / (count * MemoryLayout<Float>.stride) + 1) : 1
+        let buffer = FloatBuffer(count: slots * count)
+        for i in 0..<(slots * count) { buffer[i] = Float(i % 7) * 0.25 }
+        return (buffer, slots)
     }
 
     func run() throws {
@@ -138,16 +157,19 @@ struct GemmBench: ParsableCommand {
         let shapes = n.map { GemmShape(m: $0, n: $0, k: $0, transposeA: false, transposeB: false) } + shape
         for product in shapes {
             let (m, n, k) = (product.m, product.n, product.k)
-            let a = FloatBuffer(count: m * k), b = FloatBuffer(count: k * n), c = FloatBuffer(count: m * n)
+            let a = FloatBuffer(count: m * k), b = FloatBuffer(count: k * n)
             var rng = RNG(seed: 1)
             for i in 0..<(m * k) { a[i] = Float(rng.nextNormal()) }
             for i in 0..<(k * n) { b[i] = Float(rng.nextNormal()) }
+            let (c, slots) = Self.outputs(count: m * n, cold: cold)
+            var slot = 0
             for implementation in dtype == .bf16 ? [.tessera] : impl {
                 try Matmul.select(implementation)
                 let seconds = try BenchReport.time(runs: bench.runs, warmup: bench.warmup) {
+                    slot = (slot + 1) % slots
                     Matmul.gemm(transposeA: product.transposeA, transposeB: product.transposeB, m: m, n: n, k: k,
                                 a: a.pointer, lda: product.transposeA ? m : k, b: b.pointer, ldb: product.transposeB ? k : n,
-                                c: c.pointer, ldc: n, threads: threads, precision: dtype)
+                                beta: beta, c: c.pointer + slot * m * n, ldc: n, threads: threads, precision: dtype)
                 }
                 let flops = 2 * Double(m) * Double(n) * Double(k)
                 let name = dtype == .bf16 ? "tessera-bf16-\(BF16Kernel.best)"
@@ -155,7 +177,8 @@ struct GemmBench: ParsableCommand {
                 let dimensions: [String: Any] = m == n && n == k && !product.transposeA && !product.transposeB
                     ? ["n": n, "dtype": dtype.rawValue] : ["m": m, "n": n, "k": k, "transpose": product.transposes, "dtype": dtype.rawValue]
                 try BenchReport.emit("gemm", impl: name, threads: bench.threads, comm: comm, shape: dimensions,
-                                     unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 })
+                                     unit: "GFLOP/s", values: seconds.map { flops / $0 / 1e9 },
+                                     extra: ["beta": Double(beta), "cold": cold])
             }
         }
     }
